@@ -1,0 +1,44 @@
+"""User-facing errors: one clear line, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class PipelineError(Exception):
+    """An error caused by the user's input or configuration, reported without a traceback."""
+
+    exit_code = 2
+
+
+class InputError(PipelineError):
+    """Bad input data; names the file, line (as the file counts it) and column."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        problem: str,
+        *,
+        line: int | None = None,
+        column: str | None = None,
+    ) -> None:
+        self.path = str(path)
+        self.line = line
+        self.column = column
+        self.problem = problem
+        where = self.path
+        if line is not None:
+            where += f", line {line}"
+        if column is not None:
+            where += f", column {column!r}"
+        super().__init__(f"{where}: {problem}")
+
+
+class ConfigError(PipelineError):
+    """Bad configuration; names the file and the key."""
+
+    def __init__(self, path: str | Path, key: str, problem: str) -> None:
+        self.path = str(path)
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{self.path}: {key}: {problem}")

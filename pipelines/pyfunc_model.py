@@ -1,0 +1,40 @@
+"""MLflow pyfunc model "from code": recent daily prices in, forecast prices out.
+
+MLflow copies this file into the logged model and runs it at load time; the fitted
+scaler, window configuration and the `.keras` network travel as the `forecaster`
+artifact, and `lstm_core` travels as a code path, so any MLflow client can load it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow.pyfunc
+import pandas as pd
+from mlflow.models import set_model
+
+
+class LSTMPriceModel(mlflow.pyfunc.PythonModel):
+    """Input: >= lookback rows with `date` and the feature columns. Output: prices."""
+
+    def load_context(self, context) -> None:
+        from lstm_core.predictor import Forecaster
+
+        self.forecaster = Forecaster.load(context.artifacts["forecaster"])
+
+    def predict(self, context, model_input, params: dict[str, Any] | None = None):
+        params = params or {}
+        frame = pd.DataFrame(model_input)
+        days = int(params.get("days", 1))
+        intervals = bool(params.get("intervals", False))
+        if days <= 1 and not intervals:
+            return self.forecaster.predict(frame)
+        return self.forecaster.forecast(
+            frame,
+            days=max(days, 1),
+            samples=int(params.get("samples", 30)),
+            seed=int(params.get("seed", 0)),
+        )
+
+
+set_model(LSTMPriceModel())

@@ -1,0 +1,358 @@
+"""Every MLflow call of the project lives here.
+
+Functions take a `run_id` and log through `MlflowClient` instead of relying on the
+thread-local active run, so logging stays correct when Prefect runs tasks in threads or
+in other processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipelines.config import Settings, resolve_tracking_uri
+from pipelines.promotion import Decision
+
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+CORE_PACKAGE = Path(__file__).resolve().parent.parent / "lstm_core"
+
+TAG_TICKER = "ticker"
+TAG_DATA_LAST_DATE = "data.last_date"
+TAG_DATA_DIGEST = "data.digest"
+TAG_DATA_ROWS = "data.rows"
+TAG_PROMOTED = "promotion.promoted"
+TAG_REASON = "promotion.reason"
+TAG_REPLACED_BY = "champion.replaced_by"
+TAG_REPLACED = "champion.replaced"
+TAG_RUN_ID = "run_id"
+
+
+def _client():
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def connect(settings: Settings) -> str:
+    """Point MLflow at the configured tracking URI and make sure the experiment exists."""
+    import mlflow
+
+    uri = resolve_tracking_uri(settings)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = _client()
+    exp = client.get_experiment_by_name(settings.tracking.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    location = settings.tracking.artifact_location
+    # A SQLite store needs an explicit artifact location, or artifacts land in ./mlruns.
+    if uri.startswith("sqlite:") or uri.startswith("file:"):
+        location = settings.path(location).resolve().as_uri()
+    else:
+        location = None  # a tracking server chooses its own artifact root
+    try:
+        return client.create_experiment(settings.tracking.experiment, artifact_location=location)
+    except Exception:
+        # Another process created it between our look-up and create.
+        exp = client.get_experiment_by_name(settings.tracking.experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=CORE_PACKAGE.parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("tensorflow", "keras", "mlflow", "prefect", "pandas", "numpy", "scikit-learn"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def start_run(settings: Settings, experiment_id: str, ticker: str, data_tags: Mapping[str, str]) -> str:
+    """Create the one run of a training, with a descriptive name and lineage tags."""
+    f, m = settings.features, settings.model
+    name = (
+        f"{ticker} to {data_tags.get(TAG_DATA_LAST_DATE, '?')} "
+        f"{m.layers}x{m.units} {f.target_transform} lb{f.lookback}"
+    )
+    tags = {TAG_TICKER: ticker, **data_tags}
+    tags.update({f"lib.{k}": v for k, v in library_versions().items()})
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    run = _client().create_run(experiment_id, run_name=name, tags=tags)
+    return run.info.run_id
+
+
+def log_params(run_id: str, settings: Settings) -> None:
+    from mlflow.entities import Param
+
+    params = [Param(k, "" if v is None else str(v)) for k, v in settings.flat().items()]
+    # MLflow caps a batch at 100 params.
+    for i in range(0, len(params), 100):
+        _client().log_batch(run_id, params=params[i : i + 100])
+
+
+def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [
+        Metric(k, float(v), now, step or 0)
+        for k, v in metrics.items()
+        if v is not None and not (isinstance(v, float) and math.isnan(v))
+    ]
+    for i in range(0, len(batch), 500):
+        _client().log_batch(run_id, metrics=batch[i : i + 500])
+
+
+def epoch_logger(run_id: str):
+    """A Keras callback that logs every epoch's losses as step metrics of `run_id`."""
+    import keras
+
+    class _EpochLogger(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            logs = logs or {}
+            values = {
+                "train_loss" if k == "loss" else k: v
+                for k, v in logs.items()
+                if k in ("loss", "val_loss")
+            }
+            log_metrics(run_id, values, step=epoch)
+
+    return _EpochLogger()
+
+
+def log_figures(run_id: str, figures: Mapping[str, Any]) -> list[str]:
+    paths = []
+    for name, fig in figures.items():
+        path = f"plots/{name}.png"
+        _client().log_figure(run_id, fig, path, save_kwargs={"dpi": 110})
+        paths.append(path)
+    return paths
+
+
+def log_table(run_id: str, frame: pd.DataFrame, artifact_file: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / Path(artifact_file).name
+        if local.suffix == ".parquet":
+            frame.to_parquet(local, index=False)
+        else:
+            frame.to_csv(local, index=False)
+        _client().log_artifact(run_id, str(local), str(Path(artifact_file).parent))
+
+
+def log_dataset(
+    run_id: str,
+    frame: pd.DataFrame,
+    *,
+    source: str,
+    digest: str,
+    name: str,
+    context: str = "training",
+) -> None:
+    """Record the training data as an MLflow dataset input with its lineage."""
+    import mlflow.data
+    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.entities import DatasetInput, InputTag
+
+    ds = mlflow.data.from_pandas(
+        frame, source=LocalArtifactDatasetSource(source), name=name, digest=digest[:36]
+    )
+    tags = [InputTag(key="mlflow.data.context", value=context)]
+    _client().log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=tags)])
+
+
+def end_run(run_id: str, ok: bool) -> None:
+    _client().set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+
+def pip_requirements() -> list[str]:
+    v = library_versions()
+    reqs = [f"mlflow=={v['mlflow']}"] if "mlflow" in v else ["mlflow"]
+    for pkg in ("tensorflow", "keras", "pandas", "numpy", "scikit-learn"):
+        if pkg in v:
+            reqs.append(f"{pkg}=={v[pkg]}")
+    return reqs
+
+
+def log_forecaster(run_id: str, forecaster_dir: Path, input_example: pd.DataFrame) -> str:
+    """Log the bundled forecaster as a pyfunc model 'from code'; returns the model URI."""
+    import mlflow.pyfunc
+    from mlflow.models import Model, infer_signature
+
+    from lstm_core.predictor import Forecaster
+
+    forecaster = Forecaster.load(forecaster_dir)
+    output = forecaster.predict(input_example)
+    signature = infer_signature(
+        input_example, output, params={"intervals": False, "days": 1, "samples": 30, "seed": 0}
+    )
+    info = Model.log(
+        name="model",
+        flavor=mlflow.pyfunc,
+        run_id=run_id,
+        python_model=str(PYFUNC_CODE),
+        artifacts={"forecaster": str(forecaster_dir)},
+        code_paths=[str(CORE_PACKAGE)],
+        signature=signature,
+        input_example=input_example,
+        pip_requirements=pip_requirements(),
+    )
+    return info.model_uri
+
+
+# ---------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: str
+    run_id: str | None
+    tags: dict[str, str]
+
+
+def _version(mv) -> RegisteredVersion:
+    return RegisteredVersion(mv.name, str(mv.version), mv.run_id, dict(mv.tags or {}))
+
+
+def register(name: str, model_uri: str, run_id: str, tags: Mapping[str, str]) -> RegisteredVersion:
+    """Create a new version of the ticker's registered model, waiting until it is READY."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+            raise
+    model_id = model_uri.split("/", 2)[-1] if model_uri.startswith("models:/m-") else None
+    source = model_uri
+    mv = client.create_model_version(
+        name, source, run_id=run_id, tags=dict(tags), model_id=model_id
+    )
+    return _version(mv)
+
+
+def champion(name: str, alias: str) -> RegisteredVersion | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _version(_client().get_model_version_by_alias(name, alias))
+    except MlflowException:
+        return None
+
+
+def get_version(name: str, version: str) -> RegisteredVersion:
+    return _version(_client().get_model_version(name, version))
+
+
+def versions(name: str) -> list[RegisteredVersion]:
+    found = _client().search_model_versions(f"name = '{name}'")
+    return sorted((_version(v) for v in found), key=lambda v: int(v.version))
+
+
+def tag_version(name: str, version: str, tags: Mapping[str, Any]) -> None:
+    client = _client()
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, str(v))
+
+
+def record_decision(name: str, version: str, decision: Decision) -> None:
+    tag_version(
+        name,
+        version,
+        {
+            TAG_PROMOTED: str(decision.promote).lower(),
+            TAG_REASON: decision.reason,
+            "promotion.challenger_score": decision.challenger_score,
+            "promotion.champion_score": decision.champion_score,
+            "promotion.decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
+
+
+def set_champion(name: str, alias: str, version: str, reason: str) -> str | None:
+    """Point the alias at `version`; tag the replaced champion. Returns its version."""
+    previous = champion(name, alias)
+    client = _client()
+    client.set_registered_model_alias(name, alias, version)
+    tag_version(name, version, {"champion.since": time.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    if previous is not None and previous.version != version:
+        tag_version(
+            name,
+            previous.version,
+            {TAG_REPLACED_BY: version, "champion.replaced_reason": reason},
+        )
+        tag_version(name, version, {TAG_REPLACED: previous.version})
+        return previous.version
+    return None
+
+
+def load_model(name: str, alias: str):
+    """The registered champion as a pyfunc model (the registry is the only source)."""
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+
+
+def download_forecaster(name: str, version: str, dst: Path) -> Path:
+    """Fetch a version's bundled forecaster folder (model.keras + preprocessing state)."""
+    import mlflow.artifacts
+
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)
+    )
+    return Path(local) / "artifacts" / "forecaster"
+
+
+def write_json_artifact(run_id: str, payload: Mapping[str, Any], artifact_file: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / Path(artifact_file).name
+        local.write_text(json.dumps(payload, indent=2, default=str))
+        parent = str(Path(artifact_file).parent)
+        _client().log_artifact(run_id, str(local), None if parent == "." else parent)
+
+
+def ui_command(settings: Settings) -> str:
+    uri = resolve_tracking_uri(settings)
+    if uri.startswith("http"):
+        return f"open {uri}"
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+
+
+def env_is_remote(settings: Settings) -> bool:
+    return resolve_tracking_uri(settings).startswith("http") or bool(
+        os.environ.get("MLFLOW_TRACKING_URI", "").startswith("http")
+    )
