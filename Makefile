@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 ## The main job on the bundled data with the embedded defaults.
 run: $(STAMP)
-	$(BIN)/python scripts/demo.py
+	$(BIN)/lstm-pipeline demo
 
 ## The whole test suite (unit, flows, real servers).
 test: $(STAMP)

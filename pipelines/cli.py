@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--ticker", required=True)
 
+    p = sub.add_parser("demo", help="train on the bundled sample, then retrain on newer days")
+    _common(p)
+
     p = sub.add_parser("serve", help="serve the retraining and forecast deployments")
     _common(p)
     p.add_argument("--tickers", nargs="*", default=None, help="tickers for the forecast flow")
@@ -73,12 +77,18 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    from pipelines.ingestion import ingest_files
+    import os
+
+    from pipelines.flows import describe, emit_updated
+    from pipelines.tasks import ingest_file
 
     settings = _settings(args)
-    reports = ingest_files(settings, args.files, ticker=args.ticker, replace=args.replace)
-    for r in reports:
-        print(r)
+    for path in args.files:
+        for report in ingest_file(settings, str(path), args.ticker, args.replace or None):
+            print(f"{path}: {describe(report)}")
+            # A served retraining deployment listens for this (only a server can hear it).
+            if report.added + report.replaced and os.environ.get("PREFECT_API_URL"):
+                emit_updated(settings, report.ticker, report.added + report.replaced)
     return 0
 
 
@@ -123,10 +133,25 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pipelines.demo import run_demo
+
+    print(run_demo(_settings(args)))
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from pipelines.config import DEFAULT_CONFIG
     from pipelines.serve import serve
 
-    serve(_settings(args), tickers=args.tickers)
+    settings = _settings(args)
+    config_path = str((args.config or DEFAULT_CONFIG).resolve())
+    print(
+        f"serving deployments 'retraining/{'scheduled-retraining'}' (cron "
+        f"'{settings.schedule.cron}' {settings.schedule.timezone}, event "
+        f"'{settings.schedule.event}') and 'forecast/batch-forecast'; Ctrl-C stops"
+    )
+    serve(settings, config_path, args.overrides, tickers=args.tickers)
     return 0
 
 
@@ -138,16 +163,42 @@ COMMANDS = {
     "promote": _cmd_promote,
     "rollback": _cmd_rollback,
     "serve": _cmd_serve,
+    "demo": _cmd_demo,
 }
+
+
+def _is_data_error(exc: Exception) -> bool:
+    """Errors the core raises for unusable data: reported like bad input, no traceback."""
+    from lstm_core.data import DataError
+    from lstm_core.train import TrainingDivergedError
+
+    return isinstance(exc, DataError | TrainingDivergedError)
+
+
+def _progress_logging() -> None:
+    # Step and epoch progress on stderr; Prefect's own chatter stays at WARNING.
+    logger = logging.getLogger("pipelines")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _progress_logging()
     try:
         return COMMANDS[args.command](args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:
+        if not _is_data_error(exc):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -98,7 +98,9 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def start_run(settings: Settings, experiment_id: str, ticker: str, data_tags: Mapping[str, str]) -> str:
+def start_run(
+    settings: Settings, experiment_id: str, ticker: str, data_tags: Mapping[str, str]
+) -> str:
     """Create the one run of a training, with a descriptive name and lineage tags."""
     f, m = settings.features, settings.model
     name = (
@@ -219,6 +221,7 @@ def log_forecaster(run_id: str, forecaster_dir: Path, input_example: pd.DataFram
         input_example, output, params={"intervals": False, "days": 1, "samples": 30, "seed": 0}
     )
     info = Model.log(
+        artifact_path=None,
         name="model",
         flavor=mlflow.pyfunc,
         run_id=run_id,
@@ -303,8 +306,14 @@ def record_decision(name: str, version: str, decision: Decision) -> None:
     )
 
 
-def set_champion(name: str, alias: str, version: str, reason: str) -> str | None:
-    """Point the alias at `version`; tag the replaced champion. Returns its version."""
+def set_champion(
+    name: str, alias: str, version: str, reason: str, remember: bool = True
+) -> str | None:
+    """Point the alias at `version`; tag the replaced champion. Returns its version.
+
+    `remember=False` (a rollback) keeps the new champion's own record of whom it
+    replaced, so successive rollbacks walk back through the history.
+    """
     previous = champion(name, alias)
     client = _client()
     client.set_registered_model_alias(name, alias, version)
@@ -315,7 +324,8 @@ def set_champion(name: str, alias: str, version: str, reason: str) -> str | None
             previous.version,
             {TAG_REPLACED_BY: version, "champion.replaced_reason": reason},
         )
-        tag_version(name, version, {TAG_REPLACED: previous.version})
+        if remember:
+            tag_version(name, version, {TAG_REPLACED: previous.version})
         return previous.version
     return None
 
@@ -356,3 +366,28 @@ def env_is_remote(settings: Settings) -> bool:
     return resolve_tracking_uri(settings).startswith("http") or bool(
         os.environ.get("MLFLOW_TRACKING_URI", "").startswith("http")
     )
+
+
+def registered_model_exists(name: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _client().get_registered_model(name)
+    except MlflowException:
+        return False
+    return True
+
+
+def log_forecast(settings: Settings, ticker: str, version: str, path: Path) -> str:
+    """Record a batch forecast as its own run, with the Parquet file attached."""
+    experiment_id = connect(settings)
+    run = _client().create_run(
+        experiment_id,
+        run_name=f"forecast {ticker} v{version}",
+        tags={TAG_TICKER: ticker, "kind": "forecast", "model_version": version},
+    )
+    try:
+        _client().log_artifact(run.info.run_id, str(path), "forecast")
+    finally:
+        end_run(run.info.run_id, True)
+    return run.info.run_id

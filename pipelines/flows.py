@@ -1,0 +1,410 @@
+"""Prefect flows: training, retraining on new price files, and batch forecasts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from lstm_core.predictor import Forecaster
+from pipelines import tasks, tracking
+from pipelines.config import Settings, load_settings
+from pipelines.errors import PipelineError
+from pipelines.locks import file_lock
+from pipelines.promotion import Decision, decide
+from pipelines.store import MergeReport, PriceStore
+
+log = logging.getLogger("pipelines")
+
+
+@dataclass
+class TickerResult:
+    ticker: str
+    run_id: str | None = None
+    version: str | None = None
+    promoted: bool = False
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    plots: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def render(self, settings: Settings) -> str:
+        if self.error:
+            return f"{self.ticker}: FAILED: {self.error}"
+        m = self.metrics
+        lines = [
+            f"{self.ticker}: test RMSE {m.get('test_rmse', float('nan')):.4f} vs naive "
+            f"{m.get('naive_rmse', float('nan')):.4f} (skill {m.get('skill_vs_naive', float('nan')):+.3f}, "
+            f"MASE {m.get('mase', float('nan')):.3f}, DM p-value {m.get('dm_pvalue', float('nan')):.3f})",
+            f"  registered {settings.registry.name_for(self.ticker)} version {self.version}: "
+            f"{'CHAMPION' if self.promoted else 'not promoted'} ({self.reason})",
+            f"  run {self.run_id}; plots: {', '.join(self.plots) or '-'}",
+        ]
+        return "\n".join(lines)
+
+
+@dataclass
+class Summary:
+    settings: Settings
+    results: list[TickerResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.error is None for r in self.results)
+
+    def render(self) -> str:
+        out = [*self.notes, *(r.render(self.settings) for r in self.results)]
+        if self.results:
+            out.append(f"MLflow UI: {tracking.ui_command(self.settings)}")
+        return "\n".join(out)
+
+
+def _settings(
+    settings: Settings | None, config_path: str | None, overrides: list[str] | None
+) -> Settings:
+    """Deployments pass a config path (JSON-able); the CLI passes validated settings."""
+    return settings if settings is not None else load_settings(config_path, overrides or ())
+
+
+def _promote(
+    settings: Settings,
+    ticker: str,
+    version: str,
+    metrics: dict[str, float],
+    frame: pd.DataFrame,
+    test_dates: Any,
+    train_end: int,
+    workdir: Path,
+) -> Decision:
+    """Compare with the champion on the same window, then record and apply the decision."""
+    reg = settings.registry
+    name = reg.name_for(ticker)
+    policy = reg.promotion
+    # One decision at a time per registered model, so racing runs cannot both win.
+    with file_lock(settings.path(".locks") / f"promote-{name}.lock"):
+        current = tracking.champion(name, reg.alias)
+        champion_score = None
+        if current is not None and current.version != version:
+            try:
+                champion_score = tasks.rescore_champion(
+                    name, current.version, frame, test_dates, policy.metric, train_end, workdir
+                )
+            except Exception as exc:  # an unloadable champion must not block a good model
+                log.warning("could not re-score champion v%s: %s", current.version, exc)
+                champion_score = float("nan")
+        decision = decide(
+            policy,
+            metrics.get(policy.metric, float("nan")),
+            metrics.get("test_rmse", float("nan")),
+            metrics.get("naive_rmse", float("nan")),
+            champion_score,
+        )
+        tracking.record_decision(name, version, decision)
+        if decision.promote:
+            tracking.set_champion(name, reg.alias, version, decision.reason)
+    return decision
+
+
+promote = task(_promote, name="promote", cache_policy=NO_CACHE)
+
+
+def train_one(settings: Settings, ticker: str, source: str | None = None) -> TickerResult:
+    """The training pipeline for one ticker: store -> ... -> register -> promote."""
+    frame, manifest = tasks.load_prices(settings, ticker)
+    frames = tasks.split(frame, settings)
+    preprocessor = tasks.fit_scaler(frames, settings)
+    data = tasks.window(frames, preprocessor)
+
+    experiment_id = tracking.connect(settings)
+    data_tags = {
+        tracking.TAG_DATA_LAST_DATE: str(manifest.last_date),
+        tracking.TAG_DATA_DIGEST: manifest.digest,
+        tracking.TAG_DATA_ROWS: str(manifest.rows),
+    }
+    run_id = tracking.start_run(settings, experiment_id, ticker, data_tags)
+    result = TickerResult(ticker=ticker, run_id=run_id)
+    ok = False
+    try:
+        tracking.log_params(run_id, settings)
+        tracking.log_dataset(
+            run_id,
+            frame,
+            source=source or str(settings.store_path / f"ticker={ticker}"),
+            digest=manifest.digest,
+            name=f"{ticker} {manifest.first_date}..{manifest.last_date}",
+        )
+        trained = tasks.train(data, settings, run_id, ticker)
+        evaluation = tasks.evaluate(trained.model, data, settings)
+        folds = (
+            tasks.backtest(frames.frame, settings)
+            if settings.evaluation.backtest_folds > 0
+            else None
+        )
+        figures = tasks.plots(evaluation, trained.history, folds, ticker, settings.features.target)
+        metrics = dict(evaluation.metrics)
+        if folds is not None and len(folds):
+            metrics["backtest_mean_skill"] = float(folds["skill"].mean())
+            metrics["backtest_mean_rmse"] = float(folds["rmse"].mean())
+        metrics["epochs_run"] = float(trained.epochs_run)
+        result.metrics = metrics
+        result.plots = tasks.log_results(run_id, metrics, figures, evaluation.predictions)
+
+        forecaster = Forecaster(model=trained.model, preprocessor=preprocessor)
+        example = frame.tail(preprocessor.rows_needed).reset_index(drop=True)
+        with tempfile.TemporaryDirectory(prefix="lstm-") as tmp:
+            workdir = Path(tmp)
+            model_uri = tasks.log_model(run_id, forecaster, example, workdir)
+            registered = tasks.register(
+                settings.registry.name_for(ticker),
+                model_uri,
+                run_id,
+                {tracking.TAG_TICKER: ticker, tracking.TAG_RUN_ID: run_id, **data_tags},
+            )
+            result.version = registered.version
+            test_dates = data.test.target_dates[:, 0]
+            decision = promote(
+                settings,
+                ticker,
+                registered.version,
+                metrics,
+                frames.frame,
+                test_dates,
+                data.train_end,
+                workdir,
+            )
+        result.promoted, result.reason = decision.promote, decision.reason
+        ok = True
+    finally:
+        tracking.end_run(run_id, ok)
+    return result
+
+
+train_ticker = task(train_one, name="train-ticker", cache_policy=NO_CACHE)
+
+
+def _task_runner(settings: Settings):
+    if settings.runtime.task_runner != "dask":
+        return None
+    from prefect_dask import DaskTaskRunner
+
+    if settings.runtime.dask_address:
+        return DaskTaskRunner(address=settings.runtime.dask_address)
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": settings.runtime.dask_workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+            "host": "127.0.0.1",
+        }
+    )
+
+
+def _map_tickers(settings: Settings, tickers: list[str]) -> list[TickerResult]:
+    """One branch per ticker; a branch's failure is reported, not propagated."""
+    if len(tickers) == 1:
+        try:
+            return [train_one(settings, tickers[0])]
+        except PipelineError:
+            raise
+        except Exception as exc:
+            log.exception("training %s failed", tickers[0])
+            return [TickerResult(ticker=tickers[0], error=f"{type(exc).__name__}: {exc}")]
+    futures = [train_ticker.submit(settings, t) for t in tickers]
+    results = []
+    for t, fut in zip(tickers, futures, strict=True):
+        try:
+            results.append(fut.result())
+        except Exception as exc:
+            results.append(TickerResult(ticker=t, error=f"{type(exc).__name__}: {exc}"))
+    return results
+
+
+def describe(report: MergeReport) -> str:
+    a = report.after
+    return (
+        f"{report.ticker} +{report.added} new, {report.replaced} replaced, "
+        f"{report.unchanged} unchanged rows; store holds {a.rows} rows {a.first_date}..{a.last_date}"
+    )
+
+
+def emit_updated(settings: Settings, ticker: str, added: int) -> None:
+    from prefect.events import emit_event
+
+    emit_event(
+        event=settings.schedule.event,
+        resource={"prefect.resource.id": f"lstm.ticker.{ticker}", "ticker": ticker},
+        payload={"added": added},
+    )
+
+
+@flow(name="training", log_prints=False)
+def training_flow(
+    settings: Settings | None = None,
+    files: list[str] | None = None,
+    ticker: str | None = None,
+    tickers: list[str] | None = None,
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
+) -> Summary:
+    """Ingest (when files are given), then train, evaluate, log, register, promote."""
+    settings = _settings(settings, config_path, overrides)
+    summary = Summary(settings)
+    if files is None and not tickers:
+        files = [str(settings.path(s)) for s in settings.data.sources]
+        ticker = ticker or settings.data.ticker
+    touched: list[str] = []
+    for path in files or []:
+        for report in tasks.ingest(settings, path, ticker):
+            summary.notes.append(f"ingested {path}: {describe(report)}")
+            if report.ticker not in touched:
+                touched.append(report.ticker)
+    todo = list(tickers or []) or touched or ([ticker] if ticker else [])
+    if not todo:
+        raise PipelineError("nothing to train: give FILE(s) or --ticker")
+    summary.results = _map_tickers(settings, todo)
+    return summary
+
+
+def _move(src: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    dst = folder / f"{src.stem}.{stamp}{src.suffix}"
+    shutil.move(str(src), dst)
+    return dst
+
+
+def needs_training(settings: Settings, ticker: str) -> tuple[bool, str]:
+    """Has the ticker gained enough rows since its champion (or latest version) was trained?"""
+    manifest = PriceStore(settings.store_path).manifest(ticker)
+    if manifest is None:
+        return False, "no data"
+    name = settings.registry.name_for(ticker)
+    basis = tracking.champion(name, settings.registry.alias)
+    if basis is None:
+        all_versions = tracking.versions(name) if tracking.registered_model_exists(name) else []
+        if not all_versions:
+            return True, "no model yet"
+        basis = all_versions[-1]
+    if basis.tags.get(tracking.TAG_DATA_DIGEST) == manifest.digest:
+        return False, f"unchanged since v{basis.version}"
+    trained_rows = int(basis.tags.get(tracking.TAG_DATA_ROWS, "0") or 0)
+    gained = manifest.rows - trained_rows
+    if gained < settings.data.min_new_rows:
+        return (
+            False,
+            f"gained {gained} row(s) since v{basis.version}, need {settings.data.min_new_rows}",
+        )
+    return (
+        True,
+        f"gained {gained} row(s) since v{basis.version} ({basis.tags.get(tracking.TAG_DATA_LAST_DATE)})",
+    )
+
+
+@flow(name="retraining")
+def retraining_flow(
+    settings: Settings | None = None,
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
+) -> Summary:
+    """Ingest new files from the incoming folder; retrain the tickers whose data changed."""
+    settings = _settings(settings, config_path, overrides)
+    summary = Summary(settings)
+    incoming = settings.path(settings.data.incoming)
+    files = sorted(p for p in incoming.glob("*.csv") if p.is_file()) if incoming.is_dir() else []
+    for path in files:
+        try:
+            reports = tasks.ingest(settings, str(path), None)
+        except PipelineError as exc:
+            dst = _move(path, settings.path(settings.data.rejected))
+            dst.with_name(dst.name + ".error.txt").write_text(f"{exc}\n", encoding="utf-8")
+            summary.notes.append(f"rejected {path.name}: {exc}")
+            continue
+        # Only once the rows are safely in the store does the file leave the incoming folder.
+        _move(path, settings.path(settings.data.archive))
+        summary.notes.extend(f"ingested {path.name}: {describe(r)}" for r in reports)
+    todo = []
+    for ticker in PriceStore(settings.store_path).tickers():
+        stale, why = needs_training(settings, ticker)
+        summary.notes.append(f"{ticker}: {'retrain' if stale else 'skip'} ({why})")
+        if stale:
+            todo.append(ticker)
+    if not todo:
+        summary.notes.append("nothing changed: no ticker to retrain")
+        return summary
+    summary.results = _map_tickers(settings, todo)
+    return summary
+
+
+@dataclass
+class ForecastResult:
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    paths: dict[str, Path] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def render(self) -> str:
+        out = []
+        for t, frame in self.frames.items():
+            out.append(f"{t}: forecast written to {self.paths[t]}")
+            out.append(frame.to_string(index=False))
+        out.extend(f"{t}: FAILED: {e}" for t, e in self.errors.items())
+        return "\n".join(out)
+
+
+@task(name="forecast-ticker", cache_policy=NO_CACHE, **tasks.IO_RETRY)
+def forecast_ticker(settings: Settings, ticker: str, days: int) -> tuple[pd.DataFrame, Path]:
+    name = settings.registry.name_for(ticker)
+    tracking.connect(settings)
+    version = tracking.champion(name, settings.registry.alias)
+    if version is None:
+        raise PipelineError(
+            f"{name} has no {settings.registry.alias!r} alias yet: run training first"
+        )
+    model = tracking.load_model(name, settings.registry.alias)
+    history = PriceStore(settings.store_path).load(ticker)
+    frame = model.predict(history, params={"days": days, "intervals": True})
+    frame.insert(0, "ticker", ticker)
+    frame["model_version"] = version.version
+    out_dir = settings.path(settings.data.forecasts)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{ticker}.parquet"
+    tmp = path.with_suffix(".parquet.tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    tracking.log_forecast(settings, ticker, version.version, path)
+    return frame, path
+
+
+@flow(name="forecast")
+def forecast_flow(
+    settings: Settings | None = None,
+    tickers: list[str] | None = None,
+    days: int | None = None,
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
+) -> ForecastResult:
+    """Next N trading days with intervals from each ticker's champion, written to Parquet."""
+    settings = _settings(settings, config_path, overrides)
+    days = days or settings.evaluation.forecast_days
+    tickers = tickers or PriceStore(settings.store_path).tickers()
+    result = ForecastResult()
+    futures = {t: forecast_ticker.submit(settings, t, days) for t in tickers}
+    for t, fut in futures.items():
+        try:
+            result.frames[t], result.paths[t] = fut.result()
+        except Exception as exc:
+            result.errors[t] = str(exc)
+    return result

@@ -1,0 +1,227 @@
+"""Prefect tasks: each one calls one `lstm_core` function or the MLflow module.
+
+Retries with back-off only on I/O (the store, the tracking server). Tasks whose inputs
+cannot be hashed (models, arrays, frames) use NO_CACHE; ingestion and loading are cached
+on the input file's digest and the store's manifest digest.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from lstm_core import backtest as core_backtest
+from lstm_core import data as core_data
+from lstm_core import evaluate as core_evaluate
+from lstm_core import model as core_model
+from lstm_core import plots as core_plots
+from lstm_core import rescore as core_rescore
+from lstm_core import train as core_train
+from lstm_core.predictor import Forecaster
+from pipelines import tracking
+from pipelines.config import Settings
+from pipelines.ingest import digest_file, read_price_file
+from pipelines.store import Manifest, MergeReport, PriceStore
+
+log = logging.getLogger("pipelines")
+
+
+def _ingest_key(context: Any, parameters: dict[str, Any]) -> str:
+    settings: Settings = parameters["settings"]
+    path = Path(parameters["path"])
+    store = PriceStore(settings.store_path)
+    ticker = parameters.get("ticker")
+    manifest = store.manifest(ticker) if ticker else None
+    after = manifest.digest if manifest else "empty"
+    return f"ingest-{digest_file(path)}-{settings.store_path}-{ticker}-{after}"
+
+
+def _retry_io(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only transient I/O failures, never bad input."""
+    from pipelines.errors import PipelineError
+
+    try:
+        state.result()
+    except PipelineError:
+        return False
+    except (OSError, ConnectionError, TimeoutError):
+        return True
+    except Exception as exc:  # MLflow wraps HTTP failures in MlflowException
+        return type(exc).__name__ in ("MlflowException", "RestException")
+    return False
+
+
+IO_RETRY = {
+    "retries": 3,
+    "retry_delay_seconds": [1, 4, 10],
+    "retry_jitter_factor": 0.3,
+    "retry_condition_fn": _retry_io,
+}
+
+
+def ingest_file(
+    settings: Settings, path: str, ticker: str | None = None, replace: bool | None = None
+) -> list[MergeReport]:
+    """Read, validate and merge one file into the store (atomic, locked); one report a ticker."""
+    d = settings.data
+    parsed = read_price_file(path, ticker=ticker, column_map=d.column_map, missing=d.missing)
+    for note in parsed.notes:
+        log.info("%s: %s", path, note)
+    replace = d.replace if replace is None else replace
+    return PriceStore(settings.store_path).merge_all(parsed, replace=replace)
+
+
+ingest = task(ingest_file, name="ingest", cache_key_fn=_ingest_key, persist_result=True, **IO_RETRY)
+
+
+def _load_key(context: Any, parameters: dict[str, Any]) -> str | None:
+    settings: Settings = parameters["settings"]
+    manifest = PriceStore(settings.store_path).manifest(parameters["ticker"])
+    if manifest is None:
+        return None
+    return f"load-{settings.store_path}-{manifest.ticker}-{manifest.digest}"
+
+
+@task(name="load-prices", cache_key_fn=_load_key, persist_result=True, **IO_RETRY)
+def load_prices(settings: Settings, ticker: str) -> tuple[pd.DataFrame, Manifest]:
+    store = PriceStore(settings.store_path)
+    manifest = store.manifest(ticker)
+    if manifest is None:
+        from pipelines.errors import PipelineError
+
+        raise PipelineError(
+            f"no prices stored for ticker {ticker!r} in {settings.store_path}; "
+            "ingest a file first (lstm-pipeline ingest FILE --ticker T)"
+        )
+    return store.load(ticker), manifest
+
+
+@task(name="split", cache_policy=NO_CACHE)
+def split(frame: pd.DataFrame, settings: Settings) -> core_data.SplitFrames:
+    return core_data.split_frame(frame, settings.evaluation)
+
+
+@task(name="fit-scaler", cache_policy=NO_CACHE)
+def fit_scaler(frames: core_data.SplitFrames, settings: Settings) -> core_data.Preprocessor:
+    # The scaler sees the training rows only.
+    return core_data.fit_preprocessor(frames.train, settings.features)
+
+
+@task(name="window", cache_policy=NO_CACHE)
+def window(
+    frames: core_data.SplitFrames, preprocessor: core_data.Preprocessor
+) -> core_data.WindowedData:
+    return core_data.make_dataset(frames, preprocessor)
+
+
+class _Progress:
+    """A Keras callback printing one line per epoch (what the user sees while training)."""
+
+    def __new__(cls, ticker: str, epochs: int):
+        import keras
+
+        class _P(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+                logs = logs or {}
+                log.info(
+                    "%s epoch %d/%d  loss %.5f  val_loss %s",
+                    ticker,
+                    epoch + 1,
+                    epochs,
+                    logs.get("loss", float("nan")),
+                    f"{logs['val_loss']:.5f}" if "val_loss" in logs else "-",
+                )
+
+        return _P()
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train(data: core_data.WindowedData, settings: Settings, run_id: str, ticker: str):
+    model = core_model.build_model(
+        settings.model, data.lookback, data.n_features, data.horizon, seed=settings.training.seed
+    )
+    callbacks = [tracking.epoch_logger(run_id), _Progress(ticker, settings.training.epochs)]
+    return core_train.train_model(
+        model,
+        data.train.X,
+        data.train.y,
+        data.val.X,
+        data.val.y,
+        settings.training,
+        callbacks=callbacks,
+    )
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate(model: Any, data: core_data.WindowedData, settings: Settings):
+    return core_evaluate.evaluate_model(
+        model, data, settings.evaluation, seed=settings.training.seed
+    )
+
+
+@task(name="backtest", cache_policy=NO_CACHE)
+def backtest(frame: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    def build(lookback: int, n_features: int, horizon: int) -> Any:
+        return core_model.build_model(
+            settings.model, lookback, n_features, horizon, seed=settings.training.seed
+        )
+
+    return core_backtest.walk_forward_backtest(
+        frame, settings.features, settings.evaluation, build, settings.training
+    )
+
+
+@task(name="plots", cache_policy=NO_CACHE)
+def plots(
+    evaluation: Any, history: dict, folds: pd.DataFrame | None, ticker: str, target: str
+) -> dict:
+    figures = {
+        "test_predictions": core_plots.plot_predictions(evaluation.predictions, ticker, target),
+        "loss": core_plots.plot_loss(history, ticker),
+        "residuals": core_plots.plot_residuals(evaluation.predictions, ticker),
+    }
+    if folds is not None and len(folds):
+        figures["backtest"] = core_plots.plot_backtest(folds, ticker)
+    return figures
+
+
+@task(name="log-run", cache_policy=NO_CACHE, **IO_RETRY)
+def log_results(
+    run_id: str, metrics: dict[str, float], figures: dict, predictions: pd.DataFrame
+) -> list[str]:
+    tracking.log_metrics(run_id, metrics)
+    tracking.log_table(run_id, predictions, "evaluation/test_predictions.csv")
+    return tracking.log_figures(run_id, figures)
+
+
+@task(name="log-model", cache_policy=NO_CACHE, **IO_RETRY)
+def log_model(run_id: str, forecaster: Forecaster, example: pd.DataFrame, workdir: Path) -> str:
+    folder = workdir / "forecaster"
+    forecaster.save(folder)
+    return tracking.log_forecaster(run_id, folder, example)
+
+
+@task(name="register", cache_policy=NO_CACHE, **IO_RETRY)
+def register(name: str, model_uri: str, run_id: str, tags: dict[str, str]):
+    return tracking.register(name, model_uri, run_id, tags)
+
+
+@task(name="rescore-champion", cache_policy=NO_CACHE, **IO_RETRY)
+def rescore_champion(
+    name: str,
+    version: str,
+    frame: pd.DataFrame,
+    test_dates: Any,
+    metric: str,
+    train_end: int,
+    workdir: Path,
+) -> float:
+    """The champion's error on the challenger's test window (same targets)."""
+    folder = tracking.download_forecaster(name, version, workdir / f"champion-v{version}")
+    champion = Forecaster.load(folder)
+    return core_rescore.score_on_dates(champion, frame, test_dates, metric, train_end)

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import math
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipelines.config import PromotionPolicy
+from pipelines.promotion import decide
+
+POLICY = PromotionPolicy(metric="test_rmse", min_improvement=0.0, max_worse_than_naive=0.1)
+anything = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([math.nan, math.inf, -math.inf, 0.0]),
+)
+
+
+def test_first_model_passing_the_guards_becomes_champion():
+    d = decide(POLICY, 1.0, 1.0, 1.0, None)
+    assert d.promote and "first model" in d.reason
+
+
+def test_better_challenger_wins_worse_is_refused():
+    assert decide(POLICY, 0.9, 0.9, 1.0, 0.95).promote
+    refused = decide(POLICY, 0.97, 0.97, 1.0, 0.95)
+    assert not refused.promote and "does not beat" in refused.reason
+
+
+def test_guard_against_the_naive_forecast():
+    d = decide(POLICY, 1.2, 1.2, 1.0, None)
+    assert not d.promote and "naive" in d.reason
+
+
+@given(
+    challenger=anything,
+    naive=anything,
+    champion=st.one_of(st.none(), anything),
+    margin=st.floats(0, 0.5),
+    worse=st.floats(0, 1),
+)
+def test_promotion_happens_exactly_when_the_policy_says(challenger, naive, champion, margin, worse):
+    policy = PromotionPolicy(metric="test_rmse", min_improvement=margin, max_worse_than_naive=worse)
+    d = decide(policy, challenger, challenger, naive, champion)
+    finite = math.isfinite(challenger) and math.isfinite(naive)
+    guards = finite and challenger <= naive * (1 + worse)
+    if champion is None or (guards and not math.isfinite(champion)):
+        expected = guards
+    else:
+        expected = guards and challenger < champion * (1 - margin)
+    assert d.promote == expected
+    assert d.reason.startswith("promoted" if expected else "refused")

@@ -1,0 +1,329 @@
+"""Tests for pipelines.store: incremental, idempotent, atomic, locked merges."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import multiprocessing
+import os
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import store as store_mod
+from pipelines.errors import InputError, PipelineError
+from pipelines.ingest import InvalidTickerError, read_price_file
+from pipelines.store import Manifest, MergeReport, PriceStore, UnknownTickerError, table_digest
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared" / "data"
+HEADER = "Date,Open,High,Low,Close,Volume"
+
+
+def rows_for(days: range, bump: float = 0.0) -> list[str]:
+    base = dt.date(2020, 1, 1)
+    out = []
+    for i in days:
+        p = 10 + i + bump
+        out.append(f"{base + dt.timedelta(days=i)},{p},{p + 1},{p - 1},{p + 0.5},{1000 + i}")
+    return out
+
+
+def csv_file(folder: Path, name: str, rows: list[str], header: str = HEADER) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    p = folder / name
+    p.write_text("\n".join([header, *rows]) + "\n")
+    return p
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def test_merge_new_ticker_and_load(tmp_path: Path) -> None:
+    store = PriceStore(tmp_path / "store")
+    report = store.merge(read_price_file(csv_file(tmp_path, "ACME.csv", rows_for(range(5)))))
+    assert isinstance(report, MergeReport)
+    assert (report.ticker, report.added, report.replaced, report.unchanged) == ("ACME", 5, 0, 0)
+    assert report.before is None
+    m = report.after
+    assert (m.first_date, m.last_date, m.rows) == (dt.date(2020, 1, 1), dt.date(2020, 1, 5), 5)
+    assert store.manifest("ACME") == m
+    assert store.tickers() == ["ACME"]
+    tdir = tmp_path / "store" / "ticker=ACME"
+    assert (tdir / "data.parquet").is_file()
+    assert Manifest.from_json((tdir / "manifest.json").read_text()) == m
+    assert json.loads((tdir / "manifest.json").read_text())["rows"] == 5
+
+    df = store.load("ACME")
+    assert list(df.columns) == ["date", "open", "high", "low", "close", "volume"]  # no amount
+    assert df["date"].dtype == np.dtype("datetime64[ns]")
+    assert df["date"].is_monotonic_increasing
+    assert df["close"].tolist() == [10.5, 11.5, 12.5, 13.5, 14.5]
+    assert df["volume"].dtype == np.float64
+
+
+def test_load_keeps_amount_when_present(tmp_path: Path) -> None:
+    text = "日期,开盘价(元),最高价(元),最低价(元),收盘价(元),成交量(股),成交额(元)\n1997-11-25,24.0,24.4,23.81,24.14,6729900,162026730.0\n"
+    p = tmp_path / "平安银行.csv"
+    p.write_bytes(text.encode("gb18030"))
+    store = PriceStore(tmp_path / "s")
+    store.merge(read_price_file(p))
+    df = store.load("平安银行")
+    assert list(df.columns) == ["date", "open", "high", "low", "close", "volume", "amount"]
+    assert df["amount"].tolist() == [162026730.0]
+
+
+def test_reingest_is_idempotent_and_newer_days_append(tmp_path: Path) -> None:
+    store = PriceStore(tmp_path / "store")
+    p = csv_file(tmp_path, "ACME.csv", rows_for(range(5)))
+    first = store.merge(read_price_file(p))
+    before = snapshot(tmp_path / "store")
+    again = store.merge(read_price_file(p))
+    assert (again.added, again.replaced, again.unchanged) == (0, 0, 5)
+    assert again.after == first.after and not again.changed
+    assert snapshot(tmp_path / "store") == before  # nothing rewritten
+
+    newer = csv_file(tmp_path / "n", "ACME.csv", rows_for(range(3, 8)))
+    rep = store.merge(read_price_file(newer))
+    assert (rep.added, rep.replaced, rep.unchanged) == (3, 0, 2)
+    assert rep.before == first.after
+    assert rep.after.rows == 8 and rep.after.last_date == dt.date(2020, 1, 8)
+    assert rep.after.digest != first.after.digest
+    assert store.load("ACME")["date"].is_monotonic_increasing
+
+    older = csv_file(tmp_path / "o", "ACME.csv", rows_for(range(-3, 0)))
+    rep = store.merge(read_price_file(older))
+    assert rep.added == 3 and rep.after.first_date == dt.date(2019, 12, 29)
+    df = store.load("ACME")
+    assert df["date"].is_monotonic_increasing and len(df) == 11 and df["date"].is_unique
+
+
+def test_conflict_is_an_error_unless_replace(tmp_path: Path) -> None:
+    store = PriceStore(tmp_path / "store")
+    store.merge(read_price_file(csv_file(tmp_path, "ACME.csv", rows_for(range(5)))))
+    snap = snapshot(tmp_path / "store")
+    changed = rows_for(range(3, 6))
+    changed[1] = "2020-01-05,14,15,13,14.25,1004"  # close 14.5 in the store
+    p = csv_file(tmp_path / "c", "ACME.csv", changed)
+    with pytest.raises(InputError) as ei:
+        store.merge(read_price_file(p))
+    e = ei.value
+    assert e.line == 3 and e.column == "Close" and e.path == str(p)
+    assert "14.25" in e.problem and "14.5" in e.problem and "2020-01-05" in e.problem
+    assert "replace=True" in e.problem and "\n" not in str(e)
+    assert snapshot(tmp_path / "store") == snap  # the new day 2020-01-06 was not added either
+
+    rep = store.merge(read_price_file(p), replace=True)
+    assert (rep.added, rep.replaced, rep.unchanged) == (1, 1, 1)
+    df = store.load("ACME")
+    assert df.loc[df["date"] == pd.Timestamp("2020-01-05"), "close"].item() == 14.25
+    assert len(df) == 6
+
+
+def test_digest_is_of_stored_rows(tmp_path: Path) -> None:
+    store = PriceStore(tmp_path / "store")
+    rep = store.merge(read_price_file(csv_file(tmp_path, "ACME.csv", rows_for(range(5)))))
+    assert rep.after.digest == table_digest(store.read_table("ACME"))
+    # a second store built from the same rows in two steps has the same digest
+    other = PriceStore(tmp_path / "other")
+    other.merge(read_price_file(csv_file(tmp_path / "a", "ACME.csv", rows_for(range(2)))))
+    rep2 = other.merge(read_price_file(csv_file(tmp_path / "b", "ACME.csv", rows_for(range(2, 5)))))
+    assert rep2.after.digest == rep.after.digest
+
+
+def test_manifest_json_is_a_copy_and_gets_repaired(tmp_path: Path) -> None:
+    store = PriceStore(tmp_path / "store")
+    p = csv_file(tmp_path, "ACME.csv", rows_for(range(3)))
+    rep = store.merge(read_price_file(p))
+    mj = tmp_path / "store" / "ticker=ACME" / "manifest.json"
+    mj.unlink()
+    assert store.manifest("ACME") == rep.after  # parquet metadata is the truth
+    store.merge(read_price_file(p))
+    assert Manifest.from_json(mj.read_text()) == rep.after
+
+
+def test_unknown_ticker_and_unsafe_names(tmp_path: Path) -> None:
+    store = PriceStore(tmp_path / "store")
+    assert store.tickers() == [] and store.manifest("NOPE") is None
+    with pytest.raises(UnknownTickerError) as ei:
+        store.load("NOPE")
+    assert isinstance(ei.value, KeyError) and isinstance(ei.value, PipelineError)
+    assert str(ei.value).startswith("ticker 'NOPE' is not in the store")
+    for bad in ("../x", "a/b", ".x"):
+        with pytest.raises(InvalidTickerError):
+            store.load(bad)
+    assert not (tmp_path / "x").exists()
+
+
+def test_multi_ticker_merge_all(tmp_path: Path) -> None:
+    rows = [f"B,{r}" for r in rows_for(range(3))] + [f"A,{r}" for r in rows_for(range(2))]
+    p = csv_file(tmp_path, "many.csv", rows, header="ticker," + HEADER)
+    parsed = read_price_file(p)
+    store = PriceStore(tmp_path / "store")
+    with pytest.raises(PipelineError, match="merge_all"):
+        store.merge(parsed)
+    reports = store.merge_all(parsed)
+    assert [(r.ticker, r.added) for r in reports] == [("A", 2), ("B", 3)]
+    assert store.tickers() == ["A", "B"]
+    assert len(store.load("B")) == 3
+    ds = store.dataset().to_table()
+    assert sorted(set(ds.column("ticker").to_pylist())) == ["A", "B"] and ds.num_rows == 5
+    # single-ticker files work with merge_all too
+    one = read_price_file(csv_file(tmp_path / "one", "C.csv", rows_for(range(2))))
+    assert [r.ticker for r in store.merge_all(one)] == ["C"]
+
+
+def test_multi_ticker_conflict_writes_nothing(tmp_path: Path) -> None:
+    store = PriceStore(tmp_path / "store")
+    store.merge(read_price_file(csv_file(tmp_path, "B.csv", rows_for(range(3)))))
+    snap = snapshot(tmp_path / "store")
+    rows = [f"A,{r}" for r in rows_for(range(2))] + [f"B,{r}" for r in rows_for(range(3), 0.25)]
+    parsed = read_price_file(csv_file(tmp_path, "many.csv", rows, header="ticker," + HEADER))
+    with pytest.raises(InputError) as ei:
+        store.merge_all(parsed)
+    assert ei.value.line == 4
+    assert not (tmp_path / "store" / "ticker=A" / "data.parquet").exists()
+    assert {k: v for k, v in snapshot(tmp_path / "store").items() if "ticker=A" not in k} == snap
+
+
+@pytest.mark.parametrize("where", ["write_table", "replace"])
+def test_failed_write_leaves_store_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    store = PriceStore(tmp_path / "store")
+    store.merge(read_price_file(csv_file(tmp_path, "ACME.csv", rows_for(range(5)))))
+    before = snapshot(tmp_path / "store")
+    manifest = store.manifest("ACME")
+
+    if where == "write_table":
+        real = pq.write_table
+
+        def broken(table: pa.Table, where_: str, **kw: object) -> None:
+            real(table.slice(0, 2), where_, **kw)  # a partial file, then the crash
+            raise OSError("disk full")
+
+        monkeypatch.setattr(store_mod.pq, "write_table", broken)
+    else:
+
+        def broken_replace(src: str, dst: str) -> None:
+            raise OSError("power cut")
+
+        monkeypatch.setattr(store_mod.os, "replace", broken_replace)
+
+    newer = csv_file(tmp_path / "n", "ACME.csv", rows_for(range(3, 9)))
+    with pytest.raises(OSError):
+        store.merge(read_price_file(newer))
+    assert snapshot(tmp_path / "store") == before  # byte for byte, no temp files left
+    monkeypatch.undo()
+    assert store.manifest("ACME") == manifest
+    rep = store.merge(read_price_file(newer))  # and the store still works
+    assert rep.added == 4 and rep.after.rows == 9
+
+
+def _ingest(args: tuple[str, str, int]) -> int:
+    root, path, repeat = args
+    store = PriceStore(root)
+    added = 0
+    for _ in range(repeat):
+        added += store.merge(read_price_file(path)).added
+    return added
+
+
+def test_concurrent_overlapping_ingestion_processes(tmp_path: Path) -> None:
+    a = csv_file(tmp_path / "a", "ACME.csv", rows_for(range(0, 40)))
+    b = csv_file(tmp_path / "b", "ACME.csv", rows_for(range(20, 60)))
+    root = str(tmp_path / "store")
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
+        added = list(pool.map(_ingest, [(root, str(a), 5), (root, str(b), 5)]))
+    assert sum(added) == 60  # each row was added exactly once
+    df = PriceStore(root).load("ACME")
+    assert len(df) == 60 and df["date"].is_unique and df["date"].is_monotonic_increasing
+    assert PriceStore(root).manifest("ACME").rows == 60
+
+
+def test_concurrent_overlapping_ingestion_threads(tmp_path: Path) -> None:
+    files = [
+        csv_file(tmp_path / str(i), "ACME.csv", rows_for(range(i * 10, i * 10 + 30)))
+        for i in range(4)
+    ]
+    store = PriceStore(tmp_path / "store")
+    parsed = [read_price_file(f) for f in files]
+    added: list[int] = []
+    lock = threading.Lock()
+
+    def work(p: object) -> None:
+        n = store.merge(p).added  # type: ignore[arg-type]
+        with lock:
+            added.append(n)
+
+    threads = [threading.Thread(target=work, args=(p,)) for p in parsed * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(added) == 60
+    assert len(store.load("ACME")) == 60
+    leftovers = [n for n in os.listdir(tmp_path / "store" / "ticker=ACME") if n.endswith(".tmp")]
+    assert leftovers == []
+
+
+@pytest.mark.shared
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent")
+def test_acceptance_shared_data(tmp_path: Path) -> None:
+    tutorial = read_price_file(SHARED / "平安银行.csv", ticker="000001.SZ")
+    tushare = read_price_file(SHARED / "000001.SZ.tushare.csv")
+    assert tutorial.layout == "tutorial" and tushare.layout == "tushare"
+    assert tushare.ticker == "000001.SZ"
+    store = PriceStore(tmp_path / "store")
+    for parsed in (tutorial, tushare):
+        t = parsed.table
+        assert t.num_rows == 6000
+        assert t.column("date")[0].as_py() == dt.date(1997, 11, 25)
+        assert t.column("date")[-1].as_py() == dt.date(2023, 4, 28)
+    for k in ("date", "open", "high", "low", "close"):
+        assert tutorial.table.column(k).equals(tushare.table.column(k)), k
+    for k in ("volume", "amount"):
+        np.testing.assert_allclose(
+            tutorial.table.column(k).to_numpy(), tushare.table.column(k).to_numpy(), rtol=1e-9
+        )
+    first = store.merge(tutorial)
+    second = store.merge(tushare)  # the same days again: volumes equal within rounding?
+    assert first.added == 6000
+    assert second.added == 0 and second.replaced == 0
+    assert len(store.load("000001.SZ")) == 6000
+
+
+def test_hand_built_parsed_file_is_sorted_and_split(tmp_path: Path) -> None:
+    from pipelines.ingest import PRICE_SCHEMA, ParsedFile
+
+    d = [dt.date(2020, 1, 3), dt.date(2020, 1, 1), dt.date(2020, 1, 2)]
+    table = pa.table(
+        {
+            "ticker": ["Y", "X", "Y"],
+            "date": d,
+            "open": [1.0, 2.0, 3.0],
+            "high": [1.0, 2.0, 3.0],
+            "low": [1.0, 2.0, 3.0],
+            "close": [1.0, 2.0, 3.0],
+            "volume": [None, 1.0, 2.0],
+            "amount": [None, None, None],
+        },
+        schema=PRICE_SCHEMA,
+    )
+    parsed = ParsedFile(path=tmp_path / "mem", ticker="*", layout="custom", table=table)
+    store = PriceStore(tmp_path / "store")
+    assert [(r.ticker, r.added) for r in store.merge_all(parsed)] == [("X", 1), ("Y", 2)]
+    y = store.load("Y")
+    assert y["date"].tolist() == [pd.Timestamp("2020-01-02"), pd.Timestamp("2020-01-03")]
+    assert y["close"].tolist() == [3.0, 1.0]
+    assert np.isnan(y["volume"].iloc[1])
