@@ -35,7 +35,9 @@ class FeatureConfig(_Frozen):
             raise ValueError("at least one feature column is required")
         bad = [c for c in v if c not in FEATURE_COLUMNS]
         if bad:
-            raise ValueError(f"unknown feature column(s) {bad}; choose from {list(FEATURE_COLUMNS)}")
+            raise ValueError(
+                f"unknown feature column(s) {bad}; choose from {list(FEATURE_COLUMNS)}"
+            )
         if len(set(v)) != len(v):
             raise ValueError("feature columns must be unique")
         return v

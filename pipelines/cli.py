@@ -76,75 +76,165 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def _checked_ticker(ticker: str | None) -> str | None:
+    from pipelines.ingest import InvalidTickerError, validate_ticker
+
+    if ticker is None:
+        return None
+    try:
+        return validate_ticker(ticker)
+    except InvalidTickerError as exc:
+        raise PipelineError(f"--ticker: {exc}") from None
+
+
+def _parse(settings: Settings, path: Path | str, ticker: str | None):
+    """Read and validate one price file with the configured options (no Prefect, no TF)."""
+    from pipelines.ingest import DEFAULT_MAX_DAILY_CHANGE, read_price_file
+
+    d = settings.data
+    parsed = read_price_file(
+        path,
+        ticker=ticker,
+        column_map=d.column_map,
+        missing=d.missing,
+        max_daily_change=getattr(d, "max_daily_change", DEFAULT_MAX_DAILY_CHANGE),
+    )
+    for note in parsed.notes:
+        logging.getLogger("pipelines").info("%s: %s", path, note)
+    return parsed
+
+
 def _cmd_ingest(args: argparse.Namespace) -> int:
+    # Deliberately light: pyarrow + pandas only, so a bad file is reported in about a second.
     import os
 
-    from pipelines.flows import describe, emit_updated
-    from pipelines.tasks import ingest_file
+    from pipelines.store import PriceStore, describe
 
     settings = _settings(args)
-    for path in args.files:
-        for report in ingest_file(settings, str(path), args.ticker, args.replace or None):
+    ticker = _checked_ticker(args.ticker)
+    replace = bool(args.replace or settings.data.replace)
+    store = PriceStore(settings.store_path)
+    # Every file is validated (and checked against the store) before any is merged.
+    parsed = [_parse(settings, path, ticker) for path in args.files]
+    for p in parsed:
+        store.preview_all(p, replace=replace)
+    for path, p in zip(args.files, parsed, strict=True):
+        for report in store.merge_all(p, replace=replace):
             print(f"{path}: {describe(report)}")
             # A served retraining deployment listens for this (only a server can hear it).
             if report.added + report.replaced and os.environ.get("PREFECT_API_URL"):
+                from pipelines.flows import emit_updated
+
                 emit_updated(settings, report.ticker, report.added + report.replaced)
     return 0
 
 
+def _preflight_run(
+    settings: Settings, config: Path | None, files: list[str], ticker: str | None
+) -> None:
+    """Check a run's input end to end before Prefect, TensorFlow or any write.
+
+    Every file is parsed and previewed against the store, and each ticker's would-be series
+    is split, scaled and windowed as training will do it: too short a series, a lookback
+    longer than the data or a constant series fail here with one line, and nothing is stored.
+    """
+    import pandas as pd
+
+    from lstm_core import data as core_data
+    from pipelines.errors import InputError
+    from pipelines.store import PriceStore
+
+    store = PriceStore(settings.store_path)
+    frames: dict[str, tuple[str, pd.DataFrame]] = {}
+    for path in files:
+        parsed = _parse(settings, path, ticker)
+        for t, frame in store.preview_all(parsed, replace=settings.data.replace).items():
+            if t in frames:  # several files for one ticker: their union (first wins)
+                both = pd.concat([frames[t][1], frame], ignore_index=True)
+                frame = both.drop_duplicates("date").sort_values("date", ignore_index=True)
+            frames[t] = (path, frame)
+    cfg = config or "mlflow.yaml"
+    for t, (path, frame) in frames.items():
+        try:
+            split = core_data.split_frame(frame, settings.evaluation)
+            pre = core_data.fit_preprocessor(split.train, settings.features)
+            core_data.make_dataset(split, pre)
+        except core_data.DataError as exc:
+            raise InputError(
+                path,
+                f"cannot train {t} on its {len(frame)} rows with {cfg} "
+                f"(features.lookback={settings.features.lookback}): {exc}",
+            ) from None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    ticker = _checked_ticker(args.ticker)
+    files = [str(f) for f in args.files] or None
+    if files is None:
+        check_files = [str(settings.path(s)) for s in settings.data.sources]
+        check_ticker = ticker or settings.data.ticker
+    else:
+        check_files, check_ticker = files, ticker
+    _preflight_run(settings, args.config, check_files, check_ticker)
+
     from pipelines.flows import training_flow
 
-    settings = _settings(args)
-    files = [str(f) for f in args.files] or None
-    summary = training_flow(settings=settings, files=files, ticker=args.ticker)
+    summary = training_flow(settings=settings, files=files, ticker=ticker)
     print(summary.render())
-    return 0
+    return 0 if summary.ok else 1
 
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
+    settings = _settings(args)  # first: Prefect reads its environment when imported
     from pipelines.flows import retraining_flow
 
-    summary = retraining_flow(settings=_settings(args))
+    summary = retraining_flow(settings=settings)
     print(summary.render())
     return 0 if summary.ok else 1
 
 
 def _cmd_forecast(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    tickers = [_checked_ticker(t) for t in args.tickers]
     from pipelines.flows import forecast_flow
 
-    settings = _settings(args)
-    result = forecast_flow(settings=settings, tickers=args.tickers, days=args.days)
+    result = forecast_flow(settings=settings, tickers=tickers, days=args.days)
     print(result.render())
     return 0 if result.ok else 1
 
 
 def _cmd_promote(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    ticker = _checked_ticker(args.ticker)
     from pipelines.registry import manual_promote
 
-    print(manual_promote(_settings(args), args.ticker, args.version, args.reason))
+    print(manual_promote(settings, ticker, args.version, args.reason))
     return 0
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    ticker = _checked_ticker(args.ticker)
     from pipelines.registry import rollback
 
-    print(rollback(_settings(args), args.ticker))
+    print(rollback(settings, ticker))
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    settings = _settings(args)
     from pipelines.demo import run_demo
 
-    print(run_demo(_settings(args)))
+    print(run_demo(settings))
     return 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
     from pipelines.config import DEFAULT_CONFIG
     from pipelines.serve import serve
 
-    settings = _settings(args)
     config_path = str((args.config or DEFAULT_CONFIG).resolve())
     print(
         f"serving deployments 'retraining/{'scheduled-retraining'}' (cron "

@@ -6,6 +6,7 @@ folder as a new price file, so the retraining flow has real new data to pick up.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from pipelines.config import Settings
@@ -14,7 +15,8 @@ from pipelines.ingest import read_price_file
 HELD_BACK_ROWS = 20
 
 
-def run_demo(settings: Settings) -> str:
+def run_demo(settings: Settings, say: Callable[[str], None]) -> None:
+    """Each stage's summary goes to `say` as soon as the stage ends."""
     from pipelines.flows import retraining_flow, training_flow
 
     source = settings.path(settings.data.sources[0])
@@ -27,22 +29,21 @@ def run_demo(settings: Settings) -> str:
     head_file = work / f"{parsed.ticker}.csv"
     _write_yahoo(head, head_file)
 
-    out = [f"== 1. training flow on {source.name} up to {head['date'].iloc[-1]}"]
+    say(f"== 1. training flow on {source.name} up to {head['date'].iloc[-1]}")
     summary = training_flow(settings=settings, files=[str(head_file)], ticker=parsed.ticker)
-    out.append(summary.render())
+    say(summary.render())
 
     incoming = settings.path(settings.data.incoming)
     incoming.mkdir(parents=True, exist_ok=True)
     new_file = incoming / f"{parsed.ticker}.csv"
     _write_yahoo(tail, new_file)
-    out.append(
+    say(
         f"\n== 2. {len(tail)} newer days dropped into {new_file} "
         f"({tail['date'].iloc[0]}..{tail['date'].iloc[-1]}); retraining flow"
     )
-    out.append(retraining_flow(settings=settings).render())
-    out.append("\n== 3. retraining again with nothing new")
-    out.append(retraining_flow(settings=settings).render())
-    return "\n".join(out)
+    say(retraining_flow(settings=settings).render())
+    say("\n== 3. retraining again with nothing new")
+    say(retraining_flow(settings=settings).render())
 
 
 def _write_yahoo(frame, path: Path) -> None:

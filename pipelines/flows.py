@@ -6,6 +6,8 @@ import datetime as dt
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ class TickerResult:
     metrics: dict[str, float] = field(default_factory=dict)
     plots: list[str] = field(default_factory=list)
     error: str | None = None
+    artifact_uri: str | None = None
 
     def render(self, settings: Settings) -> str:
         if self.error:
@@ -47,8 +50,9 @@ class TickerResult:
             f"  registered {settings.registry.name_for(self.ticker)} version {self.version}: "
             f"{'CHAMPION' if self.promoted else 'not promoted'} ({self.reason})",
             f"  run {self.run_id}; plots: {', '.join(self.plots) or '-'}",
+            f"  (artifacts under {self.artifact_uri})" if self.artifact_uri else "",
         ]
-        return "\n".join(lines)
+        return "\n".join(line for line in lines if line)
 
 
 @dataclass
@@ -123,6 +127,17 @@ def train_one(settings: Settings, ticker: str, source: str | None = None) -> Tic
     frames = tasks.split(frame, settings)
     preprocessor = tasks.fit_scaler(frames, settings)
     data = tasks.window(frames, preprocessor)
+    log.info(
+        "%s: %d rows %s..%s; windows train %d, validation %d, test %d (lookback %d)",
+        ticker,
+        manifest.rows,
+        manifest.first_date,
+        manifest.last_date,
+        len(data.train),
+        len(data.val),
+        len(data.test),
+        data.lookback,
+    )
 
     experiment_id = tracking.connect(settings)
     data_tags = {
@@ -143,6 +158,9 @@ def train_one(settings: Settings, ticker: str, source: str | None = None) -> Tic
             name=f"{ticker} {manifest.first_date}..{manifest.last_date}",
         )
         trained = tasks.train(data, settings, run_id, ticker)
+        log.info(
+            "%s: evaluating on %d test days, intervals, backtest, plots", ticker, len(data.test)
+        )
         evaluation = tasks.evaluate(trained.model, data, settings)
         folds = (
             tasks.backtest(frames.frame, settings)
@@ -157,11 +175,13 @@ def train_one(settings: Settings, ticker: str, source: str | None = None) -> Tic
         metrics["epochs_run"] = float(trained.epochs_run)
         result.metrics = metrics
         result.plots = tasks.log_results(run_id, metrics, figures, evaluation.predictions)
+        result.artifact_uri = tracking.artifact_uri(run_id)
 
         forecaster = Forecaster(model=trained.model, preprocessor=preprocessor)
         example = frame.tail(preprocessor.rows_needed).reset_index(drop=True)
         with tempfile.TemporaryDirectory(prefix="lstm-") as tmp:
             workdir = Path(tmp)
+            log.info("%s: logging the model, registering, deciding promotion", ticker)
             model_uri = tasks.log_model(run_id, forecaster, example, workdir)
             registered = tasks.register(
                 settings.registry.name_for(ticker),
@@ -192,6 +212,12 @@ train_ticker = task(train_one, name="train-ticker", cache_policy=NO_CACHE)
 
 
 def _task_runner(settings: Settings):
+    """None (Prefect's default thread pool) or a DaskTaskRunner for `runtime.task_runner: dask`.
+
+    Each ticker branch (`train_ticker`, which calls the other tasks inline) runs in one
+    Dask worker process; a local cluster gets `runtime.dask_workers` single-threaded
+    worker processes on 127.0.0.1, `runtime.dask_address` an existing scheduler instead.
+    """
     if settings.runtime.task_runner != "dask":
         return None
     from prefect_dask import DaskTaskRunner
@@ -207,6 +233,25 @@ def _task_runner(settings: Settings):
             "host": "127.0.0.1",
         }
     )
+
+
+@contextmanager
+def fan_out(settings: Settings, flow_obj: Any) -> Iterator[Any]:
+    """Yield `flow_obj` ready to run with the configured task runner.
+
+    With Dask the workers need a real Prefect API (without one each worker starts its own
+    temporary server, ~12 s): PREFECT_API_URL (or `runtime.prefect_api_url`) if set, else a
+    local `prefect server` started here under `<project>/.prefect/fanout-server` and stopped
+    when the block ends. Wrap scripts that use it in `if __name__ == "__main__":`.
+    """
+    runner = _task_runner(settings)
+    if runner is None:
+        yield flow_obj
+        return
+    from pipelines.servers import prefect_api
+
+    with prefect_api(settings.path(".prefect") / "fanout-server"):
+        yield flow_obj.with_options(task_runner=runner)
 
 
 def _map_tickers(settings: Settings, tickers: list[str]) -> list[TickerResult]:
@@ -284,30 +329,28 @@ def _move(src: Path, folder: Path) -> Path:
 
 
 def needs_training(settings: Settings, ticker: str) -> tuple[bool, str]:
-    """Has the ticker gained enough rows since its champion (or latest version) was trained?"""
+    """Has the ticker gained enough rows since its champion was trained?
+
+    A version already trained on exactly the stored data (promoted or refused) means there
+    is nothing new to learn from, so a refused challenger is not retrained again and again.
+    """
     manifest = PriceStore(settings.store_path).manifest(ticker)
     if manifest is None:
         return False, "no data"
     name = settings.registry.name_for(ticker)
-    basis = tracking.champion(name, settings.registry.alias)
-    if basis is None:
-        all_versions = tracking.versions(name) if tracking.registered_model_exists(name) else []
-        if not all_versions:
-            return True, "no model yet"
-        basis = all_versions[-1]
-    if basis.tags.get(tracking.TAG_DATA_DIGEST) == manifest.digest:
-        return False, f"unchanged since v{basis.version}"
+    known = tracking.versions(name) if tracking.registered_model_exists(name) else []
+    if not known:
+        return True, "no model yet"
+    latest = known[-1]
+    if latest.tags.get(tracking.TAG_DATA_DIGEST) == manifest.digest:
+        return False, f"unchanged since v{latest.version} was trained"
+    basis = tracking.champion(name, settings.registry.alias) or latest
     trained_rows = int(basis.tags.get(tracking.TAG_DATA_ROWS, "0") or 0)
     gained = manifest.rows - trained_rows
+    since = f"v{basis.version} ({basis.tags.get(tracking.TAG_DATA_LAST_DATE)})"
     if gained < settings.data.min_new_rows:
-        return (
-            False,
-            f"gained {gained} row(s) since v{basis.version}, need {settings.data.min_new_rows}",
-        )
-    return (
-        True,
-        f"gained {gained} row(s) since v{basis.version} ({basis.tags.get(tracking.TAG_DATA_LAST_DATE)})",
-    )
+        return False, f"gained {gained} row(s) since {since}, need {settings.data.min_new_rows}"
+    return True, f"gained {gained} row(s) since {since}"
 
 
 @flow(name="retraining")

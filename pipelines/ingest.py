@@ -53,6 +53,8 @@ __all__ = [
     "read_price_file",
     "source_lines",
     "validate_ticker",
+    "jump_limits",
+    "DEFAULT_MAX_DAILY_CHANGE",
 ]
 
 PRICE_SCHEMA = pa.schema(
@@ -72,6 +74,9 @@ PRICE_SCHEMA = pa.schema(
 VALUE_COLUMNS = ("open", "high", "low", "close", "volume", "amount")
 PRICE_COLUMNS = ("open", "high", "low", "close")
 FUTURE_TOLERANCE_DAYS = 3
+DEFAULT_MAX_DAILY_CHANGE: dict[str, float] = {"drop": 0.45, "rise": 0.80}
+"""Largest close-to-close move accepted by default: a 2:1 split halves the price (-50%), a
+1:2 reverse split doubles it (+100%); real crashes and rallies rarely exceed these in one day."""
 MAX_TICKER_LENGTH = 64
 TICKER_COLUMNS = ("ts_code", "ticker", "symbol")
 MAP_FIELDS = ("ticker", "date", "open", "high", "low", "close", "volume", "amount")
@@ -133,6 +138,30 @@ def validate_ticker(ticker: str) -> str:
     if ".." in name:
         raise InvalidTickerError(f"invalid ticker {name!r}: must not contain '..'")
     return name
+
+
+def jump_limits(
+    value: Mapping[str, float] | tuple[float, float] | list[float] | None,
+) -> tuple[float, float] | None:
+    """Normalize ``max_daily_change`` to ``(max_drop, max_rise)`` fractions, or None (off).
+
+    Accepts ``{"drop": 0.45, "rise": 0.8}``, a ``(drop, rise)`` pair or None. ``drop`` must be in
+    (0, 1) and ``rise`` positive.
+    """
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - {"drop", "rise"})
+        if unknown:
+            raise ValueError(f"max_daily_change: unknown key {unknown[0]!r} (allowed: drop, rise)")
+        drop = value.get("drop", DEFAULT_MAX_DAILY_CHANGE["drop"])
+        rise = value.get("rise", DEFAULT_MAX_DAILY_CHANGE["rise"])
+    else:
+        drop, rise = value
+    drop, rise = float(drop), float(rise)
+    if not 0.0 < drop < 1.0 or not rise > 0.0:
+        raise ValueError(f"max_daily_change: need 0 < drop < 1 and rise > 0, got {drop}, {rise}")
+    return drop, rise
 
 
 def digest_file(path: str | Path) -> str:
@@ -570,6 +599,7 @@ def read_price_file(
     ticker: str | None = None,
     column_map: dict[str, str] | None = None,
     missing: Literal["error", "drop", "ffill"] = "error",
+    max_daily_change: Mapping[str, float] | tuple[float, float] | None = DEFAULT_MAX_DAILY_CHANGE,
 ) -> ParsedFile:
     """Read, validate and normalize one price CSV.
 
@@ -578,14 +608,17 @@ def read_price_file(
     of them (``ticker == "*"``; merge with ``PriceStore.merge_all``). ``missing`` decides what
     happens to rows with a missing value: ``"error"`` (default), ``"drop"`` them, or ``"ffill"``
     (carry the ticker's previous value forward; rows with no earlier value are dropped). The
-    returned ``notes`` say what was done. Raises :class:`InputError` (single line, with file, line,
-    column) on any problem.
+    returned ``notes`` say what was done. ``max_daily_change`` (``{"drop": 0.45, "rise": 0.80}``
+    by default; ``None`` opts out) rejects a close-to-close move larger than a split-sized one
+    (see :func:`jump_limits`). Raises :class:`InputError` (single line, with file, line, column)
+    on any problem.
     """
     path = Path(path)
     if missing not in ("error", "drop", "ffill"):
         raise ValueError(f"missing must be 'error', 'drop' or 'ffill', not {missing!r}")
     if ticker is not None:
         ticker = validate_ticker(ticker)
+    limits = jump_limits(max_daily_change)
     buf, encoding = _load_utf8(path)
     header, first = _read_header(path, buf)
     layout, cols = _detect(path, header, column_map)
@@ -842,6 +875,27 @@ def read_price_file(
         if k in c.values:
             v = c.values[k]
             fail(v < 0, k, lambda i, k=k, v=v: f"{k} must not be negative, got {_fmt(v[i])}")
+
+    # ---- split-sized jumps: unadjusted prices would teach the model a crash that never was
+    if limits is not None and len(cl) > 1:
+        max_drop, max_rise = limits
+        ratio = cl[1:] / cl[:-1]
+        same = codes[1:] == codes[:-1]
+        jump = np.concatenate(
+            ([False], same & ((ratio < 1.0 - max_drop) | (ratio > 1.0 + max_rise)))
+        )
+
+        def jump_problem(i: int) -> str:
+            prev_line = _line(path, int(rowidx[i - 1]))
+            change = cl[i] / cl[i - 1] - 1.0
+            return (
+                f"close {_fmt(cl[i])} is {abs(change):.0%} {'below' if change < 0 else 'above'} "
+                f"the previous close {_fmt(cl[i - 1])} on line {prev_line} (limit: "
+                f"-{max_drop:.0%}/+{max_rise:.0%} a day): a stock split? use split-adjusted "
+                "prices, or set data.max_daily_change: null to accept such moves"
+            )
+
+        fail(jump, "close", jump_problem)
 
     # ---- build the normalized table
     m = len(rowidx)

@@ -38,7 +38,14 @@ import pyarrow.parquet as pq
 from pipelines.errors import InputError, PipelineError
 from pipelines.ingest import PRICE_SCHEMA, VALUE_COLUMNS, ParsedFile, source_lines, validate_ticker
 
-__all__ = ["STORE_SCHEMA", "Manifest", "MergeReport", "PriceStore", "UnknownTickerError"]
+__all__ = [
+    "STORE_SCHEMA",
+    "Manifest",
+    "MergeReport",
+    "PriceStore",
+    "UnknownTickerError",
+    "describe",
+]
 
 STORE_SCHEMA = pa.schema([f for f in PRICE_SCHEMA if f.name != "ticker"])
 MANIFEST_KEY = b"lstm_pipeline.manifest"
@@ -263,6 +270,23 @@ class PriceStore:
                     list(pool.map(self._apply, plans))
         return [p.report for p in plans]
 
+    def preview_all(self, parsed: ParsedFile, *, replace: bool = False) -> dict[str, pd.DataFrame]:
+        """What ``merge_all`` would store, per ticker, as :meth:`load` frames; writes nothing.
+
+        Raises the same InputError as ``merge_all`` on a conflict. Used to check a file end to
+        end (including training feasibility) before anything is written.
+        """
+        out: dict[str, pd.DataFrame] = {}
+        for ticker, new, rows in self._split(parsed):
+            plan = self._plan(parsed, ticker, new, rows, replace)
+            table = plan.table if plan.table is not None else self.read_table(ticker)
+            if table.column("amount").null_count == table.num_rows:
+                table = table.drop_columns(["amount"])
+            df = table.to_pandas(date_as_object=False)
+            df["date"] = df["date"].astype("datetime64[ns]")
+            out[ticker] = df
+        return out
+
     def _apply(self, plan: _Plan) -> None:
         if plan.table is not None:
             self._write(plan.ticker, plan.table, plan.report.after)
@@ -452,6 +476,16 @@ class PriceStore:
         except FileNotFoundError:
             pass
         _atomic_write_bytes(path, want)
+
+
+def describe(report: MergeReport) -> str:
+    """One line for the user: what a merge did and what the store now holds."""
+    a = report.after
+    held = f"{a.rows} rows {a.first_date}..{a.last_date}" if a is not None else "nothing"
+    return (
+        f"{report.ticker} +{report.added} new, {report.replaced} replaced, "
+        f"{report.unchanged} unchanged rows; store holds {held}"
+    )
 
 
 def _fmt(value: float | None) -> str:

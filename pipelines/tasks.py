@@ -166,9 +166,12 @@ def evaluate(model: Any, data: core_data.WindowedData, settings: Settings):
 
 @task(name="backtest", cache_policy=NO_CACHE)
 def backtest(frame: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    # A fold trains for a couple of epochs: XLA's compile would cost more than it saves.
+    fold_model = settings.model.model_copy(update={"backend": "keras"})
+
     def build(lookback: int, n_features: int, horizon: int) -> Any:
         return core_model.build_model(
-            settings.model, lookback, n_features, horizon, seed=settings.training.seed
+            fold_model, lookback, n_features, horizon, seed=settings.training.seed
         )
 
     return core_backtest.walk_forward_backtest(

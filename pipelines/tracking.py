@@ -14,6 +14,7 @@ import platform
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,8 +211,7 @@ def pip_requirements() -> list[str]:
 
 def log_forecaster(run_id: str, forecaster_dir: Path, input_example: pd.DataFrame) -> str:
     """Log the bundled forecaster as a pyfunc model 'from code'; returns the model URI."""
-    import mlflow.pyfunc
-    from mlflow.models import Model, infer_signature
+    from mlflow.models import infer_signature
 
     from lstm_core.predictor import Forecaster
 
@@ -220,7 +220,25 @@ def log_forecaster(run_id: str, forecaster_dir: Path, input_example: pd.DataFram
     signature = infer_signature(
         input_example, output, params={"intervals": False, "days": 1, "samples": 30, "seed": 0}
     )
-    info = Model.log(
+    with warnings.catch_warnings():
+        # The explicit signature replaces the type-hint inference MLflow asks for.
+        warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+        info = _log_pyfunc(run_id, forecaster_dir, signature, input_example)
+    # What the training process itself predicts for the input example: any later load of
+    # the model (another process, the registry, a server) must reproduce these numbers.
+    write_json_artifact(
+        run_id,
+        {"model_uri": info.model_uri, "forecast": output.to_dict(orient="list")},
+        "model_check/input_example_forecast.json",
+    )
+    return info.model_uri
+
+
+def _log_pyfunc(run_id: str, forecaster_dir: Path, signature: Any, example: pd.DataFrame):
+    import mlflow.pyfunc
+    from mlflow.models import Model
+
+    return Model.log(
         artifact_path=None,
         name="model",
         flavor=mlflow.pyfunc,
@@ -229,10 +247,9 @@ def log_forecaster(run_id: str, forecaster_dir: Path, input_example: pd.DataFram
         artifacts={"forecaster": str(forecaster_dir)},
         code_paths=[str(CORE_PACKAGE)],
         signature=signature,
-        input_example=input_example,
+        input_example=example,
         pip_requirements=pip_requirements(),
     )
-    return info.model_uri
 
 
 # ---------------------------------------------------------------- registry
@@ -391,3 +408,7 @@ def log_forecast(settings: Settings, ticker: str, version: str, path: Path) -> s
     finally:
         end_run(run.info.run_id, True)
     return run.info.run_id
+
+
+def artifact_uri(run_id: str) -> str:
+    return _client().get_run(run_id).info.artifact_uri

@@ -1,0 +1,91 @@
+"""Walk-forward (rolling-origin) backtest.
+
+The last ``eval_cfg.test_fraction`` of the rows is cut into ``eval_cfg.backtest_folds``
+consecutive blocks.  Fold i refits the scaler and a fresh model on every row before
+block i (no validation part, ``eval_cfg.backtest_epochs`` epochs, no early stopping)
+and scores the forecasts whose targets lie in block i.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lstm_core.config import EvaluationConfig, FeatureConfig, TrainingConfig
+from lstm_core.data import (
+    DATE_COLUMN,
+    DataError,
+    SplitFrames,
+    fit_preprocessor,
+    make_dataset,
+    validate_frame,
+)
+from lstm_core.evaluate import evaluate_forecasts, predict_prices
+from lstm_core.train import train_model
+
+# (lookback, n_features, horizon) -> a compiled, untrained keras.Model
+ModelBuilder = Callable[[int, int, int], Any]
+
+FOLD_COLUMNS = [
+    "fold",
+    "train_rows",
+    "test_start",
+    "test_end",
+    "n_test",
+    "rmse",
+    "naive_rmse",
+    "skill",
+]
+
+
+def fold_bounds(n_rows: int, eval_cfg: EvaluationConfig) -> list[tuple[int, int]]:
+    """(start, end) row ranges of the test blocks, oldest first."""
+    k = eval_cfg.backtest_folds
+    if k == 0:
+        return []
+    n_test = int(round(n_rows * eval_cfg.test_fraction))
+    if n_test < k:
+        raise DataError(f"test part has {n_test} rows, fewer than {k} backtest folds")
+    edges = np.linspace(n_rows - n_test, n_rows, k + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def walk_forward_backtest(
+    df: pd.DataFrame,
+    feature_cfg: FeatureConfig,
+    eval_cfg: EvaluationConfig,
+    build: ModelBuilder,
+    training_cfg: TrainingConfig,
+) -> pd.DataFrame:
+    """Per-fold metrics (rmse, naive_rmse, skill = 1 - rmse/naive_rmse) as a DataFrame."""
+    validate_frame(df, feature_cfg.columns)
+    frame = df.reset_index(drop=True)
+    fold_cfg = training_cfg.model_copy(
+        update={"epochs": eval_cfg.backtest_epochs, "early_stopping_patience": 0}
+    )
+    rows = []
+    for i, (start, end) in enumerate(fold_bounds(len(frame), eval_cfg)):
+        # the fold only ever sees rows before `end`; its scaler only rows before `start`
+        frames = SplitFrames(frame=frame.iloc[:end], train_end=start, val_end=start)
+        preprocessor = fit_preprocessor(frames.train, feature_cfg)
+        data = make_dataset(frames, preprocessor)
+        model = build(data.lookback, data.n_features, data.horizon)
+        result = train_model(model, data.train.X, data.train.y, None, None, fold_cfg)
+        predicted = predict_prices(result.model, data.test, preprocessor)
+        m = evaluate_forecasts(data, predicted, eval_cfg).metrics
+        rows.append(
+            {
+                "fold": i + 1,
+                "train_rows": start,
+                "test_start": frame[DATE_COLUMN].iloc[start],
+                "test_end": frame[DATE_COLUMN].iloc[end - 1],
+                "n_test": len(data.test),
+                "rmse": m["test_rmse"],
+                "naive_rmse": m["naive_rmse"],
+                "skill": m["skill_vs_naive"],
+            }
+        )
+    return pd.DataFrame(rows, columns=FOLD_COLUMNS)

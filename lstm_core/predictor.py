@@ -1,0 +1,114 @@
+"""A fitted model bundled with its preprocessor: predict, forecast, save, load."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lstm_core.config import FeatureConfig
+from lstm_core.data import DATE_COLUMN, Preprocessor
+from lstm_core.forecast import next_business_days, recursive_forecast
+from lstm_core.intervals import level_name, quantile_bounds
+
+MODEL_FILE = "model.keras"
+PREPROCESSOR_FILE = "preprocessor.json"
+FEATURES_FILE = "features.json"
+
+
+class Forecaster:
+    """Keras model + fitted Preprocessor (+ its FeatureConfig), ready to serve."""
+
+    def __init__(self, model: Any, preprocessor: Preprocessor) -> None:
+        self.model = model
+        self.preprocessor = preprocessor
+        self._infer: Any = None  # compiled inference function, built on first use
+
+    @property
+    def feature_cfg(self) -> FeatureConfig:
+        return self.preprocessor.feature_cfg
+
+    def _deterministic(self, x: np.ndarray) -> np.ndarray:
+        # a traced tf.function: calling the LSTM eagerly costs ~10x more per window
+        if self._infer is None:
+            import tensorflow as tf
+
+            model = self.model
+            spec = tf.TensorSpec((None, *x.shape[1:]), tf.float32)
+            self._infer = tf.function(lambda t: model(t, training=False), input_signature=[spec])
+        return np.asarray(self._infer(x))
+
+    def predict(
+        self,
+        history: pd.DataFrame,
+        intervals: bool = False,
+        levels: Sequence[float] = (0.8, 0.95),
+        samples: int = 30,
+        seed: int | None = None,
+    ) -> pd.DataFrame:
+        """Next-business-day forecast in prices from the last rows of ``history``.
+
+        ``history`` needs a ``date`` column and the feature columns, at least ``lookback``
+        rows (+1 for log returns).  Returns one row: ``date``, ``forecast`` (first horizon
+        step, deterministic) and, with ``intervals``, MC-dropout ``lower_<L>``/``upper_<L>``.
+        """
+        x = self.preprocessor.latest_window(history)  # (1, lookback, n_features)
+        anchor = np.array([float(history[self.feature_cfg.target].iloc[-1])])
+        point = self.preprocessor.to_prices(self._deterministic(x)[:, :1], anchor)[0, 0]
+        row: dict[str, Any] = {
+            DATE_COLUMN: next_business_days(history[DATE_COLUMN].iloc[-1], 1),
+            "forecast": [point],
+        }
+        if intervals:
+            import keras
+
+            if seed is not None:
+                keras.utils.set_random_seed(seed)
+            batch = np.repeat(x, samples, axis=0)  # one stochastic pass per copy
+            scaled = np.asarray(self.model(batch, training=True))[:, :1]  # (samples, 1)
+            paths = self.preprocessor.to_prices(scaled, np.repeat(anchor, samples))[:, 0]
+            bounds = quantile_bounds(paths, levels)
+            for level in levels:
+                row[f"lower_{level_name(level)}"] = [float(bounds.lower[level])]
+                row[f"upper_{level_name(level)}"] = [float(bounds.upper[level])]
+        return pd.DataFrame(row)
+
+    def forecast(
+        self,
+        history: pd.DataFrame,
+        days: int = 5,
+        levels: Sequence[float] = (0.8, 0.95),
+        samples: int = 30,
+        seed: int | None = None,
+    ) -> pd.DataFrame:
+        """Recursive ``days``-business-day forecast with intervals (see lstm_core.forecast)."""
+        return recursive_forecast(
+            self.model, self.preprocessor, history, days, levels, samples, seed
+        )
+
+    def save(self, directory: str | Path) -> Path:
+        """Write model.keras (native format), preprocessor.json and features.json."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save(path / MODEL_FILE)
+        (path / PREPROCESSOR_FILE).write_text(json.dumps(self.preprocessor.to_dict(), indent=2))
+        (path / FEATURES_FILE).write_text(self.feature_cfg.model_dump_json(indent=2))
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Forecaster:
+        """Load a directory written by :meth:`save` (Keras safe mode: no arbitrary code)."""
+        import keras
+
+        path = Path(directory)
+        preprocessor = Preprocessor.from_dict(json.loads((path / PREPROCESSOR_FILE).read_text()))
+        features = FeatureConfig.model_validate_json((path / FEATURES_FILE).read_text())
+        if features != preprocessor.feature_cfg:
+            raise ValueError(f"{FEATURES_FILE} and {PREPROCESSOR_FILE} disagree in {path}")
+        # compile=False: serving needs no optimizer state (and skips restoring it)
+        model = keras.models.load_model(path / MODEL_FILE, safe_mode=True, compile=False)
+        return cls(model, preprocessor)

@@ -1,0 +1,122 @@
+"""Training loop: reproducible, early stopping, divergence detection."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lstm_core.config import TrainingConfig
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the weights are unusable."""
+
+
+@dataclass
+class TrainResult:
+    """A trained model and its per-epoch losses."""
+
+    model: Any
+    history: dict[str, list[float]] = field(default_factory=dict)  # 'loss', 'val_loss'
+    epochs_run: int = 0
+    stopped_early: bool = False
+
+
+def _divergence_callback() -> Any:
+    import keras
+
+    class _StopOnNonFinite(keras.callbacks.Callback):
+        """Stop at the first epoch whose loss is NaN/inf and remember where."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.bad: tuple[int, str, float] | None = None
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            # a NaN in any batch makes the epoch mean NaN, so checking per epoch suffices
+            for key in ("loss", "val_loss"):
+                value = (logs or {}).get(key)
+                if value is not None and not math.isfinite(float(value)):
+                    self.bad = (epoch + 1, key, float(value))
+                    self.model.stop_training = True
+                    return
+
+    return _StopOnNonFinite()
+
+
+def _dataset(X: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int) -> Any:
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices(
+        (np.ascontiguousarray(X, dtype=np.float32), np.ascontiguousarray(y, dtype=np.float32))
+    )
+    if shuffle:
+        ds = ds.shuffle(len(X), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def train_model(
+    model: Any,
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_val: np.ndarray | None,
+    y_val: np.ndarray | None,
+    cfg: TrainingConfig,
+    callbacks: Sequence[Any] = (),
+) -> TrainResult:
+    """Fit ``model`` on ``(n, lookback, n_features)`` -> ``(n, horizon)`` windows.
+
+    Seeds Keras' RNGs with ``cfg.seed`` (shuffling, dropout), so the same seed, data and
+    initial weights give the same trained weights on one machine.  ``callbacks`` (Keras
+    callbacks) receive per-epoch ``loss``/``val_loss``.  Early stopping on ``val_loss``
+    (``loss`` without validation data) restores the best weights.  Raises
+    TrainingDivergedError if a loss becomes NaN/inf.
+    """
+    import keras
+
+    if len(X_train) == 0:
+        raise ValueError("no training windows")
+    has_val = X_val is not None and y_val is not None and len(X_val) > 0
+    if cfg.epochs == 0:
+        return TrainResult(model=model, history={"loss": [], "val_loss": []})
+    keras.utils.set_random_seed(cfg.seed)
+    train_ds = _dataset(X_train, y_train, cfg.batch_size, cfg.shuffle, cfg.seed)
+    val_ds = _dataset(X_val, y_val, cfg.batch_size, False, cfg.seed) if has_val else None
+
+    guard = _divergence_callback()
+    all_callbacks: list[Any] = [guard]
+    early = None
+    if cfg.early_stopping_patience > 0:
+        early = keras.callbacks.EarlyStopping(
+            monitor="val_loss" if has_val else "loss",
+            patience=cfg.early_stopping_patience,
+            restore_best_weights=True,
+        )
+        all_callbacks.append(early)
+    all_callbacks.extend(callbacks)
+
+    fit = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=cfg.epochs,
+        callbacks=all_callbacks,
+        shuffle=False,  # the tf.data pipeline already shuffles (seeded)
+        verbose=0,
+    )
+    if guard.bad is not None:
+        epoch, key, value = guard.bad
+        raise TrainingDivergedError(
+            f"{key} became {value} at epoch {epoch}; lower the learning rate or check the inputs"
+        )
+    history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+    history.setdefault("val_loss", [])
+    return TrainResult(
+        model=model,
+        history=history,
+        epochs_run=len(history.get("loss", [])),
+        stopped_early=bool(early is not None and early.stopped_epoch > 0),
+    )

@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+
+from lstm_core.backtest import FOLD_COLUMNS, fold_bounds, walk_forward_backtest
+from lstm_core.config import EvaluationConfig
+from lstm_core.data import DataError
+from lstm_core.model import build_model
+from tests.lstm_core.conftest import TINY_EVAL, TINY_FEATURES, TINY_MODEL, TINY_TRAINING, make_frame
+
+
+def test_fold_bounds():
+    assert fold_bounds(100, EvaluationConfig(test_fraction=0.2, backtest_folds=2)) == [
+        (80, 90),
+        (90, 100),
+    ]
+    assert fold_bounds(100, EvaluationConfig(backtest_folds=0)) == []
+    with pytest.raises(DataError):
+        fold_bounds(10, EvaluationConfig(test_fraction=0.1, backtest_folds=2))
+
+
+def test_walk_forward_backtest_refits_per_fold():
+    df = make_frame(120)
+    built = []
+
+    def build(lookback, n_features, horizon):
+        built.append((lookback, n_features, horizon))
+        return build_model(TINY_MODEL, lookback, n_features, horizon, seed=0)
+
+    folds = walk_forward_backtest(df, TINY_FEATURES, TINY_EVAL, build, TINY_TRAINING)
+    assert list(folds.columns) == FOLD_COLUMNS
+    assert list(folds["fold"]) == [1, 2] and built == [(5, 1, 1), (5, 1, 1)]
+    assert list(folds["train_rows"]) == [96, 108] and list(folds["n_test"]) == [12, 12]
+    assert folds["test_start"].iloc[1] > folds["test_end"].iloc[0]
+    assert np.isfinite(folds[["rmse", "naive_rmse", "skill"]].to_numpy()).all()
+    np.testing.assert_allclose(folds["skill"], 1 - folds["rmse"] / folds["naive_rmse"])

@@ -1,0 +1,196 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lstm_core.config import EvaluationConfig, FeatureConfig
+from lstm_core.data import (
+    DataError,
+    Preprocessor,
+    fit_preprocessor,
+    make_dataset,
+    prepare_data,
+    split_frame,
+    validate_frame,
+    window_arrays,
+)
+from tests.lstm_core.conftest import make_frame
+
+
+def test_window_arrays_exact_on_arange():
+    series = np.arange(20.0).reshape(10, 2)  # (T, n_features): row r = [2r, 2r+1]
+    target = series[:, 0]
+    X, y = window_arrays(series, target, lookback=3, horizon=2)
+    assert X.shape == (6, 3, 2) and y.shape == (6, 2)
+    for k in range(6):
+        np.testing.assert_array_equal(X[k], series[k : k + 3])
+        np.testing.assert_array_equal(y[k], target[k + 3 : k + 5])
+    # strided views: nothing copied lookback times
+    assert np.shares_memory(X, series) and np.shares_memory(y, series)
+    assert X.base is not None
+
+
+def test_window_arrays_too_short_is_empty():
+    X, y = window_arrays(np.arange(4.0)[:, None], np.arange(4.0), lookback=3, horizon=2)
+    assert X.shape == (0, 3, 1) and y.shape == (0, 2)
+
+
+def _arange_frame(n: int) -> pd.DataFrame:
+    values = np.arange(1.0, n + 1.0)
+    return pd.DataFrame(
+        {
+            "date": pd.bdate_range("2022-01-03", periods=n),
+            "open": 100.0 + values,
+            "high": 101.0 + values,
+            "low": 99.0 + values,
+            "close": 100.5 + values,
+            "volume": 1000.0 + values,
+        }
+    )
+
+
+@pytest.mark.parametrize("transform", ["price", "log_return"])
+@pytest.mark.parametrize("horizon", [1, 3])
+def test_make_dataset_targets_stay_inside_their_split(transform, horizon):
+    df = _arange_frame(60)
+    cfg = FeatureConfig(
+        lookback=4, horizon=horizon, columns=("open", "close"), target_transform=transform
+    )
+    frames = split_frame(df, EvaluationConfig(val_fraction=0.2, test_fraction=0.2))
+    assert (frames.train_end, frames.val_end) == (36, 48)
+    data = make_dataset(frames, fit_preprocessor(frames.train, cfg))
+    opens = df["open"].to_numpy()
+    bounds = {"train": (0, 36), "val": (36, 48), "test": (48, 60)}
+    offset = 1 if transform == "log_return" else 0
+    for name, (start, end) in bounds.items():
+        w = getattr(data, name)
+        rows = w.anchor_index[:, None] + 1 + np.arange(horizon)  # target rows
+        assert rows.min() >= start and rows.max() < end
+        # every possible target inside the split is used exactly once
+        assert rows[0, 0] == max(start, 4 + offset) and rows[-1, -1] == end - 1
+        np.testing.assert_array_equal(w.actual, opens[rows])
+        np.testing.assert_array_equal(w.anchor, opens[w.anchor_index])
+        np.testing.assert_array_equal(w.target_dates, df["date"].to_numpy()[rows])
+        assert w.X.shape == (len(w), 4, 2) and w.y.shape == (len(w), horizon)
+    # the first validation window reads training history before the split starts
+    assert data.val.anchor_index[0] == 35
+    # converting the scaled targets back gives the actual prices
+    for w in (data.train, data.val, data.test):
+        np.testing.assert_allclose(data.preprocessor.to_prices(w.y, w.anchor), w.actual, rtol=1e-5)
+
+
+def test_price_windows_reproduce_the_tutorial_scaling():
+    df = _arange_frame(30)
+    cfg = FeatureConfig(lookback=5, target_transform="price")
+    frames = split_frame(df, EvaluationConfig(val_fraction=0.2, test_fraction=0.2))
+    pre = fit_preprocessor(frames.train, cfg)
+    data = make_dataset(frames, pre)
+    train_open = frames.train["open"].to_numpy()
+    scaled = (train_open - train_open.min()) / np.ptp(train_open)
+    # tutorial: X_train[i-60] = scaled[i-60:i], y_train = scaled[i]
+    for i in range(5, len(train_open)):
+        np.testing.assert_allclose(data.train.X[i - 5, :, 0], scaled[i - 5 : i], rtol=1e-6)
+        np.testing.assert_allclose(data.train.y[i - 5, 0], scaled[i], rtol=1e-6)
+
+
+def test_scaler_sees_only_training_rows_and_handles_values_outside_range():
+    df = _arange_frame(50)
+    frames = split_frame(df, EvaluationConfig())
+    pre = fit_preprocessor(frames.train, FeatureConfig(lookback=5, target_transform="price"))
+    assert pre.scaler.data_max_[0] == frames.train["open"].max()
+    assert pre.scaler.data_min_[0] == frames.train["open"].min()
+    test_scaled = pre.transform(frames.test)[:, 0]
+    assert (test_scaled > 1.0).all()  # an uptrend leaves the training range
+    np.testing.assert_allclose(pre.inverse_target(test_scaled), frames.test["open"].to_numpy())
+
+
+def test_log_return_features():
+    df = make_frame(40)
+    cfg = FeatureConfig(lookback=5, columns=("open", "volume"))
+    pre = fit_preprocessor(df.iloc[:30], cfg)
+    raw = pre.transform(df)
+    assert raw.shape == (39, 2)
+    mult, add = pre._affine()
+    np.testing.assert_allclose((raw[:, 0] - add[0]) / mult[0], np.diff(np.log(df["open"])))
+    np.testing.assert_allclose((raw[:, 1] - add[1]) / mult[1], np.diff(np.log1p(df["volume"])))
+
+
+@pytest.mark.parametrize("scaler", ["minmax", "standard"])
+@pytest.mark.parametrize("transform", ["price", "log_return"])
+def test_preprocessor_json_round_trip(scaler, transform):
+    df = make_frame(80)
+    cfg = FeatureConfig(
+        lookback=5, columns=("open", "high", "volume"), scaler=scaler, target_transform=transform
+    )
+    pre = fit_preprocessor(df.iloc[:50], cfg)
+    state = json.loads(json.dumps(pre.to_dict()))  # must be plain JSON
+    back = Preprocessor.from_dict(state)
+    assert back.feature_cfg == cfg
+    np.testing.assert_array_equal(back.transform(df), pre.transform(df))
+    np.testing.assert_array_equal(
+        back.scaler.transform(df[list(cfg.columns)].to_numpy()[1:]),
+        pre.scaler.transform(df[list(cfg.columns)].to_numpy()[1:]),
+    )
+    y = np.linspace(-0.5, 1.5, 7)[:, None]  # includes values outside [0, 1]
+    np.testing.assert_array_equal(
+        back.to_prices(y, np.full(7, 10.0)), pre.to_prices(y, np.full(7, 10.0))
+    )
+
+
+def test_standard_scaler_option():
+    pre = fit_preprocessor(make_frame(60), FeatureConfig(lookback=5, scaler="standard"))
+    z = pre.transform(make_frame(60))
+    assert abs(z.mean()) < 1e-9 and abs(z.std() - 1.0) < 1e-9
+
+
+def test_split_by_dates():
+    df = _arange_frame(30)
+    frames = split_frame(
+        df, EvaluationConfig(), val_start=df["date"][20], test_start=df["date"][25]
+    )
+    assert (frames.train_end, frames.val_end) == (20, 25)
+    assert len(frames.train) == 20 and len(frames.val) == 5 and len(frames.test) == 5
+    with pytest.raises(ValueError):
+        split_frame(df, EvaluationConfig(), val_start=df["date"][20])
+
+
+def test_too_short_series_raises_with_numbers():
+    df = _arange_frame(20)
+    with pytest.raises(DataError, match=r"validation part has 3 rows .* needs 4 "):
+        prepare_data(df, FeatureConfig(lookback=5, horizon=4), EvaluationConfig())
+    with pytest.raises(DataError, match=r"training part has 14 rows .* needs 22 "):
+        prepare_data(df, FeatureConfig(lookback=20), EvaluationConfig())
+
+
+def test_empty_validation_part_is_allowed_when_requested():
+    data = prepare_data(
+        _arange_frame(40), FeatureConfig(lookback=5), EvaluationConfig(val_fraction=0.0)
+    )
+    assert len(data.val) == 0 and len(data.test) == 6
+
+
+def test_constant_series_raises():
+    df = _arange_frame(40)
+    df["open"] = 7.0
+    for transform in ("price", "log_return"):
+        with pytest.raises(DataError, match=r"constant over the 28 training rows"):
+            prepare_data(
+                df, FeatureConfig(lookback=5, target_transform=transform), EvaluationConfig()
+            )
+
+
+def test_bad_frames_raise():
+    df = _arange_frame(20)
+    with pytest.raises(DataError, match="missing column"):
+        validate_frame(df.drop(columns="open"), ("open",))
+    with pytest.raises(DataError, match="strictly increasing"):
+        validate_frame(df.iloc[::-1], ("open",))
+    bad = df.copy()
+    bad.loc[3, "open"] = np.nan
+    with pytest.raises(DataError, match="non-finite"):
+        validate_frame(bad, ("open",))
+    neg = df.copy()
+    neg.loc[3, "open"] = -1.0
+    with pytest.raises(DataError, match="positive"):
+        fit_preprocessor(neg, FeatureConfig(lookback=5))

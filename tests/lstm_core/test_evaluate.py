@@ -1,0 +1,122 @@
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from lstm_core.config import EvaluationConfig
+from lstm_core.data import prepare_data
+from lstm_core.evaluate import (
+    baseline_forecasts,
+    diebold_mariano,
+    evaluate_forecasts,
+    naive_scale,
+    point_metrics,
+    run_experiment,
+)
+from tests.lstm_core.conftest import TINY_EVAL, TINY_FEATURES, TINY_MODEL, TINY_TRAINING, make_frame
+
+METRIC_NAMES = {
+    "test_rmse",
+    "test_mae",
+    "test_mape",
+    "test_directional_accuracy",
+    "mase",
+    "naive_rmse",
+    "naive_mae",
+    "drift_rmse",
+    "ma_rmse",
+    "skill_vs_naive",
+    "dm_stat",
+    "dm_pvalue",
+    "interval_coverage_80",
+    "interval_coverage_95",
+}
+
+
+def test_point_metrics_by_hand():
+    actual = np.array([10.0, 12.0, 9.0, 10.0])
+    pred = np.array([11.0, 11.0, 9.0, 12.0])
+    anchor = np.array([10.5, 11.0, 10.0, 10.0])  # last day: no move -> excluded from direction
+    m = point_metrics(actual, pred, anchor)
+    assert m["rmse"] == pytest.approx(math.sqrt((1 + 1 + 0 + 4) / 4))
+    assert m["mae"] == pytest.approx(1.0)
+    assert m["mape"] == pytest.approx(100 * (0.1 + 1 / 12 + 0 + 0.2) / 4)
+    # moves: down/up (wrong), up/flat (wrong), down/down (right)
+    assert m["directional_accuracy"] == pytest.approx(1 / 3)
+
+
+def test_baselines_by_hand():
+    prices = np.array([1.0, 2.0, 4.0, 7.0, 11.0])
+    b = baseline_forecasts(prices, np.array([2, 4]), horizon=1, ma_window=2)
+    np.testing.assert_allclose(b["naive"], [4.0, 11.0])
+    np.testing.assert_allclose(b["drift"], [4.0 + 1.5, 11.0 + 2.5])
+    np.testing.assert_allclose(b["moving_average"], [3.0, 9.0])
+    b2 = baseline_forecasts(prices, np.array([4]), horizon=2, ma_window=10)
+    np.testing.assert_allclose(b2["drift"], [11.0 + 2 * 2.5])
+    np.testing.assert_allclose(b2["moving_average"], [5.0])  # fewer rows than the window
+    assert naive_scale(prices, 3) == pytest.approx(1.5)
+
+
+def test_diebold_mariano_h1_equals_paired_t_test():
+    rng = np.random.default_rng(0)
+    e1, e2 = rng.normal(0, 1.0, 50), rng.normal(0, 1.3, 50)
+    stat, p = diebold_mariano(e1, e2, horizon=1)
+    ref = stats.ttest_1samp(e1**2 - e2**2, 0.0)
+    assert stat == pytest.approx(ref.statistic) and p == pytest.approx(ref.pvalue)
+    assert stat < 0  # model errors are smaller
+
+
+def test_diebold_mariano_h2_and_degenerate():
+    rng = np.random.default_rng(1)
+    e1, e2 = rng.normal(0, 1.0, 40), rng.normal(0, 1.0, 40)
+    d = e1**2 - e2**2
+    n, c = len(d), d - d.mean()
+    var = (c @ c / n + 2 * (c[1:] @ c[:-1]) / n) / n
+    expected = d.mean() / math.sqrt(var) * math.sqrt((n + 1 - 4 + 2 / n) / n)
+    assert diebold_mariano(e1, e2, horizon=2)[0] == pytest.approx(expected)
+    assert all(math.isnan(x) for x in diebold_mariano(e1, e1, 1))
+
+
+def test_evaluate_perfect_forecast():
+    data = prepare_data(make_frame(100), TINY_FEATURES, EvaluationConfig())
+    ev = evaluate_forecasts(data, data.test.actual, EvaluationConfig())
+    assert set(ev.metrics) == METRIC_NAMES
+    assert ev.metrics["test_rmse"] == 0.0 and ev.metrics["skill_vs_naive"] == 1.0
+    assert ev.metrics["test_directional_accuracy"] == 1.0
+    assert list(ev.predictions.columns) == [
+        "date",
+        "actual",
+        "predicted",
+        "naive",
+        "lower_80",
+        "upper_80",
+        "lower_95",
+        "upper_95",
+    ]
+    assert len(ev.predictions) == len(data.test)
+    np.testing.assert_array_equal(ev.predictions["naive"], data.test.anchor)
+
+
+def test_run_experiment_end_to_end(frame):
+    result = run_experiment(frame, TINY_FEATURES, TINY_MODEL, TINY_TRAINING, TINY_EVAL)
+    m = result.evaluation.metrics
+    assert set(m) == METRIC_NAMES
+    assert all(np.isfinite(v) for v in m.values())
+    preds = result.evaluation.predictions
+    assert (preds["lower_95"] <= preds["lower_80"]).all() and (
+        preds["upper_80"] <= preds["upper_95"]
+    ).all()
+    assert result.training.epochs_run == 1
+
+
+def test_evaluate_scores_the_last_horizon_step():
+    cfg = TINY_FEATURES.model_copy(update={"horizon": 3})
+    data = prepare_data(make_frame(100), cfg, EvaluationConfig())
+    predicted = data.test.actual.copy()
+    predicted[:, :2] += 5.0  # errors on earlier steps must not count
+    ev = evaluate_forecasts(data, predicted, EvaluationConfig())
+    assert ev.metrics["test_rmse"] == 0.0
+    np.testing.assert_array_equal(ev.predictions["date"], data.test.target_dates[:, 2])
+    # the naive forecast of a 3-day-ahead price is the anchor price
+    np.testing.assert_array_equal(ev.predictions["naive"], data.test.anchor)

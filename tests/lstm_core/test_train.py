@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+from lstm_core.config import ModelConfig, TrainingConfig
+from lstm_core.model import build_model
+from lstm_core.train import TrainingDivergedError, train_model
+
+CFG = ModelConfig(layers=1, units=4, backend="keras")
+
+
+def _xy(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.random((n, 5, 1)).astype(np.float32)  # (n_windows, lookback, n_features)
+    return X, X[:, -1, :] * 0.5 + 0.1  # (n_windows, horizon)
+
+
+def _train(cfg: TrainingConfig, callbacks=()):
+    X, y = _xy()
+    model = build_model(CFG, 5, 1, 1, seed=cfg.seed)
+    return train_model(model, X[:48], y[:48], X[48:], y[48:], cfg, callbacks)
+
+
+def test_same_seed_same_weights_and_history():
+    cfg = TrainingConfig(epochs=2, batch_size=8, seed=7)
+    a, b = _train(cfg), _train(cfg)
+    for wa, wb in zip(a.model.get_weights(), b.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+    assert a.history == b.history
+    assert set(a.history) >= {"loss", "val_loss"} and len(a.history["loss"]) == 2
+    assert a.epochs_run == 2 and not a.stopped_early
+
+
+def test_callbacks_receive_epoch_losses():
+    import keras
+
+    seen = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((epoch, float(logs["loss"]), float(logs["val_loss"])))
+
+    result = _train(TrainingConfig(epochs=2, batch_size=16), callbacks=[Spy()])
+    assert [s[0] for s in seen] == [0, 1]
+    assert [s[1] for s in seen] == pytest.approx(result.history["loss"])
+
+
+def test_early_stopping_restores_best_weights():
+    X, y = _xy()
+    model = build_model(
+        ModelConfig(layers=1, units=4, backend="keras", learning_rate=0.5), 5, 1, 1, seed=0
+    )
+    # validation targets unrelated to the inputs: val_loss cannot keep improving
+    y_val = np.random.default_rng(5).random((16, 1)).astype(np.float32)
+    result = train_model(
+        model,
+        X[:48],
+        y[:48],
+        X[48:],
+        y_val,
+        TrainingConfig(epochs=30, batch_size=8, early_stopping_patience=1),
+    )
+    assert result.stopped_early and result.epochs_run < 30
+    best = min(result.history["val_loss"])
+    restored = float(result.model.evaluate(X[48:], y_val, verbose=0))
+    assert restored == pytest.approx(best, rel=1e-4)
+
+
+def test_nan_loss_raises():
+    X, y = _xy()
+    y = y.copy()
+    y[3] = np.nan
+    model = build_model(CFG, 5, 1, 1, seed=0)
+    with pytest.raises(TrainingDivergedError, match="loss became nan at epoch 1"):
+        train_model(model, X, y, None, None, TrainingConfig(epochs=3))
+
+
+def test_zero_epochs_and_no_validation():
+    X, y = _xy()
+    model = build_model(CFG, 5, 1, 1, seed=0)
+    assert train_model(model, X, y, None, None, TrainingConfig(epochs=0)).epochs_run == 0
+    result = train_model(
+        model, X, y, None, None, TrainingConfig(epochs=1, early_stopping_patience=2)
+    )
+    assert result.history["val_loss"] == [] and result.epochs_run == 1

@@ -1,0 +1,157 @@
+"""MLflow: what a training run logs, the pyfunc round trip, and promotion by alias."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.pipelines.conftest import TINY_CONFIG, price_frame, write_prices
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+MODEL = "test-TEST"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, prefect_harness):
+    """One tiny training run shared by the read-only checks below."""
+    from pipelines.config import load_settings
+    from pipelines.flows import training_flow
+
+    root = tmp_path_factory.mktemp("tracking")
+    (root / "mlflow.yaml").write_text(TINY_CONFIG, encoding="utf-8")
+    write_prices(root / "prices" / "TEST.csv", price_frame(120))
+    settings = load_settings(root / "mlflow.yaml", env={})
+    summary = training_flow(settings=settings)
+    assert summary.ok, summary.render()
+    return settings, summary.results[0]
+
+
+@pytest.fixture
+def client(trained):
+    from mlflow import MlflowClient
+
+    from pipelines import tracking
+
+    tracking.connect(trained[0])
+    return MlflowClient()
+
+
+def test_run_logs_flat_params_metrics_and_epoch_curves(trained, client):
+    settings, result = trained
+    run = client.get_run(result.run_id)
+    params = run.data.params
+    assert params["features.lookback"] == "5"
+    assert params["model.units"] == "4"
+    assert params["registry.model_name"] == "test-{ticker}"
+    assert set(params) == set(settings.flat())  # every configuration value, flat
+    metrics = run.data.metrics
+    for key in (
+        "test_rmse",
+        "naive_rmse",
+        "drift_rmse",
+        "ma_rmse",
+        "skill_vs_naive",
+        "mase",
+        "dm_stat",
+        "dm_pvalue",
+        "interval_coverage_80",
+        "interval_coverage_95",
+        "test_directional_accuracy",
+    ):
+        assert key in metrics, key
+    assert metrics["skill_vs_naive"] == pytest.approx(
+        1 - metrics["test_rmse"] / metrics["naive_rmse"]
+    )
+    history = client.get_metric_history(result.run_id, "train_loss")
+    assert [m.step for m in history] == list(range(settings.training.epochs))
+    assert client.get_metric_history(result.run_id, "val_loss")
+    assert run.info.status == "FINISHED"
+    assert "TEST" in run.info.run_name
+
+
+def test_run_logs_figures_dataset_and_lineage_tags(trained, client):
+    _, result = trained
+    plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
+    assert {"plots/test_predictions.png", "plots/loss.png", "plots/residuals.png"} <= plots
+    run = client.get_run(result.run_id)
+    [ds] = run.inputs.dataset_inputs
+    assert ds.dataset.digest and "TEST" in ds.dataset.name
+    assert "ticker=TEST" in ds.dataset.source
+    tags = run.data.tags
+    assert tags["ticker"] == "TEST"
+    assert tags["data.last_date"] == str(price_frame(120)["Date"].iloc[-1])
+    assert tags["data.rows"] == "120"
+    assert "lib.tensorflow" in tags and "lib.mlflow" in tags
+
+
+def test_champion_loads_in_a_fresh_process_with_the_same_numbers(trained, client, tmp_path):
+    from pipelines import tracking
+
+    settings, result = trained
+    local = client.download_artifacts(result.run_id, "model_check", str(tmp_path))
+    expected = json.loads((Path(local) / "input_example_forecast.json").read_text())
+    code = textwrap.dedent(
+        f"""
+        import json, mlflow, mlflow.pyfunc, pandas as pd
+        mlflow.set_tracking_uri({tracking.resolve_tracking_uri(settings)!r})
+        model = mlflow.pyfunc.load_model("models:/{MODEL}@champion")
+        example = model.input_example
+        out = model.predict(example)
+        print(json.dumps(out["forecast"].tolist()))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got == pytest.approx(expected["forecast"]["forecast"], rel=1e-6)
+    assert (tmp_path / "model.keras").exists() is False  # nothing leaked into the cwd
+
+
+def test_promotion_by_alias_refusal_manual_promote_and_rollback(trained, client, tmp_path):
+    from pipelines import tracking
+    from pipelines.flows import promote
+    from pipelines.registry import manual_promote, rollback
+    from pipelines.store import PriceStore
+
+    settings, result = trained
+    assert tracking.champion(MODEL, "champion").version == "1"
+    v1 = tracking.get_version(MODEL, "1")
+    assert v1.tags[tracking.TAG_PROMOTED] == "true"
+    assert "first model" in v1.tags[tracking.TAG_REASON]
+
+    frame = PriceStore(settings.store_path).load("TEST")
+    dates = frame["date"].iloc[-10:].to_numpy()
+    source = client.get_model_version(MODEL, "1").source
+
+    def challenger(rmse: float) -> str:
+        mv = tracking.register(MODEL, source, result.run_id, {"ticker": "TEST"})
+        metrics = {"test_rmse": rmse, "naive_rmse": 1e9}
+        promote.fn(settings, "TEST", mv.version, metrics, frame, dates, 50, tmp_path)
+        return mv.version
+
+    better = challenger(1e-9)
+    assert tracking.champion(MODEL, "champion").version == better == "2"
+    tags = tracking.get_version(MODEL, "2").tags
+    assert tags[tracking.TAG_PROMOTED] == "true" and "beats champion" in tags[tracking.TAG_REASON]
+    assert tracking.get_version(MODEL, "1").tags[tracking.TAG_REPLACED_BY] == "2"
+
+    worse = challenger(1e6)
+    assert tracking.champion(MODEL, "champion").version == "2"
+    tags = tracking.get_version(MODEL, worse).tags
+    assert tags[tracking.TAG_PROMOTED] == "false"
+    assert "does not beat" in tags[tracking.TAG_REASON]
+
+    manual_promote(settings, "TEST", worse, "test")
+    assert tracking.champion(MODEL, "champion").version == worse
+    assert "manual" in tracking.get_version(MODEL, worse).tags[tracking.TAG_REASON]
+    rollback(settings, "TEST")
+    assert tracking.champion(MODEL, "champion").version == "2"
+    rollback(settings, "TEST")
+    assert tracking.champion(MODEL, "champion").version == "1"

@@ -1,0 +1,107 @@
+"""Server faults: the MLflow tracking server stops in the middle of a run.
+
+Expected: the run's I/O tasks retry, then the command fails with a non-zero exit; nothing is
+half-registered (no version without a loadable model, no alias to a missing version); after the
+server is back, the same command succeeds.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.conftest import (
+    TICKER,
+    cli,
+    cli_env,
+    figure,
+    new_project,
+    start_cli,
+)
+
+pytestmark = pytest.mark.servers
+
+
+def _registry_via_server(url: str, project: Path) -> dict:
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(url)
+    mlflow.set_registry_uri(url)
+    client = MlflowClient()
+    out: dict = {"versions": [], "aliases": {}, "runs": {}}
+    for exp in client.search_experiments():
+        for run in client.search_runs([exp.experiment_id]):
+            out["runs"][run.info.status] = out["runs"].get(run.info.status, 0) + 1
+    try:
+        model = client.get_registered_model(f"test-{TICKER}")
+    except mlflow.exceptions.MlflowException:
+        return out
+    out["versions"] = [v.version for v in client.search_model_versions(f"name = 'test-{TICKER}'")]
+    out["aliases"] = dict(model.aliases or {})
+    return out
+
+
+def test_tracking_server_stops_mid_run(tmp_path):
+    from pipelines.servers import start_mlflow_server
+
+    project = new_project(tmp_path / "project")
+    server = start_mlflow_server(tmp_path / "server", timeout=180)
+    port = int(server.url.rsplit(":", 1)[1])
+    try:
+        env = cli_env(project, MLFLOW_TRACKING_URI=server.url, PREFECT_LOGGING_LEVEL="INFO")
+        proc = start_cli(project, "run", f"prices/{TICKER}.csv", env=env)
+        lines: list[str] = []
+        trained = threading.Event()
+
+        def reader() -> None:
+            for line in proc.stderr:
+                lines.append(line)
+                if "epoch 1/1" in line:
+                    trained.set()
+
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        assert trained.wait(600), "".join(lines[-30:])
+        server.stop()  # the tracking server goes away while the run is logging
+        t0 = time.monotonic()
+        rc = proc.wait(timeout=600)
+        t.join(timeout=10)
+        failed_after = time.monotonic() - t0
+        err = "".join(lines)
+        retried = err.count("Retry") + err.count("retry")
+        server = start_mlflow_server(tmp_path / "server", port=port, timeout=180)
+        during = _registry_via_server(server.url, project)
+        rerun = cli(
+            project,
+            "run",
+            f"prices/{TICKER}.csv",
+            env=cli_env(project, MLFLOW_TRACKING_URI=server.url),
+        )
+        after = _registry_via_server(server.url, project)
+        print(
+            json.dumps(
+                {
+                    "rc": rc,
+                    "failed_after_s": round(failed_after, 1),
+                    "retry_mentions": retried,
+                    "last_lines": lines[-8:],
+                    "registry_after_failure": during,
+                    "registry_after_rerun": after,
+                    "rerun_rc": rerun.returncode,
+                },
+                indent=1,
+            )
+        )
+        ok = rc != 0 and not during["versions"] and rerun.returncode == 0 and after["aliases"]
+        figure("faults", bool(ok))
+        assert rc != 0, err[-3000:]
+        assert not during["versions"] and not during["aliases"], during
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert after["aliases"].get("champion") in after["versions"]
+    finally:
+        server.stop()

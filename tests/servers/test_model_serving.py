@@ -1,0 +1,59 @@
+"""`mlflow models serve` on the champion answers /invocations like the in-process model."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pandas as pd
+import pytest
+
+from pipelines.servers import start_model_server
+from tests.servers.conftest import MODEL_NAME, TICKER
+
+pytestmark = pytest.mark.servers
+
+URI = f"models:/{MODEL_NAME}@champion"
+
+
+@pytest.fixture(scope="module")
+def model_server(trained, mlflow_server, tmp_path_factory):
+    server = start_model_server(
+        URI, mlflow_server.url, tmp_path_factory.mktemp("model-server"), timeout=240
+    )
+    yield server
+    server.stop()
+
+
+def test_invocations_match_in_process_predict(trained, mlflow_server, model_server):
+    import mlflow
+
+    from pipelines.store import PriceStore
+
+    settings, _ = trained
+    # `trained` pointed this process at the server for the session.
+    assert mlflow.get_tracking_uri() == mlflow_server.url
+    model = mlflow.pyfunc.load_model(URI)
+    columns = model.metadata.get_input_schema().input_names()
+    assert "date" in columns
+    recent = PriceStore(settings.store_path).load(TICKER).tail(30)[columns].reset_index(drop=True)
+    expected = pd.DataFrame(model.predict(recent))
+
+    # JSON carries the dates as ISO strings; the server converts them to the schema's datetime.
+    payload = recent.assign(date=pd.to_datetime(recent["date"]).dt.strftime("%Y-%m-%d"))
+    body = json.dumps({"dataframe_split": payload.to_dict(orient="split", index=False)})
+    request = urllib.request.Request(
+        f"{model_server.url}/invocations",
+        data=body.encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=120) as resp:
+        assert resp.status == 200
+        payload = json.loads(resp.read())
+    served = pd.DataFrame(payload["predictions"])
+    assert len(served) == len(expected)
+    numeric = expected.select_dtypes("number").columns
+    assert len(numeric), expected.dtypes
+    for col in numeric:
+        assert served[col].to_numpy() == pytest.approx(expected[col].to_numpy(), rel=1e-5), col

@@ -1,0 +1,168 @@
+"""`lstm-pipeline serve` against a real `prefect server`: deployments, runs, event trigger, Ctrl-C.
+
+The tests share one served process and run in file order: the last one stops it with SIGINT.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import pytest
+
+from pipelines.servers import BIN, ServerProcess, child_env
+from tests.pipelines.conftest import price_frame, write_prices
+from tests.servers.conftest import INITIAL_ROWS, MODEL_NAME, TICKER
+
+pytestmark = pytest.mark.servers
+
+RETRAIN = "retraining/scheduled-retraining"
+FORECAST = "forecast/batch-forecast"
+RUN_TIMEOUT = 300
+
+
+def _client():
+    from prefect import get_client
+
+    return get_client(sync_client=True)
+
+
+def _deployment(name: str):
+    with _client() as client:
+        return client.read_deployment_by_name(name)
+
+
+def _runs_of(deployment_id) -> list:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with _client() as client:
+        return client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+        )
+
+
+def _task_run_names(flow_run_id) -> set[str]:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with _client() as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {r.name.rsplit("-", 1)[0] for r in runs}
+
+
+@pytest.fixture(scope="module")
+def served(trained, server_project, mlflow_server, prefect_api):
+    """`lstm-pipeline serve` in its own process group, until its deployments are registered."""
+    env = child_env(
+        {
+            "PREFECT_API_URL": prefect_api,
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            "MLFLOW_TRACKING_URI": mlflow_server.url,
+            "PREFECT_HOME": str(server_project / ".prefect"),
+        }
+    )
+    proc = ServerProcess(
+        name="lstm-pipeline serve",
+        args=[str(BIN / "lstm-pipeline"), "serve", "--config", str(server_project / "mlflow.yaml")],
+        url=prefect_api,
+        health_url=prefect_api + "/health",
+        log_path=server_project / "serve.log",
+        env=env,
+        cwd=server_project,
+    ).start()
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if not proc.alive:
+                pytest.fail(f"serve exited early:\n{proc.log_path.read_text()[-4000:]}")
+            try:
+                _deployment(RETRAIN), _deployment(FORECAST)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"deployments not registered:\n{proc.log_path.read_text()[-4000:]}")
+                time.sleep(1)
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _wait_terminal(flow_run_id, timeout: float = RUN_TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while True:
+        with _client() as client:
+            run = client.read_flow_run(flow_run_id)
+        if run.state is not None and run.state.is_final():
+            return run
+        if time.monotonic() > deadline:
+            pytest.fail(f"flow run {flow_run_id} still {run.state and run.state.name}")
+        time.sleep(1)
+
+
+def test_serve_registers_both_deployments(served):
+    retrain = _deployment(RETRAIN)
+    assert not retrain.paused
+    assert retrain.schedules and all(s.active for s in retrain.schedules)
+    assert retrain.parameters["config_path"].endswith("mlflow.yaml")
+    assert _deployment(FORECAST).id
+
+
+def test_run_deployment_retrains_on_new_file(served, server_project, mlflow_server):
+    from mlflow import MlflowClient
+    from prefect.deployments import run_deployment
+
+    full = price_frame(INITIAL_ROWS + 20)
+    write_prices(server_project / "data" / "incoming" / f"{TICKER}.csv", full.iloc[115:130])
+    flow_run = run_deployment(RETRAIN, timeout=RUN_TIMEOUT)
+    flow_run = _wait_terminal(flow_run.id)  # read back from the server
+    assert flow_run.state.is_completed(), f"{flow_run.state}\n{served.log_path.read_text()[-4000:]}"
+    names = _task_run_names(flow_run.id)
+    assert {"ingest", "train", "register", "promote"} <= names, names
+    client = MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
+    assert client.get_model_version(MODEL_NAME, "2").tags["data.rows"] == "130"
+
+
+def test_prices_updated_event_triggers_a_retraining_run(served, server_project, prefect_api):
+    retrain = _deployment(RETRAIN)
+    before = {r.id for r in _runs_of(retrain.id)}
+    new = server_project / "new" / f"{TICKER}.csv"
+    write_prices(new, price_frame(INITIAL_ROWS + 20).iloc[125:140])
+    out = subprocess.run(
+        [
+            str(BIN / "lstm-pipeline"),
+            "ingest",
+            str(new),
+            "--ticker",
+            TICKER,
+            "--config",
+            str(server_project / "mlflow.yaml"),
+        ],
+        env=child_env({"PREFECT_API_URL": prefect_api}),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "+10 new" in out.stdout, out.stdout
+    deadline = time.monotonic() + 120
+    while not (triggered := [r for r in _runs_of(retrain.id) if r.id not in before]):
+        if time.monotonic() > deadline:
+            pytest.fail(f"no run triggered by the event\n{served.log_path.read_text()[-4000:]}")
+        time.sleep(1)
+    run = _wait_terminal(triggered[0].id)
+    assert run.state.is_completed(), f"{run.state}\n{served.log_path.read_text()[-4000:]}"
+    assert "train" in _task_run_names(run.id)
+
+
+def test_ctrl_c_leaves_schedules_active(served):
+    served.signal(signal.SIGINT)  # what Ctrl-C in a terminal sends to the foreground group
+    try:
+        served.proc.wait(90)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"serve ignored SIGINT\n{served.log_path.read_text()[-4000:]}")
+    retrain = _deployment(RETRAIN)
+    assert not retrain.paused, "Ctrl-C paused the deployment"
+    assert all(s.active for s in retrain.schedules), retrain.schedules
