@@ -250,7 +250,7 @@ def fan_out(settings: Settings, flow_obj: Any) -> Iterator[Any]:
         return
     from pipelines.servers import prefect_api
 
-    with prefect_api(settings.path(".prefect") / "fanout-server"):
+    with prefect_api(settings.path(".prefect") / "fanout-server", settings.runtime.prefect_api_url):
         yield flow_obj.with_options(task_runner=runner)
 
 

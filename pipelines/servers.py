@@ -288,23 +288,27 @@ def start_model_server(
 
 
 @contextlib.contextmanager
-def prefect_api(home: Path, timeout: float = 150.0) -> Iterator[str]:
-    """Yield a Prefect API URL: PREFECT_API_URL if set, else a server started (and stopped) here.
+def prefect_api(home: Path, url: str | None = None, timeout: float = 150.0) -> Iterator[str]:
+    """Yield a Prefect API URL: `url`, else PREFECT_API_URL, else a server started (and
+    stopped) here with its database under `home`.
 
     While the block runs, PREFECT_API_URL is set in os.environ (so processes started in it,
     e.g. Dask workers, inherit it) and in Prefect's settings context of this process.
     """
-    existing = os.environ.get("PREFECT_API_URL")
-    if existing:
-        yield existing
-        return
-    server = start_prefect_server(home, timeout=timeout)
+    previous = os.environ.get("PREFECT_API_URL")
+    url = url or previous
+    server = None if url else start_prefect_server(home, timeout=timeout)
+    url = url or server.url
     try:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        os.environ["PREFECT_API_URL"] = server.url
-        with temporary_settings(updates={PREFECT_API_URL: server.url}):
-            yield server.url
+        os.environ["PREFECT_API_URL"] = url
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
     finally:
-        os.environ.pop("PREFECT_API_URL", None)
-        server.stop()
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+        if server is not None:
+            server.stop()

@@ -1,6 +1,3 @@
-import os
-import time
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -55,20 +52,3 @@ def test_save_load_round_trip(forecaster, tmp_path):
     assert len(fc) == 3 and fc["forecast"].iloc[0] == pytest.approx(
         loaded.predict(df)["forecast"].iloc[0], rel=1e-5
     )
-
-
-def test_predict_latency_tutorial_model():
-    df = make_frame(200)
-    pre = fit_preprocessor(df, FeatureConfig())  # lookback 60, open, log returns
-    model = build_model(ModelConfig(backend="keras"), 60, 1, 1, seed=0)  # 4 x LSTM(50)
-    fc = Forecaster(model, pre)
-    history = df.iloc[-61:]
-    fc.predict(history)  # first call traces the inference function
-    times = []
-    for _ in range(50):
-        start = time.perf_counter()
-        fc.predict(history)
-        times.append(time.perf_counter() - start)
-    # the budget is 20 ms on an idle 2-core machine; scale it when other jobs share the CPUs
-    load = max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
-    assert float(np.median(times)) < 0.020 * load

@@ -63,6 +63,11 @@ def test_retraining_trains_only_on_new_rows_and_rejects_bad_files(tiny_settings,
     assert set(after) == set(before)  # OTHER never reached the store
     assert after != before  # TEST gained rows
 
+    # Version 2 was trained on exactly this data, promoted or not: nothing to retrain.
+    again = retraining_flow(settings=tiny_settings)
+    assert again.results == []
+    assert any("unchanged since v2" in n for n in again.notes)
+
 
 def test_forecast_writes_future_trading_days(tiny_settings):
     from pipelines.flows import forecast_flow, training_flow

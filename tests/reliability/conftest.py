@@ -196,7 +196,7 @@ def registry_state(project: Path, *, load: bool = True) -> RegistryState:
         return state
     found = client.search_model_versions(f"name = '{MODEL}'")
     state.versions = sorted((str(v.version) for v in found), key=int)
-    state.aliases = dict(model.aliases or {})
+    state.aliases = {k: str(v) for k, v in (model.aliases or {}).items()}
     for v in found:
         if tracking.TAG_PROMOTED not in (v.tags or {}):
             state.undecided.append(str(v.version))
