@@ -31,6 +31,8 @@ for _k, _v in {
     "GIT_PYTHON_REFRESH": "quiet",
     "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
     "DASK_LOGGING__DISTRIBUTED": "warning",
+    # Dask's statistical profiler samples worker stacks every 10 ms: not wanted here.
+    "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "false",
     "MLFLOW_LOGGING_LEVEL": "WARNING",
 }.items():
     os.environ.setdefault(_k, _v)

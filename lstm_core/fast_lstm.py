@@ -6,18 +6,19 @@ is how the sequence is computed:
 
 * the input projection ``x @ kernel + bias`` for all time steps is one big matmul, hoisted
   out of the recurrence;
-* each step is then a single ``(batch, units) @ (units, 4·units)`` matmul for all four gates,
-  inside a ``tf.scan`` (a ``tf.while_loop``, not a Python unroll), so XLA compiles it in
-  seconds;
+* each step is then a single ``(batch, units) @ (units, 4·units)`` matmul for all four gates
+  and one tanh over all four (σ(z) = ½·tanh(½z) + ½), inside a ``tf.while_loop`` (not a
+  Python unroll), so XLA compiles it in seconds;
 * the backward pass is hand-written back-propagation through time (the tutorial's δh / δC
-  recursion, see ``reference.backward``) in a reverse ``tf.scan`` that carries only
+  recursion, see ``reference.backward``) in a reverse ``tf.while_loop`` that carries only
   ``δz @ recurrent_kernelᵀ`` along the chain; the weight gradients are summed over all steps
   afterwards by three large matmuls instead of per-step outer products.
 
 Anything the fused path does not cover (masks, dropout / recurrent dropout inside the layer,
 ``go_backwards``, other activations, no bias, non-TensorFlow backends) falls back to the
 regular Keras implementation.  Registered for the native ``.keras`` format, so models using
-it load with ``safe_mode=True`` once this module is imported (``lstm_core.model`` imports it).
+it load with ``safe_mode=True`` once this module is imported (``Forecaster.load`` and
+``lstm_core.model.build_model`` import it).
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ def fused_lstm_sequence(x: Any, h0: Any, c0: Any, kernel: Any, recurrent: Any, b
     units = recurrent.shape[0]
     n_in = x.shape[-1]
 
+    # σ(z) = ½·tanh(½z) + ½: one tanh over all four gates (i, f, o sigmoid; c tanh)
+    # instead of three sigmoids and a tanh over slices - fewer, wider kernels per step.
+    half = tf.constant(0.5, x.dtype)
+    ones = tf.ones([units], x.dtype)
+    scale = tf.concat([half * ones, half * ones, ones, half * ones], 0)
+    shift = tf.concat([half * ones, half * ones, tf.zeros_like(ones), half * ones], 0)
+
     @tf.custom_gradient
     def run(x, h0, c0, kernel, recurrent, bias):
         xt = tf.transpose(x, [1, 0, 2])  # time-major (T, B, n_in)
@@ -54,64 +62,63 @@ def fused_lstm_sequence(x: Any, h0: Any, c0: Any, kernel: Any, recurrent: Any, b
             tf.concat([tf.shape(xt)[:2], [4 * units]], 0),
         )
 
-        def step(carry, xz_t):
-            h, c, _ = carry
-            z = xz_t + tf.matmul(h, recurrent)
-            i = tf.sigmoid(z[:, :units])
-            f = tf.sigmoid(z[:, units : 2 * units])
-            a = tf.tanh(z[:, 2 * units : 3 * units])
-            o = tf.sigmoid(z[:, 3 * units :])
-            c = f * c + i * a
-            h = o * tf.tanh(c)
-            return h, c, tf.concat([i, f, a, o], axis=-1)
+        def step(t, h, c, h_acc, gc_acc):
+            z = xz[t] + tf.matmul(h, recurrent)
+            g = tf.tanh(z * scale) * scale + shift  # (i, f, a, o) activations
+            c = g[:, units : 2 * units] * c + g[:, :units] * g[:, 2 * units : 3 * units]
+            h = g[:, 3 * units :] * tf.tanh(c)
+            return t + 1, h, c, h_acc.write(t, h), gc_acc.write(t, tf.concat([g, c], -1))
 
-        init = (h0, c0, tf.zeros_like(xz[0]))
-        hs, cs, gates = tf.scan(step, xz, initializer=init)  # (T, B, u), (T, B, u), (T, B, 4u)
-        h_last, c_last = hs[-1], cs[-1]
+        def ta() -> Any:
+            return tf.TensorArray(x.dtype, size=steps)
+
+        _, h_last, c_last, h_acc, gc_acc = tf.while_loop(
+            lambda t, *_: t < steps, step, (tf.constant(0), h0, c0, ta(), ta())
+        )
+        hs = h_acc.stack()  # (T, B, u)
+        gcs = gc_acc.stack()  # (T, B, 5u): gates i, f, a, o and the cell state C(t)
 
         def grad(d_seq, d_h_last, d_c_last):
             # d_seq: (B, T, u) upstream gradient of the output sequence.
             dh_ext = tf.transpose(d_seq, [1, 0, 2])
-            if d_h_last is not None:
-                dh_ext = tf.tensor_scatter_nd_add(dh_ext, [[steps - 1]], d_h_last[None])
+            dh_init = tf.zeros_like(h0) if d_h_last is None else d_h_last
             dc_init = tf.zeros_like(c0) if d_c_last is None else d_c_last
-            c_prev_all = tf.concat([c0[None], cs[:-1]], axis=0)
-            h_prev_all = tf.concat([h0[None], hs[:-1]], axis=0)
 
-            def back(carry, elems):
-                dh_rec, dc_next, _ = carry  # dc_next = δC(t+1) ⊙ f(t+1) (+ upstream δC(τ))
-                dh_t, g, c_t, c_prev = elems
-                i = g[:, :units]
-                f = g[:, units : 2 * units]
-                a = g[:, 2 * units : 3 * units]
-                o = g[:, 3 * units :]
-                tc = tf.tanh(c_t)
-                dh = dh_t + dh_rec  # δh(t): output term + what h(t) sent into t+1's gates
+            c_prev_all = tf.concat([c0[None], gcs[:-1, :, 4 * units :]], axis=0)
+
+            def back_step(t, dh_rec, dc_next, dz_acc):
+                gc = gcs[t]
+                i = gc[:, :units]
+                f = gc[:, units : 2 * units]
+                a = gc[:, 2 * units : 3 * units]
+                o = gc[:, 3 * units : 4 * units]
+                tc = tf.tanh(gc[:, 4 * units :])
+                dh = dh_ext[t] + dh_rec  # δh(t): output term + what h(t) sent into t+1
                 dc = dc_next + dh * o * (1.0 - tc * tc)
                 dz = tf.concat(
                     [
                         dc * a * i * (1.0 - i),
-                        dc * c_prev * f * (1.0 - f),
+                        dc * c_prev_all[t] * f * (1.0 - f),
                         dc * i * (1.0 - a * a),
                         dh * tc * o * (1.0 - o),
                     ],
                     axis=-1,
                 )
-                return tf.matmul(dz, recurrent, transpose_b=True), dc * f, dz
+                dh_rec = tf.matmul(dz, recurrent, transpose_b=True)
+                return t - 1, dh_rec, dc * f, dz_acc.write(t, dz)
 
-            init_b = (tf.zeros_like(h0), dc_init, tf.zeros_like(gates[0]))
-            dh_recs, dc_nexts, dzs = tf.scan(
-                back, (dh_ext, gates, cs, c_prev_all), initializer=init_b, reverse=True
+            _, dh0, dc0, dz_acc = tf.while_loop(
+                lambda t, *_: t >= 0, back_step, (steps - 1, dh_init, dc_init, ta())
             )
+            dzs = dz_acc.stack()  # (T, B, 4u)
             dz_flat = tf.reshape(dzs, [-1, 4 * units])
+            h_prev_all = tf.concat([h0[None], hs[:-1]], axis=0)
             # Weight gradients summed over batch and time by one matmul each.
             d_kernel = tf.matmul(tf.reshape(xt, [-1, n_in]), dz_flat, transpose_a=True)
-            d_recurrent = tf.matmul(
-                tf.reshape(h_prev_all, [-1, units]), dz_flat, transpose_a=True
-            )
+            d_recurrent = tf.matmul(tf.reshape(h_prev_all, [-1, units]), dz_flat, transpose_a=True)
             d_bias = tf.reduce_sum(dz_flat, axis=0)
             dx = tf.transpose(tf.matmul(dzs, kernel, transpose_b=True), [1, 0, 2])
-            return dx, dh_recs[0], dc_nexts[0], d_kernel, d_recurrent, d_bias
+            return dx, dh0, dc0, d_kernel, d_recurrent, d_bias
 
         return (tf.transpose(hs, [1, 0, 2]), h_last, c_last), grad
 

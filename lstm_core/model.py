@@ -12,9 +12,10 @@ from lstm_core.config import ModelConfig
 def backend_options(backend: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(compile kwargs, LSTM layer kwargs) for a ModelConfig.backend.
 
-    The one place where the "fast" path is defined, so it can be benchmarked and tuned
-    without touching the network: XLA compilation (~2.5x faster epochs on this CPU after a
-    10-14 s first-epoch compile).
+    The one place where the "fast" path is defined (with ``lstm_layer_class``), so it can be
+    benchmarked and tuned without touching the network: XLA compilation of a fused LSTM
+    (``lstm_core.fast_lstm.FastLSTM``: hoisted input projection, one matmul per step in a
+    ``tf.while_loop``, hand-written BPTT).  See benchmarks/bench_train.py.
     """
     if backend == "fast":
         # Unrolling 60 steps x 4 layers makes XLA's compile take minutes: keep the loop.
@@ -22,6 +23,22 @@ def backend_options(backend: str) -> tuple[dict[str, Any], dict[str, Any]]:
     if backend == "keras":
         return {}, {}
     raise ValueError(f"unknown model backend {backend!r}; expected 'fast' or 'keras'")
+
+
+def lstm_layer_class(backend: str) -> Any:
+    """The LSTM layer class for a ModelConfig.backend: FastLSTM ("fast") or keras's LSTM.
+
+    FastLSTM subclasses ``keras.layers.LSTM`` (same weights, config and maths; checked against
+    ``lstm_core.reference`` in tests/lstm_core/test_fast_lstm.py).
+    """
+    import keras
+
+    backend_options(backend)  # validates the name
+    if backend == "fast":
+        from lstm_core.fast_lstm import FastLSTM
+
+        return FastLSTM
+    return keras.layers.LSTM
 
 
 def build_model(
@@ -41,12 +58,13 @@ def build_model(
     if seed is not None:
         keras.utils.set_random_seed(seed)
     compile_kwargs, lstm_kwargs = backend_options(model_cfg.backend)
+    lstm_cls = lstm_layer_class(model_cfg.backend)
     model = keras.Sequential(name="lstm_forecaster")
     model.add(keras.Input(shape=(lookback, n_features)))
     for i in range(model_cfg.layers):
         # every LSTM but the last hands its whole sequence to the next one
         last = i == model_cfg.layers - 1
-        model.add(keras.layers.LSTM(model_cfg.units, return_sequences=not last, **lstm_kwargs))
+        model.add(lstm_cls(model_cfg.units, return_sequences=not last, **lstm_kwargs))
         model.add(keras.layers.Dropout(model_cfg.dropout))
     model.add(keras.layers.Dense(horizon))
     model.compile(

@@ -104,6 +104,8 @@ class Forecaster:
         """Load a directory written by :meth:`save` (Keras safe mode: no arbitrary code)."""
         import keras
 
+        import lstm_core.fast_lstm  # noqa: F401  registers FastLSTM for safe_mode loading
+
         path = Path(directory)
         preprocessor = Preprocessor.from_dict(json.loads((path / PREPROCESSOR_FILE).read_text()))
         features = FeatureConfig.model_validate_json((path / FEATURES_FILE).read_text())

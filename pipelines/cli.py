@@ -89,7 +89,7 @@ def _checked_ticker(ticker: str | None) -> str | None:
 
 def _parse(settings: Settings, path: Path | str, ticker: str | None):
     """Read and validate one price file with the configured options (no Prefect, no TF)."""
-    from pipelines.ingest import DEFAULT_MAX_DAILY_CHANGE, read_price_file
+    from pipelines.ingest import read_price_file
 
     d = settings.data
     parsed = read_price_file(
@@ -97,7 +97,7 @@ def _parse(settings: Settings, path: Path | str, ticker: str | None):
         ticker=ticker,
         column_map=d.column_map,
         missing=d.missing,
-        max_daily_change=getattr(d, "max_daily_change", DEFAULT_MAX_DAILY_CHANGE),
+        max_daily_change=d.max_daily_change.model_dump() if d.max_daily_change else None,
     )
     for note in parsed.notes:
         logging.getLogger("pipelines").info("%s: %s", path, note)
@@ -178,18 +178,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         check_files, check_ticker = files, ticker
     _preflight_run(settings, args.config, check_files, check_ticker)
 
-    from pipelines.flows import training_flow
+    from pipelines.flows import fan_out, training_flow
 
-    summary = training_flow(settings=settings, files=files, ticker=ticker)
+    with fan_out(settings, training_flow) as flow:
+        summary = flow(settings=settings, files=files, ticker=ticker)
     print(summary.render())
     return 0 if summary.ok else 1
 
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
     settings = _settings(args)  # first: Prefect reads its environment when imported
-    from pipelines.flows import retraining_flow
+    from pipelines.flows import fan_out, retraining_flow
 
-    summary = retraining_flow(settings=settings)
+    with fan_out(settings, retraining_flow) as flow:
+        summary = flow(settings=settings)
     print(summary.render())
     return 0 if summary.ok else 1
 

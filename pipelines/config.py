@@ -54,6 +54,13 @@ class RegistryConfig(_Section):
         return self.model_name.replace("{ticker}", ticker)
 
 
+class JumpLimits(_Section):
+    """A day-over-day move beyond these is rejected as a likely split (unadjusted prices)."""
+
+    drop: float = Field(0.45, gt=0.0, lt=1.0)
+    rise: float = Field(0.80, gt=0.0)
+
+
 class DataConfig(_Section):
     store: str = "data/store"
     incoming: str = "data/incoming"
@@ -66,6 +73,8 @@ class DataConfig(_Section):
     missing: Literal["error", "drop", "ffill"] = "error"
     replace: bool = False
     min_new_rows: int = Field(1, ge=1)
+    # null turns the split-sized-jump check off (e.g. for knowingly unadjusted prices).
+    max_daily_change: JumpLimits | None = JumpLimits()
 
 
 class ScheduleConfig(_Section):

@@ -599,7 +599,7 @@ def read_price_file(
     ticker: str | None = None,
     column_map: dict[str, str] | None = None,
     missing: Literal["error", "drop", "ffill"] = "error",
-    max_daily_change: Mapping[str, float] | tuple[float, float] | None = DEFAULT_MAX_DAILY_CHANGE,
+    max_daily_change: Mapping[str, float] | tuple[float, float] | None = None,
 ) -> ParsedFile:
     """Read, validate and normalize one price CSV.
 
@@ -608,9 +608,10 @@ def read_price_file(
     of them (``ticker == "*"``; merge with ``PriceStore.merge_all``). ``missing`` decides what
     happens to rows with a missing value: ``"error"`` (default), ``"drop"`` them, or ``"ffill"``
     (carry the ticker's previous value forward; rows with no earlier value are dropped). The
-    returned ``notes`` say what was done. ``max_daily_change`` (``{"drop": 0.45, "rise": 0.80}``
-    by default; ``None`` opts out) rejects a close-to-close move larger than a split-sized one
-    (see :func:`jump_limits`). Raises :class:`InputError` (single line, with file, line, column)
+    returned ``notes`` say what was done. ``max_daily_change`` (e.g. :data:`DEFAULT_MAX_DAILY_CHANGE`,
+    ``{"drop": 0.45, "rise": 0.80}``, which the pipeline passes by default; ``None``, this
+    function's default, skips the check) rejects a close-to-close move larger than a split-sized
+    one (see :func:`jump_limits`). Raises :class:`InputError` (single line, with file, line, column)
     on any problem.
     """
     path = Path(path)

@@ -69,7 +69,14 @@ def ingest_file(
 ) -> list[MergeReport]:
     """Read, validate and merge one file into the store (atomic, locked); one report a ticker."""
     d = settings.data
-    parsed = read_price_file(path, ticker=ticker, column_map=d.column_map, missing=d.missing)
+    parsed = read_price_file(
+        path,
+        ticker=ticker,
+        column_map=d.column_map,
+        missing=d.missing,
+        # split-sized jumps are errors unless data.max_daily_change is null
+        max_daily_change=d.max_daily_change.model_dump() if d.max_daily_change else None,
+    )
     for note in parsed.notes:
         log.info("%s: %s", path, note)
     replace = d.replace if replace is None else replace

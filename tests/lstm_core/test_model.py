@@ -5,11 +5,18 @@ from lstm_core.config import ModelConfig
 from lstm_core.model import backend_options, build_model, predict_scaled
 
 
+def _kind(layer) -> str:
+    # the "fast" backend's FastLSTM is a keras.layers.LSTM subclass (same weights and maths)
+    import keras
+
+    return "LSTM" if isinstance(layer, keras.layers.LSTM) else type(layer).__name__
+
+
 def test_tutorial_architecture():
     model = build_model(ModelConfig(), lookback=60, n_features=1, horizon=1)
-    kinds = [type(layer).__name__ for layer in model.layers]
+    kinds = [_kind(layer) for layer in model.layers]
     assert kinds == ["LSTM", "Dropout"] * 4 + ["Dense"]
-    lstms = [layer for layer in model.layers if type(layer).__name__ == "LSTM"]
+    lstms = [layer for layer in model.layers if _kind(layer) == "LSTM"]
     assert [layer.return_sequences for layer in lstms] == [True, True, True, False]
     assert all(layer.units == 50 for layer in lstms)
     assert all(layer.rate == 0.2 for layer in model.layers if type(layer).__name__ == "Dropout")
@@ -25,9 +32,11 @@ def test_backend_options():
     # whatever the tuned path sets on the LSTM layers is applied to every one of them
     _, fast_lstm = backend_options("fast")
     for layer in fast.layers:
-        if type(layer).__name__ == "LSTM":
+        if _kind(layer) == "LSTM":
+            assert type(layer).__name__ == "FastLSTM"
             assert all(getattr(layer, k) == v for k, v in fast_lstm.items())
-    assert not any(layer.unroll for layer in plain.layers if type(layer).__name__ == "LSTM")
+    assert not any(layer.unroll for layer in plain.layers if _kind(layer) == "LSTM")
+    assert all(type(layer).__name__ != "FastLSTM" for layer in plain.layers)
     assert fast.output_shape == (None, 2)
     with pytest.raises(ValueError):
         backend_options("torch")
