@@ -16,6 +16,11 @@ _DEFAULTS = {
     # A fresh ephemeral database needs more than Prefect's default 20 s on two cores.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
+    # Fail fast on a dead tracking server: Prefect's task retries add the back-off on top,
+    # MLflow's own defaults (7 retries, up to 120 s each) would hang a run for many minutes.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
     "GIT_PYTHON_REFRESH": "quiet",
     "DASK_LOGGING__DISTRIBUTED": "warning",
 }

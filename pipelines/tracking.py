@@ -238,11 +238,21 @@ def _log_pyfunc(run_id: str, forecaster_dir: Path, signature: Any, example: pd.D
     import mlflow.pyfunc
     from mlflow.models import Model
 
+    client = _client()
+    # Created here in the run's own experiment: left to itself, Model.log(run_id=...) puts
+    # the logged model (and its files) in the fluent API's current experiment instead.
+    logged = client.create_logged_model(
+        client.get_run(run_id).info.experiment_id,
+        name="model",
+        source_run_id=run_id,
+        model_type="lstm-price-forecaster",
+    )
     return Model.log(
         artifact_path=None,
         name="model",
         flavor=mlflow.pyfunc,
         run_id=run_id,
+        model_id=logged.model_id,
         python_model=str(PYFUNC_CODE),
         artifacts={"forecaster": str(forecaster_dir)},
         code_paths=[str(CORE_PACKAGE)],

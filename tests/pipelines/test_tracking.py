@@ -89,6 +89,14 @@ def test_run_logs_figures_dataset_and_lineage_tags(trained, client):
     assert "lib.tensorflow" in tags and "lib.mlflow" in tags
 
 
+def test_model_files_live_in_the_runs_experiment_and_artifact_folder(trained, client):
+    settings, result = trained
+    source = client.get_model_version(MODEL, result.version).source
+    logged = client.get_logged_model(source.split("/")[-1])
+    assert logged.experiment_id == client.get_run(result.run_id).info.experiment_id
+    assert str(settings.path("mlartifacts")) in logged.artifact_location
+
+
 def test_champion_loads_in_a_fresh_process_with_the_same_numbers(trained, client, tmp_path):
     from pipelines import tracking
 
