@@ -228,7 +228,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from pipelines.demo import run_demo
 
-    print(run_demo(settings))
+    run_demo(settings, say=lambda text: print(text, flush=True))
     return 0
 
 

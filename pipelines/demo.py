@@ -17,7 +17,7 @@ HELD_BACK_ROWS = 20
 
 def run_demo(settings: Settings, say: Callable[[str], None]) -> None:
     """Each stage's summary goes to `say` as soon as the stage ends."""
-    from pipelines.flows import retraining_flow, training_flow
+    from pipelines.flows import fan_out, retraining_flow, training_flow
 
     source = settings.path(settings.data.sources[0])
     ticker = settings.data.ticker
@@ -30,7 +30,8 @@ def run_demo(settings: Settings, say: Callable[[str], None]) -> None:
     _write_yahoo(head, head_file)
 
     say(f"== 1. training flow on {source.name} up to {head['date'].iloc[-1]}")
-    summary = training_flow(settings=settings, files=[str(head_file)], ticker=parsed.ticker)
+    with fan_out(settings, training_flow) as flow:
+        summary = flow(settings=settings, files=[str(head_file)], ticker=parsed.ticker)
     say(summary.render())
 
     incoming = settings.path(settings.data.incoming)
@@ -41,9 +42,10 @@ def run_demo(settings: Settings, say: Callable[[str], None]) -> None:
         f"\n== 2. {len(tail)} newer days dropped into {new_file} "
         f"({tail['date'].iloc[0]}..{tail['date'].iloc[-1]}); retraining flow"
     )
-    say(retraining_flow(settings=settings).render())
-    say("\n== 3. retraining again with nothing new")
-    say(retraining_flow(settings=settings).render())
+    with fan_out(settings, retraining_flow) as flow:
+        say(flow(settings=settings).render())
+        say("\n== 3. retraining again with nothing new")
+        say(flow(settings=settings).render())
 
 
 def _write_yahoo(frame, path: Path) -> None:

@@ -47,8 +47,8 @@ def _retry_io(task: Any, task_run: Any, state: Any) -> bool:
 
     try:
         state.result()
-    except PipelineError:
-        return False
+    except (PipelineError, FileNotFoundError, PermissionError, IsADirectoryError):
+        return False  # bad input or a missing file does not heal by waiting
     except (OSError, ConnectionError, TimeoutError):
         return True
     except Exception as exc:  # MLflow wraps HTTP failures in MlflowException

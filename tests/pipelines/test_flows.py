@@ -96,3 +96,13 @@ def test_one_ticker_failure_does_not_fail_the_others(tiny_settings, tiny_project
     by = {r.ticker: r for r in summary.results}
     assert by["TEST"].error is None and by["TEST"].version == "2"
     assert by["SHORT"].error and "rows" in by["SHORT"].error
+
+
+def test_demo_command_trains_then_retrains_on_held_back_days(tiny_project, capsys):
+    from pipelines.cli import main
+
+    assert main(["demo", "--config", str(tiny_project / "mlflow.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "== 1. training flow" in out and "version 1: CHAMPION" in out
+    assert "TEST +20 new" in out and "version 2:" in out
+    assert "nothing changed" in out
