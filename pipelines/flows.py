@@ -95,6 +95,7 @@ def _promote(
     policy = reg.promotion
     # One decision at a time per registered model, so racing runs cannot both win.
     with file_lock(settings.path(".locks") / f"promote-{name}.lock"):
+        _settle_interrupted(name, version)
         current = tracking.champion(name, reg.alias)
         champion_score = None
         if current is not None and current.version != version:
@@ -116,6 +117,14 @@ def _promote(
         if decision.promote:
             tracking.set_champion(name, reg.alias, version, decision.reason)
     return decision
+
+
+def _settle_interrupted(name: str, version: str) -> None:
+    """Record a refusal on versions whose run died between registering and deciding."""
+    for v in tracking.versions(name):
+        if v.version != version and v.tags.get(tracking.TAG_PENDING) == "true":
+            why = "refused: its run stopped before a promotion decision was recorded"
+            tracking.record_decision(name, v.version, Decision(False, why, float("nan"), None))
 
 
 promote = task(_promote, name="promote", cache_policy=NO_CACHE)

@@ -37,6 +37,9 @@ TAG_REASON = "promotion.reason"
 TAG_REPLACED_BY = "champion.replaced_by"
 TAG_REPLACED = "champion.replaced"
 TAG_RUN_ID = "run_id"
+# Set when a version is registered, cleared when its promotion is decided: a version still
+# pending later belongs to a run that died in between.
+TAG_PENDING = "promotion.pending"
 
 
 def _client():
@@ -290,7 +293,7 @@ def register(name: str, model_uri: str, run_id: str, tags: Mapping[str, str]) ->
     model_id = model_uri.split("/", 2)[-1] if model_uri.startswith("models:/m-") else None
     source = model_uri
     mv = client.create_model_version(
-        name, source, run_id=run_id, tags=dict(tags), model_id=model_id
+        name, source, run_id=run_id, tags={**tags, TAG_PENDING: "true"}, model_id=model_id
     )
     return _version(mv)
 
@@ -325,6 +328,7 @@ def record_decision(name: str, version: str, decision: Decision) -> None:
         version,
         {
             TAG_PROMOTED: str(decision.promote).lower(),
+            TAG_PENDING: "false",
             TAG_REASON: decision.reason,
             "promotion.challenger_score": decision.challenger_score,
             "promotion.champion_score": decision.champion_score,

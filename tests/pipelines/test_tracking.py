@@ -163,3 +163,11 @@ def test_promotion_by_alias_refusal_manual_promote_and_rollback(trained, client,
     assert tracking.champion(MODEL, "champion").version == "2"
     rollback(settings, "TEST")
     assert tracking.champion(MODEL, "champion").version == "1"
+
+    # A version whose run died between registering and deciding is settled by the next decision.
+    orphan = tracking.register(MODEL, source, result.run_id, {"ticker": "TEST"})
+    assert tracking.get_version(MODEL, orphan.version).tags[tracking.TAG_PENDING] == "true"
+    challenger(1e6)
+    tags = tracking.get_version(MODEL, orphan.version).tags
+    assert tags[tracking.TAG_PENDING] == "false" and tags[tracking.TAG_PROMOTED] == "false"
+    assert "stopped before" in tags[tracking.TAG_REASON]

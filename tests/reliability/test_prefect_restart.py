@@ -1,0 +1,159 @@
+"""Server faults: the Prefect server restarts while `lstm-pipeline serve` is running.
+
+Expected: the serving process survives the outage (it keeps polling, with retries); after the
+server is back on the same port with the same database, the retraining deployment is still
+there, not paused, its schedule active, and a run started through the API is picked up by the
+same serving process and completes.
+
+The project has no stored prices, so the retraining run finds nothing to train and finishes
+in a second or two: the test is about the orchestration, not the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines.servers import BIN, ServerProcess, child_env, start_prefect_server
+from tests.servers.conftest import SERVERS_CONFIG
+
+pytestmark = pytest.mark.servers
+
+RETRAIN = "retraining/scheduled-retraining"
+FORECAST = "forecast/batch-forecast"
+OUTAGE_SECONDS = 5  # how long the server stays down (beyond its own shutdown)
+RUN_TIMEOUT = 180
+
+
+def _tail(proc: ServerProcess, chars: int = 4000) -> str:
+    try:
+        return f"--- {proc.log_path}:\n{proc.log_path.read_text(errors='replace')[-chars:]}"
+    except OSError:
+        return f"--- {proc.log_path}: (no log)"
+
+
+@contextlib.contextmanager
+def _api(url: str):
+    """This process's Prefect client talks to `url` while the block runs."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
+    finally:
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+
+
+def _deployment(name: str):
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_deployment_by_name(name)
+
+
+def _flow_run(flow_run_id):
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id)
+
+
+def _start_serve(project: Path, api_url: str) -> ServerProcess:
+    env = child_env(
+        {
+            "PREFECT_API_URL": api_url,
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            "PREFECT_HOME": str(project / ".prefect"),
+            "PREFECT_LOGGING_LEVEL": "INFO",  # the runner's own lines, for the report
+        }
+    )
+    return ServerProcess(
+        name="lstm-pipeline serve",
+        args=[str(BIN / "lstm-pipeline"), "serve", "--config", str(project / "mlflow.yaml")],
+        url=api_url,
+        health_url=api_url + "/health",
+        log_path=project / "serve.log",
+        env=env,
+        cwd=project,
+    ).start()
+
+
+def _wait_deployments(serve: ServerProcess, prefect: ServerProcess, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if not serve.alive:
+            pytest.fail(f"serve exited early (code {serve.proc.returncode})\n{_tail(serve)}")
+        try:
+            _deployment(RETRAIN), _deployment(FORECAST)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                pytest.fail(f"deployments not registered\n{_tail(serve)}\n{_tail(prefect)}")
+            time.sleep(1)
+
+
+def test_prefect_server_restart_while_serving(tmp_path):
+    from prefect.deployments import run_deployment
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "mlflow.yaml").write_text(SERVERS_CONFIG, encoding="utf-8")
+    home = tmp_path / "prefect-home"  # the server's database lives here across the restart
+
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    prefect = start_prefect_server(home, timeout=180)
+    port = int(prefect.url.rsplit(":", 1)[1].split("/")[0])
+    timings["server_up"] = time.monotonic() - t0
+    serve: ServerProcess | None = None
+    try:
+        with _api(prefect.url):
+            serve = _start_serve(project, prefect.url)
+            _wait_deployments(serve, prefect)
+            timings["deployments"] = time.monotonic() - t0
+            before = _deployment(RETRAIN)
+
+            # The server goes away (SIGTERM to its group) and stays down for a while.
+            t_down = time.monotonic()
+            prefect.stop()
+            time.sleep(OUTAGE_SECONDS)
+            assert serve.alive, (
+                f"serve died while the Prefect server was down (code {serve.proc.returncode})\n"
+                f"{_tail(serve)}"
+            )
+
+            # Same port, same PREFECT_HOME (hence the same database).
+            prefect = start_prefect_server(home, port=port, timeout=180)
+            timings["outage"] = time.monotonic() - t_down
+            assert serve.alive, f"serve died during the restart\n{_tail(serve)}"
+
+            retrain = _deployment(RETRAIN)
+            assert retrain.id == before.id, "the deployment was re-created, not kept"
+            assert not retrain.paused, "the restart left the deployment paused"
+            assert retrain.schedules, "the deployment lost its schedule"
+            assert all(s.active for s in retrain.schedules), retrain.schedules
+
+            t_run = time.monotonic()
+            flow_run = run_deployment(RETRAIN, timeout=RUN_TIMEOUT)
+            flow_run = _flow_run(flow_run.id)  # read back from the server
+            timings["run"] = time.monotonic() - t_run
+            assert flow_run.state is not None and flow_run.state.is_completed(), (
+                f"run after restart: {flow_run.state and flow_run.state.name} "
+                f"({flow_run.state and flow_run.state.message})\n{_tail(serve)}\n{_tail(prefect)}"
+            )
+            assert serve.alive, f"serve exited after the run\n{_tail(serve)}"
+            print(json.dumps({k: round(v, 1) for k, v in timings.items()}))
+    finally:
+        if serve is not None:
+            serve.stop()
+        prefect.stop()
