@@ -89,19 +89,9 @@ def _checked_ticker(ticker: str | None) -> str | None:
 
 def _parse(settings: Settings, path: Path | str, ticker: str | None):
     """Read and validate one price file with the configured options (no Prefect, no TF)."""
-    from pipelines.ingest import read_price_file
+    from pipelines.ingest import read_configured
 
-    d = settings.data
-    parsed = read_price_file(
-        path,
-        ticker=ticker,
-        column_map=d.column_map,
-        missing=d.missing,
-        max_daily_change=d.max_daily_change.model_dump() if d.max_daily_change else None,
-    )
-    for note in parsed.notes:
-        logging.getLogger("pipelines").info("%s: %s", path, note)
-    return parsed
+    return read_configured(settings.data, path, ticker)
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:

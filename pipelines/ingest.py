@@ -31,12 +31,13 @@ import csv
 import datetime as dt
 import hashlib
 import io
+import logging
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -50,6 +51,7 @@ __all__ = [
     "InvalidTickerError",
     "ParsedFile",
     "digest_file",
+    "read_configured",
     "read_price_file",
     "source_lines",
     "validate_ticker",
@@ -83,6 +85,9 @@ MAP_FIELDS = ("ticker", "date", "open", "high", "low", "close", "volume", "amoun
 
 _TICKER_RE = re.compile(r"[\w.\-]+")
 _EPOCH = np.datetime64("1970-01-01", "D")
+
+if TYPE_CHECKING:
+    from pipelines.config import DataConfig
 
 
 class InvalidTickerError(PipelineError, ValueError):
@@ -934,3 +939,18 @@ def _take(c: _Columns, keep: np.ndarray) -> _Columns:
         names=c.names,
         values={k: v[keep] for k, v in c.values.items()},
     )
+
+
+def read_configured(data: DataConfig, path: str | Path, ticker: str | None = None) -> ParsedFile:
+    """`read_price_file` with the options of the `data` section; logs what was done."""
+    parsed = read_price_file(
+        path,
+        ticker=ticker,
+        column_map=data.column_map,
+        missing=data.missing,
+        # split-sized jumps are errors unless data.max_daily_change is null
+        max_daily_change=data.max_daily_change.model_dump() if data.max_daily_change else None,
+    )
+    for note in parsed.notes:
+        logging.getLogger("pipelines").info("%s: %s", path, note)
+    return parsed

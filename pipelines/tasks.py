@@ -25,7 +25,7 @@ from lstm_core import train as core_train
 from lstm_core.predictor import Forecaster
 from pipelines import tracking
 from pipelines.config import Settings
-from pipelines.ingest import digest_file, read_price_file
+from pipelines.ingest import digest_file, read_configured
 from pipelines.store import Manifest, MergeReport, PriceStore
 
 log = logging.getLogger("pipelines")
@@ -69,16 +69,7 @@ def ingest_file(
 ) -> list[MergeReport]:
     """Read, validate and merge one file into the store (atomic, locked); one report a ticker."""
     d = settings.data
-    parsed = read_price_file(
-        path,
-        ticker=ticker,
-        column_map=d.column_map,
-        missing=d.missing,
-        # split-sized jumps are errors unless data.max_daily_change is null
-        max_daily_change=d.max_daily_change.model_dump() if d.max_daily_change else None,
-    )
-    for note in parsed.notes:
-        log.info("%s: %s", path, note)
+    parsed = read_configured(d, path, ticker)
     replace = d.replace if replace is None else replace
     return PriceStore(settings.store_path).merge_all(parsed, replace=replace)
 
