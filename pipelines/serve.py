@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 from pipelines.config import Settings
+
+log = logging.getLogger("pipelines")
 
 RETRAIN_DEPLOYMENT = "scheduled-retraining"
 FORECAST_DEPLOYMENT = "batch-forecast"
@@ -44,16 +49,42 @@ def deployments(
     return [retrain, forecast]
 
 
+def _api_healthy() -> bool:
+    from prefect import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            return client.api_healthcheck() is None
+    except Exception:
+        return False
+
+
 def serve(
     settings: Settings,
     config_path: str,
     overrides: list[str] | None = None,
     tickers: list[str] | None = None,
+    retry_seconds: float = 5.0,
 ) -> None:
-    """Serve until Ctrl-C; schedules stay active afterwards (no paused deployment left)."""
+    """Serve until Ctrl-C; schedules stay active afterwards (no paused deployment left).
+
+    Prefect's runner gives up after three failed polls (a few minutes without its API); a
+    server restart or upgrade must not end the schedule, so serving starts again, with the
+    same deployments, once the API answers.
+    """
     from prefect import serve as prefect_serve
 
-    prefect_serve(
-        *deployments(settings, config_path, overrides, tickers),
-        pause_on_shutdown=False,
-    )
+    while True:
+        try:
+            prefect_serve(
+                *deployments(settings, config_path, overrides, tickers),
+                pause_on_shutdown=False,
+            )
+            return
+        except Exception as exc:
+            if _api_healthy():
+                raise
+            log.warning("Prefect API unreachable (%s); serving again once it answers", exc)
+            while not _api_healthy():
+                time.sleep(retry_seconds)
+            log.warning("Prefect API is back: serving the deployments again")

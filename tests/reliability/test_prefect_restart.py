@@ -68,13 +68,14 @@ def _flow_run(flow_run_id):
         return client.read_flow_run(flow_run_id)
 
 
-def _start_serve(project: Path, api_url: str) -> ServerProcess:
+def _start_serve(project: Path, api_url: str, extra_env: dict[str, str]) -> ServerProcess:
     env = child_env(
         {
             "PREFECT_API_URL": api_url,
             "PREFECT_RUNNER_POLL_FREQUENCY": "1",
             "PREFECT_HOME": str(project / ".prefect"),
             "PREFECT_LOGGING_LEVEL": "INFO",  # the runner's own lines, for the report
+            **extra_env,
         }
     )
     return ServerProcess(
@@ -102,7 +103,17 @@ def _wait_deployments(serve: ServerProcess, prefect: ServerProcess, timeout: flo
             time.sleep(1)
 
 
-def test_prefect_server_restart_while_serving(tmp_path):
+@pytest.mark.parametrize(
+    ("outage", "extra_env"),
+    [
+        (OUTAGE_SECONDS, {}),
+        # Without client retries Prefect's runner gives up after three failed polls (~7 s);
+        # a 25 s outage would end serving for good unless serve starts again by itself.
+        (25, {"PREFECT_CLIENT_MAX_RETRIES": "0"}),
+    ],
+    ids=["short-outage", "outage-past-the-runners-error-threshold"],
+)
+def test_prefect_server_restart_while_serving(tmp_path, outage, extra_env):
     from prefect.deployments import run_deployment
 
     project = tmp_path / "project"
@@ -118,7 +129,7 @@ def test_prefect_server_restart_while_serving(tmp_path):
     serve: ServerProcess | None = None
     try:
         with _api(prefect.url):
-            serve = _start_serve(project, prefect.url)
+            serve = _start_serve(project, prefect.url, extra_env)
             _wait_deployments(serve, prefect)
             timings["deployments"] = time.monotonic() - t0
             before = _deployment(RETRAIN)
@@ -126,7 +137,7 @@ def test_prefect_server_restart_while_serving(tmp_path):
             # The server goes away (SIGTERM to its group) and stays down for a while.
             t_down = time.monotonic()
             prefect.stop()
-            time.sleep(OUTAGE_SECONDS)
+            time.sleep(outage)
             assert serve.alive, (
                 f"serve died while the Prefect server was down (code {serve.proc.returncode})\n"
                 f"{_tail(serve)}"
@@ -144,14 +155,20 @@ def test_prefect_server_restart_while_serving(tmp_path):
             assert all(s.active for s in retrain.schedules), retrain.schedules
 
             t_run = time.monotonic()
-            flow_run = run_deployment(RETRAIN, timeout=RUN_TIMEOUT)
+            flow_run = run_deployment(RETRAIN, timeout=RUN_TIMEOUT, poll_interval=1)
             flow_run = _flow_run(flow_run.id)  # read back from the server
             timings["run"] = time.monotonic() - t_run
+            if flow_run.start_time is not None:  # creation -> the serving process starts it
+                timings["pickup"] = (flow_run.start_time - flow_run.created).total_seconds()
             assert flow_run.state is not None and flow_run.state.is_completed(), (
                 f"run after restart: {flow_run.state and flow_run.state.name} "
                 f"({flow_run.state and flow_run.state.message})\n{_tail(serve)}\n{_tail(prefect)}"
             )
             assert serve.alive, f"serve exited after the run\n{_tail(serve)}"
+            # Nothing else could run it, but check it was this process that did.
+            assert f"Flow run '{flow_run.name}'" in serve.log_path.read_text(errors="replace"), (
+                _tail(serve)
+            )
             print(json.dumps({k: round(v, 1) for k, v in timings.items()}))
     finally:
         if serve is not None:
