@@ -271,7 +271,7 @@ def _map_tickers(settings: Settings, tickers: list[str]) -> list[TickerResult]:
         except PipelineError:
             raise
         except Exception as exc:
-            log.exception("training %s failed", tickers[0])
+            log.error("training %s failed: %s: %s", tickers[0], type(exc).__name__, exc)
             return [TickerResult(ticker=tickers[0], error=f"{type(exc).__name__}: {exc}")]
     futures = [train_ticker.submit(settings, t) for t in tickers]
     results = []
