@@ -318,7 +318,7 @@ def training_flow(
         ticker = ticker or settings.data.ticker
     touched: list[str] = []
     for path in files or []:
-        for report in tasks.ingest(settings, path, ticker):
+        for report in tasks.ingest_cached(settings, path, ticker):
             summary.notes.append(f"ingested {path}: {describe(report)}")
             if report.ticker not in touched:
                 touched.append(report.ticker)
@@ -375,7 +375,7 @@ def retraining_flow(
     files = sorted(p for p in incoming.glob("*.csv") if p.is_file()) if incoming.is_dir() else []
     for path in files:
         try:
-            reports = tasks.ingest(settings, str(path), None)
+            reports = tasks.ingest_cached(settings, str(path), None)
         except PipelineError as exc:
             dst = _move(path, settings.path(settings.data.rejected))
             dst.with_name(dst.name + ".error.txt").write_text(f"{exc}\n", encoding="utf-8")

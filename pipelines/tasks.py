@@ -7,6 +7,7 @@ on the input file's digest and the store's manifest digest.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,20 @@ log = logging.getLogger("pipelines")
 
 
 def _ingest_key(context: Any, parameters: dict[str, Any]) -> str:
+    """The input file's digest and the whole store's state (a file may hold any ticker).
+
+    An unchanged file on an unchanged store is not re-read; any change to either, a wiped
+    store included, runs the ingestion again.
+    """
     settings: Settings = parameters["settings"]
-    path = Path(parameters["path"])
     store = PriceStore(settings.store_path)
-    ticker = parameters.get("ticker")
-    manifest = store.manifest(ticker) if ticker else None
-    after = manifest.digest if manifest else "empty"
-    return f"ingest-{digest_file(path)}-{settings.store_path}-{ticker}-{after}"
+    state = hashlib.sha256()
+    for t in store.tickers():
+        manifest = store.manifest(t)
+        state.update(f"{t}:{manifest.digest if manifest else '-'};".encode())
+    options = (parameters.get("ticker"), parameters.get("replace"), settings.data.model_dump_json())
+    state.update(repr(options).encode())
+    return f"ingest-{digest_file(parameters['path'])}-{settings.store_path}-{state.hexdigest()}"
 
 
 def _retry_io(task: Any, task_run: Any, state: Any) -> bool:
@@ -226,3 +234,18 @@ def rescore_champion(
     folder = tracking.download_forecaster(name, version, workdir / f"champion-v{version}")
     champion = Forecaster.load(folder)
     return core_rescore.score_on_dates(champion, frame, test_dates, metric, train_end)
+
+
+def ingest_cached(settings: Settings, path: str, ticker: str | None = None) -> list[MergeReport]:
+    """`ingest`, trusting a cached result only if the store still holds what it reported.
+
+    The cache key sees the store's state before ingesting; a store wiped back to an earlier
+    state would otherwise get an old report and no rows.
+    """
+    reports = ingest(settings, path, ticker)
+    store = PriceStore(settings.store_path)
+    for report in reports:
+        current = store.manifest(report.ticker)
+        if current is None or current.digest != report.after.digest:
+            return ingest.with_options(refresh_cache=True)(settings, path, ticker)
+    return reports

@@ -53,8 +53,16 @@ def connect(settings: Settings) -> str:
     import mlflow
 
     uri = resolve_tracking_uri(settings)
+    # MLflow also exports the URI to this process's environment, where the next
+    # load_settings() would take it for the user's MLFLOW_TRACKING_URI: keep the user's.
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     client = _client()
     exp = client.get_experiment_by_name(settings.tracking.experiment)
     if exp is not None:

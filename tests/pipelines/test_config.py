@@ -107,3 +107,15 @@ def test_environment_wins_over_the_file(tmp_path):
     )
     assert s.tracking.uri == "http://127.0.0.1:5999"
     assert s.runtime.prefect_api_url == "http://h/api"
+
+
+def test_connecting_to_mlflow_does_not_leak_into_the_next_settings(tmp_path, monkeypatch):
+    from pipelines import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first = load_settings(write(tmp_path, "tracking:\n  experiment: a\n"))
+    tracking.connect(first)
+    other = tmp_path / "other"
+    other.mkdir()
+    second = load_settings(write(other, ""))
+    assert resolve_tracking_uri(second) == f"sqlite:///{other / 'mlflow.db'}"

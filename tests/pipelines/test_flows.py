@@ -106,3 +106,19 @@ def test_demo_command_trains_then_retrains_on_held_back_days(tiny_project, capsy
     assert "== 1. training flow" in out and "version 1: CHAMPION" in out
     assert "TEST +20 new" in out and "version 2:" in out
     assert "nothing changed" in out
+
+
+def test_ingest_cache_never_hides_a_wiped_store(tiny_settings, tiny_project):
+    import shutil
+
+    from pipelines.store import PriceStore
+    from pipelines.tasks import ingest_cached as ingest
+
+    src = str(tiny_project / "prices" / "TEST.csv")
+    [first] = ingest(tiny_settings, src, None)
+    [again] = ingest(tiny_settings, src, None)  # unchanged file, unchanged store
+    assert (first.added, again.added) == (120, 0)
+    shutil.rmtree(tiny_settings.store_path)
+    [after_wipe] = ingest(tiny_settings, src, None)
+    assert after_wipe.added == 120
+    assert PriceStore(tiny_settings.store_path).manifest("TEST").rows == 120
