@@ -36,3 +36,17 @@ def prefect_harness(tmp_path_factory):
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_mlflow_uri():
+    """`mlflow.set_tracking_uri` exports MLFLOW_TRACKING_URI to the environment; a test that
+    calls it must not hand its (soon stopped) server to the next test's subprocesses."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {k: os.environ.get(k) for k in keys}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
