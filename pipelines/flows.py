@@ -22,7 +22,7 @@ from pipelines.config import Settings, load_settings
 from pipelines.errors import PipelineError
 from pipelines.locks import file_lock
 from pipelines.promotion import Decision, decide
-from pipelines.store import MergeReport, PriceStore
+from pipelines.store import PriceStore, describe
 
 log = logging.getLogger("pipelines")
 
@@ -281,14 +281,6 @@ def _map_tickers(settings: Settings, tickers: list[str]) -> list[TickerResult]:
         except Exception as exc:
             results.append(TickerResult(ticker=t, error=f"{type(exc).__name__}: {exc}"))
     return results
-
-
-def describe(report: MergeReport) -> str:
-    a = report.after
-    return (
-        f"{report.ticker} +{report.added} new, {report.replaced} replaced, "
-        f"{report.unchanged} unchanged rows; store holds {a.rows} rows {a.first_date}..{a.last_date}"
-    )
 
 
 def emit_updated(settings: Settings, ticker: str, added: int) -> None:

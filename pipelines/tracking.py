@@ -401,12 +401,6 @@ def ui_command(settings: Settings) -> str:
     return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
 
 
-def env_is_remote(settings: Settings) -> bool:
-    return resolve_tracking_uri(settings).startswith("http") or bool(
-        os.environ.get("MLFLOW_TRACKING_URI", "").startswith("http")
-    )
-
-
 def registered_model_exists(name: str) -> bool:
     from mlflow.exceptions import MlflowException
 
