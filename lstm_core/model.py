@@ -8,33 +8,41 @@ import numpy as np
 
 from lstm_core.config import ModelConfig
 
+BACKENDS = ("fast", "fused", "keras")
+
 
 def backend_options(backend: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(compile kwargs, LSTM layer kwargs) for a ModelConfig.backend.
 
-    The one place where the "fast" path is defined (with ``lstm_layer_class``), so it can be
-    benchmarked and tuned without touching the network: XLA compilation of a fused LSTM
-    (``lstm_core.fast_lstm.FastLSTM``: hoisted input projection, one matmul per step in a
-    ``tf.while_loop``, hand-written BPTT).  See benchmarks/bench_train.py.
+    * "fast": the whole stack as one ``lstm_core.fast_stack.FastLSTMStack`` (all layers
+      advance together as a wavefront, each half of a batch on its own core, XLA-compiled
+      inside the layer: the outer train step must stay un-jitted, or XLA would inline both
+      halves into one single-threaded program);
+    * "fused": one ``lstm_core.fast_lstm.FastLSTM`` per layer (fused step, hand-written
+      BPTT) under ``jit_compile``;
+    * "keras": plain ``keras.layers.LSTM``, the tutorial's path and the fallback.
+
+    See benchmarks/bench_train.py and benchmarks/bench_levers.py for the figures.
     """
-    if backend == "fast":
+    if backend == "fused":
         # Unrolling 60 steps x 4 layers makes XLA's compile take minutes: keep the loop.
         return {"jit_compile": True}, {}
-    if backend == "keras":
-        return {}, {}
-    raise ValueError(f"unknown model backend {backend!r}; expected 'fast' or 'keras'")
+    if backend in ("fast", "keras"):
+        return {"jit_compile": False}, {}
+    raise ValueError(f"unknown model backend {backend!r}; expected one of {BACKENDS}")
 
 
 def lstm_layer_class(backend: str) -> Any:
-    """The LSTM layer class for a ModelConfig.backend: FastLSTM ("fast") or keras's LSTM.
+    """The per-layer LSTM class of a backend: FastLSTM ("fused") or keras's LSTM.
 
     FastLSTM subclasses ``keras.layers.LSTM`` (same weights, config and maths; checked against
-    ``lstm_core.reference`` in tests/lstm_core/test_fast_lstm.py).
+    ``lstm_core.reference`` in tests/lstm_core/test_fast_lstm.py).  "fast" has no per-layer
+    class: ``build_model`` uses one FastLSTMStack for all layers.
     """
     import keras
 
     backend_options(backend)  # validates the name
-    if backend == "fast":
+    if backend == "fused":
         from lstm_core.fast_lstm import FastLSTM
 
         return FastLSTM
@@ -51,21 +59,29 @@ def build_model(
     """Stacked LSTM(units) + Dropout layers, Dense(horizon), Adam, MSE.
 
     Input ``(batch, lookback, n_features)``, output ``(batch, horizon)``.  Pass ``seed``
-    to make the initial weights reproducible (it seeds Keras' global RNGs).
+    to make the initial weights reproducible (it seeds Keras' global RNGs).  Every backend
+    builds the same network: the same weights per layer, Dropout after every LSTM layer.
     """
     import keras
 
     if seed is not None:
         keras.utils.set_random_seed(seed)
     compile_kwargs, lstm_kwargs = backend_options(model_cfg.backend)
-    lstm_cls = lstm_layer_class(model_cfg.backend)
     model = keras.Sequential(name="lstm_forecaster")
     model.add(keras.Input(shape=(lookback, n_features)))
-    for i in range(model_cfg.layers):
-        # every LSTM but the last hands its whole sequence to the next one
-        last = i == model_cfg.layers - 1
-        model.add(lstm_cls(model_cfg.units, return_sequences=not last, **lstm_kwargs))
+    if model_cfg.backend == "fast":
+        from lstm_core.fast_stack import FastLSTMStack
+
+        # Dropout between the layers happens inside the stack; the last one stays a layer.
+        model.add(FastLSTMStack(model_cfg.units, model_cfg.layers, model_cfg.dropout))
         model.add(keras.layers.Dropout(model_cfg.dropout))
+    else:
+        lstm_cls = lstm_layer_class(model_cfg.backend)
+        for i in range(model_cfg.layers):
+            # every LSTM but the last hands its whole sequence to the next one
+            last = i == model_cfg.layers - 1
+            model.add(lstm_cls(model_cfg.units, return_sequences=not last, **lstm_kwargs))
+            model.add(keras.layers.Dropout(model_cfg.dropout))
     model.add(keras.layers.Dense(horizon))
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=model_cfg.learning_rate),

@@ -105,6 +105,7 @@ class Forecaster:
         import keras
 
         import lstm_core.fast_lstm  # noqa: F401  registers FastLSTM for safe_mode loading
+        import lstm_core.fast_stack  # noqa: F401  registers FastLSTMStack likewise
 
         path = Path(directory)
         preprocessor = Preprocessor.from_dict(json.loads((path / PREPROCESSOR_FILE).read_text()))

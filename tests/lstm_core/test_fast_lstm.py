@@ -112,7 +112,8 @@ def test_native_keras_format_round_trip_in_safe_mode(tmp_path):
     from lstm_core.config import ModelConfig
     from lstm_core.model import build_model
 
-    model = build_model(ModelConfig(layers=2, units=5), lookback=STEPS, n_features=1, horizon=1)
+    cfg = ModelConfig(layers=2, units=5, backend="fused")
+    model = build_model(cfg, lookback=STEPS, n_features=1, horizon=1)
     assert type(model.layers[0]).__name__ == "FastLSTM"
     x = np.random.default_rng(3).random((6, STEPS, 1)).astype(np.float32)
     model.fit(x, x[:, -1, :], epochs=1, batch_size=3, verbose=0)

@@ -6,14 +6,15 @@ from lstm_core.model import backend_options, build_model, predict_scaled
 
 
 def _kind(layer) -> str:
-    # the "fast" backend's FastLSTM is a keras.layers.LSTM subclass (same weights and maths)
+    # the "fused" backend's FastLSTM is a keras.layers.LSTM subclass (same weights and maths)
     import keras
 
     return "LSTM" if isinstance(layer, keras.layers.LSTM) else type(layer).__name__
 
 
-def test_tutorial_architecture():
-    model = build_model(ModelConfig(), lookback=60, n_features=1, horizon=1)
+@pytest.mark.parametrize("backend", ["fused", "keras"])
+def test_tutorial_architecture_layer_by_layer(backend):
+    model = build_model(ModelConfig(backend=backend), lookback=60, n_features=1, horizon=1)
     kinds = [_kind(layer) for layer in model.layers]
     assert kinds == ["LSTM", "Dropout"] * 4 + ["Dense"]
     lstms = [layer for layer in model.layers if _kind(layer) == "LSTM"]
@@ -23,21 +24,37 @@ def test_tutorial_architecture():
     assert model.input_shape == (None, 60, 1) and model.output_shape == (None, 1)
     assert model.loss == "mean_squared_error"
     assert model.optimizer.learning_rate.numpy() == pytest.approx(1e-3)
+    assert model.count_params() == build_model(ModelConfig(), 60, 1, 1).count_params()
+
+
+def test_tutorial_architecture_as_one_stack():
+    model = build_model(ModelConfig(), lookback=60, n_features=1, horizon=1)
+    assert [type(layer).__name__ for layer in model.layers] == [
+        "FastLSTMStack", "Dropout", "Dense",
+    ]  # fmt: skip
+    stack, last_dropout, _ = model.layers
+    assert (stack.n_layers, stack.units, stack.rate) == (4, 50, 0.2)
+    assert not stack.return_sequences and last_dropout.rate == 0.2
+    # the same weights as four keras LSTM(50) layers, layer by layer
+    shapes = [[w.shape for w in stack.layer_weights(i)] for i in range(4)]
+    assert shapes == [[(1, 200), (50, 200), (200,)]] + [[(50, 200), (50, 200), (200,)]] * 3
+    assert model.input_shape == (None, 60, 1) and model.output_shape == (None, 1)
+    assert model.loss == "mean_squared_error"
 
 
 def test_backend_options():
     fast = build_model(ModelConfig(layers=2, units=4), 5, 3, 2)
+    fused = build_model(ModelConfig(layers=2, units=4, backend="fused"), 5, 3, 2)
     plain = build_model(ModelConfig(layers=2, units=4, backend="keras"), 5, 3, 2)
-    assert fast.jit_compile is True and plain.jit_compile is False
-    # whatever the tuned path sets on the LSTM layers is applied to every one of them
-    _, fast_lstm = backend_options("fast")
-    for layer in fast.layers:
-        if _kind(layer) == "LSTM":
-            assert type(layer).__name__ == "FastLSTM"
-            assert all(getattr(layer, k) == v for k, v in fast_lstm.items())
+    # "fast" compiles inside its layer: an outer jit would fuse its two batch halves into one
+    assert (fast.jit_compile, fused.jit_compile, plain.jit_compile) == (False, True, False)
+    assert type(fast.layers[0]).__name__ == "FastLSTMStack"
+    assert all(
+        type(layer).__name__ == "FastLSTM" for layer in fused.layers if _kind(layer) == "LSTM"
+    )
     assert not any(layer.unroll for layer in plain.layers if _kind(layer) == "LSTM")
     assert all(type(layer).__name__ != "FastLSTM" for layer in plain.layers)
-    assert fast.output_shape == (None, 2)
+    assert fast.output_shape == fused.output_shape == (None, 2)
     with pytest.raises(ValueError):
         backend_options("torch")
 
