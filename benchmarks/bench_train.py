@@ -9,8 +9,9 @@ In one process and on the same data:
     exactly as the tutorial does (``sc.fit_transform(training_set)``), 60-day windows
     ``range(60, 2035)``, four LSTM(50) + Dropout(0.2), Dense(1), Adam, MSE, batch 32, NumPy
     arrays into ``model.fit`` (shuffled, as ``fit``'s default);
-(b) the project's path: ``lstm_core.model.build_model(ModelConfig(), ...)`` (backend "fast")
-    + ``lstm_core.train.train_model(..., TrainingConfig(epochs=E, batch_size=32))``.
+(b) the project's path: ``lstm_core.model.build_model(ModelConfig(), ...)`` (backend "fast":
+    one ``FastLSTMStack``, see lstm_core/fast_stack.py; ``--backend fused|keras`` for the
+    others) + ``lstm_core.train.train_model(..., TrainingConfig(epochs=E, batch_size=32))``.
 
 Both get the same held-out validation set: the next 300 windows (targets rows 2035..2334),
 scaled with the same scaler, evaluated at the end of every epoch (so epoch times include one
@@ -206,7 +207,9 @@ class TutorialRun:
             self.history[key] += hist.history[key]
 
 
-def train_both(X: Any, y: Any, Xv: Any, yv: Any, epochs: int, seed: int) -> dict[str, Any]:
+def train_both(
+    X: Any, y: Any, Xv: Any, yv: Any, epochs: int, seed: int, backend: str = "fast"
+) -> dict[str, Any]:
     """Tutorial epoch 1, then project epoch k followed by tutorial epoch k+1 (interleaved)."""
     import keras
 
@@ -223,7 +226,7 @@ def train_both(X: Any, y: Any, Xv: Any, yv: Any, epochs: int, seed: int) -> dict
             if len(tutorial.epoch_s) < epochs:
                 tutorial.epoch()
 
-    model_cfg = ModelConfig()
+    model_cfg = ModelConfig(backend=backend)
     model = build_model(model_cfg, lookback=LOOKBACK, n_features=N_FEATURES, horizon=1, seed=seed)
     timer = epoch_timer()
     result = train_model(
@@ -308,6 +311,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4, help="epochs per path (>= 2; default 4)")
     ap.add_argument("--calls", type=int, default=200, help="timed pyfunc predict calls")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument(
+        "--backend", default="fast", help="project path's model.backend (fast | fused | keras)"
+    )
     args = ap.parse_args()
     if args.epochs < 2:
         ap.error("--epochs must be >= 2 (epoch 1 is excluded from the timing)")
@@ -326,7 +332,7 @@ def main() -> None:
           "epoch includes one validation pass; the two paths alternate epoch by epoch")  # fmt: skip
 
     t0 = time.perf_counter()
-    runs = train_both(X, y, Xv, yv, args.epochs, args.seed)
+    runs = train_both(X, y, Xv, yv, args.epochs, args.seed, args.backend)
     print(f"  trained both in {time.perf_counter() - t0:.1f} s", flush=True)
     for r in runs.values():
         r["sps"] = len(X) * (args.epochs - 1) / sum(r["epoch_s"][1:])
