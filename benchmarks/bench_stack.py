@@ -1,0 +1,93 @@
+"""Where a training step's time goes: the wavefront LSTM stack's pieces and whole train steps.
+
+Usage:  .venv/bin/python benchmarks/bench_stack.py [--calls 40]
+
+The tutorial's shape throughout: 4 layers x 50 units, 60 steps, 1 feature. Prints, in ms per call
+(wall and process CPU):
+
+* the compiled programs of ``lstm_core.fast_stack`` at batch 16 and 32: training forward
+  (saves activations, draws dropout masks), backward, inference forward;
+* forward + backward of the whole stack with the batch cut in 1 and 2 parts (2 = each half on
+  its own core);
+* one ``train_on_batch`` (batch 32, Dropout 0.2, Adam) for each ``model.backend``: "fast"
+  (FastLSTMStack), "fused" (FastLSTM per layer under XLA), "keras" (plain, as the tutorial).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+STEPS, UNITS, LAYERS = 60, 50, 4
+
+
+def timed(name: str, fn: Any, *args: Any, calls: int) -> None:
+    fn(*args)
+    fn(*args)  # traced and compiled
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(calls):
+        fn(*args)
+    wall = (time.perf_counter() - t0) / calls * 1000
+    cpu = (time.process_time() - c0) / calls * 1000
+    print(f"{name:<44} {wall:7.2f} ms wall {cpu:7.2f} ms CPU", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=40)
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    import numpy as np
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    from lstm_core.config import ModelConfig
+    from lstm_core.fast_stack import _compiled, wavefront_lstm_stack
+    from lstm_core.model import build_model
+
+    rng = np.random.default_rng(0)
+    k0 = tf.constant(rng.normal(size=(1, 4 * UNITS)) * 0.1, tf.float32)
+    wst = tf.constant(rng.normal(size=(LAYERS, 2 * UNITS, 4 * UNITS)) * 0.1, tf.float32)
+    bias = tf.zeros((LAYERS, 4 * UNITS))
+    seed = tf.constant([1, 2])
+    train_fwd, backward, infer = _compiled()
+    for batch in (16, 32):
+        x = tf.constant(rng.random((batch, STEPS, 1)), tf.float32)
+        zeros = tf.zeros((LAYERS, batch, UNITS))
+        out = train_fwd(x, zeros, zeros, k0, wst, bias, seed, 0.2)
+        d_seq = tf.constant(rng.normal(size=(batch, STEPS, UNITS)), tf.float32)
+        timed(f"B={batch} training forward", train_fwd, x, zeros, zeros, k0, wst, bias, seed,
+              0.2, calls=args.calls)  # fmt: skip
+        timed(f"B={batch} backward", backward, x, k0, wst, out[5], out[3], out[4], d_seq, zeros,
+              zeros, calls=args.calls)  # fmt: skip
+        timed(f"B={batch} inference forward", infer, x, zeros, zeros, k0, wst, bias, seed, 0.0,
+              calls=args.calls)  # fmt: skip
+        for parts in (1, 2):
+
+            @tf.function
+            def fwd_bwd(x: Any, zeros: Any = zeros, parts: int = parts) -> Any:
+                with tf.GradientTape() as tape:
+                    tape.watch([k0, wst, bias])
+                    seq = wavefront_lstm_stack(x, zeros, zeros, k0, wst, bias, 0.2, seed, parts)
+                    loss = tf.reduce_sum(seq[0][:, -1])
+                return tape.gradient(loss, [k0, wst, bias])
+
+            timed(f"B={batch} forward+backward, batch in {parts} part(s)", fwd_bwd, x,
+                  calls=args.calls)  # fmt: skip
+
+    X = rng.random((32, STEPS, 1)).astype("float32")
+    y = rng.random((32, 1)).astype("float32")
+    for backend in ("fast", "fused", "keras"):
+        model = build_model(ModelConfig(backend=backend), STEPS, 1, 1, seed=0)
+        timed(f"train_on_batch(32), backend={backend}", model.train_on_batch, X, y,
+              calls=args.calls)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
