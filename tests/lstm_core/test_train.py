@@ -82,3 +82,44 @@ def test_zero_epochs_and_no_validation():
         model, X, y, None, None, TrainingConfig(epochs=1, early_stopping_patience=2)
     )
     assert result.history["val_loss"] == [] and result.epochs_run == 1
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_every_epoch_sees_every_window_once_in_ceil_n_over_batch_steps(shuffle):
+    """One repeated dataset serves all epochs: each epoch is still exactly one pass."""
+    import keras
+
+    X = np.arange(21 * 5, dtype=np.float32).reshape(21, 5, 1)  # 21 windows, batch 8: 8+8+5
+    y = X[:, -1, :]
+    seen: list[list[float]] = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append([])
+
+        def on_train_batch_end(self, batch, logs=None):
+            seen[-1].append(batch)
+
+    model = build_model(CFG, 5, 1, 1, seed=0)
+    cfg = TrainingConfig(epochs=3, batch_size=8, shuffle=shuffle, seed=1)
+    result = train_model(model, X, y, None, None, cfg, callbacks=[Spy()])
+    assert [len(batches) for batches in seen] == [3, 3, 3]
+    assert result.epochs_run == 3
+
+    from lstm_core.train import _dataset
+
+    ds = _dataset(X, y, 8, shuffle, seed=1, repeat=True)
+    firsts = [float(xb[i, 0, 0]) for xb, _ in ds.take(9) for i in range(len(xb))]
+    for epoch in range(3):  # batches 3k..3k+2 are epoch k: all 21 windows, none twice
+        assert sorted(firsts[21 * epoch : 21 * (epoch + 1)]) == [5.0 * i for i in range(21)]
+    if shuffle:
+        assert firsts[:21] != firsts[21:42]  # reshuffled each epoch
+
+
+def test_fast_backend_trains_through_train_model():
+    X, y = _xy()
+    model = build_model(ModelConfig(layers=2, units=4), 5, 1, 1, seed=0)
+    assert type(model.layers[0]).__name__ == "FastLSTMStack"
+    before = float(model.evaluate(X, y, verbose=0))
+    result = train_model(model, X, y, X, y, TrainingConfig(epochs=3, batch_size=8, seed=0))
+    assert result.epochs_run == 3 and result.history["loss"][-1] < before
