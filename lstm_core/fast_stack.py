@@ -213,9 +213,10 @@ def _compiled() -> tuple[Any, Any, Any]:
     """XLA-compiled (training forward, backward, inference forward); built on first use."""
     import tensorflow as tf
 
+    # No reduce_retracing: a relaxed (None) shape would lose the static layer, unit and step
+    # counts the loops are built from; XLA compiles per concrete shape anyway.
     return tuple(
-        tf.function(f, jit_compile=True, reduce_retracing=True)
-        for f in (_train_forward, _backward, _infer_forward)
+        tf.function(f, jit_compile=True) for f in (_train_forward, _backward, _infer_forward)
     )
 
 

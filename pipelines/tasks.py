@@ -60,7 +60,11 @@ def _retry_io(task: Any, task_run: Any, state: Any) -> bool:
     except (OSError, ConnectionError, TimeoutError):
         return True
     except Exception as exc:  # MLflow wraps HTTP failures in MlflowException
-        return type(exc).__name__ in ("MlflowException", "RestException")
+        # Two processes writing one SQLite file: some MLflow paths raise SQLAlchemy's own
+        # OperationalError once the busy timeout passes. The lock is released soon after.
+        return type(exc).__name__ in ("MlflowException", "RestException") or (
+            "database is locked" in str(exc)
+        )
     return False
 
 
