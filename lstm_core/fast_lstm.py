@@ -34,6 +34,52 @@ def _act_name(fn: Any) -> str:
     return fn if isinstance(fn, str) else getattr(fn, "__name__", "")
 
 
+def gate_affine(units: int, dtype: Any) -> tuple[Any, Any]:
+    """(scale, shift) with σ(z) = ½·tanh(½z) + ½, so one tanh covers all four gates.
+
+    Gates (i, f, c, o): i, f, o are sigmoids, c a tanh.  One wide tanh instead of three
+    sigmoids and a tanh over slices: fewer, wider kernels per step.
+    """
+    import tensorflow as tf
+
+    half = tf.fill([units], tf.constant(0.5, dtype))
+    one, zero = tf.ones([units], dtype), tf.zeros([units], dtype)
+    return tf.concat([half, half, one, half], 0), tf.concat([half, half, zero, half], 0)
+
+
+def cell_forward(z: Any, c: Any, scale: Any, shift: Any, units: int) -> tuple[Any, Any, Any]:
+    """Pre-activations ``z`` (..., 4u) and C(t-1) -> (gates i, f, a, o; C(t); h(t))."""
+    import tensorflow as tf
+
+    g = tf.tanh(z * scale) * scale + shift
+    c_new = g[..., units : 2 * units] * c + g[..., :units] * g[..., 2 * units : 3 * units]
+    return g, c_new, g[..., 3 * units :] * tf.tanh(c_new)
+
+
+def cell_backward(
+    dh: Any, dc_next: Any, g: Any, c: Any, c_prev: Any, units: int
+) -> tuple[Any, Any]:
+    """One step of the tutorial's BPTT: (δz over the four gates, δC(t)).
+
+    ``dh`` is δh(t) in full, ``dc_next`` what C(t) receives from step t+1 (δC(t+1)·f(t+1)),
+    ``g`` the gate activations, ``c`` C(t), ``c_prev`` C(t-1).
+    """
+    import tensorflow as tf
+
+    i = g[..., :units]
+    f = g[..., units : 2 * units]
+    a = g[..., 2 * units : 3 * units]
+    o = g[..., 3 * units :]
+    tc = tf.tanh(c)
+    dc = dc_next + dh * o * (1.0 - tc * tc)
+    dz = tf.concat(
+        [dc * a * i * (1.0 - i), dc * c_prev * f * (1.0 - f), dc * i * (1.0 - a * a),
+         dh * tc * o * (1.0 - o)],
+        axis=-1,
+    )  # fmt: skip
+    return dz, dc
+
+
 def fused_lstm_sequence(x: Any, h0: Any, c0: Any, kernel: Any, recurrent: Any, bias: Any):
     """Run one LSTM layer over ``x`` (batch, time, n_in); returns (h_seq, h_last, c_last).
 
@@ -45,12 +91,7 @@ def fused_lstm_sequence(x: Any, h0: Any, c0: Any, kernel: Any, recurrent: Any, b
     units = recurrent.shape[0]
     n_in = x.shape[-1]
 
-    # σ(z) = ½·tanh(½z) + ½: one tanh over all four gates (i, f, o sigmoid; c tanh)
-    # instead of three sigmoids and a tanh over slices - fewer, wider kernels per step.
-    half = tf.constant(0.5, x.dtype)
-    ones = tf.ones([units], x.dtype)
-    scale = tf.concat([half * ones, half * ones, ones, half * ones], 0)
-    shift = tf.concat([half * ones, half * ones, tf.zeros_like(ones), half * ones], 0)
+    scale, shift = gate_affine(units, x.dtype)
 
     @tf.custom_gradient
     def run(x, h0, c0, kernel, recurrent, bias):
@@ -63,10 +104,7 @@ def fused_lstm_sequence(x: Any, h0: Any, c0: Any, kernel: Any, recurrent: Any, b
         )
 
         def step(t, h, c, h_acc, gc_acc):
-            z = xz[t] + tf.matmul(h, recurrent)
-            g = tf.tanh(z * scale) * scale + shift  # (i, f, a, o) activations
-            c = g[:, units : 2 * units] * c + g[:, :units] * g[:, 2 * units : 3 * units]
-            h = g[:, 3 * units :] * tf.tanh(c)
+            g, c, h = cell_forward(xz[t] + tf.matmul(h, recurrent), c, scale, shift, units)
             return t + 1, h, c, h_acc.write(t, h), gc_acc.write(t, tf.concat([g, c], -1))
 
         def ta() -> Any:
@@ -88,24 +126,12 @@ def fused_lstm_sequence(x: Any, h0: Any, c0: Any, kernel: Any, recurrent: Any, b
 
             def back_step(t, dh_rec, dc_next, dz_acc):
                 gc = gcs[t]
-                i = gc[:, :units]
-                f = gc[:, units : 2 * units]
-                a = gc[:, 2 * units : 3 * units]
-                o = gc[:, 3 * units : 4 * units]
-                tc = tf.tanh(gc[:, 4 * units :])
                 dh = dh_ext[t] + dh_rec  # δh(t): output term + what h(t) sent into t+1
-                dc = dc_next + dh * o * (1.0 - tc * tc)
-                dz = tf.concat(
-                    [
-                        dc * a * i * (1.0 - i),
-                        dc * c_prev_all[t] * f * (1.0 - f),
-                        dc * i * (1.0 - a * a),
-                        dh * tc * o * (1.0 - o),
-                    ],
-                    axis=-1,
+                dz, dc = cell_backward(
+                    dh, dc_next, gc[:, : 4 * units], gc[:, 4 * units :], c_prev_all[t], units
                 )
                 dh_rec = tf.matmul(dz, recurrent, transpose_b=True)
-                return t - 1, dh_rec, dc * f, dz_acc.write(t, dz)
+                return t - 1, dh_rec, dc * gc[:, units : 2 * units], dz_acc.write(t, dz)
 
             _, dh0, dc0, dz_acc = tf.while_loop(
                 lambda t, *_: t >= 0, back_step, (steps - 1, dh_init, dc_init, ta())

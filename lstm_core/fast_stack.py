@@ -32,16 +32,9 @@ from typing import Any
 
 import keras
 
+from lstm_core.fast_lstm import cell_backward, cell_forward, gate_affine
+
 __all__ = ["FastLSTMStack", "wavefront_lstm_infer", "wavefront_lstm_stack"]
-
-
-def _gate_consts(units: int, dtype: Any) -> tuple[Any, Any]:
-    import tensorflow as tf
-
-    # σ(z) = ½·tanh(½z) + ½: one tanh over all four gates (i, f, o sigmoid; c tanh).
-    half = tf.fill([units], tf.constant(0.5, dtype))
-    one, zero = tf.ones([units], dtype), tf.zeros([units], dtype)
-    return tf.concat([half, half, one, half], 0), tf.concat([half, half, zero, half], 0)
 
 
 def _valid(w: Any, n_layers: int, steps: Any, dtype: Any) -> Any:
@@ -71,7 +64,7 @@ def _forward(x, h0, c0, kernel0, wst, bias, masks, save: bool):
 
     n_layers, units = wst.shape[0], wst.shape[2] // 4
     n_in, dtype = x.shape[-1], x.dtype
-    scale, shift = _gate_consts(units, dtype)
+    scale, shift = gate_affine(units, dtype)
     batch, steps = tf.shape(x)[0], _static_steps(x)
     waves = steps + n_layers - 1
     xt = tf.transpose(x, [1, 0, 2])  # (T, B, n_in)
@@ -88,9 +81,7 @@ def _forward(x, h0, c0, kernel0, wst, bias, masks, save: bool):
         inp = tf.concat([zero_in, h[:-1] * _mask_at(masks, w)], 0)
         a = tf.concat([inp, h], -1)  # (L, B, 2u): [input, h(t-1)] of every layer
         z = tf.matmul(a, wst) + b + tf.pad(xz[w][None], pad_rest)  # (L, B, 4u)
-        g = tf.tanh(z * scale) * scale + shift  # (i, f, a, o) activations
-        c_new = g[..., units : 2 * units] * c + g[..., :units] * g[..., 2 * units : 3 * units]
-        h_new = g[..., 3 * units :] * tf.tanh(c_new)
+        g, c_new, h_new = cell_forward(z, c, scale, shift, units)
         v = _valid(w, n_layers, steps, dtype)
         # Layers outside their T steps keep their state (zeros before, final after).
         h_next = v * h_new + (1 - v) * h
@@ -134,30 +125,19 @@ def _backward(x, kernel0, wst, masks, a_all, g_all, d_seq, d_h_last, d_c_last):
         # gh, gc: dL/dh and dL/dC of each layer's state after wave w.
         gh = gh + top_only * d_top[w][None]
         gcs = g_all[w]
-        i = gcs[..., :units]
-        f = gcs[..., units : 2 * units]
-        a = gcs[..., 2 * units : 3 * units]
-        o = gcs[..., 3 * units : 4 * units]
-        tc = tf.tanh(gcs[..., 4 * units : 5 * units])
-        c_prev = gcs[..., 5 * units :]
         v = _valid(w, n_layers, steps, dtype)
-        dc = gc + gh * o * (1.0 - tc * tc)  # δC(t), the tutorial's recursion
-        dz = v * tf.concat(
-            [
-                dc * a * i * (1.0 - i),
-                dc * c_prev * f * (1.0 - f),
-                dc * i * (1.0 - a * a),
-                gh * tc * o * (1.0 - o),
-            ],
-            axis=-1,
-        )
+        dz, dc = cell_backward(  # δC(t): the tutorial's recursion
+            gh, gc, gcs[..., : 4 * units], gcs[..., 4 * units : 5 * units],
+            gcs[..., 5 * units :], units,
+        )  # fmt: skip
+        dz = v * dz
         da = tf.matmul(dz, wst, transpose_b=True)  # (L, B, 2u)
         # Layer l's input was layer l-1's masked output: route that gradient down a layer.
         d_below = tf.concat(
             [da[1:, :, :units] * _mask_at(masks, w), tf.zeros_like(da[:1, :, :units])], 0
         )
         gh = (1 - v) * gh + da[..., units:] + d_below
-        gc = (1 - v) * gc + v * dc * f
+        gc = (1 - v) * gc + v * dc * gcs[..., units : 2 * units]
         return w - 1, gh, gc, dz_acc.write(w, dz)
 
     _, dh0, dc0, dz_acc = tf.while_loop(

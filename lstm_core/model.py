@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
 from lstm_core.config import ModelConfig
 
-BACKENDS = ("fast", "fused", "keras")
+BACKENDS = get_args(ModelConfig.model_fields["backend"].annotation)  # ("fast", "fused", "keras")
 
 
-def backend_options(backend: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(compile kwargs, LSTM layer kwargs) for a ModelConfig.backend.
+def compile_options(backend: str) -> dict[str, Any]:
+    """``model.compile`` kwargs for a ModelConfig.backend.
 
     * "fast": the whole stack as one ``lstm_core.fast_stack.FastLSTMStack`` (all layers
       advance together as a wavefront, each half of a batch on its own core, XLA-compiled
@@ -22,14 +22,12 @@ def backend_options(backend: str) -> tuple[dict[str, Any], dict[str, Any]]:
       BPTT) under ``jit_compile``;
     * "keras": plain ``keras.layers.LSTM``, the tutorial's path and the fallback.
 
-    See benchmarks/bench_train.py and benchmarks/bench_levers.py for the figures.
+    See benchmarks/bench_train.py, bench_stack.py and bench_levers.py for the figures.
     """
-    if backend == "fused":
-        # Unrolling 60 steps x 4 layers makes XLA's compile take minutes: keep the loop.
-        return {"jit_compile": True}, {}
-    if backend in ("fast", "keras"):
-        return {"jit_compile": False}, {}
-    raise ValueError(f"unknown model backend {backend!r}; expected one of {BACKENDS}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown model backend {backend!r}; expected one of {BACKENDS}")
+    # "fused": unrolling 60 steps x 4 layers makes XLA's compile take minutes: keep the loop.
+    return {"jit_compile": backend == "fused"}
 
 
 def lstm_layer_class(backend: str) -> Any:
@@ -41,7 +39,7 @@ def lstm_layer_class(backend: str) -> Any:
     """
     import keras
 
-    backend_options(backend)  # validates the name
+    compile_options(backend)  # validates the name
     if backend == "fused":
         from lstm_core.fast_lstm import FastLSTM
 
@@ -66,7 +64,7 @@ def build_model(
 
     if seed is not None:
         keras.utils.set_random_seed(seed)
-    compile_kwargs, lstm_kwargs = backend_options(model_cfg.backend)
+    compile_kwargs = compile_options(model_cfg.backend)
     model = keras.Sequential(name="lstm_forecaster")
     model.add(keras.Input(shape=(lookback, n_features)))
     if model_cfg.backend == "fast":
@@ -80,7 +78,7 @@ def build_model(
         for i in range(model_cfg.layers):
             # every LSTM but the last hands its whole sequence to the next one
             last = i == model_cfg.layers - 1
-            model.add(lstm_cls(model_cfg.units, return_sequences=not last, **lstm_kwargs))
+            model.add(lstm_cls(model_cfg.units, return_sequences=not last))
             model.add(keras.layers.Dropout(model_cfg.dropout))
     model.add(keras.layers.Dense(horizon))
     model.compile(

@@ -106,20 +106,3 @@ def test_unsupported_options_fall_back_to_keras():
     x_masked[:, -5:] = 0.0
     out = np.asarray(masked(x_masked))
     np.testing.assert_allclose(out[:, -5:], out[:, -6:-5].repeat(5, axis=1), atol=1e-12)
-
-
-def test_native_keras_format_round_trip_in_safe_mode(tmp_path):
-    from lstm_core.config import ModelConfig
-    from lstm_core.model import build_model
-
-    cfg = ModelConfig(layers=2, units=5, backend="fused")
-    model = build_model(cfg, lookback=STEPS, n_features=1, horizon=1)
-    assert type(model.layers[0]).__name__ == "FastLSTM"
-    x = np.random.default_rng(3).random((6, STEPS, 1)).astype(np.float32)
-    model.fit(x, x[:, -1, :], epochs=1, batch_size=3, verbose=0)
-    path = tmp_path / "m.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path, safe_mode=True)
-    assert type(loaded.layers[0]).__name__ == "FastLSTM"
-    np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
-    loaded.fit(x, x[:, -1, :], epochs=1, batch_size=3, verbose=0)  # compiled state restored

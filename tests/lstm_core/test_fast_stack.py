@@ -172,22 +172,6 @@ def test_monte_carlo_dropout_outside_a_tape_draws_new_masks():
     np.testing.assert_array_equal(stack(x), stack(x))  # inference is deterministic
 
 
-def test_native_keras_format_round_trip_in_safe_mode(tmp_path):
-    from lstm_core.config import ModelConfig
-    from lstm_core.model import build_model
-
-    model = build_model(ModelConfig(layers=2, units=5), lookback=STEPS, n_features=1, horizon=1)
-    assert type(model.layers[0]).__name__ == "FastLSTMStack"
-    x = np.random.default_rng(3).random((6, STEPS, 1)).astype(np.float32)
-    model.fit(x, x[:, -1, :], epochs=1, batch_size=3, verbose=0)
-    path = tmp_path / "m.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path, safe_mode=True)
-    assert type(loaded.layers[0]).__name__ == "FastLSTMStack"
-    np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
-    loaded.fit(x, x[:, -1, :], epochs=1, batch_size=3, verbose=0)  # compiled state restored
-
-
 def test_trains_under_an_outer_jit_too():
     """jit_compile=True on the model inlines the halves into one program: slower, same maths."""
     stack, _ = _pair(return_sequences=False, parts=2)

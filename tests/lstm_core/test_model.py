@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from lstm_core.config import ModelConfig
-from lstm_core.model import backend_options, build_model, predict_scaled
+from lstm_core.model import build_model, compile_options, predict_scaled
 
 
 def _kind(layer) -> str:
@@ -42,7 +42,7 @@ def test_tutorial_architecture_as_one_stack():
     assert model.loss == "mean_squared_error"
 
 
-def test_backend_options():
+def test_compile_options():
     fast = build_model(ModelConfig(layers=2, units=4), 5, 3, 2)
     fused = build_model(ModelConfig(layers=2, units=4, backend="fused"), 5, 3, 2)
     plain = build_model(ModelConfig(layers=2, units=4, backend="keras"), 5, 3, 2)
@@ -56,7 +56,7 @@ def test_backend_options():
     assert all(type(layer).__name__ != "FastLSTM" for layer in plain.layers)
     assert fast.output_shape == fused.output_shape == (None, 2)
     with pytest.raises(ValueError):
-        backend_options("torch")
+        compile_options("torch")
 
 
 def test_seeded_build_and_deterministic_prediction():
@@ -70,3 +70,21 @@ def test_seeded_build_and_deterministic_prediction():
     assert p.shape == (7, 1)
     np.testing.assert_allclose(p, predict_scaled(a, X), rtol=1e-6)
     assert predict_scaled(a, X[:0]).shape == (0, 1)
+
+
+@pytest.mark.parametrize(("backend", "layer"), [("fast", "FastLSTMStack"), ("fused", "FastLSTM")])
+def test_native_keras_format_round_trip_in_safe_mode(tmp_path, backend, layer):
+    import keras
+
+    steps = 9
+    cfg = ModelConfig(layers=2, units=5, backend=backend)
+    model = build_model(cfg, lookback=steps, n_features=1, horizon=1)
+    assert type(model.layers[0]).__name__ == layer
+    x = np.random.default_rng(3).random((6, steps, 1)).astype(np.float32)
+    model.fit(x, x[:, -1, :], epochs=1, batch_size=3, verbose=0)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    assert type(loaded.layers[0]).__name__ == layer
+    np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
+    loaded.fit(x, x[:, -1, :], epochs=1, batch_size=3, verbose=0)  # compiled state restored

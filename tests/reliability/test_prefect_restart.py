@@ -11,54 +11,25 @@ in a second or two: the test is about the orchestration, not the model.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import time
 from pathlib import Path
 
 import pytest
 
-from pipelines.servers import BIN, ServerProcess, child_env, start_prefect_server
-from tests.servers.conftest import SERVERS_CONFIG
+from pipelines.servers import BIN, ServerProcess, child_env, prefect_api, start_prefect_server
+from tests.servers.conftest import (
+    RETRAIN,
+    SERVERS_CONFIG,
+    deployment,
+    log_tail,
+    wait_deployments,
+)
 
 pytestmark = pytest.mark.servers
 
-RETRAIN = "retraining/scheduled-retraining"
-FORECAST = "forecast/batch-forecast"
 OUTAGE_SECONDS = 5  # how long the server stays down (beyond its own shutdown)
 RUN_TIMEOUT = 180
-
-
-def _tail(proc: ServerProcess, chars: int = 4000) -> str:
-    try:
-        return f"--- {proc.log_path}:\n{proc.log_path.read_text(errors='replace')[-chars:]}"
-    except OSError:
-        return f"--- {proc.log_path}: (no log)"
-
-
-@contextlib.contextmanager
-def _api(url: str):
-    """This process's Prefect client talks to `url` while the block runs."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    previous = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = url
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: url}):
-            yield url
-    finally:
-        if previous is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = previous
-
-
-def _deployment(name: str):
-    from prefect import get_client
-
-    with get_client(sync_client=True) as client:
-        return client.read_deployment_by_name(name)
 
 
 def _flow_run(flow_run_id):
@@ -89,20 +60,6 @@ def _start_serve(project: Path, api_url: str, extra_env: dict[str, str]) -> Serv
     ).start()
 
 
-def _wait_deployments(serve: ServerProcess, prefect: ServerProcess, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if not serve.alive:
-            pytest.fail(f"serve exited early (code {serve.proc.returncode})\n{_tail(serve)}")
-        try:
-            _deployment(RETRAIN), _deployment(FORECAST)
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                pytest.fail(f"deployments not registered\n{_tail(serve)}\n{_tail(prefect)}")
-            time.sleep(1)
-
-
 @pytest.mark.parametrize(
     ("outage", "extra_env"),
     [
@@ -128,11 +85,11 @@ def test_prefect_server_restart_while_serving(tmp_path, outage, extra_env):
     timings["server_up"] = time.monotonic() - t0
     serve: ServerProcess | None = None
     try:
-        with _api(prefect.url):
+        with prefect_api(home, url=prefect.url):
             serve = _start_serve(project, prefect.url, extra_env)
-            _wait_deployments(serve, prefect)
+            wait_deployments(serve, prefect)
             timings["deployments"] = time.monotonic() - t0
-            before = _deployment(RETRAIN)
+            before = deployment(RETRAIN)
 
             # The server goes away (SIGTERM to its group) and stays down for a while.
             t_down = time.monotonic()
@@ -140,15 +97,15 @@ def test_prefect_server_restart_while_serving(tmp_path, outage, extra_env):
             time.sleep(outage)
             assert serve.alive, (
                 f"serve died while the Prefect server was down (code {serve.proc.returncode})\n"
-                f"{_tail(serve)}"
+                f"{log_tail(serve)}"
             )
 
             # Same port, same PREFECT_HOME (hence the same database).
             prefect = start_prefect_server(home, port=port, timeout=180)
             timings["outage"] = time.monotonic() - t_down
-            assert serve.alive, f"serve died during the restart\n{_tail(serve)}"
+            assert serve.alive, f"serve died during the restart\n{log_tail(serve)}"
 
-            retrain = _deployment(RETRAIN)
+            retrain = deployment(RETRAIN)
             assert retrain.id == before.id, "the deployment was re-created, not kept"
             assert not retrain.paused, "the restart left the deployment paused"
             assert retrain.schedules, "the deployment lost its schedule"
@@ -162,12 +119,12 @@ def test_prefect_server_restart_while_serving(tmp_path, outage, extra_env):
                 timings["pickup"] = (flow_run.start_time - flow_run.created).total_seconds()
             assert flow_run.state is not None and flow_run.state.is_completed(), (
                 f"run after restart: {flow_run.state and flow_run.state.name} "
-                f"({flow_run.state and flow_run.state.message})\n{_tail(serve)}\n{_tail(prefect)}"
+                f"({flow_run.state and flow_run.state.message})\n{log_tail(serve)}\n{log_tail(prefect)}"
             )
-            assert serve.alive, f"serve exited after the run\n{_tail(serve)}"
+            assert serve.alive, f"serve exited after the run\n{log_tail(serve)}"
             # Nothing else could run it, but check it was this process that did.
             assert f"Flow run '{flow_run.name}'" in serve.log_path.read_text(errors="replace"), (
-                _tail(serve)
+                log_tail(serve)
             )
             print(json.dumps({k: round(v, 1) for k, v in timings.items()}))
     finally:

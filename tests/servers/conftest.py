@@ -10,6 +10,7 @@ are undone before any later test folder runs.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,41 @@ INITIAL_ROWS = 120
 
 # The tiny project, with a cron that cannot fire while the suite runs on a weekday.
 SERVERS_CONFIG = TINY_CONFIG + 'schedule:\n  cron: "0 0 1 1 *"\n  timezone: UTC\n'
+
+
+RETRAIN = "retraining/scheduled-retraining"
+FORECAST = "forecast/batch-forecast"
+
+
+def deployment(name: str):
+    """A deployment read by name from the Prefect API this process points at."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_deployment_by_name(name)
+
+
+def log_tail(proc: ServerProcess, chars: int = 4000) -> str:
+    try:
+        return f"--- {proc.log_path}:\n{proc.log_path.read_text(errors='replace')[-chars:]}"
+    except OSError:
+        return f"--- {proc.log_path}: (no log)"
+
+
+def wait_deployments(serve: ServerProcess, *others: ServerProcess, timeout: float = 180) -> None:
+    """Until `lstm-pipeline serve` has registered both deployments (fails if it exits)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if not serve.alive:
+            pytest.fail(f"serve exited early (code {serve.proc.returncode})\n{log_tail(serve)}")
+        try:
+            deployment(RETRAIN), deployment(FORECAST)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                tails = "\n".join(log_tail(p) for p in (serve, *others))
+                pytest.fail(f"deployments not registered\n{tails}")
+            time.sleep(1)
 
 
 @pytest.fixture(scope="package")

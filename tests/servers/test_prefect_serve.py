@@ -13,12 +13,18 @@ import pytest
 
 from pipelines.servers import BIN, ServerProcess, child_env
 from tests.pipelines.conftest import price_frame, write_prices
-from tests.servers.conftest import INITIAL_ROWS, MODEL_NAME, TICKER
+from tests.servers.conftest import (
+    FORECAST,
+    INITIAL_ROWS,
+    MODEL_NAME,
+    RETRAIN,
+    TICKER,
+    deployment,
+    wait_deployments,
+)
 
 pytestmark = pytest.mark.servers
 
-RETRAIN = "retraining/scheduled-retraining"
-FORECAST = "forecast/batch-forecast"
 RUN_TIMEOUT = 300
 
 
@@ -26,11 +32,6 @@ def _client():
     from prefect import get_client
 
     return get_client(sync_client=True)
-
-
-def _deployment(name: str):
-    with _client() as client:
-        return client.read_deployment_by_name(name)
 
 
 def _runs_of(deployment_id) -> list:
@@ -73,17 +74,7 @@ def served(trained, server_project, mlflow_server, prefect_api):
         cwd=server_project,
     ).start()
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if not proc.alive:
-                pytest.fail(f"serve exited early:\n{proc.log_path.read_text()[-4000:]}")
-            try:
-                _deployment(RETRAIN), _deployment(FORECAST)
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"deployments not registered:\n{proc.log_path.read_text()[-4000:]}")
-                time.sleep(1)
+        wait_deployments(proc)
         yield proc
     finally:
         proc.stop()
@@ -102,11 +93,11 @@ def _wait_terminal(flow_run_id, timeout: float = RUN_TIMEOUT):
 
 
 def test_serve_registers_both_deployments(served):
-    retrain = _deployment(RETRAIN)
+    retrain = deployment(RETRAIN)
     assert not retrain.paused
     assert retrain.schedules and all(s.active for s in retrain.schedules)
     assert retrain.parameters["config_path"].endswith("mlflow.yaml")
-    assert _deployment(FORECAST).id
+    assert deployment(FORECAST).id
 
 
 def test_run_deployment_retrains_on_new_file(served, server_project, mlflow_server):
@@ -125,7 +116,7 @@ def test_run_deployment_retrains_on_new_file(served, server_project, mlflow_serv
 
 
 def test_prices_updated_event_triggers_a_retraining_run(served, server_project, prefect_api):
-    retrain = _deployment(RETRAIN)
+    retrain = deployment(RETRAIN)
     before = {r.id for r in _runs_of(retrain.id)}
     new = server_project / "new" / f"{TICKER}.csv"
     write_prices(new, price_frame(INITIAL_ROWS + 20).iloc[125:140])
@@ -163,6 +154,6 @@ def test_ctrl_c_leaves_schedules_active(served):
         served.proc.wait(90)
     except subprocess.TimeoutExpired:
         pytest.fail(f"serve ignored SIGINT\n{served.log_path.read_text()[-4000:]}")
-    retrain = _deployment(RETRAIN)
+    retrain = deployment(RETRAIN)
     assert not retrain.paused, "Ctrl-C paused the deployment"
     assert all(s.active for s in retrain.schedules), retrain.schedules
