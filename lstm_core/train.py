@@ -64,7 +64,13 @@ def _dataset(
         # without repeat): a fresh iterator per epoch stalled the first step for ~1 s about
         # every other epoch here (benchmarks/bench_train.py).
         ds = ds.repeat()
-    return ds.prefetch(tf.data.AUTOTUNE)
+    # No tf.data autotuning: destroying an autotuned iterator (Keras makes a validation
+    # iterator every epoch) waited up to ~3 s, idle, for the autotuner's thread in busy
+    # Dask workers (py-spy: RootDataset::Iterator::~Iterator). A fixed prefetch is enough
+    # for in-memory arrays.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.prefetch(2).with_options(options)
 
 
 def train_model(

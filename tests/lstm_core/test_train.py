@@ -123,3 +123,14 @@ def test_fast_backend_trains_through_train_model():
     before = float(model.evaluate(X, y, verbose=0))
     result = train_model(model, X, y, X, y, TrainingConfig(epochs=3, batch_size=8, seed=0))
     assert result.epochs_run == 3 and result.history["loss"][-1] < before
+
+
+@pytest.mark.parametrize("repeat", [False, True])
+def test_datasets_are_not_autotuned(repeat):
+    # An autotuned iterator's destructor waited seconds, idle, in busy Dask workers.
+    from lstm_core.train import _dataset
+
+    X = np.zeros((5, 3, 1), np.float32)
+    ds = _dataset(X, X[:, 0], batch_size=2, shuffle=True, seed=0, repeat=repeat)
+    assert ds.options().autotune.enabled is False
+    assert sum(1 for _ in ds.take(3)) == 3
