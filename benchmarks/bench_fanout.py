@@ -1,18 +1,21 @@
-"""Fan-out benchmark: N small tickers trained sequentially, then on a 2-worker local Dask cluster.
+"""Fan-out benchmark: N small tickers trained sequentially and on a 2-worker local Dask cluster.
 
-    .venv/bin/python benchmarks/bench_fanout.py [--tickers 8] [--epochs 12] [--workers 2]
+    .venv/bin/python benchmarks/bench_fanout.py [--tickers 8] [--epochs 12] [--workers 2] [--rounds 2]
 
-Both runs go through the same training flow (ingest -> train -> evaluate -> log -> register ->
+Both go through the same training flow (load -> train -> evaluate -> log -> register ->
 promote per ticker), against the same Prefect server (PREFECT_API_URL, or one started here
-by `pipelines.servers` and stopped at the end) and the same MLflow tracking URI (default: a
-SQLite file in the work folder; `--tracking-uri http://...` for a tracking server).
+by `pipelines.servers.prefect_api`, as the fan-out mode does, and stopped at the end) and the
+same MLflow tracking URI (default: a SQLite file in the work folder; `--tracking-uri http://...`
+for a tracking server).
 
 Fair comparison: every TensorFlow process (this one and each Dask worker) uses one intra-op
 and one inter-op thread (TF_NUM_INTRAOP_THREADS=1, TF_NUM_INTEROP_THREADS=1, OMP_NUM_THREADS=1)
 and has trained one throwaway ticker before timing starts (first-use costs out of the
 timings). The sequential run is one ticker at a time in this process (a one-thread task
 runner); the Dask run one ticker per worker at a time. The cluster's start-up and warm-up
-are timed separately. The last line reads `speedup: <ratio>x`.
+are timed separately. The two alternate for ``--rounds`` rounds (each phase with its own
+registered-model names, so every phase does the same work), so slow drifts in the machine's
+speed hit both alike. The last line reads `speedup: <total sequential / total dask>x`.
 """
 
 from __future__ import annotations
@@ -127,8 +130,8 @@ def warm_up(settings, rows: int) -> tuple[int, int]:
     )
 
 
-def run_seconds(settings, summary) -> list[float]:
-    """Each ticker's MLflow run duration (start to end): the branch's own work."""
+def run_spans(settings, summary) -> list[tuple[float, float]]:
+    """Each ticker's MLflow run (start, end) in epoch seconds: the branch's own work."""
     from mlflow import MlflowClient
 
     from pipelines.config import resolve_tracking_uri
@@ -139,8 +142,20 @@ def run_seconds(settings, summary) -> list[float]:
     for r in summary.results:
         if r.run_id:
             info = client.get_run(r.run_id).info
-            out.append((info.end_time - info.start_time) / 1000)
+            out.append((info.start_time / 1000, info.end_time / 1000))
     return out
+
+
+def describe_runs(spans: list[tuple[float, float]], called: float, returned: float) -> str:
+    """Per-ticker run lengths, and the flow's time before the first and after the last run."""
+    per = [end - start for start, end in spans]
+    lead = min(start for start, _ in spans) - called
+    tail = returned - max(end for _, end in spans)
+    return (
+        f"per-ticker MLflow run {min(per):.1f}-{max(per):.1f} s (mean {sum(per) / len(per):.1f}); "
+        f"first run began {lead:.1f} s after the call, the flow returned {tail:.1f} s after "
+        "the last run ended"
+    )
 
 
 def settings_for(root: Path, name: str, **fields):
@@ -157,6 +172,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1500)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="alternating sequential/dask rounds (default 2)"
+    )
     parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
     args = parser.parse_args()
@@ -175,12 +193,12 @@ def main() -> None:
 
     tickers = [f"T{i:02d}" for i in range(args.tickers)]
     common = {"tracking_uri": args.tracking_uri, "epochs": args.epochs, "workers": args.workers}
-    seq = settings_for(root, "sequential", prefix="seq", runner="thread", address="null", **common)
+    store = settings_for(root, "ingest", prefix="ingest", runner="thread", address="null", **common)
     for i, t in enumerate(tickers):
         csv = root / "prices" / f"{t}.csv"
         csv.parent.mkdir(parents=True, exist_ok=True)
         random_walk(args.rows, seed=i).to_csv(csv, index=False)
-        ingest_file(seq, str(csv), t)
+        ingest_file(store, str(csv), t)
 
     print(
         f"{args.tickers} tickers x {args.rows} days, 1 LSTM layer x 16 units, lookback 30, "
@@ -193,17 +211,21 @@ def main() -> None:
         print(f"TF intra-/inter-op threads in this process: {warm_up(warm, args.rows)}")
         print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
-        t0 = time.perf_counter()
         sequential = training_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))
-        summary = sequential(settings=seq, tickers=tickers)
-        t_seq = time.perf_counter() - t0
-        failed = [r.render(seq) for r in summary.results if r.error]
-        per = run_seconds(seq, summary)
-        print(
-            f"sequential (1 process, one ticker at a time): {t_seq:.1f} s; "
-            f"per-ticker MLflow run {min(per):.1f}-{max(per):.1f} s (mean {sum(per) / len(per):.1f})"
-            + (f"  FAILED: {failed}" if failed else "")
-        )
+
+        def timed(label: str, flow_obj, settings) -> float:
+            t0, called = time.perf_counter(), time.time()
+            summary = flow_obj(settings=settings, tickers=tickers)
+            seconds, returned = time.perf_counter() - t0, time.time()
+            failed = [r.render(settings) for r in summary.results if r.error]
+            runs = {r.run_id for r in summary.results if r.run_id}
+            print(
+                f"  {label}: {seconds:.1f} s; {len(runs)} distinct MLflow runs; "
+                + describe_runs(run_spans(settings, summary), called, returned)
+                + (f"  FAILED: {failed}" if failed else ""),
+                flush=True,
+            )
+            return seconds
 
         t0 = time.perf_counter()
         cluster = LocalCluster(
@@ -214,39 +236,58 @@ def main() -> None:
             host="127.0.0.1",
         )
         client = Client(cluster)
+        t_seq, t_par = [], []
         try:
-            par = settings_for(
-                root,
-                "dask",
-                prefix="dask",
-                runner="dask",
-                address=cluster.scheduler_address,
-                **common,
-            )
             threads = client.run(warm_up, warm, args.rows)
-            t_start = time.perf_counter() - t0
+            # One untimed 1-epoch flow per runner on the warm-up tickers: the first flow
+            # through each runner pays one-off costs (the Dask client's first submissions,
+            # pickling the task) that are not per ticker.
+            warm_tickers = [
+                f"W{os.getpid()}",
+                *(f"W{pid}" for pid in client.run(os.getpid).values()),
+            ]
+            one_epoch = {**common, "epochs": 1}
+            address = cluster.scheduler_address
+            sequential(
+                settings=settings_for(root, "warm-seq", prefix="warmseq", runner="thread",
+                                      address="null", **one_epoch),
+                tickers=warm_tickers,
+            )  # fmt: skip
+            warm_par = settings_for(root, "warm-dask", prefix="warmdask", runner="dask",
+                                    address=address, **one_epoch)  # fmt: skip
+            with fan_out(warm_par, training_flow) as fanned:
+                fanned(settings=warm_par, tickers=warm_tickers)
             print(
-                f"dask cluster: {args.workers} worker processes x 1 thread, started and warmed in "
-                f"{t_start:.1f} s, not counted below (TF threads per worker: "
-                f"{sorted(threads.values())})"
+                f"dask cluster: {args.workers} worker processes x 1 thread, started and warmed "
+                f"(plus one untimed flow per runner) in {time.perf_counter() - t0:.1f} s "
+                f"(TF threads per worker: {sorted(threads.values())})"
             )
-            with fan_out(par, training_flow) as fanned:
-                t0 = time.perf_counter()
-                summary = fanned(settings=par, tickers=tickers)
-                t_par = time.perf_counter() - t0
+            for r in range(args.rounds):
+                # Fresh registered-model names per phase: every phase does the same work.
+                seq = settings_for(
+                    root, f"seq{r}", prefix=f"seq{r}", runner="thread", address="null", **common
+                )
+                par = settings_for(
+                    root,
+                    f"dask{r}",
+                    prefix=f"dask{r}",
+                    runner="dask",
+                    address=cluster.scheduler_address,
+                    **common,
+                )
+                print(f"round {r + 1} of {args.rounds}:")
+                t_seq.append(timed("sequential (1 process, one ticker at a time)", sequential, seq))
+                with fan_out(par, training_flow) as fanned:
+                    t_par.append(timed(f"dask ({args.workers} workers)", fanned, par))
+                print(f"  round speed-up: {t_seq[-1] / t_par[-1]:.2f}x", flush=True)
         finally:
             client.close()
             cluster.close()
-        failed = [r.render(par) for r in summary.results if r.error]
-        runs = {r.run_id for r in summary.results if r.run_id}
-        per = run_seconds(par, summary)
-        print(
-            f"dask ({args.workers} workers): {t_par:.1f} s; {len(runs)} distinct MLflow runs; "
-            f"per-ticker MLflow run {min(per):.1f}-{max(per):.1f} s (mean {sum(per) / len(per):.1f})"
-            + (f"  FAILED: {failed}" if failed else "")
-        )
         print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    print(f"speedup: {t_seq / t_par:.2f}x")
+    print(
+        f"total over {args.rounds} round(s): sequential {sum(t_seq):.1f} s, dask {sum(t_par):.1f} s"
+    )
+    print(f"speedup: {sum(t_seq) / sum(t_par):.2f}x")
 
 
 if __name__ == "__main__":
