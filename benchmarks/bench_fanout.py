@@ -248,13 +248,13 @@ def main() -> None:
             ]
             one_epoch = {**common, "epochs": 1}
             address = cluster.scheduler_address
-            sequential(
-                settings=settings_for(root, "warm-seq", prefix="warmseq", runner="thread",
-                                      address="null", **one_epoch),
-                tickers=warm_tickers,
-            )  # fmt: skip
-            warm_par = settings_for(root, "warm-dask", prefix="warmdask", runner="dask",
-                                    address=address, **one_epoch)  # fmt: skip
+            warm_seq = settings_for(
+                root, "warm-seq", prefix="warmseq", runner="thread", address="null", **one_epoch
+            )
+            warm_par = settings_for(
+                root, "warm-dask", prefix="warmdask", runner="dask", address=address, **one_epoch
+            )
+            sequential(settings=warm_seq, tickers=warm_tickers)
             with fan_out(warm_par, training_flow) as fanned:
                 fanned(settings=warm_par, tickers=warm_tickers)
             print(
@@ -268,12 +268,7 @@ def main() -> None:
                     root, f"seq{r}", prefix=f"seq{r}", runner="thread", address="null", **common
                 )
                 par = settings_for(
-                    root,
-                    f"dask{r}",
-                    prefix=f"dask{r}",
-                    runner="dask",
-                    address=cluster.scheduler_address,
-                    **common,
+                    root, f"dask{r}", prefix=f"dask{r}", runner="dask", address=address, **common
                 )
                 print(f"round {r + 1} of {args.rounds}:")
                 t_seq.append(timed("sequential (1 process, one ticker at a time)", sequential, seq))
