@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 import time
+from typing import Any
 
 from pipelines.config import Settings
 
@@ -59,6 +63,27 @@ def _api_healthy() -> bool:
         return False
 
 
+def exit_after_interrupt(grace: float = 20.0) -> Any:
+    """Make SIGINT (Ctrl-C) end this process: normally, or at the latest ``grace`` s later.
+
+    Prefect's runner can lose the cancellation that asyncio turns a Ctrl-C into when it lands
+    in a shielded section (seen right after a served run had finished: serve kept serving).
+    Here SIGINT raises KeyboardInterrupt directly, as Python does by default, and also arms
+    a timer that ends the process (exit code 130) if the shutdown stalls. Nothing needs
+    cleaning up on the way out: schedules stay active and runs are recorded by the server.
+    Returns the SIGINT handler it replaced.
+    """
+
+    def on_sigint(signum: int, frame: object) -> None:
+        timer = threading.Timer(grace, os._exit, args=(130,))
+        timer.daemon = True
+        timer.start()
+        raise KeyboardInterrupt
+
+    # A handler of our own also keeps asyncio.run from installing its cancel-only one.
+    return signal.signal(signal.SIGINT, on_sigint)
+
+
 def serve(
     settings: Settings,
     config_path: str,
@@ -72,6 +97,22 @@ def serve(
     server restart or upgrade must not end the schedule, so serving starts again, with the
     same deployments, once the API answers.
     """
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = exit_after_interrupt() if in_main else None
+    try:
+        _serve_until_stopped(settings, config_path, overrides, tickers, retry_seconds)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _serve_until_stopped(
+    settings: Settings,
+    config_path: str,
+    overrides: list[str] | None,
+    tickers: list[str] | None,
+    retry_seconds: float,
+) -> None:
     from prefect import serve as prefect_serve
 
     while True:
