@@ -95,25 +95,23 @@ def load_data() -> tuple[Any, Any, Any, Any, str]:
 def make_fused_layer(tf: Any, keras: Any) -> Any:
     """FusedLSTM: Keras-layout weights (gate order i, f, c, o), so reference.py's mapping applies."""
 
+    sys.path.insert(0, str(ROOT))
+    # The project's cell maths (lstm_core/fast_lstm.py), here in a static Python unroll.
+    from lstm_core.fast_lstm import cell_backward, cell_forward, gate_affine
+
     def _cell_loop(xz: Any, rk: Any, units: int) -> tuple[list[Any], list[Any]]:
         # xz = x @ kernel + bias for all steps at once (one big matmul, off the recurrence);
         # each step then needs a single (batch, units) @ (units, 4·units) matmul for all gates.
         steps = xz.shape[1]
+        scale, shift = gate_affine(units, xz.dtype)
         h = tf.zeros_like(xz[:, 0, :units])
         c = h
         hs, saved = [], []
         for t in range(steps):  # static Python unroll: 60 steps
-            z = xz[:, t] + tf.matmul(h, rk)
-            i = tf.sigmoid(z[:, :units])
-            f = tf.sigmoid(z[:, units : 2 * units])
-            a = tf.tanh(z[:, 2 * units : 3 * units])
-            o = tf.sigmoid(z[:, 3 * units :])
             c_prev = c
-            c = f * c + i * a
-            tc = tf.tanh(c)
-            h = o * tc
+            g, c, h = cell_forward(xz[:, t] + tf.matmul(h, rk), c_prev, scale, shift, units)
             hs.append(h)
-            saved.append((i, f, a, o, c_prev, tc))
+            saved.append((g, c, c_prev))
         return hs, saved
 
     def _bptt(dseq: Any, x: Any, seq: Any, kernel: Any, rk: Any, saved: list, units: int):
@@ -124,16 +122,10 @@ def make_fused_layer(tf: Any, keras: Any) -> Any:
         dzs: list[Any] = [None] * steps
         rk_t = tf.transpose(rk)
         for t in range(steps - 1, -1, -1):
-            i, f, a, o, c_prev, tc = saved[t]
-            dh = dseq[:, t] + dh_rec
-            dc = dc_next + dh * o * (1.0 - tc * tc)
-            dz = tf.concat(
-                [dc * a * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - a * a),
-                 dh * tc * o * (1 - o)],
-                axis=-1,
-            )  # fmt: skip
+            g, c, c_prev = saved[t]
+            dz, dc = cell_backward(dseq[:, t] + dh_rec, dc_next, g, c, c_prev, units)
             dh_rec = tf.matmul(dz, rk_t)
-            dc_next = dc * f
+            dc_next = dc * g[:, units : 2 * units]
             dzs[t] = dz
         n_in = x.shape[-1]
         dz_flat = tf.reshape(tf.stack(dzs, axis=1), [-1, 4 * units])
