@@ -20,6 +20,7 @@ from tests.servers.conftest import (
     RETRAIN,
     TICKER,
     deployment,
+    log_tail,
     wait_deployments,
 )
 
@@ -108,7 +109,7 @@ def test_run_deployment_retrains_on_new_file(served, server_project, mlflow_serv
     write_prices(server_project / "data" / "incoming" / f"{TICKER}.csv", full.iloc[115:130])
     flow_run = run_deployment(RETRAIN, timeout=RUN_TIMEOUT)
     flow_run = _wait_terminal(flow_run.id)  # read back from the server
-    assert flow_run.state.is_completed(), f"{flow_run.state}\n{served.log_path.read_text()[-4000:]}"
+    assert flow_run.state.is_completed(), f"{flow_run.state}\n{log_tail(served)}"
     names = _task_run_names(flow_run.id)
     assert {"ingest", "train", "register", "promote"} <= names, names
     client = MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
@@ -141,10 +142,10 @@ def test_prices_updated_event_triggers_a_retraining_run(served, server_project, 
     deadline = time.monotonic() + 120
     while not (triggered := [r for r in _runs_of(retrain.id) if r.id not in before]):
         if time.monotonic() > deadline:
-            pytest.fail(f"no run triggered by the event\n{served.log_path.read_text()[-4000:]}")
+            pytest.fail(f"no run triggered by the event\n{log_tail(served)}")
         time.sleep(1)
     run = _wait_terminal(triggered[0].id)
-    assert run.state.is_completed(), f"{run.state}\n{served.log_path.read_text()[-4000:]}"
+    assert run.state.is_completed(), f"{run.state}\n{log_tail(served)}"
     assert "train" in _task_run_names(run.id)
 
 
@@ -153,7 +154,7 @@ def test_ctrl_c_leaves_schedules_active(served):
     try:
         served.proc.wait(90)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"serve ignored SIGINT\n{served.log_path.read_text()[-4000:]}")
+        pytest.fail(f"serve ignored SIGINT\n{log_tail(served)}")
     retrain = deployment(RETRAIN)
     assert not retrain.paused, "Ctrl-C paused the deployment"
     assert all(s.active for s in retrain.schedules), retrain.schedules
