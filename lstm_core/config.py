@@ -56,10 +56,11 @@ class ModelConfig(_Frozen):
     units: int = Field(50, ge=1)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     learning_rate: float = Field(1e-3, gt=0.0)
-    # "fast": the tuned path (one wavefront FastLSTMStack, batch halves on two cores, XLA);
-    # "fused": one FastLSTM per layer under XLA; "keras": the plain tutorial-equivalent
-    # path, kept selectable as the fallback.  Same network and weights in all three.
-    backend: Literal["fast", "fused", "keras"] = "fast"
+    # "fast": the tuned path (one FastLSTMStack, batch halves on two cores, Numba kernels);
+    # "wavefront": the same layer with its XLA wavefront kernel; "fused": one FastLSTM per
+    # layer under XLA; "keras": the plain tutorial-equivalent path, kept selectable as the
+    # fallback.  Same network and weights in all four.
+    backend: Literal["fast", "wavefront", "fused", "keras"] = "fast"
 
 
 class TrainingConfig(_Frozen):

@@ -19,10 +19,20 @@ The backward pass is hand-written BPTT (the tutorial's δh / δC recursion, see
 afterwards by one batched matmul.
 
 Training uses both cores: the batch is cut in ``batch_parts`` slices, each run forward and
-backward by its own XLA program, which TensorFlow's inter-op threads execute side by side.
-That only works if the model's train step is *not* jit-compiled as a whole (XLA would inline
-the slices into one single-threaded program), so ``build_model`` compiles the "fast" backend
-with ``jit_compile=False``.  TensorFlow backend only.
+backward on its own, which TensorFlow's inter-op threads execute side by side.  That only
+works if the model's train step is *not* jit-compiled as a whole (XLA would inline the slices
+into one single-threaded program), so ``build_model`` compiles these backends with
+``jit_compile=False``.  TensorFlow backend only.
+
+Two kernels run a slice's training pass (``kernel``):
+
+* ``"numba"`` (default): ``lstm_core.stack_kernels``, compiled CPU loops with BLAS matmuls,
+  layer by layer, called through ``tf.numpy_function``; float32 and float64;
+* ``"xla"``: the wavefront above as XLA programs (slower here: XLA's per-op overhead on 63
+  small waves dominates; see benchmarks/bench_train.py).
+
+Both draw the same dropout masks from the same seed and compute the same maths.  Inference
+(and Monte Carlo dropout) always uses the XLA wavefront program: it saves nothing.
 """
 
 from __future__ import annotations
@@ -34,7 +44,9 @@ import keras
 
 from lstm_core.fast_lstm import cell_backward, cell_forward, gate_affine
 
-__all__ = ["FastLSTMStack", "wavefront_lstm_infer", "wavefront_lstm_stack"]
+__all__ = ["KERNELS", "FastLSTMStack", "wavefront_lstm_infer", "wavefront_lstm_stack"]
+
+KERNELS = ("numba", "xla")
 
 
 def _valid(w: Any, n_layers: int, steps: Any, dtype: Any) -> Any:
@@ -200,6 +212,79 @@ def _compiled() -> tuple[Any, Any, Any]:
     )
 
 
+@functools.cache
+def _masks_program() -> Any:
+    """The dropout masks of one slice as an XLA program (threefry needs XLA on CPU)."""
+    import tensorflow as tf
+
+    return tf.function(_dropout_masks, jit_compile=True)
+
+
+def _numba_forward(x, h0, c0, kernel0, wst, bias, seed, rate: float) -> tuple[Any, ...]:
+    """One slice's forward pass by ``stack_kernels.stack_forward``; returns what ``_numba_backward``
+    needs: (top, h_last, c_last, *saved activations, masks)."""
+    import tensorflow as tf
+
+    n_layers, units = wst.shape[0], wst.shape[2] // 4
+    if rate > 0.0 and n_layers > 1:
+        masks = _masks_program()(x, n_layers, units, seed, rate)  # (W, L-1, B, u)
+    else:  # an empty first axis tells the kernel "no dropout"
+        masks = tf.zeros([0, max(n_layers - 1, 1), tf.shape(x)[0], units], x.dtype)
+    outs = tf.numpy_function(
+        _call_forward, [x, kernel0, wst, bias, masks, h0, c0], [x.dtype] * 8, stateful=False
+    )
+    steps = _static_steps(x)
+    outs[0].set_shape([x.shape[0], steps, units])
+    outs[1].set_shape(h0.shape)
+    outs[2].set_shape(c0.shape)
+    return (*outs, masks)
+
+
+def _numba_backward(x, kernel0, wst, fwd_out, d_seq, d_h_last, d_c_last) -> list[Any]:
+    """Gradients of (x, h0, c0, kernel0, wst, bias) by ``stack_kernels.stack_backward``."""
+    import tensorflow as tf
+
+    saved, masks = fwd_out[3:8], fwd_out[8]
+    grads = tf.numpy_function(
+        _call_backward,
+        [x, kernel0, wst, masks, *saved, d_seq, d_h_last, d_c_last],
+        [x.dtype] * 6,
+        stateful=False,
+    )
+    for g, like in zip(grads, (x, d_h_last, d_c_last, kernel0, wst), strict=False):
+        g.set_shape(like.shape)
+    grads[5].set_shape([wst.shape[0], wst.shape[2]])
+    return grads
+
+
+def _call_forward(*arrays: Any) -> Any:
+    from lstm_core.stack_kernels import stack_forward, tune_process
+
+    tune_process()
+    return stack_forward(*arrays)
+
+
+def _call_backward(*arrays: Any) -> Any:
+    from lstm_core.stack_kernels import stack_backward
+
+    return stack_backward(*arrays)
+
+
+def _numba_ok(dtype: Any) -> bool:
+    """Whether the Numba kernels can run here: float32/float64, and not inside an XLA program
+    (an outer ``jit_compile=True`` cannot compile a ``numpy_function``)."""
+    import tensorflow as tf
+
+    if tf.as_dtype(dtype) not in (tf.float32, tf.float64):
+        return False
+    try:
+        from tensorflow.python.framework import ops
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover - TensorFlow moved its internals: play safe
+        return False
+    return not control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph())
+
+
 def wavefront_lstm_stack(
     x: Any,
     h0: Any,
@@ -210,8 +295,9 @@ def wavefront_lstm_stack(
     dropout: float = 0.0,
     seed: Any = None,
     parts: int = 1,
+    kernel: str = "numba",
 ):
-    """Run L stacked LSTM layers over ``x`` (B, T, n_in) as a wavefront, for training.
+    """Run L stacked LSTM layers over ``x`` (B, T, n_in), for training.
 
     ``h0``, ``c0``: (L, B, u) initial states.  ``kernel0``: (n_in, 4u) input kernel of layer 0.
     ``wst``: (L, 2u, 4u), layer l's ``[kernel; recurrent_kernel]`` stacked (layer 0's kernel
@@ -221,12 +307,17 @@ def wavefront_lstm_stack(
     differentiable in x, h0, c0 and the weights (hand-written BPTT).
 
     The batch is cut into ``parts`` slices whose forward and backward passes are separate
-    XLA programs with no data between them, so TensorFlow's inter-op threads run them on
-    different cores; the weight gradients are summed.
+    ops with no data between them, so TensorFlow's inter-op threads run them on different
+    cores; the weight gradients are summed.  ``kernel``: "numba" (``stack_kernels``; falls
+    back to XLA for other dtypes than float32/float64 and inside an outer XLA program) or
+    "xla" (the wavefront programs).
     """
     import tensorflow as tf
 
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; expected one of {KERNELS}")
     train_fwd, backward, _ = _compiled()
+    use_numba = kernel == "numba" and _numba_ok(x.dtype)
     batch = tf.shape(x)[0]
     seed = tf.zeros([2], tf.int32) if seed is None else tf.cast(seed, tf.int32)
 
@@ -236,14 +327,23 @@ def wavefront_lstm_stack(
         size = (batch + parts - 1) // parts
         return tf.split(t, [size] * (parts - 1) + [batch - size * (parts - 1)], axis=axis)
 
+    def fwd_slice(xs, hs, cs, kernel0, wst, bias, k):
+        fn = _numba_forward if use_numba else train_fwd
+        return fn(xs, hs, cs, kernel0, wst, bias, seed + [0, k], float(dropout))
+
+    def bwd_slice(xs, kernel0, wst, o, ds, dh, dc):
+        if use_numba:
+            return _numba_backward(xs, kernel0, wst, o, ds, dh, dc)
+        return backward(xs, kernel0, wst, o[5], o[3], o[4], ds, dh, dc)
+
     @tf.custom_gradient
     def run(x, h0, c0, kernel0, wst, bias):
-        # Stop the outer tape from differentiating the compiled programs: ``grad`` does it.
+        # Stop the outer tape from differentiating the slices' programs: ``grad`` does it.
         x, h0, c0, kernel0, wst, bias = (
             tf.stop_gradient(t) for t in (x, h0, c0, kernel0, wst, bias)
         )
         outs = [
-            train_fwd(xs, hs, cs, kernel0, wst, bias, seed + [0, k], float(dropout))
+            fwd_slice(xs, hs, cs, kernel0, wst, bias, k)
             for k, (xs, hs, cs) in enumerate(zip(cut(x, 0), cut(h0, 1), cut(c0, 1), strict=True))
         ]
         top = tf.concat([o[0] for o in outs], 0)
@@ -254,7 +354,7 @@ def wavefront_lstm_stack(
             d_h_last = tf.zeros_like(h_last) if d_h_last is None else d_h_last
             d_c_last = tf.zeros_like(c_last) if d_c_last is None else d_c_last
             grads = [
-                backward(xs, kernel0, wst, o[5], o[3], o[4], ds, dh, dc)
+                bwd_slice(xs, kernel0, wst, o, ds, dh, dc)
                 for xs, o, ds, dh, dc in zip(
                     cut(x, 0), outs, cut(d_seq, 0), cut(d_h_last, 1), cut(d_c_last, 1), strict=True
                 )
@@ -298,7 +398,8 @@ class FastLSTMStack(keras.layers.Layer):
     """``layers`` x ``keras.layers.LSTM(units)``, each but the last followed by ``Dropout(dropout)``.
 
     Input (batch, time, features); output the top layer's last h (batch, units), or its whole
-    sequence (batch, time, units) with ``return_sequences=True``.
+    sequence (batch, time, units) with ``return_sequences=True``.  ``kernel`` picks the
+    training pass ("numba" or "xla", see the module docstring); ``batch_parts`` the slices.
     """
 
     def __init__(
@@ -309,12 +410,16 @@ class FastLSTMStack(keras.layers.Layer):
         return_sequences: bool = False,
         seed: int | None = None,
         batch_parts: int = 2,
+        kernel: str = "numba",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if layers < 1 or units < 1 or not 0.0 <= dropout < 1.0:
             raise ValueError(f"need layers >= 1, units >= 1, 0 <= dropout < 1; got "
                              f"{layers}, {units}, {dropout}")  # fmt: skip
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown kernel {kernel!r}; expected one of {KERNELS}")
+        self.kernel = kernel
         self.units, self.n_layers, self.rate = units, layers, dropout
         self.return_sequences, self.seed = return_sequences, seed
         self.batch_parts = max(1, int(batch_parts))
@@ -378,8 +483,9 @@ class FastLSTMStack(keras.layers.Layer):
             seed = tf.cast(tf.math.floormod(self.seed_generator.next(), 2**31 - 1), tf.int32)
             if _tape_recording():
                 seq, _, _ = wavefront_lstm_stack(
-                    inputs, zeros, zeros, kernel0, wst, bias, self.rate, seed, self.batch_parts
-                )
+                    inputs, zeros, zeros, kernel0, wst, bias, self.rate, seed,
+                    self.batch_parts, self.kernel,
+                )  # fmt: skip
             else:  # Monte Carlo dropout: no gradient wanted, so nothing is saved for one
                 seq, _, _ = wavefront_lstm_infer(
                     inputs, zeros, zeros, kernel0, wst, bias, self.rate, seed
@@ -402,6 +508,7 @@ class FastLSTMStack(keras.layers.Layer):
             "return_sequences": self.return_sequences,
             "seed": self.seed,
             "batch_parts": self.batch_parts,
+            "kernel": self.kernel,
         }
 
 

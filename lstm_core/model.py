@@ -8,16 +8,18 @@ import numpy as np
 
 from lstm_core.config import ModelConfig
 
-BACKENDS = get_args(ModelConfig.model_fields["backend"].annotation)  # ("fast", "fused", "keras")
+BACKENDS = get_args(ModelConfig.model_fields["backend"].annotation)  # fast, wavefront, fused, keras
 
 
 def compile_options(backend: str) -> dict[str, Any]:
     """``model.compile`` kwargs for a ModelConfig.backend.
 
-    * "fast": the whole stack as one ``lstm_core.fast_stack.FastLSTMStack`` (all layers
-      advance together as a wavefront, each half of a batch on its own core, XLA-compiled
-      inside the layer: the outer train step must stay un-jitted, or XLA would inline both
-      halves into one single-threaded program);
+    * "fast": the whole stack as one ``lstm_core.fast_stack.FastLSTMStack`` (each half of a
+      batch on its own core, trained by the Numba kernels of ``lstm_core.stack_kernels``:
+      the outer train step must stay un-jitted, or XLA would inline both halves into one
+      single-threaded program);
+    * "wavefront": the same layer with its XLA wavefront kernel (all layers advance together,
+      XLA-compiled inside the layer; also un-jitted outside);
     * "fused": one ``lstm_core.fast_lstm.FastLSTM`` per layer (fused step, hand-written
       BPTT) under ``jit_compile``;
     * "keras": plain ``keras.layers.LSTM``, the tutorial's path and the fallback.
@@ -34,8 +36,8 @@ def lstm_layer_class(backend: str) -> Any:
     """The per-layer LSTM class of a backend: FastLSTM ("fused") or keras's LSTM.
 
     FastLSTM subclasses ``keras.layers.LSTM`` (same weights, config and maths; checked against
-    ``lstm_core.reference`` in tests/lstm_core/test_fast_lstm.py).  "fast" has no per-layer
-    class: ``build_model`` uses one FastLSTMStack for all layers.
+    ``lstm_core.reference`` in tests/lstm_core/test_fast_lstm.py).  "fast" and "wavefront"
+    have no per-layer class: ``build_model`` uses one FastLSTMStack for all layers.
     """
     import keras
 
@@ -67,11 +69,14 @@ def build_model(
     compile_kwargs = compile_options(model_cfg.backend)
     model = keras.Sequential(name="lstm_forecaster")
     model.add(keras.Input(shape=(lookback, n_features)))
-    if model_cfg.backend == "fast":
+    if model_cfg.backend in ("fast", "wavefront"):
         from lstm_core.fast_stack import FastLSTMStack
 
+        kernel = "numba" if model_cfg.backend == "fast" else "xla"
         # Dropout between the layers happens inside the stack; the last one stays a layer.
-        model.add(FastLSTMStack(model_cfg.units, model_cfg.layers, model_cfg.dropout))
+        model.add(
+            FastLSTMStack(model_cfg.units, model_cfg.layers, model_cfg.dropout, kernel=kernel)
+        )
         model.add(keras.layers.Dropout(model_cfg.dropout))
     else:
         lstm_cls = lstm_layer_class(model_cfg.backend)

@@ -1,4 +1,4 @@
-"""FastLSTMStack (wavefront over all layers, hand-written BPTT) against Keras and the reference."""
+"""FastLSTMStack (both kernels: Numba and the XLA wavefront) against Keras and the reference."""
 
 from __future__ import annotations
 
@@ -27,12 +27,12 @@ def _rel(a, b) -> float:
     return float(np.linalg.norm(np.asarray(a) - b) / max(np.linalg.norm(b), 1e-300))
 
 
-def _pair(return_sequences: bool, parts: int = 1, dropout: float = 0.0):
+def _pair(return_sequences: bool, parts: int = 1, dropout: float = 0.0, kernel: str = "numba"):
     """A float64 FastLSTMStack and LAYERS keras LSTMs holding the same random weights."""
     rng = np.random.default_rng(7)
     stack = FastLSTMStack(
         UNITS, LAYERS, dropout, return_sequences=return_sequences, batch_parts=parts,
-        dtype="float64",
+        kernel=kernel, dtype="float64",
     )  # fmt: skip
     stack.build((None, STEPS, N_IN))
     plain = []
@@ -53,10 +53,11 @@ def _plain_weights(plain):
                                            layer.cell.bias)]  # fmt: skip
 
 
+@pytest.mark.parametrize("kernel", ["numba", "xla"])
 @pytest.mark.parametrize("parts", [1, 2])
 @pytest.mark.parametrize("return_sequences", [True, False])
-def test_forward_and_gradients_equal_stacked_keras_lstms(parts, return_sequences):
-    stack, plain = _pair(return_sequences, parts)
+def test_forward_and_gradients_equal_stacked_keras_lstms(parts, return_sequences, kernel):
+    stack, plain = _pair(return_sequences, parts, kernel=kernel)
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(size=(BATCH, STEPS, N_IN)))
     shape = (BATCH, STEPS, UNITS) if return_sequences else (BATCH, UNITS)
@@ -99,7 +100,8 @@ def test_dropout_is_a_fresh_mask_per_layer_step_sample_and_unit():
     np.testing.assert_array_equal(masks, _masks(x, LAYERS, UNITS, seed, rate).numpy())
 
 
-def test_dropout_between_layers_matches_keras_layers_with_the_same_masks():
+@pytest.mark.parametrize("kernel", ["numba", "xla"])
+def test_dropout_between_layers_matches_keras_layers_with_the_same_masks(kernel):
     from lstm_core.fast_stack import wavefront_lstm_stack
 
     rate = 0.4
@@ -116,7 +118,9 @@ def test_dropout_between_layers_matches_keras_layers_with_the_same_masks():
     kernel0 = k[0]
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(kernel0)
-        fast, _, _ = wavefront_lstm_stack(x, zeros, zeros, kernel0, wst, bias, rate, seed)
+        fast, _, _ = wavefront_lstm_stack(
+            x, zeros, zeros, kernel0, wst, bias, rate, seed, kernel=kernel
+        )
         h = x
         for i, layer in enumerate(plain):
             h = layer(h)
@@ -131,8 +135,8 @@ def test_dropout_between_layers_matches_keras_layers_with_the_same_masks():
     assert _rel(g_fast, g_plain) < 1e-10
 
 
-@pytest.mark.parametrize("parts", [1, 2])
-def test_gradient_with_dropout_matches_finite_differences(parts):
+@pytest.mark.parametrize(("parts", "kernel"), [(1, "numba"), (2, "numba"), (2, "xla")])
+def test_gradient_with_dropout_matches_finite_differences(parts, kernel):
     """Same seed, same masks: the loss is a smooth function of the weights."""
     from lstm_core.fast_stack import wavefront_lstm_stack
 
@@ -145,7 +149,9 @@ def test_gradient_with_dropout_matches_finite_differences(parts):
     seed = tf.constant([5, 6])
 
     def loss(k0, w, b):
-        seq, h_last, c_last = wavefront_lstm_stack(x, zeros, zeros, k0, w, b, 0.3, seed, parts)
+        seq, h_last, c_last = wavefront_lstm_stack(
+            x, zeros, zeros, k0, w, b, 0.3, seed, parts, kernel
+        )
         return tf.reduce_sum(tf.sin(seq)) + tf.reduce_sum(h_last * c_last)
 
     params = [kernel0, wst, bias]
@@ -182,3 +188,58 @@ def test_trains_under_an_outer_jit_too():
     before = model.evaluate(x, x[:, -1, :1], verbose=0)
     model.fit(x, x[:, -1, :1], epochs=3, batch_size=8, verbose=0)
     assert model.evaluate(x, x[:, -1, :1], verbose=0) < before
+
+
+def test_the_two_kernels_agree_in_float32_with_dropout():
+    """The default float32 path (rational tanh in the Numba kernel) against the XLA wavefront."""
+    from lstm_core.fast_stack import wavefront_lstm_stack
+
+    rng = np.random.default_rng(8)
+    layers, units, batch, steps = 3, 8, 6, 12
+    x = tf.constant(rng.normal(size=(batch, steps, 1)), tf.float32)
+    kernel0 = tf.constant(rng.uniform(-0.5, 0.5, (1, 4 * units)), tf.float32)
+    wst = tf.constant(rng.uniform(-0.5, 0.5, (layers, 2 * units, 4 * units)), tf.float32)
+    bias = tf.constant(rng.uniform(-0.5, 0.5, (layers, 4 * units)), tf.float32)
+    zeros = tf.zeros((layers, batch, units), tf.float32)
+    seed = tf.constant([1, 2])
+    results = {}
+    for kernel in ("numba", "xla"):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel0, wst, bias])
+            seq, h_last, c_last = wavefront_lstm_stack(
+                x, zeros, zeros, kernel0, wst, bias, 0.25, seed, 2, kernel
+            )
+            loss = tf.reduce_sum(tf.sin(seq)) + tf.reduce_sum(h_last * c_last)
+        results[kernel] = [seq, *tape.gradient(loss, [x, kernel0, wst, bias])]
+    for got, want in zip(results["numba"], results["xla"], strict=True):
+        assert _rel(got, want) < 1e-5
+
+
+def test_the_fast_backend_trains_with_the_numba_kernels(monkeypatch):
+    """A silent fallback to XLA would pass every maths test: count the kernel calls."""
+    from lstm_core import fast_stack
+    from lstm_core.config import ModelConfig
+    from lstm_core.model import build_model
+
+    calls = {"forward": 0, "backward": 0}
+    real = {"forward": fast_stack._call_forward, "backward": fast_stack._call_backward}
+
+    def counting(name):
+        def call(*arrays):
+            calls[name] += 1
+            return real[name](*arrays)
+
+        return call
+
+    monkeypatch.setattr(fast_stack, "_call_forward", counting("forward"))
+    monkeypatch.setattr(fast_stack, "_call_backward", counting("backward"))
+    model = build_model(ModelConfig(layers=2, units=4, backend="fast"), 6, 1, 1, seed=0)
+    x = np.random.default_rng(0).normal(size=(8, 6, 1)).astype("float32")
+    model.fit(x, x[:, -1], epochs=1, batch_size=4, verbose=0)
+    # two batches, each cut in two halves
+    assert calls == {"forward": 4, "backward": 4}
+
+
+def test_unknown_kernel_is_rejected():
+    with pytest.raises(ValueError, match="unknown kernel"):
+        FastLSTMStack(4, 2, kernel="cuda")

@@ -72,7 +72,10 @@ def test_seeded_build_and_deterministic_prediction():
     assert predict_scaled(a, X[:0]).shape == (0, 1)
 
 
-@pytest.mark.parametrize(("backend", "layer"), [("fast", "FastLSTMStack"), ("fused", "FastLSTM")])
+@pytest.mark.parametrize(
+    ("backend", "layer"),
+    [("fast", "FastLSTMStack"), ("wavefront", "FastLSTMStack"), ("fused", "FastLSTM")],
+)
 def test_native_keras_format_round_trip_in_safe_mode(tmp_path, backend, layer):
     import keras
 
@@ -86,5 +89,6 @@ def test_native_keras_format_round_trip_in_safe_mode(tmp_path, backend, layer):
     model.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)
     assert type(loaded.layers[0]).__name__ == layer
+    assert getattr(loaded.layers[0], "kernel", None) == getattr(model.layers[0], "kernel", None)
     np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
     loaded.fit(x, x[:, -1, :], epochs=1, batch_size=3, verbose=0)  # compiled state restored

@@ -1,0 +1,252 @@
+"""Numba CPU kernels for FastLSTMStack's training pass: forward (saving activations) and BPTT.
+
+Why not XLA here: a profile of the XLA wavefront (``lstm_core.fast_stack``) on this 2-core CPU
+showed its 63-wave loops spending more wall time in XLA's per-op executor (thunk dispatch,
+hops between threads) than in arithmetic.  These kernels run the same maths as plain compiled
+loops with BLAS for the matmuls, so a time step costs one small BLAS call plus a vectorised
+gate loop, and no wavefront is needed: layers run one after the other, each layer's input
+projection for all steps is one matmul, and only ``h(t-1) @ recurrent_kernel`` stays on the
+sequential chain (``δz @ recurrent_kernelᵀ`` backwards).
+
+Maths as ``keras.layers.LSTM`` (gate order i, f, c, o) and the tutorial's BPTT (see
+``reference.backward``).  Dropout between layers uses the wavefront path's masks: layer l's
+input at step t is multiplied by ``masks[t + l, l - 1]`` (wave w = t + l), so both paths
+train identically from the same seed.  float32 computes tanh with the rational approximation
+Eigen and XLA use (σ(z) = ½·tanh(½z) + ½), which the compiler vectorises; float64 uses libm.
+
+Arrays are time-major inside: (layer, step, batch, unit).  No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+__all__ = ["stack_backward", "stack_forward", "tune_process"]
+
+_F = np.float32
+# Eigen's float tanh: odd rational approximation on [-7.905, 7.905] (float32 tanh is ±1 beyond)
+_CLAMP = _F(7.90531110763549805)
+_A1, _A3, _A5 = _F(4.89352455891786e-03), _F(6.37261928875436e-04), _F(1.48572235717979e-05)
+_A7, _A9 = _F(5.12229709037114e-08), _F(-8.60467152213735e-11)
+_A11, _A13 = _F(2.00018790482477e-13), _F(-2.76076847742355e-16)
+_B0, _B2 = _F(4.89352518554385e-03), _F(2.26843463243900e-03)
+_B4, _B6 = _F(1.18534705686654e-04), _F(1.19825839466702e-06)
+
+
+def _tanh(x):  # pragma: no cover - only its Numba overload below runs
+    raise NotImplementedError
+
+
+@overload(_tanh, inline="always", jit_options={"fastmath": True, "error_model": "numpy"})
+def _tanh_overload(x):
+    if isinstance(x, types.Float) and x.bitwidth == 32:
+
+        def tanh32(x):
+            x = np.minimum(np.maximum(x, -_CLAMP), _CLAMP)
+            x2 = x * x
+            p = x2 * (x2 * (x2 * (x2 * (x2 * (x2 * _A13 + _A11) + _A9) + _A7) + _A5) + _A3) + _A1
+            q = x2 * (x2 * (x2 * _B6 + _B4) + _B2) + _B0
+            return x * p / q
+
+        return tanh32
+    return lambda x: np.tanh(x)
+
+
+# error_model="numpy": no ZeroDivisionError branch in the loops, so they vectorise.
+_JIT = {"nogil": True, "fastmath": True, "error_model": "numpy", "cache": True}
+
+
+@njit(**_JIT)
+def stack_forward(x, kernel0, wst, bias, masks, h0, c0):  # pragma: no cover - compiled
+    """Forward pass of L stacked LSTM layers, keeping what ``stack_backward`` needs.
+
+    ``x`` (B, T, n_in); ``kernel0`` (n_in, 4u); ``wst`` (L, 2u, 4u) = [kernel; recurrent] per
+    layer (layer 0's kernel half unused); ``bias`` (L, 4u); ``masks`` (T + L - 1, L - 1, B, u)
+    or an empty first axis for no dropout; ``h0``, ``c0`` (L, B, u).  Returns top (B, T, u),
+    h_last, c_last (L, B, u) and the saved inp (L, T, B, u), gates (L, T, B, 4u), cells
+    (L, T + 1, B, u), tanh_c (L, T, B, u), hs (L, T + 1, B, u).
+    """
+    n_b, n_t, n_in = x.shape
+    n_l = wst.shape[0]
+    u = wst.shape[2] // 4
+    dt = x.dtype
+    gates = np.empty((n_l, n_t, n_b, 4 * u), dt)
+    cells = np.empty((n_l, n_t + 1, n_b, u), dt)
+    tanh_c = np.empty((n_l, n_t, n_b, u), dt)
+    hs = np.empty((n_l, n_t + 1, n_b, u), dt)
+    inp = np.zeros((n_l, n_t, n_b, u), dt)
+    # σ(z) = ½·tanh(½z) + ½ for i, f, o; tanh for the candidate: one tanh loop for all four
+    scale = np.full(4 * u, 0.5, dt)
+    shift = np.full(4 * u, 0.5, dt)
+    scale[2 * u : 3 * u] = 1.0
+    shift[2 * u : 3 * u] = 0.0
+    zin = np.empty((n_t * n_b, 4 * u), dt)
+    for ly in range(n_l):
+        hs[ly, 0] = h0[ly]
+        cells[ly, 0] = c0[ly]
+        rec = np.ascontiguousarray(wst[ly, u:])
+        if ly == 0:
+            for t in range(n_t):
+                for b in range(n_b):
+                    row = zin[t * n_b + b]
+                    row[:] = bias[0]
+                    for k in range(n_in):
+                        xv = x[b, t, k]
+                        for j in range(4 * u):
+                            row[j] += xv * kernel0[k, j]
+        else:
+            # layer ly's input at step t: layer ly-1's h(t), masked (wave t + ly)
+            if masks.shape[0] > 0:
+                for t in range(n_t):
+                    for b in range(n_b):
+                        src, m, dst = hs[ly - 1, t + 1, b], masks[t + ly, ly - 1, b], inp[ly, t, b]
+                        for j in range(u):
+                            dst[j] = src[j] * m[j]
+            else:
+                inp[ly] = hs[ly - 1, 1:]
+            zin[:] = np.dot(inp[ly].reshape(n_t * n_b, u), np.ascontiguousarray(wst[ly, :u]))
+            for r in range(n_t * n_b):
+                for j in range(4 * u):
+                    zin[r, j] += bias[ly, j]
+        for t in range(n_t):
+            z = np.dot(hs[ly, t], rec)  # (B, 4u): the only matmul on the sequential chain
+            for b in range(n_b):
+                g = gates[ly, t, b]
+                zr = z[b]
+                zi = zin[t * n_b + b]
+                for j in range(4 * u):
+                    g[j] = _tanh((zr[j] + zi[j]) * scale[j]) * scale[j] + shift[j]
+                c_prev = cells[ly, t, b]
+                c_new = cells[ly, t + 1, b]
+                tc = tanh_c[ly, t, b]
+                h_new = hs[ly, t + 1, b]
+                for j in range(u):
+                    c = g[u + j] * c_prev[j] + g[j] * g[2 * u + j]
+                    c_new[j] = c
+                    tc[j] = _tanh(c)
+                    h_new[j] = g[3 * u + j] * tc[j]
+    top = np.empty((n_b, n_t, u), dt)
+    for t in range(n_t):
+        for b in range(n_b):
+            top[b, t] = hs[n_l - 1, t + 1, b]
+    h_last = np.ascontiguousarray(hs[:, n_t])
+    c_last = np.ascontiguousarray(cells[:, n_t])
+    return top, h_last, c_last, inp, gates, cells, tanh_c, hs
+
+
+@njit(**_JIT)
+def stack_backward(
+    x, kernel0, wst, masks, inp, gates, cells, tanh_c, hs, d_seq, d_h_last, d_c_last
+):  # pragma: no cover - compiled
+    """BPTT through ``stack_forward``: gradients of (x, h0, c0, kernel0, wst, bias).
+
+    ``d_seq`` (B, T, u) is the upstream gradient of the top layer's sequence, ``d_h_last`` and
+    ``d_c_last`` (L, B, u) those of the final states.
+    """
+    n_b, n_t, n_in = x.shape
+    n_l = wst.shape[0]
+    u = wst.shape[2] // 4
+    dt = x.dtype
+    d_wst = np.zeros((n_l, 2 * u, 4 * u), dt)
+    d_bias = np.zeros((n_l, 4 * u), dt)
+    dh0 = np.empty((n_l, n_b, u), dt)
+    dc0 = np.empty((n_l, n_b, u), dt)
+    dx = np.zeros((n_b, n_t, n_in), dt)
+    d_kernel0 = np.zeros((n_in, 4 * u), dt)
+    d_out = np.empty((n_t, n_b, u), dt)  # gradient reaching this layer's output sequence
+    for t in range(n_t):
+        for b in range(n_b):
+            d_out[t, b] = d_seq[b, t]
+    dz_all = np.empty((n_t * n_b, 4 * u), dt)
+    one = np.ones(1, dt)[0]  # a literal 1.0 would turn float32 maths into float64
+    for ly in range(n_l - 1, -1, -1):
+        rec_t = np.ascontiguousarray(wst[ly, u:].T)
+        dh_rec = d_h_last[ly].copy()  # what h(t) receives from step t+1
+        dc_next = d_c_last[ly].copy()  # δC(t+1)·f(t+1)
+        for t in range(n_t - 1, -1, -1):
+            for b in range(n_b):
+                g = gates[ly, t, b]
+                tc = tanh_c[ly, t, b]
+                c_prev = cells[ly, t, b]
+                d_o = d_out[t, b]
+                d_r = dh_rec[b]
+                d_c = dc_next[b]
+                dz = dz_all[t * n_b + b]
+                for j in range(u):
+                    i_g = g[j]
+                    f_g = g[u + j]
+                    a_g = g[2 * u + j]
+                    o_g = g[3 * u + j]
+                    dh = d_o[j] + d_r[j]
+                    dc = d_c[j] + dh * o_g * (one - tc[j] * tc[j])  # the tutorial's δC(t)
+                    dz[j] = dc * a_g * i_g * (one - i_g)
+                    dz[u + j] = dc * c_prev[j] * f_g * (one - f_g)
+                    dz[2 * u + j] = dc * i_g * (one - a_g * a_g)
+                    dz[3 * u + j] = dh * tc[j] * o_g * (one - o_g)
+                    d_c[j] = dc * f_g
+            dh_rec = np.dot(dz_all[t * n_b : (t + 1) * n_b], rec_t)
+        dh0[ly] = dh_rec
+        dc0[ly] = dc_next
+        # weight gradients summed over steps and batch: one matmul each
+        d_wst[ly, u:] = np.dot(hs[ly, :n_t].reshape(n_t * n_b, u).T, dz_all)
+        for r in range(n_t * n_b):
+            for j in range(4 * u):
+                d_bias[ly, j] += dz_all[r, j]
+        if ly > 0:
+            d_wst[ly, :u] = np.dot(inp[ly].reshape(n_t * n_b, u).T, dz_all)
+            d_in = np.dot(dz_all, np.ascontiguousarray(wst[ly, :u].T))  # (T·B, u)
+            if masks.shape[0] > 0:
+                for t in range(n_t):
+                    for b in range(n_b):
+                        src, m, dst = d_in[t * n_b + b], masks[t + ly, ly - 1, b], d_out[t, b]
+                        for j in range(u):
+                            dst[j] = src[j] * m[j]
+            else:
+                d_out[:] = d_in.reshape(n_t, n_b, u)
+        else:
+            for t in range(n_t):
+                for b in range(n_b):
+                    dz = dz_all[t * n_b + b]
+                    for k in range(n_in):
+                        xv = x[b, t, k]
+                        for j in range(4 * u):
+                            dx[b, t, k] += dz[j] * kernel0[k, j]
+                            d_kernel0[k, j] += xv * dz[j]
+    return dx, dh0, dc0, d_kernel0, d_wst, d_bias
+
+
+@functools.cache
+def tune_process() -> dict[str, Any]:
+    """Once per process, before the kernels run: one BLAS thread, and glibc keeps freed memory.
+
+    * The kernels' matmuls are small and two batch slices run side by side on the two cores:
+      BLAS's own threads would only fight them.
+    * A training step allocates and frees ~6 MB per slice.  With glibc's defaults those blocks
+      are mmap'ed and returned each time, and page-faulting them in from two threads at once
+      doubled the forward kernel's time (measured: 8.7 ms vs 4.4 ms per half-batch).  Raising
+      the mmap and trim thresholds makes glibc reuse the memory.
+    Returns what was done (for logs and tests).
+    """
+    done: dict[str, Any] = {}
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=1, user_api="blas")
+        done["blas_threads"] = 1
+    except Exception as exc:  # pragma: no cover - threadpoolctl is a dependency
+        done["blas_threads"] = f"unchanged ({exc})"
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 256 << 20)
+        done["malloc"] = "glibc thresholds raised" if ok else "mallopt refused"
+    except (OSError, AttributeError):  # not glibc (no mallopt): nothing to tune
+        done["malloc"] = "not glibc"
+    return done

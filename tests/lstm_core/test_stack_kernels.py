@@ -1,0 +1,113 @@
+"""The Numba kernels on their own (NumPy in, NumPy out) against the tutorial's NumPy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lstm_core import reference as ref
+
+pytest.importorskip("numba")
+
+from lstm_core.stack_kernels import stack_backward, stack_forward, tune_process  # noqa: E402
+
+N_IN, UNITS, LAYERS, BATCH, STEPS = 2, 4, 3, 3, 7
+
+
+def _weights(dtype=np.float64):
+    """Keras-layout weights per layer, and the kernels' packed (kernel0, wst, bias)."""
+    rng = np.random.default_rng(11)
+    per_layer = []
+    for i in range(LAYERS):
+        n_in = N_IN if i == 0 else UNITS
+        per_layer.append(
+            [
+                rng.uniform(-0.6, 0.6, s)
+                for s in ((n_in, 4 * UNITS), (UNITS, 4 * UNITS), (4 * UNITS,))
+            ]  # fmt: skip
+        )
+    kernel0 = per_layer[0][0]
+    wst = np.stack([
+        np.concatenate([np.zeros((UNITS, 4 * UNITS)) if i == 0 else k, r])
+        for i, (k, r, _) in enumerate(per_layer)
+    ])  # fmt: skip
+    bias = np.stack([b for _, _, b in per_layer])
+    packed = tuple(a.astype(dtype) for a in (kernel0, wst, bias))
+    return per_layer, packed
+
+
+def _no_masks(dtype=np.float64):
+    return np.zeros((0, LAYERS - 1, BATCH, UNITS), dtype)
+
+
+def _zeros(dtype=np.float64):
+    return np.zeros((LAYERS, BATCH, UNITS), dtype)
+
+
+def test_forward_and_bptt_equal_the_reference_layer_by_layer():
+    per_layer, (kernel0, wst, bias) = _weights()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(BATCH, STEPS, N_IN))
+    d_seq = rng.normal(size=(BATCH, STEPS, UNITS))
+    top, h_last, c_last, *saved = stack_forward(
+        x, kernel0, wst, bias, _no_masks(), _zeros(), _zeros()
+    )
+    params = [ref.from_keras_weights(*w) for w in per_layer]
+    caches, h = [], x
+    for p in params:
+        caches.append(ref.forward(p, h))
+        h = caches[-1].h
+    np.testing.assert_allclose(top, h, atol=1e-12)
+    np.testing.assert_allclose(h_last[-1], h[:, -1], atol=1e-12)
+
+    dx, dh0, dc0, d_kernel0, d_wst, d_bias = stack_backward(
+        x, kernel0, wst, _no_masks(), *saved, d_seq, _zeros(), _zeros()
+    )
+    upstream = d_seq
+    for i in reversed(range(LAYERS)):
+        grads = ref.backward(params[i], caches[i], dh_seq=upstream)
+        d_k, d_r, d_b = ref.to_keras_weights(grads)[:3]
+        np.testing.assert_allclose(d_wst[i, UNITS:], d_r, atol=1e-10)
+        np.testing.assert_allclose(d_bias[i], d_b, atol=1e-10)
+        if i > 0:
+            np.testing.assert_allclose(d_wst[i, :UNITS], d_k, atol=1e-10)
+        else:
+            np.testing.assert_allclose(d_kernel0, d_k, atol=1e-10)
+            np.testing.assert_allclose(dx, grads.dx, atol=1e-10)
+        upstream = grads.dx
+    assert not d_wst[0, :UNITS].any()  # layer 0's unused input half gets no gradient
+
+
+def test_masks_multiply_each_layers_input_at_wave_t_plus_layer():
+    _, (kernel0, wst, bias) = _weights()
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(BATCH, STEPS, N_IN))
+    masks = (rng.random((STEPS + LAYERS - 1, LAYERS - 1, BATCH, UNITS)) > 0.3) / 0.7
+    *_, inp, _, _, _, hs = stack_forward(x, kernel0, wst, bias, masks, _zeros(), _zeros())
+    for layer in range(1, LAYERS):
+        for t in range(STEPS):
+            np.testing.assert_array_equal(
+                inp[layer, t], hs[layer - 1, t + 1] * masks[t + layer, layer - 1]
+            )
+
+
+def test_float32_rational_tanh_stays_within_float32_noise_of_float64():
+    _, packed64 = _weights()
+    _, packed32 = _weights(np.float32)
+    x = np.random.default_rng(2).normal(size=(BATCH, STEPS, N_IN))
+    top64 = stack_forward(x, *packed64, _no_masks(), _zeros(), _zeros())[0]
+    top32 = stack_forward(
+        x.astype(np.float32), *packed32, _no_masks(np.float32), _zeros(np.float32),
+        _zeros(np.float32),
+    )[0]  # fmt: skip
+    assert top32.dtype == np.float32
+    np.testing.assert_allclose(top32, top64, atol=2e-6)
+
+
+def test_tune_process_limits_blas_to_one_thread():
+    done = tune_process()
+    assert done["blas_threads"] == 1
+    from threadpoolctl import threadpool_info
+
+    assert all(pool["num_threads"] == 1 for pool in threadpool_info()
+               if pool["user_api"] == "blas")  # fmt: skip
