@@ -1,16 +1,18 @@
-"""Where a training step's time goes: the wavefront LSTM stack's pieces and whole train steps.
+"""Where a training step's time goes: the LSTM stack's kernels and whole train steps.
 
 Usage:  .venv/bin/python benchmarks/bench_stack.py [--calls 40]
 
 The tutorial's shape throughout: 4 layers x 50 units, 60 steps, 1 feature. Prints, in ms per call
 (wall and process CPU):
 
-* the compiled programs of ``lstm_core.fast_stack`` at batch 16 and 32: training forward
-  (saves activations, draws dropout masks), backward, inference forward;
-* forward + backward of the whole stack with the batch cut in 1 and 2 parts (2 = each half on
-  its own core);
+* at batch 16 and 32: the Numba kernels of ``lstm_core.stack_kernels`` (training forward,
+  backward) and the XLA programs of ``lstm_core.fast_stack`` (training forward with its
+  dropout masks, backward, inference forward);
+* forward + backward of the whole stack, per kernel, with the batch cut in 1 and 2 parts
+  (2 = each half on its own core);
 * one ``train_on_batch`` (batch 32, Dropout 0.2, Adam) for each ``model.backend``: "fast"
-  (FastLSTMStack), "fused" (FastLSTM per layer under XLA), "keras" (plain, as the tutorial).
+  (FastLSTMStack, Numba), "wavefront" (FastLSTMStack, XLA), "fused" (FastLSTM per layer under
+  XLA), "keras" (plain, as the tutorial).
 """
 
 from __future__ import annotations
@@ -49,7 +51,10 @@ def main() -> None:
     tf.get_logger().setLevel("ERROR")
     from lstm_core.config import ModelConfig
     from lstm_core.fast_stack import _compiled, wavefront_lstm_stack
-    from lstm_core.model import build_model
+    from lstm_core.model import BACKENDS, build_model
+    from lstm_core.stack_kernels import stack_backward, stack_forward, tune_process
+
+    print(f"process tuning for the Numba kernels: {tune_process()}")
 
     rng = np.random.default_rng(0)
     k0 = tf.constant(rng.normal(size=(1, 4 * UNITS)) * 0.1, tf.float32)
@@ -68,22 +73,30 @@ def main() -> None:
               zeros, calls=args.calls)  # fmt: skip
         timed(f"B={batch} inference forward", infer, x, zeros, zeros, k0, wst, bias, seed, 0.0,
               calls=args.calls)  # fmt: skip
-        for parts in (1, 2):
+        arrays = [np.asarray(a) for a in (x, k0, wst, bias, out[5], zeros, zeros)]
+        saved = stack_forward(*arrays)
+        timed(f"B={batch} Numba training forward", stack_forward, *arrays, calls=args.calls)
+        timed(f"B={batch} Numba backward", stack_backward, *arrays[:3], arrays[4], *saved[3:],
+              np.asarray(d_seq), arrays[5], arrays[6], calls=args.calls)  # fmt: skip
+        for kernel in ("numba", "xla"):
+            for parts in (1, 2):
 
-            @tf.function
-            def fwd_bwd(x: Any, zeros: Any = zeros, parts: int = parts) -> Any:
-                with tf.GradientTape() as tape:
-                    tape.watch([k0, wst, bias])
-                    seq = wavefront_lstm_stack(x, zeros, zeros, k0, wst, bias, 0.2, seed, parts)
-                    loss = tf.reduce_sum(seq[0][:, -1])
-                return tape.gradient(loss, [k0, wst, bias])
+                @tf.function
+                def fwd_bwd(x: Any, zeros: Any = zeros, parts: int = parts, kernel=kernel) -> Any:
+                    with tf.GradientTape() as tape:
+                        tape.watch([k0, wst, bias])
+                        seq = wavefront_lstm_stack(
+                            x, zeros, zeros, k0, wst, bias, 0.2, seed, parts, kernel
+                        )
+                        loss = tf.reduce_sum(seq[0][:, -1])
+                    return tape.gradient(loss, [k0, wst, bias])
 
-            timed(f"B={batch} forward+backward, batch in {parts} part(s)", fwd_bwd, x,
-                  calls=args.calls)  # fmt: skip
+                timed(f"B={batch} {kernel} forward+backward, {parts} part(s)", fwd_bwd, x,
+                      calls=args.calls)  # fmt: skip
 
     X = rng.random((32, STEPS, 1)).astype("float32")
     y = rng.random((32, 1)).astype("float32")
-    for backend in ("fast", "fused", "keras"):
+    for backend in BACKENDS:
         model = build_model(ModelConfig(backend=backend), STEPS, 1, 1, seed=0)
         timed(f"train_on_batch(32), backend={backend}", model.train_on_batch, X, y,
               calls=args.calls)  # fmt: skip

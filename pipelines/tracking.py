@@ -204,7 +204,23 @@ def log_dataset(
         frame, source=LocalArtifactDatasetSource(source), name=name, digest=digest[:36]
     )
     tags = [InputTag(key="mlflow.data.context", value=context)]
-    _client().log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=tags)])
+    inputs = [DatasetInput(ds._to_mlflow_entity(), tags=tags)]
+    for attempt in range(3):
+        try:
+            _client().log_inputs(run_id, datasets=inputs)
+            return
+        except Exception as exc:
+            # Two runs logging the same new dataset at once: MLflow's store looks it up, finds
+            # nothing, and both insert it; the second insert breaks the datasets table's unique
+            # key and is rolled back. Once the first commits, a retry finds and reuses it.
+            if attempt == 2 or not _is_duplicate_key(exc):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def _is_duplicate_key(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__}: {exc}"
+    return "IntegrityError" in text or "UNIQUE constraint failed" in text
 
 
 def end_run(run_id: str, ok: bool) -> None:

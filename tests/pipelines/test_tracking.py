@@ -171,3 +171,61 @@ def test_promotion_by_alias_refusal_manual_promote_and_rollback(trained, client,
     tags = tracking.get_version(MODEL, orphan.version).tags
     assert tags[tracking.TAG_PENDING] == "false" and tags[tracking.TAG_PROMOTED] == "false"
     assert "stopped before" in tags[tracking.TAG_REASON]
+
+
+@pytest.fixture
+def dataset_run(tmp_path):
+    """A run in a fresh SQLite store, and a one-row frame to log as its dataset."""
+    import mlflow
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = mlflow.create_experiment("race", artifact_location=str(tmp_path / "artifacts"))
+    run_id = MlflowClient().create_run(exp).info.run_id
+    yield run_id, pd.DataFrame({"date": ["2020-01-01"], "close": [1.0]})
+    mlflow.set_tracking_uri(previous)
+
+
+def test_dataset_logged_by_a_racing_run_is_reused_after_a_duplicate_key(dataset_run, monkeypatch):
+    """Two runs inserting the same new dataset at once: the loser retries and reuses it."""
+    import sqlalchemy.exc
+    from mlflow import MlflowClient
+
+    from pipelines import tracking
+
+    run_id, frame = dataset_run
+    real, calls = MlflowClient.log_inputs, []
+
+    def racing(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.IntegrityError(
+                "INSERT INTO datasets", {}, Exception("UNIQUE constraint failed: datasets.name")
+            )
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_inputs", racing)
+    tracking.log_dataset(run_id, frame, source="/data/x", digest="d" * 40, name="X")
+    assert len(calls) == 2
+    inputs = MlflowClient().get_run(run_id).inputs.dataset_inputs
+    assert [d.dataset.name for d in inputs] == ["X"]
+
+
+def test_other_dataset_errors_are_not_retried(dataset_run, monkeypatch):
+    from mlflow import MlflowClient
+
+    from pipelines import tracking
+
+    run_id, frame = dataset_run
+    calls = []
+
+    def broken(self, *args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(MlflowClient, "log_inputs", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        tracking.log_dataset(run_id, frame, source="/data/x", digest="d" * 40, name="X")
+    assert len(calls) == 1
