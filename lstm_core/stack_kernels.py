@@ -234,6 +234,7 @@ def tune_process() -> dict[str, Any]:
     """
     done: dict[str, Any] = {}
     try:
+        import scipy.linalg.cython_blas  # noqa: F401  (Numba's BLAS: loaded before limiting it)
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(limits=1, user_api="blas")
