@@ -10,8 +10,9 @@ In one process and on the same data:
     ``range(60, 2035)``, four LSTM(50) + Dropout(0.2), Dense(1), Adam, MSE, batch 32, NumPy
     arrays into ``model.fit`` (shuffled, as ``fit``'s default);
 (b) the project's path: ``lstm_core.model.build_model(ModelConfig(), ...)`` (backend "fast":
-    one ``FastLSTMStack``, see lstm_core/fast_stack.py; ``--backend fused|keras`` for the
-    others) + ``lstm_core.train.train_model(..., TrainingConfig(epochs=E, batch_size=32))``.
+    one ``FastLSTMStack`` trained by the Numba kernels of lstm_core/stack_kernels.py;
+    ``--backend wavefront|fused|keras`` for the others) +
+    ``lstm_core.train.train_model(..., TrainingConfig(epochs=E, batch_size=32))``.
 
 Both get the same held-out validation set: the next 300 windows (targets rows 2035..2334),
 scaled with the same scaler, evaluated at the end of every epoch (so epoch times include one
@@ -312,7 +313,9 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=200, help="timed pyfunc predict calls")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument(
-        "--backend", default="fast", help="project path's model.backend (fast | fused | keras)"
+        "--backend",
+        default="fast",
+        help="project path's model.backend (fast | wavefront | fused | keras)",
     )
     args = ap.parse_args()
     if args.epochs < 2:

@@ -102,7 +102,17 @@ def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for pkg in ("tensorflow", "keras", "mlflow", "prefect", "pandas", "numpy", "scikit-learn"):
+    # numba: the "fast" backend trains with its kernels, so a run records its version too
+    for pkg in (
+        "tensorflow",
+        "keras",
+        "mlflow",
+        "prefect",
+        "pandas",
+        "numpy",
+        "scikit-learn",
+        "numba",
+    ):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
