@@ -29,7 +29,7 @@ Two kernels run a slice's training pass (``kernel``):
 * ``"numba"`` (default): ``lstm_core.stack_kernels``, compiled CPU loops with BLAS matmuls,
   layer by layer, called through ``tf.numpy_function``; float32 and float64;
 * ``"xla"``: the wavefront above as XLA programs (slower here: XLA's per-op overhead on 63
-  small waves dominates; see benchmarks/bench_train.py).
+  small waves; see ``lstm_core.stack_kernels`` and benchmarks/bench_stack.py).
 
 Both draw the same dropout masks from the same seed and compute the same maths.  Inference
 (and Monte Carlo dropout) always uses the XLA wavefront program: it saves nothing.
