@@ -308,19 +308,17 @@ def serving_latency(model: Any, frame: Any, calls: int) -> dict[str, float]:
 
 
 def main() -> None:
+    sys.path.insert(0, str(ROOT))
+    from lstm_core.model import BACKENDS
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=4, help="epochs per path (>= 2; default 4)")
     ap.add_argument("--calls", type=int, default=200, help="timed pyfunc predict calls")
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument(
-        "--backend",
-        default="fast",
-        help="project path's model.backend (fast | wavefront | fused | keras)",
-    )
+    ap.add_argument("--backend", default="fast", choices=BACKENDS, help="project path's backend")
     args = ap.parse_args()
     if args.epochs < 2:
         ap.error("--epochs must be >= 2 (epoch 1 is excluded from the timing)")
-    sys.path.insert(0, str(ROOT))
 
     import numpy as np
     import tensorflow as tf

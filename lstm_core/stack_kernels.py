@@ -229,10 +229,11 @@ def tune_process() -> dict[str, Any]:
 
     * The kernels' matmuls are small and two batch slices run side by side on the two cores:
       BLAS's own threads would only fight them.
-    * A training step allocates and frees ~6 MB per slice.  With glibc's defaults those blocks
-      are mmap'ed and returned each time, and page-faulting them in from two threads at once
-      doubled the forward kernel's time (measured: 8.7 ms vs 4.4 ms per half-batch).  Raising
-      the mmap and trim thresholds makes glibc reuse the memory.
+    * A training step allocates and frees ~6 MB per slice.  With glibc's defaults blocks that
+      large are mmap'ed and returned each time, so every step faults its pages in again; with
+      both slices doing so at once, the forward kernel took 8.3–10.7 ms per half-batch inside
+      the training graph, and 4.4–5.7 ms once the mmap and trim thresholds were raised (which
+      makes glibc reuse the memory).
     Returns what was done (for logs and tests).
     """
     done: dict[str, Any] = {}

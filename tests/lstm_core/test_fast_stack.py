@@ -14,10 +14,10 @@ from lstm_core import reference as ref
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from lstm_core.fast_stack import FastLSTMStack, _dropout_masks  # noqa: E402
+from lstm_core.fast_stack import FastLSTMStack, _masks_program  # noqa: E402
 
-# the masks are only ever drawn inside the layer's XLA programs (threefry needs XLA on CPU)
-_masks = tf.function(_dropout_masks, jit_compile=True)
+# the masks both kernels use: an XLA program (threefry needs XLA on CPU)
+_masks = _masks_program()
 
 N_IN, UNITS, LAYERS, BATCH, STEPS = 2, 5, 3, 5, 9
 
