@@ -10,9 +10,10 @@ In one process and on the same data:
     ``range(60, 2035)``, four LSTM(50) + Dropout(0.2), Dense(1), Adam, MSE, batch 32, NumPy
     arrays into ``model.fit`` (shuffled, as ``fit``'s default);
 (b) the project's path: ``lstm_core.model.build_model(ModelConfig(), ...)`` (backend "fast":
-    one ``FastLSTMStack`` trained by the Numba kernels of lstm_core/stack_kernels.py;
-    ``--backend wavefront|fused|keras`` for the others) +
-    ``lstm_core.train.train_model(..., TrainingConfig(epochs=E, batch_size=32))``.
+    one ``FastLSTMStack``; ``--backend wavefront|fused|keras`` for the others) +
+    ``lstm_core.train.train_model(..., TrainingConfig(epochs=E, batch_size=32))``, which
+    trains the "fast" network in lstm_core/stack_trainer.py's Numba loop (``--loop keras``:
+    keras' fit with the same layer's Numba kernels, the previous path).
 
 Both get the same held-out validation set: the next 300 windows (targets rows 2035..2334),
 scaled with the same scaler, evaluated at the end of every epoch (so epoch times include one
@@ -209,11 +210,19 @@ class TutorialRun:
 
 
 def train_both(
-    X: Any, y: Any, Xv: Any, yv: Any, epochs: int, seed: int, backend: str = "fast"
+    X: Any,
+    y: Any,
+    Xv: Any,
+    yv: Any,
+    epochs: int,
+    seed: int,
+    backend: str = "fast",
+    loop: str = "auto",
 ) -> dict[str, Any]:
     """Tutorial epoch 1, then project epoch k followed by tutorial epoch k+1 (interleaved)."""
     import keras
 
+    from lstm_core import stack_trainer
     from lstm_core.config import ModelConfig, TrainingConfig
     from lstm_core.model import build_model
     from lstm_core.train import train_model
@@ -236,10 +245,12 @@ def train_both(
         y.reshape(-1, 1),
         Xv,
         yv.reshape(-1, 1),
-        TrainingConfig(epochs=epochs, batch_size=BATCH, seed=seed),
+        TrainingConfig(epochs=epochs, batch_size=BATCH, seed=seed, loop=loop),
         callbacks=[timer, Interleave()],
     )
     layer = type(model.layers[0]).__name__
+    numba_loop = loop == "auto" and stack_trainer.eligible(model) is None
+    how = "lstm_core.stack_trainer's Numba loop" if numba_loop else "keras fit"
     return {
         "tutorial": {
             "model": tutorial.model, "history": tutorial.history, "epoch_s": tutorial.epoch_s,
@@ -250,7 +261,8 @@ def train_both(
             "history": result.history,
             "epoch_s": timer.seconds,
             "cpu_s": timer.cpu_seconds,
-            "what": f"backend={model_cfg.backend!r} ({layer}, jit_compile={model.jit_compile})",
+            "what": f"backend={model_cfg.backend!r} ({layer}, jit_compile={model.jit_compile}), "
+            f"trained by {how}",
         },
     }  # fmt: skip
 
@@ -316,6 +328,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=200, help="timed pyfunc predict calls")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--backend", default="fast", choices=BACKENDS, help="project path's backend")
+    ap.add_argument("--loop", default="auto", choices=("auto", "keras"), help="TrainingConfig.loop")
     args = ap.parse_args()
     if args.epochs < 2:
         ap.error("--epochs must be >= 2 (epoch 1 is excluded from the timing)")
@@ -333,7 +346,7 @@ def main() -> None:
           "epoch includes one validation pass; the two paths alternate epoch by epoch")  # fmt: skip
 
     t0 = time.perf_counter()
-    runs = train_both(X, y, Xv, yv, args.epochs, args.seed, args.backend)
+    runs = train_both(X, y, Xv, yv, args.epochs, args.seed, args.backend, args.loop)
     print(f"  trained both in {time.perf_counter() - t0:.1f} s", flush=True)
     for r in runs.values():
         r["sps"] = len(X) * (args.epochs - 1) / sum(r["epoch_s"][1:])

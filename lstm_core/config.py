@@ -69,6 +69,10 @@ class TrainingConfig(_Frozen):
     seed: int = Field(42, ge=0)
     early_stopping_patience: int = Field(0, ge=0, description="0 disables early stopping")
     shuffle: bool = True
+    # "auto": a "fast" model (FastLSTMStack -> Dropout -> Dense, Adam, MSE) trains in
+    # lstm_core.stack_trainer's Numba loop, any other model through keras' fit; "keras":
+    # always keras' fit (the slower fallback).
+    loop: Literal["auto", "keras"] = "auto"
 
 
 class EvaluationConfig(_Frozen):

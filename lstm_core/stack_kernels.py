@@ -29,7 +29,14 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-__all__ = ["stack_backward", "stack_forward", "tune_process"]
+__all__ = [
+    "adam_update",
+    "dropout_masks",
+    "stack_backward",
+    "stack_forward",
+    "train_slice",
+    "tune_process",
+]
 
 _F = np.float32
 # Eigen's float tanh: odd rational approximation on [-7.905, 7.905] (float32 tanh is ±1 beyond)
@@ -221,6 +228,115 @@ def stack_backward(
                             dx[b, t, k] += dz[j] * kernel0[k, j]
                             d_kernel0[k, j] += xv * dz[j]
     return dx, dh0, dc0, d_kernel0, d_wst, d_bias
+
+
+# splitmix64's constants: a counter-based generator, so a mask entry depends only on
+# (key, index), not on which slice or thread draws it.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31, _S40 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(40)
+
+
+@njit(inline="always", **_JIT)
+def _mix64(z):  # pragma: no cover - compiled
+    z = (z ^ (z >> _S30)) * _MIX1
+    z = (z ^ (z >> _S27)) * _MIX2
+    return z ^ (z >> _S31)
+
+
+@njit(**_JIT)
+def dropout_masks(out, key, first, rate):  # pragma: no cover - compiled
+    """Fill ``out`` with inverted-dropout multipliers: 0 (prob. ``rate``) or 1 / (1 - rate).
+
+    Entry k of ``out`` (C order) is decided by splitmix64 of counter ``first + k`` under
+    ``key``: 24 random bits compared with ``rate``.  The same (key, counter) always gives the
+    same entry, so a batch cut into slices draws exactly the masks of the whole batch.
+    """
+    flat = out.reshape(out.size)
+    keep = np.full(1, 1.0 / (1.0 - rate), out.dtype)[0]
+    zero = np.zeros(1, out.dtype)[0]
+    threshold = np.uint64(min(int(rate * 16777216.0), 16777216))
+    base = np.uint64(key) + np.uint64(first) * _GOLDEN
+    for k in range(flat.size):
+        z = _mix64(base + np.uint64(k) * _GOLDEN)
+        flat[k] = keep if (z >> _S40) >= threshold else zero
+    return out
+
+
+@njit(**_JIT)
+def train_slice(
+    x, y, kernel0, wst, bias, dense_w, dense_b, key, row0, n_total, rate, top_rate, grads
+):  # pragma: no cover - compiled
+    """One slice of a training step of stack + Dropout(top_rate) + Dense + MSE, gradients included.
+
+    ``x`` (B, T, n_in) and ``y`` (B, H) are rows ``row0 .. row0 + B`` of a batch of
+    ``n_total``; the loss is that batch's mean squared error, so the slices' gradients add
+    up to the batch's.  Dropout masks come from ``dropout_masks`` under ``key``, counted by
+    the rows' place in the whole batch.  Writes the gradients of (kernel0, wst, bias,
+    dense_w, dense_b), flattened in that order, into ``grads`` and returns the slice's sum
+    of squared errors.
+    """
+    n_b, n_t, _ = x.shape
+    n_l = wst.shape[0]
+    u = wst.shape[2] // 4
+    n_h = dense_w.shape[1]
+    dt = x.dtype
+    per_wave = (n_l - 1) * n_total * u  # counters of one wave of the stack's masks
+    if rate > 0.0 and n_l > 1:
+        masks = np.empty((n_t + n_l - 1, n_l - 1, n_b, u), dt)
+        for w in range(n_t + n_l - 1):
+            for ly in range(n_l - 1):
+                first = w * per_wave + (ly * n_total + row0) * u
+                dropout_masks(masks[w, ly], key, first, rate)
+    else:  # an empty first axis: no dropout between layers
+        masks = np.empty((0, max(n_l - 1, 1), n_b, u), dt)
+    m_top = np.ones((n_b, u), dt)
+    if top_rate > 0.0:  # counters after all the stack's waves
+        dropout_masks(m_top, key ^ np.uint64(0xD1B54A32D192ED03), row0 * u, top_rate)
+    zeros = np.zeros((n_l, n_b, u), dt)
+    top, _, _, inp, gates, cells, tanh_c, hs = stack_forward(
+        x, kernel0, wst, bias, masks, zeros, zeros
+    )
+    h_top = np.ascontiguousarray(top[:, n_t - 1]) * m_top  # (B, u) into the Dense layer
+    err = np.dot(h_top, dense_w)  # (B, H)
+    sse = 0.0
+    for b in range(n_b):
+        for k in range(n_h):
+            e = err[b, k] + dense_b[k] - y[b, k]
+            sse += float(e) * float(e)
+            err[b, k] = e
+    d_y = err * np.full(1, 2.0 / (n_total * n_h), dt)[0]  # d(mean squared error)/d(output)
+    d_dense_w = np.dot(h_top.T.copy(), d_y)
+    d_dense_b = d_y.sum(axis=0)
+    d_seq = np.zeros((n_b, n_t, u), dt)
+    d_seq[:, n_t - 1] = np.dot(d_y, dense_w.T.copy()) * m_top
+    _, _, _, d_kernel0, d_wst, d_bias = stack_backward(
+        x, kernel0, wst, masks, inp, gates, cells, tanh_c, hs, d_seq, zeros, zeros
+    )
+    pos = 0
+    for part in (d_kernel0.ravel(), d_wst.ravel(), d_bias.ravel()):
+        grads[pos : pos + part.size] = part
+        pos += part.size
+    for part in (d_dense_w.ravel(), d_dense_b.ravel()):
+        grads[pos : pos + part.size] = part
+        pos += part.size
+    return sse
+
+
+@njit(**_JIT)
+def adam_update(params, grads, m, v, alpha, one_minus_b1, one_minus_b2, eps):  # pragma: no cover
+    """keras.optimizers.Adam's update on flat float arrays; ``grads`` (slices, n) are summed
+    (into ``grads[0]``).  ``alpha`` = lr·√(1 - β₂ᵗ) / (1 - β₁ᵗ) for this step t, as Keras has it.
+    """
+    g = grads[0]
+    for s in range(1, grads.shape[0]):  # separate loops: each one vectorises
+        other = grads[s]
+        for i in range(g.size):
+            g[i] += other[i]
+    for i in range(params.size):
+        m[i] += (g[i] - m[i]) * one_minus_b1
+        v[i] += (g[i] * g[i] - v[i]) * one_minus_b2
+        params[i] -= m[i] * alpha / (np.sqrt(v[i]) + eps)
 
 
 @functools.cache

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from lstm_core import stack_trainer
 from lstm_core.config import TrainingConfig
 
 
@@ -98,9 +99,6 @@ def train_model(
     if cfg.epochs == 0:
         return TrainResult(model=model, history={"loss": [], "val_loss": []})
     keras.utils.set_random_seed(cfg.seed)
-    train_ds = _dataset(X_train, y_train, cfg.batch_size, cfg.shuffle, cfg.seed, repeat=True)
-    val_ds = _dataset(X_val, y_val, cfg.batch_size, False, cfg.seed) if has_val else None
-
     guard = _divergence_callback()
     all_callbacks: list[Any] = [guard]
     early = None
@@ -113,21 +111,37 @@ def train_model(
         all_callbacks.append(early)
     all_callbacks.extend(callbacks)
 
-    fit = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=cfg.epochs,
-        steps_per_epoch=math.ceil(len(X_train) / cfg.batch_size),
-        callbacks=all_callbacks,
-        shuffle=False,  # the tf.data pipeline already shuffles (seeded)
-        verbose=0,
-    )
+    if cfg.loop == "auto" and stack_trainer.eligible(model) is None:
+        history = stack_trainer.fit_stack(
+            model,
+            X_train,
+            y_train,
+            X_val if has_val else None,
+            y_val if has_val else None,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            shuffle=cfg.shuffle,
+            callbacks=all_callbacks,
+        )
+    else:
+        train_ds = _dataset(X_train, y_train, cfg.batch_size, cfg.shuffle, cfg.seed, repeat=True)
+        val_ds = _dataset(X_val, y_val, cfg.batch_size, False, cfg.seed) if has_val else None
+        history = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=cfg.epochs,
+            steps_per_epoch=math.ceil(len(X_train) / cfg.batch_size),
+            callbacks=all_callbacks,
+            shuffle=False,  # the tf.data pipeline already shuffles (seeded)
+            verbose=0,
+        ).history
     if guard.bad is not None:
         epoch, key, value = guard.bad
         raise TrainingDivergedError(
             f"{key} became {value} at epoch {epoch}; lower the learning rate or check the inputs"
         )
-    history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+    history = {k: [float(v) for v in vals] for k, vals in history.items()}
     history.setdefault("val_loss", [])
     return TrainResult(
         model=model,
