@@ -72,80 +72,99 @@ _JIT = {"nogil": True, "fastmath": True, "error_model": "numpy", "cache": True}
 
 
 @njit(**_JIT)
+def _unit_major(x):  # pragma: no cover - compiled
+    """(B, T, n) -> (n, T·B): column t·B + b holds x[b, t]."""
+    n_b, n_t, n = x.shape
+    out = np.empty((n, n_t * n_b), x.dtype)
+    for t in range(n_t):
+        for b in range(n_b):
+            for k in range(n):
+                out[k, t * n_b + b] = x[b, t, k]
+    return out
+
+
+@njit(**_JIT)
 def stack_forward(x, kernel0, wst, bias, masks, h0, c0):  # pragma: no cover - compiled
     """Forward pass of L stacked LSTM layers, keeping what ``stack_backward`` needs.
 
     ``x`` (B, T, n_in); ``kernel0`` (n_in, 4u); ``wst`` (L, 2u, 4u) = [kernel; recurrent] per
     layer (layer 0's kernel half unused); ``bias`` (L, 4u); ``masks`` (T + L - 1, L - 1, B, u)
     or an empty first axis for no dropout; ``h0``, ``c0`` (L, B, u).  Returns top (B, T, u),
-    h_last, c_last (L, B, u) and the saved inp (L, T, B, u), gates (L, T, B, 4u), cells
-    (L, T + 1, B, u), tanh_c (L, T, B, u), hs (L, T + 1, B, u).
+    h_last, c_last (L, B, u) and the saved activations, unit-major: inp (L, u, T·B), gates
+    (L, T, 4u, B), cells (L, T + 1, u, B), tanh_c (L, T, u, B), hs (L, T + 1, u, B).
     """
     n_b, n_t, n_in = x.shape
     n_l = wst.shape[0]
     u = wst.shape[2] // 4
     dt = x.dtype
-    gates = np.empty((n_l, n_t, n_b, 4 * u), dt)
-    cells = np.empty((n_l, n_t + 1, n_b, u), dt)
-    tanh_c = np.empty((n_l, n_t, n_b, u), dt)
-    hs = np.empty((n_l, n_t + 1, n_b, u), dt)
-    inp = np.zeros((n_l, n_t, n_b, u), dt)
+    gates = np.empty((n_l, n_t, 4 * u, n_b), dt)
+    cells = np.empty((n_l, n_t + 1, u, n_b), dt)
+    tanh_c = np.empty((n_l, n_t, u, n_b), dt)
+    hs = np.empty((n_l, n_t + 1, u, n_b), dt)
+    inp = np.zeros((n_l, u, n_t * n_b), dt)
     # σ(z) = ½·tanh(½z) + ½ for i, f, o; tanh for the candidate: one tanh loop for all four
     scale = np.full(4 * u, 0.5, dt)
     shift = np.full(4 * u, 0.5, dt)
     scale[2 * u : 3 * u] = 1.0
     shift[2 * u : 3 * u] = 0.0
-    zin = np.empty((n_t * n_b, 4 * u), dt)
+    zin = np.empty((4 * u, n_t * n_b), dt)  # input projection of every step, bias included
     for ly in range(n_l):
-        hs[ly, 0] = h0[ly]
-        cells[ly, 0] = c0[ly]
-        rec = np.ascontiguousarray(wst[ly, u:])
+        hs[ly, 0] = h0[ly].T
+        cells[ly, 0] = c0[ly].T
+        rec_t = np.ascontiguousarray(wst[ly, u:].T)  # (4u, u)
         if ly == 0:
-            for t in range(n_t):
-                for b in range(n_b):
-                    row = zin[t * n_b + b]
-                    row[:] = bias[0]
-                    for k in range(n_in):
-                        xv = x[b, t, k]
-                        for j in range(4 * u):
-                            row[j] += xv * kernel0[k, j]
+            x_t = _unit_major(x)
+            for j in range(4 * u):
+                row = zin[j]
+                row[:] = bias[0, j]
+                for k in range(n_in):
+                    row += x_t[k] * kernel0[k, j]
         else:
             # layer ly's input at step t: layer ly-1's h(t), masked (wave t + ly)
-            if masks.shape[0] > 0:
-                for t in range(n_t):
-                    for b in range(n_b):
-                        src, m, dst = hs[ly - 1, t + 1, b], masks[t + ly, ly - 1, b], inp[ly, t, b]
-                        for j in range(u):
-                            dst[j] = src[j] * m[j]
-            else:
-                inp[ly] = hs[ly - 1, 1:]
-            zin[:] = np.dot(inp[ly].reshape(n_t * n_b, u), np.ascontiguousarray(wst[ly, :u]))
-            for r in range(n_t * n_b):
-                for j in range(4 * u):
-                    zin[r, j] += bias[ly, j]
-        for t in range(n_t):
-            z = np.dot(hs[ly, t], rec)  # (B, 4u): the only matmul on the sequential chain
-            for b in range(n_b):
-                g = gates[ly, t, b]
-                zr = z[b]
-                zi = zin[t * n_b + b]
-                for j in range(4 * u):
-                    g[j] = _tanh((zr[j] + zi[j]) * scale[j]) * scale[j] + shift[j]
-                c_prev = cells[ly, t, b]
-                c_new = cells[ly, t + 1, b]
-                tc = tanh_c[ly, t, b]
-                h_new = hs[ly, t + 1, b]
+            src_all, dst_all = hs[ly - 1], inp[ly]
+            for t in range(n_t):
+                src = src_all[t + 1]
                 for j in range(u):
-                    c = g[u + j] * c_prev[j] + g[j] * g[2 * u + j]
-                    c_new[j] = c
-                    tc[j] = _tanh(c)
-                    h_new[j] = g[3 * u + j] * tc[j]
+                    dst = dst_all[j, t * n_b : (t + 1) * n_b]
+                    if masks.shape[0] > 0:
+                        m = masks[t + ly, ly - 1]
+                        for b in range(n_b):
+                            dst[b] = src[j, b] * m[b, j]
+                    else:
+                        dst[:] = src[j]
+            zin[:] = np.dot(np.ascontiguousarray(wst[ly, :u].T), inp[ly])
+            for j in range(4 * u):
+                zin[j] += bias[ly, j]
+        for t in range(n_t):
+            # (4u, B): the only matmul on the sequential chain.  Unit-major, so the weights
+            # are BLAS's left operand: 5.4 µs against 9.5 µs for h @ R at B=16, u=50 here.
+            z = np.dot(rec_t, hs[ly, t])
+            g = gates[ly, t]
+            for j in range(4 * u):
+                zr, zi, gr = z[j], zin[j, t * n_b : (t + 1) * n_b], g[j]
+                sc, sh = scale[j], shift[j]
+                for b in range(n_b):
+                    gr[b] = _tanh((zr[b] + zi[b]) * sc) * sc + sh
+            c_prev, c_new, tc, h_new = cells[ly, t], cells[ly, t + 1], tanh_c[ly, t], hs[ly, t + 1]
+            for j in range(u):
+                gi, gf, ga, go = g[j], g[u + j], g[2 * u + j], g[3 * u + j]
+                cp, cn, tcj, hn = c_prev[j], c_new[j], tc[j], h_new[j]
+                for b in range(n_b):
+                    c = gf[b] * cp[b] + gi[b] * ga[b]
+                    cn[b] = c
+                    tcj[b] = _tanh(c)
+                    hn[b] = go[b] * tcj[b]
     top = np.empty((n_b, n_t, u), dt)
     for t in range(n_t):
-        for b in range(n_b):
-            top[b, t] = hs[n_l - 1, t + 1, b]
-    h_last = np.ascontiguousarray(hs[:, n_t])
-    c_last = np.ascontiguousarray(cells[:, n_t])
+        src = hs[n_l - 1, t + 1]
+        for j in range(u):
+            for b in range(n_b):
+                top[b, t, j] = src[j, b]
+    h_last = np.empty((n_l, n_b, u), dt)
+    c_last = np.empty((n_l, n_b, u), dt)
+    for ly in range(n_l):
+        h_last[ly] = hs[ly, n_t].T
+        c_last[ly] = cells[ly, n_t].T
     return top, h_last, c_last, inp, gates, cells, tanh_c, hs
 
 
@@ -168,65 +187,73 @@ def stack_backward(
     dc0 = np.empty((n_l, n_b, u), dt)
     dx = np.zeros((n_b, n_t, n_in), dt)
     d_kernel0 = np.zeros((n_in, 4 * u), dt)
-    d_out = np.empty((n_t, n_b, u), dt)  # gradient reaching this layer's output sequence
+    d_out = np.empty((u, n_t * n_b), dt)  # gradient reaching this layer's output sequence
     for t in range(n_t):
-        for b in range(n_b):
-            d_out[t, b] = d_seq[b, t]
-    dz_all = np.empty((n_t * n_b, 4 * u), dt)
+        for j in range(u):
+            for b in range(n_b):
+                d_out[j, t * n_b + b] = d_seq[b, t, j]
+    dz_all = np.empty((4 * u, n_t * n_b), dt)  # every step's δz, for the weight gradients
+    dz = np.empty((4 * u, n_b), dt)  # this step's δz, for the recurrent matmul
+    a_cat = np.empty((2 * u, n_t * n_b), dt)  # [input; h(t-1)] of every step
     one = np.ones(1, dt)[0]  # a literal 1.0 would turn float32 maths into float64
     for ly in range(n_l - 1, -1, -1):
-        rec_t = np.ascontiguousarray(wst[ly, u:].T)
-        dh_rec = d_h_last[ly].copy()  # what h(t) receives from step t+1
-        dc_next = d_c_last[ly].copy()  # δC(t+1)·f(t+1)
+        rec = np.ascontiguousarray(wst[ly, u:])  # (u, 4u)
+        dh_rec = np.ascontiguousarray(d_h_last[ly].T)  # what h(t) receives from step t+1
+        dc_next = np.ascontiguousarray(d_c_last[ly].T)  # δC(t+1)·f(t+1)
         for t in range(n_t - 1, -1, -1):
-            for b in range(n_b):
-                g = gates[ly, t, b]
-                tc = tanh_c[ly, t, b]
-                c_prev = cells[ly, t, b]
-                d_o = d_out[t, b]
-                d_r = dh_rec[b]
-                d_c = dc_next[b]
-                dz = dz_all[t * n_b + b]
-                for j in range(u):
-                    i_g = g[j]
-                    f_g = g[u + j]
-                    a_g = g[2 * u + j]
-                    o_g = g[3 * u + j]
-                    dh = d_o[j] + d_r[j]
-                    dc = d_c[j] + dh * o_g * (one - tc[j] * tc[j])  # the tutorial's δC(t)
-                    dz[j] = dc * a_g * i_g * (one - i_g)
-                    dz[u + j] = dc * c_prev[j] * f_g * (one - f_g)
-                    dz[2 * u + j] = dc * i_g * (one - a_g * a_g)
-                    dz[3 * u + j] = dh * tc[j] * o_g * (one - o_g)
-                    d_c[j] = dc * f_g
-            dh_rec = np.dot(dz_all[t * n_b : (t + 1) * n_b], rec_t)
-        dh0[ly] = dh_rec
-        dc0[ly] = dc_next
-        # weight gradients summed over steps and batch: one matmul each
-        d_wst[ly, u:] = np.dot(hs[ly, :n_t].reshape(n_t * n_b, u).T, dz_all)
-        for r in range(n_t * n_b):
+            g, tc, c_prev = gates[ly, t], tanh_c[ly, t], cells[ly, t]
+            for j in range(u):
+                gi, gf, ga, go = g[j], g[u + j], g[2 * u + j], g[3 * u + j]
+                tcj, cp = tc[j], c_prev[j]
+                d_o, d_r, d_c = d_out[j, t * n_b : (t + 1) * n_b], dh_rec[j], dc_next[j]
+                zi, zf, za, zo = dz[j], dz[u + j], dz[2 * u + j], dz[3 * u + j]
+                for b in range(n_b):
+                    i_g, f_g, a_g, o_g = gi[b], gf[b], ga[b], go[b]
+                    dh = d_o[b] + d_r[b]
+                    dc = d_c[b] + dh * o_g * (one - tcj[b] * tcj[b])  # the tutorial's δC(t)
+                    zi[b] = dc * a_g * i_g * (one - i_g)
+                    zf[b] = dc * cp[b] * f_g * (one - f_g)
+                    za[b] = dc * i_g * (one - a_g * a_g)
+                    zo[b] = dh * tcj[b] * o_g * (one - o_g)
+                    d_c[b] = dc * f_g
             for j in range(4 * u):
-                d_bias[ly, j] += dz_all[r, j]
+                dz_all[j, t * n_b : (t + 1) * n_b] = dz[j]
+            dh_rec = np.dot(rec, dz)  # (u, B)
+        dh0[ly] = dh_rec.T
+        dc0[ly] = dc_next.T
+        # weight gradients summed over steps and batch: one matmul for the layer's [kernel;
+        # recurrent], computed transposed (δz @ aᵀ ran at 79 GFLOP/s here, a @ δzᵀ at 58)
+        for t in range(n_t):
+            src = hs[ly, t]
+            for j in range(u):
+                a_cat[u + j, t * n_b : (t + 1) * n_b] = src[j]
+        for j in range(4 * u):
+            d_bias[ly, j] = dz_all[j].sum()
         if ly > 0:
-            d_wst[ly, :u] = np.dot(inp[ly].reshape(n_t * n_b, u).T, dz_all)
-            d_in = np.dot(dz_all, np.ascontiguousarray(wst[ly, :u].T))  # (T·B, u)
-            if masks.shape[0] > 0:
-                for t in range(n_t):
-                    for b in range(n_b):
-                        src, m, dst = d_in[t * n_b + b], masks[t + ly, ly - 1, b], d_out[t, b]
-                        for j in range(u):
-                            dst[j] = src[j] * m[j]
-            else:
-                d_out[:] = d_in.reshape(n_t, n_b, u)
-        else:
+            a_cat[:u] = inp[ly]
+            d_wst[ly] = np.dot(dz_all, a_cat.T).T
+            # gradient of the layer's input, (T·B, u) (faster than (u, T·B) here)
+            d_in = np.dot(dz_all.T, np.ascontiguousarray(wst[ly, :u].T))
             for t in range(n_t):
                 for b in range(n_b):
-                    dz = dz_all[t * n_b + b]
+                    src = d_in[t * n_b + b]
+                    if masks.shape[0] > 0:
+                        m = masks[t + ly, ly - 1, b]
+                        for j in range(u):
+                            d_out[j, t * n_b + b] = src[j] * m[j]
+                    else:
+                        for j in range(u):
+                            d_out[j, t * n_b + b] = src[j]
+        else:
+            d_wst[0, u:] = np.dot(dz_all, a_cat[u:].T).T
+            # layer 0's input kernel (n_in, 4u) and the gradient of x, unit-major
+            x_t = _unit_major(x)
+            d_kernel0[:] = np.dot(x_t, dz_all.T)
+            dx_t = np.dot(np.ascontiguousarray(kernel0), dz_all)  # (n_in, T·B)
+            for t in range(n_t):
+                for b in range(n_b):
                     for k in range(n_in):
-                        xv = x[b, t, k]
-                        for j in range(4 * u):
-                            dx[b, t, k] += dz[j] * kernel0[k, j]
-                            d_kernel0[k, j] += xv * dz[j]
+                        dx[b, t, k] = dx_t[k, t * n_b + b]
     return dx, dh0, dc0, d_kernel0, d_wst, d_bias
 
 

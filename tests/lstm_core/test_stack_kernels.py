@@ -84,10 +84,12 @@ def test_masks_multiply_each_layers_input_at_wave_t_plus_layer():
     x = rng.normal(size=(BATCH, STEPS, N_IN))
     masks = (rng.random((STEPS + LAYERS - 1, LAYERS - 1, BATCH, UNITS)) > 0.3) / 0.7
     *_, inp, _, _, _, hs = stack_forward(x, kernel0, wst, bias, masks, _zeros(), _zeros())
+    # saved unit-major: inp (L, u, T·B), hs (L, T + 1, u, B)
     for layer in range(1, LAYERS):
         for t in range(STEPS):
             np.testing.assert_array_equal(
-                inp[layer, t], hs[layer - 1, t + 1] * masks[t + layer, layer - 1]
+                inp[layer][:, t * BATCH : (t + 1) * BATCH],
+                hs[layer - 1, t + 1] * masks[t + layer, layer - 1].T,
             )
 
 
