@@ -12,7 +12,9 @@ The tutorial's shape throughout: 4 layers x 50 units, 60 steps, 1 feature. Print
   (2 = each half on its own core);
 * one ``train_on_batch`` (batch 32, Dropout 0.2, Adam) for each ``model.backend``: "fast"
   (FastLSTMStack, Numba), "wavefront" (FastLSTMStack, XLA), "fused" (FastLSTM per layer under
-  XLA), "keras" (plain, as the tutorial).
+  XLA), "keras" (plain, as the tutorial);
+* one step of ``lstm_core.stack_trainer.fit_stack`` (the "fast" network's Numba training loop,
+  what ``train_model`` uses for it), averaged over a 10-batch epoch without validation.
 """
 
 from __future__ import annotations
@@ -100,6 +102,21 @@ def main() -> None:
         model = build_model(ModelConfig(backend=backend), STEPS, 1, 1, seed=0)
         timed(f"train_on_batch(32), backend={backend}", model.train_on_batch, X, y,
               calls=args.calls)  # fmt: skip
+
+    from lstm_core.stack_trainer import fit_stack
+
+    model = build_model(ModelConfig(), STEPS, 1, 1, seed=0)
+    X10, y10 = np.concatenate([X] * 10), np.concatenate([y] * 10)
+    epochs = max(1, args.calls // 10)
+    t0, c0 = time.perf_counter(), time.process_time()
+    fit_stack(model, X10, y10, None, None, epochs=1, batch_size=32, seed=0, shuffle=True)
+    first = time.perf_counter() - t0
+    t0, c0 = time.perf_counter(), time.process_time()
+    fit_stack(model, X10, y10, None, None, epochs=epochs, batch_size=32, seed=0, shuffle=True)
+    wall = (time.perf_counter() - t0) / (10 * epochs) * 1000
+    cpu = (time.process_time() - c0) / (10 * epochs) * 1000
+    name = "fit_stack step (32), backend=fast"
+    print(f"{name:<44} {wall:7.2f} ms wall {cpu:7.2f} ms CPU (first epoch {first:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,10 @@ Two kernels run a slice's training pass (``kernel``):
 
 Both draw the same dropout masks from the same seed and compute the same maths.  Inference
 (and Monte Carlo dropout) always uses the XLA wavefront program: it saves nothing.
+
+``lstm_core.train.train_model`` trains the "fast" network (this layer -> Dropout -> Dense)
+without ``model.fit``, in ``lstm_core.stack_trainer``'s Numba loop on the same kernels;
+``model.fit`` on this layer remains the path for anything else (``TrainingConfig.loop``).
 """
 
 from __future__ import annotations
