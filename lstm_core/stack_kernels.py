@@ -40,6 +40,7 @@ __all__ = [
     "dropout_masks",
     "stack_backward",
     "stack_forward",
+    "stack_predict",
     "train_slice",
     "tune_process",
 ]
@@ -261,6 +262,50 @@ def stack_backward(
                     for k in range(n_in):
                         dx[b, t, k] = dx_t[k, t * n_b + b]
     return dx, dh0, dc0, d_kernel0, d_wst, d_bias
+
+
+@njit(**_JIT)
+def stack_predict(x, kernel0, wst, bias):  # pragma: no cover - compiled
+    """Inference: the top layer's last h (B, u) for ``x`` (B, T, n_in), no dropout, nothing
+    saved (for validation passes: one layer's sequence is all it keeps)."""
+    n_b, n_t, n_in = x.shape
+    n_l = wst.shape[0]
+    u = wst.shape[2] // 4
+    dt = x.dtype
+    half = np.full(1, 0.5, dt)[0]
+    x_t = _unit_major(x)  # (n_in, T·B)
+    seq = np.empty((n_t, u, n_b), dt)  # the current layer's h(t), input of the next
+    zin = np.empty((4 * u, n_b), dt)
+    h = np.empty((u, n_b), dt)
+    c = np.empty((u, n_b), dt)
+    for ly in range(n_l):
+        rec_t = np.ascontiguousarray(wst[ly, u:].T)
+        ker_t = np.ascontiguousarray(wst[ly, :u].T)
+        h[:] = 0.0
+        c[:] = 0.0
+        for t in range(n_t):
+            if ly == 0:
+                for j in range(4 * u):
+                    zin[j] = bias[0, j]
+                    for k in range(n_in):
+                        zin[j] += x_t[k, t * n_b : (t + 1) * n_b] * kernel0[k, j]
+            else:
+                zin[:] = np.dot(ker_t, seq[t])
+                for j in range(4 * u):
+                    zin[j] += bias[ly, j]
+            z = np.dot(rec_t, h)
+            for j in range(u):
+                zi, zf, za, zo = z[j], z[u + j], z[2 * u + j], z[3 * u + j]
+                xi, xf, xa, xo = zin[j], zin[u + j], zin[2 * u + j], zin[3 * u + j]
+                cj, hj = c[j], h[j]
+                for b in range(n_b):
+                    i_g = _tanh((zi[b] + xi[b]) * half) * half + half
+                    f_g = _tanh((zf[b] + xf[b]) * half) * half + half
+                    o_g = _tanh((zo[b] + xo[b]) * half) * half + half
+                    cj[b] = f_g * cj[b] + i_g * _tanh(za[b] + xa[b])
+                    hj[b] = o_g * _tanh(cj[b])
+            seq[t] = h
+    return np.ascontiguousarray(h.T)
 
 
 # splitmix64's constants: a counter-based generator, so a mask entry depends only on

@@ -12,8 +12,9 @@ parameter vector.
 What stays Keras: the weights live in the model's variables between epochs (copied in at
 the start, out after every epoch), so callbacks, early stopping and saving see the model as
 ``fit`` leaves it; the optimizer's moments and step count are read from and written back to
-``model.optimizer``, so a second call continues like a second ``fit``; validation loss is the
-model's own inference pass.  The dropout masks are drawn by a counter-based hash
+``model.optimizer``, so a second call continues like a second ``fit``.  The validation loss
+comes from ``stack_kernels.stack_predict`` on the same weights (32 ms for the benchmark's 300
+windows against 55-62 ms for the model's XLA inference, measured in one process).  The dropout masks are drawn by a counter-based hash
 (``stack_kernels.dropout_masks``), not by Keras' RNG, so the loop trains the same network on
 different (equally distributed) masks than ``fit`` would.
 
@@ -23,8 +24,10 @@ different (equally distributed) masks than ``fit`` would.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -103,6 +106,20 @@ def _variable_views(params: _Params, stack: Any, dense: Any) -> list[tuple[Any, 
     return pairs + [(dense.kernel, dense_w), (dense.bias, dense_b)]
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: a full collection walks every TensorFlow/Keras
+    object in the process (261 ms in benchmarks/bench_train.py's process, against 0.7 s
+    epochs), and the training loop makes no reference cycles.  The previous state returns."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _mask_key(seed: int, step: int) -> np.uint64:
     """The dropout masks' key of global step ``step`` (splitmix64 of seed and step)."""
     z = (seed * 0x9E3779B97F4A7C15 + step * 0xD6E8FEB86659FD93 + 0x632BE59BD9B4E019) % 2**64
@@ -132,8 +149,7 @@ def fit_stack(
     """
     import keras
 
-    from lstm_core.model import predict_scaled
-    from lstm_core.stack_kernels import adam_update, train_slice, tune_process
+    from lstm_core.stack_kernels import adam_update, stack_predict, train_slice, tune_process
 
     reason = eligible(model)
     if reason is not None:
@@ -141,6 +157,10 @@ def fit_stack(
     stack, top_dropout, dense = model.layers
     X = np.ascontiguousarray(X, dtype=np.float32)
     y = np.ascontiguousarray(y, dtype=np.float32)
+    has_val = X_val is not None and y_val is not None and len(X_val) > 0
+    if has_val:
+        X_val = np.ascontiguousarray(X_val, dtype=np.float32)
+        y_val = np.asarray(y_val, dtype=np.float64).reshape(len(X_val), -1)
     n, horizon = len(X), y.shape[1]
     shape = (X.shape[2], stack.units, stack.n_layers, horizon)
     params, m, v = (_Params.allocate(*shape) for _ in range(3))
@@ -166,7 +186,6 @@ def fit_stack(
     parts = max(1, min(stack.batch_parts, batch_size))
     grads = np.zeros((parts, params.flat.size), np.float32)
     kernel0, wst, bias, dense_w, dense_b = params.views
-    has_val = X_val is not None and y_val is not None and len(X_val) > 0
     history: dict[str, list[float]] = {"loss": []}
     if has_val:
         history["val_loss"] = []
@@ -177,7 +196,14 @@ def fit_stack(
     tune_process()
     model.stop_training = False
     cbs.on_train_begin()
-    with ThreadPoolExecutor(max_workers=max(1, parts - 1), thread_name_prefix="fit_stack") as pool:
+    base = keras.callbacks.Callback
+    batch_hooks = any(
+        type(cb).on_train_batch_begin is not base.on_train_batch_begin
+        or type(cb).on_train_batch_end is not base.on_train_batch_end
+        for cb in callbacks
+    )  # Keras' per-batch dispatch costs ~0.1 ms a step: skipped when nobody listens
+    workers = max(1, parts - 1)
+    with _gc_paused(), ThreadPoolExecutor(workers, thread_name_prefix="fit_stack") as pool:
         for epoch in range(epochs):
             cbs.on_epoch_begin(epoch)
             lr = float(keras.ops.convert_to_numpy(opt.learning_rate))  # callbacks may change it
@@ -185,7 +211,8 @@ def fit_stack(
             order = np.random.default_rng([seed, step]).permutation(n) if shuffle else np.arange(n)
             sse = 0.0
             for b in range(steps_per_epoch):
-                cbs.on_train_batch_begin(b)
+                if batch_hooks:
+                    cbs.on_train_batch_begin(b)
                 rows = order[b * batch_size : (b + 1) * batch_size]
                 xb, yb = X[rows], y[rows]
                 nb = len(rows)
@@ -205,13 +232,22 @@ def fit_stack(
                 alpha = np.float32(lr * math.sqrt(1.0 - b2**step) / (1.0 - b1**step))
                 adam_update(params.flat, used, m.flat, v.flat, alpha, *one_minus, eps)
                 sse += batch_sse
-                cbs.on_train_batch_end(b, {"loss": batch_sse / (nb * horizon)})
+                if batch_hooks:
+                    cbs.on_train_batch_end(b, {"loss": batch_sse / (nb * horizon)})
             for var, view in pairs:
                 var.assign(view)
             logs = {"loss": sse / (n * horizon)}
-            if has_val:
-                pred = predict_scaled(model, X_val)
-                logs["val_loss"] = float(np.mean((pred - np.asarray(y_val, np.float32)) ** 2))
+            if has_val:  # the slices of the validation windows side by side, as in training
+                cuts = np.linspace(0, len(X_val), parts + 1).astype(int)
+                bounds = [(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True) if hi > lo]
+                futures = [
+                    pool.submit(stack_predict, X_val[lo:hi], kernel0, wst, bias)
+                    for lo, hi in bounds[:-1]
+                ]
+                last = stack_predict(X_val[bounds[-1][0] :], kernel0, wst, bias)
+                h_top = np.concatenate([f.result() for f in futures] + [last])  # (n_val, u)
+                err = (h_top @ dense_w + dense_b).astype(np.float64) - y_val
+                logs["val_loss"] = float(np.mean(err**2))
             for key_, value in logs.items():
                 history[key_].append(value)
             cbs.on_epoch_end(epoch, logs)

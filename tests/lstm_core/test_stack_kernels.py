@@ -9,7 +9,12 @@ from lstm_core import reference as ref
 
 pytest.importorskip("numba")
 
-from lstm_core.stack_kernels import stack_backward, stack_forward, tune_process  # noqa: E402
+from lstm_core.stack_kernels import (  # noqa: E402
+    stack_backward,
+    stack_forward,
+    stack_predict,
+    tune_process,
+)
 
 N_IN, UNITS, LAYERS, BATCH, STEPS = 2, 4, 3, 3, 7
 
@@ -76,6 +81,19 @@ def test_forward_and_bptt_equal_the_reference_layer_by_layer():
             np.testing.assert_allclose(dx, grads.dx, atol=1e-10)
         upstream = grads.dx
     assert not d_wst[0, :UNITS].any()  # layer 0's unused input half gets no gradient
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_predict_is_the_forward_passs_last_top_state(dtype):
+    per_layer, packed = _weights(dtype)
+    x = np.random.default_rng(4).normal(size=(BATCH, STEPS, N_IN)).astype(dtype)
+    top = stack_forward(x, *packed, _no_masks(dtype), _zeros(dtype), _zeros(dtype))[0]
+    h = x.astype(np.float64)
+    for w in per_layer:
+        h = ref.forward(ref.from_keras_weights(*w), h).h
+    np.testing.assert_allclose(stack_predict(x, *packed), top[:, -1], rtol=1e-5, atol=1e-6)
+    tol = 1e-12 if dtype == np.float64 else 2e-6
+    np.testing.assert_allclose(stack_predict(x, *packed), h[:, -1], atol=tol)
 
 
 def test_masks_multiply_each_layers_input_at_wave_t_plus_layer():

@@ -152,8 +152,12 @@ def test_fit_stack_trains_like_keras_fit_on_the_same_network():
 
 
 def test_two_calls_continue_like_one_longer_call():
+    import gc
+
     X, y = _xy(n=24)
+    assert gc.isenabled()
     once = _fit(_model(), X, y, epochs=2, shuffle=True)
+    assert gc.isenabled()  # paused while training only
     model = _model()
     _fit(model, X, y, epochs=1, shuffle=True)
     twice = _fit(model, X, y, epochs=1, shuffle=True)
