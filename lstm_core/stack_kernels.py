@@ -10,8 +10,8 @@ run the same maths as plain compiled loops with BLAS for the matmuls, so a time 
 small BLAS call plus a vectorised gate loop, and no wavefront is needed: layers run one after
 the other, each layer's input projection for all steps is one matmul, and only
 ``recurrent_kernelᵀ @ h(t-1)`` stays on the sequential chain (``recurrent_kernel @ δz``
-backwards).  At batch 16 they took 3.5 ms forward and 6.0 ms backward against the XLA
-programs' 8.0 ms and 9.5 ms (benchmarks/bench_stack.py, one run).
+backwards).  At batch 16 they took 3.5–3.8 ms forward and 6.0–8.8 ms backward against the
+XLA programs' 6.0–8.0 ms and 9.5–10.0 ms (benchmarks/bench_stack.py, two or three runs).
 
 Arrays are unit-major inside: a step's state is (unit, batch), so the weights are BLAS's left
 operand.  With OpenBLAS here, ``Rᵀ (4u, u) @ h (u, B)`` took 5.4 µs against 9.5 µs for

@@ -108,9 +108,10 @@ def _variable_views(params: _Params, stack: Any, dense: Any) -> list[tuple[Any, 
 
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection inside: a full collection walks every TensorFlow/Keras
-    object in the process (261 ms in benchmarks/bench_train.py's process, against 0.7 s
-    epochs), and the training loop makes no reference cycles.  The previous state returns."""
+    """No cyclic garbage collection inside (process-wide): a full collection walks every
+    TensorFlow/Keras object in the process (261 ms in benchmarks/bench_train.py's process,
+    against 0.7 s epochs), and the training loop makes no reference cycles.  Collection is
+    re-enabled on exit if it was enabled on entry."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
