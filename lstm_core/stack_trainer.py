@@ -106,6 +106,12 @@ def _variable_views(params: _Params, stack: Any, dense: Any) -> list[tuple[Any, 
     return pairs + [(dense.kernel, dense_w), (dense.bias, dense_b)]
 
 
+def _slices(n: int, parts: int) -> list[tuple[int, int]]:
+    """Up to ``parts`` non-empty (start, stop) row ranges covering ``range(n)``, sizes within 1."""
+    cuts = np.linspace(0, n, parts + 1).astype(int)
+    return [(int(lo), int(hi)) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True) if hi > lo]
+
+
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
     """No cyclic garbage collection inside (process-wide): a full collection walks every
@@ -157,7 +163,7 @@ def fit_stack(
         raise ValueError(f"fit_stack cannot train this model: {reason}")
     stack, top_dropout, dense = model.layers
     X = np.ascontiguousarray(X, dtype=np.float32)
-    y = np.ascontiguousarray(y, dtype=np.float32)
+    y = np.ascontiguousarray(y, dtype=np.float32).reshape(len(X), -1)
     has_val = X_val is not None and y_val is not None and len(X_val) > 0
     if has_val:
         X_val = np.ascontiguousarray(X_val, dtype=np.float32)
@@ -218,12 +224,10 @@ def fit_stack(
                 xb, yb = X[rows], y[rows]
                 nb = len(rows)
                 key = _mask_key(seed, step)
-                cuts = np.linspace(0, nb, parts + 1).astype(int)
                 jobs = [
                     (xb[lo:hi], yb[lo:hi], kernel0, wst, bias, dense_w, dense_b, key, lo, nb,
                      stack.rate, top_dropout.rate, grads[k])
-                    for k, (lo, hi) in enumerate(zip(cuts[:-1], cuts[1:], strict=True))
-                    if hi > lo
+                    for k, (lo, hi) in enumerate(_slices(nb, parts))
                 ]  # fmt: skip
                 # the pool runs all slices but the last, which this thread runs meanwhile
                 futures = [pool.submit(train_slice, *job) for job in jobs[:-1]]
@@ -239,8 +243,7 @@ def fit_stack(
                 var.assign(view)
             logs = {"loss": sse / (n * horizon)}
             if has_val:  # the slices of the validation windows side by side, as in training
-                cuts = np.linspace(0, len(X_val), parts + 1).astype(int)
-                bounds = [(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True) if hi > lo]
+                bounds = _slices(len(X_val), parts)
                 futures = [
                     pool.submit(stack_predict, X_val[lo:hi], kernel0, wst, bias)
                     for lo, hi in bounds[:-1]

@@ -130,25 +130,29 @@ def test_adam_update_is_keras_adam():
     np.testing.assert_allclose(p, np.asarray(var), rtol=1e-5, atol=1e-7)
 
 
-def _fit(model, X, y, epochs, loop="auto", shuffle=False, n_train=20):
-    """Train on the first ``n_train`` windows (batches of 8: 8 + 8 + 4), validate on the rest."""
-    cfg = TrainingConfig(epochs=epochs, batch_size=8, seed=3, shuffle=shuffle, loop=loop)
+def _fit(model, X, y, epochs, loop="auto", shuffle=False, n_train=20, batch_size=8):
+    """Train on the first ``n_train`` windows (by default in batches of 8 + 8 + 4), validate
+    on the rest."""
+    cfg = TrainingConfig(epochs=epochs, batch_size=batch_size, seed=3, shuffle=shuffle, loop=loop)
     return train_model(model, X[:n_train], y[:n_train], X[n_train:], y[n_train:], cfg)
 
 
-def test_fit_stack_trains_like_keras_fit_on_the_same_network():
+@pytest.mark.parametrize(
+    ("n_train", "batch_size", "steps"),
+    [(20, 8, 3), (19, 6, 4)],  # 8 + 8 + 4; 6 + 6 + 6 + 1 (a one-window batch: one slice)
+)
+def test_fit_stack_trains_like_keras_fit_on_the_same_network(n_train, batch_size, steps):
     X, y = _xy(n=27)
-    numba_run = _fit(_model(dropout=0.0), X, y, epochs=3)
-    keras_run = _fit(_model(dropout=0.0), X, y, epochs=3, loop="keras")
+    kw = {"epochs": 3, "n_train": n_train, "batch_size": batch_size}
+    numba_run = _fit(_model(dropout=0.0), X, y, **kw)
+    keras_run = _fit(_model(dropout=0.0), X, y, loop="keras", **kw)
     for a, b in zip(numba_run.model.get_weights(), keras_run.model.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
     for key in ("loss", "val_loss"):
         assert numba_run.history[key] == pytest.approx(keras_run.history[key], rel=1e-4)
     assert numba_run.history["loss"][-1] < numba_run.history["loss"][0]
     it_a = int(np.asarray(numba_run.model.optimizer.iterations))
-    assert (
-        it_a == int(np.asarray(keras_run.model.optimizer.iterations)) == 9
-    )  # 3 epochs x 3 batches
+    assert it_a == int(np.asarray(keras_run.model.optimizer.iterations)) == 3 * steps
 
 
 def test_two_calls_continue_like_one_longer_call():
