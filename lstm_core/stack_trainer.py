@@ -2,9 +2,9 @@
 
 ``build_model``'s "fast" network is FastLSTMStack -> Dropout -> Dense, trained with Adam on
 the mean squared error.  Under ``model.fit`` its Numba kernels left about 3 ms of a 15 ms step
-to TensorFlow and Keras (a profile of one step: the masks' XLA program, stacking the weights,
-the gaps between ops, Adam as ~40 small ops; see benchmarks/bench_train.py).  This loop runs
-the same maths with none of that: each slice of a batch is one call of
+to TensorFlow and Keras (a TensorFlow profile of one ``fit`` step, in issue 7's notes: the
+masks' XLA program, stacking the weights, the gaps between ops, Adam as many small ops).
+This loop runs the same maths without them: each slice of a batch is one call of
 ``stack_kernels.train_slice`` (dropout masks, stack, Dropout, Dense, loss and all gradients)
 on its own thread, and ``stack_kernels.adam_update`` applies Keras' Adam to one flat
 parameter vector.
@@ -13,10 +13,11 @@ What stays Keras: the weights live in the model's variables between epochs (copi
 the start, out after every epoch), so callbacks, early stopping and saving see the model as
 ``fit`` leaves it; the optimizer's moments and step count are read from and written back to
 ``model.optimizer``, so a second call continues like a second ``fit``.  The validation loss
-comes from ``stack_kernels.stack_predict`` on the same weights (32 ms for the benchmark's 300
-windows against 55-62 ms for the model's XLA inference, measured in one process).  The dropout masks are drawn by a counter-based hash
-(``stack_kernels.dropout_masks``), not by Keras' RNG, so the loop trains the same network on
-different (equally distributed) masks than ``fit`` would.
+comes from ``stack_kernels.stack_predict`` on the same weights (32 ms for the benchmark's
+300 windows against 55-62 ms for the model's XLA inference, measured in one process).  The
+dropout masks are drawn by a counter-based hash (``stack_kernels.dropout_masks``), not by
+Keras' RNG, so the loop trains the same network on different (equally distributed) masks
+than ``fit`` would.
 
 ``eligible(model)`` says whether a model is the network this loop implements;
 ``lstm_core.train.train_model`` uses the loop only then.
