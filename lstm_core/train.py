@@ -85,7 +85,9 @@ def train_model(
 ) -> TrainResult:
     """Fit ``model`` on ``(n, lookback, n_features)`` -> ``(n, horizon)`` windows.
 
-    Seeds Keras' RNGs with ``cfg.seed`` (shuffling, dropout), so the same seed, data and
+    The "fast" network trains in ``lstm_core.stack_trainer``'s Numba loop (``cfg.loop`` "auto"
+    and ``stack_trainer.eligible``), any other model through keras' ``fit``.  Either way
+    ``cfg.seed`` seeds the shuffling and the dropout masks, so the same seed, data and
     initial weights give the same trained weights on one machine.  ``callbacks`` (Keras
     callbacks) receive per-epoch ``loss``/``val_loss``.  Early stopping on ``val_loss``
     (``loss`` without validation data) restores the best weights.  Raises
