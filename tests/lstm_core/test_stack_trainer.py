@@ -55,16 +55,13 @@ def test_slices_without_dropout_give_the_keras_models_loss_and_gradients():
         loss = tf.reduce_mean(tf.square(model(X, training=True) - y))
     tape_grads = tape.gradient(loss, model.trainable_variables)
     # the same flat layout as the kernels', through the trainer's own variable mapping
-    p = stack_trainer._Params.allocate(N_IN, 3, 2, HORIZON)
-    expected = np.zeros_like(p.flat)
-    views = stack_trainer._variable_views(p, *model.layers[::2])
+    expected = stack_trainer._Params.allocate(N_IN, 3, 2, HORIZON)
     by_id = {id(v): g for v, g in zip(model.trainable_variables, tape_grads, strict=True)}
-    for var, view in views:
+    for var, view in stack_trainer._variable_views(expected, *model.layers[::2]):
         view[...] = np.asarray(by_id[id(var)])
-    expected[:] = p.flat
     mse, grads = _slices_grad(_params(model), X, y, 0.0, splits=(4,))
     assert mse == pytest.approx(float(loss), rel=1e-5)
-    np.testing.assert_allclose(grads, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(grads, expected.flat, rtol=1e-4, atol=1e-6)
 
 
 def test_slice_gradients_with_dropout_match_finite_differences():
