@@ -51,7 +51,7 @@ def main() -> None:
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
-    from lstm_core.config import ModelConfig
+    from lstm_core.config import ModelConfig, TrainingConfig
     from lstm_core.fast_stack import _compiled, wavefront_lstm_stack
     from lstm_core.model import BACKENDS, build_model
     from lstm_core.stack_kernels import stack_backward, stack_forward, tune_process
@@ -109,10 +109,10 @@ def main() -> None:
     X10, y10 = np.concatenate([X] * 10), np.concatenate([y] * 10)
     epochs = max(1, args.calls // 10)
     t0, c0 = time.perf_counter(), time.process_time()
-    fit_stack(model, X10, y10, None, None, epochs=1, batch_size=32, seed=0, shuffle=True)
+    fit_stack(model, X10, y10, None, None, TrainingConfig(epochs=1, batch_size=32, seed=0))
     first = time.perf_counter() - t0
     t0, c0 = time.perf_counter(), time.process_time()
-    fit_stack(model, X10, y10, None, None, epochs=epochs, batch_size=32, seed=0, shuffle=True)
+    fit_stack(model, X10, y10, None, None, TrainingConfig(epochs=epochs, batch_size=32, seed=0))
     wall = (time.perf_counter() - t0) / (10 * epochs) * 1000
     cpu = (time.process_time() - c0) / (10 * epochs) * 1000
     name = "fit_stack step (32), backend=fast"

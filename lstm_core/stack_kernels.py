@@ -392,10 +392,7 @@ def train_slice(
         x, kernel0, wst, masks, inp, gates, cells, tanh_c, hs, d_seq, zeros, zeros
     )
     pos = 0
-    for part in (d_kernel0.ravel(), d_wst.ravel(), d_bias.ravel()):
-        grads[pos : pos + part.size] = part
-        pos += part.size
-    for part in (d_dense_w.ravel(), d_dense_b.ravel()):
+    for part in (d_kernel0.ravel(), d_wst.ravel(), d_bias.ravel(), d_dense_w.ravel(), d_dense_b):
         grads[pos : pos + part.size] = part
         pos += part.size
     return sse

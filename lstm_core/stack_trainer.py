@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from lstm_core.config import TrainingConfig
+
 __all__ = ["eligible", "fit_stack"]
 
 
@@ -142,16 +144,13 @@ def fit_stack(
     y: np.ndarray,
     X_val: np.ndarray | None,
     y_val: np.ndarray | None,
-    *,
-    epochs: int,
-    batch_size: int,
-    seed: int,
-    shuffle: bool,
+    cfg: TrainingConfig,
     callbacks: Sequence[Any] = (),
 ) -> dict[str, list[float]]:
     """Train an ``eligible`` model like ``model.fit``; returns the history ('loss', 'val_loss').
 
-    ``X`` (n, T, n_in), ``y`` (n, H).  Callbacks get ``on_train_begin/end``,
+    ``X`` (n, T, n_in), ``y`` (n, H); ``cfg``'s epochs, batch size, seed and shuffle apply
+    (``train_model`` adds early stopping and the divergence guard as callbacks).  Callbacks get ``on_train_begin/end``,
     ``on_epoch_begin/end`` (with 'loss' and, given validation data, 'val_loss') and the
     train-batch hooks; ``model.stop_training`` ends training after the epoch.
     """
@@ -162,6 +161,7 @@ def fit_stack(
     reason = eligible(model)
     if reason is not None:
         raise ValueError(f"fit_stack cannot train this model: {reason}")
+    epochs, batch_size, seed = cfg.epochs, cfg.batch_size, cfg.seed
     stack, top_dropout, dense = model.layers
     X = np.ascontiguousarray(X, dtype=np.float32)
     y = np.ascontiguousarray(y, dtype=np.float32).reshape(len(X), -1)
@@ -172,13 +172,12 @@ def fit_stack(
     n, horizon = len(X), y.shape[1]
     shape = (X.shape[2], stack.units, stack.n_layers, horizon)
     params, m, v = (_Params.allocate(*shape) for _ in range(3))
-    pairs = _variable_views(params, stack, dense)
     opt = model.optimizer
     opt.build(model.trainable_variables)
     # per variable: its view in params, and Adam's moments with their views in m and v
     slots = []
     for (var, view), (_, m_view), (_, v_view) in zip(
-        pairs, _variable_views(m, stack, dense), _variable_views(v, stack, dense), strict=True
+        *(_variable_views(p, stack, dense) for p in (params, m, v)), strict=True
     ):
         index = opt._get_variable_index(var)
         slots.append((var, view, opt._momentums[index], m_view, opt._velocities[index], v_view))
@@ -216,7 +215,9 @@ def fit_stack(
             cbs.on_epoch_begin(epoch)
             lr = float(keras.ops.convert_to_numpy(opt.learning_rate))  # callbacks may change it
             # seeded by the global step, so a second call continues the first's sequence
-            order = np.random.default_rng([seed, step]).permutation(n) if shuffle else np.arange(n)
+            order = (
+                np.random.default_rng([seed, step]).permutation(n) if cfg.shuffle else np.arange(n)
+            )
             sse = 0.0
             for b in range(steps_per_epoch):
                 if batch_hooks:
@@ -240,7 +241,7 @@ def fit_stack(
                 sse += batch_sse
                 if batch_hooks:
                     cbs.on_train_batch_end(b, {"loss": batch_sse / (nb * horizon)})
-            for var, view in pairs:
+            for var, view, *_ in slots:
                 var.assign(view)
             logs = {"loss": sse / (n * horizon)}
             if has_val:  # the slices of the validation windows side by side, as in training

@@ -114,18 +114,7 @@ def train_model(
     all_callbacks.extend(callbacks)
 
     if cfg.loop == "auto" and stack_trainer.eligible(model) is None:
-        history = stack_trainer.fit_stack(
-            model,
-            X_train,
-            y_train,
-            X_val if has_val else None,
-            y_val if has_val else None,
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            seed=cfg.seed,
-            shuffle=cfg.shuffle,
-            callbacks=all_callbacks,
-        )
+        history = stack_trainer.fit_stack(model, X_train, y_train, X_val, y_val, cfg, all_callbacks)
     else:
         train_ds = _dataset(X_train, y_train, cfg.batch_size, cfg.shuffle, cfg.seed, repeat=True)
         val_ds = _dataset(X_val, y_val, cfg.batch_size, False, cfg.seed) if has_val else None

@@ -182,8 +182,7 @@ def test_the_loop_is_used_only_for_the_network_it_implements(monkeypatch):
     _fit(_model(backend="keras"), X, y, epochs=1)
     assert calls == [1]
     with pytest.raises(ValueError, match="cannot train this model"):
-        real(_model(backend="keras"), X, y, None, None, epochs=1, batch_size=4, seed=0,
-             shuffle=False)  # fmt: skip
+        real(_model(backend="keras"), X, y, None, None, TrainingConfig(epochs=1))
 
 
 def test_early_stopping_and_divergence_work_in_the_loop():
