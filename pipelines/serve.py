@@ -53,6 +53,18 @@ def deployments(
     return [retrain, forecast]
 
 
+BUSY_RETRIES = 5
+
+
+def _service_unavailable(exc: BaseException | None) -> bool:
+    """Whether an HTTP 503 answer is anywhere in ``exc``'s chain of causes."""
+    while exc is not None:
+        if getattr(getattr(exc, "response", None), "status_code", None) == 503:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _api_healthy() -> bool:
     from prefect import get_client
 
@@ -115,6 +127,7 @@ def _serve_until_stopped(
 ) -> None:
     from prefect import serve as prefect_serve
 
+    busy_retries = 0
     while True:
         try:
             prefect_serve(
@@ -124,7 +137,14 @@ def _serve_until_stopped(
             return
         except Exception as exc:
             if _api_healthy():
-                raise
+                # A 503 from a live server is a busy database (seen in CI: creating the
+                # deployments right after the server started): retry a few times.
+                busy_retries += 1
+                if not _service_unavailable(exc) or busy_retries > BUSY_RETRIES:
+                    raise
+                log.warning("Prefect API busy (%s); serving again in %.0f s", exc, retry_seconds)
+                time.sleep(retry_seconds)
+                continue
             log.warning("Prefect API unreachable (%s); serving again once it answers", exc)
             while not _api_healthy():
                 time.sleep(retry_seconds)

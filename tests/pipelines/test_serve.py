@@ -57,3 +57,44 @@ def test_an_interrupt_raises_keyboardinterrupt_at_once(tmp_path):
     code, out, seconds = _interrupt(tmp_path, grace=120.0, swallow=False)
     assert "KeyboardInterrupt" in out
     assert code != 0 and seconds < 30  # ended by the exception, long before the timer
+
+
+class _Answer503(Exception):
+    class response:  # noqa: N801 - the attribute httpx's HTTPStatusError carries
+        status_code = 503
+
+
+@pytest.mark.parametrize(
+    ("failures", "error", "calls", "raised"),
+    [
+        (1, _Answer503, 2, None),  # a busy server: served again, then fine
+        (9, _Answer503, 1 + 5, _Answer503),  # busy for good: gives up after 5 retries
+        (1, ValueError, 1, ValueError),  # anything else from a live server: raised at once
+    ],
+)
+def test_a_busy_api_is_retried_and_other_errors_raised(monkeypatch, failures, error, calls, raised):
+    import prefect
+
+    from pipelines import serve as serve_mod
+
+    seen = []
+
+    def fake_serve(*deployments, **kwargs):
+        seen.append(1)
+        if len(seen) <= failures:
+            try:
+                raise error("from the API")
+            except Exception as cause:  # wrapped, as Prefect's DeploymentApplyError does
+                raise RuntimeError("Error while applying deployment") from cause
+
+    monkeypatch.setattr(prefect, "serve", fake_serve)
+    monkeypatch.setattr(serve_mod, "deployments", lambda *a: [])
+    monkeypatch.setattr(serve_mod, "_api_healthy", lambda: True)
+    monkeypatch.setattr(serve_mod.time, "sleep", lambda s: None)
+    if raised is None:
+        serve_mod._serve_until_stopped(None, "", None, None, retry_seconds=0.0)
+    else:
+        with pytest.raises(RuntimeError) as info:
+            serve_mod._serve_until_stopped(None, "", None, None, retry_seconds=0.0)
+        assert isinstance(info.value.__cause__, raised)
+    assert len(seen) == calls
