@@ -2,8 +2,11 @@
 
 The last ``eval_cfg.test_fraction`` of the rows is cut into ``eval_cfg.backtest_folds``
 consecutive blocks.  Fold i refits the scaler and a fresh model on every row before
-block i (no validation part, ``eval_cfg.backtest_epochs`` epochs, no early stopping)
-and scores the forecasts whose targets lie in block i.
+block i and scores the forecasts whose targets lie in block i.  A fold trains the registered
+configuration (the same network, engine, batch size, seed and, unless
+``eval_cfg.backtest_epochs`` says otherwise, ``training_cfg.epochs``), without a validation
+part and so without early stopping.  Folds run one after the other: each training already
+keeps both cores busy.
 """
 
 from __future__ import annotations
@@ -59,12 +62,16 @@ def walk_forward_backtest(
     eval_cfg: EvaluationConfig,
     build: ModelBuilder,
     training_cfg: TrainingConfig,
+    backend: str = "fast",
 ) -> pd.DataFrame:
     """Per-fold metrics (rmse, naive_rmse, skill = 1 - rmse/naive_rmse) as a DataFrame."""
     validate_frame(df, feature_cfg.columns)
     frame = df.reset_index(drop=True)
     fold_cfg = training_cfg.model_copy(
-        update={"epochs": eval_cfg.backtest_epochs, "early_stopping_patience": 0}
+        update={
+            "epochs": eval_cfg.backtest_epochs or training_cfg.epochs,
+            "early_stopping_patience": 0,
+        }
     )
     rows = []
     for i, (start, end) in enumerate(fold_bounds(len(frame), eval_cfg)):
@@ -73,7 +80,9 @@ def walk_forward_backtest(
         preprocessor = fit_preprocessor(frames.train, feature_cfg)
         data = make_dataset(frames, preprocessor)
         model = build(data.lookback, data.n_features, data.horizon)
-        result = train_model(model, data.train.X, data.train.y, None, None, fold_cfg)
+        result = train_model(
+            model, data.train.X, data.train.y, None, None, fold_cfg, backend=backend
+        )
         predicted = predict_prices(result.model, data.test, preprocessor)
         m = evaluate_forecasts(data, predicted, eval_cfg).metrics
         rows.append(

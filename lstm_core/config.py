@@ -56,11 +56,9 @@ class ModelConfig(_Frozen):
     units: int = Field(50, ge=1)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     learning_rate: float = Field(1e-3, gt=0.0)
-    # "fast": the tuned path (one FastLSTMStack, batch halves on two cores, Numba kernels);
-    # "wavefront": the same layer with its XLA wavefront kernel; "fused": one FastLSTM per
-    # layer under XLA; "keras": the plain tutorial-equivalent path, kept selectable as the
-    # fallback.  Same network and weights in all four.
-    backend: Literal["fast", "wavefront", "fused", "keras"] = "fast"
+    # "fast": the Numba engine (lstm_core.engine) trains the network; "keras": model.fit, the
+    # readable reference and fallback.  The same plain Keras network either way.
+    backend: Literal["fast", "keras"] = "fast"
 
 
 class TrainingConfig(_Frozen):
@@ -69,10 +67,6 @@ class TrainingConfig(_Frozen):
     seed: int = Field(42, ge=0)
     early_stopping_patience: int = Field(0, ge=0, description="0 disables early stopping")
     shuffle: bool = True
-    # "auto": a "fast" model (FastLSTMStack -> Dropout -> Dense, Adam, MSE) trains in
-    # lstm_core.stack_trainer's Numba loop, any other model through keras' fit; "keras":
-    # always keras' fit (the slower fallback).
-    loop: Literal["auto", "keras"] = "auto"
 
 
 class EvaluationConfig(_Frozen):
@@ -81,8 +75,10 @@ class EvaluationConfig(_Frozen):
     moving_average_window: int = Field(5, ge=1)
     interval_levels: tuple[float, ...] = (0.8, 0.95)
     mc_samples: int = Field(30, ge=2)
-    backtest_folds: int = Field(2, ge=0, description="0 disables the walk-forward backtest")
-    backtest_epochs: int = Field(2, ge=1)
+    backtest_folds: int = Field(3, ge=0, description="0 disables the walk-forward backtest")
+    backtest_epochs: int | None = Field(
+        None, ge=1, description="epochs per fold; None: training.epochs (the registered setup)"
+    )
     forecast_days: int = Field(5, ge=1)
 
     @field_validator("interval_levels")

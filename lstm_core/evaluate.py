@@ -225,7 +225,8 @@ def run_experiment(
         model_cfg, data.lookback, data.n_features, data.horizon, seed=training_cfg.seed
     )
     result = train_model(
-        model, data.train.X, data.train.y, data.val.X, data.val.y, training_cfg, callbacks
-    )
+        model, data.train.X, data.train.y, data.val.X, data.val.y, training_cfg, callbacks,
+        backend=model_cfg.backend,
+    )  # fmt: skip
     evaluation = evaluate_model(result.model, data, eval_cfg, seed=training_cfg.seed)
     return ExperimentResult(data=data, training=result, evaluation=evaluation)

@@ -38,10 +38,14 @@ def mc_dropout_samples(
 ) -> np.ndarray:
     """Stochastic outputs ``(n_samples, n, horizon)`` (scaled) with dropout active.
 
-    ``seed`` re-seeds Keras' global RNGs; each Dropout layer's own seed generator was
-    seeded when the model was built and advances with every call, so repeated calls on
-    one model differ (reproducible across processes for the same build seed).
+    Runs in the Numba engine (masks drawn from ``seed``) when it implements the model, else
+    through Keras: ``seed`` re-seeds Keras' global RNGs, and each Dropout layer's own seed
+    generator advances with every call, so repeated calls on one model differ.
     """
+    from lstm_core import engine
+
+    if engine.eligible(model) is None:
+        return engine.mc_dropout_samples(model, X, n_samples, 0 if seed is None else seed)
     import keras
 
     if seed is not None:

@@ -33,7 +33,7 @@ class Forecaster:
         return self.preprocessor.feature_cfg
 
     def _deterministic(self, x: np.ndarray) -> np.ndarray:
-        # a traced tf.function: calling the LSTM eagerly costs ~10x more per window
+        # a traced tf.function: calling the LSTM eagerly costs much more per window
         if self._infer is None:
             import tensorflow as tf
 
@@ -103,9 +103,6 @@ class Forecaster:
     def load(cls, directory: str | Path) -> Forecaster:
         """Load a directory written by :meth:`save` (Keras safe mode: no arbitrary code)."""
         import keras
-
-        import lstm_core.fast_lstm  # noqa: F401  registers FastLSTM for safe_mode loading
-        import lstm_core.fast_stack  # noqa: F401  registers FastLSTMStack likewise
 
         path = Path(directory)
         preprocessor = Preprocessor.from_dict(json.loads((path / PREPROCESSOR_FILE).read_text()))

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from lstm_core import stack_trainer
+from lstm_core import engine
 from lstm_core.config import TrainingConfig
 
 
@@ -62,13 +62,11 @@ def _dataset(
     ds = ds.batch(batch_size)
     if repeat:
         # One iterator for the whole fit (epochs cut by steps_per_epoch, batches exactly as
-        # without repeat): a fresh iterator per epoch stalled the first step for ~1 s about
-        # every other epoch here (benchmarks/bench_train.py).
+        # without repeat): a fresh iterator per epoch stalled the first step of some epochs.
         ds = ds.repeat()
     # No tf.data autotuning: destroying an autotuned iterator (Keras makes a validation
-    # iterator every epoch) waited up to ~3 s, idle, for the autotuner's thread in busy
-    # Dask workers (py-spy: RootDataset::Iterator::~Iterator). A fixed prefetch is enough
-    # for in-memory arrays.
+    # iterator every epoch) waits, idle, for the autotuner's thread in busy Dask workers
+    # (RootDataset::Iterator::~Iterator). A fixed prefetch is enough for in-memory arrays.
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.prefetch(2).with_options(options)
@@ -82,11 +80,12 @@ def train_model(
     y_val: np.ndarray | None,
     cfg: TrainingConfig,
     callbacks: Sequence[Any] = (),
+    backend: str = "fast",
 ) -> TrainResult:
     """Fit ``model`` on ``(n, lookback, n_features)`` -> ``(n, horizon)`` windows.
 
-    The "fast" network trains in ``lstm_core.stack_trainer``'s Numba loop (``cfg.loop`` "auto"
-    and ``stack_trainer.eligible``), any other model through keras' ``fit``.  Either way
+    ``backend`` "fast" trains in the Numba engine (``lstm_core.engine.fit``), "keras" through
+    keras' ``fit``; the model is ``lstm_core.model.build_model``'s plain network either way.
     ``cfg.seed`` seeds the shuffling and the dropout masks, so the same seed, data and
     initial weights give the same trained weights on one machine.  ``callbacks`` (Keras
     callbacks) receive per-epoch ``loss``/``val_loss``.  Early stopping on ``val_loss``
@@ -95,6 +94,8 @@ def train_model(
     """
     import keras
 
+    if backend not in ("fast", "keras"):
+        raise ValueError(f"unknown backend {backend!r}; expected 'fast' or 'keras'")
     if len(X_train) == 0:
         raise ValueError("no training windows")
     has_val = X_val is not None and y_val is not None and len(X_val) > 0
@@ -113,8 +114,8 @@ def train_model(
         all_callbacks.append(early)
     all_callbacks.extend(callbacks)
 
-    if cfg.loop == "auto" and stack_trainer.eligible(model) is None:
-        history = stack_trainer.fit_stack(model, X_train, y_train, X_val, y_val, cfg, all_callbacks)
+    if backend == "fast":
+        history, _ = engine.fit(model, X_train, y_train, X_val, y_val, cfg, all_callbacks)
     else:
         train_ds = _dataset(X_train, y_train, cfg.batch_size, cfg.shuffle, cfg.seed, repeat=True)
         val_ds = _dataset(X_val, y_val, cfg.batch_size, False, cfg.seed) if has_val else None

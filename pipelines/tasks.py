@@ -164,6 +164,7 @@ def train(data: core_data.WindowedData, settings: Settings, run_id: str, ticker:
         data.val.y,
         settings.training,
         callbacks=callbacks,
+        backend=settings.model.backend,
     )
 
 
@@ -176,16 +177,19 @@ def evaluate(model: Any, data: core_data.WindowedData, settings: Settings):
 
 @task(name="backtest", cache_policy=NO_CACHE)
 def backtest(frame: pd.DataFrame, settings: Settings) -> pd.DataFrame:
-    # A fold trains for a couple of epochs: XLA's compile would cost more than it saves.
-    fold_model = settings.model.model_copy(update={"backend": "keras"})
-
+    # the folds retrain the registered configuration: same network, engine and epochs
     def build(lookback: int, n_features: int, horizon: int) -> Any:
         return core_model.build_model(
-            fold_model, lookback, n_features, horizon, seed=settings.training.seed
+            settings.model, lookback, n_features, horizon, seed=settings.training.seed
         )
 
     return core_backtest.walk_forward_backtest(
-        frame, settings.features, settings.evaluation, build, settings.training
+        frame,
+        settings.features,
+        settings.evaluation,
+        build,
+        settings.training,
+        backend=settings.model.backend,
     )
 
 

@@ -1,35 +1,19 @@
-"""Numba CPU kernels for the LSTM stack's training pass: forward (saving activations) and BPTT.
+"""Numba CPU kernels of the LSTM stack: forward (saving activations), BPTT, inference with
+optional dropout, one train step of a batch slice, dropout masks and Adam.
 
-They serve ``FastLSTMStack`` under ``model.fit`` (through ``tf.numpy_function``) and, through
-``train_slice`` and ``adam_update``, the Numba training loop of ``lstm_core.stack_trainer``.
+Maths as ``keras.layers.LSTM`` (gate order i, f, c, o) stacked with ``keras.layers.Dropout``,
+and the tutorial's BPTT (tests/lstm_core/reference.py is the oracle).  Layers run one after
+the other; each layer's input projection for all steps is one matmul, so only
+``recurrent_kernelᵀ @ h(t-1)`` (backwards ``recurrent_kernel @ δz``) stays on the sequential
+chain.  Arrays are unit-major inside: a step's state is (unit, batch), so the weights are
+BLAS's left operand (faster with OpenBLAS: see benchmarks/bench_stack.py).
 
-Why not XLA here: a TensorFlow profile of the XLA wavefront's programs (``lstm_core.fast_stack``,
-batch 16, this 2-core CPU) put the ops' own time at roughly 60% of the wall time; the rest went
-between ops, XLA's executor dispatching ~15 small ops per wave across threads.  These kernels
-run the same maths as plain compiled loops with BLAS for the matmuls, so a time step costs one
-small BLAS call plus a vectorised gate loop, and no wavefront is needed: layers run one after
-the other, each layer's input projection for all steps is one matmul, and only
-``recurrent_kernelᵀ @ h(t-1)`` stays on the sequential chain (``recurrent_kernel @ δz``
-backwards).  At batch 16 they took 3.5–3.8 ms forward and 6.0–8.8 ms backward against the
-XLA programs' 6.0–8.0 ms and 9.5–10.0 ms (benchmarks/bench_stack.py, two or three runs).
-
-Arrays are unit-major inside: a step's state is (unit, batch), so the weights are BLAS's left
-operand.  With OpenBLAS here, ``Rᵀ (4u, u) @ h (u, B)`` took 5.4 µs against 9.5 µs for
-``h (B, u) @ R (u, 4u)`` at B = 16, u = 50 (the other order spends its time packing R), and
-``R @ δz`` 6.6 µs against 9.6 µs.
-
-Maths as ``keras.layers.LSTM`` (gate order i, f, c, o) and the tutorial's BPTT (see
-``reference.backward``).  Dropout between layers uses the wavefront path's masks: layer l's
-input at step t is multiplied by ``masks[t + l, l - 1]`` (wave w = t + l), so both paths
-train identically from the same seed.  float32 computes tanh with the rational approximation
-Eigen and XLA use (σ(z) = ½·tanh(½z) + ½), which the compiler vectorises; float64 uses libm.
-No TensorFlow here.
+Dropout between layers: layer l's input at step t is multiplied by ``masks[t + l, l - 1]``
+(wave w = t + l).  float32 computes tanh with the rational approximation Eigen and XLA use
+(σ(z) = ½·tanh(½z) + ½), which the compiler vectorises; float64 uses libm.  No TensorFlow here.
 """
 
 from __future__ import annotations
-
-import functools
-from typing import Any
 
 import numpy as np
 from numba import njit, types
@@ -40,9 +24,9 @@ __all__ = [
     "dropout_masks",
     "stack_backward",
     "stack_forward",
+    "predict_slice",
     "stack_predict",
     "train_slice",
-    "tune_process",
 ]
 
 _F = np.float32
@@ -143,8 +127,7 @@ def stack_forward(x, kernel0, wst, bias, masks, h0, c0):  # pragma: no cover - c
             for j in range(4 * u):
                 zin[j] += bias[ly, j]
         for t in range(n_t):
-            # (4u, B): the only matmul on the sequential chain.  Unit-major, so the weights
-            # are BLAS's left operand: 5.4 µs against 9.5 µs for h @ R at B=16, u=50 here.
+            # (4u, B): the only matmul on the sequential chain; the weights are the left operand
             z = np.dot(rec_t, hs[ly, t])
             g = gates[ly, t]
             for j in range(4 * u):
@@ -229,7 +212,7 @@ def stack_backward(
         dh0[ly] = dh_rec.T
         dc0[ly] = dc_next.T
         # weight gradients summed over steps and batch: one matmul for the layer's [kernel;
-        # recurrent], computed transposed (δz @ aᵀ ran at 79 GFLOP/s here, a @ δzᵀ at 58)
+        # recurrent], computed transposed (the faster order with OpenBLAS)
         for t in range(n_t):
             src = hs[ly, t]
             for j in range(u):
@@ -239,7 +222,7 @@ def stack_backward(
         if ly > 0:
             a_cat[:u] = inp[ly]
             d_wst[ly] = np.dot(dz_all, a_cat.T).T
-            # gradient of the layer's input, (T·B, u) (faster than (u, T·B) here)
+            # gradient of the layer's input, (T·B, u) (the faster layout with OpenBLAS)
             d_in = np.dot(dz_all.T, np.ascontiguousarray(wst[ly, :u].T))
             for t in range(n_t):
                 for b in range(n_b):
@@ -265,9 +248,13 @@ def stack_backward(
 
 
 @njit(**_JIT)
-def stack_predict(x, kernel0, wst, bias):  # pragma: no cover - compiled
-    """Inference: the top layer's last h (B, u) for ``x`` (B, T, n_in), no dropout, nothing
-    saved (for validation passes: one layer's sequence is all it keeps)."""
+def stack_predict(x, kernel0, wst, bias, key, row0, n_total, rate):  # pragma: no cover - compiled
+    """Inference: the top layer's last h (B, u) for ``x`` (B, T, n_in), nothing saved.
+
+    With ``rate`` > 0 the Dropout between layers is active (Monte Carlo dropout), its masks
+    drawn as ``train_slice`` draws them for rows ``row0 .. row0 + B`` of a batch of ``n_total``
+    under ``key``; with ``rate`` 0 the pass is deterministic (``key`` unused).
+    """
     n_b, n_t, n_in = x.shape
     n_l = wst.shape[0]
     u = wst.shape[2] // 4
@@ -278,6 +265,9 @@ def stack_predict(x, kernel0, wst, bias):  # pragma: no cover - compiled
     zin = np.empty((4 * u, n_b), dt)
     h = np.empty((u, n_b), dt)
     c = np.empty((u, n_b), dt)
+    m = np.empty((n_b, u), dt)  # this step's dropout mask on the layer's input
+    x_in = np.empty((u, n_b), dt)
+    per_wave = (n_l - 1) * n_total * u
     for ly in range(n_l):
         rec_t = np.ascontiguousarray(wst[ly, u:].T)
         ker_t = np.ascontiguousarray(wst[ly, :u].T)
@@ -289,6 +279,16 @@ def stack_predict(x, kernel0, wst, bias):  # pragma: no cover - compiled
                     zin[j] = bias[0, j]
                     for k in range(n_in):
                         zin[j] += x_t[k, t * n_b : (t + 1) * n_b] * kernel0[k, j]
+            elif rate > 0.0:
+                first = (t + ly) * per_wave + ((ly - 1) * n_total + row0) * u
+                dropout_masks(m, key, first, rate)
+                src = seq[t]
+                for j in range(u):
+                    for b in range(n_b):
+                        x_in[j, b] = src[j, b] * m[b, j]
+                zin[:] = np.dot(ker_t, x_in)
+                for j in range(4 * u):
+                    zin[j] += bias[ly, j]
             else:
                 zin[:] = np.dot(ker_t, seq[t])
                 for j in range(4 * u):
@@ -399,6 +399,25 @@ def train_slice(
 
 
 @njit(**_JIT)
+def predict_slice(
+    x, kernel0, wst, bias, dense_w, dense_b, key, row0, n_total, rate, top_rate
+):  # pragma: no cover - compiled
+    """The network's output (B, H) for rows ``row0 .. row0 + B`` of ``n_total``: the stack,
+    Dropout(``top_rate``) and Dense; dropout active when the rates are > 0, with the masks
+    ``train_slice`` would draw under ``key`` (Monte Carlo dropout), else deterministic."""
+    h_top = stack_predict(x, kernel0, wst, bias, key, row0, n_total, rate)
+    if top_rate > 0.0:
+        m_top = np.empty_like(h_top)
+        dropout_masks(m_top, key ^ np.uint64(0xD1B54A32D192ED03), row0 * h_top.shape[1], top_rate)
+        h_top = h_top * m_top
+    out = np.dot(h_top, dense_w)
+    for b in range(out.shape[0]):
+        for k in range(out.shape[1]):
+            out[b, k] += dense_b[k]
+    return out
+
+
+@njit(**_JIT)
 def adam_update(params, grads, m, v, alpha, one_minus_b1, one_minus_b2, eps):  # pragma: no cover
     """keras.optimizers.Adam's update on flat float arrays; ``grads`` (slices, n) are summed
     (into ``grads[0]``).  ``alpha`` = lr·√(1 - β₂ᵗ) / (1 - β₁ᵗ) for this step t, as Keras has it.
@@ -412,37 +431,3 @@ def adam_update(params, grads, m, v, alpha, one_minus_b1, one_minus_b2, eps):  #
         m[i] += (g[i] - m[i]) * one_minus_b1
         v[i] += (g[i] * g[i] - v[i]) * one_minus_b2
         params[i] -= m[i] * alpha / (np.sqrt(v[i]) + eps)
-
-
-@functools.cache
-def tune_process() -> dict[str, Any]:
-    """Once per process, before the kernels run: one BLAS thread, and glibc keeps freed memory.
-
-    * The kernels' matmuls are small and two batch slices run side by side on the two cores:
-      BLAS's own threads would only fight them.
-    * A training step allocates and frees ~6 MB per slice.  With glibc's defaults blocks that
-      large are mmap'ed and returned each time, so every step faults its pages in again; with
-      both slices doing so at once, the forward kernel took 8.3–10.7 ms per half-batch inside
-      the training graph, and 4.4–5.7 ms once the mmap and trim thresholds were raised (which
-      makes glibc reuse the memory).
-    Returns what was done (for logs and tests).
-    """
-    done: dict[str, Any] = {}
-    try:
-        import scipy.linalg.cython_blas  # noqa: F401  (Numba's BLAS: loaded before limiting it)
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=1, user_api="blas")
-        done["blas_threads"] = 1
-    except Exception as exc:  # pragma: no cover - threadpoolctl is a dependency
-        done["blas_threads"] = f"unchanged ({exc})"
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 256 << 20)
-        done["malloc"] = "glibc thresholds raised" if ok else "mallopt refused"
-    except (OSError, AttributeError):  # not glibc (no mallopt): nothing to tune
-        done["malloc"] = "not glibc"
-    return done
