@@ -9,7 +9,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 
-from lstm_core import reference as ref
+from tests.lstm_core import reference as ref
 
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")

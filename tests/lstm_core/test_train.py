@@ -6,6 +6,7 @@ from lstm_core.model import build_model
 from lstm_core.train import TrainingDivergedError, train_model
 
 CFG = ModelConfig(layers=1, units=4, backend="keras")
+BACKENDS = pytest.mark.parametrize("backend", ["fast", "keras"])
 
 
 def _xy(n=64, seed=0):
@@ -14,15 +15,16 @@ def _xy(n=64, seed=0):
     return X, X[:, -1, :] * 0.5 + 0.1  # (n_windows, horizon)
 
 
-def _train(cfg: TrainingConfig, callbacks=()):
+def _train(cfg: TrainingConfig, callbacks=(), backend="keras"):
     X, y = _xy()
     model = build_model(CFG, 5, 1, 1, seed=cfg.seed)
-    return train_model(model, X[:48], y[:48], X[48:], y[48:], cfg, callbacks)
+    return train_model(model, X[:48], y[:48], X[48:], y[48:], cfg, callbacks, backend=backend)
 
 
-def test_same_seed_same_weights_and_history():
+@BACKENDS
+def test_same_seed_same_weights_and_history(backend):
     cfg = TrainingConfig(epochs=2, batch_size=8, seed=7)
-    a, b = _train(cfg), _train(cfg)
+    a, b = _train(cfg, backend=backend), _train(cfg, backend=backend)
     for wa, wb in zip(a.model.get_weights(), b.model.get_weights(), strict=True):
         np.testing.assert_array_equal(wa, wb)
     assert a.history == b.history
@@ -30,7 +32,8 @@ def test_same_seed_same_weights_and_history():
     assert a.epochs_run == 2 and not a.stopped_early
 
 
-def test_callbacks_receive_epoch_losses():
+@BACKENDS
+def test_callbacks_receive_epoch_losses(backend):
     import keras
 
     seen = []
@@ -39,12 +42,13 @@ def test_callbacks_receive_epoch_losses():
         def on_epoch_end(self, epoch, logs=None):
             seen.append((epoch, float(logs["loss"]), float(logs["val_loss"])))
 
-    result = _train(TrainingConfig(epochs=2, batch_size=16), callbacks=[Spy()])
+    result = _train(TrainingConfig(epochs=2, batch_size=16), callbacks=[Spy()], backend=backend)
     assert [s[0] for s in seen] == [0, 1]
     assert [s[1] for s in seen] == pytest.approx(result.history["loss"])
 
 
-def test_early_stopping_restores_best_weights():
+@BACKENDS
+def test_early_stopping_restores_best_weights(backend):
     X, y = _xy()
     model = build_model(
         ModelConfig(layers=1, units=4, backend="keras", learning_rate=0.5), 5, 1, 1, seed=0
@@ -58,6 +62,7 @@ def test_early_stopping_restores_best_weights():
         X[48:],
         y_val,
         TrainingConfig(epochs=30, batch_size=8, early_stopping_patience=1),
+        backend=backend,
     )
     assert result.stopped_early and result.epochs_run < 30
     best = min(result.history["val_loss"])
@@ -65,13 +70,14 @@ def test_early_stopping_restores_best_weights():
     assert restored == pytest.approx(best, rel=1e-4)
 
 
-def test_nan_loss_raises():
+@BACKENDS
+def test_nan_loss_raises(backend):
     X, y = _xy()
     y = y.copy()
     y[3] = np.nan
     model = build_model(CFG, 5, 1, 1, seed=0)
     with pytest.raises(TrainingDivergedError, match="loss became nan at epoch 1"):
-        train_model(model, X, y, None, None, TrainingConfig(epochs=3))
+        train_model(model, X, y, None, None, TrainingConfig(epochs=3), backend=backend)
 
 
 def test_zero_epochs_and_no_validation():
@@ -102,7 +108,7 @@ def test_every_epoch_sees_every_window_once_in_ceil_n_over_batch_steps(shuffle):
 
     model = build_model(CFG, 5, 1, 1, seed=0)
     cfg = TrainingConfig(epochs=3, batch_size=8, shuffle=shuffle, seed=1)
-    result = train_model(model, X, y, None, None, cfg, callbacks=[Spy()])
+    result = train_model(model, X, y, None, None, cfg, callbacks=[Spy()], backend="keras")
     assert [len(batches) for batches in seen] == [3, 3, 3]
     assert result.epochs_run == 3
 
@@ -119,10 +125,16 @@ def test_every_epoch_sees_every_window_once_in_ceil_n_over_batch_steps(shuffle):
 def test_fast_backend_trains_through_train_model():
     X, y = _xy()
     model = build_model(ModelConfig(layers=2, units=4), 5, 1, 1, seed=0)
-    assert type(model.layers[0]).__name__ == "FastLSTMStack"
     before = float(model.evaluate(X, y, verbose=0))
     result = train_model(model, X, y, X, y, TrainingConfig(epochs=3, batch_size=8, seed=0))
     assert result.epochs_run == 3 and result.history["loss"][-1] < before
+
+
+def test_unknown_backend_is_an_error():
+    X, y = _xy()
+    model = build_model(CFG, 5, 1, 1, seed=0)
+    with pytest.raises(ValueError, match="unknown backend"):
+        train_model(model, X, y, None, None, TrainingConfig(epochs=1), backend="fused")
 
 
 @pytest.mark.parametrize("repeat", [False, True])

@@ -5,15 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lstm_core import reference as ref
+from tests.lstm_core import reference as ref
 
 pytest.importorskip("numba")
 
-from lstm_core.stack_kernels import (  # noqa: E402
+from lstm_core.engine.kernels import (  # noqa: E402
+    dropout_masks,
+    predict_slice,
     stack_backward,
     stack_forward,
     stack_predict,
-    tune_process,
 )
 
 N_IN, UNITS, LAYERS, BATCH, STEPS = 2, 4, 3, 3, 7
@@ -91,9 +92,10 @@ def test_predict_is_the_forward_passs_last_top_state(dtype):
     h = x.astype(np.float64)
     for w in per_layer:
         h = ref.forward(ref.from_keras_weights(*w), h).h
-    np.testing.assert_allclose(stack_predict(x, *packed), top[:, -1], rtol=1e-5, atol=1e-6)
+    pred = stack_predict(x, *packed, np.uint64(0), 0, BATCH, 0.0)
+    np.testing.assert_allclose(pred, top[:, -1], rtol=1e-5, atol=1e-6)
     tol = 1e-12 if dtype == np.float64 else 2e-6
-    np.testing.assert_allclose(stack_predict(x, *packed), h[:, -1], atol=tol)
+    np.testing.assert_allclose(pred, h[:, -1], atol=tol)
 
 
 def test_masks_multiply_each_layers_input_at_wave_t_plus_layer():
@@ -124,10 +126,29 @@ def test_float32_rational_tanh_stays_within_float32_noise_of_float64():
     np.testing.assert_allclose(top32, top64, atol=2e-6)
 
 
-def test_tune_process_limits_blas_to_one_thread():
-    done = tune_process()
-    assert done["blas_threads"] == 1
-    from threadpoolctl import threadpool_info
-
-    assert all(pool["num_threads"] == 1 for pool in threadpool_info()
-               if pool["user_api"] == "blas")  # fmt: skip
+def test_predict_slice_with_dropout_uses_the_masks_train_slice_draws():
+    """Monte Carlo dropout: rows lo..hi of a batch get the masks of those rows in the batch."""
+    _, (kernel0, wst, bias) = _weights()
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(BATCH, STEPS, N_IN))
+    dense_w, dense_b = rng.normal(size=(UNITS, 2)), rng.normal(size=2)
+    key, rate, top_rate = np.uint64(99), 0.3, 0.4
+    per_wave = (LAYERS - 1) * BATCH * UNITS
+    masks = np.empty((STEPS + LAYERS - 1, LAYERS - 1, BATCH, UNITS))
+    for w in range(STEPS + LAYERS - 1):
+        for ly in range(LAYERS - 1):
+            dropout_masks(masks[w, ly], key, w * per_wave + ly * BATCH * UNITS, rate)
+    top = stack_forward(x, kernel0, wst, bias, masks, _zeros(), _zeros())[0][:, -1]
+    m_top = dropout_masks(np.empty((BATCH, UNITS)), key ^ np.uint64(0xD1B54A32D192ED03), 0,
+                          top_rate)  # fmt: skip
+    expected = (top * m_top) @ dense_w + dense_b
+    whole = predict_slice(x, kernel0, wst, bias, dense_w, dense_b, key, 0, BATCH, rate, top_rate)
+    np.testing.assert_allclose(whole, expected, atol=1e-12)
+    parts = [
+        predict_slice(x[lo:hi], kernel0, wst, bias, dense_w, dense_b, key, lo, BATCH, rate,
+                      top_rate)
+        for lo, hi in ((0, 1), (1, BATCH))
+    ]  # fmt: skip
+    np.testing.assert_allclose(np.concatenate(parts), expected, atol=1e-12)
+    plain = predict_slice(x, kernel0, wst, bias, dense_w, dense_b, key, 0, BATCH, 0.0, 0.0)
+    assert np.abs(plain - expected).max() > 1e-3  # dropout did change the output

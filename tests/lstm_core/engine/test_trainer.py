@@ -1,13 +1,14 @@
-"""The Numba training loop: its kernels against Keras and finite differences, and fit_stack
-against keras' fit on the same network."""
+"""The Numba engine: its train step against Keras and finite differences, its loop against
+keras' fit on the same plain network, and the process settings it restores."""
 
 import numpy as np
 import pytest
 
-from lstm_core import stack_trainer
+from lstm_core import engine
 from lstm_core.config import ModelConfig, TrainingConfig
+from lstm_core.engine.kernels import adam_update, dropout_masks, train_slice
+from lstm_core.engine.trainer import _Net
 from lstm_core.model import build_model
-from lstm_core.stack_kernels import adam_update, dropout_masks, train_slice
 from lstm_core.train import train_model
 
 LOOKBACK, N_IN, HORIZON = 5, 2, 2
@@ -20,17 +21,13 @@ def _xy(n=20, seed=0):
     return X, y.astype(np.float32)
 
 
-def _model(dropout=0.2, layers=2, units=3, seed=0, backend="fast"):
-    cfg = ModelConfig(layers=layers, units=units, dropout=dropout, backend=backend)
+def _model(dropout=0.2, layers=2, units=3, seed=0):
+    cfg = ModelConfig(layers=layers, units=units, dropout=dropout)
     return build_model(cfg, LOOKBACK, N_IN, HORIZON, seed=seed)
 
 
 def _params(model, dtype=np.float32):
-    stack, _, dense = model.layers
-    p = stack_trainer._Params.allocate(N_IN, stack.units, stack.n_layers, HORIZON)
-    for var, view in stack_trainer._variable_views(p, stack, dense):
-        view[...] = np.asarray(var)
-    return [v.astype(dtype) for v in p.views]
+    return [v.astype(dtype) for v in _Net.of(model).views]
 
 
 def _slices_grad(model_params, X, y, rate, key=7, splits=()):
@@ -54,10 +51,11 @@ def test_slices_without_dropout_give_the_keras_models_loss_and_gradients():
     with tf.GradientTape() as tape:
         loss = tf.reduce_mean(tf.square(model(X, training=True) - y))
     tape_grads = tape.gradient(loss, model.trainable_variables)
-    # the same flat layout as the kernels', through the trainer's own variable mapping
-    expected = stack_trainer._Params.allocate(N_IN, 3, 2, HORIZON)
+    # the same flat layout as the kernels', through the engine's own variable mapping
+    expected = _Net.of(model)
     by_id = {id(v): g for v, g in zip(model.trainable_variables, tape_grads, strict=True)}
-    for var, view in stack_trainer._variable_views(expected, *model.layers[::2]):
+    assert len(expected.pairs) == len(by_id)  # every trainable variable is mapped
+    for var, view in expected.pairs:
         view[...] = np.asarray(by_id[id(var)])
     mse, grads = _slices_grad(_params(model), X, y, 0.0, splits=(4,))
     assert mse == pytest.approx(float(loss), rel=1e-5)
@@ -127,62 +125,90 @@ def test_adam_update_is_keras_adam():
     np.testing.assert_allclose(p, np.asarray(var), rtol=1e-5, atol=1e-7)
 
 
-def _fit(model, X, y, epochs, loop="auto", shuffle=False, n_train=20, batch_size=8):
+def _fit(model, X, y, epochs, backend="fast", shuffle=False, n_train=20, batch_size=8):
     """Train on the first ``n_train`` windows (by default in batches of 8 + 8 + 4), validate
     on the rest."""
-    cfg = TrainingConfig(epochs=epochs, batch_size=batch_size, seed=3, shuffle=shuffle, loop=loop)
-    return train_model(model, X[:n_train], y[:n_train], X[n_train:], y[n_train:], cfg)
+    cfg = TrainingConfig(epochs=epochs, batch_size=batch_size, seed=3, shuffle=shuffle)
+    return train_model(
+        model, X[:n_train], y[:n_train], X[n_train:], y[n_train:], cfg, backend=backend
+    )
 
 
 @pytest.mark.parametrize(
     ("n_train", "batch_size", "steps"),
     [(20, 8, 3), (19, 6, 4)],  # 8 + 8 + 4; 6 + 6 + 6 + 1 (a one-window batch: one slice)
 )
-def test_fit_stack_trains_like_keras_fit_on_the_same_network(n_train, batch_size, steps):
+def test_the_engine_trains_like_keras_fit_on_the_same_network(n_train, batch_size, steps):
     X, y = _xy(n=27)
     kw = {"epochs": 3, "n_train": n_train, "batch_size": batch_size}
     numba_run = _fit(_model(dropout=0.0), X, y, **kw)
-    keras_run = _fit(_model(dropout=0.0), X, y, loop="keras", **kw)
+    keras_run = _fit(_model(dropout=0.0), X, y, backend="keras", **kw)
     for a, b in zip(numba_run.model.get_weights(), keras_run.model.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
     for key in ("loss", "val_loss"):
         assert numba_run.history[key] == pytest.approx(keras_run.history[key], rel=1e-4)
     assert numba_run.history["loss"][-1] < numba_run.history["loss"][0]
-    it_a = int(np.asarray(numba_run.model.optimizer.iterations))
-    assert it_a == int(np.asarray(keras_run.model.optimizer.iterations)) == 3 * steps
+    assert int(np.asarray(keras_run.model.optimizer.iterations)) == 3 * steps
 
 
-def test_two_calls_continue_like_one_longer_call():
+def test_two_calls_continue_like_one_longer_call_with_the_engines_adam_state():
+    X, y = _xy(n=24)
+    cfg = TrainingConfig(epochs=2, batch_size=8, seed=3, shuffle=True)
+    once = _model()
+    history, adam = engine.fit(once, X, y, None, None, cfg)
+    assert adam.step == 6
+    twice = _model()
+    half = cfg.model_copy(update={"epochs": 1})
+    _, state = engine.fit(twice, X, y, None, None, half)
+    second, state = engine.fit(twice, X, y, None, None, half, adam=state)
+    assert state.step == 6
+    for a, b in zip(once.get_weights(), twice.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+    assert second["loss"][0] == pytest.approx(history["loss"][1], rel=1e-6)
+
+
+def test_the_engine_runs_only_the_network_it_implements():
+    import keras
+
+    assert engine.eligible(_model()) is None
+    other = keras.Sequential([keras.Input((LOOKBACK, N_IN)), keras.layers.GRU(3),
+                              keras.layers.Dropout(0.1), keras.layers.Dense(HORIZON)])  # fmt: skip
+    other.compile(optimizer="adam", loss="mse")
+    assert "LSTM" in engine.eligible(other)
+    sgd = _model()
+    sgd.compile(optimizer="sgd", loss="mean_squared_error")
+    assert "Adam" in engine.eligible(sgd)
+    X, y = _xy(n=24)
+    with pytest.raises(ValueError, match="cannot run this model"):
+        train_model(other, X, y, None, None, TrainingConfig(epochs=1))
+
+
+def test_process_settings_are_taken_while_training_and_restored_after(monkeypatch):
     import gc
 
-    X, y = _xy(n=24)
-    assert gc.isenabled()
-    once = _fit(_model(), X, y, epochs=2, shuffle=True)
-    assert gc.isenabled()  # paused while training only
-    model = _model()
-    _fit(model, X, y, epochs=1, shuffle=True)
-    twice = _fit(model, X, y, epochs=1, shuffle=True)
-    for a, b in zip(once.model.get_weights(), twice.model.get_weights(), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
-    assert twice.history["loss"][0] == pytest.approx(once.history["loss"][1], rel=1e-6)
+    from threadpoolctl import threadpool_info
 
+    from lstm_core.engine import process
 
-def test_the_loop_is_used_only_for_the_network_it_implements(monkeypatch):
-    assert stack_trainer.eligible(_model()) is None
-    assert "FastLSTMStack" in stack_trainer.eligible(_model(backend="keras"))
-    assert "Numba" in stack_trainer.eligible(_model(backend="wavefront"))
     calls = []
-    real = stack_trainer.fit_stack
-    monkeypatch.setattr(
-        stack_trainer, "fit_stack", lambda *a, **k: calls.append(1) or real(*a, **k)
-    )
+    monkeypatch.setattr(process, "mallopt", lambda p, v: calls.append((p, v)) or True)
+    seen = {}
+
+    def blas_threads():
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    before = blas_threads()
+    assert gc.isenabled()
+    with process.engine_settings():
+        seen = {"gc": gc.isenabled(), "blas": blas_threads()}
+    assert seen["gc"] is False and set(seen["blas"]) == {1}
+    assert gc.isenabled() and blas_threads() == before
+    assert calls[:2] == list(process.TRAINING_VALUES.items())
+    assert calls[2:] == list(process.GLIBC_DEFAULTS.items())
+
     X, y = _xy(n=24)
-    _fit(_model(), X, y, epochs=1)
-    _fit(_model(), X, y, epochs=1, loop="keras")
-    _fit(_model(backend="keras"), X, y, epochs=1)
-    assert calls == [1]
-    with pytest.raises(ValueError, match="cannot train this model"):
-        real(_model(backend="keras"), X, y, None, None, TrainingConfig(epochs=1))
+    _fit(_model(), X, y, epochs=1)  # the loop itself leaves them restored too
+    assert gc.isenabled() and blas_threads() == before
 
 
 def test_early_stopping_and_divergence_work_in_the_loop():
