@@ -17,6 +17,8 @@ import pytest
 from tests.reliability.conftest import cli, copy_project, figure, snapshot
 from tests.reliability.corpus import CASES, Case
 
+pytestmark = pytest.mark.slow  # the real CLI once per corpus case: make test-fast leaves them out
+
 PARALLEL = 3
 
 

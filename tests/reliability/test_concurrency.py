@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from tests.pipelines.conftest import price_frame, write_prices
 from tests.reliability.conftest import (
     MODEL,
@@ -16,6 +18,8 @@ from tests.reliability.conftest import (
     start_cli,
     store_digest,
 )
+
+pytestmark = pytest.mark.slow  # racing CLI runs: make test-fast leaves them out
 
 REPEATS = 3
 ROWS = 1500

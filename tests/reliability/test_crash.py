@@ -33,6 +33,8 @@ from tests.reliability.conftest import (
     stray_temp_files,
 )
 
+pytestmark = pytest.mark.slow  # SIGKILL crash trials: make test-fast leaves them out
+
 SEED = 20240611
 INGEST_TRIALS = 14
 RUN_TRIALS = 6

@@ -34,6 +34,7 @@ def test_every_store_path_stays_under_the_root(tmp_path):
         assert store.path(name).resolve().is_relative_to((tmp_path / "store").resolve())
 
 
+@pytest.mark.slow  # trains a project through the real CLI
 def test_cli_ticker_escape_writes_nothing_anywhere(trained_project, tmp_path):
     project = copy_project(trained_project.path, tmp_path / "box" / "project", prefect=False)
     before = snapshot(project)
