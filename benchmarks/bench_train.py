@@ -9,11 +9,10 @@ In one process and on the same data:
     exactly as the tutorial does (``sc.fit_transform(training_set)``), 60-day windows
     ``range(60, 2035)``, four LSTM(50) + Dropout(0.2), Dense(1), Adam, MSE, batch 32, NumPy
     arrays into ``model.fit`` (shuffled, as ``fit``'s default);
-(b) the project's path: ``lstm_core.model.build_model(ModelConfig(), ...)`` (backend "fast":
-    one ``FastLSTMStack``; ``--backend wavefront|fused|keras`` for the others) +
-    ``lstm_core.train.train_model(..., TrainingConfig(epochs=E, batch_size=32))``, which
-    trains the "fast" network in lstm_core/stack_trainer.py's Numba loop (``--loop keras``:
-    keras' fit with the same layer's Numba kernels, the previous path).
+(b) the project's path: ``lstm_core.model.build_model(ModelConfig(), ...)`` (the same plain
+    Keras network) + ``lstm_core.train.train_model(..., TrainingConfig(epochs=E, batch_size=32),
+    backend=B)``: backend "fast" (default) trains it in the Numba engine (lstm_core/engine/),
+    ``--backend keras`` with keras' fit.
 
 Both get the same held-out validation set: the next 300 windows (targets rows 2035..2334),
 scaled with the same scaler, evaluated at the end of every epoch (so epoch times include one
@@ -217,12 +216,10 @@ def train_both(
     epochs: int,
     seed: int,
     backend: str = "fast",
-    loop: str = "auto",
 ) -> dict[str, Any]:
     """Tutorial epoch 1, then project epoch k followed by tutorial epoch k+1 (interleaved)."""
     import keras
 
-    from lstm_core import stack_trainer
     from lstm_core.config import ModelConfig, TrainingConfig
     from lstm_core.model import build_model
     from lstm_core.train import train_model
@@ -245,12 +242,11 @@ def train_both(
         y.reshape(-1, 1),
         Xv,
         yv.reshape(-1, 1),
-        TrainingConfig(epochs=epochs, batch_size=BATCH, seed=seed, loop=loop),
+        TrainingConfig(epochs=epochs, batch_size=BATCH, seed=seed),
         callbacks=[timer, Interleave()],
+        backend=backend,
     )
-    layer = type(model.layers[0]).__name__
-    numba_loop = loop == "auto" and stack_trainer.eligible(model) is None
-    how = "lstm_core.stack_trainer's Numba loop" if numba_loop else "keras fit"
+    how = "the Numba engine (lstm_core.engine)" if backend == "fast" else "keras fit"
     return {
         "tutorial": {
             "model": tutorial.model, "history": tutorial.history, "epoch_s": tutorial.epoch_s,
@@ -261,8 +257,7 @@ def train_both(
             "history": result.history,
             "epoch_s": timer.seconds,
             "cpu_s": timer.cpu_seconds,
-            "what": f"backend={model_cfg.backend!r} ({layer}, jit_compile={model.jit_compile}), "
-            f"trained by {how}",
+            "what": f"backend={model_cfg.backend!r} (plain keras layers), trained by {how}",
         },
     }  # fmt: skip
 
@@ -328,7 +323,6 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=200, help="timed pyfunc predict calls")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--backend", default="fast", choices=BACKENDS, help="project path's backend")
-    ap.add_argument("--loop", default="auto", choices=("auto", "keras"), help="TrainingConfig.loop")
     args = ap.parse_args()
     if args.epochs < 2:
         ap.error("--epochs must be >= 2 (epoch 1 is excluded from the timing)")
@@ -346,7 +340,7 @@ def main() -> None:
           "epoch includes one validation pass; the two paths alternate epoch by epoch")  # fmt: skip
 
     t0 = time.perf_counter()
-    runs = train_both(X, y, Xv, yv, args.epochs, args.seed, args.backend, args.loop)
+    runs = train_both(X, y, Xv, yv, args.epochs, args.seed, args.backend)
     print(f"  trained both in {time.perf_counter() - t0:.1f} s", flush=True)
     for r in runs.values():
         r["sps"] = len(X) * (args.epochs - 1) / sum(r["epoch_s"][1:])
