@@ -33,3 +33,37 @@ def test_walk_forward_backtest_refits_per_fold():
     assert folds["test_start"].iloc[1] > folds["test_end"].iloc[0]
     assert np.isfinite(folds[["rmse", "naive_rmse", "skill"]].to_numpy()).all()
     np.testing.assert_allclose(folds["skill"], 1 - folds["rmse"] / folds["naive_rmse"])
+
+
+@pytest.mark.parametrize(("backtest_epochs", "expected"), [(None, 3), (2, 2)])
+def test_folds_retrain_the_registered_configuration(monkeypatch, backtest_epochs, expected):
+    from lstm_core import backtest
+
+    calls = []
+    real = backtest.train_model
+
+    def spy(model, X, y, X_val, y_val, cfg, callbacks=(), backend="fast"):
+        calls.append((cfg, backend, X_val))
+        return real(model, X, y, X_val, y_val, cfg, callbacks, backend=backend)
+
+    monkeypatch.setattr(backtest, "train_model", spy)
+    training = TINY_TRAINING.model_copy(update={"epochs": 3, "early_stopping_patience": 2})
+    eval_cfg = TINY_EVAL.model_copy(update={"backtest_epochs": backtest_epochs})
+    walk_forward_backtest(
+        make_frame(120),
+        TINY_FEATURES,
+        eval_cfg,
+        lambda *shape: build_model(TINY_MODEL, *shape, seed=0),
+        training,
+        backend="fast",
+    )
+    assert len(calls) == 2
+    for cfg, backend, X_val in calls:
+        assert backend == "fast" and X_val is None
+        assert cfg.epochs == expected and cfg.early_stopping_patience == 0
+        assert (cfg.batch_size, cfg.seed) == (training.batch_size, training.seed)
+
+
+def test_the_defaults_backtest_three_folds_for_as_many_epochs_as_training():
+    cfg = EvaluationConfig()
+    assert cfg.backtest_folds == 3 and cfg.backtest_epochs is None
