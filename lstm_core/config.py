@@ -26,7 +26,17 @@ class FeatureConfig(_Frozen):
     columns: tuple[str, ...] = ("open",)
     target: str = "open"
     target_transform: Literal["price", "log_return"] = "log_return"
-    scaler: Literal["minmax", "standard"] = "minmax"
+    # unset (None): "standard" for log returns (benchmarks/bench_transform.py, README), "minmax"
+    # for price levels (the tutorial)
+    scaler: Literal["minmax", "standard"] = "standard"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_scaler(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("scaler") is None:
+            price = data.get("target_transform") == "price"
+            return {**data, "scaler": "minmax" if price else "standard"}
+        return data
 
     @field_validator("columns")
     @classmethod
