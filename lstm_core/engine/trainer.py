@@ -186,15 +186,18 @@ def mc_dropout_samples(model: Any, X: np.ndarray, n_samples: int, seed: int = 0)
     """``n_samples`` outputs ``(n_samples, n, horizon)`` with dropout active, as in training."""
     net = _Net.of(model)
     X = np.ascontiguousarray(X, dtype=np.float32)
-    out = np.empty((n_samples, len(X), net.views[-1].size), np.float32)
-    if len(X) == 0:
-        return out
+    n, horizon = len(X), net.views[-1].size
+    if n == 0 or n_samples == 0:
+        return np.empty((n_samples, n, horizon), np.float32)
+    # all samples as one batch (row s·n + i is sample s of window i, each row its own masks):
+    # large batches keep the kernels' matmuls efficient
+    tiled = np.ascontiguousarray(
+        np.broadcast_to(X, (n_samples, *X.shape)).reshape(-1, *X.shape[1:])
+    )
+    key = _mask_key(seed, 2**62)  # far from training's keys (steps from 0): other masks
     with engine_settings(), ThreadPoolExecutor(PARTS - 1) as pool:
-        for s in range(n_samples):
-            # keys far from training's (which count steps from 0): another stream of masks
-            key = _mask_key(seed, 2**62 + s)
-            out[s] = _predict_rows(pool, net, X, key, net.rate, net.top_rate)
-    return out
+        out = _predict_rows(pool, net, tiled, key, net.rate, net.top_rate)
+    return out.reshape(n_samples, n, horizon)
 
 
 def fit(

@@ -229,3 +229,19 @@ def test_early_stopping_and_divergence_work_in_the_loop():
     y_bad[3, 1] = np.nan
     with pytest.raises(TrainingDivergedError, match="loss became nan at epoch 1"):
         train_model(_model(), X, y_bad, None, None, TrainingConfig(epochs=3, batch_size=8))
+
+
+def test_mc_dropout_samples_are_reproducible_draws_around_the_deterministic_output():
+    model = _model(dropout=0.3, layers=3)
+    X, _ = _xy(n=11)
+    a = engine.mc_dropout_samples(model, X, 6, seed=1)
+    assert a.shape == (6, 11, HORIZON)
+    np.testing.assert_array_equal(a, engine.mc_dropout_samples(model, X, 6, seed=1))
+    assert not np.allclose(a, engine.mc_dropout_samples(model, X, 6, seed=2))
+    assert len({a[s].tobytes() for s in range(6)}) == 6  # every sample its own masks
+    plain = engine.predict(model, X)
+    np.testing.assert_allclose(plain, np.asarray(model(X, training=False)), atol=1e-5)
+    no_dropout = _model(dropout=0.0)
+    np.testing.assert_allclose(
+        engine.mc_dropout_samples(no_dropout, X, 3)[2], engine.predict(no_dropout, X), atol=1e-6
+    )
