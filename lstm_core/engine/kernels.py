@@ -247,20 +247,39 @@ def stack_backward(
     return dx, dh0, dc0, d_kernel0, d_wst, d_bias
 
 
+@njit(inline="always", **_JIT)
+def _cell_update(z, zin, c, h, half):  # pragma: no cover - compiled
+    """One inference step of a layer: gates from ``z + zin`` (4u, B), then c and h in place."""
+    u = h.shape[0]
+    for j in range(u):
+        zi, zf, za, zo = z[j], z[u + j], z[2 * u + j], z[3 * u + j]
+        xi, xf, xa, xo = zin[j], zin[u + j], zin[2 * u + j], zin[3 * u + j]
+        cj, hj = c[j], h[j]
+        for b in range(h.shape[1]):
+            i_g = _tanh((zi[b] + xi[b]) * half) * half + half
+            f_g = _tanh((zf[b] + xf[b]) * half) * half + half
+            o_g = _tanh((zo[b] + xo[b]) * half) * half + half
+            cj[b] = f_g * cj[b] + i_g * _tanh(za[b] + xa[b])
+            hj[b] = o_g * _tanh(cj[b])
+
+
 @njit(**_JIT)
-def stack_predict(x, kernel0, wst, bias, key, row0, n_total, rate):  # pragma: no cover - compiled
-    """Inference: the top layer's last h (B, u) for ``x`` (B, T, n_in), nothing saved.
+def stack_predict(x, kernel0, wst, bias, key, row0, n_total, rate, repeats):  # pragma: no cover
+    """Inference: the top layer's last h (B, u) for ``x`` (n, T, n_in) repeated ``repeats``
+    times (B = n·repeats; row r·n + i is window i), nothing saved.
 
     With ``rate`` > 0 the Dropout between layers is active (Monte Carlo dropout), its masks
     drawn as ``train_slice`` draws them for rows ``row0 .. row0 + B`` of a batch of ``n_total``
-    under ``key``; with ``rate`` 0 the pass is deterministic (``key`` unused).
+    under ``key``; with ``rate`` 0 the pass is deterministic (``key`` unused).  Layer 0 sees
+    no dropout, so it runs once per window, not per repeat.
     """
-    n_b, n_t, n_in = x.shape
+    n_x, n_t, n_in = x.shape
+    n_b = n_x * repeats
     n_l = wst.shape[0]
     u = wst.shape[2] // 4
     dt = x.dtype
     half = np.full(1, 0.5, dt)[0]
-    x_t = _unit_major(x)  # (n_in, T·B)
+    x_t = _unit_major(x)  # (n_in, T·n)
     seq = np.empty((n_t, u, n_b), dt)  # the current layer's h(t), input of the next
     zin = np.empty((4 * u, n_b), dt)
     h = np.empty((u, n_b), dt)
@@ -268,18 +287,28 @@ def stack_predict(x, kernel0, wst, bias, key, row0, n_total, rate):  # pragma: n
     m = np.empty((n_b, u), dt)  # this step's dropout mask on the layer's input
     x_in = np.empty((u, n_b), dt)
     per_wave = (n_l - 1) * n_total * u
-    for ly in range(n_l):
+    # layer 0, once per window
+    rec_t = np.ascontiguousarray(wst[0, u:].T)
+    zin0 = np.empty((4 * u, n_x), dt)
+    h0 = np.zeros((u, n_x), dt)
+    c0 = np.zeros((u, n_x), dt)
+    for t in range(n_t):
+        for j in range(4 * u):
+            zin0[j] = bias[0, j]
+            for k in range(n_in):
+                zin0[j] += x_t[k, t * n_x : (t + 1) * n_x] * kernel0[k, j]
+        _cell_update(np.dot(rec_t, h0), zin0, c0, h0, half)
+        for r in range(repeats):
+            seq[t, :, r * n_x : (r + 1) * n_x] = h0
+    if n_l == 1:
+        h[:] = seq[n_t - 1]
+    for ly in range(1, n_l):
         rec_t = np.ascontiguousarray(wst[ly, u:].T)
         ker_t = np.ascontiguousarray(wst[ly, :u].T)
         h[:] = 0.0
         c[:] = 0.0
         for t in range(n_t):
-            if ly == 0:
-                for j in range(4 * u):
-                    zin[j] = bias[0, j]
-                    for k in range(n_in):
-                        zin[j] += x_t[k, t * n_b : (t + 1) * n_b] * kernel0[k, j]
-            elif rate > 0.0:
+            if rate > 0.0:
                 first = (t + ly) * per_wave + ((ly - 1) * n_total + row0) * u
                 dropout_masks(m, key, first, rate)
                 src = seq[t]
@@ -287,23 +316,11 @@ def stack_predict(x, kernel0, wst, bias, key, row0, n_total, rate):  # pragma: n
                     for b in range(n_b):
                         x_in[j, b] = src[j, b] * m[b, j]
                 zin[:] = np.dot(ker_t, x_in)
-                for j in range(4 * u):
-                    zin[j] += bias[ly, j]
             else:
                 zin[:] = np.dot(ker_t, seq[t])
-                for j in range(4 * u):
-                    zin[j] += bias[ly, j]
-            z = np.dot(rec_t, h)
-            for j in range(u):
-                zi, zf, za, zo = z[j], z[u + j], z[2 * u + j], z[3 * u + j]
-                xi, xf, xa, xo = zin[j], zin[u + j], zin[2 * u + j], zin[3 * u + j]
-                cj, hj = c[j], h[j]
-                for b in range(n_b):
-                    i_g = _tanh((zi[b] + xi[b]) * half) * half + half
-                    f_g = _tanh((zf[b] + xf[b]) * half) * half + half
-                    o_g = _tanh((zo[b] + xo[b]) * half) * half + half
-                    cj[b] = f_g * cj[b] + i_g * _tanh(za[b] + xa[b])
-                    hj[b] = o_g * _tanh(cj[b])
+            for j in range(4 * u):
+                zin[j] += bias[ly, j]
+            _cell_update(np.dot(rec_t, h), zin, c, h, half)
             seq[t] = h
     return np.ascontiguousarray(h.T)
 
@@ -400,12 +417,13 @@ def train_slice(
 
 @njit(**_JIT)
 def predict_slice(
-    x, kernel0, wst, bias, dense_w, dense_b, key, row0, n_total, rate, top_rate
+    x, kernel0, wst, bias, dense_w, dense_b, key, row0, n_total, rate, top_rate, repeats
 ):  # pragma: no cover - compiled
-    """The network's output (B, H) for rows ``row0 .. row0 + B`` of ``n_total``: the stack,
-    Dropout(``top_rate``) and Dense; dropout active when the rates are > 0, with the masks
-    ``train_slice`` would draw under ``key`` (Monte Carlo dropout), else deterministic."""
-    h_top = stack_predict(x, kernel0, wst, bias, key, row0, n_total, rate)
+    """The network's output (B, H) for rows ``row0 .. row0 + B`` of ``n_total`` (``x``
+    repeated ``repeats`` times, see ``stack_predict``): the stack, Dropout(``top_rate``) and
+    Dense; dropout active when the rates are > 0, with the masks ``train_slice`` would draw
+    under ``key`` (Monte Carlo dropout), else deterministic."""
+    h_top = stack_predict(x, kernel0, wst, bias, key, row0, n_total, rate, repeats)
     if top_rate > 0.0:
         m_top = np.empty_like(h_top)
         dropout_masks(m_top, key ^ np.uint64(0xD1B54A32D192ED03), row0 * h_top.shape[1], top_rate)

@@ -157,19 +157,27 @@ def _side_by_side(pool: ThreadPoolExecutor, calls: Sequence[Callable[[], Any]]) 
     return [f.result() for f in futures] + [last]
 
 
-def _predict_rows(pool, net: _Net, X: np.ndarray, key, rate: float, top_rate: float):
+def _predict_rows(pool, net: _Net, X: np.ndarray, n_samples: int = 0, seed: int = 0):
+    """The network's output for ``X``: deterministic (``n_samples`` 0) or ``n_samples``
+    Monte Carlo dropout passes ``(n_samples · n, H)``, sample-major, cut across the cores."""
     from lstm_core.engine.kernels import predict_slice
 
     kernel0, wst, bias, dense_w, dense_b = net.views
     n = len(X)
+    if n_samples == 0:  # rows cut in slices
+        jobs = [(X[lo:hi], np.uint64(0), lo, n, 0.0, 0.0, 1) for lo, hi in _slices(n, PARTS)]
+    else:  # samples cut in slices; each slice's rows are its samples of every window
+        key = _mask_key(seed, 2**62)  # far from training's keys (steps from 0): other masks
+        jobs = [
+            (X, key, lo * n, n_samples * n, net.rate, net.top_rate, hi - lo)
+            for lo, hi in _slices(n_samples, PARTS)
+        ]
 
-    def run(lo: int, hi: int) -> np.ndarray:
-        return predict_slice(X[lo:hi], kernel0, wst, bias, dense_w, dense_b, key, lo, n,
-                             rate, top_rate)  # fmt: skip
+    def run(x, key, row0, n_total, rate, top_rate, repeats) -> np.ndarray:
+        return predict_slice(x, kernel0, wst, bias, dense_w, dense_b, key, row0, n_total, rate,
+                             top_rate, repeats)  # fmt: skip
 
-    return np.concatenate(
-        _side_by_side(pool, [lambda lo=lo, hi=hi: run(lo, hi) for lo, hi in _slices(n, PARTS)])
-    )
+    return np.concatenate(_side_by_side(pool, [lambda job=job: run(*job) for job in jobs]))
 
 
 def predict(model: Any, X: np.ndarray) -> np.ndarray:
@@ -179,7 +187,7 @@ def predict(model: Any, X: np.ndarray) -> np.ndarray:
     if len(X) == 0:
         return np.empty((0, net.views[-1].size), np.float32)
     with engine_settings(), ThreadPoolExecutor(PARTS - 1) as pool:
-        return _predict_rows(pool, net, X, np.uint64(0), 0.0, 0.0)
+        return _predict_rows(pool, net, X)
 
 
 def mc_dropout_samples(model: Any, X: np.ndarray, n_samples: int, seed: int = 0) -> np.ndarray:
@@ -189,14 +197,8 @@ def mc_dropout_samples(model: Any, X: np.ndarray, n_samples: int, seed: int = 0)
     n, horizon = len(X), net.views[-1].size
     if n == 0 or n_samples == 0:
         return np.empty((n_samples, n, horizon), np.float32)
-    # all samples as one batch (row s·n + i is sample s of window i, each row its own masks):
-    # large batches keep the kernels' matmuls efficient
-    tiled = np.ascontiguousarray(
-        np.broadcast_to(X, (n_samples, *X.shape)).reshape(-1, *X.shape[1:])
-    )
-    key = _mask_key(seed, 2**62)  # far from training's keys (steps from 0): other masks
     with engine_settings(), ThreadPoolExecutor(PARTS - 1) as pool:
-        out = _predict_rows(pool, net, tiled, key, net.rate, net.top_rate)
+        out = _predict_rows(pool, net, X, n_samples, seed)
     return out.reshape(n_samples, n, horizon)
 
 
@@ -291,7 +293,7 @@ def fit(
             net.write_back()
             logs = {"loss": sse / (n * horizon)}
             if has_val:
-                pred = _predict_rows(pool, net, X_val, np.uint64(0), 0.0, 0.0)
+                pred = _predict_rows(pool, net, X_val)
                 logs["val_loss"] = float(np.mean((pred.astype(np.float64) - y_val) ** 2))
             for name, value in logs.items():
                 history[name].append(value)

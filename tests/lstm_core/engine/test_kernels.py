@@ -92,7 +92,7 @@ def test_predict_is_the_forward_passs_last_top_state(dtype):
     h = x.astype(np.float64)
     for w in per_layer:
         h = ref.forward(ref.from_keras_weights(*w), h).h
-    pred = stack_predict(x, *packed, np.uint64(0), 0, BATCH, 0.0)
+    pred = stack_predict(x, *packed, np.uint64(0), 0, BATCH, 0.0, 1)
     np.testing.assert_allclose(pred, top[:, -1], rtol=1e-5, atol=1e-6)
     tol = 1e-12 if dtype == np.float64 else 2e-6
     np.testing.assert_allclose(pred, h[:, -1], atol=tol)
@@ -142,13 +142,32 @@ def test_predict_slice_with_dropout_uses_the_masks_train_slice_draws():
     m_top = dropout_masks(np.empty((BATCH, UNITS)), key ^ np.uint64(0xD1B54A32D192ED03), 0,
                           top_rate)  # fmt: skip
     expected = (top * m_top) @ dense_w + dense_b
-    whole = predict_slice(x, kernel0, wst, bias, dense_w, dense_b, key, 0, BATCH, rate, top_rate)
+    whole = predict_slice(x, kernel0, wst, bias, dense_w, dense_b, key, 0, BATCH, rate, top_rate, 1)
     np.testing.assert_allclose(whole, expected, atol=1e-12)
     parts = [
         predict_slice(x[lo:hi], kernel0, wst, bias, dense_w, dense_b, key, lo, BATCH, rate,
-                      top_rate)
+                      top_rate, 1)
         for lo, hi in ((0, 1), (1, BATCH))
     ]  # fmt: skip
     np.testing.assert_allclose(np.concatenate(parts), expected, atol=1e-12)
-    plain = predict_slice(x, kernel0, wst, bias, dense_w, dense_b, key, 0, BATCH, 0.0, 0.0)
+    plain = predict_slice(x, kernel0, wst, bias, dense_w, dense_b, key, 0, BATCH, 0.0, 0.0, 1)
     assert np.abs(plain - expected).max() > 1e-3  # dropout did change the output
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_repeats_run_layer_zero_once_and_give_the_tiled_batchs_output(layers):
+    _, (kernel0, wst, bias) = _weights()
+    wst, bias = wst[:layers], bias[:layers]
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(BATCH, STEPS, N_IN))
+    dense_w, dense_b = rng.normal(size=(UNITS, 1)), rng.normal(size=1)
+    key, total = np.uint64(3), 4 * BATCH
+    tiled = np.concatenate([x] * 4)
+    # repeats 2 and 3 of 4: rows 2·BATCH .. 4·BATCH of the tiled batch
+    want = predict_slice(tiled[2 * BATCH :], kernel0, wst, bias, dense_w, dense_b, key,
+                         2 * BATCH, total, 0.3, 0.2, 1)  # fmt: skip
+    got = predict_slice(x, kernel0, wst, bias, dense_w, dense_b, key, 2 * BATCH, total, 0.3,
+                        0.2, 2)  # fmt: skip
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    if layers > 1:
+        assert np.abs(got[:BATCH] - got[BATCH:]).max() > 1e-6  # each repeat its own masks
