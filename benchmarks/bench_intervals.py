@@ -6,20 +6,21 @@ is known (printed as "ideal").  Chronological 70/15/15 split, the default config
 (lookback 60, opening price, log returns, minmax, 4 x LSTM(50) + Dropout(0.2)).
 
 Methods (one trained model per series, all bands around its forecasts):
-  conformal          the default: validation absolute price errors, split-conformal quantile
-                     (through lstm_core.evaluate.evaluate_model, the shipped path)
+  conformal          the default: validation scores |log(actual / forecast)|, split-conformal
+                     quantile q, band forecast * exp(+-q) (lstm_core.evaluate.evaluate_model)
   conformal+online   the same band recalibrated day by day on the most recent
                      validation-sized window (lstm_core.intervals.recalibrate), as live
   conformal day N    the served N-day recursive forecast (lstm_core.forecast), day N
   mc_dropout         quantiles of evaluation.mc_samples dropout passes
-  conformal_relative the same with relative scores |log(actual / forecast)| (measured here only)
+  conformal_absolute the same with absolute price errors, band forecast +- q (measured here only)
   conformal_mc       normalised conformal: |error| / MC spread, band = forecast +- q * spread
                      (measured here only; see docs/decisions.md)
-  naive              last price +- the validation quantile of its own absolute errors
+  naive              the last price's band built the same way as "conformal"
 
 Coverage does not depend on machine load; a reduced --epochs changes the model, so say so.
 Usage:
     python benchmarks/bench_intervals.py [--epochs 20] [--series pingan,msft,synthetic]
+        [--pingan ../shared/data/平安银行.csv]
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from lstm_core.intervals import (  # noqa: E402
     conformal_quantile,
     level_name,
     mc_dropout_samples,
+    price_scores,
     recalibrate,
 )
 from lstm_core.model import build_model  # noqa: E402
@@ -114,7 +116,8 @@ def bench_series(name: str, df: pd.DataFrame, args: argparse.Namespace, ideal=No
     rows = []
     tail = f"val {len(val)} / test {len(test)} days, {test.target_dates[0, 0]!s:.10}.."
 
-    conformal = evaluate_model(trained, data, eval_cfg).metrics
+    shipped = evaluate_model(trained, data, eval_cfg)
+    conformal = shipped.metrics
     mc = evaluate_model(
         trained, data, eval_cfg.model_copy(update={"intervals": "mc_dropout"}), seed=0
     ).metrics
@@ -129,7 +132,7 @@ def bench_series(name: str, df: pd.DataFrame, args: argparse.Namespace, ideal=No
     norm_scores = np.abs(val.actual[:, 0] - val_pred) / spread["val"]
     # the online band: the most recent len(val) scores before each test day
     calibration = calibrate(val.actual[:, :1], val_pred[:, None], args.levels, "2000-01-01")
-    test_scores = np.abs(y - pred)
+    test_scores = price_scores(y, pred)
     # the served recursive forecast, day N (calibrated on the validation rows only)
     frames = split_frame(df, eval_cfg)
     days = args.days
@@ -145,19 +148,31 @@ def bench_series(name: str, df: pd.DataFrame, args: argparse.Namespace, ideal=No
     rec_test = recursive_errors(
         trained, data.preprocessor, frames.frame, frames.val_end, len(frames.frame), days
     )[-1]
-    rel_scores = np.abs(np.log(val.actual[:, 0] / val_pred))
+    rec_width = data.target_prices[frames.val_end :]  # width quoted at the test days' prices
+    abs_scores = np.abs(val.actual[:, 0] - val_pred)
+    # the regime of each part: volatility and level (a change explains a miss)
+    logret = np.diff(np.log(data.target_prices))
+    for part, (a, b) in (
+        ("val", (frames.train_end, frames.val_end)),
+        ("test", (frames.val_end, len(df))),
+    ):
+        print(
+            f"{name} {part}: daily log-return sd {logret[a - 1 : b - 1].std():.4f}, "
+            f"mean price {data.target_prices[a:b].mean():.2f}",
+            flush=True,
+        )
 
     for level in args.levels:
         ln = level_name(level)
         m = conformal
-        half = m[f"interval_width_{ln}"] / 2.0
-        rows.append(row(name, "conformal", level, y, pred - half, pred + half, tail))
+        band = shipped.predictions[f"lower_{ln}"], shipped.predictions[f"upper_{ln}"]
+        rows.append(row(name, "conformal", level, y, *band, tail))
         assert abs(rows[-1]["coverage"] - m[f"interval_coverage_{ln}"]) < 1e-12
         online, hits, widths = calibration, [], []
         for i, err in enumerate(test_scores):
-            q = online.half_width(level, 0)
+            q = online.quantile(level, 0)
             hits.append(err <= q)
-            widths.append(2 * q)
+            widths.append(pred[i] * (np.exp(q) - np.exp(-q)))
             online = recalibrate(online, [np.array([err])], test.target_dates[i, 0])
         rows.append(
             {
@@ -169,15 +184,15 @@ def bench_series(name: str, df: pd.DataFrame, args: argparse.Namespace, ideal=No
                 "note": "",
             }
         )
-        q_day = rec_cal.half_width(level, days - 1)
+        q_day = rec_cal.quantile(level, days - 1)
         rows.append(
             {
                 "series": name,
                 "method": f"conformal day {days}",
                 "level": ln,
                 "coverage": float(np.mean(rec_test <= q_day)),
-                "mean_width": 2 * q_day,
-                "note": f"{len(rec_test)} test targets",
+                "mean_width": float(np.mean(rec_width)) * (np.exp(q_day) - np.exp(-q_day)),
+                "note": f"{len(rec_test)} test targets, width at test prices",
             }
         )
         rows.append(
@@ -190,9 +205,8 @@ def bench_series(name: str, df: pd.DataFrame, args: argparse.Namespace, ideal=No
                 "note": f"{args.mc_samples} passes",
             }
         )
-        qr = conformal_quantile(rel_scores, level)
-        rel = (pred * np.exp(-qr), pred * np.exp(qr))
-        rows.append(row(name, "conformal_relative", level, y, *rel, "|log(y/forecast)| scores"))
+        qa = conformal_quantile(abs_scores, level)
+        rows.append(row(name, "conformal_absolute", level, y, pred - qa, pred + qa))
         qn = conformal_quantile(norm_scores, level)
         s = spread["test"]
         rows.append(row(name, "conformal_mc", level, y, pred - qn * s, pred + qn * s))
@@ -223,15 +237,16 @@ def main() -> None:
     parser.add_argument("--mc-samples", type=int, default=30)
     parser.add_argument("--days", type=int, default=5, help="the recursive forecast day scored")
     parser.add_argument("--backend", default=ModelConfig().backend)
+    parser.add_argument("--pingan", type=Path, default=PINGAN, help="the Ping An Bank CSV")
     args = parser.parse_args()
     args.levels = tuple(float(x) for x in args.levels.split(","))
     rows: list[dict] = []
     for name in args.series.split(","):
         if name == "pingan":
-            if not PINGAN.exists():
-                print(f"pingan: skipped ({PINGAN} is absent)")
+            if not args.pingan.exists():
+                print(f"pingan: skipped ({args.pingan} is absent)")
                 continue
-            rows += bench_series("pingan", read_prices(PINGAN), args)
+            rows += bench_series("pingan", read_prices(args.pingan), args)
         elif name == "msft":
             rows += bench_series("msft", read_prices(MSFT), args)
         elif name == "synthetic":

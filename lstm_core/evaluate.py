@@ -23,6 +23,8 @@ from lstm_core.intervals import (
     interval_score,
     level_name,
     mc_dropout_intervals,
+    price_band,
+    price_scores,
     width,
 )
 from lstm_core.model import build_model, predict_scaled
@@ -143,8 +145,8 @@ def evaluate_forecasts(
     naive_rmse, naive_mae, drift_rmse, ma_rmse, skill_vs_naive, dm_stat, dm_pvalue,
     and per level (NaN without intervals): interval_coverage_<level%>, interval_width_<L>
     (mean, prices), interval_score_<L> (Winkler), and naive_interval_coverage_<L> /
-    naive_interval_width_<L> / naive_interval_score_<L> for the naive forecast +- the
-    validation quantile of its absolute errors on the same days.
+    naive_interval_width_<L> / naive_interval_score_<L> for the naive forecast's band built
+    the same way (the validation quantile of its own scores) on the same days.
     """
     windows: SplitWindows = getattr(data, split)
     h = data.horizon
@@ -182,7 +184,7 @@ def evaluate_forecasts(
         }
     )
     val = data.val
-    naive_scores = np.abs(val.actual[:, step] - val.anchor) if split != "val" else val.anchor[:0]
+    naive_scores = price_scores(val.actual[:, step], val.anchor) if split != "val" else []
     for level in eval_cfg.interval_levels:
         name = level_name(level)
         if intervals is not None and level in intervals.lower:
@@ -196,7 +198,7 @@ def evaluate_forecasts(
         metrics[f"interval_score_{name}"] = interval_score(actual, lower, upper, level)
         # the trivial band: last price +- the validation quantile of its own errors
         q = conformal_quantile(naive_scores, level) if len(naive_scores) else float("nan")
-        n_lower, n_upper = base["naive"] - q, base["naive"] + q
+        n_lower, n_upper = price_band(base["naive"], q)
         metrics[f"naive_interval_coverage_{name}"] = (
             coverage(actual, n_lower, n_upper) if len(naive_scores) else float("nan")
         )

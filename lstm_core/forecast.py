@@ -22,6 +22,7 @@ from lstm_core.data import DATE_COLUMN, DataError, Preprocessor, validate_frame
 from lstm_core.intervals import (
     ConformalCalibration,
     level_name,
+    price_scores,
     quantile_bounds,
     recalibrate,
 )
@@ -138,7 +139,7 @@ def point_paths(
 def recursive_errors(
     model: Any, preprocessor: Preprocessor, frame: pd.DataFrame, start: int, end: int, days: int
 ) -> list[np.ndarray]:
-    """Absolute errors of the k-day-ahead recursive forecasts (k = 1..days) whose targets lie
+    """Scores (price_scores) of the k-day-ahead recursive forecasts (k = 1..days) whose targets lie
     in rows ``[start, end)`` of ``frame``, oldest target first; no row at or after ``end`` is read.
     """
     need = preprocessor.rows_needed
@@ -155,7 +156,7 @@ def recursive_errors(
     for k in range(days):
         target = anchors + k + 1
         keep = (target >= start) & (target < end)
-        errors.append(np.abs(prices[target[keep]] - paths[keep, k]))
+        errors.append(price_scores(prices[target[keep]], paths[keep, k]))
     return errors
 
 

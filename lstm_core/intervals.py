@@ -1,10 +1,13 @@
 """Prediction intervals: split conformal (the default) and Monte-Carlo dropout.
 
-Split conformal: the nonconformity scores are the absolute price errors of the model on the
-validation days (which it did not train on), one set per forecast step; the band at level
-``L`` is the point forecast +- the finite-sample quantile ``ceil((n+1) L) / n`` of those
-scores (MAPIE's convention when ``n`` is too small for ``L``: the largest score).  New days
-recalibrate it on the most recent validation-sized window (:func:`recalibrate`).
+Split conformal: the nonconformity scores are the relative price errors
+``|log(actual / forecast)|`` of the model on the validation days (which it did not train
+on), one set per forecast step; the band at level ``L`` is ``forecast * exp(+-q)`` with
+``q`` the finite-sample quantile ``ceil((n+1) L) / n`` of those scores (MAPIE's convention
+when ``n`` is too small for ``L``: the largest score).  Relative, not absolute, errors: a
+price that doubles after the validation days keeps a calibrated band (docs/decisions.md,
+"Intervals").  New days recalibrate it on the most recent validation-sized window
+(:func:`recalibrate`).
 
 MC dropout: each of N stochastic passes keeps dropout active (``model(x, training=True)``); every
 pass is converted to prices first (so cumulative log returns stay consistent) and the
@@ -102,6 +105,21 @@ def coverage(actual: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:
 CALIBRATION_FORMAT = 1
 
 
+def price_scores(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Nonconformity scores ``|log(actual / predicted)|`` (inf where a forecast is not positive)."""
+    actual = np.asarray(actual, dtype=np.float64)
+    predicted = np.asarray(predicted, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.abs(np.log(actual / predicted))
+    return np.where(predicted > 0, ratio, np.inf)
+
+
+def price_band(point: np.ndarray, q: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """``(point * exp(-q), point * exp(q))``: the band whose scores are at most ``q``."""
+    point = np.asarray(point, dtype=np.float64)
+    return point * np.exp(-np.asarray(q)), point * np.exp(q)
+
+
 def conformal_quantile(scores: np.ndarray, level: float) -> float:
     """The ``ceil((n + 1) * level)``-th smallest of ``n`` scores (the largest if that exceeds n)."""
     s = np.sort(np.asarray(scores, dtype=np.float64).ravel())
@@ -117,7 +135,7 @@ def conformal_quantile(scores: np.ndarray, level: float) -> float:
 
 @dataclass(frozen=True)
 class ConformalCalibration:
-    """Absolute price errors per forecast step, oldest first, and the last day they cover.
+    """Scores (:func:`price_scores`) per forecast step, oldest first, and the last day scored.
 
     ``scores[k]`` holds the (k+1)-day-ahead errors; ``levels`` are the configured levels
     (the default ones when serving); ``last_date`` is the last target day scored (ISO).
@@ -131,8 +149,8 @@ class ConformalCalibration:
     def steps(self) -> int:
         return len(self.scores)
 
-    def half_width(self, level: float, step: int) -> float:
-        """Band half-width in prices for 0-based forecast ``step`` at ``level``."""
+    def quantile(self, level: float, step: int) -> float:
+        """The conformal quantile of 0-based forecast ``step``'s scores at ``level``."""
         if step >= self.steps:
             raise ValueError(
                 f"intervals are calibrated for up to {self.steps} day(s) ahead, not {step + 1}; "
@@ -145,14 +163,14 @@ class ConformalCalibration:
         point = np.asarray(point, dtype=np.float64)
         lower, upper = {}, {}
         for level in self.levels if levels is None else levels:
-            q = np.array([self.half_width(level, k) for k in range(point.shape[-1])])
-            lower[level], upper[level] = point - q, point + q
+            q = np.array([self.quantile(level, k) for k in range(point.shape[-1])])
+            lower[level], upper[level] = price_band(point, q)
         return Intervals(lower=lower, upper=upper, median=point)
 
     def metrics(self) -> dict[str, float]:
-        """``interval_halfwidth_<L>_day<k>``: the served band's half-width in prices."""
+        """``interval_q_<L>_day<k>``: the served band is forecast * exp(+-q)."""
         return {
-            f"interval_halfwidth_{level_name(lv)}_day{k + 1}": self.half_width(lv, k)
+            f"interval_q_{level_name(lv)}_day{k + 1}": self.quantile(lv, k)
             for lv in self.levels
             for k in range(self.steps)
         }
@@ -162,11 +180,11 @@ class ConformalCalibration:
         return {
             "format": CALIBRATION_FORMAT,
             "method": "split_conformal",
-            "score": "absolute error in prices",
+            "score": "abs(log(actual / forecast)); band = forecast * exp(+-quantile)",
             "last_date": self.last_date,
             "levels": list(self.levels),
             "quantiles": {
-                level_name(lv): [self.half_width(lv, k) for k in range(self.steps)]
+                level_name(lv): [self.quantile(lv, k) for k in range(self.steps)]
                 for lv in self.levels
             },
             "scores": [[float(x) for x in s] for s in self.scores],
@@ -190,7 +208,7 @@ def calibrate(
     actual: np.ndarray, predicted: np.ndarray, levels: Sequence[float], last_date: Any
 ) -> ConformalCalibration:
     """Calibration from validation prices and forecasts ``(n, steps)`` (one row per window)."""
-    errors = np.abs(np.asarray(actual, dtype=np.float64) - np.asarray(predicted))
+    errors = price_scores(actual, predicted)
     if errors.ndim != 2 or len(errors) == 0:
         raise ValueError("conformal calibration needs at least one validation window")
     return ConformalCalibration(

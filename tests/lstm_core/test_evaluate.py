@@ -130,30 +130,31 @@ def test_evaluate_scores_the_last_horizon_step():
 
 
 def test_interval_metrics_by_hand():
-    """Conformal band metrics and the naive band, recomputed from the validation errors."""
+    """Band metrics and the naive band, recomputed from the validation scores."""
     data = prepare_data(make_frame(200, seed=3), TINY_FEATURES, EvaluationConfig())
     cfg = EvaluationConfig(interval_levels=(0.8,))
     predicted = data.test.anchor[:, None] * 1.001
     val_pred = data.val.anchor[:, None] * 1.001
-    q = np.sort(np.abs(data.val.actual[:, 0] - val_pred[:, 0]))
-    n = len(q)
-    half = q[math.ceil((n + 1) * 0.8) - 1]
-    lower, upper = predicted[:, 0] - half, predicted[:, 0] + half
+    scores = np.sort(np.abs(np.log(data.val.actual[:, 0] / val_pred[:, 0])))
+    n = len(scores)
+    k = math.ceil((n + 1) * 0.8) - 1
+    lower, upper = predicted[:, 0] * np.exp(-scores[k]), predicted[:, 0] * np.exp(scores[k])
     bands = Intervals(lower={0.8: lower[:, None]}, upper={0.8: upper[:, None]}, median=predicted)
     m = evaluate_forecasts(data, predicted, cfg, bands).metrics
     y = data.test.actual[:, 0]
     assert m["interval_coverage_80"] == pytest.approx(np.mean((y >= lower) & (y <= upper)))
-    assert m["interval_width_80"] == pytest.approx(2 * half)
+    assert m["interval_width_80"] == pytest.approx(np.mean(upper - lower))
     outside = np.maximum(lower - y, 0) + np.maximum(y - upper, 0)
-    assert m["interval_score_80"] == pytest.approx(np.mean(2 * half + 10 * outside))
-    naive_q = np.sort(np.abs(data.val.actual[:, 0] - data.val.anchor))[math.ceil((n + 1) * 0.8) - 1]
-    assert m["naive_interval_width_80"] == pytest.approx(2 * naive_q)
-    inside = np.abs(y - data.test.anchor) <= naive_q
+    assert m["interval_score_80"] == pytest.approx(np.mean(upper - lower + 10 * outside))
+    naive_q = np.sort(np.abs(np.log(data.val.actual[:, 0] / data.val.anchor)))[k]
+    naive_width = data.test.anchor * (np.exp(naive_q) - np.exp(-naive_q))
+    assert m["naive_interval_width_80"] == pytest.approx(naive_width.mean())
+    inside = np.abs(np.log(y / data.test.anchor)) <= naive_q
     assert m["naive_interval_coverage_80"] == pytest.approx(inside.mean())
 
 
 def test_conformal_bands_never_read_the_test_part():
-    """Poisoned test prices change the test forecasts, never the band half-widths."""
+    """Poisoned test prices change the test forecasts, never the band quantiles."""
     frame = make_frame(160, seed=4)
     model = build_model(TINY_MODEL, 5, 1, 1, seed=0)
     data = prepare_data(frame, TINY_FEATURES, TINY_EVAL)
@@ -164,10 +165,10 @@ def test_conformal_bands_never_read_the_test_part():
     data_p = prepare_data(poisoned, TINY_FEATURES, TINY_EVAL)
     ev_p = evaluate_model(model, data_p, TINY_EVAL)
     for name in ("80", "95"):
-        half = ev.predictions[f"upper_{name}"] - ev.predictions["predicted"]
-        half_p = ev_p.predictions[f"upper_{name}"] - ev_p.predictions["predicted"]
-        np.testing.assert_allclose(half, half_p, rtol=1e-9)
-        np.testing.assert_allclose(half, half.iloc[0])  # one validation quantile for all days
+        q = np.log(ev.predictions[f"upper_{name}"] / ev.predictions["predicted"])
+        q_p = np.log(ev_p.predictions[f"upper_{name}"] / ev_p.predictions["predicted"])
+        np.testing.assert_allclose(q, q_p, rtol=1e-9)
+        np.testing.assert_allclose(q, q.iloc[0])  # one validation quantile for all days
     assert not np.allclose(ev.predictions["actual"], ev_p.predictions["actual"])
 
 

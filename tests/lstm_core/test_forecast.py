@@ -72,14 +72,15 @@ def _constant_model(x, training=False):
 
 
 def test_recursive_errors_by_hand_and_only_before_end():
-    """A constant-price model: the k-day error is |price[t] - level| for every target row t
+    """A constant-price model: the k-day score is |log(price[t] / level)| for every target row t
     in [start, end), k = 1..3, whatever the anchor; rows from `end` on are never read."""
     df = make_frame(40)
     pre = fit_preprocessor(df.iloc[:20], FeatureConfig(lookback=3, target_transform="price"))
     level = float(pre.inverse_target(np.array(0.5)))
     errors = recursive_errors(_constant_model, pre, df, 25, 32, 3)
     for e in errors:
-        np.testing.assert_allclose(e, np.abs(df["open"].to_numpy()[25:32] - level), rtol=1e-6)
+        expected = np.abs(np.log(df["open"].to_numpy()[25:32] / level))
+        np.testing.assert_allclose(e, expected, rtol=1e-5)
     poisoned = df.copy()
     poisoned.loc[32:, "open"] = -1.0  # invalid prices after `end`
     again = recursive_errors(_constant_model, pre, poisoned, 25, 32, 3)
@@ -107,9 +108,9 @@ def test_conformal_forecast_and_recalibration():
     assert [len(s) for s in cal.scores] == [20, 20, 20]
     assert cal.last_date == str(df["date"].iloc[69].date())
     out = recursive_forecast(model, pre, df.iloc[:70], days=3, calibration=cal, levels=(0.8,))
-    half = out["upper_80"] - out["forecast"]
-    np.testing.assert_allclose(half, [cal.half_width(0.8, k) for k in range(3)], rtol=1e-9)
-    np.testing.assert_allclose(out["forecast"] - out["lower_80"], half, rtol=1e-9)
+    q = np.log(out["upper_80"] / out["forecast"])
+    np.testing.assert_allclose(q, [cal.quantile(0.8, k) for k in range(3)], rtol=1e-9)
+    np.testing.assert_allclose(np.log(out["forecast"] / out["lower_80"]), q, rtol=1e-9)
     with pytest.raises(ValueError, match="up to 3 day"):
         recursive_forecast(model, pre, df, days=4, calibration=cal)
 

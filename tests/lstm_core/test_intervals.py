@@ -84,13 +84,14 @@ def test_split_conformal_coverage_is_nominal_on_gaussian_noise():
 def test_calibration_bands_widths_and_round_trip():
     rng = np.random.default_rng(5)
     actual = rng.normal(100.0, 1.0, (50, 2))
-    predicted = actual + rng.normal(0.0, [1.0, 3.0], (50, 2))  # step 2 is noisier
+    predicted = actual * np.exp(rng.normal(0.0, [0.01, 0.03], (50, 2)))  # step 2 is noisier
     cal = calibrate(actual, predicted, (0.8, 0.95), np.datetime64("2024-05-31"))
     assert cal.steps == 2 and cal.last_date == "2024-05-31"
-    q80 = [conformal_quantile(np.abs(actual[:, k] - predicted[:, k]), 0.8) for k in (0, 1)]
+    scores = np.abs(np.log(actual / predicted))
+    q80 = np.array([conformal_quantile(scores[:, k], 0.8) for k in (0, 1)])
     bands = cal.bands(np.array([[10.0, 20.0]]))
-    np.testing.assert_allclose(bands.upper[0.8][0] - [10.0, 20.0], q80)
-    np.testing.assert_allclose([10.0, 20.0] - bands.lower[0.8][0], q80)
+    np.testing.assert_allclose(bands.upper[0.8][0], [10.0, 20.0] * np.exp(q80))
+    np.testing.assert_allclose(bands.lower[0.8][0], [10.0, 20.0] * np.exp(-q80))
     assert (bands.upper[0.95] >= bands.upper[0.8]).all() and q80[1] > q80[0]
     state = cal.to_dict()
     assert state["quantiles"]["80"] == pytest.approx(q80)
@@ -100,7 +101,7 @@ def test_calibration_bands_widths_and_round_trip():
     with pytest.raises(ValueError, match="disagree"):
         ConformalCalibration.from_dict(state)
     with pytest.raises(ValueError, match="up to 2 day"):
-        cal.half_width(0.8, 2)
+        cal.quantile(0.8, 2)
 
 
 def test_recalibrate_keeps_the_most_recent_window():
@@ -126,8 +127,8 @@ def test_recalibration_follows_a_volatility_regime_change():
     static_hits, rolling_hits = [], []
     current = cal
     for day, err in enumerate(live):
-        static_hits.append(err <= cal.half_width(0.8, 0))
-        rolling_hits.append(err <= current.half_width(0.8, 0))
+        static_hits.append(err <= cal.quantile(0.8, 0))
+        rolling_hits.append(err <= current.quantile(0.8, 0))
         current = recalibrate(current, [np.array([err])], np.datetime64("2024-01-02") + day)
     assert np.mean(static_hits[n:]) < 0.55  # P(|2Z| < 1.28) = 0.48
     assert np.mean(rolling_hits[n:]) == pytest.approx(0.8, abs=0.07)

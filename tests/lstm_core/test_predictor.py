@@ -65,8 +65,8 @@ def test_calibrated_forecaster_serves_its_bands_after_a_round_trip(forecaster, t
     loaded = Forecaster.load(tmp_path / "bundle")
     one = loaded.predict(df.iloc[:60], intervals=True)
     assert list(one.columns) == ["date", "forecast", "lower_90", "upper_90"]  # calibrated levels
-    assert one["upper_90"].iloc[0] - one["forecast"].iloc[0] == pytest.approx(
-        cal.half_width(0.9, 0)
+    assert np.log(one["upper_90"].iloc[0] / one["forecast"].iloc[0]) == pytest.approx(
+        cal.quantile(0.9, 0)
     )
     pd.testing.assert_frame_equal(
         one, calibrated.forecast(df.iloc[:60], days=1), check_freq=False, rtol=1e-6

@@ -65,7 +65,7 @@ def test_run_logs_flat_params_metrics_and_epoch_curves(trained, client):
         "interval_score_95",
         "naive_interval_coverage_80",
         "naive_interval_width_95",
-        "interval_halfwidth_80_day3",
+        "interval_q_80_day3",
         "test_directional_accuracy",
     ):
         assert key in metrics, key
@@ -128,9 +128,10 @@ def test_champion_loads_in_a_fresh_process_with_the_same_numbers(trained, client
 
 
 def test_served_bands_equal_the_runs_calibration(trained, client):
-    """The registered model carries the run's conformal scores: the pyfunc's bands have
-    exactly the half-widths the run logged, per level and forecast day."""
+    """The registered model carries the run's conformal scores: the pyfunc's bands are
+    forecast * exp(+-q) with exactly the quantiles q the run logged, per level and day."""
     import mlflow.pyfunc
+    import numpy as np
 
     _, result = trained
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{result.version}")
@@ -140,16 +141,13 @@ def test_served_bands_equal_the_runs_calibration(trained, client):
     assert len(out) == 3
     for level in ("80", "95"):
         for day in range(3):
-            expected = logged[f"interval_halfwidth_{level}_day{day + 1}"]
-            assert out[f"upper_{level}"].iloc[day] - out["forecast"].iloc[day] == pytest.approx(
-                expected, rel=1e-6
-            )
-            assert out["forecast"].iloc[day] - out[f"lower_{level}"].iloc[day] == pytest.approx(
-                expected, rel=1e-6
-            )
+            expected = logged[f"interval_q_{level}_day{day + 1}"]
+            point = out["forecast"].iloc[day]
+            assert np.log(out[f"upper_{level}"].iloc[day] / point) == pytest.approx(expected)
+            assert np.log(point / out[f"lower_{level}"].iloc[day]) == pytest.approx(expected)
     one = model.predict(example, params={"intervals": True})
-    assert one["upper_80"].iloc[0] - one["forecast"].iloc[0] == pytest.approx(
-        logged["interval_halfwidth_80_day1"], rel=1e-6
+    assert np.log(one["upper_80"].iloc[0] / one["forecast"].iloc[0]) == pytest.approx(
+        logged["interval_q_80_day1"]
     )
 
 
