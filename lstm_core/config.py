@@ -86,7 +86,7 @@ class EvaluationConfig(_Frozen):
     mc_samples: int = Field(30, ge=2)
     backtest_folds: int = Field(2, ge=0, description="0 disables the walk-forward backtest")
     backtest_epochs: int = Field(2, ge=1)
-    forecast_days: int = Field(5, ge=1)
+    forecast_days: int = Field(5, ge=1, description="days forecast, and calibrated for")
 
     @field_validator("interval_levels")
     @classmethod
