@@ -192,7 +192,7 @@ def recalibrate_recursive(
     validate_frame(history, preprocessor.feature_cfg.columns)
     frame = history.reset_index(drop=True)
     start = int((frame[DATE_COLUMN] <= pd.Timestamp(calibration.last_date)).sum())
-    if start >= len(frame):
-        return calibration
+    if start >= len(frame) or len(frame) <= preprocessor.rows_needed:
+        return calibration  # no new day, or no window before it: nothing to score
     errors = recursive_errors(model, preprocessor, frame, start, len(frame), calibration.steps)
     return recalibrate(calibration, errors, frame[DATE_COLUMN].iloc[-1])

@@ -228,9 +228,12 @@ def recalibrate(
     """
     if len(new_scores) != calibration.steps:
         raise ValueError(f"expected scores for {calibration.steps} step(s), got {len(new_scores)}")
-    scores = tuple(
-        np.concatenate([old, np.asarray(new, dtype=np.float64)])[-len(old) :]
+    merged = [
+        np.concatenate([old, np.asarray(new, dtype=np.float64)])
         for old, new in zip(calibration.scores, new_scores, strict=True)
+    ]
+    scores = tuple(
+        m[len(m) - len(old) :] for m, old in zip(merged, calibration.scores, strict=True)
     )
     return ConformalCalibration(
         scores=scores, levels=calibration.levels, last_date=str(np.datetime64(last_date, "D"))

@@ -116,6 +116,11 @@ def test_conformal_forecast_and_recalibration():
 
     # history up to the calibration's last day: nothing new to learn
     assert recalibrate_recursive(model, pre, cal, df.iloc[:70]) is cal
+    assert recalibrate_recursive(model, pre, cal, df.iloc[-6:]) is cal  # one window, no target
+    short = recalibrate_recursive(model, pre, cal, df.iloc[-8:])  # 2 one-day, 1 two-day target
+    assert [len(s) for s in short.scores] == [20, 20, 20]
+    np.testing.assert_array_equal(short.scores[2], cal.scores[2])
+    assert not np.array_equal(short.scores[0], cal.scores[0])
     new = recalibrate_recursive(model, pre, cal, df)
     assert new.last_date == str(df["date"].iloc[-1].date())
     fresh = recursive_errors(model, pre, df, 70, 90, 3)
