@@ -196,7 +196,7 @@ def evaluate_forecasts(
         )
         metrics[f"interval_width_{name}"] = width(lower, upper)
         metrics[f"interval_score_{name}"] = interval_score(actual, lower, upper, level)
-        # the trivial band: last price +- the validation quantile of its own errors
+        # the trivial band: last price * exp(+-q), q from its own validation scores
         q = conformal_quantile(naive_scores, level) if len(naive_scores) else float("nan")
         n_lower, n_upper = price_band(base["naive"], q)
         metrics[f"naive_interval_coverage_{name}"] = (
