@@ -131,7 +131,9 @@ def bench_series(name: str, df: pd.DataFrame, args: argparse.Namespace, ideal=No
         spread[part] = np.maximum(paths[..., 0].std(axis=0), 1e-12)
     norm_scores = np.abs(val.actual[:, 0] - val_pred) / spread["val"]
     # the online band: the most recent len(val) scores before each test day
-    calibration = calibrate(val.actual[:, :1], val_pred[:, None], args.levels, "2000-01-01")
+    calibration = calibrate(
+        val.actual[:, :1], val_pred[:, None], args.levels, val.target_dates[-1, 0]
+    )
     test_scores = price_scores(y, pred)
     # the served recursive forecast, day N (calibrated on the validation rows only)
     frames = split_frame(df, eval_cfg)
