@@ -15,7 +15,18 @@ import pandas as pd
 
 from lstm_core.config import EvaluationConfig, FeatureConfig, ModelConfig, TrainingConfig
 from lstm_core.data import DATE_COLUMN, Preprocessor, SplitWindows, WindowedData, prepare_data
-from lstm_core.intervals import Intervals, coverage, level_name, mc_dropout_intervals
+from lstm_core.intervals import (
+    Intervals,
+    calibrate,
+    conformal_quantile,
+    coverage,
+    interval_score,
+    level_name,
+    mc_dropout_intervals,
+    price_band,
+    price_scores,
+    width,
+)
 from lstm_core.model import build_model, predict_scaled
 from lstm_core.train import TrainResult, train_model
 
@@ -132,7 +143,10 @@ def evaluate_forecasts(
 
     Metric names: test_rmse, test_mae, test_mape, test_directional_accuracy, mase,
     naive_rmse, naive_mae, drift_rmse, ma_rmse, skill_vs_naive, dm_stat, dm_pvalue,
-    interval_coverage_<level%> (NaN without intervals).
+    and per level (NaN without intervals): interval_coverage_<level%>, interval_width_<L>
+    (mean, prices), interval_score_<L> (Winkler), and naive_interval_coverage_<L> /
+    naive_interval_width_<L> / naive_interval_score_<L> for the naive forecast's band built
+    the same way (the validation quantile of its own scores) on the same days.
     """
     windows: SplitWindows = getattr(data, split)
     h = data.horizon
@@ -169,14 +183,27 @@ def evaluate_forecasts(
             "naive": base["naive"],
         }
     )
+    val = data.val
+    naive_scores = price_scores(val.actual[:, step], val.anchor) if split != "val" else []
     for level in eval_cfg.interval_levels:
         name = level_name(level)
         if intervals is not None and level in intervals.lower:
             lower, upper = intervals.lower[level][:, step], intervals.upper[level][:, step]
-            metrics[f"interval_coverage_{name}"] = coverage(actual, lower, upper)
         else:
             lower = upper = np.full(len(actual), np.nan)
-            metrics[f"interval_coverage_{name}"] = float("nan")
+        metrics[f"interval_coverage_{name}"] = (
+            coverage(actual, lower, upper) if intervals is not None else float("nan")
+        )
+        metrics[f"interval_width_{name}"] = width(lower, upper)
+        metrics[f"interval_score_{name}"] = interval_score(actual, lower, upper, level)
+        # the trivial band: last price * exp(+-q), q from its own validation scores
+        q = conformal_quantile(naive_scores, level) if len(naive_scores) else float("nan")
+        n_lower, n_upper = price_band(base["naive"], q)
+        metrics[f"naive_interval_coverage_{name}"] = (
+            coverage(actual, n_lower, n_upper) if len(naive_scores) else float("nan")
+        )
+        metrics[f"naive_interval_width_{name}"] = width(n_lower, n_upper)
+        metrics[f"naive_interval_score_{name}"] = interval_score(actual, n_lower, n_upper, level)
         frame[f"lower_{name}"] = lower
         frame[f"upper_{name}"] = upper
     return Evaluation(metrics=metrics, predictions=frame)
@@ -189,19 +216,40 @@ def evaluate_model(
     seed: int | None = None,
     split: str = "test",
 ) -> Evaluation:
-    """Point forecasts + MC-dropout intervals for ``split``, scored in prices."""
+    """Point forecasts + intervals (``eval_cfg.intervals``) for ``split``, scored in prices.
+
+    Conformal bands are calibrated on the validation windows only, never on ``split``.
+    """
     windows: SplitWindows = getattr(data, split)
     predicted = predict_prices(model, windows, data.preprocessor)
-    intervals = mc_dropout_intervals(
-        model,
-        windows.X,
-        windows.anchor,
-        data.preprocessor,
-        eval_cfg.interval_levels,
-        eval_cfg.mc_samples,
-        seed,
-    )
+    if eval_cfg.intervals == "conformal":
+        intervals = conformal_intervals(model, data, predicted, eval_cfg.interval_levels, split)
+    else:
+        intervals = mc_dropout_intervals(
+            model,
+            windows.X,
+            windows.anchor,
+            data.preprocessor,
+            eval_cfg.interval_levels,
+            eval_cfg.mc_samples,
+            seed,
+        )
     return evaluate_forecasts(data, predicted, eval_cfg, intervals, split)
+
+
+def conformal_intervals(
+    model: Any,
+    data: WindowedData,
+    predicted: np.ndarray,
+    levels: Sequence[float],
+    split: str = "test",
+) -> Intervals:
+    """Split-conformal bands around ``predicted`` ``(n, horizon)`` from the validation errors."""
+    if split == "val" or len(data.val) == 0:
+        raise ValueError("conformal intervals need a validation part other than the scored split")
+    val_predicted = predict_prices(model, data.val, data.preprocessor)
+    calibration = calibrate(data.val.actual, val_predicted, levels, data.val.target_dates[-1, -1])
+    return calibration.bands(predicted)
 
 
 @dataclass(frozen=True)

@@ -12,21 +12,46 @@ import pandas as pd
 
 from lstm_core.config import FeatureConfig
 from lstm_core.data import DATE_COLUMN, Preprocessor
-from lstm_core.forecast import next_business_days, recursive_forecast
-from lstm_core.intervals import level_name, quantile_bounds
+from lstm_core.forecast import next_business_days, recalibrate_recursive, recursive_forecast
+from lstm_core.intervals import ConformalCalibration, level_name, quantile_bounds
 
 MODEL_FILE = "model.keras"
 PREPROCESSOR_FILE = "preprocessor.json"
 FEATURES_FILE = "features.json"
+CALIBRATION_FILE = "calibration.json"
+DEFAULT_LEVELS = (0.8, 0.95)
 
 
 class Forecaster:
-    """Keras model + fitted Preprocessor (+ its FeatureConfig), ready to serve."""
+    """Keras model + fitted Preprocessor (+ its FeatureConfig), ready to serve.
 
-    def __init__(self, model: Any, preprocessor: Preprocessor) -> None:
+    With a conformal ``calibration`` the intervals are its bands; without one, MC dropout.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        preprocessor: Preprocessor,
+        calibration: ConformalCalibration | None = None,
+    ) -> None:
         self.model = model
         self.preprocessor = preprocessor
+        self.calibration = calibration
         self._infer: Any = None  # compiled inference function, built on first use
+
+    def _levels(self, levels: Sequence[float] | None) -> Sequence[float]:
+        if levels is not None:
+            return levels
+        return self.calibration.levels if self.calibration is not None else DEFAULT_LEVELS
+
+    def recalibrated(self, history: pd.DataFrame) -> Forecaster:
+        """A copy whose calibration also scores ``history``'s days after it (rolling window)."""
+        if self.calibration is None:
+            return self
+        calibration = recalibrate_recursive(
+            self.model, self.preprocessor, self.calibration, history
+        )
+        return Forecaster(self.model, self.preprocessor, calibration)
 
     @property
     def feature_cfg(self) -> FeatureConfig:
@@ -46,7 +71,7 @@ class Forecaster:
         self,
         history: pd.DataFrame,
         intervals: bool = False,
-        levels: Sequence[float] = (0.8, 0.95),
+        levels: Sequence[float] | None = None,
         samples: int = 30,
         seed: int | None = None,
     ) -> pd.DataFrame:
@@ -54,8 +79,10 @@ class Forecaster:
 
         ``history`` needs a ``date`` column and the feature columns, at least ``lookback``
         rows (+1 for log returns).  Returns one row: ``date``, ``forecast`` (first horizon
-        step, deterministic) and, with ``intervals``, MC-dropout ``lower_<L>``/``upper_<L>``.
+        step, deterministic) and, with ``intervals``, ``lower_<L>``/``upper_<L>`` (conformal
+        when calibrated, else MC dropout) for ``levels`` (default: the calibrated ones).
         """
+        levels = self._levels(levels)
         x = self.preprocessor.latest_window(history)  # (1, lookback, n_features)
         anchor = np.array([float(history[self.feature_cfg.target].iloc[-1])])
         point = self.preprocessor.to_prices(self._deterministic(x)[:, :1], anchor)[0, 0]
@@ -63,7 +90,12 @@ class Forecaster:
             DATE_COLUMN: next_business_days(history[DATE_COLUMN].iloc[-1], 1),
             "forecast": [point],
         }
-        if intervals:
+        if intervals and self.calibration is not None:
+            bounds = self.calibration.bands(np.array([point]), levels)
+            for level in levels:
+                row[f"lower_{level_name(level)}"] = [float(bounds.lower[level][0])]
+                row[f"upper_{level_name(level)}"] = [float(bounds.upper[level][0])]
+        elif intervals:
             import keras
 
             if seed is not None:
@@ -81,22 +113,33 @@ class Forecaster:
         self,
         history: pd.DataFrame,
         days: int = 5,
-        levels: Sequence[float] = (0.8, 0.95),
+        levels: Sequence[float] | None = None,
         samples: int = 30,
         seed: int | None = None,
     ) -> pd.DataFrame:
         """Recursive ``days``-business-day forecast with intervals (see lstm_core.forecast)."""
         return recursive_forecast(
-            self.model, self.preprocessor, history, days, levels, samples, seed
+            self.model,
+            self.preprocessor,
+            history,
+            days,
+            self._levels(levels),
+            samples,
+            seed,
+            calibration=self.calibration,
         )
 
     def save(self, directory: str | Path) -> Path:
-        """Write model.keras (native format), preprocessor.json and features.json."""
+        """Write model.keras (native format), preprocessor.json, features.json and, when
+        calibrated, calibration.json."""
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         self.model.save(path / MODEL_FILE)
         (path / PREPROCESSOR_FILE).write_text(json.dumps(self.preprocessor.to_dict(), indent=2))
         (path / FEATURES_FILE).write_text(self.feature_cfg.model_dump_json(indent=2))
+        if self.calibration is not None:
+            text = json.dumps(self.calibration.to_dict(), indent=1)
+            (path / CALIBRATION_FILE).write_text(text)
         return path
 
     @classmethod
@@ -111,4 +154,8 @@ class Forecaster:
             raise ValueError(f"{FEATURES_FILE} and {PREPROCESSOR_FILE} disagree in {path}")
         # compile=False: serving needs no optimizer state (and skips restoring it)
         model = keras.models.load_model(path / MODEL_FILE, safe_mode=True, compile=False)
-        return cls(model, preprocessor)
+        calibration = None
+        if (path / CALIBRATION_FILE).exists():
+            state = json.loads((path / CALIBRATION_FILE).read_text())
+            calibration = ConformalCalibration.from_dict(state)
+        return cls(model, preprocessor, calibration)

@@ -171,6 +171,7 @@ def train_one(settings: Settings, ticker: str, source: str | None = None) -> Tic
             "%s: evaluating on %d test days, intervals, backtest, plots", ticker, len(data.test)
         )
         evaluation = tasks.evaluate(trained.model, data, settings)
+        calibration = tasks.calibrate(trained.model, frames, preprocessor, settings)
         folds = (
             tasks.backtest(frames.frame, settings)
             if settings.evaluation.backtest_folds > 0
@@ -182,11 +183,13 @@ def train_one(settings: Settings, ticker: str, source: str | None = None) -> Tic
             metrics["backtest_mean_skill"] = float(folds["skill"].mean())
             metrics["backtest_mean_rmse"] = float(folds["rmse"].mean())
         metrics["epochs_run"] = float(trained.epochs_run)
+        if calibration is not None:
+            metrics.update(calibration.metrics())
         result.metrics = metrics
         result.plots = tasks.log_results(run_id, metrics, figures, evaluation.predictions)
         result.artifact_uri = tracking.artifact_uri(run_id)
 
-        forecaster = Forecaster(model=trained.model, preprocessor=preprocessor)
+        forecaster = Forecaster(trained.model, preprocessor, calibration)
         example = frame.tail(preprocessor.rows_needed).reset_index(drop=True)
         with tempfile.TemporaryDirectory(prefix="lstm-") as tmp:
             workdir = Path(tmp)
@@ -419,7 +422,9 @@ def forecast_ticker(settings: Settings, ticker: str, days: int) -> tuple[pd.Data
         )
     model = tracking.load_model(name, settings.registry.alias)
     history = PriceStore(settings.store_path).load(ticker)
-    frame = model.predict(history, params={"days": days, "intervals": True})
+    # recalibrate: the conformal band also learns from the days since the model's validation
+    params = {"days": days, "intervals": True, "recalibrate": True}
+    frame = model.predict(history, params=params)
     frame.insert(0, "ticker", ticker)
     frame["model_version"] = version.version
     out_dir = settings.path(settings.data.forecasts)

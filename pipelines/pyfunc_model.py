@@ -27,9 +27,13 @@ class LSTMPriceModel(mlflow.pyfunc.PythonModel):
         frame = pd.DataFrame(model_input)
         days = int(params.get("days", 1))
         intervals = bool(params.get("intervals", False))
+        forecaster = self.forecaster
+        if intervals and bool(params.get("recalibrate", False)):
+            # conformal scores of the input's days after the calibration: a rolling window
+            forecaster = forecaster.recalibrated(frame)
         if days <= 1 and not intervals:
-            return self.forecaster.predict(frame)
-        return self.forecaster.forecast(
+            return forecaster.predict(frame)
+        return forecaster.forecast(
             frame,
             days=max(days, 1),
             samples=int(params.get("samples", 30)),

@@ -19,10 +19,12 @@ from prefect.cache_policies import NO_CACHE
 from lstm_core import backtest as core_backtest
 from lstm_core import data as core_data
 from lstm_core import evaluate as core_evaluate
+from lstm_core import forecast as core_forecast
 from lstm_core import model as core_model
 from lstm_core import plots as core_plots
 from lstm_core import rescore as core_rescore
 from lstm_core import train as core_train
+from lstm_core.intervals import ConformalCalibration
 from lstm_core.predictor import Forecaster
 from pipelines import tracking
 from pipelines.config import Settings
@@ -172,6 +174,28 @@ def train(data: core_data.WindowedData, settings: Settings, run_id: str, ticker:
 def evaluate(model: Any, data: core_data.WindowedData, settings: Settings):
     return core_evaluate.evaluate_model(
         model, data, settings.evaluation, seed=settings.training.seed
+    )
+
+
+@task(name="calibrate", cache_policy=NO_CACHE)
+def calibrate(
+    model: Any,
+    frames: core_data.SplitFrames,
+    preprocessor: core_data.Preprocessor,
+    settings: Settings,
+) -> ConformalCalibration | None:
+    """Conformal scores of the served N-day forecasts on the validation days (None for MC)."""
+    ev = settings.evaluation
+    if ev.intervals != "conformal":
+        return None
+    return core_forecast.calibrate_recursive(
+        model,
+        preprocessor,
+        frames.frame,
+        frames.train_end,
+        frames.val_end,
+        ev.forecast_days,
+        ev.interval_levels,
     )
 
 

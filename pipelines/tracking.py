@@ -255,7 +255,9 @@ def log_forecaster(run_id: str, forecaster_dir: Path, input_example: pd.DataFram
     forecaster = Forecaster.load(forecaster_dir)
     output = forecaster.predict(input_example)
     signature = infer_signature(
-        input_example, output, params={"intervals": False, "days": 1, "samples": 30, "seed": 0}
+        input_example,
+        output,
+        params={"intervals": False, "days": 1, "samples": 30, "seed": 0, "recalibrate": False},
     )
     with warnings.catch_warnings():
         # The explicit signature replaces the type-hint inference MLflow asks for.

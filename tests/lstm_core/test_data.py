@@ -165,7 +165,9 @@ def test_too_short_series_raises_with_numbers():
 
 def test_empty_validation_part_is_allowed_when_requested():
     data = prepare_data(
-        _arange_frame(40), FeatureConfig(lookback=5), EvaluationConfig(val_fraction=0.0)
+        _arange_frame(40),
+        FeatureConfig(lookback=5),
+        EvaluationConfig(val_fraction=0.0, intervals="mc_dropout"),
     )
     assert len(data.val) == 0 and len(data.test) == 6
 

@@ -10,10 +10,13 @@ from lstm_core.evaluate import (
     baseline_forecasts,
     diebold_mariano,
     evaluate_forecasts,
+    evaluate_model,
     naive_scale,
     point_metrics,
     run_experiment,
 )
+from lstm_core.intervals import Intervals
+from lstm_core.model import build_model
 from tests.lstm_core.conftest import TINY_EVAL, TINY_FEATURES, TINY_MODEL, TINY_TRAINING, make_frame
 
 METRIC_NAMES = {
@@ -29,8 +32,12 @@ METRIC_NAMES = {
     "skill_vs_naive",
     "dm_stat",
     "dm_pvalue",
-    "interval_coverage_80",
-    "interval_coverage_95",
+    *(
+        f"{prefix}interval_{what}_{level}"
+        for prefix in ("", "naive_")
+        for what in ("coverage", "width", "score")
+        for level in ("80", "95")
+    ),
 }
 
 
@@ -120,3 +127,62 @@ def test_evaluate_scores_the_last_horizon_step():
     np.testing.assert_array_equal(ev.predictions["date"], data.test.target_dates[:, 2])
     # the naive forecast of a 3-day-ahead price is the anchor price
     np.testing.assert_array_equal(ev.predictions["naive"], data.test.anchor)
+
+
+def test_interval_metrics_by_hand():
+    """Band metrics and the naive band, recomputed from the validation scores."""
+    data = prepare_data(make_frame(200, seed=3), TINY_FEATURES, EvaluationConfig())
+    cfg = EvaluationConfig(interval_levels=(0.8,))
+    predicted = data.test.anchor[:, None] * 1.001
+    val_pred = data.val.anchor[:, None] * 1.001
+    scores = np.sort(np.abs(np.log(data.val.actual[:, 0] / val_pred[:, 0])))
+    n = len(scores)
+    k = math.ceil((n + 1) * 0.8) - 1
+    lower, upper = predicted[:, 0] * np.exp(-scores[k]), predicted[:, 0] * np.exp(scores[k])
+    bands = Intervals(lower={0.8: lower[:, None]}, upper={0.8: upper[:, None]}, median=predicted)
+    m = evaluate_forecasts(data, predicted, cfg, bands).metrics
+    y = data.test.actual[:, 0]
+    assert m["interval_coverage_80"] == pytest.approx(np.mean((y >= lower) & (y <= upper)))
+    assert m["interval_width_80"] == pytest.approx(np.mean(upper - lower))
+    outside = np.maximum(lower - y, 0) + np.maximum(y - upper, 0)
+    assert m["interval_score_80"] == pytest.approx(np.mean(upper - lower + 10 * outside))
+    naive_q = np.sort(np.abs(np.log(data.val.actual[:, 0] / data.val.anchor)))[k]
+    naive_width = data.test.anchor * (np.exp(naive_q) - np.exp(-naive_q))
+    assert m["naive_interval_width_80"] == pytest.approx(naive_width.mean())
+    inside = np.abs(np.log(y / data.test.anchor)) <= naive_q
+    assert m["naive_interval_coverage_80"] == pytest.approx(inside.mean())
+
+
+def test_conformal_bands_never_read_the_test_part():
+    """Poisoned test prices change the test forecasts, never the band quantiles."""
+    frame = make_frame(160, seed=4)
+    model = build_model(TINY_MODEL, 5, 1, 1, seed=0)
+    data = prepare_data(frame, TINY_FEATURES, TINY_EVAL)
+    ev = evaluate_model(model, data, TINY_EVAL)
+    poisoned = frame.copy()
+    test_rows = poisoned.index >= len(frame) - len(data.test)
+    poisoned.loc[test_rows, "open"] *= np.linspace(2.0, 5.0, test_rows.sum())
+    data_p = prepare_data(poisoned, TINY_FEATURES, TINY_EVAL)
+    ev_p = evaluate_model(model, data_p, TINY_EVAL)
+    for name in ("80", "95"):
+        q = np.log(ev.predictions[f"upper_{name}"] / ev.predictions["predicted"])
+        q_p = np.log(ev_p.predictions[f"upper_{name}"] / ev_p.predictions["predicted"])
+        np.testing.assert_allclose(q, q_p, rtol=1e-9)
+        np.testing.assert_allclose(q, q.iloc[0])  # one validation quantile for all days
+    assert not np.allclose(ev.predictions["actual"], ev_p.predictions["actual"])
+
+
+def test_conformal_coverage_end_to_end_on_known_noise():
+    """A tiny model on a price series with i.i.d. Gaussian log returns: the conformal band
+    of the test days covers close to nominal.  Standard error of an 80% coverage over the
+    ~240 test days plus the calibration's own spread is about 0.04: +-0.12 is three of it.
+    """
+    rng = np.random.default_rng(11)
+    frame = make_frame(800, seed=11)
+    frame["open"] = 50.0 * np.exp(np.cumsum(rng.normal(0.0, 0.01, len(frame))))
+    cfg = EvaluationConfig(val_fraction=0.3, test_fraction=0.3, backtest_folds=0)
+    result = run_experiment(frame, TINY_FEATURES, TINY_MODEL, TINY_TRAINING, cfg)
+    m = result.evaluation.metrics
+    assert m["interval_coverage_80"] == pytest.approx(0.8, abs=0.12)
+    assert m["interval_coverage_95"] == pytest.approx(0.95, abs=0.06)
+    assert m["interval_width_95"] > m["interval_width_80"] > 0

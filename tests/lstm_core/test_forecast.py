@@ -4,7 +4,15 @@ import pytest
 
 from lstm_core.config import FeatureConfig, ModelConfig
 from lstm_core.data import DataError, fit_preprocessor
-from lstm_core.forecast import next_business_days, recursive_forecast, simulate_paths
+from lstm_core.forecast import (
+    calibrate_recursive,
+    next_business_days,
+    point_paths,
+    recalibrate_recursive,
+    recursive_errors,
+    recursive_forecast,
+    simulate_paths,
+)
 from lstm_core.model import build_model, predict_scaled
 from tests.lstm_core.conftest import make_frame
 
@@ -57,3 +65,65 @@ def test_short_history_raises():
     model = build_model(ModelConfig(layers=1, units=4, backend="keras"), 5, 1, 1)
     with pytest.raises(DataError, match="history has 5 rows, needs at least 6"):
         recursive_forecast(model, pre, df.iloc[:5], days=2)
+
+
+def _constant_model(x, training=False):
+    return np.full((len(x), 1), 0.5, dtype=np.float32)
+
+
+def test_recursive_errors_by_hand_and_only_before_end():
+    """A constant-price model: the k-day score is |log(price[t] / level)| for every target row t
+    in [start, end), k = 1..3, whatever the anchor; rows from `end` on are never read."""
+    df = make_frame(40)
+    pre = fit_preprocessor(df.iloc[:20], FeatureConfig(lookback=3, target_transform="price"))
+    level = float(pre.inverse_target(np.array(0.5)))
+    errors = recursive_errors(_constant_model, pre, df, 25, 32, 3)
+    for e in errors:
+        expected = np.abs(np.log(df["open"].to_numpy()[25:32] / level))
+        np.testing.assert_allclose(e, expected, rtol=1e-5)
+    poisoned = df.copy()
+    poisoned.loc[32:, "open"] = -1.0  # invalid prices after `end`
+    again = recursive_errors(_constant_model, pre, poisoned, 25, 32, 3)
+    for a, b in zip(errors, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_point_paths_match_the_served_forecast():
+    df = make_frame(60)
+    cfg = FeatureConfig(lookback=5, columns=("open", "volume"))
+    pre = fit_preprocessor(df.iloc[:40], cfg)
+    model = build_model(ModelConfig(layers=1, units=4, backend="keras"), 5, 2, 1, seed=0)
+    raw = pre.column_values(df.iloc[-pre.rows_needed :])
+    paths = point_paths(model, pre, np.stack([raw, raw]), 3)
+    served = recursive_forecast(model, pre, df, days=3, n_samples=0)["forecast"].to_numpy()
+    np.testing.assert_allclose(paths[0], served, rtol=1e-5)
+    np.testing.assert_array_equal(paths[0], paths[1])
+
+
+def test_conformal_forecast_and_recalibration():
+    df = make_frame(90)
+    pre = fit_preprocessor(df.iloc[:50], FeatureConfig(lookback=5))
+    model = build_model(ModelConfig(layers=1, units=4, backend="keras"), 5, 1, 1, seed=0)
+    cal = calibrate_recursive(model, pre, df, 50, 70, 3, (0.8, 0.95))
+    assert [len(s) for s in cal.scores] == [20, 20, 20]
+    assert cal.last_date == str(df["date"].iloc[69].date())
+    out = recursive_forecast(model, pre, df.iloc[:70], days=3, calibration=cal, levels=(0.8,))
+    q = np.log(out["upper_80"] / out["forecast"])
+    np.testing.assert_allclose(q, [cal.quantile(0.8, k) for k in range(3)], rtol=1e-9)
+    np.testing.assert_allclose(np.log(out["forecast"] / out["lower_80"]), q, rtol=1e-9)
+    with pytest.raises(ValueError, match="up to 3 day"):
+        recursive_forecast(model, pre, df, days=4, calibration=cal)
+
+    # history up to the calibration's last day: nothing new to learn
+    assert recalibrate_recursive(model, pre, cal, df.iloc[:70]) is cal
+    assert recalibrate_recursive(model, pre, cal, df.iloc[-6:]) is cal  # one window, no target
+    short = recalibrate_recursive(model, pre, cal, df.iloc[-8:])  # 2 one-day, 1 two-day target
+    assert [len(s) for s in short.scores] == [20, 20, 20]
+    np.testing.assert_array_equal(short.scores[2], cal.scores[2])
+    assert not np.array_equal(short.scores[0], cal.scores[0])
+    new = recalibrate_recursive(model, pre, cal, df)
+    assert new.last_date == str(df["date"].iloc[-1].date())
+    fresh = recursive_errors(model, pre, df, 70, 90, 3)
+    for old, upd, f in zip(cal.scores, new.scores, fresh, strict=True):
+        assert len(upd) == len(old)  # the validation-sized window
+        np.testing.assert_allclose(upd, np.concatenate([old, f])[-len(old) :])

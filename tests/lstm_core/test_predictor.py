@@ -52,3 +52,27 @@ def test_save_load_round_trip(forecaster, tmp_path):
     assert len(fc) == 3 and fc["forecast"].iloc[0] == pytest.approx(
         loaded.predict(df)["forecast"].iloc[0], rel=1e-5
     )
+
+
+def test_calibrated_forecaster_serves_its_bands_after_a_round_trip(forecaster, tmp_path):
+    from lstm_core.forecast import calibrate_recursive
+
+    df = make_frame(80)
+    cal = calibrate_recursive(forecaster.model, forecaster.preprocessor, df, 40, 60, 2, (0.9,))
+    calibrated = Forecaster(forecaster.model, forecaster.preprocessor, cal)
+    calibrated.save(tmp_path / "bundle")
+    assert (tmp_path / "bundle" / "calibration.json").exists()
+    loaded = Forecaster.load(tmp_path / "bundle")
+    one = loaded.predict(df.iloc[:60], intervals=True)
+    assert list(one.columns) == ["date", "forecast", "lower_90", "upper_90"]  # calibrated levels
+    assert np.log(one["upper_90"].iloc[0] / one["forecast"].iloc[0]) == pytest.approx(
+        cal.quantile(0.9, 0)
+    )
+    pd.testing.assert_frame_equal(
+        one, calibrated.forecast(df.iloc[:60], days=1), check_freq=False, rtol=1e-6
+    )
+    two = loaded.forecast(df.iloc[:60], days=2)
+    pd.testing.assert_frame_equal(two, calibrated.forecast(df.iloc[:60], days=2))
+    newer = loaded.recalibrated(df)
+    assert newer.calibration.last_date == str(df["date"].iloc[-1].date())
+    assert forecaster.recalibrated(df) is forecaster  # uncalibrated: MC dropout, unchanged

@@ -58,6 +58,8 @@ def test_stable_key_names_are_all_present():
         ("training:\n  epochs: many\n", "training.epochs"),
         ("model:\n  units: [1, 2]\n", "model.units"),
         ("evaluation:\n  test_fraction: 0.6\n  val_fraction: 0.5\n", "evaluation"),
+        ("evaluation:\n  intervals: magic\n", "evaluation.intervals"),
+        ("evaluation:\n  val_fraction: 0.0\n", "evaluation"),  # conformal needs validation
         ("features:\n  target_transform: diff\n", "features.target_transform"),
         ("registry:\n  model_name: lstm\n", "registry.model_name"),
         ("schedule:\n  cron: every day\n", "schedule.cron"),

@@ -81,6 +81,8 @@ def test_forecast_writes_future_trading_days(tiny_settings):
     assert (dates.dt.dayofweek < 5).all() and dates.is_monotonic_increasing
     assert dates.iloc[0] > pd.Timestamp(price_frame(120)["Date"].iloc[-1])
     assert {"lower_95", "upper_95"} <= set(frame.columns)
+    assert (frame["lower_95"] < frame["forecast"]).all()
+    assert (frame["forecast"] < frame["upper_95"]).all()
 
 
 def test_one_ticker_failure_does_not_fail_the_others(tiny_settings, tiny_project):

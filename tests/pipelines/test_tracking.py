@@ -61,6 +61,11 @@ def test_run_logs_flat_params_metrics_and_epoch_curves(trained, client):
         "dm_pvalue",
         "interval_coverage_80",
         "interval_coverage_95",
+        "interval_width_80",
+        "interval_score_95",
+        "naive_interval_coverage_80",
+        "naive_interval_width_95",
+        "interval_q_80_day3",
         "test_directional_accuracy",
     ):
         assert key in metrics, key
@@ -120,6 +125,30 @@ def test_champion_loads_in_a_fresh_process_with_the_same_numbers(trained, client
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got == pytest.approx(expected["forecast"]["forecast"], rel=1e-6)
     assert (tmp_path / "model.keras").exists() is False  # nothing leaked into the cwd
+
+
+def test_served_bands_equal_the_runs_calibration(trained, client):
+    """The registered model carries the run's conformal scores: the pyfunc's bands are
+    forecast * exp(+-q) with exactly the quantiles q the run logged, per level and day."""
+    import mlflow.pyfunc
+    import numpy as np
+
+    _, result = trained
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{result.version}")
+    example = model.input_example
+    out = model.predict(example, params={"intervals": True, "days": 3})
+    logged = client.get_run(result.run_id).data.metrics
+    assert len(out) == 3
+    for level in ("80", "95"):
+        for day in range(3):
+            expected = logged[f"interval_q_{level}_day{day + 1}"]
+            point = out["forecast"].iloc[day]
+            assert np.log(out[f"upper_{level}"].iloc[day] / point) == pytest.approx(expected)
+            assert np.log(point / out[f"lower_{level}"].iloc[day]) == pytest.approx(expected)
+    one = model.predict(example, params={"intervals": True})
+    assert np.log(one["upper_80"].iloc[0] / one["forecast"].iloc[0]) == pytest.approx(
+        logged["interval_q_80_day1"]
+    )
 
 
 def test_promotion_by_alias_refusal_manual_promote_and_rollback(trained, client, tmp_path):

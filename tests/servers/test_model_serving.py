@@ -57,3 +57,34 @@ def test_invocations_match_in_process_predict(trained, mlflow_server, model_serv
     assert len(numeric), expected.dtypes
     for col in numeric:
         assert served[col].to_numpy() == pytest.approx(expected[col].to_numpy(), rel=1e-5), col
+
+
+def test_served_intervals_match_in_process_bands(trained, mlflow_server, model_server):
+    """`params: {"intervals": true, "days": 3}` through the server gives the pyfunc's bands."""
+    import mlflow
+
+    from pipelines.store import PriceStore
+
+    settings, _ = trained
+    model = mlflow.pyfunc.load_model(URI)
+    columns = model.metadata.get_input_schema().input_names()
+    recent = PriceStore(settings.store_path).load(TICKER).tail(30)[columns].reset_index(drop=True)
+    params = {"intervals": True, "days": 3}
+    expected = pd.DataFrame(model.predict(recent, params=params))
+    assert {"lower_80", "upper_80", "lower_95", "upper_95"} <= set(expected.columns)
+
+    payload = recent.assign(date=pd.to_datetime(recent["date"]).dt.strftime("%Y-%m-%d"))
+    body = json.dumps(
+        {"dataframe_split": payload.to_dict(orient="split", index=False), "params": params}
+    )
+    request = urllib.request.Request(
+        f"{model_server.url}/invocations",
+        data=body.encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=120) as resp:
+        served = pd.DataFrame(json.loads(resp.read())["predictions"])
+    assert len(served) == 3
+    for col in ("forecast", "lower_80", "upper_80", "lower_95", "upper_95"):
+        assert served[col].to_numpy() == pytest.approx(expected[col].to_numpy(), rel=1e-5), col
