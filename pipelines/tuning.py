@@ -387,9 +387,10 @@ def run_study(
 
     experiment_id = tracking.connect(settings)
     study = load_study(settings, ticker)
-    before = len(study.trials)
-    target = before + trials  # counted before the default configuration is enqueued
-    resumed = before > 0
+    # Trials waiting in the queue (enqueued, never started) are among the ones to run now.
+    before = sum(1 for x in study.trials if x.state.name != "WAITING")
+    target = before + trials
+    resumed = len(study.trials) > 0
     if not resumed:
         study.set_user_attr("ticker", ticker)
         study.set_user_attr("data_last_date", data_last_date)
