@@ -228,3 +228,25 @@ def test_same_objective_on_the_unpoisoned_frame_scores_the_same(searched, tmp_pa
     frame, _ = _poisoned_frame(clean)
     again = tuning.run_study(clean, "TEST", frame, "2020-06-16")
     assert math.isclose(again.default_value, first.default_value, rel_tol=1e-6)
+
+
+# ---------------------------------------------------------------- the command line
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--trials", "0"], "--trials"),
+        (["--timeout", "-1"], "--timeout"),
+        (["--ticker", "../x"], "--ticker"),
+        (["--set", "tuning.workers=0"], "tuning.workers"),
+    ],
+)
+def test_tune_bad_arguments_exit_2_in_one_line(tmp_path, capsys, args, needle):
+    from pipelines.cli import main
+
+    _settings(tmp_path)
+    assert main(["tune", "--config", str(tmp_path / "mlflow.yaml"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err
+    assert not (tmp_path / ".optuna").exists() and not (tmp_path / "mlflow.db").exists()
