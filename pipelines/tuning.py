@@ -284,6 +284,15 @@ def _optimize(objective: Objective, worker: int, target: int, timeout: float | N
         )
 
 
+def _share_cores(workers: int) -> None:
+    """Runs first in each worker process (before TensorFlow loads): its share of the cores."""
+    import os
+
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    for key in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(key, threads)
+
+
 def _worker(objective: Objective, worker: int, target: int, timeout: float | None) -> None:
     """Entry point of one worker process."""
     from pipelines.runtime import configure_environment
@@ -441,7 +450,9 @@ def run_study(
 
             # spawn: TensorFlow and Numba's thread pools do not survive a fork
             ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            with ProcessPoolExecutor(
+                workers, mp_context=ctx, initializer=_share_cores, initargs=(workers,)
+            ) as pool:
                 futures = [
                     pool.submit(_worker, objective, i, target, timeout) for i in range(workers)
                 ]
