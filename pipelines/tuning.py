@@ -171,13 +171,18 @@ def _pruner(settings: Settings) -> Any:
     return optuna.pruners.NopPruner()
 
 
-def load_study(settings: Settings, ticker: str, worker: int = 0) -> Any:
-    """Create the ticker's study, or load it to continue (same name, same storage)."""
+def load_study(settings: Settings, ticker: str, worker: int = 0, done: int = 0) -> Any:
+    """Create the ticker's study, or load it to continue (same name, same storage).
+
+    The sampler's seed is `tuning.seed` shifted by the worker's index and the number of
+    trials already `done`: the same seed in two workers, or in a resumed study, would draw
+    the same random candidates again.
+    """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # Each worker its own seed: the same seed would draw the same first candidates twice.
-    sampler = optuna.samplers.TPESampler(seed=settings.tuning.seed + worker)
+    seed = settings.tuning.seed + done + 100_003 * worker
+    sampler = optuna.samplers.TPESampler(seed=seed)
     return optuna.create_study(
         study_name=settings.tuning.study_for(ticker),
         storage=open_storage(settings),
@@ -265,12 +270,14 @@ class Objective:
             log.info("%s trial %s: %s (%s)", self.ticker, name, state, note)
 
 
-def _optimize(objective: Objective, worker: int, target: int, timeout: float | None) -> None:
+def _optimize(
+    objective: Objective, worker: int, done: int, target: int, timeout: float | None
+) -> None:
     import optuna
     from optuna.study import MaxTrialsCallback
 
     tracking.connect(objective.settings)
-    study = load_study(objective.settings, objective.ticker, worker)
+    study = load_study(objective.settings, objective.ticker, worker, done)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.optimize(
@@ -293,7 +300,9 @@ def _share_cores(workers: int) -> None:
         os.environ.setdefault(key, threads)
 
 
-def _worker(objective: Objective, worker: int, target: int, timeout: float | None) -> None:
+def _worker(
+    objective: Objective, worker: int, done: int, target: int, timeout: float | None
+) -> None:
     """Entry point of one worker process."""
     from pipelines.runtime import configure_environment
 
@@ -305,7 +314,7 @@ def _worker(objective: Objective, worker: int, target: int, timeout: float | Non
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
-    _optimize(objective, worker, target, timeout)
+    _optimize(objective, worker, done, target, timeout)
 
 
 # ---------------------------------------------------------------- a study end to end
@@ -443,7 +452,7 @@ def run_study(
     ok = False
     try:
         if workers == 1:
-            _optimize(objective, 0, target, timeout)
+            _optimize(objective, 0, before, target, timeout)
         else:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
@@ -454,7 +463,8 @@ def run_study(
                 workers, mp_context=ctx, initializer=_share_cores, initargs=(workers,)
             ) as pool:
                 futures = [
-                    pool.submit(_worker, objective, i, target, timeout) for i in range(workers)
+                    pool.submit(_worker, objective, i, before, target, timeout)
+                    for i in range(workers)
                 ]
                 for fut in futures:
                     fut.result()

@@ -217,6 +217,9 @@ def test_second_run_continues_the_study_in_two_workers(searched):
     assert second.parent_run_id == first.parent_run_id
     assert len(study.trials) == 5
     assert (settings.base_dir / ".optuna" / "studies.journal").is_file()
+    # neither the second worker nor the resumed run drew the first run's candidates again
+    rates = [t.params["model.learning_rate"] for t in study.trials]
+    assert len(set(rates)) == len(rates)
 
 
 def test_same_objective_on_the_unpoisoned_frame_scores_the_same(searched, tmp_path):
