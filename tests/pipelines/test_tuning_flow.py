@@ -70,3 +70,30 @@ def test_tuning_deployment_only_with_a_cron(tiny_settings):
     )
     [tune] = [d for d in deployments(weekly, "mlflow.yaml") if d.name == TUNING_DEPLOYMENT]
     assert tune.schedules[0].schedule.cron == "0 3 * * 6"
+
+
+def test_tune_command_from_the_project_folder(tiny_project):
+    """`python -m pipelines tune` in a folder of its own: study, retrained best, summary."""
+    import os
+    import subprocess
+    import sys
+
+    (tiny_project / "mlflow.yaml").write_text(
+        (tiny_project / "mlflow.yaml").read_text() + TUNING.replace("trials: 3", "trials: 2")
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env["PREFECT_HOME"] = str(tiny_project / ".prefect")
+    out = subprocess.run(
+        [sys.executable, "-m", "pipelines", "tune", "--config", "mlflow.yaml", "--trials", "2"],
+        cwd=tiny_project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ingested" in out.stdout  # a fresh project: the configured sources first
+    assert "study tune-TEST (2 trials" in out.stdout
+    assert "best configuration: " in out.stdout and "vs naive" in out.stdout
+    assert "registered test-TEST version 1: CHAMPION" in out.stdout
+    assert (tiny_project / ".optuna" / "studies.journal").is_file()
