@@ -22,115 +22,23 @@ from typing import Any
 
 import pandas as pd
 
-from lstm_core.config import FeatureConfig, ModelConfig, TrainingConfig
 from lstm_core.data import DataError, SplitFrames, split_frame
 from pipelines import tracking
 from pipelines.config import SearchParam, Settings
+from pipelines.search_space import (
+    SECTIONS,
+    apply_params,
+    contains,
+    current_values,
+    describe,
+    is_int,
+    suggest,
+    trial_name,
+)
 
 log = logging.getLogger("pipelines")
 
 JOURNAL_FILE = ".optuna/studies.journal"
-SECTIONS = {"features": FeatureConfig, "model": ModelConfig, "training": TrainingConfig}
-_SHORT = {
-    "lookback": "lb",
-    "layers": "L",
-    "units": "u",
-    "dropout": "do",
-    "learning_rate": "lr",
-    "batch_size": "bs",
-    "scaler": "",
-    "target_transform": "",
-}
-
-
-# ---------------------------------------------------------------- the search space
-
-
-def _is_int(key: str) -> bool:
-    section, _, name = key.partition(".")
-    default = SECTIONS[section].model_fields[name].default
-    return isinstance(default, int) and not isinstance(default, bool)
-
-
-def distribution(key: str, param: SearchParam) -> Any:
-    """The Optuna distribution of one `tuning.space` entry."""
-    import optuna.distributions as d
-
-    if param.choices is not None:
-        return d.CategoricalDistribution(list(param.choices))
-    if _is_int(key):
-        step = int(param.step) if param.step is not None else 1
-        return d.IntDistribution(int(param.low), int(param.high), log=param.log, step=step)
-    return d.FloatDistribution(param.low, param.high, log=param.log, step=param.step)
-
-
-def distributions(space: dict[str, SearchParam]) -> dict[str, Any]:
-    return {key: distribution(key, param) for key, param in space.items()}
-
-
-def suggest(trial: Any, space: dict[str, SearchParam]) -> dict[str, Any]:
-    """Draw one candidate: `{dotted setting: value}`."""
-    out: dict[str, Any] = {}
-    for key, dist in distributions(space).items():
-        kind = type(dist).__name__
-        if kind == "CategoricalDistribution":
-            out[key] = trial.suggest_categorical(key, dist.choices)
-        elif kind == "IntDistribution":
-            out[key] = trial.suggest_int(key, dist.low, dist.high, step=dist.step, log=dist.log)
-        else:
-            out[key] = trial.suggest_float(key, dist.low, dist.high, step=dist.step, log=dist.log)
-    return out
-
-
-def apply_params(settings: Settings, params: dict[str, Any]) -> Settings:
-    """`settings` with the candidate's values, each changed section validated again."""
-    updates: dict[str, dict[str, Any]] = {}
-    for key, value in params.items():
-        section, _, name = key.partition(".")
-        updates.setdefault(section, {})[name] = value
-    sections = {
-        section: SECTIONS[section].model_validate(
-            {**getattr(settings, section).model_dump(), **values}
-        )
-        for section, values in updates.items()
-    }
-    return settings.model_copy(update=sections)
-
-
-def current_values(settings: Settings) -> dict[str, Any]:
-    """The configured value of every searched setting (the default configuration)."""
-    out = {}
-    for key in settings.tuning.space:
-        section, _, name = key.partition(".")
-        out[key] = getattr(getattr(settings, section), name)
-    return out
-
-
-def _inside(value: Any, param: SearchParam, is_int: bool) -> bool:
-    if param.choices is not None:
-        return value in param.choices
-    if not (param.low <= value <= param.high):
-        return False
-    if param.step is None:
-        return not is_int or float(value) == int(value)
-    steps = (value - param.low) / param.step
-    return abs(steps - round(steps)) < 1e-9
-
-
-def trial_name(number: int, params: dict[str, Any]) -> str:
-    """A short run name after the parameters, e.g. `#3 lb30 2x32 do0.12 lr3.1e-03 bs32 minmax`."""
-    parts = [f"#{number}"]
-    values = {k.partition(".")[2]: v for k, v in params.items()}
-    if "layers" in values and "units" in values:
-        parts.append(f"{values.pop('layers')}x{values.pop('units')}")
-    for name, v in values.items():
-        if isinstance(v, float):
-            text = f"{v:.1e}" if name == "learning_rate" else f"{v:.3g}"
-        else:
-            text = str(v)
-        parts.append(f"{_SHORT.get(name, name + '=')}{text}")
-    return " ".join(parts)
-
 
 # ---------------------------------------------------------------- storage and study
 
@@ -377,7 +285,7 @@ def _enqueue_default(study: Any, settings: Settings) -> None:
     """A new study tries the configured settings first: the baseline the search must beat."""
     values = current_values(settings)
     space = settings.tuning.space
-    if all(_inside(values[k], space[k], _is_int(k)) for k in space):
+    if all(contains(values[k], space[k], is_int(k)) for k in space):
         study.enqueue_trial(values, user_attrs={"baseline": True})
 
 
@@ -432,7 +340,7 @@ def run_study(
             "tuning.warmup_epochs": t.warmup_epochs,
             "tuning.workers": workers,
             "tuning.objective": "validation RMSE in prices (minimize)",
-            **{f"space.{k}": _describe(p) for k, p in t.space.items()},
+            **{f"space.{k}": describe(p) for k, p in t.space.items()},
             **{f"fixed.{k}": v for k, v in settings.flat().items() if _fixed(k, t.space)},
         }
         parent = tracking.start_tuning_run(
@@ -525,15 +433,6 @@ def run_study(
         seconds,
     )
     return result
-
-
-def _describe(p: SearchParam) -> str:
-    if p.choices is not None:
-        return "choices " + ",".join(str(c) for c in p.choices)
-    text = f"{p.low:g}..{p.high:g}"
-    if p.step is not None:
-        text += f" step {p.step:g}"
-    return text + (" log" if p.log else "")
 
 
 def _fixed(key: str, space: dict[str, SearchParam]) -> bool:

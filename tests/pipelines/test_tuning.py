@@ -58,10 +58,11 @@ def test_bad_tuning_config_names_the_key(tmp_path, snippet, key):
 
 
 def test_shipped_tuning_section_is_the_default_and_holds_the_default_configuration():
-    from pipelines import tuning
-    from pipelines.config import DEFAULT_CONFIG, Settings, load_settings
+    from pipelines import search_space
+    from pipelines.config import Settings, load_settings
+    from tests.conftest import REPO
 
-    settings = load_settings(DEFAULT_CONFIG, env={})
+    settings = load_settings(REPO / "mlflow.yaml", env={})
     assert settings.tuning == Settings().tuning
     space = settings.tuning.space
     required = {
@@ -76,23 +77,25 @@ def test_shipped_tuning_section_is_the_default_and_holds_the_default_configurati
     }
     assert required <= set(space)
     # the configured values lie inside the space, so a new study tries them first
-    values = tuning.current_values(settings)
-    assert all(tuning._inside(values[k], space[k], tuning._is_int(k)) for k in space)
+    values = search_space.current_values(settings)
+    assert all(search_space.contains(values[k], space[k], search_space.is_int(k)) for k in space)
     assert "tuning.trials" not in settings.flat()  # training runs do not carry the search
 
 
 def test_space_becomes_optuna_distributions(tmp_path):
     import optuna.distributions as d
 
-    from pipelines import tuning
+    from pipelines import search_space
 
     settings = _settings(tmp_path)
-    dists = tuning.distributions(settings.tuning.space)
+    dists = search_space.distributions(settings.tuning.space)
     assert dists["features.lookback"] == d.IntDistribution(3, 8)
     assert dists["model.units"] == d.IntDistribution(2, 6, step=2)
     assert dists["model.learning_rate"] == d.FloatDistribution(1e-3, 1e-2, log=True)
     assert dists["features.scaler"] == d.CategoricalDistribution(["minmax", "standard"])
-    tuned = tuning.apply_params(settings, {"features.lookback": 4, "features.scaler": "standard"})
+    tuned = search_space.apply_params(
+        settings, {"features.lookback": 4, "features.scaler": "standard"}
+    )
     assert (tuned.features.lookback, tuned.features.scaler) == (4, "standard")
     assert tuned.model == settings.model
 
