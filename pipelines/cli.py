@@ -62,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train on the bundled sample, then retrain on newer days")
     _common(p)
 
+    p = sub.add_parser("tune", help="search hyperparameters (Optuna), retrain the best, promote")
+    _common(p)
+    p.add_argument("--ticker", action="append", default=None, dest="tickers")
+    p.add_argument("--trials", type=int, default=None, help="trials to add (tuning.trials)")
+    p.add_argument(
+        "--timeout", type=float, default=None, metavar="MIN", help="time budget in minutes"
+    )
+
     p = sub.add_parser("serve", help="serve the retraining and forecast deployments")
     _common(p)
     p.add_argument("--tickers", nargs="*", default=None, help="tickers for the forecast flow")
@@ -222,6 +230,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    tickers = [_checked_ticker(t) for t in args.tickers] if args.tickers else None
+    for flag, value in (("--trials", args.trials), ("--timeout", args.timeout)):
+        if value is not None and value <= 0:
+            raise PipelineError(f"{flag}: must be positive, got {value}")
+    from pipelines.tuning_flow import tuning_flow
+
+    summary = tuning_flow(
+        settings=settings, tickers=tickers, trials=args.trials, timeout_minutes=args.timeout
+    )
+    print(summary.render())
+    return 0 if summary.ok else 1
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from pipelines.config import DEFAULT_CONFIG
@@ -233,6 +256,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         f"'{settings.schedule.cron}' {settings.schedule.timezone}, event "
         f"'{settings.schedule.event}') and 'forecast/batch-forecast'; Ctrl-C stops"
     )
+    if settings.tuning.cron:
+        print(f"and 'tuning/scheduled-tuning' (cron '{settings.tuning.cron}')")
     serve(settings, config_path, args.overrides, tickers=args.tickers)
     return 0
 
@@ -245,6 +270,7 @@ COMMANDS = {
     "promote": _cmd_promote,
     "rollback": _cmd_rollback,
     "serve": _cmd_serve,
+    "tune": _cmd_tune,
     "demo": _cmd_demo,
 }
 

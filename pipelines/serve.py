@@ -15,6 +15,7 @@ log = logging.getLogger("pipelines")
 
 RETRAIN_DEPLOYMENT = "scheduled-retraining"
 FORECAST_DEPLOYMENT = "batch-forecast"
+TUNING_DEPLOYMENT = "scheduled-tuning"  # only with tuning.cron set
 
 
 def deployments(
@@ -50,7 +51,17 @@ def deployments(
         parameters={**params, "tickers": tickers},
         description="Forecast the next trading days from each ticker's champion.",
     )
-    return [retrain, forecast]
+    if settings.tuning.cron is None:
+        return [retrain, forecast]
+    from pipelines.tuning_flow import tuning_flow
+
+    tune = tuning_flow.to_deployment(
+        name=TUNING_DEPLOYMENT,
+        schedules=[Cron(settings.tuning.cron, timezone=settings.schedule.timezone)],
+        parameters={**params, "tickers": tickers},
+        description="Search hyperparameters, retrain the best configuration, decide promotion.",
+    )
+    return [retrain, forecast, tune]
 
 
 BUSY_RETRIES = 5

@@ -1,0 +1,258 @@
+"""Optuna studies on tiny data: the space, the parent/child runs, pruning, the untouched test
+part, resuming, parallel workers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.pipelines.conftest import TINY_CONFIG, price_frame
+
+TUNING = """
+tuning:
+  trials: 3
+  workers: 1
+  startup_trials: 2
+  warmup_epochs: 0
+  space:
+    features.lookback: {low: 3, high: 8}
+    model.units: {low: 2, high: 6, step: 2}
+    model.learning_rate: {low: 1.0e-3, high: 1.0e-2, log: true}
+    features.scaler: {choices: [minmax, standard]}
+"""
+
+
+def _settings(folder, extra: str = TUNING, overrides=("training.epochs=2",)):
+    from pipelines.config import load_settings
+
+    (folder / "mlflow.yaml").write_text(TINY_CONFIG + extra, encoding="utf-8")
+    return load_settings(folder / "mlflow.yaml", list(overrides), env={})
+
+
+# ---------------------------------------------------------------- config and search space
+
+
+@pytest.mark.parametrize(
+    ("snippet", "key"),
+    [
+        ("tuning:\n  trails: 3\n", "tuning.trails"),
+        ("tuning:\n  pruner: random\n", "tuning.pruner"),
+        ("tuning:\n  storage: sqlite:///optuna.db\n", "tuning.storage"),
+        ("tuning:\n  space:\n    model.colour: {choices: [red]}\n", "tuning.space"),
+        ("tuning:\n  space:\n    features.scaler: {choices: [robust]}\n", "tuning.space"),
+        ("tuning:\n  space:\n    model.units: {low: 2.5, high: 6}\n", "tuning.space"),
+        ("tuning:\n  space:\n    model.dropout: {low: 0.3, high: 0.1}\n", "tuning.space"),
+        ("tuning:\n  space:\n    model.dropout: {low: 0.1, high: 0.3, size: 2}\n", "tuning.space"),
+        ("tuning:\n  cron: every day\n", "tuning.cron"),
+    ],
+)
+def test_bad_tuning_config_names_the_key(tmp_path, snippet, key):
+    from pipelines.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        _settings(tmp_path, snippet)
+    assert key in str(err.value) and "mlflow.yaml" in str(err.value)
+
+
+def test_shipped_tuning_section_is_the_default_and_holds_the_default_configuration():
+    from pipelines import search_space
+    from pipelines.config import Settings, load_settings
+    from tests.conftest import REPO
+
+    settings = load_settings(REPO / "mlflow.yaml", env={})
+    assert settings.tuning == Settings().tuning
+    space = settings.tuning.space
+    required = {
+        "features.lookback",
+        "model.layers",
+        "model.units",
+        "model.dropout",
+        "model.learning_rate",
+        "training.batch_size",
+        "features.scaler",
+        "features.target_transform",
+    }
+    assert required <= set(space)
+    # the configured values lie inside the space, so a new study tries them first
+    values = search_space.current_values(settings)
+    assert all(search_space.contains(values[k], space[k], search_space.is_int(k)) for k in space)
+    assert "tuning.trials" not in settings.flat()  # training runs do not carry the search
+
+
+def test_space_becomes_optuna_distributions(tmp_path):
+    import optuna.distributions as d
+
+    from pipelines import search_space
+
+    settings = _settings(tmp_path)
+    dists = search_space.distributions(settings.tuning.space)
+    assert dists["features.lookback"] == d.IntDistribution(3, 8)
+    assert dists["model.units"] == d.IntDistribution(2, 6, step=2)
+    assert dists["model.learning_rate"] == d.FloatDistribution(1e-3, 1e-2, log=True)
+    assert dists["features.scaler"] == d.CategoricalDistribution(["minmax", "standard"])
+    tuned = search_space.apply_params(
+        settings, {"features.lookback": 4, "features.scaler": "standard"}
+    )
+    assert (tuned.features.lookback, tuned.features.scaler) == (4, "standard")
+    assert tuned.model == settings.model
+
+
+def test_storage_is_a_journal_under_the_project_or_a_url(tmp_path):
+    from pipelines import tuning
+
+    settings = _settings(tmp_path)
+    assert tuning.storage_url(settings) == str(tmp_path / ".optuna" / "studies.journal")
+    other = settings.model_copy(
+        update={"tuning": settings.tuning.model_copy(update={"storage": "postgresql://h/db"})}
+    )
+    assert tuning.storage_url(other) == "postgresql://h/db"
+
+
+# ---------------------------------------------------------------- a study end to end
+
+
+def _poisoned_frame(settings, n: int = 120) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Prices whose test rows are NaN: any read of them fails validation or gives NaN."""
+    from lstm_core.data import split_frame
+
+    frame = price_frame(n).rename(columns=str.lower)
+    frame["date"] = pd.to_datetime(frame["date"])
+    test_rows = split_frame(frame, settings.evaluation).test.index
+    poisoned = frame.copy()
+    poisoned.loc[test_rows, ["open", "high", "low", "close", "volume"]] = np.nan
+    return frame, poisoned
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """One study run twice: 3 trials, then (resumed, two workers) an absurd candidate + 1."""
+    from pipelines import tracking, tuning
+
+    folder = tmp_path_factory.mktemp("tune")
+    settings = _settings(folder)
+    frame, poisoned = _poisoned_frame(settings)
+    first = tuning.run_study(settings, "TEST", poisoned, "2020-06-16")
+    study = tuning.load_study(settings, "TEST")
+    absurd = {**study.trials[0].params, "model.learning_rate": 50.0}
+    study.enqueue_trial(absurd, user_attrs={"absurd": True})
+    second = tuning.run_study(settings, "TEST", poisoned, "2020-06-16", trials=2, workers=2)
+    tracking.connect(settings)
+    return settings, first, second, tuning.load_study(settings, "TEST")
+
+
+def _client():
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def test_parent_run_holds_the_study_and_children_are_nested(searched):
+    from pipelines import tracking
+
+    settings, first, second, study = searched
+    client = _client()
+    parent = client.get_run(first.parent_run_id)
+    assert parent.info.run_name == f"tune TEST 2020-06-16 ({len(study.trials)} trials)"
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags[tracking.TAG_STUDY] == "tune-TEST"
+    assert parent.data.params["tuning.pruner"] == "median"
+    assert parent.data.params["space.model.learning_rate"] == "0.001..0.01 log"
+    assert math.isclose(parent.data.metrics["best_val_rmse"], study.best_value)
+    assert parent.data.tags["best.model.units"] == str(study.best_params["model.units"])
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert "plots/optimization_history.png" in artifacts
+    assert "plots/param_importances.png" in artifacts
+
+    exp = parent.info.experiment_id
+    children = client.search_runs(
+        [exp], f"tags.`{tracking.TAG_PARENT}` = '{parent.info.run_id}'", max_results=100
+    )
+    assert len(children) == len(study.trials) == 5
+    by_trial = {int(r.data.tags[tracking.TAG_TRIAL]): r for r in children}
+    for trial in study.trials:
+        run = by_trial[trial.number]
+        assert run.info.run_name.startswith(f"#{trial.number} ")
+        assert run.data.params["model.units"] == str(trial.params["model.units"])
+        assert run.data.tags[tracking.TAG_TRIAL_STATE] == trial.state.name.lower()
+        history = client.get_metric_history(run.info.run_id, "epoch_val_rmse")
+        assert len(history) >= 1
+        if trial.state.name == "COMPLETE":
+            assert run.info.status == "FINISHED"
+            assert math.isclose(run.data.metrics["val_rmse"], trial.value)
+            assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
+    # the configured values were tried first: the baseline the search is compared with
+    assert study.trials[0].user_attrs.get("baseline") is True
+    assert math.isclose(first.default_value, study.trials[0].value)
+
+
+def test_absurd_learning_rate_is_pruned_early(searched):
+    from pipelines import tracking
+
+    settings, first, second, study = searched
+    [absurd] = [t for t in study.trials if t.user_attrs.get("absurd")]
+    assert absurd.state.name == "PRUNED"
+    run = _client().get_run(absurd.user_attrs["mlflow_run_id"])
+    assert run.data.tags[tracking.TAG_TRIAL_STATE] == "pruned"
+    assert run.info.status == "KILLED"
+    # stopped after its first of two epochs
+    assert len(_client().get_metric_history(run.info.run_id, "epoch_val_rmse")) == 1
+    assert second.counts["pruned"] >= 1
+
+
+def test_search_never_reads_the_test_part(searched):
+    # The study ran on a frame whose test rows are all NaN: a read would have failed the
+    # trial (validation) or made its score NaN (arithmetic).
+    settings, first, second, study = searched
+    assert second.counts["fail"] == 0 and second.counts["complete"] >= 3
+    for t in study.trials:
+        assert all(math.isfinite(v) for v in t.intermediate_values.values()), t.number
+        if t.state.name == "COMPLETE":
+            assert math.isfinite(t.value)
+
+
+def test_second_run_continues_the_study_in_two_workers(searched):
+    settings, first, second, study = searched
+    assert not first.resumed and second.resumed
+    assert (first.trials_run, second.trials_run) == (3, 2)
+    assert second.parent_run_id == first.parent_run_id
+    assert len(study.trials) == 5
+    assert (settings.base_dir / ".optuna" / "studies.journal").is_file()
+    # neither the second worker nor the resumed run drew the first run's candidates again
+    rates = [t.params["model.learning_rate"] for t in study.trials]
+    assert len(set(rates)) == len(rates)
+
+
+def test_same_objective_on_the_unpoisoned_frame_scores_the_same(searched, tmp_path):
+    """The poison changed nothing: the default configuration scores identically on clean data."""
+    from pipelines import tuning
+
+    settings, first, second, study = searched
+    clean = _settings(tmp_path, TUNING.replace("trials: 3", "trials: 1"))
+    frame, _ = _poisoned_frame(clean)
+    again = tuning.run_study(clean, "TEST", frame, "2020-06-16")
+    assert math.isclose(again.default_value, first.default_value, rel_tol=1e-6)
+
+
+# ---------------------------------------------------------------- the command line
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--trials", "0"], "--trials"),
+        (["--timeout", "-1"], "--timeout"),
+        (["--ticker", "../x"], "--ticker"),
+        (["--set", "tuning.workers=0"], "tuning.workers"),
+    ],
+)
+def test_tune_bad_arguments_exit_2_in_one_line(tmp_path, capsys, args, needle):
+    from pipelines.cli import main
+
+    _settings(tmp_path)
+    assert main(["tune", "--config", str(tmp_path / "mlflow.yaml"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err
+    assert not (tmp_path / ".optuna").exists() and not (tmp_path / "mlflow.db").exists()

@@ -1,0 +1,99 @@
+"""The tuning flow end to end: study, retrain the best, register, the same promotion gate."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tests.pipelines.test_tuning import TUNING
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def test_tuned_version_goes_through_the_promotion_gate(tiny_project):
+    from pipelines import tracking
+    from pipelines.config import load_settings
+    from pipelines.flows import training_flow
+    from pipelines.promotion import decide
+    from pipelines.tuning_flow import tuning_flow
+
+    (tiny_project / "mlflow.yaml").write_text(
+        (tiny_project / "mlflow.yaml").read_text() + TUNING.replace("trials: 3", "trials: 2")
+    )
+    settings = load_settings(tiny_project / "mlflow.yaml", env={})
+    champion = training_flow(settings=settings)
+    assert champion.results[0].promoted and champion.results[0].version == "1"
+
+    summary = tuning_flow(settings=settings, tickers=["TEST"])
+    assert summary.ok, summary.render()
+    [result] = summary.results
+    final = result.final
+    assert final.version == "2"
+    tags = tracking.get_version("test-TEST", "2").tags
+    # the champion (v1) was re-scored on the tuned version's test window, as for any challenger
+    champion_score = float(tags["promotion.champion_score"])
+    assert math.isfinite(champion_score)
+    expected = decide(
+        settings.registry.promotion,
+        final.metrics["test_rmse"],
+        final.metrics["test_rmse"],
+        final.metrics["naive_rmse"],
+        champion_score,
+    )
+    assert tags[tracking.TAG_PROMOTED] == str(expected.promote).lower()
+    assert tags[tracking.TAG_REASON] == expected.reason == final.reason
+    assert (tracking.champion("test-TEST", "champion").version == "2") == expected.promote
+
+    # the retrained run is the best configuration's, linked to the study's parent run
+    client_run = tracking._client().get_run(final.run_id)
+    for key, value in result.study.best_params.items():
+        assert client_run.data.params[key] == str(value)
+    assert client_run.data.tags[tracking.TAG_TUNED_BY] == result.study.parent_run_id
+    parent = tracking._client().get_run(result.study.parent_run_id)
+    assert parent.data.tags[tracking.TAG_TUNED_RUN] == final.run_id
+    assert parent.data.tags["tuning.registered_version"] == "2"
+
+    text = summary.render()
+    assert "best configuration: " in text and "best validation RMSE" in text
+    assert "test RMSE" in text and "vs naive" in text
+    assert ("CHAMPION" if expected.promote else "not promoted") in text
+
+
+def test_tuning_deployment_only_with_a_cron(tiny_settings):
+    from pipelines.serve import TUNING_DEPLOYMENT, deployments
+
+    names = [d.name for d in deployments(tiny_settings, "mlflow.yaml")]
+    assert TUNING_DEPLOYMENT not in names
+    weekly = tiny_settings.model_copy(
+        update={"tuning": tiny_settings.tuning.model_copy(update={"cron": "0 3 * * 6"})}
+    )
+    [tune] = [d for d in deployments(weekly, "mlflow.yaml") if d.name == TUNING_DEPLOYMENT]
+    assert tune.schedules[0].schedule.cron == "0 3 * * 6"
+
+
+def test_tune_command_from_the_project_folder(tiny_project):
+    """`python -m pipelines tune` in a folder of its own: study, retrained best, summary."""
+    import os
+    import subprocess
+    import sys
+
+    (tiny_project / "mlflow.yaml").write_text(
+        (tiny_project / "mlflow.yaml").read_text() + TUNING.replace("trials: 3", "trials: 2")
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env["PREFECT_HOME"] = str(tiny_project / ".prefect")
+    out = subprocess.run(
+        [sys.executable, "-m", "pipelines", "tune", "--config", "mlflow.yaml", "--trials", "2"],
+        cwd=tiny_project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ingested" in out.stdout  # a fresh project: the configured sources first
+    assert "study tune-TEST (2 trials" in out.stdout
+    assert "best configuration: " in out.stdout and "vs naive" in out.stdout
+    assert "registered test-TEST version 1: CHAMPION" in out.stdout
+    assert (tiny_project / ".optuna" / "studies.journal").is_file()
