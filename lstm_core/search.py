@@ -84,6 +84,13 @@ def train_candidate(
         model_cfg, cfg.lookback, len(cfg.columns), cfg.horizon, seed=training_cfg.seed
     )
     result = train_model(
-        model, data.train.X, data.train.y, data.val.X, data.val.y, training_cfg, callbacks
+        model,
+        data.train.X,
+        data.train.y,
+        data.val.X,
+        data.val.y,
+        training_cfg,
+        callbacks,
+        backend=model_cfg.backend,
     )
     return result, data.val_rmse(result.model)
