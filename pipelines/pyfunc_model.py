@@ -15,14 +15,21 @@ from mlflow.models import set_model
 
 
 class LSTMPriceModel(mlflow.pyfunc.PythonModel):
-    """Input: >= lookback rows with `date` and the feature columns. Output: prices."""
+    """Input: >= lookback rows with `date` and the feature columns. Output: prices.
+
+    The signature names exactly those columns; other columns are ignored (lstm_core's
+    `model_input` selects, orders and coerces them).
+    """
 
     def load_context(self, context) -> None:
         from lstm_core.predictor import Forecaster
 
         self.forecaster = Forecaster.load(context.artifacts["forecaster"])
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None):
+    # The hint tells MLflow a DataFrame comes in; the logged signature describes its columns.
+    def predict(
+        self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         params = params or {}
         frame = pd.DataFrame(model_input)
         days = int(params.get("days", 1))
