@@ -30,18 +30,27 @@ class LSTMPriceModel(mlflow.pyfunc.PythonModel):
     def predict(
         self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
+        from mlflow.exceptions import MlflowException
+
+        from lstm_core.data import DataError
+
         params = params or {}
         frame = pd.DataFrame(model_input)
         days = int(params.get("days", 1))
         intervals = bool(params.get("intervals", False))
-        if days <= 1 and not intervals:
-            return self.forecaster.predict(frame)
-        return self.forecaster.forecast(
-            frame,
-            days=max(days, 1),
-            samples=int(params.get("samples", 30)),
-            seed=int(params.get("seed", 0)),
-        )
+        try:
+            if days <= 1 and not intervals:
+                return self.forecaster.predict(frame)
+            return self.forecaster.forecast(
+                frame,
+                days=max(days, 1),
+                samples=int(params.get("samples", 30)),
+                seed=int(params.get("seed", 0)),
+            )
+        except DataError as exc:
+            # `mlflow models serve` answers an MlflowException with its message; any other
+            # error only with "an unexpected error while evaluating the model".
+            raise MlflowException.invalid_parameter_value(str(exc)) from None
 
 
 set_model(LSTMPriceModel())
