@@ -56,7 +56,7 @@ def test_python_dash_m_entry_point():
     out = subprocess.run(
         [sys.executable, "-m", "pipelines", "--help"], capture_output=True, text=True, check=True
     )
-    for command in ("ingest", "run", "retrain", "forecast", "promote", "rollback", "serve"):
+    for command in ("init", "ingest", "run", "retrain", "forecast", "promote", "rollback", "serve"):
         assert command in out.stdout
 
 
