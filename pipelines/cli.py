@@ -219,6 +219,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         params = {"tickers": [ticker]}
     else:  # run: the configured sources
         sources = [str(settings.path(s)) for s in settings.data.sources]
+        missing = [s for s in sources if not Path(s).exists()]
+        if missing:
+            from pipelines.errors import ConfigError
+
+            raise ConfigError(
+                args.config_path,
+                "data.sources",
+                f"{missing[0]} does not exist; give price files (run FILE...) "
+                "or a stored ticker (run --ticker T)",
+            )
         _preflight_run(settings, args.config_path, sources, settings.data.ticker)
         params = {"files": sources, "ticker": settings.data.ticker}
     _load_tensorflow()

@@ -83,6 +83,10 @@ def test_init_refuses_to_overwrite_and_run_names_ingest_for_an_unstored_ticker(t
     again = cli(BIN, "init", cwd=project, env=env, timeout=120)
     assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
     assert "already exists" in again.stderr and (project / "mlflow.yaml").read_bytes() == before
+    # `run` alone trains data.sources: the default names the repository's sample.
+    out = cli(BIN, "run", cwd=project, env=env, timeout=120)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "data.sources" in out.stderr and "run --ticker T" in out.stderr
     # From a subfolder, found through the parents.
     out = cli(BIN, "run", "--ticker", "ACME", cwd=project / "data", env=env, timeout=120)
     assert out.returncode == 2, out.stderr[-2000:]
