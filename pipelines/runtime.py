@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,6 +52,10 @@ _TF_STARTUP = re.compile(
     r"|E\d{4} [\d:. ]+\d+ cuda_\w+\.cc:\d+\] failed call to cuInit"
     r"|To enable the following instructions: )"
 )
+
+
+# fd 2 is process-wide: two threads filtering it at once would restore each other's sink.
+_TF_LOCK = threading.Lock()
 
 
 def configure_environment(settings: Settings) -> None:
@@ -99,11 +104,12 @@ def quiet_tensorflow() -> None:
 
     A no-op once TensorFlow is loaded. Call before the first step that uses Keras.
     """
-    if "tensorflow" in sys.modules:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", _DEFAULTS["TF_CPP_MIN_LOG_LEVEL"])
-    with _filtered_fd2(_TF_STARTUP):
-        import tensorflow as tf
+    with _TF_LOCK:
+        if "tensorflow" in sys.modules:
+            return
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", _DEFAULTS["TF_CPP_MIN_LOG_LEVEL"])
+        with _filtered_fd2(_TF_STARTUP):
+            import tensorflow as tf
 
-        tf.config.list_physical_devices()  # the cuInit attempt happens here, not mid-run
-        tf.get_logger().setLevel("ERROR")
+            tf.config.list_physical_devices()  # the cuInit attempt happens here, not mid-run
+            tf.get_logger().setLevel("ERROR")
