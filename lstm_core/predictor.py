@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from lstm_core.config import FeatureConfig
-from lstm_core.data import DATE_COLUMN, Preprocessor
+from lstm_core.data import DATE_COLUMN, DataError, Preprocessor
 from lstm_core.forecast import next_business_days, recalibrate_recursive, recursive_forecast
 from lstm_core.intervals import ConformalCalibration, level_name, quantile_bounds
 
@@ -20,6 +20,45 @@ PREPROCESSOR_FILE = "preprocessor.json"
 FEATURES_FILE = "features.json"
 CALIBRATION_FILE = "calibration.json"
 DEFAULT_LEVELS = (0.8, 0.95)
+
+
+def model_input(history: Any, preprocessor: Preprocessor) -> pd.DataFrame:
+    """``date`` and the feature columns of ``history``, checked and coerced, in date order.
+
+    What a user has is enough: other columns are dropped, columns may come in any order,
+    ``date`` may be datetimes or ISO strings, numbers may be ints or strings of numbers.
+    Raises DataError naming a missing or unreadable column, or how many rows are needed.
+    """
+    frame = pd.DataFrame(history)
+    needed = [DATE_COLUMN, *preprocessor.feature_cfg.columns]
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"input is missing column(s) {missing}: the model reads {needed} "
+            f"(other columns are ignored); got {[str(c) for c in frame.columns]}"
+        )
+    frame = frame[needed].copy()
+    if len(frame) < preprocessor.rows_needed:
+        raise DataError(
+            f"history has {len(frame)} rows, needs at least {preprocessor.rows_needed} "
+            f"consecutive days (lookback {preprocessor.feature_cfg.lookback}"
+            f" + {preprocessor.offset} for the {preprocessor.feature_cfg.target_transform} transform)"
+        )
+    dates = frame[DATE_COLUMN]
+    if not pd.api.types.is_datetime64_any_dtype(dates):
+        try:
+            dates = pd.to_datetime(dates, format="ISO8601")
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"column {DATE_COLUMN!r}: not ISO dates or datetimes ({exc})") from None
+    if getattr(dates.dt, "tz", None) is not None:
+        dates = dates.dt.tz_localize(None)  # a trading day is a calendar date
+    frame[DATE_COLUMN] = dates
+    for col in preprocessor.feature_cfg.columns:
+        try:
+            frame[col] = pd.to_numeric(frame[col]).astype(np.float64)
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"column {col!r}: not numbers ({exc})") from None
+    return frame.sort_values(DATE_COLUMN, kind="stable", ignore_index=True)
 
 
 class Forecaster:
@@ -48,6 +87,7 @@ class Forecaster:
         """A copy whose calibration also scores ``history``'s days after it (rolling window)."""
         if self.calibration is None:
             return self
+        history = model_input(history, self.preprocessor)
         calibration = recalibrate_recursive(
             self.model, self.preprocessor, self.calibration, history
         )
@@ -83,6 +123,7 @@ class Forecaster:
         when calibrated, else MC dropout) for ``levels`` (default: the calibrated ones).
         """
         levels = self._levels(levels)
+        history = model_input(history, self.preprocessor)
         x = self.preprocessor.latest_window(history)  # (1, lookback, n_features)
         anchor = np.array([float(history[self.feature_cfg.target].iloc[-1])])
         point = self.preprocessor.to_prices(self._deterministic(x)[:, :1], anchor)[0, 0]
@@ -118,6 +159,7 @@ class Forecaster:
         seed: int | None = None,
     ) -> pd.DataFrame:
         """Recursive ``days``-business-day forecast with intervals (see lstm_core.forecast)."""
+        history = model_input(history, self.preprocessor)
         return recursive_forecast(
             self.model,
             self.preprocessor,

@@ -7,12 +7,18 @@ import logging
 import sys
 from pathlib import Path
 
-from pipelines.config import Settings, load_settings
+from pipelines.config import CONFIG_ENV, Settings, find_config, load_settings
 from pipelines.errors import PipelineError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=None, help="configuration file (mlflow.yaml)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"configuration file (default: ${CONFIG_ENV}, else mlflow.yaml in the current "
+        "folder or the nearest folder above it)",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -30,16 +36,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
+    p = sub.add_parser("init", help="start a project: the default mlflow.yaml and data/ folders")
+    p.add_argument("folder", nargs="?", type=Path, default=Path("."), help="default: here")
+
     p = sub.add_parser("ingest", help="merge price CSVs into the Parquet store")
     _common(p)
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--ticker", default=None)
     p.add_argument("--replace", action="store_true", help="let the files change stored rows")
 
-    p = sub.add_parser("run", help="the main job: the training flow end to end")
+    p = sub.add_parser(
+        "run",
+        help="the main job: the training flow end to end",
+        description="run FILE... ingests the files, then trains the tickers they hold; "
+        "run --ticker T trains the stored ticker T; run alone ingests data.sources and trains.",
+    )
     _common(p)
-    p.add_argument("files", nargs="*", type=Path, help="price CSVs (default: data.sources)")
-    p.add_argument("--ticker", default=None)
+    p.add_argument("files", nargs="*", type=Path, help="price CSVs to ingest first")
+    p.add_argument("--ticker", default=None, help="with FILEs: their ticker; alone: a stored one")
 
     p = sub.add_parser("retrain", help="ingest new files from data.incoming and retrain")
     _common(p)
@@ -77,11 +91,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    """The project's settings; records the config file found in `args.config_path`."""
     from pipelines.runtime import configure_environment
 
-    settings = load_settings(args.config, args.overrides)
+    args.config_path = find_config(args.config)
+    settings = load_settings(args.config_path, args.overrides)
     configure_environment(settings)
     return settings
+
+
+def _load_tensorflow() -> None:
+    # Before the flows import Keras: TensorFlow's C++ start-up lines are filtered out.
+    from pipelines.runtime import quiet_tensorflow
+
+    quiet_tensorflow()
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from pipelines.config import init_project
+
+    created = init_project(args.folder)
+    root = created[0].parent
+    print(f"created {created[0]}")
+    for path in created[1:]:
+        print(f"created {path.relative_to(root)}/")
+    print(
+        f"next: cd {root} && lstm-pipeline ingest PRICES.csv --ticker T "
+        "&& lstm-pipeline run --ticker T"
+    )
+    return 0
 
 
 def _checked_ticker(ticker: str | None) -> str | None:
@@ -128,13 +166,18 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _preflight_run(
-    settings: Settings, config: Path | None, files: list[str], ticker: str | None
+    settings: Settings,
+    config: Path | None,
+    files: list[str],
+    ticker: str | None,
+    stored: tuple[str, ...] = (),
 ) -> None:
     """Check a run's input end to end before Prefect, TensorFlow or any write.
 
     Every file is parsed and previewed against the store, and each ticker's would-be series
-    is split, scaled and windowed as training will do it: too short a series, a lookback
-    longer than the data or a constant series fail here with one line, and nothing is stored.
+    (or each `stored` ticker's series) is split, scaled and windowed as training will do it:
+    too short a series, a lookback longer than the data or a constant series fail here with
+    one line, and nothing is stored.
     """
     import pandas as pd
 
@@ -144,6 +187,13 @@ def _preflight_run(
 
     store = PriceStore(settings.store_path)
     frames: dict[str, tuple[str, pd.DataFrame]] = {}
+    for t in stored:
+        if store.manifest(t) is None:
+            raise PipelineError(
+                f"no prices stored for ticker {t!r} in {settings.store_path}: "
+                f"store them first with: lstm-pipeline ingest FILE --ticker {t}"
+            )
+        frames[t] = (str(settings.store_path), store.load(t))
     for path in files:
         parsed = _parse(settings, path, ticker)
         for t, frame in store.preview_all(parsed, replace=settings.data.replace).items():
@@ -168,24 +218,40 @@ def _preflight_run(
 def _cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     ticker = _checked_ticker(args.ticker)
-    files = [str(f) for f in args.files] or None
-    if files is None:
-        check_files = [str(settings.path(s)) for s in settings.data.sources]
-        check_ticker = ticker or settings.data.ticker
-    else:
-        check_files, check_ticker = files, ticker
-    _preflight_run(settings, args.config, check_files, check_ticker)
+    files = [str(f) for f in args.files]
+    if files:  # run FILE... [--ticker T]: ingest, then train what the files hold
+        _preflight_run(settings, args.config_path, files, ticker)
+        params = {"files": files, "ticker": ticker}
+    elif ticker:  # run --ticker T: train the stored ticker
+        _preflight_run(settings, args.config_path, [], None, stored=(ticker,))
+        params = {"tickers": [ticker]}
+    else:  # run: the configured sources
+        sources = [str(settings.path(s)) for s in settings.data.sources]
+        missing = [s for s in sources if not Path(s).exists()]
+        if missing:
+            from pipelines.errors import ConfigError
+
+            raise ConfigError(
+                args.config_path,
+                "data.sources",
+                f"{missing[0]} does not exist; give price files (run FILE...) "
+                "or a stored ticker (run --ticker T)",
+            )
+        _preflight_run(settings, args.config_path, sources, settings.data.ticker)
+        params = {"files": sources, "ticker": settings.data.ticker}
+    _load_tensorflow()
 
     from pipelines.flows import fan_out, training_flow
 
     with fan_out(settings, training_flow) as flow:
-        summary = flow(settings=settings, files=files, ticker=ticker)
+        summary = flow(settings=settings, **params)
     print(summary.render())
     return 0 if summary.ok else 1
 
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
     settings = _settings(args)  # first: Prefect reads its environment when imported
+    _load_tensorflow()
     from pipelines.flows import fan_out, retraining_flow
 
     with fan_out(settings, retraining_flow) as flow:
@@ -197,6 +263,7 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
 def _cmd_forecast(args: argparse.Namespace) -> int:
     settings = _settings(args)
     tickers = [_checked_ticker(t) for t in args.tickers]
+    _load_tensorflow()
     from pipelines.flows import forecast_flow
 
     result = forecast_flow(settings=settings, tickers=tickers, days=args.days)
@@ -224,6 +291,7 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    _load_tensorflow()
     from pipelines.demo import run_demo
 
     run_demo(settings, say=lambda text: print(text, flush=True))
@@ -247,10 +315,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from pipelines.config import DEFAULT_CONFIG
     from pipelines.serve import serve
 
-    config_path = str((args.config or DEFAULT_CONFIG).resolve())
+    config_path = str(args.config_path)
     print(
         f"serving deployments 'retraining/{'scheduled-retraining'}' (cron "
         f"'{settings.schedule.cron}' {settings.schedule.timezone}, event "
@@ -263,6 +330,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    "init": _cmd_init,
     "ingest": _cmd_ingest,
     "run": _cmd_run,
     "retrain": _cmd_retrain,

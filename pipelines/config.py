@@ -1,8 +1,10 @@
-"""`mlflow.yaml`: parsed and validated once into typed, frozen settings.
+"""`mlflow.yaml`: found in the project folder, parsed and validated once into frozen settings.
 
-Unknown keys, wrong types and impossible values are errors naming the file and the key.
-Relative paths resolve against the config file's folder. `MLFLOW_TRACKING_URI` and
-`PREFECT_API_URL` from the environment win over the file.
+The file is found as git finds its repository: `--config PATH`, else `LSTM_PIPELINE_CONFIG`,
+else `mlflow.yaml` in the current folder or the nearest folder above it. Unknown keys, wrong
+types and impossible values are errors naming the file and the key. Relative paths resolve
+against the config file's folder. `MLFLOW_TRACKING_URI` and `PREFECT_API_URL` from the
+environment win over the file.
 """
 
 from __future__ import annotations
@@ -22,9 +24,13 @@ from pydantic import (
 )
 
 from lstm_core.config import EvaluationConfig, FeatureConfig, ModelConfig, TrainingConfig
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, PipelineError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "mlflow.yaml"
+CONFIG_NAME = "mlflow.yaml"
+CONFIG_ENV = "LSTM_PIPELINE_CONFIG"
+# The commented default configuration `lstm-pipeline init` writes (package data; the repo's
+# own mlflow.yaml is the same text, a test keeps them identical).
+TEMPLATE_NAME = "mlflow.default.yaml"
 
 
 class _Section(BaseModel):
@@ -290,15 +296,92 @@ def _error_key(err: dict[str, Any]) -> str:
     return ".".join(str(p) for p in err["loc"]) or "(top level)"
 
 
+class ConfigNotFoundError(PipelineError):
+    """No configuration file given and none in the current folder or above it."""
+
+
+def find_config(
+    path: str | Path | None = None,
+    env: dict[str, str] | None = None,
+    cwd: str | Path | None = None,
+) -> Path:
+    """The project's config file: `path`, else $LSTM_PIPELINE_CONFIG, else the nearest mlflow.yaml.
+
+    Never a file shipped with the package: an installed package has no project.
+    """
+    env = dict(os.environ) if env is None else env
+    if path is None and env.get(CONFIG_ENV):
+        path = env[CONFIG_ENV]
+    if path is not None:
+        return Path(path).expanduser().resolve()
+    here = Path(cwd or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / CONFIG_NAME
+        if candidate.is_file():
+            return candidate
+    raise ConfigNotFoundError(
+        f"no {CONFIG_NAME} in {here} or any folder above it (and no --config or {CONFIG_ENV}); "
+        "create a project here with: lstm-pipeline init"
+    )
+
+
+def template_text() -> str:
+    """The commented default configuration, as shipped with the package."""
+    from importlib.resources import files
+
+    return files("pipelines").joinpath(TEMPLATE_NAME).read_text(encoding="utf-8")
+
+
+def init_project(folder: str | Path) -> list[Path]:
+    """Write the default mlflow.yaml and the empty data folders it names into `folder`.
+
+    Refuses (ConfigError, nothing written) when `folder` already holds an mlflow.yaml.
+    Returns what was created.
+    """
+    root = Path(folder).expanduser().resolve()
+    target = root / CONFIG_NAME
+    if target.exists():
+        raise ConfigError(target, "(file)", "already exists; init never overwrites it")
+    if root.exists() and not root.is_dir():
+        raise ConfigError(root, "(folder)", "is not a folder")
+    text = template_text()
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{CONFIG_NAME}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "x", encoding="utf-8") as fh:  # mode follows the umask
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, target)  # atomic, and fails if another init won the race
+        except FileExistsError:
+            raise ConfigError(
+                target, "(file)", "already exists; init never overwrites it"
+            ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    created = [target]
+    settings = load_settings(target, env={})
+    d = settings.data
+    for name in (d.store, d.incoming, d.archive, d.rejected, d.forecasts):
+        folder_path = settings.path(name)
+        if not folder_path.exists():
+            folder_path.mkdir(parents=True)
+            created.append(folder_path)
+    return created
+
+
 def load_settings(
     path: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     env: dict[str, str] | None = None,
 ) -> Settings:
-    """Read, override, validate. Raises ConfigError naming the file and the key."""
+    """Find (see find_config), read, override, validate.
+
+    Raises ConfigError naming the file and the key, ConfigNotFoundError when there is no file.
+    """
     env = dict(os.environ) if env is None else env
-    cfg_path = Path(path) if path is not None else DEFAULT_CONFIG
-    cfg_path = cfg_path.expanduser().resolve()
+    cfg_path = find_config(path, env)
     if not cfg_path.is_file():
         raise ConfigError(cfg_path, "(file)", "configuration file not found")
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from pipelines.config import Settings, load_settings
 from pipelines.errors import PipelineError
 from pipelines.locks import file_lock
 from pipelines.promotion import Decision, decide
+from pipelines.runtime import quiet_tensorflow
 from pipelines.store import PriceStore, describe
 
 log = logging.getLogger("pipelines")
@@ -132,6 +134,7 @@ promote = task(_promote, name="promote", cache_policy=NO_CACHE)
 
 def train_one(settings: Settings, ticker: str, source: str | None = None) -> TickerResult:
     """The training pipeline for one ticker: store -> ... -> register -> promote."""
+    quiet_tensorflow()  # in a served run or a Dask worker this is the first TF import
     frame, manifest = tasks.load_prices(settings, ticker)
     frames = tasks.split(frame, settings)
     preprocessor = tasks.fit_scaler(frames, settings)
@@ -167,16 +170,23 @@ def train_one(settings: Settings, ticker: str, source: str | None = None) -> Tic
             name=f"{ticker} {manifest.first_date}..{manifest.last_date}",
         )
         trained = tasks.train(data, settings, run_id, ticker)
+        ev = settings.evaluation
         log.info(
-            "%s: evaluating on %d test days, intervals, backtest, plots", ticker, len(data.test)
+            "%s: evaluating on %d test days (%s intervals)",
+            ticker,
+            len(data.test),
+            ev.intervals,
         )
         evaluation = tasks.evaluate(trained.model, data, settings)
         calibration = tasks.calibrate(trained.model, frames, preprocessor, settings)
-        folds = (
-            tasks.backtest(frames.frame, settings)
-            if settings.evaluation.backtest_folds > 0
-            else None
-        )
+        if ev.backtest_folds > 0:
+            log.info(
+                "%s: backtest: retraining %d walk-forward fold(s) of %d epoch(s)",
+                ticker,
+                ev.backtest_folds,
+                ev.backtest_epochs or settings.training.epochs,
+            )
+        folds = tasks.backtest(frames.frame, settings) if ev.backtest_folds > 0 else None
         figures = tasks.plots(evaluation, trained.history, folds, ticker, settings.features.target)
         metrics = dict(evaluation.metrics)
         if folds is not None and len(folds):
@@ -262,6 +272,13 @@ def fan_out(settings: Settings, flow_obj: Any) -> Iterator[Any]:
         return
     from pipelines.servers import prefect_api
 
+    rt = settings.runtime
+    if rt.dask_address:
+        log.info("fan-out: tickers run on the Dask scheduler at %s", rt.dask_address)
+    else:
+        log.info("fan-out: starting a local Dask cluster of %d worker(s)", rt.dask_workers)
+    if not (rt.prefect_api_url or os.environ.get("PREFECT_API_URL")):
+        log.info("fan-out: starting a Prefect server for the workers (.prefect/fanout-server)")
     with prefect_api(settings.path(".prefect") / "fanout-server", settings.runtime.prefect_api_url):
         yield flow_obj.with_options(task_runner=runner)
 
@@ -276,6 +293,7 @@ def _map_tickers(settings: Settings, tickers: list[str]) -> list[TickerResult]:
         except Exception as exc:
             log.error("training %s failed: %s: %s", tickers[0], type(exc).__name__, exc)
             return [TickerResult(ticker=tickers[0], error=f"{type(exc).__name__}: {exc}")]
+    log.info("training %d tickers in parallel: %s", len(tickers), ", ".join(tickers))
     futures = [train_ticker.submit(settings, t) for t in tickers]
     results = []
     for t, fut in zip(tickers, futures, strict=True):
@@ -413,6 +431,7 @@ class ForecastResult:
 
 @task(name="forecast-ticker", cache_policy=NO_CACHE, **tasks.IO_RETRY)
 def forecast_ticker(settings: Settings, ticker: str, days: int) -> tuple[pd.DataFrame, Path]:
+    quiet_tensorflow()
     name = settings.registry.name_for(ticker)
     tracking.connect(settings)
     version = tracking.champion(name, settings.registry.alias)
@@ -422,9 +441,10 @@ def forecast_ticker(settings: Settings, ticker: str, days: int) -> tuple[pd.Data
         )
     model = tracking.load_model(name, settings.registry.alias)
     history = PriceStore(settings.store_path).load(ticker)
+    inputs = model.metadata.get_input_schema().input_names()  # the columns the model reads
     # recalibrate: the conformal band also learns from the days since the model's validation
     params = {"days": days, "intervals": True, "recalibrate": True}
-    frame = model.predict(history, params=params)
+    frame = model.predict(history[inputs], params=params)
     frame.insert(0, "ticker", ticker)
     frame["model_version"] = version.version
     out_dir = settings.path(settings.data.forecasts)

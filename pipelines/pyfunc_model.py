@@ -15,30 +15,46 @@ from mlflow.models import set_model
 
 
 class LSTMPriceModel(mlflow.pyfunc.PythonModel):
-    """Input: >= lookback rows with `date` and the feature columns. Output: prices."""
+    """Input: >= lookback rows with `date` and the feature columns. Output: prices.
+
+    The signature names exactly those columns; other columns are ignored (lstm_core's
+    `model_input` selects, orders and coerces them).
+    """
 
     def load_context(self, context) -> None:
         from lstm_core.predictor import Forecaster
 
         self.forecaster = Forecaster.load(context.artifacts["forecaster"])
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None):
+    # The hint tells MLflow a DataFrame comes in; the logged signature describes its columns.
+    def predict(
+        self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        from mlflow.exceptions import MlflowException
+
+        from lstm_core.data import DataError
+
         params = params or {}
         frame = pd.DataFrame(model_input)
         days = int(params.get("days", 1))
         intervals = bool(params.get("intervals", False))
         forecaster = self.forecaster
-        if intervals and bool(params.get("recalibrate", False)):
-            # conformal scores of the input's days after the calibration: a rolling window
-            forecaster = forecaster.recalibrated(frame)
-        if days <= 1 and not intervals:
-            return forecaster.predict(frame)
-        return forecaster.forecast(
-            frame,
-            days=max(days, 1),
-            samples=int(params.get("samples", 30)),
-            seed=int(params.get("seed", 0)),
-        )
+        try:
+            if intervals and bool(params.get("recalibrate", False)):
+                # conformal scores of the input's days after the calibration: a rolling window
+                forecaster = forecaster.recalibrated(frame)
+            if days <= 1 and not intervals:
+                return forecaster.predict(frame)
+            return forecaster.forecast(
+                frame,
+                days=max(days, 1),
+                samples=int(params.get("samples", 30)),
+                seed=int(params.get("seed", 0)),
+            )
+        except DataError as exc:
+            # `mlflow models serve` answers an MlflowException with its message; any other
+            # error only with "an unexpected error while evaluating the model".
+            raise MlflowException.invalid_parameter_value(str(exc)) from None
 
 
 set_model(LSTMPriceModel())

@@ -1,8 +1,18 @@
-"""Process environment for the embedded defaults, set before Prefect or TensorFlow load."""
+"""Process environment for the embedded defaults, set before Prefect or TensorFlow load.
+
+Called by the command line (and by a flow run before it trains), never at import time.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from pipelines.config import Settings
@@ -16,6 +26,10 @@ _DEFAULTS = {
     # A fresh ephemeral database needs more than Prefect's default 20 s on two cores.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
+    # MLflow's INFO lines ("Creating initial MLflow database tables...", "Validating input
+    # example...") and its download progress bars are not the run's progress.
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     # Fail fast on a dead tracking server: Prefect's task retries add the back-off on top,
     # MLflow's own defaults (7 retries, up to 120 s each) would hang a run for many minutes.
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
@@ -25,6 +39,24 @@ _DEFAULTS = {
     "DASK_LOGGING__DISTRIBUTED": "warning",
 }
 
+# Loggers that print start-up chatter at INFO (MLflow's database migrations run alembic).
+_QUIET_LOGGERS = ("alembic", "mlflow", "absl")
+
+# What TensorFlow's C++ side writes to fd 2 while it loads, before TF_CPP_MIN_LOG_LEVEL is
+# read: absl's "before InitializeLog" notice, INFO/WARNING lines in glog format (oneDNN,
+# "Could not find cuda drivers", CPU feature notes) and the cuInit error of a machine
+# without a GPU. Anything else written meanwhile is passed through.
+_TF_STARTUP = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog"
+    r"|[IW]\d{4} [\d:. ]+\d+ \S+:\d+\]"
+    r"|E\d{4} [\d:. ]+\d+ cuda_\w+\.cc:\d+\] failed call to cuInit"
+    r"|To enable the following instructions: )"
+)
+
+
+# fd 2 is process-wide: two threads filtering it at once would restore each other's sink.
+_TF_LOCK = threading.Lock()
+
 
 def configure_environment(settings: Settings) -> None:
     """Keep Prefect's home inside the project and apply the quiet defaults."""
@@ -33,3 +65,51 @@ def configure_environment(settings: Settings) -> None:
     os.environ.setdefault("PREFECT_HOME", str(Path(settings.base_dir) / ".prefect"))
     if settings.runtime.prefect_api_url:
         os.environ["PREFECT_API_URL"] = settings.runtime.prefect_api_url
+    quiet_loggers()
+
+
+def quiet_loggers() -> None:
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def _filtered_fd2(drop: re.Pattern[str]) -> Iterator[None]:
+    """Capture what C/C++ code writes to file descriptor 2; replay all but `drop`'s lines."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured by pytest)
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), fd)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", errors="replace")
+            kept = [line for line in text.splitlines(keepends=True) if not drop.match(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+def quiet_tensorflow() -> None:
+    """Load TensorFlow (and look for devices) without its C++ start-up lines.
+
+    A no-op once TensorFlow is loaded. Call before the first step that uses Keras.
+    """
+    with _TF_LOCK:
+        if "tensorflow" in sys.modules:
+            return
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", _DEFAULTS["TF_CPP_MIN_LOG_LEVEL"])
+        with _filtered_fd2(_TF_STARTUP):
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # the cuInit attempt happens here, not mid-run
+            tf.get_logger().setLevel("ERROR")

@@ -14,7 +14,6 @@ import platform
 import subprocess
 import tempfile
 import time
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,22 +246,31 @@ def pip_requirements() -> list[str]:
 
 
 def log_forecaster(run_id: str, forecaster_dir: Path, input_example: pd.DataFrame) -> str:
-    """Log the bundled forecaster as a pyfunc model 'from code'; returns the model URI."""
-    from mlflow.models import infer_signature
+    """Log the bundled forecaster as a pyfunc model 'from code'; returns the model URI.
 
-    from lstm_core.predictor import Forecaster
+    The signature's inputs are `date` and the feature columns the network reads, nothing
+    else, so a plain price frame (any other columns, any order) is accepted.
+    """
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types.schema import AnyType, ColSpec, Schema
+
+    from lstm_core.data import DATE_COLUMN
+    from lstm_core.predictor import Forecaster, model_input
 
     forecaster = Forecaster.load(forecaster_dir)
+    input_example = model_input(input_example, forecaster.preprocessor)
     output = forecaster.predict(input_example)
-    signature = infer_signature(
+    inferred = infer_signature(
         input_example,
         output,
         params={"intervals": False, "days": 1, "samples": 30, "seed": 0, "recalibrate": False},
     )
-    with warnings.catch_warnings():
-        # The explicit signature replaces the type-hint inference MLflow asks for.
-        warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
-        info = _log_pyfunc(run_id, forecaster_dir, signature, input_example)
+    # `date` is typed Any: MLflow's datetime check refuses ISO strings in a DataFrame (pandas
+    # 3 string columns); the model itself reads datetimes and ISO strings alike.
+    columns = forecaster.preprocessor.feature_cfg.columns
+    inputs = Schema([ColSpec(AnyType(), DATE_COLUMN), *(ColSpec("double", c) for c in columns)])
+    signature = ModelSignature(inputs=inputs, outputs=inferred.outputs, params=inferred.params)
+    info = _log_pyfunc(run_id, forecaster_dir, signature, input_example)
     # What the training process itself predicts for the input example: any later load of
     # the model (another process, the registry, a server) must reproduce these numbers.
     write_json_artifact(

@@ -5,7 +5,7 @@ import pytest
 from lstm_core.config import FeatureConfig, ModelConfig
 from lstm_core.data import DataError, fit_preprocessor
 from lstm_core.model import build_model
-from lstm_core.predictor import Forecaster
+from lstm_core.predictor import Forecaster, model_input
 from tests.lstm_core.conftest import make_frame
 
 
@@ -76,3 +76,25 @@ def test_calibrated_forecaster_serves_its_bands_after_a_round_trip(forecaster, t
     newer = loaded.recalibrated(df)
     assert newer.calibration.last_date == str(df["date"].iloc[-1].date())
     assert forecaster.recalibrated(df) is forecaster  # uncalibrated: MC dropout, unchanged
+
+
+def test_model_input_takes_what_a_user_has():
+    """date + the feature columns: extra columns dropped, any order, ISO strings, any row order."""
+    df = make_frame(60)
+    pre = fit_preprocessor(df.iloc[:40], FeatureConfig(lookback=5, columns=("open", "high")))
+    expected = model_input(df, pre)
+    assert list(expected.columns) == ["date", "open", "high"]
+    plain = df.assign(note="x", date=df["date"].dt.strftime("%Y-%m-%d"))
+    shuffled = plain[["note", "high", "close", "date", "open"]].iloc[::-1]
+    pd.testing.assert_frame_equal(model_input(shuffled, pre), expected)
+    as_text = df.assign(open=df["open"].map(str))
+    pd.testing.assert_frame_equal(model_input(as_text, pre), expected)
+
+    with pytest.raises(DataError, match=r"missing column\(s\) \['high'\]"):
+        model_input(df.drop(columns=["high"]), pre)
+    with pytest.raises(DataError, match="history has 5 rows, needs at least 6"):
+        model_input(df.tail(5), pre)
+    with pytest.raises(DataError, match="column 'open': not numbers"):
+        model_input(df.assign(open="n/a"), pre)
+    with pytest.raises(DataError, match="column 'date': not ISO dates"):
+        model_input(df.assign(date="yesterday"), pre)

@@ -2,10 +2,21 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from pipelines.cli import main
 from pipelines.store import PriceStore
 from tests.pipelines.conftest import price_frame, write_prices
+from tests.user_path import (
+    TINY,
+    assert_only_progress,
+    checkout_state,
+    cli,
+    project_state,
+    user_env,
+)
 
 
 def test_ingest_reports_rows_and_is_idempotent(tiny_project, capsys):
@@ -45,5 +56,93 @@ def test_python_dash_m_entry_point():
     out = subprocess.run(
         [sys.executable, "-m", "pipelines", "--help"], capture_output=True, text=True, check=True
     )
-    for command in ("ingest", "run", "retrain", "forecast", "promote", "rollback", "serve"):
+    for command in ("init", "ingest", "run", "retrain", "forecast", "promote", "rollback", "serve"):
         assert command in out.stdout
+
+
+# ---------------------------------------------------------------- a project folder of its own
+
+BIN = Path(sys.executable).with_name("lstm-pipeline")
+
+
+def test_outside_any_project_the_cli_names_init(tmp_path):
+    out = cli(BIN, "run", cwd=tmp_path, env=user_env(keep_pythonpath=True), timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip() == (
+        f"error: no mlflow.yaml in {tmp_path.resolve()} or any folder above it (and no --config "
+        "or LSTM_PIPELINE_CONFIG); create a project here with: lstm-pipeline init"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_init_refuses_to_overwrite_and_run_names_ingest_for_an_unstored_ticker(tmp_path):
+    env = user_env(keep_pythonpath=True)
+    assert cli(BIN, "init", "p", cwd=tmp_path, env=env, timeout=120).returncode == 0
+    project = tmp_path / "p"
+    before = (project / "mlflow.yaml").read_bytes()
+    again = cli(BIN, "init", cwd=project, env=env, timeout=120)
+    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
+    assert "already exists" in again.stderr and (project / "mlflow.yaml").read_bytes() == before
+    # `run` alone trains data.sources: the default names the repository's sample.
+    out = cli(BIN, "run", cwd=project, env=env, timeout=120)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "data.sources" in out.stderr and "run --ticker T" in out.stderr
+    # From a subfolder, found through the parents.
+    out = cli(BIN, "run", "--ticker", "ACME", cwd=project / "data", env=env, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip() == (
+        f"error: no prices stored for ticker 'ACME' in {project.resolve() / 'data' / 'store'}: "
+        "store them first with: lstm-pipeline ingest FILE --ticker ACME"
+    )
+
+
+@pytest.mark.slow
+def test_new_users_path_from_a_folder_of_its_own(tmp_path):
+    """README's path with the installed command: init, ingest, run, forecast, models serve."""
+    import json
+    import urllib.request
+
+    from pipelines.servers import start_model_server
+
+    env = user_env(keep_pythonpath=True)  # PYTHONPATH: a worktree's code over the editable one
+    before = checkout_state()
+    prices = write_prices(tmp_path / "downloads" / "acme.csv", price_frame(120))
+    assert cli(BIN, "init", "acme", cwd=tmp_path, env=env).returncode == 0
+    project = tmp_path / "acme"
+    out = cli(BIN, "ingest", str(prices), "--ticker", "ACME", cwd=project / "data", env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    out = cli(BIN, "run", "--ticker", "ACME", *TINY, cwd=project, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "CHAMPION" in out.stdout, out.stdout
+    assert f"sqlite:///{project.resolve() / 'mlflow.db'}" in out.stdout  # the MLflow UI line
+    assert_only_progress(out)
+    for step in ("epoch 1/1", "evaluating on", "backtest:", "logging the model"):
+        assert step in out.stderr, step
+
+    out = cli(BIN, "forecast", "--ticker", "ACME", cwd=project, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert_only_progress(out)
+    assert (project / "data" / "forecasts" / "ACME.parquet").is_file()
+    assert project_state(project) == []
+    assert checkout_state() == before
+
+    # `mlflow models serve` on the champion, from the project folder, as the README says.
+    server = start_model_server(
+        "models:/lstm-ACME@champion", "sqlite:///mlflow.db", project, timeout=300
+    )
+    try:
+        frame = price_frame(120).tail(30)  # Date, Open, High, ... as downloaded
+        frame.columns = [c.lower() for c in frame.columns]
+        body = json.dumps({"dataframe_split": frame.to_dict(orient="split", index=False)})
+        request = urllib.request.Request(
+            f"{server.url}/invocations",
+            data=body.encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=120) as resp:
+            predictions = json.loads(resp.read())["predictions"]
+    finally:
+        server.stop()
+    assert len(predictions) == 1 and predictions[0]["forecast"] > 0

@@ -4,8 +4,19 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import DEFAULT_CONFIG, load_settings, resolve_tracking_uri
+from pipelines.config import (
+    CONFIG_ENV,
+    ConfigNotFoundError,
+    find_config,
+    init_project,
+    load_settings,
+    resolve_tracking_uri,
+    template_text,
+)
 from pipelines.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+REPO_CONFIG = REPO / "mlflow.yaml"
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -15,7 +26,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_bundled_config_is_valid_and_matches_the_tutorial():
-    s = load_settings(DEFAULT_CONFIG, env={})
+    s = load_settings(REPO_CONFIG, env={})
     assert s.features.lookback == 60
     assert s.features.columns == ("open",)
     assert s.features.target == "open"
@@ -25,7 +36,7 @@ def test_bundled_config_is_valid_and_matches_the_tutorial():
 
 
 def test_stable_key_names_are_all_present():
-    flat = load_settings(DEFAULT_CONFIG, env={}).flat()
+    flat = load_settings(REPO_CONFIG, env={}).flat()
     for key in [
         "tracking.uri",
         "tracking.experiment",
@@ -121,3 +132,46 @@ def test_connecting_to_mlflow_does_not_leak_into_the_next_settings(tmp_path, mon
     other.mkdir()
     second = load_settings(write(other, ""))
     assert resolve_tracking_uri(second) == f"sqlite:///{other / 'mlflow.db'}"
+
+
+def test_the_package_ships_the_repos_config_byte_for_byte():
+    # `lstm-pipeline init` writes the package's copy; `make run` reads the repo's.
+    assert template_text().encode("utf-8") == REPO_CONFIG.read_bytes()
+
+
+def test_config_is_found_in_the_nearest_folder_then_env_then_explicit(tmp_path):
+    project = tmp_path / "project"
+    deep = project / "data" / "incoming"
+    deep.mkdir(parents=True)
+    cfg = write(project, "")
+    assert find_config(env={}, cwd=deep) == cfg
+    assert find_config(env={}, cwd=project) == cfg
+    (tmp_path / "other").mkdir()
+    other = write(tmp_path / "other", "")
+    assert find_config(env={CONFIG_ENV: str(other)}, cwd=deep) == other
+    explicit = tmp_path / "explicit.yaml"
+    assert find_config(explicit, env={CONFIG_ENV: str(other)}, cwd=deep) == explicit
+    s = load_settings(env={}, path=find_config(env={}, cwd=deep))
+    assert s.base_dir == project and s.store_path == project / "data" / "store"
+
+
+def test_no_config_anywhere_names_init(tmp_path):
+    with pytest.raises(ConfigNotFoundError) as err:
+        find_config(env={}, cwd=tmp_path)
+    message = str(err.value)
+    assert "lstm-pipeline init" in message and str(tmp_path) in message
+    assert "\n" not in message
+
+
+def test_init_writes_the_template_and_the_data_folders_and_never_overwrites(tmp_path):
+    created = init_project(tmp_path / "new")
+    cfg = tmp_path / "new" / "mlflow.yaml"
+    assert created[0] == cfg and cfg.read_text(encoding="utf-8") == template_text()
+    s = load_settings(cfg, env={})
+    for name in (s.data.store, s.data.incoming, s.data.archive, s.data.rejected):
+        assert (tmp_path / "new" / name).is_dir(), name
+    cfg.write_text("# mine\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="already exists"):
+        init_project(tmp_path / "new")
+    assert cfg.read_text(encoding="utf-8") == "# mine\n"
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["data", "mlflow.yaml"]

@@ -151,6 +151,68 @@ def test_served_bands_equal_the_runs_calibration(trained, client):
     )
 
 
+def test_champion_takes_a_plain_price_frame(trained, client):
+    """date + the feature columns, nothing else: extra columns, any order, ISO or datetime dates."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    settings, _ = trained
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    assert model.metadata.get_input_schema().input_names() == ["date", "open"]
+    # What a user has: a Yahoo-style download, lower-cased, 30 rows, no `amount`.
+    plain = price_frame(120).rename(columns=str.lower).tail(30).reset_index(drop=True)
+    expected = model.predict(plain)  # dates as ISO strings
+    assert list(expected.columns) == ["date", "forecast"] and len(expected) == 1
+    assert expected["date"].iloc[0] == pd.Timestamp("2020-06-17")
+    shuffled = plain[["volume", "close", "open", "date", "high"]].assign(note="x")
+    as_datetimes = plain.assign(date=pd.to_datetime(plain["date"]))
+    for frame in (shuffled, as_datetimes):
+        pd.testing.assert_frame_equal(model.predict(frame), expected)
+
+    need = 5 + 1  # lookback + 1 for log returns
+    with pytest.raises(Exception, match=f"history has {need - 1} rows, needs at least {need}"):
+        model.predict(plain.tail(need - 1))
+    with pytest.raises(Exception, match=r"missing inputs \['open'\]"):
+        model.predict(plain.drop(columns=["open"]))
+
+
+def test_champion_loads_where_the_project_cannot_be_imported(trained, client, tmp_path):
+    """A fresh process without `pipelines` (or the installed lstm_core) on its sys.path."""
+    from pipelines import tracking
+    from tests.isolated import isolated_command
+
+    settings, result = trained
+    local = client.download_artifacts(result.run_id, "model_check", str(tmp_path))
+    expected = json.loads((Path(local) / "input_example_forecast.json").read_text())
+    csv = tmp_path / "prices.csv"
+    price_frame(120).tail(40).to_csv(csv, index=False)  # Date, Open, ... as downloaded
+    code = textwrap.dedent(
+        f"""
+        import json, mlflow, mlflow.pyfunc, pandas as pd
+        mlflow.set_tracking_uri({tracking.resolve_tracking_uri(settings)!r})
+        model = mlflow.pyfunc.load_model("models:/{MODEL}@champion")
+        import lstm_core  # from the model's own code folder
+        out = model.predict(model.input_example)
+        mine = model.predict(pd.read_csv(sys.argv[1]).rename(columns=str.lower))
+        print(json.dumps({{"example": out["forecast"].tolist(), "core": lstm_core.__file__,
+                          "mine": mine["forecast"].tolist()}}))
+        """
+    )
+    proc = subprocess.run(
+        isolated_command(code, str(csv)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["example"] == pytest.approx(expected["forecast"]["forecast"], rel=1e-6)
+    assert "/code/lstm_core/" in got["core"], got["core"]
+    assert len(got["mine"]) == 1 and got["mine"][0] > 0
+
+
 def test_promotion_by_alias_refusal_manual_promote_and_rollback(trained, client, tmp_path):
     from pipelines import tracking
     from pipelines.flows import promote

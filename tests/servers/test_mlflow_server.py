@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import textwrap
 
 import pytest
 
 from pipelines.servers import child_env
+from tests.isolated import isolated_command
 from tests.servers.conftest import MODEL_NAME, TICKER
 
 pytestmark = pytest.mark.servers
@@ -44,7 +44,7 @@ SECOND_CLIENT = textwrap.dedent(
     run = MlflowClient().get_run(run_id)
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     columns = model.metadata.get_input_schema().input_names()
-    frame = pd.read_csv(csv, parse_dates=["date"])[columns]
+    frame = pd.read_csv(csv)  # every stored column, dates as ISO strings
     out = model.predict(frame)
     print(json.dumps({
         "status": run.info.status,
@@ -66,7 +66,7 @@ def test_fresh_client_reads_run_and_loads_champion_over_http(trained, mlflow_ser
     csv = tmp_path / "recent.csv"
     recent.to_csv(csv, index=False)
     proc = subprocess.run(
-        [sys.executable, "-c", SECOND_CLIENT, result.run_id, MODEL_NAME, str(csv)],
+        isolated_command(SECOND_CLIENT, result.run_id, MODEL_NAME, str(csv)),
         env=child_env({"MLFLOW_TRACKING_URI": mlflow_server.url}, drop=("PREFECT_API_URL",)),
         capture_output=True,
         text=True,
@@ -77,6 +77,6 @@ def test_fresh_client_reads_run_and_loads_champion_over_http(trained, mlflow_ser
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["status"] == "FINISHED"
     assert out["test_rmse"] == pytest.approx(result.metrics["test_rmse"])
-    assert "date" in out["columns"]
+    assert out["columns"] == ["date", *settings.features.columns]  # not every stored column
     assert out["rows"] >= 1 and out["values"]
     assert all(v == v and v > 0 for v in out["values"])  # finite, positive prices

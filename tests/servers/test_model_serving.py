@@ -35,12 +35,16 @@ def test_invocations_match_in_process_predict(trained, mlflow_server, model_serv
     assert mlflow.get_tracking_uri() == mlflow_server.url
     model = mlflow.pyfunc.load_model(URI)
     columns = model.metadata.get_input_schema().input_names()
-    assert "date" in columns
+    assert columns == ["date", *settings.features.columns]
     recent = PriceStore(settings.store_path).load(TICKER).tail(30)[columns].reset_index(drop=True)
     expected = pd.DataFrame(model.predict(recent))
 
-    # JSON carries the dates as ISO strings; the server converts them to the schema's datetime.
-    payload = recent.assign(date=pd.to_datetime(recent["date"]).dt.strftime("%Y-%m-%d"))
+    # What a client has: JSON dates as ISO strings, more columns than the model reads, in its
+    # own order (a Yahoo-style frame with no `amount`).
+    stored = PriceStore(settings.store_path).load(TICKER).tail(30).reset_index(drop=True)
+    payload = stored[["volume", "close", "high", "low", "open", "date"]].assign(
+        date=pd.to_datetime(stored["date"]).dt.strftime("%Y-%m-%d")
+    )
     body = json.dumps({"dataframe_split": payload.to_dict(orient="split", index=False)})
     request = urllib.request.Request(
         f"{model_server.url}/invocations",
@@ -88,3 +92,21 @@ def test_served_intervals_match_in_process_bands(trained, mlflow_server, model_s
     assert len(served) == 3
     for col in ("forecast", "lower_80", "upper_80", "lower_95", "upper_95"):
         assert served[col].to_numpy() == pytest.approx(expected[col].to_numpy(), rel=1e-5), col
+
+
+def test_invocations_with_too_few_rows_say_how_many_are_needed(trained, model_server):
+    import urllib.error
+
+    settings, _ = trained
+    need = settings.features.lookback + 1  # + 1 for log returns
+    frame = {"columns": ["date", "open"], "data": [["2020-01-01", 1.0]] * 1}
+    request = urllib.request.Request(
+        f"{model_server.url}/invocations",
+        data=json.dumps({"dataframe_split": frame}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=120)
+    message = json.loads(err.value.read())["message"]
+    assert f"history has 1 rows, needs at least {need}" in message, message
