@@ -20,7 +20,7 @@ from lstm_core.predictor import Forecaster
 from pipelines import tasks, tracking
 from pipelines.config import Settings, load_settings
 from pipelines.errors import PipelineError
-from pipelines.locks import file_lock
+from pipelines.fsio import atomic_write, file_lock
 from pipelines.promotion import Decision, decide
 from pipelines.store import PriceStore, describe
 
@@ -425,9 +425,7 @@ def forecast_ticker(settings: Settings, ticker: str, days: int) -> tuple[pd.Data
     out_dir = settings.path(settings.data.forecasts)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{ticker}.parquet"
-    tmp = path.with_suffix(".parquet.tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
     tracking.log_forecast(settings, ticker, version.version, path)
     return frame, path
 
