@@ -199,7 +199,7 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
 def _cmd_promote(args: argparse.Namespace) -> int:
     settings = _settings(args)
     ticker = _checked_ticker(args.ticker)
-    from pipelines.registry import manual_promote
+    from pipelines.promotion import manual_promote
 
     print(manual_promote(settings, ticker, args.version, args.reason))
     return 0
@@ -208,7 +208,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 def _cmd_rollback(args: argparse.Namespace) -> int:
     settings = _settings(args)
     ticker = _checked_ticker(args.ticker)
-    from pipelines.registry import rollback
+    from pipelines.promotion import rollback
 
     print(rollback(settings, ticker))
     return 0
