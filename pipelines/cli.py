@@ -77,14 +77,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _checked_ticker(ticker: str | None) -> str | None:
-    from pipelines.ingest import InvalidTickerError, validate_ticker
+    from pipelines.ingest import validate_ticker
 
-    if ticker is None:
-        return None
-    try:
-        return validate_ticker(ticker)
-    except InvalidTickerError as exc:
-        raise PipelineError(f"--ticker: {exc}") from None
+    return None if ticker is None else validate_ticker(ticker, source="--ticker")
 
 
 def _parse(settings: Settings, path: Path | str, ticker: str | None):
