@@ -52,66 +52,47 @@ def decide(
     All scores are errors (lower is better) measured on the challenger's test window;
     `champion_score` is the champion re-scored on that same window (None: no champion).
     """
-    d = _decide(policy, challenger_score, challenger_rmse, naive_rmse, champion_score)
-    return replace(d, metric=policy.metric, naive_rmse=naive_rmse)
-
-
-def _decide(
-    policy: PromotionPolicy,
-    challenger_score: float,
-    challenger_rmse: float,
-    naive_rmse: float,
-    champion_score: float | None,
-) -> Decision:
     metric = policy.metric
+
+    def verdict(promote: bool, reason: str) -> Decision:
+        return Decision(promote, reason, challenger_score, champion_score, metric, naive_rmse)
+
     if not all(_finite(x) for x in (challenger_score, challenger_rmse, naive_rmse)):
-        return Decision(
+        return verdict(
             False,
             f"refused: non-finite metric ({metric}={challenger_score}, "
             f"test_rmse={challenger_rmse}, naive_rmse={naive_rmse})",
-            challenger_score,
-            champion_score,
         )
     limit = naive_rmse * (1.0 + policy.max_worse_than_naive)
     if challenger_rmse > limit:
-        return Decision(
+        return verdict(
             False,
             f"refused: test_rmse {challenger_rmse:.6g} is worse than the naive forecast's "
             f"{naive_rmse:.6g} by more than {policy.max_worse_than_naive:.0%} (limit {limit:.6g})",
-            challenger_score,
-            champion_score,
         )
     if champion_score is None:
-        return Decision(
+        return verdict(
             True,
             f"promoted: first model to pass the guards ({metric}={challenger_score:.6g}, "
             f"naive_rmse={naive_rmse:.6g})",
-            challenger_score,
-            None,
         )
     if not _finite(champion_score):
-        return Decision(
+        return verdict(
             True,
             f"promoted: champion's {metric} on the same window is {champion_score}",
-            challenger_score,
-            champion_score,
         )
     threshold = champion_score * (1.0 - policy.min_improvement)
     if challenger_score < threshold:
-        return Decision(
+        return verdict(
             True,
             f"promoted: {metric} {challenger_score:.6g} beats champion's {champion_score:.6g} "
             "on the same test window",
-            challenger_score,
-            champion_score,
         )
-    return Decision(
+    return verdict(
         False,
         f"refused: {metric} {challenger_score:.6g} does not beat champion's "
         f"{champion_score:.6g} on the same test window"
         + (f" by {policy.min_improvement:.1%}" if policy.min_improvement else ""),
-        challenger_score,
-        champion_score,
     )
 
 
