@@ -205,7 +205,10 @@ class PriceStore:
         return df
 
     def dataset(self) -> ds.Dataset:
-        """All stored tickers as one Arrow dataset with a ``ticker`` partition column."""
+        """All stored tickers as one Arrow dataset with a ``ticker`` partition column.
+
+        ``ticker`` is declared a string: readers that infer it would make ``600519`` a number.
+        """
         files = [str(self.path(t)) for t in self.tickers()]
         return ds.dataset(
             files,

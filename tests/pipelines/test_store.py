@@ -413,6 +413,14 @@ def test_readers_skip_the_lock_and_a_crashed_writes_leftover(two_tickers: Path) 
     assert len(pl.read_parquet(two_tickers)) == 7
 
 
+def test_store_dataset_keeps_digit_only_tickers_as_strings(tmp_path: Path) -> None:
+    rows = [f"000001,{r}" for r in rows_for(range(2))] + [f"600519,{r}" for r in rows_for(range(3))]
+    store = PriceStore(tmp_path / "store")
+    store.merge_all(read_price_file(csv_file(tmp_path, "m.csv", rows, header="ticker," + HEADER)))
+    table = store.dataset().to_table()
+    assert _counts(table.column("ticker").to_pylist()) == {"000001": 2, "600519": 3}
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_files_and_folders_follow_the_umask(tmp_path: Path, umask: int) -> None:
     from pipelines import fsio
