@@ -139,7 +139,7 @@ def test_promotion_by_alias_refusal_manual_promote_and_rollback(trained, client,
         assert part in about, (part, about)
     text = client.get_model_version(MODEL, "1").description
     run = client.get_run(result.run_id).data.metrics
-    assert text.startswith(f"Promoted to champion: test_rmse {run['test_rmse']:.6g} against ")
+    assert text.startswith(f"Promoted to champion: test_rmse {run['test_rmse']:.6g} with no ")
     assert "with no champion to compare" in text and f"RMSE {run['naive_rmse']:.6g}" in text
 
     frame = PriceStore(settings.store_path).load("TEST")
