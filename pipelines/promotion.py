@@ -261,9 +261,8 @@ def _own_scores(name: str, version: str, why: str) -> Decision:
     """A decision taken by hand, described with the version's own test-window scores."""
     run_id = tracking.get_version(name, version).run_id
     m = tracking.run_metrics(run_id) if run_id else {}
-    return Decision(
-        True, why, m.get("test_rmse", float("nan")), None, "test_rmse", m.get("naive_rmse")
-    )
+    score = m.get("test_rmse", float("nan"))
+    return Decision(True, why, score, None, "test_rmse", m.get("naive_rmse"), by_hand=True)
 
 
 def manual_promote(settings: Settings, ticker: str, version: str, reason: str) -> str:

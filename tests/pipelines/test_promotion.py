@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipelines.config import PromotionPolicy
-from pipelines.promotion import decide
+from pipelines.promotion import Decision, decide
 
 POLICY = PromotionPolicy(metric="test_rmse", min_improvement=0.0, max_worse_than_naive=0.1)
 anything = st.one_of(
@@ -66,3 +66,8 @@ def test_version_description_is_one_sentence_with_every_score():
     assert "worse than the naive" in refused
     first = version_description(decide(POLICY, 1.0, 1.0, 1.0, None))
     assert first.endswith("naive forecast RMSE 1: first model to pass the guards.")
+    by_hand = Decision(True, "rollback from v4", 1.5, None, "test_rmse", 1.25, by_hand=True)
+    assert version_description(by_hand) == (
+        "Champion by hand (rollback from v4): its test_rmse 1.5 and the naive forecast's "
+        "RMSE 1.25 on its own test window."
+    )
