@@ -123,14 +123,9 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _checked_ticker(ticker: str | None) -> str | None:
-    from pipelines.ingest import InvalidTickerError, validate_ticker
+    from pipelines.ingest import validate_ticker
 
-    if ticker is None:
-        return None
-    try:
-        return validate_ticker(ticker)
-    except InvalidTickerError as exc:
-        raise PipelineError(f"--ticker: {exc}") from None
+    return None if ticker is None else validate_ticker(ticker, source="--ticker")
 
 
 def _parse(settings: Settings, path: Path | str, ticker: str | None):
@@ -274,7 +269,7 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
 def _cmd_promote(args: argparse.Namespace) -> int:
     settings = _settings(args)
     ticker = _checked_ticker(args.ticker)
-    from pipelines.registry import manual_promote
+    from pipelines.promotion import manual_promote
 
     print(manual_promote(settings, ticker, args.version, args.reason))
     return 0
@@ -283,7 +278,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 def _cmd_rollback(args: argparse.Namespace) -> int:
     settings = _settings(args)
     ticker = _checked_ticker(args.ticker)
-    from pipelines.registry import rollback
+    from pipelines.promotion import rollback
 
     print(rollback(settings, ticker))
     return 0

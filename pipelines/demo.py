@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipelines.config import Settings
+from pipelines.fsio import atomic_write
 from pipelines.ingest import read_price_file
 
 HELD_BACK_ROWS = 20
@@ -53,6 +54,5 @@ def _write_yahoo(frame, path: Path) -> None:
     out = frame[list(cols)].rename(columns=cols)
     out["Volume"] = frame["volume"].round().astype("int64")
     out["Date"] = out["Date"].astype(str)
-    tmp = path.with_suffix(".tmp")
-    out.to_csv(tmp, index=False)
-    tmp.replace(path)
+    # incoming/ is watched: the retraining flow must never see half a file
+    atomic_write(path, lambda tmp: out.to_csv(tmp, index=False), fsync=False)

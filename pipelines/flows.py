@@ -18,11 +18,10 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from lstm_core.predictor import Forecaster
-from pipelines import tasks, tracking
+from pipelines import promotion, tasks, tracking
 from pipelines.config import Settings, load_settings
 from pipelines.errors import PipelineError
-from pipelines.locks import file_lock
-from pipelines.promotion import Decision, decide
+from pipelines.fsio import atomic_write
 from pipelines.runtime import quiet_tensorflow
 from pipelines.store import PriceStore, describe
 
@@ -90,43 +89,15 @@ def _promote(
     test_dates: Any,
     train_end: int,
     workdir: Path,
-) -> Decision:
+) -> promotion.Decision:
     """Compare with the champion on the same window, then record and apply the decision."""
-    reg = settings.registry
-    name = reg.name_for(ticker)
-    policy = reg.promotion
-    # One decision at a time per registered model, so racing runs cannot both win.
-    with file_lock(settings.path(".locks") / f"promote-{name}.lock"):
-        _settle_interrupted(name, version)
-        current = tracking.champion(name, reg.alias)
-        champion_score = None
-        if current is not None and current.version != version:
-            try:
-                champion_score = tasks.rescore_champion(
-                    name, current.version, frame, test_dates, policy.metric, train_end, workdir
-                )
-            except Exception as exc:  # an unloadable champion must not block a good model
-                log.warning("could not re-score champion v%s: %s", current.version, exc)
-                champion_score = float("nan")
-        decision = decide(
-            policy,
-            metrics.get(policy.metric, float("nan")),
-            metrics.get("test_rmse", float("nan")),
-            metrics.get("naive_rmse", float("nan")),
-            champion_score,
-        )
-        tracking.record_decision(name, version, decision)
-        if decision.promote:
-            tracking.set_champion(name, reg.alias, version, decision.reason)
-    return decision
+    name = settings.registry.name_for(ticker)
+    metric = settings.registry.promotion.metric
 
+    def rescore(champion: str) -> float:
+        return tasks.rescore_champion(name, champion, frame, test_dates, metric, train_end, workdir)
 
-def _settle_interrupted(name: str, version: str) -> None:
-    """Record a refusal on versions whose run died between registering and deciding."""
-    for v in tracking.versions(name):
-        if v.version != version and v.tags.get(tracking.TAG_PENDING) == "true":
-            why = "refused: its run stopped before a promotion decision was recorded"
-            tracking.record_decision(name, v.version, Decision(False, why, float("nan"), None))
+    return promotion.promote(settings, ticker, version, metrics, rescore)
 
 
 promote = task(_promote, name="promote", cache_policy=NO_CACHE)
@@ -450,9 +421,7 @@ def forecast_ticker(settings: Settings, ticker: str, days: int) -> tuple[pd.Data
     out_dir = settings.path(settings.data.forecasts)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{ticker}.parquet"
-    tmp = path.with_suffix(".parquet.tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
     tracking.log_forecast(settings, ticker, version.version, path)
     return frame, path
 

@@ -1,11 +1,26 @@
-"""The promotion policy: a pure decision on numbers, so it can be tested exhaustively."""
+"""Promotion, the whole registry policy: decide, apply, settle and roll back.
+
+:func:`decide` is a pure decision on numbers (tested exhaustively). :func:`promote` applies it
+to a newly registered version under a per-model lock; :func:`manual_promote` and
+:func:`rollback` move the alias by hand. Every change records the decision on the version (tags
+for machines, a one-sentence description for the MLflow UI) and describes on the registered
+model what it forecasts. The MLflow calls themselves are in :mod:`pipelines.tracking`.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 
-from pipelines.config import PromotionPolicy
+from pipelines import tracking
+from pipelines.config import PromotionPolicy, Settings
+from pipelines.errors import PipelineError
+from pipelines.fsio import file_lock
+
+log = logging.getLogger("pipelines")
 
 
 @dataclass(frozen=True)
@@ -14,6 +29,11 @@ class Decision:
     reason: str
     challenger_score: float
     champion_score: float | None
+    # For the version's description: what was compared, and with whom.
+    metric: str = "test_rmse"
+    naive_rmse: float | None = None
+    champion_version: str | None = None
+    by_hand: bool = False  # a manual promotion or a rollback
 
 
 def _finite(x: float | None) -> bool:
@@ -33,52 +53,243 @@ def decide(
     `champion_score` is the champion re-scored on that same window (None: no champion).
     """
     metric = policy.metric
+
+    def verdict(promote: bool, reason: str) -> Decision:
+        return Decision(promote, reason, challenger_score, champion_score, metric, naive_rmse)
+
     if not all(_finite(x) for x in (challenger_score, challenger_rmse, naive_rmse)):
-        return Decision(
+        return verdict(
             False,
             f"refused: non-finite metric ({metric}={challenger_score}, "
             f"test_rmse={challenger_rmse}, naive_rmse={naive_rmse})",
-            challenger_score,
-            champion_score,
         )
     limit = naive_rmse * (1.0 + policy.max_worse_than_naive)
     if challenger_rmse > limit:
-        return Decision(
+        return verdict(
             False,
             f"refused: test_rmse {challenger_rmse:.6g} is worse than the naive forecast's "
             f"{naive_rmse:.6g} by more than {policy.max_worse_than_naive:.0%} (limit {limit:.6g})",
-            challenger_score,
-            champion_score,
         )
     if champion_score is None:
-        return Decision(
+        return verdict(
             True,
             f"promoted: first model to pass the guards ({metric}={challenger_score:.6g}, "
             f"naive_rmse={naive_rmse:.6g})",
-            challenger_score,
-            None,
         )
     if not _finite(champion_score):
-        return Decision(
+        return verdict(
             True,
             f"promoted: champion's {metric} on the same window is {champion_score}",
-            challenger_score,
-            champion_score,
         )
     threshold = champion_score * (1.0 - policy.min_improvement)
     if challenger_score < threshold:
-        return Decision(
+        return verdict(
             True,
             f"promoted: {metric} {challenger_score:.6g} beats champion's {champion_score:.6g} "
             "on the same test window",
-            challenger_score,
-            champion_score,
         )
-    return Decision(
+    return verdict(
         False,
         f"refused: {metric} {challenger_score:.6g} does not beat champion's "
         f"{champion_score:.6g} on the same test window"
         + (f" by {policy.min_improvement:.1%}" if policy.min_improvement else ""),
-        challenger_score,
-        champion_score,
     )
+
+
+# ---------------------------------------------------------------- descriptions
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.6g}"
+
+
+def version_description(decision: Decision) -> str:
+    """The decision in one sentence with the scores it compared (the UI's Description)."""
+    why = decision.reason.removeprefix("promoted: ").removeprefix("refused: ")
+    why = why.split(f" ({decision.metric}=")[0]  # its numbers are in the sentence already
+    if decision.by_hand:
+        return (
+            f"Champion by hand ({why}): its {decision.metric} {_fmt(decision.challenger_score)} "
+            f"and the naive forecast's RMSE {_fmt(decision.naive_rmse)} on its own test window."
+        )
+    verdict = "Promoted to champion" if decision.promote else "Not promoted"
+    if decision.champion_version is not None:
+        against = (
+            f" against champion v{decision.champion_version}'s "
+            f"{_fmt(decision.champion_score)} re-scored on the same test window"
+        )
+    else:
+        against = " with no champion to compare"
+    return (
+        f"{verdict}: {decision.metric} {_fmt(decision.challenger_score)}{against}, "
+        f"naive forecast RMSE {_fmt(decision.naive_rmse)}: {why}."
+    )
+
+
+def model_description(ticker: str, params: Mapping[str, str]) -> str:
+    """What the registered model forecasts, from the champion's run parameters."""
+    horizon = params.get("features.horizon", "?")
+    days = "1 trading day" if horizon == "1" else f"{horizon} trading days"
+    return (
+        f"Forecasts {ticker}'s daily {params.get('features.target', '?')} price {days} ahead "
+        f"from the last {params.get('features.lookback', '?')} days of "
+        f"{params.get('features.columns', '?')} (target transform: "
+        f"{params.get('features.target_transform', '?')}, scaler: "
+        f"{params.get('features.scaler', '?')}). LSTM, trained by the lstm-pipeline; the "
+        "alias marks the version in use, each version's description says why."
+    )
+
+
+# ---------------------------------------------------------------- applying decisions
+
+
+def _record(name: str, version: str, decision: Decision) -> None:
+    tracking.tag_version(
+        name,
+        version,
+        {
+            tracking.TAG_PROMOTED: str(decision.promote).lower(),
+            tracking.TAG_PENDING: "false",
+            tracking.TAG_REASON: decision.reason,
+            "promotion.challenger_score": decision.challenger_score,
+            "promotion.champion_score": decision.champion_score,
+            "promotion.decided_at": _now(),
+        },
+    )
+    tracking.set_version_description(name, version, version_description(decision))
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _set_champion(
+    name: str, alias: str, ticker: str, version: str, reason: str, remember: bool = True
+) -> str | None:
+    """Point the alias at ``version``; tag the replaced champion. Returns its version.
+
+    ``remember=False`` (a rollback) keeps the new champion's own record of whom it replaced,
+    so successive rollbacks walk back through the history.
+    """
+    previous = tracking.champion(name, alias)
+    tracking.set_alias(name, alias, version)
+    tracking.tag_version(name, version, {"champion.since": _now()})
+    _describe_model(name, ticker, version)
+    if previous is None or previous.version == version:
+        return None
+    tracking.tag_version(
+        name,
+        previous.version,
+        {tracking.TAG_REPLACED_BY: version, "champion.replaced_reason": reason},
+    )
+    if remember:
+        tracking.tag_version(name, version, {tracking.TAG_REPLACED: previous.version})
+    return previous.version
+
+
+def _describe_model(name: str, ticker: str, version: str) -> None:
+    run_id = tracking.get_version(name, version).run_id
+    params = tracking.run_params(run_id) if run_id else {}
+    tracking.set_model_description(name, model_description(ticker, params))
+
+
+def settle_interrupted(name: str, version: str) -> list[str]:
+    """Record a refusal on versions whose run died between registering and deciding."""
+    settled = []
+    for v in tracking.versions(name):
+        if v.version != version and v.tags.get(tracking.TAG_PENDING) == "true":
+            why = "refused: its run stopped before a promotion decision was recorded"
+            _record(name, v.version, Decision(False, why, float("nan"), None))
+            settled.append(v.version)
+    return settled
+
+
+def promote(
+    settings: Settings,
+    ticker: str,
+    version: str,
+    metrics: Mapping[str, float],
+    rescore: Callable[[str], float],
+) -> Decision:
+    """Decide on a newly registered version and apply the decision.
+
+    ``rescore(champion_version)`` returns the champion's error on this version's test window.
+    One decision at a time per registered model (a file lock), so racing runs cannot both win.
+    """
+    reg = settings.registry
+    name = reg.name_for(ticker)
+    policy = reg.promotion
+    with file_lock(settings.path(".locks") / f"promote-{name}.lock"):
+        settle_interrupted(name, version)
+        current = tracking.champion(name, reg.alias)
+        champion_score = None
+        if current is not None and current.version != version:
+            try:
+                champion_score = rescore(current.version)
+            except Exception as exc:  # an unloadable champion must not block a good model
+                log.warning("could not re-score champion v%s: %s", current.version, exc)
+                champion_score = float("nan")
+        decision = decide(
+            policy,
+            metrics.get(policy.metric, float("nan")),
+            metrics.get("test_rmse", float("nan")),
+            metrics.get("naive_rmse", float("nan")),
+            champion_score,
+        )
+        if champion_score is not None:
+            decision = replace(decision, champion_version=current.version)
+        _record(name, version, decision)
+        if decision.promote:
+            _set_champion(name, reg.alias, ticker, version, decision.reason)
+        elif current is None:  # no champion yet: still say what the model is for
+            _describe_model(name, ticker, version)
+    return decision
+
+
+# ---------------------------------------------------------------- by hand
+
+
+def _registered(settings: Settings, ticker: str) -> str:
+    tracking.connect(settings)
+    name = settings.registry.name_for(ticker)
+    if not tracking.registered_model_exists(name):
+        raise PipelineError(f"no registered model {name!r} (ticker {ticker!r})")
+    return name
+
+
+def _own_scores(name: str, version: str, why: str) -> Decision:
+    """A decision taken by hand, described with the version's own test-window scores."""
+    run_id = tracking.get_version(name, version).run_id
+    m = tracking.run_metrics(run_id) if run_id else {}
+    score = m.get("test_rmse", float("nan"))
+    return Decision(True, why, score, None, "test_rmse", m.get("naive_rmse"), by_hand=True)
+
+
+def manual_promote(settings: Settings, ticker: str, version: str, reason: str) -> str:
+    name = _registered(settings, ticker)
+    known = {v.version for v in tracking.versions(name)}
+    if str(version) not in known:
+        raise PipelineError(f"{name} has no version {version} (versions: {sorted(known, key=int)})")
+    alias = settings.registry.alias
+    why = f"manual promotion: {reason}"
+    with file_lock(settings.path(".locks") / f"promote-{name}.lock"):
+        _record(name, str(version), _own_scores(name, str(version), why))
+        previous = _set_champion(name, alias, ticker, str(version), why)
+    return f"{name}: version {version} is now {alias} (was {previous or 'none'})"
+
+
+def rollback(settings: Settings, ticker: str) -> str:
+    """Give the alias back to the version the current champion replaced."""
+    name = _registered(settings, ticker)
+    alias = settings.registry.alias
+    with file_lock(settings.path(".locks") / f"promote-{name}.lock"):
+        current = tracking.champion(name, alias)
+        if current is None:
+            raise PipelineError(f"{name} has no {alias!r} to roll back")
+        previous = current.tags.get(tracking.TAG_REPLACED)
+        if not previous:
+            raise PipelineError(f"{name} v{current.version} did not replace an earlier champion")
+        why = f"rollback from v{current.version}"
+        _record(name, previous, _own_scores(name, previous, why))
+        _set_champion(name, alias, ticker, previous, why, remember=False)
+    return f"{name}: rolled back {alias} from v{current.version} to v{previous}"

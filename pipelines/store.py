@@ -1,16 +1,18 @@
-"""The Parquet price store: one file per ticker, merged incrementally, atomically and under a lock.
+"""The Parquet price store: a Hive-partitioned dataset, merged incrementally, atomically, locked.
 
-Layout (Hive-style, partitioned by ticker)::
+Layout::
 
     <root>/ticker=<T>/data.parquet   # columns date, open, high, low, close, volume, amount
-    <root>/ticker=<T>/manifest.json  # human-readable copy of the manifest
-    <root>/ticker=<T>/.lock          # fcntl.flock target for read-merge-write
+    <root>/ticker=<T>/.lock          # the lock for read-merge-write (while held)
 
+Any Parquet reader opens ``<root>`` as a dataset with ``ticker`` as its partition column
+(pandas, pyarrow.dataset with ``partitioning="hive"``, DuckDB, Dask, Polars): the files hold no
+``ticker`` column of their own, and nothing else in the tree is visible to them (hidden names).
 The manifest (first/last date, row count, SHA-256 of the canonical rows) lives in the Parquet
-key-value metadata, so data and manifest change together in one ``os.replace`` of a fully written,
-fsynced temporary file; ``manifest.json`` is a convenience copy written afterwards, and the Parquet
-metadata is the truth. Readers need no lock: they see the old or the new file, never a mix.
-To read all tickers with Arrow use :meth:`PriceStore.dataset` (it skips ``manifest.json``).
+footer's key-value metadata, so data and manifest change together in one atomic replacement
+(:func:`pipelines.fsio.atomic_write`). Readers need no lock: they see the old or the new file.
+A ``manifest.json`` left by earlier versions (which broke dataset readers) is removed by the
+next merge; :meth:`PriceStore.upgrade` removes them all at once.
 """
 
 from __future__ import annotations
@@ -18,11 +20,9 @@ from __future__ import annotations
 import bisect
 import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -36,6 +36,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipelines.errors import InputError, PipelineError
+from pipelines.fsio import atomic_write, file_lock
 from pipelines.ingest import PRICE_SCHEMA, VALUE_COLUMNS, ParsedFile, source_lines, validate_ticker
 
 __all__ = [
@@ -50,7 +51,7 @@ __all__ = [
 STORE_SCHEMA = pa.schema([f for f in PRICE_SCHEMA if f.name != "ticker"])
 MANIFEST_KEY = b"lstm_pipeline.manifest"
 DATA_FILE = "data.parquet"
-MANIFEST_FILE = "manifest.json"
+LEGACY_MANIFEST_FILE = "manifest.json"  # written by earlier versions; removed on sight
 LOCK_FILE = ".lock"
 _EPOCH = dt.date(1970, 1, 1)
 
@@ -122,31 +123,6 @@ def table_digest(table: pa.Table) -> str:
 
 def _to_date(days: int) -> dt.date:
     return _EPOCH + dt.timedelta(days=int(days))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    if fsync:
-        _fsync_dir(path.parent)
 
 
 @dataclass
@@ -229,7 +205,10 @@ class PriceStore:
         return df
 
     def dataset(self) -> ds.Dataset:
-        """All stored tickers as one Arrow dataset with a ``ticker`` partition column."""
+        """All stored tickers as one Arrow dataset with a ``ticker`` partition column.
+
+        ``ticker`` is declared a string: readers that infer it would make ``600519`` a number.
+        """
         files = [str(self.path(t)) for t in self.tickers()]
         return ds.dataset(
             files,
@@ -258,6 +237,7 @@ class PriceStore:
         the column and both values, unless ``replace=True``.
         """
         parts = list(self._split(parsed))
+        self.upgrade()
         with contextlib.ExitStack() as stack:
             for ticker, _, _ in parts:
                 stack.enter_context(self._locked(ticker))
@@ -288,10 +268,13 @@ class PriceStore:
         return out
 
     def _apply(self, plan: _Plan) -> None:
+        # Under the ticker's lock no write is in progress: a temporary file is a crash's
+        # leftover (Polars, which reads every file below the folder, would trip on it).
+        for leftover in self._dir(plan.ticker).glob(f".{DATA_FILE}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
         if plan.table is not None:
             self._write(plan.ticker, plan.table, plan.report.after)
-        else:
-            self._repair_manifest_json(plan.ticker, plan.report.after)
 
     @staticmethod
     def _tickers_of(parsed: ParsedFile) -> list[str]:
@@ -345,16 +328,8 @@ class PriceStore:
             idx = order[s:e]
             yield t, table.take(pa.array(idx)), (rows[idx] if rows is not None else None)
 
-    @contextlib.contextmanager
-    def _locked(self, ticker: str) -> Iterator[None]:
-        d = self._dir(ticker)
-        d.mkdir(parents=True, exist_ok=True)
-        fd = os.open(d / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
+    def _locked(self, ticker: str) -> contextlib.AbstractContextManager[None]:
+        return file_lock(self._dir(ticker) / LOCK_FILE)
 
     def _plan(
         self,
@@ -444,38 +419,22 @@ class PriceStore:
         return merged, added, n_conf, unchanged
 
     def _write(self, ticker: str, table: pa.Table, manifest: Manifest) -> None:
-        d = self._dir(ticker)
         table = table.replace_schema_metadata({MANIFEST_KEY: manifest.to_json().encode()})
-        fd, tmp = tempfile.mkstemp(prefix=f".{DATA_FILE}.", suffix=".tmp", dir=d)
-        os.close(fd)
-        try:
-            pq.write_table(table, tmp)
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, d / DATA_FILE)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        # manifest.json is a convenience copy (the Parquet metadata is the truth): replaced
-        # atomically, made durable by the one directory fsync below.
-        _atomic_write_bytes(d / MANIFEST_FILE, manifest.to_json().encode() + b"\n", fsync=False)
-        _fsync_dir(d)
+        atomic_write(self.path(ticker), lambda tmp: pq.write_table(table, tmp))
 
-    def _repair_manifest_json(self, ticker: str, manifest: Manifest | None) -> None:
-        if manifest is None:
-            return
-        path = self._dir(ticker) / MANIFEST_FILE
-        want = manifest.to_json().encode() + b"\n"
-        try:
-            if path.read_bytes() == want:
-                return
-        except FileNotFoundError:
-            pass
-        _atomic_write_bytes(path, want)
+    def upgrade(self) -> list[str]:
+        """Remove the ``manifest.json`` copies earlier versions wrote; returns the tickers fixed.
+
+        Such a file made the folder unreadable as a Parquet dataset. Its content is in the
+        Parquet footer, which stays the only manifest.
+        """
+        fixed = []
+        if self.root.is_dir():
+            for d in sorted(self.root.glob(f"ticker=*/{LEGACY_MANIFEST_FILE}")):
+                with contextlib.suppress(FileNotFoundError):
+                    d.unlink()
+                    fixed.append(d.parent.name[len("ticker=") :])
+        return fixed
 
 
 def describe(report: MergeReport) -> str:

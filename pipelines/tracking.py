@@ -22,7 +22,6 @@ from typing import Any
 import pandas as pd
 
 from pipelines.config import Settings, resolve_tracking_uri
-from pipelines.promotion import Decision
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 CORE_PACKAGE = Path(__file__).resolve().parent.parent / "lstm_core"
@@ -366,43 +365,24 @@ def tag_version(name: str, version: str, tags: Mapping[str, Any]) -> None:
         client.set_model_version_tag(name, version, k, str(v))
 
 
-def record_decision(name: str, version: str, decision: Decision) -> None:
-    tag_version(
-        name,
-        version,
-        {
-            TAG_PROMOTED: str(decision.promote).lower(),
-            TAG_PENDING: "false",
-            TAG_REASON: decision.reason,
-            "promotion.challenger_score": decision.challenger_score,
-            "promotion.champion_score": decision.champion_score,
-            "promotion.decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
-    )
+def set_alias(name: str, alias: str, version: str) -> None:
+    _client().set_registered_model_alias(name, alias, version)
 
 
-def set_champion(
-    name: str, alias: str, version: str, reason: str, remember: bool = True
-) -> str | None:
-    """Point the alias at `version`; tag the replaced champion. Returns its version.
+def set_version_description(name: str, version: str, text: str) -> None:
+    _client().update_model_version(name, version, description=text)
 
-    `remember=False` (a rollback) keeps the new champion's own record of whom it
-    replaced, so successive rollbacks walk back through the history.
-    """
-    previous = champion(name, alias)
-    client = _client()
-    client.set_registered_model_alias(name, alias, version)
-    tag_version(name, version, {"champion.since": time.strftime("%Y-%m-%dT%H:%M:%SZ")})
-    if previous is not None and previous.version != version:
-        tag_version(
-            name,
-            previous.version,
-            {TAG_REPLACED_BY: version, "champion.replaced_reason": reason},
-        )
-        if remember:
-            tag_version(name, version, {TAG_REPLACED: previous.version})
-        return previous.version
-    return None
+
+def set_model_description(name: str, text: str) -> None:
+    _client().update_registered_model(name, description=text)
+
+
+def run_params(run_id: str) -> dict[str, str]:
+    return dict(_client().get_run(run_id).data.params)
+
+
+def run_metrics(run_id: str) -> dict[str, float]:
+    return dict(_client().get_run(run_id).data.metrics)
 
 
 def load_model(name: str, alias: str):

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipelines.config import PromotionPolicy
-from pipelines.promotion import decide
+from pipelines.promotion import Decision, decide
 
 POLICY = PromotionPolicy(metric="test_rmse", min_improvement=0.0, max_worse_than_naive=0.1)
 anything = st.one_of(
@@ -49,3 +49,25 @@ def test_promotion_happens_exactly_when_the_policy_says(challenger, naive, champ
         expected = guards and challenger < champion * (1 - margin)
     assert d.promote == expected
     assert d.reason.startswith("promoted" if expected else "refused")
+
+
+def test_version_description_is_one_sentence_with_every_score():
+    from dataclasses import replace
+
+    from pipelines.promotion import version_description
+
+    d = replace(decide(POLICY, 0.9, 0.9, 1.25, 0.95), champion_version="3")
+    text = version_description(d)
+    assert text.startswith("Promoted to champion: test_rmse 0.9 against champion v3's 0.95 ")
+    assert "re-scored on the same test window" in text and "naive forecast RMSE 1.25" in text
+    assert text.endswith(".") and text.count(". ") == 0
+    refused = version_description(decide(POLICY, 1.2, 1.2, 1.0, None))
+    assert refused.startswith("Not promoted: test_rmse 1.2 with no champion to compare")
+    assert "worse than the naive" in refused
+    first = version_description(decide(POLICY, 1.0, 1.0, 1.0, None))
+    assert first.endswith("naive forecast RMSE 1: first model to pass the guards.")
+    by_hand = Decision(True, "rollback from v4", 1.5, None, "test_rmse", 1.25, by_hand=True)
+    assert version_description(by_hand) == (
+        "Champion by hand (rollback from v4): its test_rmse 1.5 and the naive forecast's "
+        "RMSE 1.25 on its own test window."
+    )

@@ -59,9 +59,9 @@ def test_merge_new_ticker_and_load(tmp_path: Path) -> None:
     assert store.manifest("ACME") == m
     assert store.tickers() == ["ACME"]
     tdir = tmp_path / "store" / "ticker=ACME"
-    assert (tdir / "data.parquet").is_file()
-    assert Manifest.from_json((tdir / "manifest.json").read_text()) == m
-    assert json.loads((tdir / "manifest.json").read_text())["rows"] == 5
+    assert sorted(os.listdir(tdir)) == [".lock", "data.parquet"]  # hidden from readers
+    footer = pq.read_schema(tdir / "data.parquet").metadata[b"lstm_pipeline.manifest"]
+    assert Manifest.from_json(footer) == m and json.loads(footer)["rows"] == 5
 
     df = store.load("ACME")
     assert list(df.columns) == ["date", "open", "high", "low", "close", "volume"]  # no amount
@@ -140,15 +140,20 @@ def test_digest_is_of_stored_rows(tmp_path: Path) -> None:
     assert rep2.after.digest == rep.after.digest
 
 
-def test_manifest_json_is_a_copy_and_gets_repaired(tmp_path: Path) -> None:
+def test_legacy_manifest_json_is_removed_by_the_next_merge(tmp_path: Path) -> None:
+    """Stores written before the footer was the only manifest had a manifest.json per ticker."""
     store = PriceStore(tmp_path / "store")
     p = csv_file(tmp_path, "ACME.csv", rows_for(range(3)))
     rep = store.merge(read_price_file(p))
-    mj = tmp_path / "store" / "ticker=ACME" / "manifest.json"
-    mj.unlink()
-    assert store.manifest("ACME") == rep.after  # parquet metadata is the truth
-    store.merge(read_price_file(p))
-    assert Manifest.from_json(mj.read_text()) == rep.after
+    other = store.merge(read_price_file(csv_file(tmp_path, "B.csv", rows_for(range(2)))))
+    for t, m in (("ACME", rep.after), ("B", other.after)):
+        (tmp_path / "store" / f"ticker={t}" / "manifest.json").write_text(m.to_json())
+    with pytest.raises(Exception, match="magic bytes"):
+        pd.read_parquet(tmp_path / "store")
+    again = store.merge(read_price_file(p))  # nothing new for ACME, yet both are upgraded
+    assert not again.changed and store.manifest("ACME") == rep.after
+    assert not list((tmp_path / "store").rglob("manifest.json"))
+    assert len(pd.read_parquet(tmp_path / "store")) == 5
 
 
 def test_unknown_ticker_and_unsafe_names(tmp_path: Path) -> None:
@@ -327,3 +332,109 @@ def test_hand_built_parsed_file_is_sorted_and_split(tmp_path: Path) -> None:
     assert y["date"].tolist() == [pd.Timestamp("2020-01-02"), pd.Timestamp("2020-01-03")]
     assert y["close"].tolist() == [3.0, 1.0]
     assert np.isnan(y["volume"].iloc[1])
+
+
+# ---------------------------------------------------------------- the store as a dataset
+
+
+@pytest.fixture
+def two_tickers(tmp_path: Path) -> Path:
+    rows = [f"MSFT,{r}" for r in rows_for(range(4))] + [
+        f"000001.SZ,{r}" for r in rows_for(range(3))
+    ]
+    store = PriceStore(tmp_path / "store")
+    store.merge_all(read_price_file(csv_file(tmp_path, "m.csv", rows, header="ticker," + HEADER)))
+    return tmp_path / "store"
+
+
+WANT = {"MSFT": 4, "000001.SZ": 3}
+
+
+def _counts(tickers: list[object]) -> dict[str, int]:
+    assert all(isinstance(t, str) for t in tickers), {type(t) for t in tickers}
+    return {t: tickers.count(t) for t in set(tickers)}  # type: ignore[misc]
+
+
+def test_pandas_reads_the_store_folder(two_tickers: Path) -> None:
+    df = pd.read_parquet(two_tickers)
+    assert _counts(df["ticker"].astype(str).tolist()) == WANT
+    assert df["ticker"].cat.categories.dtype.kind in "OT"  # strings (object or str)
+    assert {"date", "open", "close", "volume", "amount"} <= set(df.columns)
+    assert list(df.columns).count("ticker") == 1
+
+
+def test_pyarrow_dataset_with_hive_partitioning(two_tickers: Path) -> None:
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(two_tickers, partitioning="hive").to_table()
+    assert table.schema.field("ticker").type == pa.string()
+    assert table.schema.names.count("ticker") == 1
+    assert _counts(table.column("ticker").to_pylist()) == WANT
+    assert PriceStore(two_tickers).dataset().to_table().num_rows == 7
+
+
+def test_duckdb_reads_the_glob_with_hive_partitioning(two_tickers: Path) -> None:
+    duckdb = pytest.importorskip("duckdb")
+    rows = duckdb.sql(
+        f"SELECT ticker, typeof(ticker), count(*) FROM read_parquet("
+        f"'{two_tickers}/**/*.parquet', hive_partitioning = true) GROUP BY ALL"
+    ).fetchall()
+    assert {t: n for t, _, n in rows} == WANT and {ty for _, ty, _ in rows} == {"VARCHAR"}
+
+
+def test_dask_reads_the_store_folder(two_tickers: Path) -> None:
+    dd = pytest.importorskip("dask.dataframe")
+    df = dd.read_parquet(str(two_tickers)).compute()
+    assert _counts(df["ticker"].astype(str).tolist()) == WANT
+
+
+def test_polars_reads_the_store_folder(two_tickers: Path) -> None:
+    pl = pytest.importorskip("polars")
+    df = pl.read_parquet(two_tickers)
+    assert df.schema["ticker"] == pl.String
+    assert _counts(df["ticker"].to_list()) == WANT
+
+
+def test_readers_skip_the_lock_and_a_crashed_writes_leftover(two_tickers: Path) -> None:
+    """Hidden names are skipped by pandas, pyarrow and Dask; Polars reads every file below a
+    folder unless given the glob, and the next merge of that ticker removes the leftover."""
+    d = two_tickers / "ticker=MSFT"
+    leftover = d / ".data.parquet.x1y2.tmp"
+    leftover.write_bytes(b"half a file")
+    assert (d / ".lock").exists()
+    assert len(pd.read_parquet(two_tickers)) == 7
+    pl = pytest.importorskip("polars")
+    assert len(pl.read_parquet(f"{two_tickers}/**/*.parquet", hive_partitioning=True)) == 7
+    store = PriceStore(two_tickers)
+    store.merge(
+        read_price_file(csv_file(two_tickers.parent / "again", "MSFT.csv", rows_for(range(4))))
+    )
+    assert not leftover.exists()
+    assert len(pl.read_parquet(two_tickers)) == 7
+
+
+def test_store_dataset_keeps_digit_only_tickers_as_strings(tmp_path: Path) -> None:
+    rows = [f"000001,{r}" for r in rows_for(range(2))] + [f"600519,{r}" for r in rows_for(range(3))]
+    store = PriceStore(tmp_path / "store")
+    store.merge_all(read_price_file(csv_file(tmp_path, "m.csv", rows, header="ticker," + HEADER)))
+    table = store.dataset().to_table()
+    assert _counts(table.column("ticker").to_pylist()) == {"000001": 2, "600519": 3}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_files_and_folders_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    from pipelines import fsio
+
+    old = os.umask(umask)
+    fsio._umask.cache_clear()
+    try:
+        store = PriceStore(tmp_path / "store")
+        store.merge(read_price_file(csv_file(tmp_path, "ACME.csv", rows_for(range(3)))))
+        store.merge(read_price_file(csv_file(tmp_path / "n", "ACME.csv", rows_for(range(5)))))
+    finally:
+        os.umask(old)
+        fsio._umask.cache_clear()
+    d = tmp_path / "store" / "ticker=ACME"
+    assert (d / "data.parquet").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert d.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (tmp_path / "store").stat().st_mode & 0o777 == 0o777 & ~umask

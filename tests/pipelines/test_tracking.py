@@ -216,7 +216,7 @@ def test_champion_loads_where_the_project_cannot_be_imported(trained, client, tm
 def test_promotion_by_alias_refusal_manual_promote_and_rollback(trained, client, tmp_path):
     from pipelines import tracking
     from pipelines.flows import promote
-    from pipelines.registry import manual_promote, rollback
+    from pipelines.promotion import manual_promote, rollback
     from pipelines.store import PriceStore
 
     settings, result = trained
@@ -224,6 +224,14 @@ def test_promotion_by_alias_refusal_manual_promote_and_rollback(trained, client,
     v1 = tracking.get_version(MODEL, "1")
     assert v1.tags[tracking.TAG_PROMOTED] == "true"
     assert "first model" in v1.tags[tracking.TAG_REASON]
+    # What the registered model forecasts, and why v1 is champion, as a fresh client sees them.
+    about = client.get_registered_model(MODEL).description
+    for part in ("TEST", "daily open price", "1 trading day ahead", "last 5 days", "log_return"):
+        assert part in about, (part, about)
+    text = client.get_model_version(MODEL, "1").description
+    run = client.get_run(result.run_id).data.metrics
+    assert text.startswith(f"Promoted to champion: test_rmse {run['test_rmse']:.6g} with no ")
+    assert "with no champion to compare" in text and f"RMSE {run['naive_rmse']:.6g}" in text
 
     frame = PriceStore(settings.store_path).load("TEST")
     dates = frame["date"].iloc[-10:].to_numpy()
@@ -240,18 +248,30 @@ def test_promotion_by_alias_refusal_manual_promote_and_rollback(trained, client,
     tags = tracking.get_version(MODEL, "2").tags
     assert tags[tracking.TAG_PROMOTED] == "true" and "beats champion" in tags[tracking.TAG_REASON]
     assert tracking.get_version(MODEL, "1").tags[tracking.TAG_REPLACED_BY] == "2"
+    # The UI's Description column: the decision in one sentence with the scores it compared.
+    v1_score = float(tracking.get_version(MODEL, "2").tags["promotion.champion_score"])
+    text = client.get_model_version(MODEL, "2").description
+    assert text.startswith("Promoted to champion: test_rmse 1e-09 against champion v1's ")
+    assert f"{v1_score:.6g} re-scored on the same test window" in text
+    assert "naive forecast RMSE 1e+09" in text and text.count(". ") == 0
 
     worse = challenger(1e6)
     assert tracking.champion(MODEL, "champion").version == "2"
     tags = tracking.get_version(MODEL, worse).tags
     assert tags[tracking.TAG_PROMOTED] == "false"
     assert "does not beat" in tags[tracking.TAG_REASON]
+    text = client.get_model_version(MODEL, worse).description
+    assert text.startswith("Not promoted: test_rmse 1e+06 against champion v2's ")
+    assert "does not beat" in text
 
     manual_promote(settings, "TEST", worse, "test")
     assert tracking.champion(MODEL, "champion").version == worse
     assert "manual" in tracking.get_version(MODEL, worse).tags[tracking.TAG_REASON]
+    text = client.get_model_version(MODEL, worse).description
+    assert text.startswith("Champion by hand (manual promotion: test): its test_rmse ")
     rollback(settings, "TEST")
     assert tracking.champion(MODEL, "champion").version == "2"
+    assert "(rollback from v3)" in client.get_model_version(MODEL, "2").description
     rollback(settings, "TEST")
     assert tracking.champion(MODEL, "champion").version == "1"
 

@@ -1,0 +1,89 @@
+"""Dates: the formats a file may use (one per file), and no day in the future."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.errors import InputError
+from pipelines.ingest.schema import line_of
+
+FUTURE_TOLERANCE_DAYS = 3
+EPOCH = np.datetime64("1970-01-01", "D")
+
+_DATE_FORMATS: tuple[tuple[str, str], ...] = (
+    ("YYYY-MM-DD", r"^(?P<y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})(?:[ T]00:00(?::00)?)?$"),
+    ("YYYY/MM/DD", r"^(?P<y>\d{4})/(?P<m>\d{1,2})/(?P<d>\d{1,2})(?:[ T]00:00(?::00)?)?$"),
+    ("YYYYMMDD", r"^(?P<y>\d{4})(?P<m>\d{2})(?P<d>\d{2})$"),
+    ("M/D/YYYY", r"^(?P<m>\d{1,2})/(?P<d>\d{1,2})/(?P<y>\d{4})$"),
+)
+ISO_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def parse_dates(path: Path, strings: pa.Array, rowidx: np.ndarray, column: str) -> np.ndarray:
+    """Parse date strings (no nulls) to int32 days since epoch; raise on bad / mixed formats."""
+    strings = pc.utf8_trim_whitespace(strings)
+    matches = []
+    for name, pattern in _DATE_FORMATS:
+        m = pc.extract_regex(strings, pattern=pattern)
+        matches.append((name, m, pc.is_valid(m).to_numpy(zero_copy_only=False)))
+    n = len(strings)
+    first_fmt = next((i for i, (_, _, ok) in enumerate(matches) if n and ok[0]), None)
+    if first_fmt is None:
+        raise InputError(
+            path,
+            f"unparseable date {strings[0].as_py()!r} (supported: "
+            + ", ".join(f for f, _ in _DATE_FORMATS)
+            + ")",
+            line=line_of(path, int(rowidx[0])),
+            column=column,
+        )
+    name, m, ok = matches[first_fmt]
+    if not ok.all():
+        bad = int(np.flatnonzero(~ok)[0])
+        value = strings[bad].as_py()
+        other = next((f for f, _, o in matches if o[bad]), None)
+        if other is not None:
+            problem = (
+                f"mixed date formats: {value!r} is {other} but line "
+                f"{line_of(path, int(rowidx[0]))} uses {name}"
+            )
+        else:
+            problem = f"unparseable date {value!r} (this file uses {name})"
+        raise InputError(path, problem, line=line_of(path, int(rowidx[bad])), column=column)
+    y = pc.cast(pc.struct_field(m, "y"), pa.int64()).to_numpy()
+    mo = pc.cast(pc.struct_field(m, "m"), pa.int64()).to_numpy()
+    d = pc.cast(pc.struct_field(m, "d"), pa.int64()).to_numpy()
+    bad_md = (mo < 1) | (mo > 12) | (d < 1) | (d > 31)
+    months = ((y - 1970) * 12 + np.clip(mo, 1, 12) - 1).astype("datetime64[M]")
+    days = months.astype("datetime64[D]") + (np.clip(d, 1, 31) - 1).astype("timedelta64[D]")
+    bad = bad_md | (days.astype("datetime64[M]") != months)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            path,
+            f"invalid date {strings[i].as_py()!r}",
+            line=line_of(path, int(rowidx[i])),
+            column=column,
+        )
+    return (days - EPOCH).astype(np.int32)
+
+
+def check_not_future(path: Path, days: np.ndarray, rowidx: np.ndarray, column: str) -> None:
+    """No date after today plus a few days (time zones, a file written ahead of the close)."""
+    limit = (dt.date.today() + dt.timedelta(days=FUTURE_TOLERANCE_DAYS) - dt.date(1970, 1, 1)).days
+    future = days > limit
+    if future.any():
+        i = int(np.flatnonzero(future)[0])
+        day = EPOCH + np.timedelta64(int(days[i]), "D")
+        raise InputError(
+            path,
+            f"date {day} is in the future (after today + {FUTURE_TOLERANCE_DAYS} days)",
+            line=line_of(path, int(rowidx[i])),
+            column=column,
+        )
