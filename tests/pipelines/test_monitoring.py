@@ -141,6 +141,7 @@ def test_degraded_event_on_a_level_shift_and_the_retraining_it_causes(tiny_proje
             "features.target_transform=price",
             "monitoring.min_days=3",
             "data.min_new_rows=1000",
+            "registry.promotion.max_worse_than_naive=1000",  # one epoch: test the mechanics
         ],
         env={},
     )
@@ -166,24 +167,26 @@ def test_degraded_event_on_a_level_shift_and_the_retraining_it_causes(tiny_proje
 
 
 def test_no_degraded_event_on_the_bundled_sample(tmp_path):
+    """The shipped configuration (made smaller: fewer units and epochs) on the sample."""
+    import shutil
+
     from pipelines import monitoring
-    from pipelines.demo import let_days_arrive
+    from pipelines.demo import _write_yahoo, let_days_arrive
     from pipelines.flows import training_flow
     from pipelines.ingest import read_price_file
 
-    sample = REPO / "data" / "msft.csv"
-    (tmp_path / "mlflow.yaml").write_text(
-        (Path(__file__).parent / "conftest.py")
-        .read_text()
-        .split('TINY_CONFIG = """\\\n')[1]
-        .split('"""')[0]
-        .replace("prices/TEST.csv", "msft.csv")
-        .replace("ticker: TEST", "ticker: MSFT")
-    )
-    frame = read_price_file(sample, ticker="MSFT").table.to_pandas()
+    shutil.copy(REPO / "mlflow.yaml", tmp_path / "mlflow.yaml")
+    frame = read_price_file(REPO / "data" / "msft.csv", ticker="MSFT").table.to_pandas()
     head, tail = frame.iloc[:-12], frame.iloc[-12:]
-    head.rename(columns=str.title).to_csv(tmp_path / "msft.csv", index=False)
-    settings = load_settings(tmp_path / "mlflow.yaml", env={})
+    (tmp_path / "data").mkdir()
+    _write_yahoo(head, tmp_path / "data" / "msft.csv")
+    small = [
+        "model.layers=2",
+        "model.units=16",
+        "training.epochs=5",
+        "evaluation.backtest_folds=0",
+    ]
+    settings = load_settings(tmp_path / "mlflow.yaml", small, env={})
     training_flow(settings=settings)
     let_days_arrive(settings, "MSFT", tail, tmp_path / "days")
     got = monitoring.score_ticker.fn(settings, "MSFT")
