@@ -141,6 +141,8 @@ def _record(settings: Settings, result: LiveScore) -> None:
     target = str(own["target"].iloc[0])
     fig = plot_live(own, prices, ticker, target)
     tracking.log_figures(run_id, {"live_forecasts": fig})
+    # Finished after each scoring (the next one logs to it again): not left "Running".
+    tracking.end_run(run_id, True)
     name = settings.registry.name_for(ticker)
     figures = result.window[version].as_dict()
     tracking.tag_live(name, version, figures, result.scored_through or "")

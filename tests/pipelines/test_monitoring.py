@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def _client():
     return MlflowClient()
 
 
-def test_forecasts_are_logged_scored_once_and_recorded(tiny_settings, tiny_project):
+def test_forecasts_are_logged_scored_once_and_recorded(tiny_settings, tiny_project, capsys):
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
@@ -49,7 +50,8 @@ def test_forecasts_are_logged_scored_once_and_recorded(tiny_settings, tiny_proje
     matched = first.matched
     assert int(matched["scored"].sum()) == 3 + 3 + 3 + 2 + 1
     assert first.pending == 3 + 2 + 1
-    assert first.scored_through == str(new["date"].iloc[-1].date())
+    row_last = str(new["date"].iloc[-1].date())
+    assert first.scored_through == row_last
     own = matched[matched["scored"]]
     assert first.since["1"].rmse == pytest.approx(
         math.sqrt(((own["forecast"] - own["actual"]) ** 2).mean())
@@ -58,7 +60,7 @@ def test_forecasts_are_logged_scored_once_and_recorded(tiny_settings, tiny_proje
     name = tiny_settings.registry.name_for("TEST")
     run_id = first.run_id
     run = _client().get_run(run_id)
-    assert run.info.run_name == "live TEST v1"
+    assert run.info.run_name == "live TEST v1" and run.info.status == "FINISHED"
     history = _client().get_metric_history(run_id, "live_rmse")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]
     stamps = {m.step: pd.Timestamp(m.timestamp, unit="ms").date() for m in history}
@@ -72,6 +74,19 @@ def test_forecasts_are_logged_scored_once_and_recorded(tiny_settings, tiny_proje
     assert again.run_id == run_id and again.since["1"] == first.since["1"]
     assert len(_client().get_metric_history(run_id, "live_rmse")) == 5  # nothing counted twice
     assert len(log.read("TEST")) == 18
+
+    from pipelines.cli import main
+
+    config = str(tiny_project / "mlflow.yaml")
+    assert main(["status", "--json", "--config", config]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["champion"] == "v1" and row["pending"] == 6 and row["scored_days"] == 5
+    assert row["trained_through"] == "2020-06-16" and row["store_last_date"] == row_last
+    assert row["live_rmse"] == pytest.approx(first.window["1"].rmse)
+    assert set(row["coverage"]) == {"80", "95"} and row["next_retraining"]
+    assert main(["status", "--config", config]) == 0
+    table = capsys.readouterr().out
+    assert "TEST" in table and "v1 since" in table and "(5d)" in table
 
     with get_client(sync_client=True) as client:
         names = {r.name for r in client.read_flow_runs(limit=200)}
