@@ -209,3 +209,12 @@ def test_no_degraded_event_on_the_bundled_sample(tmp_path):
     assert w.days >= settings.monitoring.min_days
     assert not got.verdict.degraded, got.verdict.reasons
     assert not got.event
+
+
+def test_the_retraining_deployment_listens_for_degraded_champions(tiny_settings, tiny_project):
+    from pipelines.serve import deployments
+
+    retrain, _ = deployments(tiny_settings, str(tiny_project / "mlflow.yaml"))
+    by_event = {next(iter(t.expect)): t.parameters["trigger"] for t in retrain.triggers}
+    assert by_event == {"prices.updated": "new_data", "model.degraded": "degraded"}
+    assert retrain.schedules[0].parameters["trigger"] == "cron"
