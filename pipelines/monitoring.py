@@ -92,9 +92,10 @@ def score(settings: Settings, ticker: str, champion: str | None) -> LiveScore:
     """Match the ticker's log to its stored prices; figures per version (no side effects)."""
     logged = forecast_log(settings).read(ticker)
     result = LiveScore(ticker, champion, None, 0)
-    if logged.empty:
+    store = PriceStore(settings.store_path)
+    if logged.empty or store.manifest(ticker) is None:  # nothing logged, or no prices
         return result
-    prices = PriceStore(settings.store_path).load(ticker)
+    prices = store.load(ticker)
     name = settings.registry.name_for(ticker)
     logged = logged[logged["model_name"] == name]
     parts = []
