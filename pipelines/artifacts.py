@@ -52,7 +52,10 @@ def table(key: str, rows: Sequence[Mapping[str, Any]], description: str) -> None
     from prefect.artifacts import create_table_artifact
 
     clean = [{k: _cell(v) for k, v in row.items()} for row in rows]
-    create_table_artifact(clean, key=key, description=description)
+    try:
+        create_table_artifact(clean, key=key, description=description)
+    except Exception as exc:  # what the UI shows must never fail the work it describes
+        log.warning("could not publish the Prefect artifact %r: %s", key, exc)
 
 
 def link(key: str, url: str, text: str, description: str) -> None:
@@ -60,4 +63,7 @@ def link(key: str, url: str, text: str, description: str) -> None:
         return
     from prefect.artifacts import create_link_artifact
 
-    create_link_artifact(url, link_text=text, key=key, description=description)
+    try:
+        create_link_artifact(url, link_text=text, key=key, description=description)
+    except Exception as exc:
+        log.warning("could not publish the Prefect artifact %r: %s", key, exc)

@@ -313,7 +313,10 @@ def _publish_results(settings: Settings, kind: str, results: list[TickerResult])
     """A table artifact of the run's results and a link to each ticker's MLflow run."""
     rows = []
     for r in results:
-        url = tracking.run_url(settings, r.run_id) if r.run_id else None
+        try:
+            url = tracking.run_url(settings, r.run_id) if r.run_id else None
+        except Exception:  # a link is a convenience: the results table still goes out
+            url = None
         m = r.metrics
         rows.append(
             {
