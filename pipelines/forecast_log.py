@@ -15,6 +15,7 @@ nothing. A file that cannot be read stops the write with an error naming it, unt
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -151,3 +152,8 @@ class ForecastLog:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         _atomic_write_bytes(path, sink.getvalue().to_pybytes())
+        # mkstemp made it 0600 whatever the umask: other readers of the log need the usual
+        # mode (fsio's atomic write can set it before the rename once the lead points it there)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(path, 0o666 & ~umask)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import duckdb
 import pandas as pd
 import pyarrow.dataset as ds
@@ -57,6 +59,9 @@ def test_logging_twice_is_one_row_each_and_readers_agree(tmp_path):
     ).fetchall()[0][0]
     assert n == 8
     assert {p.suffix for p in (tmp_path / "log").rglob("*") if p.is_file()} == {".parquet"}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in log.files()} == {0o666 & ~umask}
 
 
 def test_a_corrupt_file_is_a_clear_error_and_is_not_rewritten(tmp_path):
