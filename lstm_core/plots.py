@@ -129,3 +129,44 @@ def plot_backtest(folds: pd.DataFrame, ticker: str) -> Figure:
     ax.set_ylabel("RMSE (price)")
     ax.legend(loc="best")
     return fig
+
+
+def plot_live(scored: pd.DataFrame, prices: pd.DataFrame, ticker: str, target: str) -> Figure:
+    """Logged next-day forecasts with their bands against the prices that arrived.
+
+    ``scored`` is the matched log (lstm_core.scoring.match); step-1 forecasts are drawn as a
+    line with their bands, longer steps as dots, the realized prices as a black line.
+    """
+    fig = Figure(figsize=_SIZE, layout="constrained")
+    ax = fig.add_subplot()
+    done = scored[scored["scored"]].sort_values("target_date")
+    if not done.empty:
+        first = done["target_date"].min() - pd.offsets.BDay(5)
+        real = prices[pd.to_datetime(prices[DATE_COLUMN]) >= first]
+        ax.plot(pd.to_datetime(real[DATE_COLUMN]), real[target], color="black", label="actual")
+        one = done[done["step"] == 1]
+        for i, name in enumerate(_levels_in(one)):
+            ax.fill_between(
+                one["target_date"],
+                one[f"lower_{name}"],
+                one[f"upper_{name}"],
+                color="tab:green",
+                alpha=0.15 + 0.15 * i,
+                linewidth=0,
+                label=f"{name}% band (next day)",
+            )
+        ax.plot(one["target_date"], one["forecast"], color="tab:blue", label="next-day forecast")
+        later = done[done["step"] > 1]
+        if not later.empty:
+            ax.scatter(
+                later["target_date"],
+                later["forecast"],
+                s=10,
+                color="tab:orange",
+                alpha=0.6,
+                label="forecasts 2+ days ahead",
+            )
+        ax.legend(loc="best")
+    ax.set_title(f"{ticker}: live forecasts vs realized {target}")
+    ax.set_ylabel(f"{target} price")
+    return fig

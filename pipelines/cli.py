@@ -83,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout", type=float, default=None, metavar="MIN", help="time budget in minutes"
     )
+    p = sub.add_parser("score", help="score logged forecasts against the prices that arrived")
+    _common(p)
+    p.add_argument("--ticker", action="append", default=None, dest="tickers")
+
+    p = sub.add_parser("status", help="one line per ticker: champion, data, live figures")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
 
     p = sub.add_parser("serve", help="serve the retraining and forecast deployments")
     _common(p)
@@ -308,6 +315,40 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
+def _cmd_score(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    tickers = [_checked_ticker(t) for t in args.tickers] if args.tickers else None
+    from pipelines.monitoring import render_status, scoring_flow, status
+
+    results = scoring_flow(settings=settings, tickers=tickers)
+    for r in results.values():
+        if r.event:
+            print(
+                f"{r.ticker}: champion v{r.champion} degraded: emitted {settings.monitoring.event}"
+            )
+    print(render_status(status(settings), settings.monitoring.window_days))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    # No Prefect: the figures are computed from the forecast log, the store and the registry.
+    import json
+
+    from pipelines.monitoring import render_status, status
+
+    settings = _settings(args)
+    rows = status(settings)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=_json_value))
+    else:
+        print(render_status(rows, settings.monitoring.window_days))
+    return 0
+
+
+def _json_value(value: object) -> object:
+    return str(value)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from pipelines.serve import serve
@@ -335,6 +376,8 @@ COMMANDS = {
     "serve": _cmd_serve,
     "tune": _cmd_tune,
     "demo": _cmd_demo,
+    "score": _cmd_score,
+    "status": _cmd_status,
 }
 
 

@@ -104,6 +104,16 @@ class ScheduleConfig(_Section):
         return v
 
 
+class MonitoringConfig(_Section):
+    """Live scoring of the champion's logged forecasts, and when it counts as degraded."""
+
+    window_days: int = Field(20, ge=1)  # rolling window, in scored trading days
+    min_days: int = Field(10, ge=1)  # scored days needed before a verdict
+    max_live_ratio: float = Field(1.5, gt=0.0)  # degraded: live RMSE > this x naive RMSE
+    coverage_tolerance: float = Field(0.25, ge=0.0, le=1.0)  # degraded: below nominal - this
+    event: str = "model.degraded"
+
+
 class RuntimeConfig(_Section):
     task_runner: Literal["thread", "dask"] = "thread"
     dask_address: str | None = None
@@ -242,6 +252,7 @@ class Settings(_Section):
     schedule: ScheduleConfig = ScheduleConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     tuning: TuningConfig = TuningConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     # Folder the relative paths were resolved against (the config file's folder).
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 

@@ -1,7 +1,9 @@
-"""`lstm-pipeline demo` (what `make run` runs): train on the bundled sample, then retrain.
+"""`lstm-pipeline demo` (what `make run` runs): train, forecast, score, then retrain.
 
-The sample's last rows are held back, trained without, then dropped into the incoming
-folder as a new price file, so the retraining flow has real new data to pick up.
+The sample's last rows are held back and trained without. They then arrive one trading day
+at a time (each day's file is ingested and the champion forecasts from it, into the forecast
+log), the scoring flow scores every forecast whose day has come, `status` shows the live
+figures, and the retraining flow picks up the new rows.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from pipelines.config import Settings
 from pipelines.fsio import atomic_write
 from pipelines.ingest import read_price_file
+from pipelines.monitoring import forecast_log, render_status, scoring_flow, status
 
 HELD_BACK_ROWS = 20
 
@@ -35,18 +38,45 @@ def run_demo(settings: Settings, say: Callable[[str], None]) -> None:
         summary = flow(settings=settings, files=[str(head_file)], ticker=parsed.ticker)
     say(summary.render())
 
-    incoming = settings.path(settings.data.incoming)
-    incoming.mkdir(parents=True, exist_ok=True)
-    new_file = incoming / f"{parsed.ticker}.csv"
-    _write_yahoo(tail, new_file)
     say(
-        f"\n== 2. {len(tail)} newer days dropped into {new_file} "
-        f"({tail['date'].iloc[0]}..{tail['date'].iloc[-1]}); retraining flow"
+        f"\n== 2. {len(tail)} held-back days arrive one a day "
+        f"({tail['date'].iloc[0]}..{tail['date'].iloc[-1]}): ingest, then the champion forecasts"
     )
+    logged = let_days_arrive(settings, parsed.ticker, tail, work / "days")
+    say(
+        f"{len(tail)} days ingested; forecast log: {logged} rows under {forecast_log(settings).root}"
+    )
+
+    say("\n== 3. scoring flow: the logged forecasts against the prices that arrived")
+    scoring_flow(settings=settings)
+    say(render_status(status(settings), settings.monitoring.window_days))
+
+    say("\n== 4. retraining flow (what the cron runs): scores, then retrains on the new rows")
     with fan_out(settings, retraining_flow) as flow:
-        say(flow(settings=settings).render())
-        say("\n== 3. retraining again with nothing new")
-        say(flow(settings=settings).render())
+        say(flow(settings=settings, trigger="cron").render())
+        say("\n== 5. retraining again with nothing new")
+        say(flow(settings=settings, trigger="cron").render())
+    say("\n== status (lstm-pipeline status)")
+    say(render_status(status(settings), settings.monitoring.window_days))
+
+
+def let_days_arrive(settings: Settings, ticker: str, days, folder: Path) -> int:
+    """Ingest `days` one row at a time, each followed by a forecast run; returns log rows."""
+    from pipelines.flows import forecast_flow
+    from pipelines.ingest import read_configured
+    from pipelines.store import PriceStore
+
+    folder.mkdir(parents=True, exist_ok=True)
+    store = PriceStore(settings.store_path)
+    for i in range(len(days)):
+        day = days.iloc[i : i + 1]
+        path = folder / f"{ticker}-{day['date'].iloc[0]}.csv"
+        _write_yahoo(day, path)
+        store.merge_all(read_configured(settings.data, path, ticker))
+        result = forecast_flow(settings=settings, tickers=[ticker])
+        if not result.ok:
+            raise RuntimeError(f"forecast on {day['date'].iloc[0]} failed: {result.errors}")
+    return len(forecast_log(settings).read(ticker))
 
 
 def _write_yahoo(frame, path: Path) -> None:

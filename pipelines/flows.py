@@ -18,7 +18,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from lstm_core.predictor import Forecaster
-from pipelines import promotion, tasks, tracking
+from pipelines import artifacts, monitoring, promotion, tasks, tracking
 from pipelines.config import Settings, load_settings
 from pipelines.errors import PipelineError
 from pipelines.fsio import atomic_write
@@ -103,8 +103,16 @@ def _promote(
 promote = task(_promote, name="promote", cache_policy=NO_CACHE)
 
 
-def train_one(settings: Settings, ticker: str, source: str | None = None) -> TickerResult:
-    """The training pipeline for one ticker: store -> ... -> register -> promote."""
+def train_one(
+    settings: Settings,
+    ticker: str,
+    source: str | None = None,
+    run_tags: dict[str, str] | None = None,
+) -> TickerResult:
+    """The training pipeline for one ticker: store -> ... -> register -> promote.
+
+    A promoted version forecasts at once, and that forecast goes to the forecast log.
+    """
     quiet_tensorflow()  # in a served run or a Dask worker this is the first TF import
     frame, manifest = tasks.load_prices(settings, ticker)
     frames = tasks.split(frame, settings)
@@ -128,7 +136,7 @@ def train_one(settings: Settings, ticker: str, source: str | None = None) -> Tic
         tracking.TAG_DATA_DIGEST: manifest.digest,
         tracking.TAG_DATA_ROWS: str(manifest.rows),
     }
-    run_id = tracking.start_run(settings, experiment_id, ticker, data_tags)
+    run_id = tracking.start_run(settings, experiment_id, ticker, {**data_tags, **(run_tags or {})})
     result = TickerResult(ticker=ticker, run_id=run_id)
     ok = False
     try:
@@ -198,6 +206,11 @@ def train_one(settings: Settings, ticker: str, source: str | None = None) -> Tic
         ok = True
     finally:
         tracking.end_run(run_id, ok)
+    if result.promoted:
+        try:
+            forecast_one(settings, ticker, settings.evaluation.forecast_days)
+        except Exception as exc:  # the promotion stands; the next forecast run logs instead
+            log.warning("%s: the new champion's first forecast failed: %s", ticker, exc)
     return result
 
 
@@ -254,18 +267,21 @@ def fan_out(settings: Settings, flow_obj: Any) -> Iterator[Any]:
         yield flow_obj.with_options(task_runner=runner)
 
 
-def _map_tickers(settings: Settings, tickers: list[str]) -> list[TickerResult]:
+def _map_tickers(
+    settings: Settings, tickers: list[str], run_tags: dict[str, dict[str, str]] | None = None
+) -> list[TickerResult]:
     """One branch per ticker; a branch's failure is reported, not propagated."""
+    run_tags = run_tags or {}
     if len(tickers) == 1:
         try:
-            return [train_one(settings, tickers[0])]
+            return [train_one(settings, tickers[0], run_tags=run_tags.get(tickers[0]))]
         except PipelineError:
             raise
         except Exception as exc:
             log.error("training %s failed: %s: %s", tickers[0], type(exc).__name__, exc)
             return [TickerResult(ticker=tickers[0], error=f"{type(exc).__name__}: {exc}")]
     log.info("training %d tickers in parallel: %s", len(tickers), ", ".join(tickers))
-    futures = [train_ticker.submit(settings, t) for t in tickers]
+    futures = [train_ticker.submit(settings, t, run_tags=run_tags.get(t)) for t in tickers]
     results = []
     for t, fut in zip(tickers, futures, strict=True):
         try:
@@ -285,7 +301,50 @@ def emit_updated(settings: Settings, ticker: str, added: int) -> None:
     )
 
 
-@flow(name="training", log_prints=False)
+def _publish_results(settings: Settings, kind: str, results: list[TickerResult]) -> None:
+    """A table artifact of the run's results and a link to each ticker's MLflow run."""
+    rows = []
+    for r in results:
+        try:
+            url = tracking.run_url(settings, r.run_id) if r.run_id else None
+        except Exception:  # a link is a convenience: the results table still goes out
+            url = None
+        m = r.metrics
+        rows.append(
+            {
+                "ticker": r.ticker,
+                "version": r.version,
+                "test_rmse": m.get("test_rmse"),
+                "naive_rmse": m.get("naive_rmse"),
+                "skill_vs_naive": m.get("skill_vs_naive"),
+                "decision": "error" if r.error else ("promoted" if r.promoted else "refused"),
+                "reason": r.error or r.reason,
+                "mlflow": url,
+            }
+        )
+        if url:
+            artifacts.link(
+                artifacts.artifact_key(kind, r.ticker, "mlflow"),
+                url,
+                f"{kind} {r.ticker} v{r.version}",
+                "The MLflow run of this training",
+            )
+    artifacts.table(
+        artifacts.artifact_key(kind, "results"),
+        rows,
+        f"{kind}: test RMSE against naive, version, promotion decision",
+    )
+
+
+def _run_name(kind: str, settings: Settings, tickers: list[str], word: str = "to") -> str:
+    """`train MSFT to 2017-10-13`, `retrain 3 tickers`, `forecast MSFT from 2017-11-10`."""
+    if len(tickers) != 1:
+        return f"{kind} {len(tickers)} tickers"
+    manifest = PriceStore(settings.store_path).manifest(tickers[0])
+    return f"{kind} {tickers[0]}" + (f" {word} {manifest.last_date}" if manifest else "")
+
+
+@flow(name="training", log_prints=False, flow_run_name="train")
 def training_flow(
     settings: Settings | None = None,
     files: list[str] | None = None,
@@ -309,7 +368,9 @@ def training_flow(
     todo = list(tickers or []) or touched or ([ticker] if ticker else [])
     if not todo:
         raise PipelineError("nothing to train: give FILE(s) or --ticker")
+    artifacts.name_run(_run_name("train", settings, todo))
     summary.results = _map_tickers(settings, todo)
+    _publish_results(settings, "training", summary.results)
     return summary
 
 
@@ -346,13 +407,19 @@ def needs_training(settings: Settings, ticker: str) -> tuple[bool, str]:
     return True, f"gained {gained} row(s) since {since}"
 
 
-@flow(name="retraining")
+@flow(name="retraining", flow_run_name="retrain")
 def retraining_flow(
     settings: Settings | None = None,
     config_path: str | None = None,
     overrides: list[str] | None = None,
+    trigger: str = "manual",
 ) -> Summary:
-    """Ingest new files from the incoming folder; retrain the tickers whose data changed."""
+    """Ingest new files from the incoming folder, score the live forecasts, then retrain
+    the tickers whose data changed or whose champion has degraded.
+
+    `trigger` (cron | new_data | degraded | manual) is what started the run; each retrained
+    ticker's MLflow run records it and its own reason (new_data | degraded) with the figures.
+    """
     settings = _settings(settings, config_path, overrides)
     summary = Summary(settings)
     incoming = settings.path(settings.data.incoming)
@@ -368,16 +435,35 @@ def retraining_flow(
         # Only once the rows are safely in the store does the file leave the incoming folder.
         _move(path, settings.path(settings.data.archive))
         summary.notes.extend(f"ingested {path.name}: {describe(r)}" for r in reports)
-    todo = []
+    # The champion already decays: the scoring below decides on it, so no event is emitted.
+    live = monitoring.score_all(settings, emit=False)
+    todo: list[str] = []
+    tags: dict[str, dict[str, str]] = {}
     for ticker in PriceStore(settings.store_path).tickers():
         stale, why = needs_training(settings, ticker)
+        score = live.get(ticker)
+        reason = "new_data"
+        if not stale and score is not None and score.verdict.degraded:
+            if why.startswith("unchanged since"):
+                why = f"degraded, but {why}"
+            else:
+                stale, reason = True, "degraded"
+                why = "champion degraded: " + "; ".join(score.verdict.reasons)
         summary.notes.append(f"{ticker}: {'retrain' if stale else 'skip'} ({why})")
         if stale:
             todo.append(ticker)
+            tags[ticker] = {
+                "retrain.trigger": trigger,
+                "retrain.reason": reason,
+                "retrain.detail": why[:5000],
+            }
     if not todo:
         summary.notes.append("nothing changed: no ticker to retrain")
+        artifacts.name_run("retrain: nothing to do")
         return summary
-    summary.results = _map_tickers(settings, todo)
+    artifacts.name_run(_run_name("retrain", settings, todo))
+    summary.results = _map_tickers(settings, todo, tags)
+    _publish_results(settings, "retraining", summary.results)
     return summary
 
 
@@ -400,8 +486,8 @@ class ForecastResult:
         return "\n".join(out)
 
 
-@task(name="forecast-ticker", cache_policy=NO_CACHE, **tasks.IO_RETRY)
-def forecast_ticker(settings: Settings, ticker: str, days: int) -> tuple[pd.DataFrame, Path]:
+def forecast_one(settings: Settings, ticker: str, days: int) -> tuple[pd.DataFrame, Path]:
+    """The champion's next `days` trading days: the latest file, plus rows in the log."""
     quiet_tensorflow()
     name = settings.registry.name_for(ticker)
     tracking.connect(settings)
@@ -423,10 +509,17 @@ def forecast_ticker(settings: Settings, ticker: str, days: int) -> tuple[pd.Data
     path = out_dir / f"{ticker}.parquet"
     atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
     tracking.log_forecast(settings, ticker, version.version, path)
+    made_on = history["date"].iloc[-1]
+    monitoring.log_forecast(settings, ticker, frame, made_on, version)
     return frame, path
 
 
-@flow(name="forecast")
+forecast_ticker = task(
+    forecast_one, name="forecast-ticker", cache_policy=NO_CACHE, **tasks.IO_RETRY
+)
+
+
+@flow(name="forecast", flow_run_name="forecast")
 def forecast_flow(
     settings: Settings | None = None,
     tickers: list[str] | None = None,
@@ -439,6 +532,7 @@ def forecast_flow(
     days = days or settings.evaluation.forecast_days
     tickers = tickers or PriceStore(settings.store_path).tickers()
     result = ForecastResult()
+    artifacts.name_run(_run_name("forecast", settings, tickers, "from"))
     futures = {t: forecast_ticker.submit(settings, t, days) for t in tickers}
     for t, fut in futures.items():
         try:

@@ -24,7 +24,11 @@ def deployments(
     overrides: list[str] | None = None,
     tickers: list[str] | None = None,
 ) -> list:
-    """The retraining deployment (cron + an event trigger) and the forecast deployment."""
+    """The retraining deployment (cron + new prices + a degraded champion) and the forecast one.
+
+    Each trigger passes `trigger` (cron | new_data | degraded), which the retrained versions'
+    runs record as `retrain.trigger`.
+    """
     from prefect.events import DeploymentEventTrigger
     from prefect.schedules import Cron
 
@@ -33,7 +37,13 @@ def deployments(
     params = {"config_path": config_path, "overrides": list(overrides or [])}
     retrain = retraining_flow.to_deployment(
         name=RETRAIN_DEPLOYMENT,
-        schedules=[Cron(settings.schedule.cron, timezone=settings.schedule.timezone)],
+        schedules=[
+            Cron(
+                settings.schedule.cron,
+                timezone=settings.schedule.timezone,
+                parameters={**params, "trigger": "cron"},
+            )
+        ],
         parameters=params,
         triggers=[
             # Ingestion emits this event when a ticker gains rows: retrain without waiting.
@@ -41,8 +51,15 @@ def deployments(
                 name="new-prices",
                 expect={settings.schedule.event},
                 match={"prefect.resource.id": "lstm.ticker.*"},
-                parameters=params,
-            )
+                parameters={**params, "trigger": "new_data"},
+            ),
+            # Scoring emits this when a champion decays: retrain it even without new rows.
+            DeploymentEventTrigger(
+                name="degraded-champion",
+                expect={settings.monitoring.event},
+                match={"prefect.resource.id": "lstm.ticker.*"},
+                parameters={**params, "trigger": "degraded"},
+            ),
         ],
         description="Ingest new price files and retrain tickers whose data changed.",
     )

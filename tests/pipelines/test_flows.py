@@ -106,7 +106,9 @@ def test_demo_command_trains_then_retrains_on_held_back_days(tiny_project, capsy
     assert main(["demo", "--config", str(tiny_project / "mlflow.yaml")]) == 0
     out = capsys.readouterr().out
     assert "== 1. training flow" in out and "version 1: CHAMPION" in out
-    assert "TEST +20 new" in out and "version 2:" in out
+    assert "20 days ingested; forecast log: 63 rows" in out  # 3 + 20 forecasts of 3 days
+    assert "live RMSE / naive (20d)" in out and "TEST last decision" in out
+    assert "gained 20 row(s) since v1" in out and "version 2:" in out
     assert "nothing changed" in out
 
 

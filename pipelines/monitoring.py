@@ -1,0 +1,327 @@
+"""Live monitoring: log the champion's forecasts, score them as prices arrive, report, alert.
+
+- :func:`log_forecast` appends a forecast to the forecast log (pipelines.forecast_log).
+- :func:`score` matches a ticker's logged forecasts to the stored prices and computes, per
+  version, the live figures over the rolling window and since the version became champion.
+- :func:`score_ticker` (a task; also run at the start of retraining) records the champion's
+  figures in MLflow (run `live <T> v<N>`, version tags `live.*`), in a Prefect table artifact
+  `live-<t>`, and emits `monitoring.event` (model.degraded) when the champion has decayed.
+- :func:`status` is the table of `lstm-pipeline status`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from lstm_core import scoring
+from pipelines import artifacts, tracking
+from pipelines.config import Settings
+from pipelines.forecast_log import ForecastLog, rows_from_forecast
+from pipelines.store import PriceStore
+
+log = logging.getLogger("pipelines")
+
+TAG_DEGRADED_EVENT = "live.degraded_event_through"
+
+
+def forecast_log(settings: Settings) -> ForecastLog:
+    return ForecastLog(settings.path(settings.data.forecasts) / "log", settings.path(".locks"))
+
+
+def log_forecast(
+    settings: Settings,
+    ticker: str,
+    frame: pd.DataFrame,
+    made_on: Any,
+    version: tracking.RegisteredVersion,
+) -> int:
+    """Append a champion's forecast frame to the log; returns the rows added (0: known)."""
+    rows = rows_from_forecast(
+        frame,
+        made_on=made_on,
+        model_name=version.name,
+        version=version.version,
+        run_id=version.run_id,
+        target=settings.features.target,
+    )
+    return forecast_log(settings).append(ticker, rows)
+
+
+@dataclass
+class LiveScore:
+    """A ticker's live figures: per version, the window and since-champion metrics."""
+
+    ticker: str
+    champion: str | None
+    scored_through: str | None  # the last target date scored
+    pending: int  # champion forecasts whose target has not arrived
+    window: dict[str, scoring.LiveMetrics] = field(default_factory=dict)
+    since: dict[str, scoring.LiveMetrics] = field(default_factory=dict)
+    verdict: scoring.Verdict = scoring.Verdict(False, ())
+    matched: pd.DataFrame | None = None
+    run_id: str | None = None
+    event: bool = False
+
+    def row(self) -> dict[str, Any]:
+        """The champion's figures as one flat row (artifact, JSON)."""
+        v = self.champion
+        w = self.window.get(v) if v else None
+        s = self.since.get(v) if v else None
+        out: dict[str, Any] = {"ticker": self.ticker, "version": v}
+        out["scored_through"] = self.scored_through
+        out["pending"] = self.pending
+        if w is not None:
+            out.update(w.as_dict("window_"))
+        if s is not None:
+            out.update(s.as_dict("since_champion_"))
+        out["degraded"] = self.verdict.degraded
+        out["why"] = "; ".join(self.verdict.reasons)
+        return out
+
+
+def score(settings: Settings, ticker: str, champion: str | None) -> LiveScore:
+    """Match the ticker's log to its stored prices; figures per version (no side effects)."""
+    logged = forecast_log(settings).read(ticker)
+    result = LiveScore(ticker, champion, None, 0)
+    store = PriceStore(settings.store_path)
+    if logged.empty or store.manifest(ticker) is None:  # nothing logged, or no prices
+        return result
+    prices = store.load(ticker)
+    name = settings.registry.name_for(ticker)
+    logged = logged[logged["model_name"] == name]
+    parts = []
+    for target, part in logged.groupby("target", sort=False):
+        if target in prices.columns:
+            parts.append(scoring.match(part, prices, str(target)))
+    if not parts:
+        return result
+    matched = pd.concat(parts, ignore_index=True)
+    result.matched = matched
+    done = matched[matched["scored"]]
+    if not done.empty:
+        result.scored_through = str(done["target_date"].max().date())
+    mon = settings.monitoring
+    for version, part in matched.groupby("version", sort=False):
+        levels = scoring.levels_of(part.dropna(axis=1, how="all"))
+        result.since[version] = scoring.metrics(part, levels)
+        result.window[version] = scoring.metrics(scoring.window(part, mon.window_days), levels)
+    if champion is not None:
+        own = matched[matched["version"] == champion]
+        result.pending = int((~own["scored"]).sum())
+        if champion in result.window:
+            result.verdict = scoring.verdict(
+                result.window[champion], mon.min_days, mon.max_live_ratio, mon.coverage_tolerance
+            )
+    return result
+
+
+def _record(settings: Settings, result: LiveScore) -> None:
+    """The champion's figures to MLflow: monitoring run series, plot, version tags."""
+    from lstm_core.plots import plot_live
+
+    ticker, version = result.ticker, result.champion
+    own = result.matched[result.matched["version"] == version]
+    if own.empty or not own["scored"].any():
+        return
+    prices = PriceStore(settings.store_path).load(ticker)
+    dates = pd.to_datetime(prices["date"]).to_numpy()
+    first_made = pd.Timestamp(own["made_on"].min()).to_datetime64()
+    origin = int(dates.searchsorted(first_made, side="right")) - 1
+    run_id = tracking.monitoring_run(settings, ticker, version)
+    result.run_id = run_id
+    tracking.log_live_series(run_id, scoring.series(own, settings.monitoring.window_days, origin))
+    target = str(own["target"].iloc[0])
+    fig = plot_live(own, prices, ticker, target)
+    tracking.log_figures(run_id, {"live_forecasts": fig})
+    # Finished after each scoring (the next one logs to it again): not left "Running".
+    tracking.end_run(run_id, True)
+    name = settings.registry.name_for(ticker)
+    figures = result.window[version].as_dict()
+    tracking.tag_live(name, version, figures, result.scored_through or "")
+
+
+def _emit_degraded(settings: Settings, result: LiveScore) -> bool:
+    """Emit monitoring.event once per champion and scored-through date."""
+    from prefect.events import emit_event
+
+    name = settings.registry.name_for(result.ticker)
+    tags = tracking.get_version(name, result.champion).tags
+    if tags.get(TAG_DEGRADED_EVENT) == result.scored_through:
+        return False
+    w = result.window[result.champion]
+    emit_event(
+        event=settings.monitoring.event,
+        resource={
+            "prefect.resource.id": f"lstm.ticker.{result.ticker}",
+            "ticker": result.ticker,
+            "version": result.champion,
+        },
+        payload={
+            "reasons": list(result.verdict.reasons),
+            "scored_through": result.scored_through,
+            **{k: v for k, v in w.as_dict().items() if not math.isnan(v)},
+        },
+    )
+    tracking.tag_version(name, result.champion, {TAG_DEGRADED_EVENT: result.scored_through})
+    return True
+
+
+def score_one(settings: Settings, ticker: str, emit: bool = True) -> LiveScore:
+    """Score, record in MLflow and Prefect, and alert when the champion has decayed."""
+    tracking.connect(settings)
+    name = settings.registry.name_for(ticker)
+    current = tracking.champion(name, settings.registry.alias)
+    result = score(settings, ticker, current.version if current else None)
+    if current is None or result.matched is None:
+        return result
+    _record(settings, result)
+    key = artifacts.artifact_key("live", ticker)
+    artifacts.table(key, [result.row()], f"{ticker} live figures of champion v{current.version}")
+    if result.run_id:
+        artifacts.link(
+            artifacts.artifact_key("live", ticker, "mlflow"),
+            tracking.run_url(settings, result.run_id),
+            f"live {ticker} v{current.version}",
+            "The MLflow monitoring run (live metrics by trading day, forecasts vs prices)",
+        )
+    if result.verdict.degraded:
+        log.warning(
+            "%s champion v%s degraded: %s",
+            ticker,
+            current.version,
+            "; ".join(result.verdict.reasons),
+        )
+        if emit:
+            result.event = _emit_degraded(settings, result)
+    return result
+
+
+score_ticker = task(score_one, name="score-ticker", cache_policy=NO_CACHE)
+
+
+def score_all(settings: Settings, tickers: list[str] | None = None, emit: bool = True):
+    tickers = tickers or forecast_log(settings).tickers()
+    return {t: score_ticker(settings, t, emit) for t in tickers}
+
+
+@flow(name="scoring", flow_run_name="score")
+def scoring_flow(
+    settings: Settings | None = None,
+    tickers: list[str] | None = None,
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
+) -> dict[str, LiveScore]:
+    """Score every ticker's logged forecasts against the prices that have arrived."""
+    from pipelines.flows import _settings
+
+    settings = _settings(settings, config_path, overrides)
+    results = score_all(settings, tickers)
+    through = max((r.scored_through for r in results.values() if r.scored_through), default=None)
+    artifacts.name_run(f"score {through or 'nothing due'}")
+    return results
+
+
+# ---------------------------------------------------------------- status
+
+
+def next_cron(settings: Settings, now: dt.datetime | None = None) -> str:
+    """The next time the scheduled retraining fires (cron in its timezone)."""
+    from cronsim import CronSim
+
+    tz = ZoneInfo(settings.schedule.timezone)
+    start = (now or dt.datetime.now(tz)).astimezone(tz)
+    return next(CronSim(settings.schedule.cron, start)).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def status(settings: Settings) -> list[dict[str, Any]]:
+    """One row per stored ticker: champion, data dates, pending, live figures, decisions."""
+    store = PriceStore(settings.store_path)
+    tracking.connect(settings)
+    upcoming = next_cron(settings)
+    rows = []
+    for ticker in sorted(set(store.tickers()) | set(forecast_log(settings).tickers())):
+        name = settings.registry.name_for(ticker)
+        manifest = store.manifest(ticker)
+        known = tracking.versions(name) if tracking.registered_model_exists(name) else []
+        current = tracking.champion(name, settings.registry.alias) if known else None
+        result = score(settings, ticker, current.version if current else None)
+        w = result.window.get(current.version) if current else None
+        latest = known[-1] if known else None
+        decision = None
+        if latest is not None and latest.tags.get(tracking.TAG_REASON):
+            promoted = latest.tags.get(tracking.TAG_PROMOTED) == "true"
+            decision = (
+                f"v{latest.version} {'promoted' if promoted else 'refused'}: "
+                f"{latest.tags[tracking.TAG_REASON]}"
+            )
+        row: dict[str, Any] = {
+            "ticker": ticker,
+            "champion": f"v{current.version}" if current else None,
+            "champion_since": (current.tags.get("champion.since") if current else None),
+            "trained_through": current.tags.get(tracking.TAG_DATA_LAST_DATE) if current else None,
+            "store_last_date": str(manifest.last_date) if manifest else None,
+            "pending": result.pending,
+            "scored_days": w.days if w else 0,
+            "live_rmse": w.rmse if w else None,
+            "naive_rmse": w.naive_rmse if w else None,
+            "skill_vs_naive": w.skill_vs_naive if w else None,
+            "coverage": dict(w.coverage) if w else {},
+            "degraded": result.verdict.degraded,
+            "last_decision": decision,
+            "next_retraining": upcoming,
+        }
+        rows.append({k: _plain(v) for k, v in row.items()})
+    return rows
+
+
+def _plain(value: Any) -> Any:
+    """NaN becomes None (valid JSON), nested dicts alike."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def render_status(rows: list[dict[str, Any]], window_days: int) -> str:
+    """A plain-text table, one line per ticker."""
+
+    def num(v: Any, fmt: str = ".4f") -> str:
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+    table = []
+    for r in rows:
+        cov = " ".join(f"{k}%:{num(v, '.2f')}" for k, v in r["coverage"].items()) or "-"
+        since = (r["champion_since"] or "-")[:10]
+        table.append(
+            {
+                "ticker": r["ticker"],
+                "champion": f"{r['champion'] or '-'} since {since}",
+                "trained to": r["trained_through"] or "-",
+                "store to": r["store_last_date"] or "-",
+                "pending": str(r["pending"]),
+                f"live RMSE / naive ({window_days}d)": (
+                    f"{num(r['live_rmse'])} / {num(r['naive_rmse'])} ({r['scored_days']}d)"
+                ),
+                "coverage": cov,
+                "state": "DEGRADED" if r["degraded"] else "ok",
+                "next retraining": r["next_retraining"],
+            }
+        )
+    if not table:
+        return "no tickers in the store yet"
+    frame = pd.DataFrame(table)
+    lines = [frame.to_string(index=False)]
+    lines += [
+        f"{r['ticker']} last decision: {r['last_decision']}" for r in rows if r["last_decision"]
+    ]
+    return "\n".join(lines)
