@@ -517,3 +517,42 @@ def test_concurrent_ingestions_into_one_store_lose_no_rows(stack, tmp_path):
         assert len(got) == len(want) == got["date"].nunique()
         assert list(got["date"].dt.strftime("%Y-%m-%d")) == list(want["Date"])
         assert got["close"].to_numpy() == pytest.approx(want["Close"].to_numpy())
+
+
+def test_embedded_project_moves_to_the_server_by_retraining(stack, client_cmd, tmp_path):
+    """docs/deploy.md's way over: point the project at the servers and `retrain`: every
+    stored ticker without a model there is trained and registered from the store."""
+    from mlflow import MlflowClient
+
+    (tmp_path / "mlflow.yaml").write_text(TINY_CONFIG, encoding="utf-8")  # sqlite:///mlflow.db
+    write_prices(tmp_path / "prices" / f"{TICKER}.csv", price_frame(ROWS, seed=3))
+    embedded = child_env({"PREFECT_HOME": str(tmp_path / ".prefect")}, drop=("PREFECT_API_URL",))
+    out = subprocess.run(
+        [str(BIN / "lstm-pipeline"), "ingest", "--config", "mlflow.yaml", f"prices/{TICKER}.csv"]
+        + ["--ticker", TICKER],
+        cwd=tmp_path,
+        env=embedded,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = _cli(
+        client_cmd,
+        stack,
+        tmp_path,
+        "retrain",
+        "--config",
+        "mlflow.yaml",
+        "--set",
+        "registry.model_name=migrated-{ticker}",
+        "--set",
+        "evaluation.backtest_folds=0",
+    )
+    assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-4000:]}"
+    assert f"{TICKER}: retrain (no model yet)" in out.stdout, out.stdout
+    client = MlflowClient(tracking_uri=stack.mlflow.url, registry_uri=stack.mlflow.url)
+    champion = client.get_model_version_by_alias(f"migrated-{TICKER}", "champion")
+    assert champion.tags["data.rows"] == str(ROWS)
+    assert client.get_run(champion.run_id).info.artifact_uri.startswith("mlflow-artifacts:/")
