@@ -239,7 +239,10 @@ def prefect_reruns(flow_run_ids: list) -> int:
 
 
 def fan_out_on(backend: str, args, root: Path, tickers: list[str], postgres) -> dict:
-    """Servers on `backend`, a local Dask cluster pointed at them, warm-up, timed rounds."""
+    """Servers on `backend`, a local Dask cluster pointed at them, warm-up, timed rounds.
+
+    The settings files live in `root`, so every round trains from the one store there.
+    """
     from distributed import Client, LocalCluster
 
     from pipelines.flows import fan_out, training_flow
@@ -279,14 +282,19 @@ def fan_out_on(backend: str, args, root: Path, tickers: list[str], postgres) -> 
             client = Client(cluster)
             address = cluster.scheduler_address
             warm = settings_for(
-                home, "warm", prefix=f"{backend}warm", runner="thread", address="null", **common
+                root,
+                f"{backend}-warm",
+                prefix=f"{backend}warm",
+                runner="thread",
+                address="null",
+                **common,
             )
             warm_up(warm, args.rows)
             client.run(warm_up, warm, args.rows)
             warm_tickers = [f"W{os.getpid()}", *(f"W{p}" for p in client.run(os.getpid).values())]
             warm_par = settings_for(
-                home,
-                "warm-dask",
+                root,
+                f"{backend}-warm-dask",
                 prefix=f"{backend}warmdask",
                 runner="dask",
                 address=address,
@@ -304,8 +312,8 @@ def fan_out_on(backend: str, args, root: Path, tickers: list[str], postgres) -> 
             seconds, flow_runs = [], []
             for r in range(args.rounds):
                 par = settings_for(
-                    home,
-                    f"dask{r}",
+                    root,
+                    f"{backend}-dask{r}",
                     prefix=f"{backend}{r}",
                     runner="dask",
                     address=address,

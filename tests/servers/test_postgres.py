@@ -425,33 +425,43 @@ def _trail(client, name: str) -> tuple[str, list[str], dict[str, dict[str, str]]
     return champion, chain, tags
 
 
-def test_concurrent_promotions_leave_one_champion_and_a_consistent_trail(stack, fanned_out):
+def test_concurrent_promotions_leave_one_champion_and_a_consistent_trail(
+    stack, client_project, tmp_path
+):
     from mlflow import MlflowClient
 
     from pipelines import tracking
+    from pipelines.config import load_settings
 
-    ticker, racers = FANOUT_TICKERS[0], 5
-    name = f"test-{ticker}"
-    settings, root = fanned_out["settings"], fanned_out["root"]
+    racers = 5
+    name = f"race-{TICKER}"
+    (tmp_path / "mlflow.yaml").write_text(TINY_CONFIG, encoding="utf-8")
+    overrides = ["--set", "registry.model_name=race-{ticker}"]
+    settings = load_settings(
+        tmp_path / "mlflow.yaml",
+        [f"tracking.uri={stack.mlflow.url}", "registry.model_name=race-{ticker}"],
+        env={},
+    )
     tracking.connect(settings)
     client = MlflowClient(tracking_uri=stack.mlflow.url, registry_uri=stack.mlflow.url)
-    first = client.get_model_version(name, "1")
-    # More versions of the same model (its logged files again): nothing to train.
-    new = [
-        tracking.register(name, first.source, first.run_id, {"ticker": ticker}).version
-        for _ in range(racers)
+    trained = client.get_model_version(MODEL, "1")
+    # Versions of a new registered model made from the client's logged model: nothing to train.
+    versions = [
+        tracking.register(name, trained.source, trained.run_id, {"ticker": TICKER}).version
+        for _ in range(racers + 1)
     ]
+    first, new = versions[0], versions[1:]
 
     env = child_env(
-        {"MLFLOW_TRACKING_URI": stack.mlflow.url, "PREFECT_HOME": str(root / ".prefect")},
+        {"MLFLOW_TRACKING_URI": stack.mlflow.url, "PREFECT_HOME": str(tmp_path / ".prefect")},
         drop=("PREFECT_API_URL",),
     )
 
     def promote(version: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(BIN / "lstm-pipeline"), "promote", "--config", str(root / "mlflow.yaml")]
-            + ["--ticker", ticker, "--version", version, "--reason", f"race {version}"],
-            cwd=root,
+            [str(BIN / "lstm-pipeline"), "promote", "--config", "mlflow.yaml", *overrides]
+            + ["--ticker", TICKER, "--version", version, "--reason", f"race {version}"],
+            cwd=tmp_path,
             env=env,
             capture_output=True,
             text=True,
@@ -459,20 +469,21 @@ def test_concurrent_promotions_leave_one_champion_and_a_consistent_trail(stack, 
             check=False,
         )
 
+    assert promote(first).returncode == 0
     with ThreadPoolExecutor(racers) as pool:
         outs = list(pool.map(promote, new))
     assert [o.returncode for o in outs] == [0] * racers, [o.stderr[-2000:] for o in outs]
 
     champion, chain, tags = _trail(client, name)
-    for v in new:
+    for v in versions:
         assert tags[v]["promotion.promoted"] == "true", tags[v]
         assert tags[v]["promotion.reason"] == f"manual promotion: race {v}"
         assert tags[v]["promotion.pending"] == "false"
     assert "champion.replaced_by" not in tags[champion], tags[champion]
     # Every promotion handed the alias over once: the trail from the champion back walks
     # through every promoted version to the first, and each hand-over is recorded both ways.
-    assert sorted(chain, key=int) == ["1", *new], (chain, tags)
-    assert chain[-1] == "1"
+    assert sorted(chain, key=int) == versions, (chain, tags)
+    assert chain[-1] == first
     for newer, older in zip(chain, chain[1:], strict=False):
         assert tags[older]["champion.replaced_by"] == newer, (newer, older, tags)
 
