@@ -59,7 +59,7 @@ def _retry_io(task: Any, task_run: Any, state: Any) -> bool:
     except (PipelineError, FileNotFoundError, PermissionError, IsADirectoryError):
         return False  # bad input or a missing file does not heal by waiting
     except (OSError, ConnectionError, TimeoutError) as exc:
-        note_retry(f"task {task.name}", exc)
+        note_retry(f"task {getattr(task, 'name', task)}", exc)
         return True
     except Exception as exc:  # MLflow wraps HTTP failures in MlflowException
         # Two processes writing one SQLite file: some MLflow paths raise SQLAlchemy's own
@@ -68,7 +68,7 @@ def _retry_io(task: Any, task_run: Any, state: Any) -> bool:
             "database is locked" in str(exc)
         )
         if transient:
-            note_retry(f"task {task.name}", exc)
+            note_retry(f"task {getattr(task, 'name', task)}", exc)
         return transient
     return False
 
