@@ -337,6 +337,13 @@ def fan_out_on(backend: str, args, root: Path, tickers: list[str], postgres) -> 
         }
     finally:
         os.environ.pop(RETRY_LOG_ENV, None)
+        # This process's Prefect event and log workers keep the first server's URL: flush
+        # them to this backend's server and stop them, so the next backend gets new ones.
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        EventsWorker.drain_all(timeout=30)
+        APILogWorker.drain_all(timeout=30)
         if client is not None:
             client.close()
         if cluster is not None:
