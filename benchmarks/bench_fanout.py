@@ -16,6 +16,19 @@ runner); the Dask run one ticker per worker at a time. The cluster's start-up an
 are timed separately. The two alternate for ``--rounds`` rounds (each phase with its own
 registered-model names, so every phase does the same work), so slow drifts in the machine's
 speed hit both alike. The last line reads `speedup: <total sequential / total dask>x`.
+
+    .venv/bin/python benchmarks/bench_fanout.py --backend postgres [--tickers 8] [--workers 4]
+    .venv/bin/python benchmarks/bench_fanout.py --backend sqlite
+
+`--backend` measures the servers instead: the same Dask fan-out (default 4 worker processes)
+against an `mlflow server` + `prefect server` pair backed by SQLite files, and, with
+`postgres`, against a pair backed by a throwaway PostgreSQL cluster started here
+(`pipelines.servers.start_postgres`, durable settings) in the same run. Both MLflow servers
+proxy artifacts (`--artifacts-destination`), so only the databases differ; all servers run at
+normal priority. For each backend it prints the fan-out time of every round, and the retries:
+those noted by the pipeline (pipelines/retries.py), Prefect task re-runs, and lines in the
+servers' logs about database conflicts (locked, duplicate key, deadlock). The last line
+reads `postgres / sqlite: <ratio>x` (time on PostgreSQL over time on SQLite).
 """
 
 from __future__ import annotations
@@ -158,6 +171,23 @@ def describe_runs(spans: list[tuple[float, float]], called: float, returned: flo
     )
 
 
+def timed_flow(label: str, flow_obj, settings, tickers: list[str]) -> tuple[float, object]:
+    """Run the flow on `tickers`, print one line; (seconds, the flow run's id)."""
+    t0, called = time.perf_counter(), time.time()
+    state = flow_obj(settings=settings, tickers=tickers, return_state=True)
+    seconds, returned = time.perf_counter() - t0, time.time()
+    summary = state.result()
+    failed = [r.render(settings) for r in summary.results if r.error]
+    runs = {r.run_id for r in summary.results if r.run_id}
+    print(
+        f"  {label}: {seconds:.1f} s; {len(runs)} distinct MLflow runs; "
+        + describe_runs(run_spans(settings, summary), called, returned)
+        + (f"  FAILED: {failed}" if failed else ""),
+        flush=True,
+    )
+    return seconds, state.state_details.flow_run_id
+
+
 def settings_for(root: Path, name: str, **fields):
     from pipelines.config import load_settings
 
@@ -166,18 +196,221 @@ def settings_for(root: Path, name: str, **fields):
     return load_settings(path, env={})
 
 
+def ingest_tickers(root: Path, tickers: list[str], rows: int, common: dict) -> None:
+    from pipelines.tasks import ingest_file
+
+    store = settings_for(root, "ingest", prefix="ingest", runner="thread", address="null", **common)
+    for i, t in enumerate(tickers):
+        csv = root / "prices" / f"{t}.csv"
+        csv.parent.mkdir(parents=True, exist_ok=True)
+        random_walk(rows, seed=i).to_csv(csv, index=False)
+        ingest_file(store, str(csv), t)
+
+
+# What a server logs when its database refuses or races a write.
+DB_CONFLICTS = (
+    "database is locked",
+    "UniqueViolation",
+    "duplicate key",
+    "IntegrityError",
+    "deadlock detected",
+    "could not serialize",
+)
+
+
+def server_conflicts(*servers) -> int:
+    lines = 0
+    for server in servers:
+        text = server.log_path.read_text(encoding="utf-8", errors="replace")
+        lines += sum(1 for line in text.splitlines() if any(c in line for c in DB_CONFLICTS))
+    return lines
+
+
+def prefect_reruns(flow_run_ids: list) -> int:
+    """Task runs Prefect ran more than once (retries) in these flow runs."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids))
+        )
+    return sum(max(0, (r.run_count or 1) - 1) for r in runs)
+
+
+def fan_out_on(backend: str, args, root: Path, tickers: list[str], postgres) -> dict:
+    """Servers on `backend`, a local Dask cluster pointed at them, warm-up, timed rounds.
+
+    The settings files live in `root`, so every round trains from the one store there.
+    """
+    from distributed import Client, LocalCluster
+
+    from pipelines.flows import fan_out, training_flow
+    from pipelines.retries import RETRY_LOG_ENV, count_retries
+    from pipelines.servers import prefect_api, start_mlflow_server, start_prefect_server
+
+    home = root / backend
+    pg = backend == "postgres"
+    mlflow_server = start_mlflow_server(
+        home / "mlflow",
+        backend_store_uri=postgres.url("mlflow", "psycopg") if pg else None,
+        artifacts_destination=home / "artifacts",
+        wait=False,
+    )
+    prefect_server = None
+    cluster = client = None
+    try:
+        prefect_server = start_prefect_server(
+            home / "prefect",
+            database_url=postgres.url("prefect", "asyncpg") if pg else None,
+            wait=False,
+        )
+        mlflow_server.wait_healthy(240)
+        prefect_server.wait_healthy(240)
+        retry_log = home / "retries.log"
+        os.environ[RETRY_LOG_ENV] = str(retry_log)  # before the Dask workers start
+        common = {"tracking_uri": mlflow_server.url, "epochs": args.epochs, "workers": args.workers}
+        with prefect_api(home, prefect_server.url):
+            t0 = time.perf_counter()
+            cluster = LocalCluster(
+                n_workers=args.workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                host="127.0.0.1",
+            )
+            client = Client(cluster)
+            address = cluster.scheduler_address
+            warm = settings_for(
+                root,
+                f"{backend}-warm",
+                prefix=f"{backend}warm",
+                runner="thread",
+                address="null",
+                **common,
+            )
+            warm_up(warm, args.rows)
+            client.run(warm_up, warm, args.rows)
+            warm_tickers = [f"W{os.getpid()}", *(f"W{p}" for p in client.run(os.getpid).values())]
+            warm_par = settings_for(
+                root,
+                f"{backend}-warm-dask",
+                prefix=f"{backend}warmdask",
+                runner="dask",
+                address=address,
+                **{**common, "epochs": 1},
+            )
+            with fan_out(warm_par, training_flow) as fanned:
+                fanned(settings=warm_par, tickers=warm_tickers)
+            print(
+                f"{backend}: servers up, {args.workers} Dask workers started and warmed in "
+                f"{time.perf_counter() - t0:.1f} s (mlflow {mlflow_server.url}, "
+                f"prefect {prefect_server.url})",
+                flush=True,
+            )
+            before = count_retries(retry_log), server_conflicts(mlflow_server, prefect_server)
+            seconds, flow_runs = [], []
+            for r in range(args.rounds):
+                par = settings_for(
+                    root,
+                    f"{backend}-dask{r}",
+                    prefix=f"{backend}{r}",
+                    runner="dask",
+                    address=address,
+                    **common,
+                )
+                with fan_out(par, training_flow) as fanned:
+                    took, run_id = timed_flow(
+                        f"{backend} round {r + 1}: dask ({args.workers} workers)",
+                        fanned,
+                        par,
+                        tickers,
+                    )
+                seconds.append(took)
+                flow_runs.append(run_id)
+            reruns = prefect_reruns(flow_runs)
+        return {
+            "seconds": seconds,
+            "noted": count_retries(retry_log) - before[0],
+            "reruns": reruns,
+            "conflicts": server_conflicts(mlflow_server, prefect_server) - before[1],
+        }
+    finally:
+        os.environ.pop(RETRY_LOG_ENV, None)
+        # This process's Prefect event and log workers keep the first server's URL: flush
+        # them to this backend's server and stop them, so the next backend gets new ones.
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        EventsWorker.drain_all(timeout=30)
+        APILogWorker.drain_all(timeout=30)
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+        for server in (prefect_server, mlflow_server):
+            if server is not None:
+                server.stop()
+
+
+def compare_backends(args, root: Path, tickers: list[str]) -> None:
+    from pipelines.servers import start_postgres
+
+    backends = ["sqlite", "postgres"] if args.backend == "postgres" else ["sqlite"]
+    print(
+        f"{args.tickers} tickers x {args.rows} days, 1 LSTM layer x 16 units, lookback 30, "
+        f"{args.epochs} epochs, batch 32, no backtest, 10 MC samples; Dask {args.workers} "
+        f"worker processes x 1 thread; backends: {', '.join(backends)}"
+    )
+    print(f"work folder: {root}")
+    print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    postgres = start_postgres(databases=("mlflow", "prefect")) if "postgres" in backends else None
+    results = {}
+    try:
+        for backend in backends:
+            results[backend] = fan_out_on(backend, args, root, tickers, postgres)
+    finally:
+        if postgres is not None:
+            postgres.stop()
+    print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    for backend, r in results.items():
+        times = ", ".join(f"{t:.1f}" for t in r["seconds"])
+        print(
+            f"{backend}: fan-out {sum(r['seconds']) / len(r['seconds']):.1f} s mean over "
+            f"{len(r['seconds'])} round(s) ({times}); retries: {r['noted']} noted by the "
+            f"pipeline, {r['reruns']} Prefect task re-runs, {r['conflicts']} database-conflict "
+            "lines in the server logs"
+        )
+    if len(results) == 2:
+        pg, lite = (sum(results[b]["seconds"]) for b in ("postgres", "sqlite"))
+        print(f"postgres / sqlite: {pg / lite:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tickers", type=int, default=8)
     parser.add_argument("--rows", type=int, default=1500)
     parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="Dask worker processes (default 2; 4 with --backend)",
+    )
     parser.add_argument(
         "--rounds", type=int, default=2, help="alternating sequential/dask rounds (default 2)"
     )
     parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
+    parser.add_argument(
+        "--backend",
+        choices=["sqlite", "postgres"],
+        default=None,
+        help="fan out against servers on this database (postgres: compared with sqlite)",
+    )
     args = parser.parse_args()
+    if args.workers is None:
+        args.workers = 4 if args.backend else 2
 
     root = (args.workdir or Path(tempfile.mkdtemp(prefix="bench-fanout-"))).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -189,16 +422,13 @@ def main() -> None:
 
     from pipelines.flows import fan_out, training_flow
     from pipelines.servers import prefect_api
-    from pipelines.tasks import ingest_file
 
     tickers = [f"T{i:02d}" for i in range(args.tickers)]
     common = {"tracking_uri": args.tracking_uri, "epochs": args.epochs, "workers": args.workers}
-    store = settings_for(root, "ingest", prefix="ingest", runner="thread", address="null", **common)
-    for i, t in enumerate(tickers):
-        csv = root / "prices" / f"{t}.csv"
-        csv.parent.mkdir(parents=True, exist_ok=True)
-        random_walk(args.rows, seed=i).to_csv(csv, index=False)
-        ingest_file(store, str(csv), t)
+    ingest_tickers(root, tickers, args.rows, common)
+    if args.backend:
+        compare_backends(args, root, tickers)
+        return
 
     print(
         f"{args.tickers} tickers x {args.rows} days, 1 LSTM layer x 16 units, lookback 30, "
@@ -214,18 +444,7 @@ def main() -> None:
         sequential = training_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))
 
         def timed(label: str, flow_obj, settings) -> float:
-            t0, called = time.perf_counter(), time.time()
-            summary = flow_obj(settings=settings, tickers=tickers)
-            seconds, returned = time.perf_counter() - t0, time.time()
-            failed = [r.render(settings) for r in summary.results if r.error]
-            runs = {r.run_id for r in summary.results if r.run_id}
-            print(
-                f"  {label}: {seconds:.1f} s; {len(runs)} distinct MLflow runs; "
-                + describe_runs(run_spans(settings, summary), called, returned)
-                + (f"  FAILED: {failed}" if failed else ""),
-                flush=True,
-            )
-            return seconds
+            return timed_flow(label, flow_obj, settings, tickers)[0]
 
         t0 = time.perf_counter()
         cluster = LocalCluster(

@@ -29,6 +29,7 @@ from lstm_core.predictor import Forecaster
 from pipelines import tracking
 from pipelines.config import Settings
 from pipelines.ingest import digest_file, read_configured
+from pipelines.retries import note_retry
 from pipelines.store import Manifest, MergeReport, PriceStore
 
 log = logging.getLogger("pipelines")
@@ -59,14 +60,18 @@ def _retry_io(task: Any, task_run: Any, state: Any) -> bool:
         state.result()
     except (PipelineError, FileNotFoundError, PermissionError, IsADirectoryError):
         return False  # bad input or a missing file does not heal by waiting
-    except (OSError, ConnectionError, TimeoutError):
+    except (OSError, ConnectionError, TimeoutError) as exc:
+        note_retry(f"task {getattr(task, 'name', task)}", exc)
         return True
     except Exception as exc:  # MLflow wraps HTTP failures in MlflowException
         # Two processes writing one SQLite file: some MLflow paths raise SQLAlchemy's own
         # OperationalError once the busy timeout passes. The lock is released soon after.
-        return type(exc).__name__ in ("MlflowException", "RestException") or (
+        transient = type(exc).__name__ in ("MlflowException", "RestException") or (
             "database is locked" in str(exc)
         )
+        if transient:
+            note_retry(f"task {getattr(task, 'name', task)}", exc)
+        return transient
     return False
 
 

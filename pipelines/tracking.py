@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from pipelines.config import Settings, resolve_tracking_uri
+from pipelines.retries import note_retry
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 CORE_PACKAGE = Path(__file__).resolve().parent.parent / "lstm_core"
@@ -223,12 +224,17 @@ def log_dataset(
             # key and is rolled back. Once the first commits, a retry finds and reuses it.
             if attempt == 2 or not _is_duplicate_key(exc):
                 raise
+            note_retry("log_dataset (duplicate key)", exc)
             time.sleep(0.2 * (attempt + 1))
 
 
 def _is_duplicate_key(exc: BaseException) -> bool:
     text = f"{type(exc).__name__}: {exc}"
-    return "IntegrityError" in text or "UNIQUE constraint failed" in text
+    # SQLite says "UNIQUE constraint failed", PostgreSQL "duplicate key value violates ...".
+    return any(
+        m in text
+        for m in ("IntegrityError", "UNIQUE constraint failed", "UniqueViolation", "duplicate key")
+    )
 
 
 def end_run(run_id: str, ok: bool) -> None:

@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.servers import ServerProcess, start_mlflow_server, start_prefect_server
+from pipelines.servers import (
+    POSTGRES_HOWTO,
+    PostgresCluster,
+    ServerProcess,
+    postgres_bin,
+    start_mlflow_server,
+    start_postgres,
+    start_prefect_server,
+)
 from tests.pipelines.conftest import TINY_CONFIG, price_frame, write_prices
 
 TICKER = "TEST"
@@ -130,3 +138,16 @@ def trained(server_project, mlflow_server, prefect_api):
         # Later tests in this process must not inherit the server's URI.
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> PostgresCluster:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 with the databases `mlflow` and `prefect`
+    (each owned by a role of that name); stopped and deleted at the end, also on failure."""
+    if postgres_bin() is None:
+        pytest.skip(POSTGRES_HOWTO)
+    cluster = start_postgres(databases=("mlflow", "prefect"), durable=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
