@@ -206,7 +206,8 @@ def test_search_never_reads_the_test_part(searched):
     # The study ran on a frame whose test rows are all NaN: a read would have failed the
     # trial (validation) or made its score NaN (arithmetic).
     settings, first, second, study = searched
-    assert second.counts["fail"] == 0 and second.counts["complete"] >= 3
+    # which trials the median pruner stops depends on the scores; none may fail
+    assert second.counts["fail"] == 0 and second.counts["complete"] >= 2
     for t in study.trials:
         assert all(math.isfinite(v) for v in t.intermediate_values.values()), t.number
         if t.state.name == "COMPLETE":
