@@ -562,8 +562,11 @@ KIND_MONITORING = "monitoring"
 
 def run_url(settings: Settings, run_id: str) -> str:
     """The run's page in the MLflow UI (the `mlflow ui` address for a local database)."""
-    run = _client().get_run(run_id)
+    from mlflow import MlflowClient
+
     uri = resolve_tracking_uri(settings)
+    # this process may never have connected (a fan-out's runs are made in the workers)
+    run = MlflowClient(tracking_uri=uri, registry_uri=uri).get_run(run_id)
     base = uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
     return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
 
