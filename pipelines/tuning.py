@@ -204,8 +204,23 @@ def _share_cores(workers: int) -> None:
     import os
 
     threads = str(max(1, (os.cpu_count() or 1) // workers))
+    os.environ["LSTM_TUNING_WORKERS"] = str(workers)  # read by _pin in this worker
     for key in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
         os.environ.setdefault(key, threads)
+
+
+def _pin(worker: int) -> None:
+    """Each worker on its own share of the cores: the engine then cuts a batch in no more
+    slices than it has cores, instead of every worker's two slices competing for both."""
+    import os
+
+    workers = int(os.environ.get("LSTM_TUNING_WORKERS", "1"))
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux: leave it to the scheduler
+        return
+    mine = cores[worker % len(cores) :: workers] or [cores[worker % len(cores)]]
+    os.sched_setaffinity(0, mine)
 
 
 def _worker(
@@ -213,6 +228,8 @@ def _worker(
 ) -> None:
     """Entry point of one worker process."""
     from pipelines.runtime import configure_environment
+
+    _pin(worker)
 
     configure_environment(objective.settings)
     logger = logging.getLogger("pipelines")

@@ -17,6 +17,7 @@ evaluation inside a run); the saved model stays the plain Keras one.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -150,6 +151,15 @@ def _mask_key(seed: int, step: int) -> np.uint64:
     return np.uint64(z ^ (z >> 31))
 
 
+def _cores() -> int:
+    """Cores this process may run on: fewer than the machine's when it is pinned (e.g. one
+    tuning worker per core), and then a batch is cut in no more slices than that."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _side_by_side(pool: ThreadPoolExecutor, calls: Sequence[Callable[[], Any]]) -> list[Any]:
     """Run ``calls`` on the pool, the last one on this thread meanwhile; results in order."""
     futures = [pool.submit(c) for c in calls[:-1]]
@@ -240,7 +250,7 @@ def fit(
     one_minus = (np.float32(1.0 - b1), np.float32(1.0 - b2))
     eps = np.float32(opt.epsilon)
 
-    parts = max(1, min(PARTS, batch_size))
+    parts = max(1, min(PARTS, batch_size, _cores()))
     grads = np.zeros((parts, net.flat.size), np.float32)
     kernel0, wst, bias, dense_w, dense_b = net.views
     history: dict[str, list[float]] = {"loss": []}
