@@ -207,22 +207,27 @@ def ingest_tickers(root: Path, tickers: list[str], rows: int, common: dict) -> N
         ingest_file(store, str(csv), t)
 
 
-# What a server logs when its database refuses or races a write.
-DB_CONFLICTS = (
-    "database is locked",
-    "UniqueViolation",
-    "duplicate key",
-    "IntegrityError",
-    "deadlock detected",
-    "could not serialize",
-)
+def local_cluster(workers: int):
+    """A local Dask cluster of single-threaded worker processes, and its client."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        host="127.0.0.1",
+    )
+    return cluster, Client(cluster)
 
 
 def server_conflicts(*servers) -> int:
+    from pipelines.retries import conflict_lines
+
     lines = 0
     for server in servers:
         text = server.log_path.read_text(encoding="utf-8", errors="replace")
-        lines += sum(1 for line in text.splitlines() if any(c in line for c in DB_CONFLICTS))
+        lines += len(conflict_lines(text))
     return lines
 
 
@@ -243,7 +248,6 @@ def fan_out_on(backend: str, args, root: Path, tickers: list[str], postgres) -> 
 
     The settings files live in `root`, so every round trains from the one store there.
     """
-    from distributed import Client, LocalCluster
 
     from pipelines.flows import fan_out, training_flow
     from pipelines.retries import RETRY_LOG_ENV, count_retries
@@ -272,14 +276,7 @@ def fan_out_on(backend: str, args, root: Path, tickers: list[str], postgres) -> 
         common = {"tracking_uri": mlflow_server.url, "epochs": args.epochs, "workers": args.workers}
         with prefect_api(home, prefect_server.url):
             t0 = time.perf_counter()
-            cluster = LocalCluster(
-                n_workers=args.workers,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                host="127.0.0.1",
-            )
-            client = Client(cluster)
+            cluster, client = local_cluster(args.workers)
             address = cluster.scheduler_address
             warm = settings_for(
                 root,
@@ -417,7 +414,6 @@ def main() -> None:
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
     logging.getLogger("pipelines").setLevel(logging.WARNING)
 
-    from distributed import Client, LocalCluster
     from prefect.task_runners import ThreadPoolTaskRunner
 
     from pipelines.flows import fan_out, training_flow
@@ -447,14 +443,7 @@ def main() -> None:
             return timed_flow(label, flow_obj, settings, tickers)[0]
 
         t0 = time.perf_counter()
-        cluster = LocalCluster(
-            n_workers=args.workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            host="127.0.0.1",
-        )
-        client = Client(cluster)
+        cluster, client = local_cluster(args.workers)
         t_seq, t_par = [], []
         try:
             threads = client.run(warm_up, warm, args.rows)

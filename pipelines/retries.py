@@ -13,6 +13,15 @@ import time
 
 RETRY_PREFIX = "transient-retry"
 RETRY_LOG_ENV = "LSTM_PIPELINE_RETRY_LOG"
+# What a server logs when its database refuses or races a write.
+DB_CONFLICTS = (
+    "database is locked",
+    "UniqueViolation",
+    "duplicate key",
+    "IntegrityError",
+    "deadlock detected",
+    "could not serialize",
+)
 
 log = logging.getLogger("pipelines")
 
@@ -39,3 +48,8 @@ def count_retries(path: str | os.PathLike[str]) -> int:
             return sum(1 for line in f if RETRY_PREFIX in line)
     except FileNotFoundError:
         return 0
+
+
+def conflict_lines(log_text: str) -> list[str]:
+    """The lines of a server log that report a database conflict (`DB_CONFLICTS`)."""
+    return [line for line in log_text.splitlines() if any(c in line for c in DB_CONFLICTS)]

@@ -20,7 +20,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.retries import RETRY_LOG_ENV, count_retries
+from pipelines.retries import RETRY_LOG_ENV, conflict_lines, count_retries
 from pipelines.servers import (
     BIN,
     ServerProcess,
@@ -46,7 +45,12 @@ from tests.servers.conftest import (
     wait_deployments,
 )
 from tests.servers.test_mlflow_server import SECOND_CLIENT
-from tests.servers.test_prefect_serve import _runs_of, _task_run_names, _wait_terminal
+from tests.servers.test_prefect_serve import (
+    _runs_of,
+    _task_run_names,
+    _wait_terminal,
+    _wait_triggered,
+)
 
 pytestmark = pytest.mark.servers
 
@@ -55,15 +59,6 @@ MODEL = f"test-{TICKER}"
 ROWS = 120
 FANOUT_TICKERS = [f"T{i:02d}" for i in range(8)]
 FANOUT_WORKERS = 4
-# What a server logs when a database refuses or races a write.
-DB_CONFLICTS = (
-    "database is locked",
-    "UniqueViolation",
-    "duplicate key",
-    "IntegrityError",
-    "deadlock detected",
-    "could not serialize",
-)
 
 
 @dataclass
@@ -313,12 +308,7 @@ def test_serve_on_postgres_runs_from_the_api_and_from_an_event(
             TICKER,
         )
         assert out.returncode == 0 and "+10 new" in out.stdout, out.stdout + out.stderr[-3000:]
-        deadline = time.monotonic() + 180
-        while not (triggered := [r for r in _runs_of(retrain.id) if r.id not in before]):
-            if time.monotonic() > deadline:
-                pytest.fail(f"no run triggered by the event\n{log_tail(served)}")
-            time.sleep(1)
-        run = _wait_terminal(triggered[0].id)
+        run = _wait_triggered(retrain.id, before, served, 180)
         assert run.state.is_completed(), f"{run.state}\n{log_tail(served)}"
         assert "train" in _task_run_names(run.id)
         assert client.get_model_version(MODEL, "3").tags["data.rows"] == "140"
@@ -411,7 +401,7 @@ def test_fan_out_on_postgres_one_run_one_version_per_ticker_no_retries(stack, fa
     assert [r.name for r in task_runs if r.run_count != 1] == []
     for server in (stack.mlflow, stack.prefect):
         text = server.log_path.read_text(errors="replace")
-        conflicts = [line for line in text.splitlines() if any(c in line for c in DB_CONFLICTS)]
+        conflicts = conflict_lines(text)
         assert conflicts == [], f"{server.name}:\n" + "\n".join(conflicts[:20])
 
 

@@ -93,6 +93,16 @@ def _wait_terminal(flow_run_id, timeout: float = RUN_TIMEOUT):
         time.sleep(1)
 
 
+def _wait_triggered(deployment_id, before: set, served, timeout: float):
+    """The first run of the deployment not in ``before``, once it has ended."""
+    deadline = time.monotonic() + timeout
+    while not (triggered := [r for r in _runs_of(deployment_id) if r.id not in before]):
+        if time.monotonic() > deadline:
+            pytest.fail(f"no run triggered by the event\n{log_tail(served)}")
+        time.sleep(1)
+    return _wait_terminal(triggered[0].id)
+
+
 def test_serve_registers_both_deployments(served):
     retrain = deployment(RETRAIN)
     assert not retrain.paused
@@ -139,12 +149,7 @@ def test_prices_updated_event_triggers_a_retraining_run(served, server_project, 
     )
     assert out.returncode == 0, out.stderr[-4000:]
     assert "+10 new" in out.stdout, out.stdout
-    deadline = time.monotonic() + 120
-    while not (triggered := [r for r in _runs_of(retrain.id) if r.id not in before]):
-        if time.monotonic() > deadline:
-            pytest.fail(f"no run triggered by the event\n{log_tail(served)}")
-        time.sleep(1)
-    run = _wait_terminal(triggered[0].id)
+    run = _wait_triggered(retrain.id, before, served, 120)
     assert run.state.is_completed(), f"{run.state}\n{log_tail(served)}"
     assert "train" in _task_run_names(run.id)
 
