@@ -217,6 +217,24 @@ def _preflight_run(
             ) from None
 
 
+def _configured_sources(
+    settings: Settings, config: Path | None, files: str, stored: str
+) -> list[str]:
+    """`data.sources` as paths; a missing one is a configuration error naming the way out."""
+    sources = [str(settings.path(s)) for s in settings.data.sources]
+    missing = [s for s in sources if not Path(s).exists()]
+    if missing:
+        from pipelines.errors import ConfigError
+
+        raise ConfigError(
+            config,
+            "data.sources",
+            f"{missing[0]} does not exist; give price files ({files}) or a stored ticker "
+            f"({stored})",
+        )
+    return sources
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     ticker = _checked_ticker(args.ticker)
@@ -228,17 +246,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _preflight_run(settings, args.config_path, [], None, stored=(ticker,))
         params = {"tickers": [ticker]}
     else:  # run: the configured sources
-        sources = [str(settings.path(s)) for s in settings.data.sources]
-        missing = [s for s in sources if not Path(s).exists()]
-        if missing:
-            from pipelines.errors import ConfigError
-
-            raise ConfigError(
-                args.config_path,
-                "data.sources",
-                f"{missing[0]} does not exist; give price files (run FILE...) "
-                "or a stored ticker (run --ticker T)",
-            )
+        sources = _configured_sources(settings, args.config_path, "run FILE...", "run --ticker T")
         _preflight_run(settings, args.config_path, sources, settings.data.ticker)
         params = {"files": sources, "ticker": settings.data.ticker}
     _load_tensorflow()
@@ -306,6 +314,19 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     for flag, value in (("--trials", args.trials), ("--timeout", args.timeout)):
         if value is not None and value <= 0:
             raise PipelineError(f"{flag}: must be positive, got {value}")
+    # The flow searches stored tickers, or stores the configured sources first: check those
+    # here, so a wrong path is one line and not a failed flow run.
+    from pipelines.store import PriceStore
+
+    configured = settings.data.ticker
+    if tickers:
+        _preflight_run(settings, args.config_path, [], None, stored=tuple(tickers))
+    elif configured and PriceStore(settings.store_path).manifest(configured) is None:
+        sources = _configured_sources(
+            settings, args.config_path, "lstm-pipeline ingest FILE", "tune --ticker T"
+        )
+        _preflight_run(settings, args.config_path, sources, configured)
+    _load_tensorflow()
     from pipelines.tuning_flow import tuning_flow
 
     summary = tuning_flow(

@@ -35,7 +35,7 @@ from pipelines.store import Manifest, MergeReport, PriceStore
 log = logging.getLogger("pipelines")
 
 
-def _ingest_key(context: Any, parameters: dict[str, Any]) -> str:
+def _ingest_key(context: Any, parameters: dict[str, Any]) -> str | None:
     """The input file's digest and the whole store's state (a file may hold any ticker).
 
     An unchanged file on an unchanged store is not re-read; any change to either, a wiped
@@ -49,7 +49,11 @@ def _ingest_key(context: Any, parameters: dict[str, Any]) -> str:
         state.update(f"{t}:{manifest.digest if manifest else '-'};".encode())
     options = (parameters.get("ticker"), parameters.get("replace"), settings.data.model_dump_json())
     state.update(repr(options).encode())
-    return f"ingest-{digest_file(parameters['path'])}-{settings.store_path}-{state.hexdigest()}"
+    try:
+        digest = digest_file(parameters["path"])
+    except OSError:  # no key, no cache: the ingestion itself reports the missing file
+        return None
+    return f"ingest-{digest}-{settings.store_path}-{state.hexdigest()}"
 
 
 def _retry_io(task: Any, task_run: Any, state: Any) -> bool:

@@ -11,11 +11,13 @@ under one parent run per study and ticker (all logging through `pipelines.tracki
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,6 +180,11 @@ class Objective:
             log.info("%s trial %s: %s (%s)", self.ticker, name, state, note)
 
 
+def _started(study: Any) -> int:
+    """Trials started so far (an enqueued trial waits until a worker takes it)."""
+    return sum(1 for x in study.trials if x.state.name != "WAITING")
+
+
 def _optimize(
     objective: Objective, worker: int, done: int, target: int, timeout: float | None
 ) -> None:
@@ -186,6 +193,8 @@ def _optimize(
 
     tracking.connect(objective.settings)
     study = load_study(objective.settings, objective.ticker, worker, done)
+    if _started(study) >= target:  # the other workers ran them all while this one started
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.optimize(
@@ -195,7 +204,6 @@ def _optimize(
             # A candidate whose windows do not fit the data fails; the study goes on.
             catch=(DataError,),
             callbacks=[MaxTrialsCallback(target, states=None)],
-            gc_after_trial=True,
         )
 
 
@@ -204,17 +212,16 @@ def _share_cores(workers: int) -> None:
     import os
 
     threads = str(max(1, (os.cpu_count() or 1) // workers))
-    os.environ["LSTM_TUNING_WORKERS"] = str(workers)  # read by _pin in this worker
+    os.environ["LSTM_TUNING_WORKERS"] = str(workers)  # read by _worker
     for key in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
         os.environ.setdefault(key, threads)
 
 
-def _pin(worker: int) -> None:
+def _pin(worker: int, workers: int) -> None:
     """Each worker on its own share of the cores: the engine then cuts a batch in no more
     slices than it has cores, instead of every worker's two slices competing for both."""
     import os
 
-    workers = int(os.environ.get("LSTM_TUNING_WORKERS", "1"))
     try:
         cores = sorted(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux: leave it to the scheduler
@@ -223,14 +230,32 @@ def _pin(worker: int) -> None:
     os.sched_setaffinity(0, mine)
 
 
+@contextlib.contextmanager
+def _pinned(worker: int, workers: int) -> Iterator[None]:
+    """This process as worker ``worker`` for a while; its cores are given back after."""
+    import os
+
+    try:
+        before = os.sched_getaffinity(0)
+    except AttributeError:
+        yield
+        return
+    _pin(worker, workers)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def _worker(
     objective: Objective, worker: int, done: int, target: int, timeout: float | None
 ) -> None:
-    """Entry point of one worker process."""
+    """Entry point of one spawned worker process."""
+    import os
+
     from pipelines.runtime import configure_environment
 
-    _pin(worker)
-
+    _pin(worker, int(os.environ.get("LSTM_TUNING_WORKERS", "1")))
     configure_environment(objective.settings)
     logger = logging.getLogger("pipelines")
     if not logger.handlers:  # the trial lines, as the parent process prints them
@@ -331,7 +356,7 @@ def run_study(
     experiment_id = tracking.connect(settings)
     study = load_study(settings, ticker)
     # Trials waiting in the queue (enqueued, never started) are among the ones to run now.
-    before = sum(1 for x in study.trials if x.state.name != "WAITING")
+    before = _started(study)
     target = before + trials
     resumed = len(study.trials) > 0
     if not resumed:
@@ -385,12 +410,15 @@ def run_study(
             # spawn: TensorFlow and Numba's thread pools do not survive a fork
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(
-                workers, mp_context=ctx, initializer=_share_cores, initargs=(workers,)
+                workers - 1, mp_context=ctx, initializer=_share_cores, initargs=(workers,)
             ) as pool:
                 futures = [
                     pool.submit(_worker, objective, i, before, target, timeout)
-                    for i in range(workers)
+                    for i in range(1, workers)
                 ]
+                # This process is worker 0: it runs trials while the others start up.
+                with _pinned(0, workers):
+                    _optimize(objective, 0, before, target, timeout)
                 for fut in futures:
                     fut.result()
         ok = True

@@ -87,6 +87,14 @@ def test_init_refuses_to_overwrite_and_run_names_ingest_for_an_unstored_ticker(t
     out = cli(BIN, "run", cwd=project, env=env, timeout=120)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "data.sources" in out.stderr and "run --ticker T" in out.stderr
+    # `tune` checks the same before any flow runs: one line, no traceback, nothing written.
+    out = cli(BIN, "tune", cwd=project, env=env, timeout=120)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "data.sources" in out.stderr and "tune --ticker T" in out.stderr
+    out = cli(BIN, "tune", "--ticker", "ACME", cwd=project, env=env, timeout=120)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "no prices stored for ticker 'ACME'" in out.stderr
+    assert not (project / ".optuna").exists() and not (project / "mlflow.db").exists()
     # From a subfolder, found through the parents.
     out = cli(BIN, "run", "--ticker", "ACME", cwd=project / "data", env=env, timeout=120)
     assert out.returncode == 2, out.stderr[-2000:]
