@@ -1,16 +1,16 @@
-"""Numba CPU kernels of the LSTM stack: forward (saving activations), BPTT, inference with
-optional dropout, one train step of a batch slice, dropout masks and Adam.
+"""Numba CPU kernels of the network (stacked LSTM, Dropout, Dense, MSE): a train step of a batch
+slice (forward keeping activations, then BPTT), inference with optional dropout, dropout masks
+and Adam.  No TensorFlow here.
 
-Maths as ``keras.layers.LSTM`` (gate order i, f, c, o) stacked with ``keras.layers.Dropout``,
-and the tutorial's BPTT (tests/lstm_core/reference.py is the oracle).  Layers run one after
-the other; each layer's input projection for all steps is one matmul, so only
+Maths as ``keras.layers.LSTM`` (gate order i, f, c, o) stacked with ``keras.layers.Dropout``;
+tests/lstm_core/reference.py is the oracle.  ``params`` is (kernel0 (n_in, 4u), wst (L, 2u, 4u)
+= [kernel; recurrent] per layer (layer 0's kernel half unused), bias (L, 4u), dense_w (u, H),
+dense_b (H,)).  Each layer's input projection for all steps is one matmul, so only
 ``recurrent_kernelᵀ @ h(t-1)`` (backwards ``recurrent_kernel @ δz``) stays on the sequential
-chain.  Arrays are unit-major inside: a step's state is (unit, batch), so the weights are
-BLAS's left operand (faster with OpenBLAS: see benchmarks/bench_stack.py).
-
-Dropout between layers: layer l's input at step t is multiplied by ``masks[t + l, l - 1]``
-(wave w = t + l).  float32 computes tanh with the rational approximation Eigen and XLA use
-(σ(z) = ½·tanh(½z) + ½), which the compiler vectorises; float64 uses libm.  No TensorFlow here.
+chain.  Arrays are unit-major inside (a step's state is (unit, batch)), so the weights are BLAS's
+left operand, the faster order with OpenBLAS.  Layer l's input at step t is multiplied by
+``masks[t + l, l - 1]`` (wave t + l).  float32 computes tanh with the rational approximation
+Eigen and XLA use (σ(z) = ½·tanh(½z) + ½), which the compiler vectorises; float64 uses libm.
 """
 
 from __future__ import annotations
@@ -18,16 +18,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, types
 from numba.extending import overload
-
-__all__ = [
-    "adam_update",
-    "dropout_masks",
-    "stack_backward",
-    "stack_forward",
-    "predict_slice",
-    "stack_predict",
-    "train_slice",
-]
 
 _F = np.float32
 # Eigen's float tanh: odd rational approximation on [-7.905, 7.905] (float32 tanh is ±1 beyond)
@@ -60,6 +50,7 @@ def _tanh_overload(x):
 
 # error_model="numpy": no ZeroDivisionError branch in the loops, so they vectorise.
 _JIT = {"nogil": True, "fastmath": True, "error_model": "numpy", "cache": True}
+_TOP_SALT = np.uint64(0xD1B54A32D192ED03)  # the top Dropout's masks: another key, same counters
 
 
 @njit(**_JIT)
@@ -75,14 +66,13 @@ def _unit_major(x):  # pragma: no cover - compiled
 
 
 @njit(**_JIT)
-def stack_forward(x, kernel0, wst, bias, masks, h0, c0):  # pragma: no cover - compiled
-    """Forward pass of L stacked LSTM layers, keeping what ``stack_backward`` needs.
+def stack_forward(x, kernel0, wst, bias, masks):  # pragma: no cover - compiled
+    """Forward pass of the L stacked LSTM layers from zero states, keeping what
+    ``stack_backward`` needs.
 
-    ``x`` (B, T, n_in); ``kernel0`` (n_in, 4u); ``wst`` (L, 2u, 4u) = [kernel; recurrent] per
-    layer (layer 0's kernel half unused); ``bias`` (L, 4u); ``masks`` (T + L - 1, L - 1, B, u)
-    or an empty first axis for no dropout; ``h0``, ``c0`` (L, B, u).  Returns top (B, T, u),
-    h_last, c_last (L, B, u) and the saved activations, unit-major: inp (L, u, T·B), gates
-    (L, T, 4u, B), cells (L, T + 1, u, B), tanh_c (L, T, u, B), hs (L, T + 1, u, B).
+    ``x`` (B, T, n_in); ``masks`` (T + L - 1, L - 1, B, u), or an empty first axis for no
+    dropout.  Returns the activations, unit-major: inp (L, u, T·B), gates (L, T, 4u, B),
+    cells (L, T + 1, u, B), tanh_c (L, T, u, B), hs (L, T + 1, u, B).
     """
     n_b, n_t, n_in = x.shape
     n_l = wst.shape[0]
@@ -100,8 +90,8 @@ def stack_forward(x, kernel0, wst, bias, masks, h0, c0):  # pragma: no cover - c
     shift[2 * u : 3 * u] = 0.0
     zin = np.empty((4 * u, n_t * n_b), dt)  # input projection of every step, bias included
     for ly in range(n_l):
-        hs[ly, 0] = h0[ly].T
-        cells[ly, 0] = c0[ly].T
+        hs[ly, 0] = 0.0
+        cells[ly, 0] = 0.0
         rec_t = np.ascontiguousarray(wst[ly, u:].T)  # (4u, u)
         if ly == 0:
             x_t = _unit_major(x)
@@ -111,7 +101,6 @@ def stack_forward(x, kernel0, wst, bias, masks, h0, c0):  # pragma: no cover - c
                 for k in range(n_in):
                     row += x_t[k] * kernel0[k, j]
         else:
-            # layer ly's input at step t: layer ly-1's h(t), masked (wave t + ly)
             src_all, dst_all = hs[ly - 1], inp[ly]
             for t in range(n_t):
                 src = src_all[t + 1]
@@ -144,38 +133,20 @@ def stack_forward(x, kernel0, wst, bias, masks, h0, c0):  # pragma: no cover - c
                     cn[b] = c
                     tcj[b] = _tanh(c)
                     hn[b] = go[b] * tcj[b]
-    top = np.empty((n_b, n_t, u), dt)
-    for t in range(n_t):
-        src = hs[n_l - 1, t + 1]
-        for j in range(u):
-            for b in range(n_b):
-                top[b, t, j] = src[j, b]
-    h_last = np.empty((n_l, n_b, u), dt)
-    c_last = np.empty((n_l, n_b, u), dt)
-    for ly in range(n_l):
-        h_last[ly] = hs[ly, n_t].T
-        c_last[ly] = cells[ly, n_t].T
-    return top, h_last, c_last, inp, gates, cells, tanh_c, hs
+    return inp, gates, cells, tanh_c, hs
 
 
 @njit(**_JIT)
-def stack_backward(
-    x, kernel0, wst, masks, inp, gates, cells, tanh_c, hs, d_seq, d_h_last, d_c_last
-):  # pragma: no cover - compiled
-    """BPTT through ``stack_forward``: gradients of (x, h0, c0, kernel0, wst, bias).
-
-    ``d_seq`` (B, T, u) is the upstream gradient of the top layer's sequence, ``d_h_last`` and
-    ``d_c_last`` (L, B, u) those of the final states.
-    """
+def stack_backward(x, wst, masks, saved, d_seq):  # pragma: no cover - compiled
+    """BPTT through ``stack_forward`` (``saved`` its result): gradients of (kernel0, wst, bias)
+    for ``d_seq`` (B, T, u), the upstream gradient of the top layer's sequence."""
+    inp, gates, cells, tanh_c, hs = saved
     n_b, n_t, n_in = x.shape
     n_l = wst.shape[0]
     u = wst.shape[2] // 4
     dt = x.dtype
     d_wst = np.zeros((n_l, 2 * u, 4 * u), dt)
     d_bias = np.zeros((n_l, 4 * u), dt)
-    dh0 = np.empty((n_l, n_b, u), dt)
-    dc0 = np.empty((n_l, n_b, u), dt)
-    dx = np.zeros((n_b, n_t, n_in), dt)
     d_kernel0 = np.zeros((n_in, 4 * u), dt)
     d_out = np.empty((u, n_t * n_b), dt)  # gradient reaching this layer's output sequence
     for t in range(n_t):
@@ -188,8 +159,8 @@ def stack_backward(
     one = np.ones(1, dt)[0]  # a literal 1.0 would turn float32 maths into float64
     for ly in range(n_l - 1, -1, -1):
         rec = np.ascontiguousarray(wst[ly, u:])  # (u, 4u)
-        dh_rec = np.ascontiguousarray(d_h_last[ly].T)  # what h(t) receives from step t+1
-        dc_next = np.ascontiguousarray(d_c_last[ly].T)  # δC(t+1)·f(t+1)
+        dh_rec = np.zeros((u, n_b), dt)  # what h(t) receives from step t+1
+        dc_next = np.zeros((u, n_b), dt)  # δC(t+1)·f(t+1)
         for t in range(n_t - 1, -1, -1):
             g, tc, c_prev = gates[ly, t], tanh_c[ly, t], cells[ly, t]
             for j in range(u):
@@ -209,8 +180,6 @@ def stack_backward(
             for j in range(4 * u):
                 dz_all[j, t * n_b : (t + 1) * n_b] = dz[j]
             dh_rec = np.dot(rec, dz)  # (u, B)
-        dh0[ly] = dh_rec.T
-        dc0[ly] = dc_next.T
         # weight gradients summed over steps and batch: one matmul for the layer's [kernel;
         # recurrent], computed transposed (the faster order with OpenBLAS)
         for t in range(n_t):
@@ -236,15 +205,8 @@ def stack_backward(
                             d_out[j, t * n_b + b] = src[j]
         else:
             d_wst[0, u:] = np.dot(dz_all, a_cat[u:].T).T
-            # layer 0's input kernel (n_in, 4u) and the gradient of x, unit-major
-            x_t = _unit_major(x)
-            d_kernel0[:] = np.dot(x_t, dz_all.T)
-            dx_t = np.dot(np.ascontiguousarray(kernel0), dz_all)  # (n_in, T·B)
-            for t in range(n_t):
-                for b in range(n_b):
-                    for k in range(n_in):
-                        dx[b, t, k] = dx_t[k, t * n_b + b]
-    return dx, dh0, dc0, d_kernel0, d_wst, d_bias
+            d_kernel0[:] = np.dot(_unit_major(x), dz_all.T)
+    return d_kernel0, d_wst, d_bias
 
 
 @njit(inline="always", **_JIT)
@@ -263,16 +225,98 @@ def _cell_update(z, zin, c, h, half):  # pragma: no cover - compiled
             hj[b] = o_g * _tanh(cj[b])
 
 
-@njit(**_JIT)
-def stack_predict(x, kernel0, wst, bias, key, row0, n_total, rate, repeats):  # pragma: no cover
-    """Inference: the top layer's last h (B, u) for ``x`` (n, T, n_in) repeated ``repeats``
-    times (B = n·repeats; row r·n + i is window i), nothing saved.
+# splitmix64's constants: a counter-based generator, so a mask entry depends only on
+# (key, index), not on which slice or thread draws it.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31, _S40 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(40)
 
-    With ``rate`` > 0 the Dropout between layers is active (Monte Carlo dropout), its masks
-    drawn as ``train_slice`` draws them for rows ``row0 .. row0 + B`` of a batch of ``n_total``
-    under ``key``; with ``rate`` 0 the pass is deterministic (``key`` unused).  Layer 0 sees
-    no dropout, so it runs once per window, not per repeat.
+
+@njit(**_JIT)
+def dropout_masks(out, key, first, rate):  # pragma: no cover - compiled
+    """Fill ``out`` with inverted-dropout multipliers: 0 (prob. ``rate``) or 1 / (1 - rate).
+
+    Entry k of ``out`` (C order) is decided by splitmix64 of counter ``first + k`` under
+    ``key``, so a batch cut into slices draws exactly the masks of the whole batch.
     """
+    flat = out.reshape(out.size)
+    keep = np.full(1, 1.0 / (1.0 - rate), out.dtype)[0]
+    zero = np.zeros(1, out.dtype)[0]
+    threshold = np.uint64(min(int(rate * 16777216.0), 16777216))  # 24 random bits vs rate
+    base = np.uint64(key) + np.uint64(first) * _GOLDEN
+    for k in range(flat.size):
+        z = base + np.uint64(k) * _GOLDEN
+        z = (z ^ (z >> _S30)) * _MIX1
+        z = (z ^ (z >> _S27)) * _MIX2
+        flat[k] = keep if ((z ^ (z >> _S31)) >> _S40) >= threshold else zero
+    return out
+
+
+@njit(**_JIT)
+def _top_mask(h_top, key, row0, top_rate):  # pragma: no cover - compiled
+    """The top Dropout's multipliers for ``h_top`` (B, u), rows ``row0 ..`` of the batch."""
+    m = np.ones_like(h_top)
+    if top_rate > 0.0:
+        dropout_masks(m, key ^ _TOP_SALT, row0 * h_top.shape[1], top_rate)
+    return m
+
+
+@njit(**_JIT)
+def train_slice(x, y, params, key, row0, n_total, rate, top_rate, grads):  # pragma: no cover
+    """One slice of a training step, gradients included.
+
+    ``x`` (B, T, n_in) and ``y`` (B, H) are rows ``row0 .. row0 + B`` of a batch of ``n_total``;
+    the loss is that batch's mean squared error, so the slices' gradients add up to the batch's.
+    Dropout masks come from ``dropout_masks`` under ``key``, counted by the rows' place in the
+    whole batch.  Writes the gradients of ``params``, flattened in order, into ``grads`` and
+    returns the slice's sum of squared errors.
+    """
+    kernel0, wst, bias, dense_w, dense_b = params
+    n_b, n_t, _ = x.shape
+    n_l = wst.shape[0]
+    u = wst.shape[2] // 4
+    n_h = dense_w.shape[1]
+    dt = x.dtype
+    per_wave = (n_l - 1) * n_total * u  # counters of one wave of the stack's masks
+    if rate > 0.0 and n_l > 1:
+        masks = np.empty((n_t + n_l - 1, n_l - 1, n_b, u), dt)
+        for w in range(n_t + n_l - 1):
+            for ly in range(n_l - 1):
+                first = w * per_wave + (ly * n_total + row0) * u
+                dropout_masks(masks[w, ly], key, first, rate)
+    else:  # an empty first axis: no dropout between layers
+        masks = np.empty((0, max(n_l - 1, 1), n_b, u), dt)
+    saved = stack_forward(x, kernel0, wst, bias, masks)
+    h_top = np.ascontiguousarray(saved[4][n_l - 1, n_t].T)  # hs of the top layer at T: (B, u)
+    m_top = _top_mask(h_top, key, row0, top_rate)
+    h_top = h_top * m_top
+    err = np.dot(h_top, dense_w)  # (B, H)
+    sse = 0.0
+    for b in range(n_b):
+        for k in range(n_h):
+            e = err[b, k] + dense_b[k] - y[b, k]
+            sse += float(e) * float(e)
+            err[b, k] = e
+    d_y = err * np.full(1, 2.0 / (n_total * n_h), dt)[0]  # d(mean squared error)/d(output)
+    d_seq = np.zeros((n_b, n_t, u), dt)
+    d_seq[:, n_t - 1] = np.dot(d_y, dense_w.T.copy()) * m_top
+    d_kernel0, d_wst, d_bias = stack_backward(x, wst, masks, saved, d_seq)
+    d_dense_w = np.dot(h_top.T.copy(), d_y)
+    parts = (d_kernel0.ravel(), d_wst.ravel(), d_bias.ravel(), d_dense_w.ravel(), d_y.sum(axis=0))
+    grads[:] = np.concatenate(parts)
+    return sse
+
+
+@njit(**_JIT)
+def predict_slice(x, params, key, row0, n_total, rate, top_rate, repeats):  # pragma: no cover
+    """The network's output (B, H) for ``x`` (n, T, n_in) repeated ``repeats`` times
+    (B = n·repeats; row r·n + i is window i), nothing saved.
+
+    With rates > 0 dropout is active (Monte Carlo dropout), its masks those ``train_slice``
+    draws for rows ``row0 .. row0 + B`` of a batch of ``n_total`` under ``key``; with rates 0
+    the pass is deterministic.  Layer 0 sees no dropout, so it runs once per window.
+    """
+    kernel0, wst, bias, dense_w, dense_b = params
     n_x, n_t, n_in = x.shape
     n_b = n_x * repeats
     n_l = wst.shape[0]
@@ -287,7 +331,6 @@ def stack_predict(x, kernel0, wst, bias, key, row0, n_total, rate, repeats):  # 
     m = np.empty((n_b, u), dt)  # this step's dropout mask on the layer's input
     x_in = np.empty((u, n_b), dt)
     per_wave = (n_l - 1) * n_total * u
-    # layer 0, once per window
     rec_t = np.ascontiguousarray(wst[0, u:].T)
     zin0 = np.empty((4 * u, n_x), dt)
     h0 = np.zeros((u, n_x), dt)
@@ -322,117 +365,8 @@ def stack_predict(x, kernel0, wst, bias, key, row0, n_total, rate, repeats):  # 
                 zin[j] += bias[ly, j]
             _cell_update(np.dot(rec_t, h), zin, c, h, half)
             seq[t] = h
-    return np.ascontiguousarray(h.T)
-
-
-# splitmix64's constants: a counter-based generator, so a mask entry depends only on
-# (key, index), not on which slice or thread draws it.
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-_S30, _S27, _S31, _S40 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(40)
-
-
-@njit(inline="always", **_JIT)
-def _mix64(z):  # pragma: no cover - compiled
-    z = (z ^ (z >> _S30)) * _MIX1
-    z = (z ^ (z >> _S27)) * _MIX2
-    return z ^ (z >> _S31)
-
-
-@njit(**_JIT)
-def dropout_masks(out, key, first, rate):  # pragma: no cover - compiled
-    """Fill ``out`` with inverted-dropout multipliers: 0 (prob. ``rate``) or 1 / (1 - rate).
-
-    Entry k of ``out`` (C order) is decided by splitmix64 of counter ``first + k`` under
-    ``key``: 24 random bits compared with ``rate``.  The same (key, counter) always gives the
-    same entry, so a batch cut into slices draws exactly the masks of the whole batch.
-    """
-    flat = out.reshape(out.size)
-    keep = np.full(1, 1.0 / (1.0 - rate), out.dtype)[0]
-    zero = np.zeros(1, out.dtype)[0]
-    threshold = np.uint64(min(int(rate * 16777216.0), 16777216))
-    base = np.uint64(key) + np.uint64(first) * _GOLDEN
-    for k in range(flat.size):
-        z = _mix64(base + np.uint64(k) * _GOLDEN)
-        flat[k] = keep if (z >> _S40) >= threshold else zero
-    return out
-
-
-@njit(**_JIT)
-def train_slice(
-    x, y, kernel0, wst, bias, dense_w, dense_b, key, row0, n_total, rate, top_rate, grads
-):  # pragma: no cover - compiled
-    """One slice of a training step of stack + Dropout(top_rate) + Dense + MSE, gradients included.
-
-    ``x`` (B, T, n_in) and ``y`` (B, H) are rows ``row0 .. row0 + B`` of a batch of
-    ``n_total``; the loss is that batch's mean squared error, so the slices' gradients add
-    up to the batch's.  Dropout masks come from ``dropout_masks`` under ``key``, counted by
-    the rows' place in the whole batch.  Writes the gradients of (kernel0, wst, bias,
-    dense_w, dense_b), flattened in that order, into ``grads`` and returns the slice's sum
-    of squared errors.
-    """
-    n_b, n_t, _ = x.shape
-    n_l = wst.shape[0]
-    u = wst.shape[2] // 4
-    n_h = dense_w.shape[1]
-    dt = x.dtype
-    per_wave = (n_l - 1) * n_total * u  # counters of one wave of the stack's masks
-    if rate > 0.0 and n_l > 1:
-        masks = np.empty((n_t + n_l - 1, n_l - 1, n_b, u), dt)
-        for w in range(n_t + n_l - 1):
-            for ly in range(n_l - 1):
-                first = w * per_wave + (ly * n_total + row0) * u
-                dropout_masks(masks[w, ly], key, first, rate)
-    else:  # an empty first axis: no dropout between layers
-        masks = np.empty((0, max(n_l - 1, 1), n_b, u), dt)
-    m_top = np.ones((n_b, u), dt)
-    if top_rate > 0.0:  # counters after all the stack's waves
-        dropout_masks(m_top, key ^ np.uint64(0xD1B54A32D192ED03), row0 * u, top_rate)
-    zeros = np.zeros((n_l, n_b, u), dt)
-    top, _, _, inp, gates, cells, tanh_c, hs = stack_forward(
-        x, kernel0, wst, bias, masks, zeros, zeros
-    )
-    h_top = np.ascontiguousarray(top[:, n_t - 1]) * m_top  # (B, u) into the Dense layer
-    err = np.dot(h_top, dense_w)  # (B, H)
-    sse = 0.0
-    for b in range(n_b):
-        for k in range(n_h):
-            e = err[b, k] + dense_b[k] - y[b, k]
-            sse += float(e) * float(e)
-            err[b, k] = e
-    d_y = err * np.full(1, 2.0 / (n_total * n_h), dt)[0]  # d(mean squared error)/d(output)
-    d_dense_w = np.dot(h_top.T.copy(), d_y)
-    d_dense_b = d_y.sum(axis=0)
-    d_seq = np.zeros((n_b, n_t, u), dt)
-    d_seq[:, n_t - 1] = np.dot(d_y, dense_w.T.copy()) * m_top
-    _, _, _, d_kernel0, d_wst, d_bias = stack_backward(
-        x, kernel0, wst, masks, inp, gates, cells, tanh_c, hs, d_seq, zeros, zeros
-    )
-    pos = 0
-    for part in (d_kernel0.ravel(), d_wst.ravel(), d_bias.ravel(), d_dense_w.ravel(), d_dense_b):
-        grads[pos : pos + part.size] = part
-        pos += part.size
-    return sse
-
-
-@njit(**_JIT)
-def predict_slice(
-    x, kernel0, wst, bias, dense_w, dense_b, key, row0, n_total, rate, top_rate, repeats
-):  # pragma: no cover - compiled
-    """The network's output (B, H) for rows ``row0 .. row0 + B`` of ``n_total`` (``x``
-    repeated ``repeats`` times, see ``stack_predict``): the stack, Dropout(``top_rate``) and
-    Dense; dropout active when the rates are > 0, with the masks ``train_slice`` would draw
-    under ``key`` (Monte Carlo dropout), else deterministic."""
-    h_top = stack_predict(x, kernel0, wst, bias, key, row0, n_total, rate, repeats)
-    if top_rate > 0.0:
-        m_top = np.empty_like(h_top)
-        dropout_masks(m_top, key ^ np.uint64(0xD1B54A32D192ED03), row0 * h_top.shape[1], top_rate)
-        h_top = h_top * m_top
-    out = np.dot(h_top, dense_w)
-    for b in range(out.shape[0]):
-        for k in range(out.shape[1]):
-            out[b, k] += dense_b[k]
-    return out
+    h_top = np.ascontiguousarray(h.T)
+    return np.dot(h_top * _top_mask(h_top, key, row0, top_rate), dense_w) + dense_b
 
 
 @njit(**_JIT)
