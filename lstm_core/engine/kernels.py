@@ -1,16 +1,15 @@
 """Numba CPU kernels of the network (stacked LSTM, Dropout, Dense, MSE): a train step of a batch
 slice (forward keeping activations, then BPTT), inference with optional dropout, dropout masks
-and Adam.  No TensorFlow here.
+and Adam.  Maths as ``keras.layers.LSTM`` (gate order i, f, c, o); tests/lstm_core/reference.py
+is the oracle.
 
-Maths as ``keras.layers.LSTM`` (gate order i, f, c, o) stacked with ``keras.layers.Dropout``;
-tests/lstm_core/reference.py is the oracle.  ``params`` is (kernel0 (n_in, 4u), wst (L, 2u, 4u)
-= [kernel; recurrent] per layer (layer 0's kernel half unused), bias (L, 4u), dense_w (u, H),
-dense_b (H,)).  Each layer's input projection for all steps is one matmul, so only
-``recurrent_kernelᵀ @ h(t-1)`` (backwards ``recurrent_kernel @ δz``) stays on the sequential
-chain.  Arrays are unit-major inside (a step's state is (unit, batch)), so the weights are BLAS's
-left operand, the faster order with OpenBLAS.  Layer l's input at step t is multiplied by
-``masks[t + l, l - 1]`` (wave t + l).  float32 computes tanh with the rational approximation
-Eigen and XLA use (σ(z) = ½·tanh(½z) + ½), which the compiler vectorises; float64 uses libm.
+``params`` = (kernel0 (n_in, 4u), wst (L, 2u, 4u): [kernel; recurrent] per layer (layer 0's
+kernel half unused), bias (L, 4u), dense_w (u, H), dense_b (H,)).  Each layer's input projection
+for all steps is one matmul, so only ``recurrent_kernelᵀ @ h(t-1)`` (backwards
+``recurrent_kernel @ δz``) stays on the sequential chain.  Arrays are unit-major inside (a step's
+state is (unit, batch)): the weights are BLAS's left operand, faster with OpenBLAS.  Layer l's
+input at step t is multiplied by ``masks[t + l, l - 1]`` (wave t + l).  float32 computes tanh
+with Eigen's and XLA's rational approximation (σ(z) = ½·tanh(½z) + ½), which vectorises.
 """
 
 from __future__ import annotations
@@ -57,12 +56,16 @@ _TOP_SALT = np.uint64(0xD1B54A32D192ED03)  # the top Dropout's masks: another ke
 def _unit_major(x):  # pragma: no cover - compiled
     """(B, T, n) -> (n, T·B): column t·B + b holds x[b, t]."""
     n_b, n_t, n = x.shape
-    out = np.empty((n, n_t * n_b), x.dtype)
-    for t in range(n_t):
-        for b in range(n_b):
-            for k in range(n):
-                out[k, t * n_b + b] = x[b, t, k]
-    return out
+    return np.ascontiguousarray(x.transpose(2, 1, 0)).reshape(n, n_t * n_b)
+
+
+@njit(inline="always", **_JIT)
+def _project(w_t, src, bias_row):  # pragma: no cover - compiled
+    """``w_t @ src`` plus the bias: the input projection (4u, columns) of the columns of src."""
+    z = np.dot(w_t, src)
+    for j in range(z.shape[0]):
+        z[j] += bias_row[j]
+    return z
 
 
 @njit(**_JIT)
@@ -70,11 +73,10 @@ def stack_forward(x, kernel0, wst, bias, masks):  # pragma: no cover - compiled
     """Forward pass of the L stacked LSTM layers from zero states, keeping what
     ``stack_backward`` needs.
 
-    ``x`` (B, T, n_in); ``masks`` (T + L - 1, L - 1, B, u), or an empty first axis for no
-    dropout.  Returns the activations, unit-major: inp (L, u, T·B), gates (L, T, 4u, B),
+    ``x`` (B, T, n_in); ``masks`` (T + L - 1, L - 1, B, u).  Returns the activations, unit-major: inp (L, u, T·B), gates (L, T, 4u, B),
     cells (L, T + 1, u, B), tanh_c (L, T, u, B), hs (L, T + 1, u, B).
     """
-    n_b, n_t, n_in = x.shape
+    n_b, n_t, _ = x.shape
     n_l = wst.shape[0]
     u = wst.shape[2] // 4
     dt = x.dtype
@@ -88,33 +90,21 @@ def stack_forward(x, kernel0, wst, bias, masks):  # pragma: no cover - compiled
     shift = np.full(4 * u, 0.5, dt)
     scale[2 * u : 3 * u] = 1.0
     shift[2 * u : 3 * u] = 0.0
-    zin = np.empty((4 * u, n_t * n_b), dt)  # input projection of every step, bias included
     for ly in range(n_l):
         hs[ly, 0] = 0.0
         cells[ly, 0] = 0.0
         rec_t = np.ascontiguousarray(wst[ly, u:].T)  # (4u, u)
-        if ly == 0:
-            x_t = _unit_major(x)
-            for j in range(4 * u):
-                row = zin[j]
-                row[:] = bias[0, j]
-                for k in range(n_in):
-                    row += x_t[k] * kernel0[k, j]
+        if ly == 0:  # input projection of every step, bias included: (4u, T·B)
+            zin = _project(np.ascontiguousarray(kernel0.T), _unit_major(x), bias[0])
         else:
             src_all, dst_all = hs[ly - 1], inp[ly]
             for t in range(n_t):
-                src = src_all[t + 1]
+                src, m = src_all[t + 1], masks[t + ly, ly - 1]
                 for j in range(u):
                     dst = dst_all[j, t * n_b : (t + 1) * n_b]
-                    if masks.shape[0] > 0:
-                        m = masks[t + ly, ly - 1]
-                        for b in range(n_b):
-                            dst[b] = src[j, b] * m[b, j]
-                    else:
-                        dst[:] = src[j]
-            zin[:] = np.dot(np.ascontiguousarray(wst[ly, :u].T), inp[ly])
-            for j in range(4 * u):
-                zin[j] += bias[ly, j]
+                    for b in range(n_b):
+                        dst[b] = src[j, b] * m[b, j]
+            zin = _project(np.ascontiguousarray(wst[ly, :u].T), inp[ly], bias[ly])
         for t in range(n_t):
             # (4u, B): the only matmul on the sequential chain; the weights are the left operand
             z = np.dot(rec_t, hs[ly, t])
@@ -148,11 +138,7 @@ def stack_backward(x, wst, masks, saved, d_seq):  # pragma: no cover - compiled
     d_wst = np.zeros((n_l, 2 * u, 4 * u), dt)
     d_bias = np.zeros((n_l, 4 * u), dt)
     d_kernel0 = np.zeros((n_in, 4 * u), dt)
-    d_out = np.empty((u, n_t * n_b), dt)  # gradient reaching this layer's output sequence
-    for t in range(n_t):
-        for j in range(u):
-            for b in range(n_b):
-                d_out[j, t * n_b + b] = d_seq[b, t, j]
+    d_out = _unit_major(d_seq)  # (u, T·B): gradient reaching this layer's output sequence
     dz_all = np.empty((4 * u, n_t * n_b), dt)  # every step's δz, for the weight gradients
     dz = np.empty((4 * u, n_b), dt)  # this step's δz, for the recurrent matmul
     a_cat = np.empty((2 * u, n_t * n_b), dt)  # [input; h(t-1)] of every step
@@ -177,15 +163,12 @@ def stack_backward(x, wst, masks, saved, d_seq):  # pragma: no cover - compiled
                     za[b] = dc * i_g * (one - a_g * a_g)
                     zo[b] = dh * tcj[b] * o_g * (one - o_g)
                     d_c[b] = dc * f_g
-            for j in range(4 * u):
-                dz_all[j, t * n_b : (t + 1) * n_b] = dz[j]
+            dz_all[:, t * n_b : (t + 1) * n_b] = dz
             dh_rec = np.dot(rec, dz)  # (u, B)
         # weight gradients summed over steps and batch: one matmul for the layer's [kernel;
         # recurrent], computed transposed (the faster order with OpenBLAS)
         for t in range(n_t):
-            src = hs[ly, t]
-            for j in range(u):
-                a_cat[u + j, t * n_b : (t + 1) * n_b] = src[j]
+            a_cat[u:, t * n_b : (t + 1) * n_b] = hs[ly, t]
         for j in range(4 * u):
             d_bias[ly, j] = dz_all[j].sum()
         if ly > 0:
@@ -195,14 +178,9 @@ def stack_backward(x, wst, masks, saved, d_seq):  # pragma: no cover - compiled
             d_in = np.dot(dz_all.T, np.ascontiguousarray(wst[ly, :u].T))
             for t in range(n_t):
                 for b in range(n_b):
-                    src = d_in[t * n_b + b]
-                    if masks.shape[0] > 0:
-                        m = masks[t + ly, ly - 1, b]
-                        for j in range(u):
-                            d_out[j, t * n_b + b] = src[j] * m[j]
-                    else:
-                        for j in range(u):
-                            d_out[j, t * n_b + b] = src[j]
+                    src, m = d_in[t * n_b + b], masks[t + ly, ly - 1, b]
+                    for j in range(u):
+                        d_out[j, t * n_b + b] = src[j] * m[j]
         else:
             d_wst[0, u:] = np.dot(dz_all, a_cat[u:].T).T
             d_kernel0[:] = np.dot(_unit_major(x), dz_all.T)
@@ -240,6 +218,9 @@ def dropout_masks(out, key, first, rate):  # pragma: no cover - compiled
     ``key``, so a batch cut into slices draws exactly the masks of the whole batch.
     """
     flat = out.reshape(out.size)
+    if rate == 0.0:
+        flat[:] = 1.0
+        return out
     keep = np.full(1, 1.0 / (1.0 - rate), out.dtype)[0]
     zero = np.zeros(1, out.dtype)[0]
     threshold = np.uint64(min(int(rate * 16777216.0), 16777216))  # 24 random bits vs rate
@@ -250,15 +231,6 @@ def dropout_masks(out, key, first, rate):  # pragma: no cover - compiled
         z = (z ^ (z >> _S27)) * _MIX2
         flat[k] = keep if ((z ^ (z >> _S31)) >> _S40) >= threshold else zero
     return out
-
-
-@njit(**_JIT)
-def _top_mask(h_top, key, row0, top_rate):  # pragma: no cover - compiled
-    """The top Dropout's multipliers for ``h_top`` (B, u), rows ``row0 ..`` of the batch."""
-    m = np.ones_like(h_top)
-    if top_rate > 0.0:
-        dropout_masks(m, key ^ _TOP_SALT, row0 * h_top.shape[1], top_rate)
-    return m
 
 
 @njit(**_JIT)
@@ -278,17 +250,13 @@ def train_slice(x, y, params, key, row0, n_total, rate, top_rate, grads):  # pra
     n_h = dense_w.shape[1]
     dt = x.dtype
     per_wave = (n_l - 1) * n_total * u  # counters of one wave of the stack's masks
-    if rate > 0.0 and n_l > 1:
-        masks = np.empty((n_t + n_l - 1, n_l - 1, n_b, u), dt)
-        for w in range(n_t + n_l - 1):
-            for ly in range(n_l - 1):
-                first = w * per_wave + (ly * n_total + row0) * u
-                dropout_masks(masks[w, ly], key, first, rate)
-    else:  # an empty first axis: no dropout between layers
-        masks = np.empty((0, max(n_l - 1, 1), n_b, u), dt)
+    masks = np.empty((n_t + n_l - 1, n_l - 1, n_b, u), dt)
+    for w in range(n_t + n_l - 1):
+        for ly in range(n_l - 1):
+            dropout_masks(masks[w, ly], key, w * per_wave + (ly * n_total + row0) * u, rate)
     saved = stack_forward(x, kernel0, wst, bias, masks)
     h_top = np.ascontiguousarray(saved[4][n_l - 1, n_t].T)  # hs of the top layer at T: (B, u)
-    m_top = _top_mask(h_top, key, row0, top_rate)
+    m_top = dropout_masks(np.empty_like(h_top), key ^ _TOP_SALT, row0 * u, top_rate)
     h_top = h_top * m_top
     err = np.dot(h_top, dense_w)  # (B, H)
     sse = 0.0
@@ -317,56 +285,42 @@ def predict_slice(x, params, key, row0, n_total, rate, top_rate, repeats):  # pr
     the pass is deterministic.  Layer 0 sees no dropout, so it runs once per window.
     """
     kernel0, wst, bias, dense_w, dense_b = params
-    n_x, n_t, n_in = x.shape
+    n_x, n_t, _ = x.shape
     n_b = n_x * repeats
     n_l = wst.shape[0]
     u = wst.shape[2] // 4
     dt = x.dtype
     half = np.full(1, 0.5, dt)[0]
-    x_t = _unit_major(x)  # (n_in, T·n)
     seq = np.empty((n_t, u, n_b), dt)  # the current layer's h(t), input of the next
-    zin = np.empty((4 * u, n_b), dt)
-    h = np.empty((u, n_b), dt)
-    c = np.empty((u, n_b), dt)
     m = np.empty((n_b, u), dt)  # this step's dropout mask on the layer's input
     x_in = np.empty((u, n_b), dt)
     per_wave = (n_l - 1) * n_total * u
-    rec_t = np.ascontiguousarray(wst[0, u:].T)
-    zin0 = np.empty((4 * u, n_x), dt)
+    x_steps = np.ascontiguousarray(x.transpose(1, 2, 0))  # (T, n_in, n)
+    k0_t, rec_t = np.ascontiguousarray(kernel0.T), np.ascontiguousarray(wst[0, u:].T)
     h0 = np.zeros((u, n_x), dt)
     c0 = np.zeros((u, n_x), dt)
     for t in range(n_t):
-        for j in range(4 * u):
-            zin0[j] = bias[0, j]
-            for k in range(n_in):
-                zin0[j] += x_t[k, t * n_x : (t + 1) * n_x] * kernel0[k, j]
-        _cell_update(np.dot(rec_t, h0), zin0, c0, h0, half)
+        _cell_update(np.dot(rec_t, h0), _project(k0_t, x_steps[t], bias[0]), c0, h0, half)
         for r in range(repeats):
             seq[t, :, r * n_x : (r + 1) * n_x] = h0
-    if n_l == 1:
-        h[:] = seq[n_t - 1]
+    h = seq[n_t - 1].copy()  # the top layer's last h if layer 0 is the top
+    c = np.empty((u, n_b), dt)
     for ly in range(1, n_l):
         rec_t = np.ascontiguousarray(wst[ly, u:].T)
         ker_t = np.ascontiguousarray(wst[ly, :u].T)
         h[:] = 0.0
         c[:] = 0.0
         for t in range(n_t):
-            if rate > 0.0:
-                first = (t + ly) * per_wave + ((ly - 1) * n_total + row0) * u
-                dropout_masks(m, key, first, rate)
-                src = seq[t]
-                for j in range(u):
-                    for b in range(n_b):
-                        x_in[j, b] = src[j, b] * m[b, j]
-                zin[:] = np.dot(ker_t, x_in)
-            else:
-                zin[:] = np.dot(ker_t, seq[t])
-            for j in range(4 * u):
-                zin[j] += bias[ly, j]
-            _cell_update(np.dot(rec_t, h), zin, c, h, half)
+            dropout_masks(m, key, (t + ly) * per_wave + ((ly - 1) * n_total + row0) * u, rate)
+            src = seq[t]
+            for j in range(u):
+                for b in range(n_b):
+                    x_in[j, b] = src[j, b] * m[b, j]
+            _cell_update(np.dot(rec_t, h), _project(ker_t, x_in, bias[ly]), c, h, half)
             seq[t] = h
     h_top = np.ascontiguousarray(h.T)
-    return np.dot(h_top * _top_mask(h_top, key, row0, top_rate), dense_w) + dense_b
+    m_top = dropout_masks(np.empty_like(h_top), key ^ _TOP_SALT, row0 * u, top_rate)
+    return np.dot(h_top * m_top, dense_w) + dense_b
 
 
 @njit(**_JIT)

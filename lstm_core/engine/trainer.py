@@ -23,8 +23,6 @@ import numpy as np
 from lstm_core.config import TrainingConfig
 from lstm_core.engine.process import engine_settings
 
-__all__ = ["AdamState", "eligible", "fit", "mc_dropout_samples", "predict"]
-
 PARTS = 2  # each batch is cut in this many slices, run side by side on the cores
 
 
@@ -222,10 +220,9 @@ def fit(
     opt = model.optimizer
     b1, b2 = float(opt.beta_1), float(opt.beta_2)
     adam_args = (np.float32(1.0 - b1), np.float32(1.0 - b2), np.float32(opt.epsilon))
-    try:  # a process pinned to fewer cores (a tuning worker) cuts batches in fewer slices
-        parts = max(1, min(PARTS, size, len(os.sched_getaffinity(0))))
-    except AttributeError:  # not on Linux
-        parts = max(1, min(PARTS, size, os.cpu_count() or 1))
+    # a process pinned to fewer cores (a tuning worker) cuts batches in fewer slices
+    pinned = getattr(os, "sched_getaffinity", None)  # Linux only
+    parts = max(1, min(PARTS, size, len(pinned(0)) if pinned else os.cpu_count() or 1))
     grads = np.zeros((parts, net.flat.size), np.float32)
     history: dict[str, list[float]] = {}
     steps = math.ceil(n / size)

@@ -42,7 +42,7 @@ def _weights(dtype=np.float64):
 
 
 def _no_masks(dtype=np.float64):
-    return np.zeros((0, LAYERS - 1, BATCH, UNITS), dtype)
+    return np.ones((STEPS + LAYERS - 1, LAYERS - 1, BATCH, UNITS), dtype)
 
 
 def _top(saved):
