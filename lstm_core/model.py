@@ -24,8 +24,6 @@ def build_model(
     """
     import keras
 
-    if model_cfg.backend not in BACKENDS:
-        raise ValueError(f"unknown model backend {model_cfg.backend!r}; expected one of {BACKENDS}")
     if seed is not None:
         keras.utils.set_random_seed(seed)
     model = keras.Sequential(name="lstm_forecaster")

@@ -54,9 +54,9 @@ _TOP_SALT = np.uint64(0xD1B54A32D192ED03)  # the top Dropout's masks: another ke
 
 @njit(**_JIT)
 def _unit_major(x):  # pragma: no cover - compiled
-    """(B, T, n) -> (n, T·B): column t·B + b holds x[b, t]."""
+    """(B, T, n) -> a new (n, T·B) array: column t·B + b holds x[b, t]."""
     n_b, n_t, n = x.shape
-    return np.ascontiguousarray(x.transpose(2, 1, 0)).reshape(n, n_t * n_b)
+    return x.transpose(2, 1, 0).copy().reshape(n, n_t * n_b)
 
 
 @njit(inline="always", **_JIT)
