@@ -71,10 +71,10 @@ def _project(w_t, src, bias_row):  # pragma: no cover - compiled
 @njit(**_JIT)
 def stack_forward(x, kernel0, wst, bias, masks):  # pragma: no cover - compiled
     """Forward pass of the L stacked LSTM layers from zero states, keeping what
-    ``stack_backward`` needs.
+    ``stack_backward`` needs: ``x`` (B, T, n_in), ``masks`` (T + L - 1, L - 1, B, u).
 
-    ``x`` (B, T, n_in); ``masks`` (T + L - 1, L - 1, B, u).  Returns the activations, unit-major: inp (L, u, T·B), gates (L, T, 4u, B),
-    cells (L, T + 1, u, B), tanh_c (L, T, u, B), hs (L, T + 1, u, B).
+    Returns the activations, unit-major: inp (L, u, T·B), gates (L, T, 4u, B), cells
+    (L, T + 1, u, B), tanh_c (L, T, u, B), hs (L, T + 1, u, B).
     """
     n_b, n_t, _ = x.shape
     n_l = wst.shape[0]
