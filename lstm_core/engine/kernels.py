@@ -258,13 +258,8 @@ def train_slice(x, y, params, key, row0, n_total, rate, top_rate, grads):  # pra
     h_top = np.ascontiguousarray(saved[4][n_l - 1, n_t].T)  # hs of the top layer at T: (B, u)
     m_top = dropout_masks(np.empty_like(h_top), key ^ _TOP_SALT, row0 * u, top_rate)
     h_top = h_top * m_top
-    err = np.dot(h_top, dense_w)  # (B, H)
-    sse = 0.0
-    for b in range(n_b):
-        for k in range(n_h):
-            e = err[b, k] + dense_b[k] - y[b, k]
-            sse += float(e) * float(e)
-            err[b, k] = e
+    err = np.dot(h_top, dense_w) + dense_b - y  # (B, H)
+    sse = float((err.astype(np.float64) ** 2).sum())
     d_y = err * np.full(1, 2.0 / (n_total * n_h), dt)[0]  # d(mean squared error)/d(output)
     d_seq = np.zeros((n_b, n_t, u), dt)
     d_seq[:, n_t - 1] = np.dot(d_y, dense_w.T.copy()) * m_top
