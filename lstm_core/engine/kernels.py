@@ -210,6 +210,14 @@ _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31, _S40 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(40)
 
 
+@njit(inline="always", **_JIT)
+def splitmix64(z):  # pragma: no cover - compiled
+    """splitmix64's output for the uint64 state ``z``."""
+    z = (z ^ (z >> _S30)) * _MIX1
+    z = (z ^ (z >> _S27)) * _MIX2
+    return z ^ (z >> _S31)
+
+
 @njit(**_JIT)
 def dropout_masks(out, key, first, rate):  # pragma: no cover - compiled
     """Fill ``out`` with inverted-dropout multipliers: 0 (prob. ``rate``) or 1 / (1 - rate).
@@ -226,10 +234,7 @@ def dropout_masks(out, key, first, rate):  # pragma: no cover - compiled
     threshold = np.uint64(min(int(rate * 16777216.0), 16777216))  # 24 random bits vs rate
     base = np.uint64(key) + np.uint64(first) * _GOLDEN
     for k in range(flat.size):
-        z = base + np.uint64(k) * _GOLDEN
-        z = (z ^ (z >> _S30)) * _MIX1
-        z = (z ^ (z >> _S27)) * _MIX2
-        flat[k] = keep if ((z ^ (z >> _S31)) >> _S40) >= threshold else zero
+        flat[k] = keep if (splitmix64(base + np.uint64(k) * _GOLDEN) >> _S40) >= threshold else zero
     return out
 
 

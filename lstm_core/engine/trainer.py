@@ -131,10 +131,10 @@ def _slices(n: int, parts: int) -> list[tuple[int, int]]:
 
 def _mask_key(seed: int, step: int) -> np.uint64:
     """The dropout masks' key of global step ``step`` (splitmix64 of seed and step)."""
+    from lstm_core.engine.kernels import splitmix64
+
     z = (seed * 0x9E3779B97F4A7C15 + step * 0xD6E8FEB86659FD93 + 0x632BE59BD9B4E019) % 2**64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
-    return np.uint64(z ^ (z >> 31))
+    return np.uint64(splitmix64(np.uint64(z)))
 
 
 def _side_by_side(pool: ThreadPoolExecutor, calls: Sequence[Callable[[], Any]]) -> list[Any]:
