@@ -98,12 +98,10 @@ class _Net:
         chunks = np.split(flat, np.cumsum(sizes)[:-1])
         views = tuple(c.reshape(s) for c, s in zip(chunks, shapes, strict=True))
         kernel0, wst, bias, dense_w, dense_b = views
-        pairs = [(lstms[0].cell.kernel, kernel0)]  # layer 0's kernel half of wst stays zero
-        for i, layer in enumerate(lstms):
-            if i > 0:
-                pairs.append((layer.cell.kernel, wst[i, :u]))
-            pairs += [(layer.cell.recurrent_kernel, wst[i, u:]), (layer.cell.bias, bias[i])]
-        pairs += [(dense.kernel, dense_w), (dense.bias, dense_b)]
+        pairs = [(dense.kernel, dense_w), (dense.bias, dense_b)]
+        for i, cell in enumerate(x.cell for x in lstms):  # layer 0's kernel half of wst stays 0
+            kernel = (cell.kernel, kernel0 if i == 0 else wst[i, :u])
+            pairs += [kernel, (cell.recurrent_kernel, wst[i, u:]), (cell.bias, bias[i])]
         for var, view in pairs:
             view[...] = keras.ops.convert_to_numpy(var)
         rate = drops[0].rate if n_l > 1 else 0.0
