@@ -49,7 +49,7 @@ def main() -> None:
     tf.get_logger().setLevel("ERROR")
     from lstm_core import engine
     from lstm_core.config import ModelConfig, TrainingConfig
-    from lstm_core.engine.kernels import stack_backward, stack_forward, stack_predict, train_slice
+    from lstm_core.engine.kernels import predict_slice, stack_backward, stack_forward, train_slice
     from lstm_core.engine.process import engine_settings
     from lstm_core.model import build_model
 
@@ -58,24 +58,24 @@ def main() -> None:
     wst = (rng.normal(size=(LAYERS, 2 * UNITS, 4 * UNITS)) * 0.1).astype(np.float32)
     bias = np.zeros((LAYERS, 4 * UNITS), np.float32)
     dense_w, dense_b = np.zeros((UNITS, 1), np.float32), np.zeros(1, np.float32)
+    params = (k0, wst, bias, dense_w, dense_b)
     key = np.uint64(7)
     with engine_settings():
         for batch in (16, 32):
             x = rng.random((batch, STEPS, 1)).astype(np.float32)
             y = rng.random((batch, 1)).astype(np.float32)
-            zeros = np.zeros((LAYERS, batch, UNITS), np.float32)
             masks = np.ones((STEPS + LAYERS - 1, LAYERS - 1, batch, UNITS), np.float32)
-            saved = stack_forward(x, k0, wst, bias, masks, zeros, zeros)
+            saved = stack_forward(x, k0, wst, bias, masks)
             d_seq = rng.normal(size=(batch, STEPS, UNITS)).astype(np.float32)
-            grads = np.zeros(k0.size + wst.size + bias.size + UNITS + 1, np.float32)
+            grads = np.zeros(sum(p.size for p in params), np.float32)
             timed(f"B={batch} Numba training forward", stack_forward, x, k0, wst, bias, masks,
-                  zeros, zeros, calls=args.calls)  # fmt: skip
-            timed(f"B={batch} Numba backward", stack_backward, x, k0, wst, masks, *saved[3:],
-                  d_seq, zeros, zeros, calls=args.calls)  # fmt: skip
-            timed(f"B={batch} Numba train_slice (one core)", train_slice, x, y, k0, wst, bias,
-                  dense_w, dense_b, key, 0, batch, 0.2, 0.2, grads, calls=args.calls)  # fmt: skip
-            timed(f"B={batch} Numba inference", stack_predict, x, k0, wst, bias, key, 0, batch,
-                  0.0, calls=args.calls)  # fmt: skip
+                  calls=args.calls)  # fmt: skip
+            timed(f"B={batch} Numba backward", stack_backward, x, wst, masks, saved, d_seq,
+                  calls=args.calls)  # fmt: skip
+            timed(f"B={batch} Numba train_slice (one core)", train_slice, x, y, params, key, 0,
+                  batch, 0.2, 0.2, grads, calls=args.calls)  # fmt: skip
+            timed(f"B={batch} Numba inference", predict_slice, x, params, key, 0, batch, 0.0,
+                  0.0, 1, calls=args.calls)  # fmt: skip
 
     X = rng.random((32, STEPS, 1)).astype("float32")
     y = rng.random((32, 1)).astype("float32")

@@ -1,12 +1,11 @@
 """Walk-forward (rolling-origin) backtest.
 
-The last ``eval_cfg.test_fraction`` of the rows is cut into ``eval_cfg.backtest_folds``
-consecutive blocks.  Fold i refits the scaler and a fresh model on every row before
-block i and scores the forecasts whose targets lie in block i.  A fold trains the registered
-configuration (the same network, engine, batch size, seed and, unless
-``eval_cfg.backtest_epochs`` says otherwise, ``training_cfg.epochs``), without a validation
-part and so without early stopping.  Folds run one after the other: each training already
-keeps both cores busy.
+The last ``eval_cfg.test_fraction`` of the rows is cut into ``eval_cfg.backtest_folds`` blocks.
+Fold i refits the scaler and a fresh model on every row before block i and scores the forecasts
+whose targets lie in block i.  A fold trains the registered configuration (network, engine,
+batch size, seed and, unless ``eval_cfg.backtest_epochs`` says otherwise, epochs), without a
+validation part and so without early stopping.  Folds run one after the other: each training
+already keeps both cores busy.
 """
 
 from __future__ import annotations
@@ -32,16 +31,8 @@ from lstm_core.train import train_model
 # (lookback, n_features, horizon) -> a compiled, untrained keras.Model
 ModelBuilder = Callable[[int, int, int], Any]
 
-FOLD_COLUMNS = [
-    "fold",
-    "train_rows",
-    "test_start",
-    "test_end",
-    "n_test",
-    "rmse",
-    "naive_rmse",
-    "skill",
-]
+FOLD_COLUMNS = ["fold", "train_rows", "test_start", "test_end", "n_test", "rmse", "naive_rmse",
+                "skill"]  # fmt: skip
 
 
 def fold_bounds(n_rows: int, eval_cfg: EvaluationConfig) -> list[tuple[int, int]]:
@@ -67,12 +58,8 @@ def walk_forward_backtest(
     """Per-fold metrics (rmse, naive_rmse, skill = 1 - rmse/naive_rmse) as a DataFrame."""
     validate_frame(df, feature_cfg.columns)
     frame = df.reset_index(drop=True)
-    fold_cfg = training_cfg.model_copy(
-        update={
-            "epochs": eval_cfg.backtest_epochs or training_cfg.epochs,
-            "early_stopping_patience": 0,
-        }
-    )
+    epochs = eval_cfg.backtest_epochs or training_cfg.epochs
+    fold_cfg = training_cfg.model_copy(update={"epochs": epochs, "early_stopping_patience": 0})
     rows = []
     for i, (start, end) in enumerate(fold_bounds(len(frame), eval_cfg)):
         # the fold only ever sees rows before `end`; its scaler only rows before `start`
@@ -85,16 +72,9 @@ def walk_forward_backtest(
         )
         predicted = predict_prices(result.model, data.test, preprocessor)
         m = evaluate_forecasts(data, predicted, eval_cfg).metrics
-        rows.append(
-            {
-                "fold": i + 1,
-                "train_rows": start,
-                "test_start": frame[DATE_COLUMN].iloc[start],
-                "test_end": frame[DATE_COLUMN].iloc[end - 1],
-                "n_test": len(data.test),
-                "rmse": m["test_rmse"],
-                "naive_rmse": m["naive_rmse"],
-                "skill": m["skill_vs_naive"],
-            }
+        dates = frame[DATE_COLUMN]
+        metrics = (m["test_rmse"], m["naive_rmse"], m["skill_vs_naive"])
+        rows.append(  # in FOLD_COLUMNS' order
+            (i + 1, start, dates.iloc[start], dates.iloc[end - 1], len(data.test), *metrics)
         )
     return pd.DataFrame(rows, columns=FOLD_COLUMNS)

@@ -1,9 +1,7 @@
-"""Frozen, validated configuration objects for the pure computation.
-
-The pipelines build these from `mlflow.yaml`; the core never reads a file.
-Defaults reproduce the tutorial (60-day windows on the opening price, four LSTM(50)
-layers with Dropout(0.2), Adam, MSE, 20 epochs, batch 32) except the target transform,
-which defaults to log returns (see the README for why).
+"""Frozen, validated configuration of the pure computation (the pipelines build it from
+`mlflow.yaml`).  Defaults are the tutorial's (60-day windows on the opening price, four LSTM(50)
+layers with Dropout(0.2), Adam, MSE, 20 epochs, batch 32) but for the target transform: log
+returns (see the README for why).
 """
 
 from __future__ import annotations
@@ -43,11 +41,9 @@ class FeatureConfig(_Frozen):
     def _known_columns(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         if not v:
             raise ValueError("at least one feature column is required")
-        bad = [c for c in v if c not in FEATURE_COLUMNS]
-        if bad:
-            raise ValueError(
-                f"unknown feature column(s) {bad}; choose from {list(FEATURE_COLUMNS)}"
-            )
+        if bad := [c for c in v if c not in FEATURE_COLUMNS]:
+            known = list(FEATURE_COLUMNS)
+            raise ValueError(f"unknown feature column(s) {bad}; choose from {known}")
         if len(set(v)) != len(v):
             raise ValueError("feature columns must be unique")
         return v

@@ -18,49 +18,36 @@ def build_model(
     horizon: int,
     seed: int | None = None,
 ) -> Any:
-    """Stacked ``keras.layers.LSTM(units)`` + ``Dropout`` layers, ``Dense(horizon)``, Adam, MSE.
-
-    Built-in layers only, whatever the backend: this is the model that is saved and served.
-    Input ``(batch, lookback, n_features)``, output ``(batch, horizon)``.  Pass ``seed`` to
-    make the initial weights reproducible (it seeds Keras' global RNGs).
+    """Stacked ``LSTM(units)`` + ``Dropout`` layers, ``Dense(horizon)``, Adam, MSE: built-in layers
+    only, whatever the backend (the model saved and served).  Input ``(batch, lookback,
+    n_features)``, output ``(batch, horizon)``.  ``seed`` seeds Keras' global RNGs.
     """
     import keras
 
-    if model_cfg.backend not in BACKENDS:
-        raise ValueError(f"unknown model backend {model_cfg.backend!r}; expected one of {BACKENDS}")
     if seed is not None:
         keras.utils.set_random_seed(seed)
     model = keras.Sequential(name="lstm_forecaster")
     model.add(keras.Input(shape=(lookback, n_features)))
-    for i in range(model_cfg.layers):
-        # every LSTM but the last hands its whole sequence to the next one
-        last = i == model_cfg.layers - 1
-        model.add(keras.layers.LSTM(model_cfg.units, return_sequences=not last))
+    for i in range(model_cfg.layers):  # every LSTM but the last hands its sequence to the next
+        model.add(keras.layers.LSTM(model_cfg.units, return_sequences=i < model_cfg.layers - 1))
         model.add(keras.layers.Dropout(model_cfg.dropout))
     model.add(keras.layers.Dense(horizon))
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=model_cfg.learning_rate),
-        loss="mean_squared_error",
+        optimizer=keras.optimizers.Adam(model_cfg.learning_rate), loss="mean_squared_error"
     )
     return model
 
 
 def predict_scaled(model: Any, X: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Deterministic model output ``(n, horizon)`` for ``X`` ``(n, lookback, n_features)``.
-
-    Runs in the Numba engine when it implements the model, else calls the model directly in
-    chunks (no ``model.predict`` overhead, dropout off).
-    """
+    """Deterministic model output ``(n, horizon)`` for ``X`` ``(n, lookback, n_features)``: in
+    the Numba engine when it implements the model, else the model called in chunks (no
+    ``model.predict`` overhead)."""
     from lstm_core import engine
 
     if engine.eligible(model) is None:
         return engine.predict(model, X)
     if len(X) == 0:
         return np.empty((0, model.output_shape[-1]), dtype=np.float32)
-    chunks = [
-        np.asarray(
-            model(np.ascontiguousarray(X[i : i + batch_size], dtype=np.float32), training=False)
-        )
-        for i in range(0, len(X), batch_size)
-    ]
-    return np.concatenate(chunks, axis=0)
+    b = batch_size
+    chunks = (np.ascontiguousarray(X[i : i + b], dtype=np.float32) for i in range(0, len(X), b))
+    return np.concatenate([np.asarray(model(x, training=False)) for x in chunks])

@@ -1,9 +1,7 @@
-"""One candidate configuration of a hyperparameter search: train on the training part, score
-on the validation part in prices.
-
-The search never holds the test part: :func:`search_data` cuts the frame at the end of the
-validation part before anything is transformed or windowed, so no candidate (and no choice
-among them) can depend on the days the final model is tested on.
+"""One candidate of a hyperparameter search: train on the training part, score on the
+validation part in prices.  The test part is cut off before anything is transformed or
+windowed, so no candidate (and no choice among them) depends on the days the final model is
+tested on.
 """
 
 from __future__ import annotations
@@ -80,17 +78,9 @@ def train_candidate(
 ) -> tuple[TrainResult, float]:
     """Build and train one candidate; returns the training result and its validation RMSE."""
     cfg = data.preprocessor.feature_cfg
-    model = build_model(
-        model_cfg, cfg.lookback, len(cfg.columns), cfg.horizon, seed=training_cfg.seed
-    )
-    result = train_model(
-        model,
-        data.train.X,
-        data.train.y,
-        data.val.X,
-        data.val.y,
-        training_cfg,
-        callbacks,
-        backend=model_cfg.backend,
-    )
+    shape = (cfg.lookback, len(cfg.columns), cfg.horizon)
+    model = build_model(model_cfg, *shape, seed=training_cfg.seed)
+    train, val = data.train, data.val
+    result = train_model(model, train.X, train.y, val.X, val.y, training_cfg, callbacks,
+                         backend=model_cfg.backend)  # fmt: skip
     return result, data.val_rmse(result.model)

@@ -1,4 +1,4 @@
-"""Training loop: reproducible, early stopping, divergence detection."""
+"""Training: the engine (fast | keras), reproducible, early stopping, divergence detection."""
 
 from __future__ import annotations
 
@@ -27,26 +27,23 @@ class TrainResult:
     stopped_early: bool = False
 
 
-def _divergence_callback() -> Any:
+def _divergence_guard() -> Any:
+    """A callback that stops at the first epoch whose loss is NaN/inf and keeps where (``bad``)."""
     import keras
 
-    class _StopOnNonFinite(keras.callbacks.Callback):
-        """Stop at the first epoch whose loss is NaN/inf and remember where."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.bad: tuple[int, str, float] | None = None
+    class Guard(keras.callbacks.Callback):
+        bad: tuple[int, str, float] | None = None
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             # a NaN in any batch makes the epoch mean NaN, so checking per epoch suffices
             for key in ("loss", "val_loss"):
-                value = (logs or {}).get(key)
-                if value is not None and not math.isfinite(float(value)):
-                    self.bad = (epoch + 1, key, float(value))
+                value = float((logs or {}).get(key, 0.0))
+                if not math.isfinite(value):
+                    self.bad = (epoch + 1, key, value)
                     self.model.stop_training = True
                     return
 
-    return _StopOnNonFinite()
+    return Guard()
 
 
 def _dataset(
@@ -54,16 +51,13 @@ def _dataset(
 ) -> Any:
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices(
-        (np.ascontiguousarray(X, dtype=np.float32), np.ascontiguousarray(y, dtype=np.float32))
-    )
+    arrays = tuple(np.ascontiguousarray(a, dtype=np.float32) for a in (X, y))
+    ds = tf.data.Dataset.from_tensor_slices(arrays)
     if shuffle:
         ds = ds.shuffle(len(X), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    if repeat:
-        # One iterator for the whole fit (epochs cut by steps_per_epoch, batches exactly as
-        # without repeat): a fresh iterator per epoch stalled the first step of some epochs.
-        ds = ds.repeat()
+    # repeat: one iterator for the whole fit (epochs cut by steps_per_epoch, batches exactly as
+    # without repeat); a fresh iterator per epoch stalled the first step of some epochs.
+    ds = ds.batch(batch_size).repeat() if repeat else ds.batch(batch_size)
     # No tf.data autotuning: destroying an autotuned iterator (Keras makes a validation
     # iterator every epoch) waits, idle, for the autotuner's thread in busy Dask workers
     # (RootDataset::Iterator::~Iterator). A fixed prefetch is enough for in-memory arrays.
@@ -84,13 +78,11 @@ def train_model(
 ) -> TrainResult:
     """Fit ``model`` on ``(n, lookback, n_features)`` -> ``(n, horizon)`` windows.
 
-    ``backend`` "fast" trains in the Numba engine (``lstm_core.engine.fit``), "keras" through
-    keras' ``fit``; the model is ``lstm_core.model.build_model``'s plain network either way.
-    ``cfg.seed`` seeds the shuffling and the dropout masks, so the same seed, data and
-    initial weights give the same trained weights on one machine.  ``callbacks`` (Keras
-    callbacks) receive per-epoch ``loss``/``val_loss``.  Early stopping on ``val_loss``
-    (``loss`` without validation data) restores the best weights.  Raises
-    TrainingDivergedError if a loss becomes NaN/inf.
+    ``backend`` "fast" trains in the Numba engine, "keras" through keras' ``fit``.  ``cfg.seed``
+    seeds the shuffling and the dropout masks: the same seed, data and initial weights give the
+    same trained weights on one machine.  ``callbacks`` (Keras) receive per-epoch ``loss`` and
+    ``val_loss``.  Early stopping on ``val_loss`` (``loss`` without validation data) restores the
+    best weights.  Raises TrainingDivergedError if a loss becomes NaN/inf.
     """
     import keras
 
@@ -102,32 +94,21 @@ def train_model(
     if cfg.epochs == 0:
         return TrainResult(model=model, history={"loss": [], "val_loss": []})
     keras.utils.set_random_seed(cfg.seed)
-    guard = _divergence_callback()
-    all_callbacks: list[Any] = [guard]
-    early = None
+    guard, early = _divergence_guard(), None
     if cfg.early_stopping_patience > 0:
-        early = keras.callbacks.EarlyStopping(
-            monitor="val_loss" if has_val else "loss",
-            patience=cfg.early_stopping_patience,
-            restore_best_weights=True,
-        )
-        all_callbacks.append(early)
-    all_callbacks.extend(callbacks)
-
+        monitor, patience = "val_loss" if has_val else "loss", cfg.early_stopping_patience
+        early = keras.callbacks.EarlyStopping(monitor, patience=patience, restore_best_weights=True)
+    all_callbacks = [c for c in (guard, early) if c is not None] + list(callbacks)
     if backend == "fast":
         history, _ = engine.fit(model, X_train, y_train, X_val, y_val, cfg, all_callbacks)
     else:
         train_ds = _dataset(X_train, y_train, cfg.batch_size, cfg.shuffle, cfg.seed, repeat=True)
         val_ds = _dataset(X_val, y_val, cfg.batch_size, False, cfg.seed) if has_val else None
-        history = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=cfg.epochs,
-            steps_per_epoch=math.ceil(len(X_train) / cfg.batch_size),
-            callbacks=all_callbacks,
-            shuffle=False,  # the tf.data pipeline already shuffles (seeded)
-            verbose=0,
-        ).history
+        steps = math.ceil(len(X_train) / cfg.batch_size)
+        # shuffle=False: the tf.data pipeline already shuffles (seeded)
+        fitted = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, shuffle=False,
+                           steps_per_epoch=steps, callbacks=all_callbacks, verbose=0)  # fmt: skip
+        history = fitted.history
     if guard.bad is not None:
         epoch, key, value = guard.bad
         raise TrainingDivergedError(
@@ -135,9 +116,5 @@ def train_model(
         )
     history = {k: [float(v) for v in vals] for k, vals in history.items()}
     history.setdefault("val_loss", [])
-    return TrainResult(
-        model=model,
-        history=history,
-        epochs_run=len(history.get("loss", [])),
-        stopped_early=bool(early is not None and early.stopped_epoch > 0),
-    )
+    stopped = early is not None and early.stopped_epoch > 0
+    return TrainResult(model, history, epochs_run=len(history["loss"]), stopped_early=stopped)

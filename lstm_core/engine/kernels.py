@@ -1,16 +1,15 @@
-"""Numba CPU kernels of the LSTM stack: forward (saving activations), BPTT, inference with
-optional dropout, one train step of a batch slice, dropout masks and Adam.
+"""Numba CPU kernels of the network (stacked LSTM, Dropout, Dense, MSE): a train step of a batch
+slice (forward keeping activations, then BPTT), inference with optional dropout, dropout masks
+and Adam.  Maths as ``keras.layers.LSTM`` (gate order i, f, c, o); tests/lstm_core/reference.py
+is the oracle.
 
-Maths as ``keras.layers.LSTM`` (gate order i, f, c, o) stacked with ``keras.layers.Dropout``,
-and the tutorial's BPTT (tests/lstm_core/reference.py is the oracle).  Layers run one after
-the other; each layer's input projection for all steps is one matmul, so only
-``recurrent_kernelᵀ @ h(t-1)`` (backwards ``recurrent_kernel @ δz``) stays on the sequential
-chain.  Arrays are unit-major inside: a step's state is (unit, batch), so the weights are
-BLAS's left operand (faster with OpenBLAS: see benchmarks/bench_stack.py).
-
-Dropout between layers: layer l's input at step t is multiplied by ``masks[t + l, l - 1]``
-(wave w = t + l).  float32 computes tanh with the rational approximation Eigen and XLA use
-(σ(z) = ½·tanh(½z) + ½), which the compiler vectorises; float64 uses libm.  No TensorFlow here.
+``params`` = (kernel0 (n_in, 4u), wst (L, 2u, 4u): [kernel; recurrent] per layer (layer 0's
+kernel half unused), bias (L, 4u), dense_w (u, H), dense_b (H,)).  Each layer's input projection
+for all steps is one matmul, so only ``recurrent_kernelᵀ @ h(t-1)`` (backwards
+``recurrent_kernel @ δz``) stays on the sequential chain.  Arrays are unit-major inside (a step's
+state is (unit, batch)): the weights are BLAS's left operand, faster with OpenBLAS.  Layer l's
+input at step t is multiplied by ``masks[t + l, l - 1]`` (wave t + l).  float32 computes tanh
+with Eigen's and XLA's rational approximation (σ(z) = ½·tanh(½z) + ½), which vectorises.
 """
 
 from __future__ import annotations
@@ -18,16 +17,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, types
 from numba.extending import overload
-
-__all__ = [
-    "adam_update",
-    "dropout_masks",
-    "stack_backward",
-    "stack_forward",
-    "predict_slice",
-    "stack_predict",
-    "train_slice",
-]
 
 _F = np.float32
 # Eigen's float tanh: odd rational approximation on [-7.905, 7.905] (float32 tanh is ±1 beyond)
@@ -60,31 +49,34 @@ def _tanh_overload(x):
 
 # error_model="numpy": no ZeroDivisionError branch in the loops, so they vectorise.
 _JIT = {"nogil": True, "fastmath": True, "error_model": "numpy", "cache": True}
+_TOP_SALT = np.uint64(0xD1B54A32D192ED03)  # the top Dropout's masks: another key, same counters
 
 
 @njit(**_JIT)
 def _unit_major(x):  # pragma: no cover - compiled
-    """(B, T, n) -> (n, T·B): column t·B + b holds x[b, t]."""
+    """(B, T, n) -> a new (n, T·B) array: column t·B + b holds x[b, t]."""
     n_b, n_t, n = x.shape
-    out = np.empty((n, n_t * n_b), x.dtype)
-    for t in range(n_t):
-        for b in range(n_b):
-            for k in range(n):
-                out[k, t * n_b + b] = x[b, t, k]
-    return out
+    return x.transpose(2, 1, 0).copy().reshape(n, n_t * n_b)
+
+
+@njit(inline="always", **_JIT)
+def _project(w_t, src, bias_row):  # pragma: no cover - compiled
+    """``w_t @ src`` plus the bias: the input projection (4u, columns) of the columns of src."""
+    z = np.dot(w_t, src)
+    for j in range(z.shape[0]):
+        z[j] += bias_row[j]
+    return z
 
 
 @njit(**_JIT)
-def stack_forward(x, kernel0, wst, bias, masks, h0, c0):  # pragma: no cover - compiled
-    """Forward pass of L stacked LSTM layers, keeping what ``stack_backward`` needs.
+def stack_forward(x, kernel0, wst, bias, masks):  # pragma: no cover - compiled
+    """Forward pass of the L stacked LSTM layers from zero states, keeping what
+    ``stack_backward`` needs: ``x`` (B, T, n_in), ``masks`` (T + L - 1, L - 1, B, u).
 
-    ``x`` (B, T, n_in); ``kernel0`` (n_in, 4u); ``wst`` (L, 2u, 4u) = [kernel; recurrent] per
-    layer (layer 0's kernel half unused); ``bias`` (L, 4u); ``masks`` (T + L - 1, L - 1, B, u)
-    or an empty first axis for no dropout; ``h0``, ``c0`` (L, B, u).  Returns top (B, T, u),
-    h_last, c_last (L, B, u) and the saved activations, unit-major: inp (L, u, T·B), gates
-    (L, T, 4u, B), cells (L, T + 1, u, B), tanh_c (L, T, u, B), hs (L, T + 1, u, B).
+    Returns the activations, unit-major: inp (L, u, T·B), gates (L, T, 4u, B), cells
+    (L, T + 1, u, B), tanh_c (L, T, u, B), hs (L, T + 1, u, B).
     """
-    n_b, n_t, n_in = x.shape
+    n_b, n_t, _ = x.shape
     n_l = wst.shape[0]
     u = wst.shape[2] // 4
     dt = x.dtype
@@ -98,34 +90,21 @@ def stack_forward(x, kernel0, wst, bias, masks, h0, c0):  # pragma: no cover - c
     shift = np.full(4 * u, 0.5, dt)
     scale[2 * u : 3 * u] = 1.0
     shift[2 * u : 3 * u] = 0.0
-    zin = np.empty((4 * u, n_t * n_b), dt)  # input projection of every step, bias included
     for ly in range(n_l):
-        hs[ly, 0] = h0[ly].T
-        cells[ly, 0] = c0[ly].T
+        hs[ly, 0] = 0.0
+        cells[ly, 0] = 0.0
         rec_t = np.ascontiguousarray(wst[ly, u:].T)  # (4u, u)
-        if ly == 0:
-            x_t = _unit_major(x)
-            for j in range(4 * u):
-                row = zin[j]
-                row[:] = bias[0, j]
-                for k in range(n_in):
-                    row += x_t[k] * kernel0[k, j]
+        if ly == 0:  # input projection of every step, bias included: (4u, T·B)
+            zin = _project(np.ascontiguousarray(kernel0.T), _unit_major(x), bias[0])
         else:
-            # layer ly's input at step t: layer ly-1's h(t), masked (wave t + ly)
             src_all, dst_all = hs[ly - 1], inp[ly]
             for t in range(n_t):
-                src = src_all[t + 1]
+                src, m = src_all[t + 1], masks[t + ly, ly - 1]
                 for j in range(u):
                     dst = dst_all[j, t * n_b : (t + 1) * n_b]
-                    if masks.shape[0] > 0:
-                        m = masks[t + ly, ly - 1]
-                        for b in range(n_b):
-                            dst[b] = src[j, b] * m[b, j]
-                    else:
-                        dst[:] = src[j]
-            zin[:] = np.dot(np.ascontiguousarray(wst[ly, :u].T), inp[ly])
-            for j in range(4 * u):
-                zin[j] += bias[ly, j]
+                    for b in range(n_b):
+                        dst[b] = src[j, b] * m[b, j]
+            zin = _project(np.ascontiguousarray(wst[ly, :u].T), inp[ly], bias[ly])
         for t in range(n_t):
             # (4u, B): the only matmul on the sequential chain; the weights are the left operand
             z = np.dot(rec_t, hs[ly, t])
@@ -144,52 +123,30 @@ def stack_forward(x, kernel0, wst, bias, masks, h0, c0):  # pragma: no cover - c
                     cn[b] = c
                     tcj[b] = _tanh(c)
                     hn[b] = go[b] * tcj[b]
-    top = np.empty((n_b, n_t, u), dt)
-    for t in range(n_t):
-        src = hs[n_l - 1, t + 1]
-        for j in range(u):
-            for b in range(n_b):
-                top[b, t, j] = src[j, b]
-    h_last = np.empty((n_l, n_b, u), dt)
-    c_last = np.empty((n_l, n_b, u), dt)
-    for ly in range(n_l):
-        h_last[ly] = hs[ly, n_t].T
-        c_last[ly] = cells[ly, n_t].T
-    return top, h_last, c_last, inp, gates, cells, tanh_c, hs
+    return inp, gates, cells, tanh_c, hs
 
 
 @njit(**_JIT)
-def stack_backward(
-    x, kernel0, wst, masks, inp, gates, cells, tanh_c, hs, d_seq, d_h_last, d_c_last
-):  # pragma: no cover - compiled
-    """BPTT through ``stack_forward``: gradients of (x, h0, c0, kernel0, wst, bias).
-
-    ``d_seq`` (B, T, u) is the upstream gradient of the top layer's sequence, ``d_h_last`` and
-    ``d_c_last`` (L, B, u) those of the final states.
-    """
+def stack_backward(x, wst, masks, saved, d_seq):  # pragma: no cover - compiled
+    """BPTT through ``stack_forward`` (``saved`` its result): gradients of (kernel0, wst, bias)
+    for ``d_seq`` (B, T, u), the upstream gradient of the top layer's sequence."""
+    inp, gates, cells, tanh_c, hs = saved
     n_b, n_t, n_in = x.shape
     n_l = wst.shape[0]
     u = wst.shape[2] // 4
     dt = x.dtype
     d_wst = np.zeros((n_l, 2 * u, 4 * u), dt)
     d_bias = np.zeros((n_l, 4 * u), dt)
-    dh0 = np.empty((n_l, n_b, u), dt)
-    dc0 = np.empty((n_l, n_b, u), dt)
-    dx = np.zeros((n_b, n_t, n_in), dt)
     d_kernel0 = np.zeros((n_in, 4 * u), dt)
-    d_out = np.empty((u, n_t * n_b), dt)  # gradient reaching this layer's output sequence
-    for t in range(n_t):
-        for j in range(u):
-            for b in range(n_b):
-                d_out[j, t * n_b + b] = d_seq[b, t, j]
+    d_out = _unit_major(d_seq)  # (u, T·B): gradient reaching this layer's output sequence
     dz_all = np.empty((4 * u, n_t * n_b), dt)  # every step's δz, for the weight gradients
     dz = np.empty((4 * u, n_b), dt)  # this step's δz, for the recurrent matmul
     a_cat = np.empty((2 * u, n_t * n_b), dt)  # [input; h(t-1)] of every step
     one = np.ones(1, dt)[0]  # a literal 1.0 would turn float32 maths into float64
     for ly in range(n_l - 1, -1, -1):
         rec = np.ascontiguousarray(wst[ly, u:])  # (u, 4u)
-        dh_rec = np.ascontiguousarray(d_h_last[ly].T)  # what h(t) receives from step t+1
-        dc_next = np.ascontiguousarray(d_c_last[ly].T)  # δC(t+1)·f(t+1)
+        dh_rec = np.zeros((u, n_b), dt)  # what h(t) receives from step t+1
+        dc_next = np.zeros((u, n_b), dt)  # δC(t+1)·f(t+1)
         for t in range(n_t - 1, -1, -1):
             g, tc, c_prev = gates[ly, t], tanh_c[ly, t], cells[ly, t]
             for j in range(u):
@@ -206,17 +163,12 @@ def stack_backward(
                     za[b] = dc * i_g * (one - a_g * a_g)
                     zo[b] = dh * tcj[b] * o_g * (one - o_g)
                     d_c[b] = dc * f_g
-            for j in range(4 * u):
-                dz_all[j, t * n_b : (t + 1) * n_b] = dz[j]
+            dz_all[:, t * n_b : (t + 1) * n_b] = dz
             dh_rec = np.dot(rec, dz)  # (u, B)
-        dh0[ly] = dh_rec.T
-        dc0[ly] = dc_next.T
         # weight gradients summed over steps and batch: one matmul for the layer's [kernel;
         # recurrent], computed transposed (the faster order with OpenBLAS)
         for t in range(n_t):
-            src = hs[ly, t]
-            for j in range(u):
-                a_cat[u + j, t * n_b : (t + 1) * n_b] = src[j]
+            a_cat[u:, t * n_b : (t + 1) * n_b] = hs[ly, t]
         for j in range(4 * u):
             d_bias[ly, j] = dz_all[j].sum()
         if ly > 0:
@@ -226,25 +178,13 @@ def stack_backward(
             d_in = np.dot(dz_all.T, np.ascontiguousarray(wst[ly, :u].T))
             for t in range(n_t):
                 for b in range(n_b):
-                    src = d_in[t * n_b + b]
-                    if masks.shape[0] > 0:
-                        m = masks[t + ly, ly - 1, b]
-                        for j in range(u):
-                            d_out[j, t * n_b + b] = src[j] * m[j]
-                    else:
-                        for j in range(u):
-                            d_out[j, t * n_b + b] = src[j]
+                    src, m = d_in[t * n_b + b], masks[t + ly, ly - 1, b]
+                    for j in range(u):
+                        d_out[j, t * n_b + b] = src[j] * m[j]
         else:
             d_wst[0, u:] = np.dot(dz_all, a_cat[u:].T).T
-            # layer 0's input kernel (n_in, 4u) and the gradient of x, unit-major
-            x_t = _unit_major(x)
-            d_kernel0[:] = np.dot(x_t, dz_all.T)
-            dx_t = np.dot(np.ascontiguousarray(kernel0), dz_all)  # (n_in, T·B)
-            for t in range(n_t):
-                for b in range(n_b):
-                    for k in range(n_in):
-                        dx[b, t, k] = dx_t[k, t * n_b + b]
-    return dx, dh0, dc0, d_kernel0, d_wst, d_bias
+            d_kernel0[:] = np.dot(_unit_major(x), dz_all.T)
+    return d_kernel0, d_wst, d_bias
 
 
 @njit(inline="always", **_JIT)
@@ -263,68 +203,6 @@ def _cell_update(z, zin, c, h, half):  # pragma: no cover - compiled
             hj[b] = o_g * _tanh(cj[b])
 
 
-@njit(**_JIT)
-def stack_predict(x, kernel0, wst, bias, key, row0, n_total, rate, repeats):  # pragma: no cover
-    """Inference: the top layer's last h (B, u) for ``x`` (n, T, n_in) repeated ``repeats``
-    times (B = n·repeats; row r·n + i is window i), nothing saved.
-
-    With ``rate`` > 0 the Dropout between layers is active (Monte Carlo dropout), its masks
-    drawn as ``train_slice`` draws them for rows ``row0 .. row0 + B`` of a batch of ``n_total``
-    under ``key``; with ``rate`` 0 the pass is deterministic (``key`` unused).  Layer 0 sees
-    no dropout, so it runs once per window, not per repeat.
-    """
-    n_x, n_t, n_in = x.shape
-    n_b = n_x * repeats
-    n_l = wst.shape[0]
-    u = wst.shape[2] // 4
-    dt = x.dtype
-    half = np.full(1, 0.5, dt)[0]
-    x_t = _unit_major(x)  # (n_in, T·n)
-    seq = np.empty((n_t, u, n_b), dt)  # the current layer's h(t), input of the next
-    zin = np.empty((4 * u, n_b), dt)
-    h = np.empty((u, n_b), dt)
-    c = np.empty((u, n_b), dt)
-    m = np.empty((n_b, u), dt)  # this step's dropout mask on the layer's input
-    x_in = np.empty((u, n_b), dt)
-    per_wave = (n_l - 1) * n_total * u
-    # layer 0, once per window
-    rec_t = np.ascontiguousarray(wst[0, u:].T)
-    zin0 = np.empty((4 * u, n_x), dt)
-    h0 = np.zeros((u, n_x), dt)
-    c0 = np.zeros((u, n_x), dt)
-    for t in range(n_t):
-        for j in range(4 * u):
-            zin0[j] = bias[0, j]
-            for k in range(n_in):
-                zin0[j] += x_t[k, t * n_x : (t + 1) * n_x] * kernel0[k, j]
-        _cell_update(np.dot(rec_t, h0), zin0, c0, h0, half)
-        for r in range(repeats):
-            seq[t, :, r * n_x : (r + 1) * n_x] = h0
-    if n_l == 1:
-        h[:] = seq[n_t - 1]
-    for ly in range(1, n_l):
-        rec_t = np.ascontiguousarray(wst[ly, u:].T)
-        ker_t = np.ascontiguousarray(wst[ly, :u].T)
-        h[:] = 0.0
-        c[:] = 0.0
-        for t in range(n_t):
-            if rate > 0.0:
-                first = (t + ly) * per_wave + ((ly - 1) * n_total + row0) * u
-                dropout_masks(m, key, first, rate)
-                src = seq[t]
-                for j in range(u):
-                    for b in range(n_b):
-                        x_in[j, b] = src[j, b] * m[b, j]
-                zin[:] = np.dot(ker_t, x_in)
-            else:
-                zin[:] = np.dot(ker_t, seq[t])
-            for j in range(4 * u):
-                zin[j] += bias[ly, j]
-            _cell_update(np.dot(rec_t, h), zin, c, h, half)
-            seq[t] = h
-    return np.ascontiguousarray(h.T)
-
-
 # splitmix64's constants: a counter-based generator, so a mask entry depends only on
 # (key, index), not on which slice or thread draws it.
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -333,7 +211,8 @@ _S30, _S27, _S31, _S40 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(
 
 
 @njit(inline="always", **_JIT)
-def _mix64(z):  # pragma: no cover - compiled
+def splitmix64(z):  # pragma: no cover - compiled
+    """splitmix64's output for the uint64 state ``z``."""
     z = (z ^ (z >> _S30)) * _MIX1
     z = (z ^ (z >> _S27)) * _MIX2
     return z ^ (z >> _S31)
@@ -344,95 +223,104 @@ def dropout_masks(out, key, first, rate):  # pragma: no cover - compiled
     """Fill ``out`` with inverted-dropout multipliers: 0 (prob. ``rate``) or 1 / (1 - rate).
 
     Entry k of ``out`` (C order) is decided by splitmix64 of counter ``first + k`` under
-    ``key``: 24 random bits compared with ``rate``.  The same (key, counter) always gives the
-    same entry, so a batch cut into slices draws exactly the masks of the whole batch.
+    ``key``, so a batch cut into slices draws exactly the masks of the whole batch.
     """
     flat = out.reshape(out.size)
+    if rate == 0.0:
+        flat[:] = 1.0
+        return out
     keep = np.full(1, 1.0 / (1.0 - rate), out.dtype)[0]
     zero = np.zeros(1, out.dtype)[0]
-    threshold = np.uint64(min(int(rate * 16777216.0), 16777216))
+    threshold = np.uint64(min(int(rate * 16777216.0), 16777216))  # 24 random bits vs rate
     base = np.uint64(key) + np.uint64(first) * _GOLDEN
     for k in range(flat.size):
-        z = _mix64(base + np.uint64(k) * _GOLDEN)
-        flat[k] = keep if (z >> _S40) >= threshold else zero
+        flat[k] = keep if (splitmix64(base + np.uint64(k) * _GOLDEN) >> _S40) >= threshold else zero
     return out
 
 
 @njit(**_JIT)
-def train_slice(
-    x, y, kernel0, wst, bias, dense_w, dense_b, key, row0, n_total, rate, top_rate, grads
-):  # pragma: no cover - compiled
-    """One slice of a training step of stack + Dropout(top_rate) + Dense + MSE, gradients included.
+def train_slice(x, y, params, key, row0, n_total, rate, top_rate, grads):  # pragma: no cover
+    """One slice of a training step, gradients included.
 
-    ``x`` (B, T, n_in) and ``y`` (B, H) are rows ``row0 .. row0 + B`` of a batch of
-    ``n_total``; the loss is that batch's mean squared error, so the slices' gradients add
-    up to the batch's.  Dropout masks come from ``dropout_masks`` under ``key``, counted by
-    the rows' place in the whole batch.  Writes the gradients of (kernel0, wst, bias,
-    dense_w, dense_b), flattened in that order, into ``grads`` and returns the slice's sum
-    of squared errors.
+    ``x`` (B, T, n_in) and ``y`` (B, H) are rows ``row0 .. row0 + B`` of a batch of ``n_total``;
+    the loss is that batch's mean squared error, so the slices' gradients add up to the batch's.
+    Dropout masks come from ``dropout_masks`` under ``key``, counted by the rows' place in the
+    whole batch.  Writes the gradients of ``params``, flattened in order, into ``grads`` and
+    returns the slice's sum of squared errors.
     """
+    kernel0, wst, bias, dense_w, dense_b = params
     n_b, n_t, _ = x.shape
     n_l = wst.shape[0]
     u = wst.shape[2] // 4
     n_h = dense_w.shape[1]
     dt = x.dtype
     per_wave = (n_l - 1) * n_total * u  # counters of one wave of the stack's masks
-    if rate > 0.0 and n_l > 1:
-        masks = np.empty((n_t + n_l - 1, n_l - 1, n_b, u), dt)
-        for w in range(n_t + n_l - 1):
-            for ly in range(n_l - 1):
-                first = w * per_wave + (ly * n_total + row0) * u
-                dropout_masks(masks[w, ly], key, first, rate)
-    else:  # an empty first axis: no dropout between layers
-        masks = np.empty((0, max(n_l - 1, 1), n_b, u), dt)
-    m_top = np.ones((n_b, u), dt)
-    if top_rate > 0.0:  # counters after all the stack's waves
-        dropout_masks(m_top, key ^ np.uint64(0xD1B54A32D192ED03), row0 * u, top_rate)
-    zeros = np.zeros((n_l, n_b, u), dt)
-    top, _, _, inp, gates, cells, tanh_c, hs = stack_forward(
-        x, kernel0, wst, bias, masks, zeros, zeros
-    )
-    h_top = np.ascontiguousarray(top[:, n_t - 1]) * m_top  # (B, u) into the Dense layer
-    err = np.dot(h_top, dense_w)  # (B, H)
-    sse = 0.0
-    for b in range(n_b):
-        for k in range(n_h):
-            e = err[b, k] + dense_b[k] - y[b, k]
-            sse += float(e) * float(e)
-            err[b, k] = e
+    masks = np.empty((n_t + n_l - 1, n_l - 1, n_b, u), dt)
+    for w in range(n_t + n_l - 1):
+        for ly in range(n_l - 1):
+            dropout_masks(masks[w, ly], key, w * per_wave + (ly * n_total + row0) * u, rate)
+    saved = stack_forward(x, kernel0, wst, bias, masks)
+    h_top = np.ascontiguousarray(saved[4][n_l - 1, n_t].T)  # hs of the top layer at T: (B, u)
+    m_top = dropout_masks(np.empty_like(h_top), key ^ _TOP_SALT, row0 * u, top_rate)
+    h_top = h_top * m_top
+    err = np.dot(h_top, dense_w) + dense_b - y  # (B, H)
+    sse = float((err.astype(np.float64) ** 2).sum())
     d_y = err * np.full(1, 2.0 / (n_total * n_h), dt)[0]  # d(mean squared error)/d(output)
-    d_dense_w = np.dot(h_top.T.copy(), d_y)
-    d_dense_b = d_y.sum(axis=0)
     d_seq = np.zeros((n_b, n_t, u), dt)
     d_seq[:, n_t - 1] = np.dot(d_y, dense_w.T.copy()) * m_top
-    _, _, _, d_kernel0, d_wst, d_bias = stack_backward(
-        x, kernel0, wst, masks, inp, gates, cells, tanh_c, hs, d_seq, zeros, zeros
-    )
-    pos = 0
-    for part in (d_kernel0.ravel(), d_wst.ravel(), d_bias.ravel(), d_dense_w.ravel(), d_dense_b):
-        grads[pos : pos + part.size] = part
-        pos += part.size
+    d_kernel0, d_wst, d_bias = stack_backward(x, wst, masks, saved, d_seq)
+    d_dense_w = np.dot(h_top.T.copy(), d_y)
+    parts = (d_kernel0.ravel(), d_wst.ravel(), d_bias.ravel(), d_dense_w.ravel(), d_y.sum(axis=0))
+    grads[:] = np.concatenate(parts)
     return sse
 
 
 @njit(**_JIT)
-def predict_slice(
-    x, kernel0, wst, bias, dense_w, dense_b, key, row0, n_total, rate, top_rate, repeats
-):  # pragma: no cover - compiled
-    """The network's output (B, H) for rows ``row0 .. row0 + B`` of ``n_total`` (``x``
-    repeated ``repeats`` times, see ``stack_predict``): the stack, Dropout(``top_rate``) and
-    Dense; dropout active when the rates are > 0, with the masks ``train_slice`` would draw
-    under ``key`` (Monte Carlo dropout), else deterministic."""
-    h_top = stack_predict(x, kernel0, wst, bias, key, row0, n_total, rate, repeats)
-    if top_rate > 0.0:
-        m_top = np.empty_like(h_top)
-        dropout_masks(m_top, key ^ np.uint64(0xD1B54A32D192ED03), row0 * h_top.shape[1], top_rate)
-        h_top = h_top * m_top
-    out = np.dot(h_top, dense_w)
-    for b in range(out.shape[0]):
-        for k in range(out.shape[1]):
-            out[b, k] += dense_b[k]
-    return out
+def predict_slice(x, params, key, row0, n_total, rate, top_rate, repeats):  # pragma: no cover
+    """The network's output (B, H) for ``x`` (n, T, n_in) repeated ``repeats`` times
+    (B = n·repeats; row r·n + i is window i), nothing saved.
+
+    With rates > 0 dropout is active (Monte Carlo dropout), its masks those ``train_slice``
+    draws for rows ``row0 .. row0 + B`` of a batch of ``n_total`` under ``key``; with rates 0
+    the pass is deterministic.  Layer 0 sees no dropout, so it runs once per window.
+    """
+    kernel0, wst, bias, dense_w, dense_b = params
+    n_x, n_t, _ = x.shape
+    n_b = n_x * repeats
+    n_l = wst.shape[0]
+    u = wst.shape[2] // 4
+    dt = x.dtype
+    half = np.full(1, 0.5, dt)[0]
+    seq = np.empty((n_t, u, n_b), dt)  # the current layer's h(t), input of the next
+    m = np.empty((n_b, u), dt)  # this step's dropout mask on the layer's input
+    x_in = np.empty((u, n_b), dt)
+    per_wave = (n_l - 1) * n_total * u
+    x_steps = np.ascontiguousarray(x.transpose(1, 2, 0))  # (T, n_in, n)
+    k0_t, rec_t = np.ascontiguousarray(kernel0.T), np.ascontiguousarray(wst[0, u:].T)
+    h0 = np.zeros((u, n_x), dt)
+    c0 = np.zeros((u, n_x), dt)
+    for t in range(n_t):
+        _cell_update(np.dot(rec_t, h0), _project(k0_t, x_steps[t], bias[0]), c0, h0, half)
+        for r in range(repeats):
+            seq[t, :, r * n_x : (r + 1) * n_x] = h0
+    h = seq[n_t - 1].copy()  # the top layer's last h if layer 0 is the top
+    c = np.empty((u, n_b), dt)
+    for ly in range(1, n_l):
+        rec_t = np.ascontiguousarray(wst[ly, u:].T)
+        ker_t = np.ascontiguousarray(wst[ly, :u].T)
+        h[:] = 0.0
+        c[:] = 0.0
+        for t in range(n_t):
+            dropout_masks(m, key, (t + ly) * per_wave + ((ly - 1) * n_total + row0) * u, rate)
+            src = seq[t]
+            for j in range(u):
+                for b in range(n_b):
+                    x_in[j, b] = src[j, b] * m[b, j]
+            _cell_update(np.dot(rec_t, h), _project(ker_t, x_in, bias[ly]), c, h, half)
+            seq[t] = h
+    h_top = np.ascontiguousarray(h.T)
+    m_top = dropout_masks(np.empty_like(h_top), key ^ _TOP_SALT, row0 * u, top_rate)
+    return np.dot(h_top * m_top, dense_w) + dense_b
 
 
 @njit(**_JIT)

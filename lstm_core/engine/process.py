@@ -1,4 +1,4 @@
-"""The process-wide settings the Numba engine runs under, taken and given back in one place.
+"""The process-wide settings the Numba engine runs under, taken and restored in one place.
 
 * One BLAS thread: the kernels' matmuls are small and the batch slices already run side by
   side on the cores, so BLAS's own threads would only compete with them.
@@ -6,8 +6,6 @@
   defaults would mmap and return each time, faulting the pages in again on every step.
 * No cyclic garbage collection: a full collection walks every TensorFlow/Keras object in the
   process, and the loop makes no reference cycles.
-
-Everything is restored on exit (glibc's thresholds to its documented defaults).
 """
 
 from __future__ import annotations

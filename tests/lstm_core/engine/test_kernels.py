@@ -14,7 +14,6 @@ from lstm_core.engine.kernels import (  # noqa: E402
     predict_slice,
     stack_backward,
     stack_forward,
-    stack_predict,
 )
 
 N_IN, UNITS, LAYERS, BATCH, STEPS = 2, 4, 3, 3, 7
@@ -43,11 +42,12 @@ def _weights(dtype=np.float64):
 
 
 def _no_masks(dtype=np.float64):
-    return np.zeros((0, LAYERS - 1, BATCH, UNITS), dtype)
+    return np.ones((STEPS + LAYERS - 1, LAYERS - 1, BATCH, UNITS), dtype)
 
 
-def _zeros(dtype=np.float64):
-    return np.zeros((LAYERS, BATCH, UNITS), dtype)
+def _top(saved):
+    """The top layer's h (B, T, u) from stack_forward's saved hs (L, T + 1, u, B)."""
+    return saved[4][-1, 1:].transpose(2, 0, 1)
 
 
 def test_forward_and_bptt_equal_the_reference_layer_by_layer():
@@ -55,20 +55,15 @@ def test_forward_and_bptt_equal_the_reference_layer_by_layer():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(BATCH, STEPS, N_IN))
     d_seq = rng.normal(size=(BATCH, STEPS, UNITS))
-    top, h_last, c_last, *saved = stack_forward(
-        x, kernel0, wst, bias, _no_masks(), _zeros(), _zeros()
-    )
+    saved = stack_forward(x, kernel0, wst, bias, _no_masks())
     params = [ref.from_keras_weights(*w) for w in per_layer]
     caches, h = [], x
     for p in params:
         caches.append(ref.forward(p, h))
         h = caches[-1].h
-    np.testing.assert_allclose(top, h, atol=1e-12)
-    np.testing.assert_allclose(h_last[-1], h[:, -1], atol=1e-12)
+    np.testing.assert_allclose(_top(saved), h, atol=1e-12)
 
-    dx, dh0, dc0, d_kernel0, d_wst, d_bias = stack_backward(
-        x, kernel0, wst, _no_masks(), *saved, d_seq, _zeros(), _zeros()
-    )
+    d_kernel0, d_wst, d_bias = stack_backward(x, wst, _no_masks(), saved, d_seq)
     upstream = d_seq
     for i in reversed(range(LAYERS)):
         grads = ref.backward(params[i], caches[i], dh_seq=upstream)
@@ -79,7 +74,6 @@ def test_forward_and_bptt_equal_the_reference_layer_by_layer():
             np.testing.assert_allclose(d_wst[i, :UNITS], d_k, atol=1e-10)
         else:
             np.testing.assert_allclose(d_kernel0, d_k, atol=1e-10)
-            np.testing.assert_allclose(dx, grads.dx, atol=1e-10)
         upstream = grads.dx
     assert not d_wst[0, :UNITS].any()  # layer 0's unused input half gets no gradient
 
@@ -88,11 +82,12 @@ def test_forward_and_bptt_equal_the_reference_layer_by_layer():
 def test_predict_is_the_forward_passs_last_top_state(dtype):
     per_layer, packed = _weights(dtype)
     x = np.random.default_rng(4).normal(size=(BATCH, STEPS, N_IN)).astype(dtype)
-    top = stack_forward(x, *packed, _no_masks(dtype), _zeros(dtype), _zeros(dtype))[0]
+    top = _top(stack_forward(x, *packed, _no_masks(dtype)))
     h = x.astype(np.float64)
     for w in per_layer:
         h = ref.forward(ref.from_keras_weights(*w), h).h
-    pred = stack_predict(x, *packed, np.uint64(0), 0, BATCH, 0.0, 1)
+    identity = (np.eye(UNITS, dtype=dtype), np.zeros(UNITS, dtype))  # Dense passing h through
+    pred = predict_slice(x, (*packed, *identity), np.uint64(0), 0, BATCH, 0.0, 0.0, 1)
     np.testing.assert_allclose(pred, top[:, -1], rtol=1e-5, atol=1e-6)
     tol = 1e-12 if dtype == np.float64 else 2e-6
     np.testing.assert_allclose(pred, h[:, -1], atol=tol)
@@ -103,7 +98,7 @@ def test_masks_multiply_each_layers_input_at_wave_t_plus_layer():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(BATCH, STEPS, N_IN))
     masks = (rng.random((STEPS + LAYERS - 1, LAYERS - 1, BATCH, UNITS)) > 0.3) / 0.7
-    *_, inp, _, _, _, hs = stack_forward(x, kernel0, wst, bias, masks, _zeros(), _zeros())
+    inp, _, _, _, hs = stack_forward(x, kernel0, wst, bias, masks)
     # saved unit-major: inp (L, u, T·B), hs (L, T + 1, u, B)
     for layer in range(1, LAYERS):
         for t in range(STEPS):
@@ -117,11 +112,8 @@ def test_float32_rational_tanh_stays_within_float32_noise_of_float64():
     _, packed64 = _weights()
     _, packed32 = _weights(np.float32)
     x = np.random.default_rng(2).normal(size=(BATCH, STEPS, N_IN))
-    top64 = stack_forward(x, *packed64, _no_masks(), _zeros(), _zeros())[0]
-    top32 = stack_forward(
-        x.astype(np.float32), *packed32, _no_masks(np.float32), _zeros(np.float32),
-        _zeros(np.float32),
-    )[0]  # fmt: skip
+    top64 = _top(stack_forward(x, *packed64, _no_masks()))
+    top32 = _top(stack_forward(x.astype(np.float32), *packed32, _no_masks(np.float32)))
     assert top32.dtype == np.float32
     np.testing.assert_allclose(top32, top64, atol=2e-6)
 
@@ -138,19 +130,19 @@ def test_predict_slice_with_dropout_uses_the_masks_train_slice_draws():
     for w in range(STEPS + LAYERS - 1):
         for ly in range(LAYERS - 1):
             dropout_masks(masks[w, ly], key, w * per_wave + ly * BATCH * UNITS, rate)
-    top = stack_forward(x, kernel0, wst, bias, masks, _zeros(), _zeros())[0][:, -1]
+    top = _top(stack_forward(x, kernel0, wst, bias, masks))[:, -1]
     m_top = dropout_masks(np.empty((BATCH, UNITS)), key ^ np.uint64(0xD1B54A32D192ED03), 0,
                           top_rate)  # fmt: skip
     expected = (top * m_top) @ dense_w + dense_b
-    whole = predict_slice(x, kernel0, wst, bias, dense_w, dense_b, key, 0, BATCH, rate, top_rate, 1)
+    params = (kernel0, wst, bias, dense_w, dense_b)
+    whole = predict_slice(x, params, key, 0, BATCH, rate, top_rate, 1)
     np.testing.assert_allclose(whole, expected, atol=1e-12)
     parts = [
-        predict_slice(x[lo:hi], kernel0, wst, bias, dense_w, dense_b, key, lo, BATCH, rate,
-                      top_rate, 1)
+        predict_slice(x[lo:hi], params, key, lo, BATCH, rate, top_rate, 1)
         for lo, hi in ((0, 1), (1, BATCH))
-    ]  # fmt: skip
+    ]
     np.testing.assert_allclose(np.concatenate(parts), expected, atol=1e-12)
-    plain = predict_slice(x, kernel0, wst, bias, dense_w, dense_b, key, 0, BATCH, 0.0, 0.0, 1)
+    plain = predict_slice(x, params, key, 0, BATCH, 0.0, 0.0, 1)
     assert np.abs(plain - expected).max() > 1e-3  # dropout did change the output
 
 
@@ -164,10 +156,9 @@ def test_repeats_run_layer_zero_once_and_give_the_tiled_batchs_output(layers):
     key, total = np.uint64(3), 4 * BATCH
     tiled = np.concatenate([x] * 4)
     # repeats 2 and 3 of 4: rows 2·BATCH .. 4·BATCH of the tiled batch
-    want = predict_slice(tiled[2 * BATCH :], kernel0, wst, bias, dense_w, dense_b, key,
-                         2 * BATCH, total, 0.3, 0.2, 1)  # fmt: skip
-    got = predict_slice(x, kernel0, wst, bias, dense_w, dense_b, key, 2 * BATCH, total, 0.3,
-                        0.2, 2)  # fmt: skip
+    params = (kernel0, wst, bias, dense_w, dense_b)
+    want = predict_slice(tiled[2 * BATCH :], params, key, 2 * BATCH, total, 0.3, 0.2, 1)
+    got = predict_slice(x, params, key, 2 * BATCH, total, 0.3, 0.2, 2)
     np.testing.assert_allclose(got, want, atol=1e-12)
     if layers > 1:
         assert np.abs(got[:BATCH] - got[BATCH:]).max() > 1e-6  # each repeat its own masks

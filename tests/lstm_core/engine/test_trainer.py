@@ -38,7 +38,8 @@ def _slices_grad(model_params, X, y, rate, key=7, splits=()):
     total, sse = np.zeros(size, X.dtype), 0.0
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
         g = np.zeros(size, X.dtype)
-        sse += train_slice(X[lo:hi], y[lo:hi], *model_params, np.uint64(key), lo, n, rate, rate, g)
+        params = tuple(model_params)
+        sse += train_slice(X[lo:hi], y[lo:hi], params, np.uint64(key), lo, n, rate, rate, g)
         total += g
     return sse / (n * y.shape[1]), total
 
