@@ -138,18 +138,15 @@ class Preprocessor:
         """Raw values ``(..., rows, n_features)`` -> unscaled features ``(..., rows - offset, .)``."""
         if self.feature_cfg.target_transform == "price":
             return values
-        out = np.empty(values[..., 1:, :].shape, dtype=np.float64)
-        for j, col in enumerate(self.feature_cfg.columns):
-            if col == "volume":  # can be 0 on suspended days: log1p keeps the difference finite
-                if (values[..., j] < 0).any():
-                    raise DataError("volume must be non-negative for log_return features")
-                logs = np.log1p(values[..., j])
-            else:
-                if (values[..., j] <= 0).any():
-                    raise DataError(f"column {col!r} must be positive for log_return features")
-                logs = np.log(values[..., j])
-            out[..., j] = np.diff(logs, axis=-1)
-        return out
+        volume = np.array([c == "volume" for c in self.feature_cfg.columns])
+        # volume can be 0 on suspended days: log(1 + v) keeps its difference finite
+        low = np.where(volume, values < 0, values <= 0).reshape(-1, len(volume)).any(axis=0)
+        if low.any():
+            bad = [c for c, b in zip(self.feature_cfg.columns, low, strict=True) if b]
+            raise DataError(
+                f"column(s) {bad} must be positive (volume: non-negative) for log returns"
+            )
+        return np.diff(np.log(values + volume), axis=-2)
 
     def transform(self, x: pd.DataFrame | np.ndarray) -> np.ndarray:
         """A frame, or raw values ``(..., rows, n_features)`` -> scaled features, ``offset`` rows
@@ -357,13 +354,8 @@ def make_dataset(frames: SplitFrames, preprocessor: Preprocessor) -> WindowedDat
 
 
 def prepare_data(
-    df: pd.DataFrame,
-    feature_cfg: FeatureConfig,
-    eval_cfg: EvaluationConfig,
-    val_start: Any = None,
-    test_start: Any = None,
+    df: pd.DataFrame, feature_cfg: FeatureConfig, eval_cfg: EvaluationConfig
 ) -> WindowedData:
     """DataFrame -> split -> scaler fitted on train -> windows (the three steps in one call)."""
-    validate_frame(df, feature_cfg.columns)
-    frames = split_frame(df, eval_cfg, val_start=val_start, test_start=test_start)
+    frames = split_frame(df, eval_cfg)
     return make_dataset(frames, fit_preprocessor(frames.train, feature_cfg))

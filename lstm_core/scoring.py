@@ -61,16 +61,10 @@ class LiveMetrics:
     coverage: dict[str, float] = field(default_factory=dict)  # level name -> share inside
 
     def as_dict(self, prefix: str = "live_") -> dict[str, float]:
-        out = {
-            f"{prefix}rmse": self.rmse,
-            f"{prefix}mae": self.mae,
-            f"{prefix}naive_rmse": self.naive_rmse,
-            f"{prefix}skill_vs_naive": self.skill_vs_naive,
-            f"{prefix}directional_accuracy": self.directional_accuracy,
-            f"{prefix}scored_days": float(self.days),
-        }
-        out.update({f"{prefix}coverage_{k}": v for k, v in self.coverage.items()})
-        return out
+        names = ("rmse", "mae", "naive_rmse", "skill_vs_naive", "directional_accuracy")
+        out = {f"{prefix}{k}": getattr(self, k) for k in names}
+        out[f"{prefix}scored_days"] = float(self.days)
+        return out | {f"{prefix}coverage_{k}": v for k, v in self.coverage.items()}
 
 
 def metrics(scored: pd.DataFrame, levels: Sequence[str] | None = None) -> LiveMetrics:
