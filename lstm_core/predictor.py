@@ -29,7 +29,7 @@ CALIBRATION_FILE = "calibration.json"
 DEFAULT_LEVELS = (0.8, 0.95)
 
 
-@dataclass
+@dataclass(eq=False)  # hashable, compared by identity: a model has no value equality
 class Forecaster:
     """Keras model + fitted Preprocessor, ready to serve; with a conformal ``calibration`` the
     intervals are its bands, without one MC dropout's."""
