@@ -118,12 +118,6 @@ def price_scores(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     return np.where(predicted > 0, ratio, np.inf)
 
 
-def price_band(point: np.ndarray, q: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
-    """``(point * exp(-q), point * exp(q))``: the band whose scores are at most ``q``."""
-    point = np.asarray(point, dtype=np.float64)
-    return point * np.exp(-np.asarray(q)), point * np.exp(q)
-
-
 def conformal_quantile(scores: np.ndarray, level: float) -> float:
     """The ``ceil((n + 1) * level)``-th smallest of ``n`` scores (the largest if that exceeds n)."""
     s = np.sort(np.asarray(scores, dtype=np.float64).ravel())
@@ -167,7 +161,7 @@ class ConformalCalibration:
         lower, upper = {}, {}
         for level in self.levels if levels is None else levels:
             q = np.array([self.quantile(level, k) for k in range(point.shape[-1])])
-            lower[level], upper[level] = price_band(point, q)
+            lower[level], upper[level] = point * np.exp(-q), point * np.exp(q)  # scores <= q
         return Intervals(lower=lower, upper=upper, median=point)
 
     def metrics(self) -> dict[str, float]:
