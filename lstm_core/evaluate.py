@@ -108,7 +108,7 @@ def diebold_mariano(
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Flat metric dict (stable names) and the per-date predictions of the scored split."""
+    """Flat metric dict (stable names) and the per-date test predictions."""
 
     metrics: dict[str, float]
     predictions: pd.DataFrame
