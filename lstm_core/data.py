@@ -259,12 +259,9 @@ def model_input(history: Any, preprocessor: Preprocessor) -> pd.DataFrame:
 def window_arrays(
     features: np.ndarray, target: np.ndarray, lookback: int, horizon: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """All windows of ``features`` ``(T, n_features)`` and ``target`` ``(T,)``, as strided views.
-
-    Window ``k`` reads ``features[k : k + lookback]`` and predicts
-    ``target[k + lookback : k + lookback + horizon]``: X ``(T - lookback - horizon + 1,
-    lookback, n_features)``, y ``(..., horizon)``, no data copied.
-    """
+    """Every window of ``features`` ``(T, n_features)`` and ``target`` ``(T,)`` as strided views:
+    window ``k`` reads ``features[k : k + lookback]`` and predicts ``target[k + lookback :
+    k + lookback + horizon]``; X ``(n, lookback, n_features)``, y ``(n, horizon)``."""
     n_windows = len(features) - lookback - horizon + 1
     if n_windows <= 0:
         return (

@@ -43,11 +43,8 @@ def rmse(actual: np.ndarray, predicted: np.ndarray) -> float:
 def point_metrics(
     actual: np.ndarray, predicted: np.ndarray, anchor: np.ndarray
 ) -> dict[str, float]:
-    """RMSE, MAE, MAPE (%) and directional accuracy of 1-D price arrays.
-
-    Direction is the sign of the move from the anchor (last known price); days on which the
-    actual price did not move are left out of it.
-    """
+    """RMSE, MAE, MAPE (%) and directional accuracy (the sign of the move from the anchor, the
+    last known price; days on which the actual price did not move are left out) of 1-D prices."""
     err = predicted - actual
     moved = actual != anchor
     same = np.sign(predicted - anchor) == np.sign(actual - anchor)
@@ -208,11 +205,8 @@ def score_on_dates(
     forecaster: Any, frame: pd.DataFrame, dates: Any, metric: str, train_end: int | None = None
 ) -> float:
     """``metric`` (test_rmse, test_mae or mase) of ``forecaster``'s one-day-ahead forecasts of
-    ``dates`` (champion vs challenger).
-
-    Each forecast reads the rows before its date through the forecaster's own preprocessor, so a
-    champion with another configuration is scored on exactly the same target days.
-    """
+    ``dates``, each from the rows before it through the forecaster's own preprocessor: a champion
+    with another configuration is scored on exactly a challenger's target days."""
     frame = frame.reset_index(drop=True)
     wanted = pd.DatetimeIndex(pd.to_datetime(np.asarray(dates).ravel())).unique()
     first = int((frame[DATE_COLUMN] < wanted.min()).sum())

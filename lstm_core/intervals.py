@@ -62,12 +62,9 @@ def band_metrics(
 def mc_dropout_samples(
     model: object, X: np.ndarray, n_samples: int, seed: int | None = None, batch_size: int = 1024
 ) -> np.ndarray:
-    """Outputs ``(n_samples, n, horizon)`` (scaled) with dropout active.
-
-    In the Numba engine (masks drawn from ``seed``) when it runs the model, else through Keras:
-    ``seed`` re-seeds Keras' global RNGs, and each Dropout layer's own seed generator advances
-    with every call, so repeated calls on one model differ.
-    """
+    """Outputs ``(n_samples, n, horizon)`` (scaled) with dropout active: in the Numba engine
+    (masks drawn from ``seed``) when it runs the model, else through Keras (``seed`` re-seeds its
+    global RNGs; each Dropout layer's generator advances with every call)."""
     from lstm_core import engine
 
     if engine.eligible(model) is None:
@@ -132,11 +129,8 @@ def conformal_quantile(scores: np.ndarray, level: float) -> float:
 
 @dataclass(frozen=True)
 class ConformalCalibration:
-    """Scores per forecast step, oldest first: ``scores[k]`` holds the (k+1)-day-ahead ones.
-
-    ``levels`` are the configured levels (the defaults when serving); ``last_date`` is the last
-    target day scored (ISO).
-    """
+    """Scores per forecast step, oldest first (``scores[k]``: the (k+1)-day-ahead ones), the
+    configured levels, and ``last_date``, the last target day scored (ISO)."""
 
     scores: tuple[np.ndarray, ...]
     levels: tuple[float, ...]

@@ -68,12 +68,9 @@ class LiveMetrics:
 
 
 def metrics(scored: pd.DataFrame, levels: Sequence[str] | None = None) -> LiveMetrics:
-    """RMSE/MAE in prices, the naive RMSE on the same targets, skill, coverage, direction.
-
-    Pending rows of ``scored`` (:func:`match`) are ignored.  The direction is right when the
-    forecast and the actual move the same way from the last known price (no move counts as its
-    own direction).
-    """
+    """RMSE/MAE in prices, the naive RMSE on the same targets, skill, coverage and direction
+    (right when forecast and actual move the same way from the last price; no move is a way of
+    its own) of the scored rows of :func:`match`."""
     rows = scored[scored["scored"]] if "scored" in scored else scored
     levels = levels_of(rows) if levels is None else list(levels)
     nan = float("nan")
