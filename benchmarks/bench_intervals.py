@@ -132,21 +132,13 @@ def bench_series(name: str, df: pd.DataFrame, args: argparse.Namespace, ideal=No
     norm_scores = np.abs(val.actual[:, 0] - val_pred) / spread["val"]
     # the online band: the most recent len(val) scores before each test day
     calibration = calibrate(
-        val.actual[:, :1], val_pred[:, None], args.levels, val.target_dates[-1, 0]
+        [price_scores(val.actual[:, 0], val_pred)], args.levels, val.target_dates[-1, 0]
     )
     test_scores = price_scores(y, pred)
     # the served recursive forecast, day N (calibrated on the validation rows only)
     frames = split_frame(df, eval_cfg)
     days = args.days
-    rec_cal = calibrate_recursive(
-        trained,
-        data.preprocessor,
-        frames.frame,
-        frames.train_end,
-        frames.val_end,
-        days,
-        args.levels,
-    )
+    rec_cal = calibrate_recursive(trained, data.preprocessor, frames, days, args.levels)
     rec_test = recursive_errors(
         trained, data.preprocessor, frames.frame, frames.val_end, len(frames.frame), days
     )[-1]

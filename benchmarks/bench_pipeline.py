@@ -78,8 +78,7 @@ def run(project: Path, overrides: list[str]) -> None:
 
     tf.get_logger().setLevel("ERROR")
     from lstm_core import backtest as core_backtest
-    from lstm_core.evaluate import conformal_intervals, evaluate_forecasts, predict_prices
-    from lstm_core.intervals import mc_dropout_intervals
+    from lstm_core.evaluate import evaluate_forecasts, model_intervals, predict_prices
     from lstm_core.predictor import Forecaster
     from pipelines import tasks, tracking
     from pipelines.config import load_settings
@@ -115,22 +114,14 @@ def run(project: Path, overrides: list[str]) -> None:
 
     def intervals_phase():
         # what the pipeline runs for the configured method (evaluation.intervals)
-        if ev.intervals == "conformal":
-            bands = conformal_intervals(trained.model, data, predicted, ev.interval_levels, "test")
-            return bands, tasks.calibrate.fn(trained.model, frames, preprocessor, settings)
-        mc = mc_dropout_intervals(
-            trained.model, data.test.X, data.test.anchor, preprocessor, ev.interval_levels,
-            ev.mc_samples, settings.training.seed,
-        )  # fmt: skip
-        return mc, None
+        bands = model_intervals(trained.model, data, ev, predicted, settings.training.seed)
+        return bands, tasks.calibrate.fn(trained.model, frames, preprocessor, settings)
 
     intervals, calibration = phases.time(f"intervals ({ev.intervals})", intervals_phase)
     evaluation = evaluate_forecasts(data, predicted, ev, intervals)  # scoring only
     mc_start = time.perf_counter()
-    mc_dropout_intervals(
-        trained.model, data.test.X, data.test.anchor, preprocessor, ev.interval_levels,
-        ev.mc_samples, settings.training.seed,
-    )  # fmt: skip
+    mc_ev = ev.model_copy(update={"intervals": "mc_dropout"})
+    model_intervals(trained.model, data, mc_ev, predicted, settings.training.seed)
     mc_seconds = time.perf_counter() - mc_start
 
     fold_trainings: list[tuple[float, int]] = []  # (seconds, training windows)

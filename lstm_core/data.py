@@ -1,18 +1,16 @@
 """Split, scale and window one ticker's daily prices.
 
-Index conventions used throughout the core (``N`` rows in the frame, ``L`` lookback,
-``h`` horizon):
+Index conventions (``N`` rows, ``L`` lookback, ``h`` horizon):
 
-* ``target_transform="price"``: the model sees scaled price levels.  A window whose
-  first target is row ``t`` reads rows ``t-L .. t-1`` and predicts rows ``t .. t+h-1``.
-* ``target_transform="log_return"``: the model sees scaled daily log returns; the
-  return of row ``i`` is ``log(p_i / p_{i-1})`` (volume: ``log1p(v_i) - log1p(v_{i-1})``
-  because volume can be zero).  Row 0 has no return, so a window needs ``L + 1`` rows of
-  history.  Predicted price = anchor price * exp(cumulative predicted return), where the
-  anchor is the last known target price (row ``t-1``).
+* ``target_transform="price"``: the model sees scaled price levels.  A window whose first target
+  is row ``t`` reads rows ``t-L .. t-1`` and predicts rows ``t .. t+h-1``.
+* ``target_transform="log_return"``: the model sees scaled daily log returns; row ``i``'s return
+  is ``log(p_i / p_{i-1})`` (volume: ``log1p(v_i) - log1p(v_{i-1})``, as volume can be zero).
+  Row 0 has no return, so a window needs ``L + 1`` rows of history.  Predicted price = anchor
+  price * exp(cumulative predicted return), the anchor being the last known target price.
 
-A window belongs to the split that contains *all* of its target rows; its inputs may
-read history before the split starts, never anything after its targets.
+A window belongs to the split that holds *all* its target rows; its inputs may read history
+before the split starts, never anything after its targets.
 """
 
 from __future__ import annotations
@@ -29,13 +27,15 @@ from lstm_core.config import EvaluationConfig, FeatureConfig
 
 DATE_COLUMN = "date"
 _PREPROCESSOR_FORMAT = 1
+# scaler kind -> (class, the fitted attributes that define it)
+_SCALERS: dict[str, tuple[Any, tuple[str, ...]]] = {
+    "minmax": (MinMaxScaler, ("data_min_", "data_max_", "data_range_", "scale_", "min_")),
+    "standard": (StandardScaler, ("mean_", "var_", "scale_")),
+}
 
 
 class DataError(ValueError):
     """The input data cannot produce the requested windows (too short, constant, invalid)."""
-
-
-# --------------------------------------------------------------------------- validation
 
 
 def validate_frame(df: pd.DataFrame, columns: tuple[str, ...]) -> None:
@@ -48,24 +48,16 @@ def validate_frame(df: pd.DataFrame, columns: tuple[str, ...]) -> None:
         raise DataError(f"column {DATE_COLUMN!r} must be datetime64, got {dates.dtype}")
     if not dates.is_monotonic_increasing or dates.duplicated().any():
         raise DataError(f"column {DATE_COLUMN!r} must be strictly increasing (sorted, unique)")
-    values = df[list(columns)].to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(values)
+    bad = ~np.isfinite(df[list(columns)].to_numpy(dtype=np.float64))
     if bad.any():
         cols = [c for c, b in zip(columns, bad.any(axis=0), strict=True) if b]
         raise DataError(f"{int(bad.sum())} missing or non-finite value(s) in column(s) {cols}")
 
 
-# --------------------------------------------------------------------------- split
-
-
 @dataclass(frozen=True)
 class SplitFrames:
-    """A chronological train/validation/test split of one frame.
-
-    ``frame`` holds every row up to the end of the test part; ``train_end`` and
-    ``val_end`` are row counts (exclusive ends), so train = rows ``[0, train_end)``,
-    validation = ``[train_end, val_end)``, test = ``[val_end, len(frame))``.
-    """
+    """A chronological split of ``frame`` by row counts: train = rows ``[0, train_end)``,
+    validation = ``[train_end, val_end)``, test = ``[val_end, len(frame))``."""
 
     frame: pd.DataFrame
     train_end: int
@@ -85,31 +77,22 @@ class SplitFrames:
 
 
 def split_frame(
-    df: pd.DataFrame,
-    eval_cfg: EvaluationConfig,
-    val_start: Any = None,
-    test_start: Any = None,
+    df: pd.DataFrame, eval_cfg: EvaluationConfig, val_start: Any = None, test_start: Any = None
 ) -> SplitFrames:
-    """Split chronologically by ``eval_cfg`` fractions, or by explicit start dates.
-
-    With dates, validation = ``val_start <= date < test_start`` and test =
-    ``date >= test_start``; both dates must be given together.
-    """
+    """Split by ``eval_cfg``'s fractions or, given both dates, validation = ``val_start <= date
+    < test_start`` and test = ``date >= test_start``."""
     frame = df.reset_index(drop=True)
     n_rows = len(frame)
     if (val_start is None) != (test_start is None):
         raise ValueError("give both val_start and test_start, or neither")
     if val_start is not None:
-        dates = frame[DATE_COLUMN]
-        train_end = int((dates < pd.Timestamp(val_start)).sum())
-        val_end = int((dates < pd.Timestamp(test_start)).sum())
+        train_end = int((frame[DATE_COLUMN] < pd.Timestamp(val_start)).sum())
+        val_end = int((frame[DATE_COLUMN] < pd.Timestamp(test_start)).sum())
         if val_end < train_end:
             raise ValueError(f"test_start {test_start} precedes val_start {val_start}")
     else:
-        n_test = int(round(n_rows * eval_cfg.test_fraction))
-        n_val = int(round(n_rows * eval_cfg.val_fraction))
-        val_end = n_rows - n_test
-        train_end = val_end - n_val
+        val_end = n_rows - int(round(n_rows * eval_cfg.test_fraction))
+        train_end = val_end - int(round(n_rows * eval_cfg.val_fraction))
     if train_end <= 0 or val_end >= n_rows:
         raise DataError(
             f"{n_rows} rows give an empty split (train rows {train_end}, "
@@ -118,52 +101,18 @@ def split_frame(
     return SplitFrames(frame=frame, train_end=train_end, val_end=val_end)
 
 
-# --------------------------------------------------------------------------- transforms
-
-
-def _history_offset(feature_cfg: FeatureConfig) -> int:
-    """Rows consumed by the transform before the first usable feature row."""
-    return 1 if feature_cfg.target_transform == "log_return" else 0
-
-
-def raw_features(values: np.ndarray, feature_cfg: FeatureConfig) -> np.ndarray:
-    """Turn raw column values ``(..., rows, n_features)`` into model features, unscaled.
-
-    ``price``: unchanged.  ``log_return``: log price ratios and log1p volume differences,
-    ``(..., rows - 1, n_features)``.
-    """
-    if feature_cfg.target_transform == "price":
-        return values
-    out = np.empty(values[..., 1:, :].shape, dtype=np.float64)
-    for j, col in enumerate(feature_cfg.columns):
-        col_values = values[..., j]
-        if col == "volume":
-            # volume can be 0 (suspended days): log1p keeps the difference finite
-            if (col_values < 0).any():
-                raise DataError("volume must be non-negative for log_return features")
-            logs = np.log1p(col_values)
-        else:
-            if (col_values <= 0).any():
-                raise DataError(f"column {col!r} must be positive for log_return features")
-            logs = np.log(col_values)
-        out[..., j] = np.diff(logs, axis=-1)
-    return out
-
-
 @dataclass
 class Preprocessor:
-    """Feature transform + a scaler fitted on the training part only.
-
-    ``scaler`` is a fitted scikit-learn MinMaxScaler or StandardScaler over
-    ``feature_cfg.columns`` (in transformed units: prices or log returns).
-    """
+    """Feature transform + a scikit-learn scaler over ``feature_cfg.columns`` (in transformed
+    units: prices or log returns), fitted on the training part only."""
 
     feature_cfg: FeatureConfig
     scaler: MinMaxScaler | StandardScaler
 
     @property
     def offset(self) -> int:
-        return _history_offset(self.feature_cfg)
+        """Rows the transform consumes before the first feature row."""
+        return 1 if self.feature_cfg.target_transform == "log_return" else 0
 
     @property
     def rows_needed(self) -> int:
@@ -185,14 +134,26 @@ class Preprocessor:
         """Raw feature column values, ``(rows, n_features)``, by name."""
         return df[list(self.feature_cfg.columns)].to_numpy(dtype=np.float64)
 
-    def transform_values(self, values: np.ndarray) -> np.ndarray:
-        """Raw values ``(..., rows, n_features)`` -> scaled features ``(..., rows - offset, n_features)``."""
-        mult, add = self._affine()
-        return raw_features(values, self.feature_cfg) * mult + add
+    def features(self, values: np.ndarray) -> np.ndarray:
+        """Raw values ``(..., rows, n_features)`` -> unscaled features ``(..., rows - offset, .)``."""
+        if self.feature_cfg.target_transform == "price":
+            return values
+        volume = np.array([c == "volume" for c in self.feature_cfg.columns])
+        # volume can be 0 on suspended days: log(1 + v) keeps its difference finite
+        low = np.where(volume, values < 0, values <= 0).reshape(-1, len(volume)).any(axis=0)
+        if low.any():
+            bad = [c for c, b in zip(self.feature_cfg.columns, low, strict=True) if b]
+            raise DataError(
+                f"column(s) {bad} must be positive (volume: non-negative) for log returns"
+            )
+        return np.diff(np.log(values + volume), axis=-2)
 
-    def transform(self, df: pd.DataFrame) -> np.ndarray:
-        """Scaled features for every usable row of ``df``: ``(len(df) - offset, n_features)``."""
-        return self.transform_values(self.column_values(df))
+    def transform(self, x: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """A frame, or raw values ``(..., rows, n_features)`` -> scaled features, ``offset`` rows
+        fewer."""
+        mult, add = self._affine()
+        values = self.column_values(x) if isinstance(x, pd.DataFrame) else x
+        return self.features(values) * mult + add
 
     def inverse_target(self, scaled: np.ndarray) -> np.ndarray:
         """Scaled target values -> target units (price or log return), same shape."""
@@ -201,62 +162,35 @@ class Preprocessor:
         return (np.asarray(scaled, dtype=np.float64) - add[j]) / mult[j]
 
     def to_prices(self, scaled: np.ndarray, anchor: np.ndarray) -> np.ndarray:
-        """Scaled model output ``(..., horizon)`` -> prices ``(..., horizon)``.
-
-        ``anchor`` ``(...)`` is the last known target price before each forecast; it is
-        only used for log returns (cumulative over the horizon).
-        """
+        """Scaled model output ``(..., horizon)`` -> prices; ``anchor`` ``(...)``, the last known
+        price, only matters for log returns (cumulated over the horizon)."""
         values = self.inverse_target(scaled)
         if self.feature_cfg.target_transform == "price":
             return values
         return np.asarray(anchor, dtype=np.float64)[..., None] * np.exp(np.cumsum(values, axis=-1))
 
-    def latest_window(self, history: pd.DataFrame) -> np.ndarray:
-        """The model input for the day after ``history``'s last row: ``(1, lookback, n_features)``."""
-        validate_frame(history, self.feature_cfg.columns)
-        if len(history) < self.rows_needed:
-            raise DataError(
-                f"history has {len(history)} rows, needs at least {self.rows_needed} "
-                f"(lookback {self.feature_cfg.lookback} + {self.offset} for the transform)"
-            )
-        values = self.column_values(history.iloc[-self.rows_needed :])
-        return self.transform_values(values)[None, ...].astype(np.float32)
-
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON state (no pickle): feature config + fitted scaler attributes."""
-        s = self.scaler
-        if isinstance(s, MinMaxScaler):
-            attrs = ["data_min_", "data_max_", "data_range_", "scale_", "min_"]
-            kind = "minmax"
-        else:
-            attrs = ["mean_", "var_", "scale_"]
-            kind = "standard"
+        kind = "minmax" if isinstance(self.scaler, MinMaxScaler) else "standard"
+        params = {
+            a.rstrip("_"): [float(x) for x in getattr(self.scaler, a)] for a in _SCALERS[kind][1]
+        }
         return {
             "format": _PREPROCESSOR_FORMAT,
             "feature_config": self.feature_cfg.model_dump(mode="json"),
-            "scaler": {
-                "kind": kind,
-                "n_samples_seen": int(s.n_samples_seen_),
-                **{a.rstrip("_"): [float(x) for x in getattr(s, a)] for a in attrs},
-            },
+            "scaler": {"kind": kind, "n_samples_seen": int(self.scaler.n_samples_seen_), **params},
         }
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> Preprocessor:
-        """Rebuild from :meth:`to_dict` output."""
         if state.get("format") != _PREPROCESSOR_FORMAT:
             raise ValueError(f"unsupported preprocessor format {state.get('format')!r}")
         feature_cfg = FeatureConfig(**state["feature_config"])
         params = state["scaler"]
-        scaler: MinMaxScaler | StandardScaler
-        if params["kind"] == "minmax":
-            scaler = MinMaxScaler(feature_range=(0, 1))
-            attrs = ["data_min", "data_max", "data_range", "scale", "min"]
-        else:
-            scaler = StandardScaler()
-            attrs = ["mean", "var", "scale"]
+        scaler_cls, attrs = _SCALERS[params["kind"]]
+        scaler = scaler_cls()
         for a in attrs:
-            setattr(scaler, a + "_", np.asarray(params[a], dtype=np.float64))
+            setattr(scaler, a, np.asarray(params[a.rstrip("_")], dtype=np.float64))
         scaler.n_features_in_ = len(feature_cfg.columns)
         scaler.n_samples_seen_ = params["n_samples_seen"]
         return cls(feature_cfg=feature_cfg, scaler=scaler)
@@ -265,61 +199,85 @@ class Preprocessor:
 def fit_preprocessor(train_df: pd.DataFrame, feature_cfg: FeatureConfig) -> Preprocessor:
     """Fit the scaler on the training rows only (after the feature transform)."""
     validate_frame(train_df, feature_cfg.columns)
-    offset = _history_offset(feature_cfg)
-    if len(train_df) < offset + 2:
-        raise DataError(f"training part has {len(train_df)} rows, needs at least {offset + 2}")
-    values = raw_features(
-        train_df[list(feature_cfg.columns)].to_numpy(dtype=np.float64), feature_cfg
-    )  # (rows - offset, n_features)
-    spread = np.ptp(values, axis=0)
-    constant = [c for c, s in zip(feature_cfg.columns, spread, strict=True) if s == 0]
+    pre = Preprocessor(feature_cfg, _SCALERS[feature_cfg.scaler][0]())
+    if len(train_df) < pre.offset + 2:
+        raise DataError(f"training part has {len(train_df)} rows, needs at least {pre.offset + 2}")
+    values = pre.features(pre.column_values(train_df))
+    constant = [
+        c for c, s in zip(feature_cfg.columns, np.ptp(values, axis=0), strict=True) if s == 0
+    ]
     if constant:
-        what = "price" if feature_cfg.target_transform == "price" else "log_return"
         raise DataError(
             f"column(s) {constant} are constant over the {len(train_df)} training rows "
-            f"({what} range 0): the scaler cannot scale them"
+            f"({feature_cfg.target_transform} range 0): the scaler cannot scale them"
         )
-    scaler = (
-        MinMaxScaler(feature_range=(0, 1)) if feature_cfg.scaler == "minmax" else StandardScaler()
-    )
-    scaler.fit(values)  # NumPy, not a DataFrame: no feature-name warnings later
-    return Preprocessor(feature_cfg=feature_cfg, scaler=scaler)
+    pre.scaler.fit(values)  # NumPy, not a DataFrame: no feature-name warnings later
+    return pre
 
 
-# --------------------------------------------------------------------------- windows
+def model_input(history: Any, preprocessor: Preprocessor) -> pd.DataFrame:
+    """``date`` and the feature columns of ``history``, coerced, in date order, validated.
+
+    What a user has is enough: other columns are dropped, columns may come in any order,
+    ``date`` may be datetimes or ISO strings, numbers may be ints or strings of numbers.
+    """
+    frame = pd.DataFrame(history)
+    cfg = preprocessor.feature_cfg
+    needed = [DATE_COLUMN, *cfg.columns]
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"input is missing column(s) {missing}: the model reads {needed} "
+            f"(other columns are ignored); got {[str(c) for c in frame.columns]}"
+        )
+    frame = frame[needed].copy()
+    if len(frame) < preprocessor.rows_needed:
+        raise DataError(
+            f"history has {len(frame)} rows, needs at least {preprocessor.rows_needed} "
+            f"consecutive days (lookback {cfg.lookback} + {preprocessor.offset} for the "
+            f"{cfg.target_transform} transform)"
+        )
+    dates = frame[DATE_COLUMN]
+    if not pd.api.types.is_datetime64_any_dtype(dates):
+        try:
+            dates = pd.to_datetime(dates, format="ISO8601")
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"column {DATE_COLUMN!r}: not ISO dates or datetimes ({exc})") from None
+    if getattr(dates.dt, "tz", None) is not None:
+        dates = dates.dt.tz_localize(None)  # a trading day is a calendar date
+    frame[DATE_COLUMN] = dates
+    for col in cfg.columns:
+        try:
+            frame[col] = pd.to_numeric(frame[col]).astype(np.float64)
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"column {col!r}: not numbers ({exc})") from None
+    frame = frame.sort_values(DATE_COLUMN, kind="stable", ignore_index=True)
+    validate_frame(frame, cfg.columns)
+    return frame
 
 
 def window_arrays(
     features: np.ndarray, target: np.ndarray, lookback: int, horizon: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """All windows of ``features`` ``(T, n_features)`` and ``target`` ``(T,)``, as strided views.
-
-    Window ``k`` reads ``features[k : k + lookback]`` and predicts
-    ``target[k + lookback : k + lookback + horizon]``.  Returns
-    X ``(T - lookback - horizon + 1, lookback, n_features)`` and y ``(..., horizon)``;
-    no data is copied.
-    """
+    """Every window of ``features`` ``(T, n_features)`` and ``target`` ``(T,)`` as strided views:
+    window ``k`` reads ``features[k : k + lookback]`` and predicts ``target[k + lookback :
+    k + lookback + horizon]``; X ``(n, lookback, n_features)``, y ``(n, horizon)``."""
     n_windows = len(features) - lookback - horizon + 1
     if n_windows <= 0:
         return (
             np.empty((0, lookback, features.shape[1]), features.dtype),
             np.empty((0, horizon), target.dtype),
         )
-    # sliding_window_view puts the window axis last: (T-L+1, n_features, L) -> swap to (.., L, n_features)
+    # sliding_window_view puts the window axis last: (T-L+1, n_features, L) -> (.., L, n_features)
     X = sliding_window_view(features, lookback, axis=0).swapaxes(1, 2)[:n_windows]
-    y = sliding_window_view(target[lookback:], horizon)[:n_windows]  # (n_windows, horizon)
-    return X, y
+    return X, sliding_window_view(target[lookback:], horizon)[:n_windows]
 
 
 @dataclass(frozen=True)
 class SplitWindows:
-    """Windows whose targets lie in one split.
-
-    X ``(n, lookback, n_features)`` and y ``(n, horizon)`` are scaled;
-    ``target_dates`` ``(n, horizon)``, ``actual`` prices ``(n, horizon)``, ``anchor``
-    prices ``(n,)`` (the last known target price) and ``anchor_index`` ``(n,)`` (its row
-    in the frame) are in price units.
-    """
+    """Windows whose targets lie in one split: scaled X ``(n, lookback, n_features)`` and y
+    ``(n, horizon)``; ``target_dates`` and ``actual`` prices ``(n, horizon)``; ``anchor``, the
+    last known target price ``(n,)``, and ``anchor_index`` ``(n,)``, its row in the frame."""
 
     X: np.ndarray
     y: np.ndarray
@@ -340,8 +298,7 @@ class WindowedData:
     val: SplitWindows
     test: SplitWindows
     preprocessor: Preprocessor
-    dates: np.ndarray  # (N,) every row's date
-    target_prices: np.ndarray  # (N,) the target column in price units
+    target_prices: np.ndarray  # (N,) the target column in prices
     train_end: int  # rows [0, train_end) are the training part
 
     @property
@@ -359,65 +316,43 @@ class WindowedData:
 
 def make_dataset(frames: SplitFrames, preprocessor: Preprocessor) -> WindowedData:
     """Window every split with the (already fitted) preprocessor."""
-    cfg = preprocessor.feature_cfg
-    lookback, horizon, offset = cfg.lookback, cfg.horizon, preprocessor.offset
-    frame = frames.frame
+    cfg, frame = preprocessor.feature_cfg, frames.frame
+    lookback, horizon = cfg.lookback, cfg.horizon
     validate_frame(frame, cfg.columns)
     features = preprocessor.transform(frame).astype(np.float32)  # (N - offset, n_features)
-    target = features[:, preprocessor.target_index]  # (N - offset,)
-    X_all, y_all = window_arrays(features, target, lookback, horizon)
-    # window k's first target is row t = k + offset + lookback of the frame
-    first_target = offset + lookback
+    X_all, y_all = window_arrays(
+        features, features[:, preprocessor.target_index], lookback, horizon
+    )
+    first = preprocessor.rows_needed  # window k's first target is row k + first
     prices = frame[cfg.target].to_numpy(dtype=np.float64)
     dates = frame[DATE_COLUMN].to_numpy()
 
-    def windows_for(name: str, start: int, end: int, required: bool) -> SplitWindows:
-        t_lo = max(start, first_target)
-        t_hi = end - horizon  # last first-target row whose targets stay inside the split
-        if t_hi < t_lo:
-            if not required and end == start:
-                t_hi = t_lo - 1  # an empty validation part is allowed (val_fraction 0)
-            else:
-                need = horizon + max(0, first_target - start)
-                raise DataError(
-                    f"{name} part has {end - start} rows (rows {start}..{end - 1}) but needs "
-                    f"{need} for one window: horizon {horizon} target row(s), after "
-                    f"{first_target} rows of history (lookback {lookback} + {offset} for the "
-                    f"transform) that may precede the part"
-                )
-        t = np.arange(t_lo, t_hi + 1)  # first-target rows
-        k = t - first_target
-        targets_idx = t[:, None] + np.arange(horizon)  # (n, horizon)
-        return SplitWindows(
-            X=X_all[k[0] : k[-1] + 1] if len(k) else X_all[:0],  # a slice keeps the view
-            y=y_all[k[0] : k[-1] + 1] if len(k) else y_all[:0],
-            target_dates=dates[targets_idx],
-            actual=prices[targets_idx],
-            anchor=prices[t - 1],
-            anchor_index=t - 1,
-        )
+    def windows(name: str, start: int, end: int) -> SplitWindows:
+        t = np.arange(max(start, first), end - horizon + 1)  # first targets, all targets inside
+        if len(t) == 0 and not (name == "validation" and end == start):  # val_fraction 0 is fine
+            raise DataError(
+                f"{name} part has {end - start} rows (rows {start}..{end - 1}) but needs "
+                f"{horizon + max(0, first - start)} for one window: horizon {horizon} target "
+                f"row(s), after {first} rows of history (lookback {lookback} + "
+                f"{preprocessor.offset} for the transform) that may precede the part"
+            )
+        k = slice(t[0] - first, t[-1] - first + 1) if len(t) else slice(0, 0)  # views, no copy
+        rows = t[:, None] + np.arange(horizon)
+        return SplitWindows(X_all[k], y_all[k], dates[rows], prices[rows], prices[t - 1], t - 1)
 
-    n_rows = len(frame)
     return WindowedData(
-        train=windows_for("training", 0, frames.train_end, True),
-        val=windows_for("validation", frames.train_end, frames.val_end, False),
-        test=windows_for("test", frames.val_end, n_rows, True),
+        train=windows("training", 0, frames.train_end),
+        val=windows("validation", frames.train_end, frames.val_end),
+        test=windows("test", frames.val_end, len(frame)),
         preprocessor=preprocessor,
-        dates=dates,
         target_prices=prices,
         train_end=frames.train_end,
     )
 
 
 def prepare_data(
-    df: pd.DataFrame,
-    feature_cfg: FeatureConfig,
-    eval_cfg: EvaluationConfig,
-    val_start: Any = None,
-    test_start: Any = None,
+    df: pd.DataFrame, feature_cfg: FeatureConfig, eval_cfg: EvaluationConfig
 ) -> WindowedData:
     """DataFrame -> split -> scaler fitted on train -> windows (the three steps in one call)."""
-    validate_frame(df, feature_cfg.columns)
-    frames = split_frame(df, eval_cfg, val_start=val_start, test_start=test_start)
-    preprocessor = fit_preprocessor(frames.train, feature_cfg)
-    return make_dataset(frames, preprocessor)
+    frames = split_frame(df, eval_cfg)
+    return make_dataset(frames, fit_preprocessor(frames.train, feature_cfg))

@@ -1,7 +1,7 @@
-"""Metrics in price units, baselines on the same targets, Diebold-Mariano test.
+"""Metrics in prices, naive/drift/moving-average baselines, MASE, Diebold-Mariano.
 
-With horizon h > 1 every metric scores the h-th step (the h-day-ahead price), which is
-also what the Diebold-Mariano horizon refers to.
+With horizon h > 1 every metric scores the h-th step (the h-day-ahead price), which is also the
+horizon of the Diebold-Mariano test.
 """
 
 from __future__ import annotations
@@ -14,54 +14,46 @@ import numpy as np
 import pandas as pd
 
 from lstm_core.config import EvaluationConfig, FeatureConfig, ModelConfig, TrainingConfig
-from lstm_core.data import DATE_COLUMN, Preprocessor, SplitWindows, WindowedData, prepare_data
+from lstm_core.data import (
+    DATE_COLUMN,
+    DataError,
+    Preprocessor,
+    SplitFrames,
+    SplitWindows,
+    WindowedData,
+    make_dataset,
+    prepare_data,
+)
 from lstm_core.intervals import (
     Intervals,
+    band_metrics,
     calibrate,
-    conformal_quantile,
-    coverage,
-    interval_score,
     level_name,
     mc_dropout_intervals,
-    price_band,
     price_scores,
-    width,
 )
 from lstm_core.model import build_model, predict_scaled
 from lstm_core.train import TrainResult, train_model
 
-# ----------------------------------------------------------------------------- metrics
+
+def rmse(actual: np.ndarray, predicted: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((np.asarray(predicted) - np.asarray(actual)) ** 2)))
 
 
 def point_metrics(
     actual: np.ndarray, predicted: np.ndarray, anchor: np.ndarray
 ) -> dict[str, float]:
-    """RMSE, MAE, MAPE (%), directional accuracy for 1-D price arrays.
-
-    Direction is the sign of the move from the anchor (last known price); days on which
-    the actual price did not move are left out of the directional accuracy.
-    """
+    """RMSE, MAE, MAPE (%) and directional accuracy (the sign of the move from the anchor, the
+    last known price; days on which the actual price did not move are left out) of 1-D prices."""
     err = predicted - actual
     moved = actual != anchor
-    direction = (
-        float(
-            np.mean(
-                np.sign(predicted[moved] - anchor[moved]) == np.sign(actual[moved] - anchor[moved])
-            )
-        )
-        if moved.any()
-        else float("nan")
-    )
+    same = np.sign(predicted - anchor) == np.sign(actual - anchor)
     return {
-        "rmse": float(np.sqrt(np.mean(err**2))),
+        "rmse": rmse(actual, predicted),
         "mae": float(np.mean(np.abs(err))),
         "mape": float(100.0 * np.mean(np.abs(err / actual))),
-        "directional_accuracy": direction,
+        "directional_accuracy": float(np.mean(same[moved])) if moved.any() else float("nan"),
     }
-
-
-def rmse(actual: np.ndarray, predicted: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((np.asarray(predicted) - np.asarray(actual)) ** 2)))
 
 
 def naive_scale(prices: np.ndarray, train_end: int) -> float:
@@ -74,9 +66,9 @@ def baseline_forecasts(
 ) -> dict[str, np.ndarray]:
     """Naive, drift and moving-average forecasts ``(n,)`` of price ``anchor + horizon``.
 
-    All use only prices up to each anchor row: naive = last price; drift = last price +
-    horizon * average daily change since the first row; moving average = mean of the last
-    ``ma_window`` prices (fewer at the very start).
+    From prices up to each anchor row only: naive = last price; drift = last price + horizon *
+    average daily change since the first row; moving average = mean of the last ``ma_window``
+    prices (fewer at the very start).
     """
     last = prices[anchor_index]
     slope = (last - prices[0]) / np.maximum(anchor_index, 1)
@@ -89,39 +81,31 @@ def baseline_forecasts(
 def diebold_mariano(
     errors_model: np.ndarray, errors_base: np.ndarray, horizon: int = 1
 ) -> tuple[float, float]:
-    """Diebold-Mariano test of equal squared-error loss with the Harvey et al. (1997) correction.
+    """Diebold-Mariano test of equal squared-error loss, with Harvey et al.'s (1997) correction.
 
-    Negative statistic = the model's loss is lower.  Returns (statistic, two-sided p-value
-    from Student's t with n-1 degrees of freedom); NaN when the loss difference is constant.
+    Negative statistic = the model's loss is lower.  Returns (statistic, two-sided p-value from
+    Student's t with n-1 degrees of freedom); NaN when the loss difference is constant.
     """
     from scipy import stats
 
-    d = (
-        np.asarray(errors_model, dtype=np.float64) ** 2
-        - np.asarray(errors_base, dtype=np.float64) ** 2
-    )
+    d = np.asarray(errors_model, np.float64) ** 2 - np.asarray(errors_base, np.float64) ** 2
     n = len(d)
     if n < 2:
         return float("nan"), float("nan")
-    d_mean = d.mean()
-    centred = d - d_mean
+    centred = d - d.mean()
     # long-run variance with autocovariances up to lag h-1 (h-step forecasts overlap)
     gamma = [float(centred[k:] @ centred[: n - k]) / n for k in range(min(horizon, n))]
     variance = (gamma[0] + 2.0 * sum(gamma[1:])) / n
     if not variance > 0:
         return float("nan"), float("nan")
-    dm = d_mean / np.sqrt(variance)
     correction = np.sqrt((n + 1 - 2 * horizon + horizon * (horizon - 1) / n) / n)
-    stat = float(dm * correction)
+    stat = float(d.mean() / np.sqrt(variance) * correction)
     return stat, float(2.0 * stats.t.sf(abs(stat), df=n - 1))
-
-
-# ----------------------------------------------------------------------------- evaluation
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Flat metric dict (stable names) and the per-date predictions of the scored split."""
+    """Flat metric dict (stable names) and the per-date test predictions."""
 
     metrics: dict[str, float]
     predictions: pd.DataFrame
@@ -137,119 +121,110 @@ def evaluate_forecasts(
     predicted: np.ndarray,
     eval_cfg: EvaluationConfig,
     intervals: Intervals | None = None,
-    split: str = "test",
 ) -> Evaluation:
-    """Score price forecasts ``(n, horizon)`` for ``split`` against the baselines.
+    """Score test price forecasts ``(n, horizon)`` against the baselines.
 
-    Metric names: test_rmse, test_mae, test_mape, test_directional_accuracy, mase,
-    naive_rmse, naive_mae, drift_rmse, ma_rmse, skill_vs_naive, dm_stat, dm_pvalue,
-    and per level (NaN without intervals): interval_coverage_<level%>, interval_width_<L>
-    (mean, prices), interval_score_<L> (Winkler), and naive_interval_coverage_<L> /
-    naive_interval_width_<L> / naive_interval_score_<L> for the naive forecast's band built
-    the same way (the validation quantile of its own scores) on the same days.
+    Metric names: test_rmse, test_mae, test_mape, test_directional_accuracy, mase, naive_rmse,
+    naive_mae, drift_rmse, ma_rmse, skill_vs_naive, dm_stat, dm_pvalue and, per level, the
+    :func:`band_metrics` of ``intervals`` (NaN without) and, prefixed ``naive_``, of the naive
+    forecast's band built the same way.
     """
-    windows: SplitWindows = getattr(data, split)
-    h = data.horizon
-    step = h - 1  # score the h-day-ahead price
-    actual = windows.actual[:, step]
-    pred = np.asarray(predicted)[:, step]
+    test, h, levels = data.test, data.horizon, eval_cfg.interval_levels
+    actual, pred = test.actual[:, h - 1], np.asarray(predicted)[:, h - 1]
     base = baseline_forecasts(
-        data.target_prices, windows.anchor_index, h, eval_cfg.moving_average_window
+        data.target_prices, test.anchor_index, h, eval_cfg.moving_average_window
     )
-    model_m = point_metrics(actual, pred, windows.anchor)
-    naive_m = point_metrics(actual, base["naive"], windows.anchor)
+    model_m = point_metrics(actual, pred, test.anchor)
+    naive_m = point_metrics(actual, base["naive"], test.anchor)
     scale = naive_scale(data.target_prices, data.train_end)
-    dm_stat, dm_p = diebold_mariano(pred - actual, base["naive"] - actual, h)
-    metrics: dict[str, float] = {f"{split}_{k}": v for k, v in model_m.items()}
+    dm_stat, dm_pvalue = diebold_mariano(pred - actual, base["naive"] - actual, h)
+    nan = float("nan")
+    metrics = {f"test_{k}": v for k, v in model_m.items()}
     metrics.update(
-        {
-            "mase": model_m["mae"] / scale if scale > 0 else float("nan"),
-            "naive_rmse": naive_m["rmse"],
-            "naive_mae": naive_m["mae"],
-            "drift_rmse": rmse(actual, base["drift"]),
-            "ma_rmse": rmse(actual, base["moving_average"]),
-            "skill_vs_naive": 1.0 - model_m["rmse"] / naive_m["rmse"]
-            if naive_m["rmse"] > 0
-            else float("nan"),
-            "dm_stat": dm_stat,
-            "dm_pvalue": dm_p,
-        }
+        mase=model_m["mae"] / scale if scale > 0 else nan,
+        naive_rmse=naive_m["rmse"],
+        naive_mae=naive_m["mae"],
+        drift_rmse=rmse(actual, base["drift"]),
+        ma_rmse=rmse(actual, base["moving_average"]),
+        skill_vs_naive=1.0 - model_m["rmse"] / naive_m["rmse"] if naive_m["rmse"] > 0 else nan,
+        dm_stat=dm_stat,
+        dm_pvalue=dm_pvalue,
     )
     frame = pd.DataFrame(
         {
-            DATE_COLUMN: windows.target_dates[:, step],
+            DATE_COLUMN: test.target_dates[:, h - 1],
             "actual": actual,
             "predicted": pred,
             "naive": base["naive"],
         }
     )
-    val = data.val
-    naive_scores = price_scores(val.actual[:, step], val.anchor) if split != "val" else []
-    for level in eval_cfg.interval_levels:
+    naive = None
+    if len(data.val):  # the trivial band: last price * exp(+-q), q from its own validation scores
+        scores = [price_scores(data.val.actual[:, h - 1], data.val.anchor)]
+        naive = calibrate(scores, levels, data.val.target_dates[-1, -1]).bands(
+            base["naive"][:, None]
+        )
+    for level in levels:
         name = level_name(level)
-        if intervals is not None and level in intervals.lower:
-            lower, upper = intervals.lower[level][:, step], intervals.upper[level][:, step]
-        else:
-            lower = upper = np.full(len(actual), np.nan)
-        metrics[f"interval_coverage_{name}"] = (
-            coverage(actual, lower, upper) if intervals is not None else float("nan")
-        )
-        metrics[f"interval_width_{name}"] = width(lower, upper)
-        metrics[f"interval_score_{name}"] = interval_score(actual, lower, upper, level)
-        # the trivial band: last price * exp(+-q), q from its own validation scores
-        q = conformal_quantile(naive_scores, level) if len(naive_scores) else float("nan")
-        n_lower, n_upper = price_band(base["naive"], q)
-        metrics[f"naive_interval_coverage_{name}"] = (
-            coverage(actual, n_lower, n_upper) if len(naive_scores) else float("nan")
-        )
-        metrics[f"naive_interval_width_{name}"] = width(n_lower, n_upper)
-        metrics[f"naive_interval_score_{name}"] = interval_score(actual, n_lower, n_upper, level)
-        frame[f"lower_{name}"] = lower
-        frame[f"upper_{name}"] = upper
+        frame[f"lower_{name}"] = intervals.lower[level][:, -1] if intervals is not None else nan
+        frame[f"upper_{name}"] = intervals.upper[level][:, -1] if intervals is not None else nan
+        metrics.update(band_metrics(actual, intervals, level))
+        metrics.update(band_metrics(actual, naive, level, prefix="naive_"))
     return Evaluation(metrics=metrics, predictions=frame)
 
 
-def evaluate_model(
+def model_intervals(
     model: Any,
     data: WindowedData,
     eval_cfg: EvaluationConfig,
-    seed: int | None = None,
-    split: str = "test",
-) -> Evaluation:
-    """Point forecasts + intervals (``eval_cfg.intervals``) for ``split``, scored in prices.
-
-    Conformal bands are calibrated on the validation windows only, never on ``split``.
-    """
-    windows: SplitWindows = getattr(data, split)
-    predicted = predict_prices(model, windows, data.preprocessor)
-    if eval_cfg.intervals == "conformal":
-        intervals = conformal_intervals(model, data, predicted, eval_cfg.interval_levels, split)
-    else:
-        intervals = mc_dropout_intervals(
-            model,
-            windows.X,
-            windows.anchor,
-            data.preprocessor,
-            eval_cfg.interval_levels,
-            eval_cfg.mc_samples,
-            seed,
-        )
-    return evaluate_forecasts(data, predicted, eval_cfg, intervals, split)
-
-
-def conformal_intervals(
-    model: Any,
-    data: WindowedData,
     predicted: np.ndarray,
-    levels: Sequence[float],
-    split: str = "test",
+    seed: int | None = None,
 ) -> Intervals:
-    """Split-conformal bands around ``predicted`` ``(n, horizon)`` from the validation errors."""
-    if split == "val" or len(data.val) == 0:
-        raise ValueError("conformal intervals need a validation part other than the scored split")
+    """Bands around test forecasts ``(n, horizon)`` by ``eval_cfg.intervals``; conformal ones are
+    calibrated on the validation windows only."""
+    if eval_cfg.intervals == "mc_dropout":
+        test, levels = data.test, eval_cfg.interval_levels
+        pre, n = data.preprocessor, eval_cfg.mc_samples
+        return mc_dropout_intervals(model, test.X, test.anchor, pre, levels, n, seed)
     val_predicted = predict_prices(model, data.val, data.preprocessor)
-    calibration = calibrate(data.val.actual, val_predicted, levels, data.val.target_dates[-1, -1])
-    return calibration.bands(predicted)
+    scores = price_scores(data.val.actual, val_predicted).T  # one row per forecast step
+    last_date = data.val.target_dates[-1, -1] if len(data.val) else None
+    return calibrate(scores, eval_cfg.interval_levels, last_date).bands(predicted)
+
+
+def evaluate_model(
+    model: Any, data: WindowedData, eval_cfg: EvaluationConfig, seed: int | None = None
+) -> Evaluation:
+    """Test point forecasts and :func:`model_intervals`, scored in prices."""
+    predicted = predict_prices(model, data.test, data.preprocessor)
+    intervals = model_intervals(model, data, eval_cfg, predicted, seed)
+    return evaluate_forecasts(data, predicted, eval_cfg, intervals)
+
+
+def score_on_dates(
+    forecaster: Any, frame: pd.DataFrame, dates: Any, metric: str, train_end: int | None = None
+) -> float:
+    """``metric`` (test_rmse, test_mae or mase) of ``forecaster``'s one-day-ahead forecasts of
+    ``dates``, each from the rows before it through the forecaster's own preprocessor: a champion
+    with another configuration is scored on exactly a challenger's target days."""
+    frame = frame.reset_index(drop=True)
+    wanted = pd.DatetimeIndex(pd.to_datetime(np.asarray(dates).ravel())).unique()
+    first = int((frame[DATE_COLUMN] < wanted.min()).sum())
+    pre = forecaster.preprocessor
+    try:  # the rows before the first date play "train": the test windows read their history
+        data = make_dataset(SplitFrames(frame=frame, train_end=first, val_end=first), pre)
+    except DataError as exc:
+        raise DataError(f"cannot score on these dates: {exc}") from None
+    test = data.test
+    keep = pd.to_datetime(test.target_dates[:, 0]).isin(wanted)
+    if keep.sum() != len(wanted):
+        raise DataError(f"scored {int(keep.sum())} of {len(wanted)} requested dates")
+    predicted = predict_prices(forecaster.model, test, pre)[keep, 0]
+    m = point_metrics(test.actual[keep, 0], predicted, test.anchor[keep])
+    if metric.removeprefix("test_") != "mase":
+        return float(m[metric.removeprefix("test_")])
+    scale = naive_scale(data.target_prices, len(frame) if train_end is None else train_end)
+    return m["mae"] / scale if scale > 0 else float("nan")
 
 
 @dataclass(frozen=True)

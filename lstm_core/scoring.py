@@ -20,36 +20,29 @@ LOWER = re.compile(r"^lower_(\d+(?:\.\d+)?)$")
 
 def levels_of(frame: pd.DataFrame) -> list[str]:
     """Interval level names present as ``lower_<L>``/``upper_<L>`` pairs, e.g. ['80', '95']."""
-    names = []
-    for col in frame.columns:
-        m = LOWER.match(str(col))
-        if m and f"upper_{m.group(1)}" in frame.columns:
-            names.append(m.group(1))
-    return sorted(names, key=float)
+    found = (m.group(1) for c in frame.columns if (m := LOWER.match(str(c))))
+    return sorted((k for k in found if f"upper_{k}" in frame.columns), key=float)
 
 
 def match(log: pd.DataFrame, prices: pd.DataFrame, target: str) -> pd.DataFrame:
-    """Each log row with ``target_date``, ``actual`` and ``last`` (naive); NaN when pending.
+    """Each log row (``made_on``, ``step``) with ``target_date``, ``target_index``, ``actual``,
+    ``last`` (the naive forecast) and ``scored`` (the target price has arrived; else NaN).
 
-    ``log`` needs ``made_on`` and ``step``; ``prices`` needs ``date`` and the ``target``
-    column, sorted by date. A ``made_on`` that is not a stored date is anchored on the last
-    stored date before it. ``scored`` is True where the target price has arrived.
+    ``prices`` (``date`` and ``target``) is sorted by date; a ``made_on`` that is not a stored
+    date is anchored on the last stored date before it.
     """
     out = log.copy()
     dates = pd.to_datetime(prices["date"]).to_numpy()
     values = prices[target].to_numpy(dtype=np.float64)
-    made = pd.to_datetime(out["made_on"]).to_numpy()
-    anchor = np.searchsorted(dates, made, side="right") - 1
-    steps = out["step"].to_numpy(dtype=np.int64)
-    idx = anchor + steps
+    anchor = np.searchsorted(dates, pd.to_datetime(out["made_on"]).to_numpy(), side="right") - 1
+    idx = anchor + out["step"].to_numpy(dtype=np.int64)
     known = anchor >= 0
     arrived = known & (idx < len(dates))
     safe = np.where(arrived, idx, 0)
-    safe_anchor = np.where(known, anchor, 0)
     out["target_date"] = pd.to_datetime(np.where(arrived, dates[safe], np.datetime64("NaT")))
     out["target_index"] = np.where(arrived, idx, -1)
     out["actual"] = np.where(arrived, values[safe], np.nan)
-    out["last"] = np.where(known, values[safe_anchor], np.nan)
+    out["last"] = np.where(known, values[np.where(known, anchor, 0)], np.nan)
     out["scored"] = arrived
     return out
 
@@ -68,54 +61,37 @@ class LiveMetrics:
     coverage: dict[str, float] = field(default_factory=dict)  # level name -> share inside
 
     def as_dict(self, prefix: str = "live_") -> dict[str, float]:
-        out = {
-            f"{prefix}rmse": self.rmse,
-            f"{prefix}mae": self.mae,
-            f"{prefix}naive_rmse": self.naive_rmse,
-            f"{prefix}skill_vs_naive": self.skill_vs_naive,
-            f"{prefix}directional_accuracy": self.directional_accuracy,
-            f"{prefix}scored_days": float(self.days),
-        }
-        out.update({f"{prefix}coverage_{k}": v for k, v in self.coverage.items()})
-        return out
+        names = ("rmse", "mae", "naive_rmse", "skill_vs_naive", "directional_accuracy")
+        out = {f"{prefix}{k}": getattr(self, k) for k in names}
+        out[f"{prefix}scored_days"] = float(self.days)
+        return out | {f"{prefix}coverage_{k}": v for k, v in self.coverage.items()}
 
 
 def metrics(scored: pd.DataFrame, levels: Sequence[str] | None = None) -> LiveMetrics:
-    """RMSE/MAE in prices, the naive RMSE on the same targets, skill, coverage, direction.
-
-    ``scored`` holds matched rows (see :func:`match`); pending rows are ignored. Direction
-    is right when the forecast and the actual move the same way from the last known price
-    (no move counts as its own direction).
-    """
+    """RMSE/MAE in prices, the naive RMSE on the same targets, skill, coverage and direction
+    (right when forecast and actual move the same way from the last price; no move is a way of
+    its own) of the scored rows of :func:`match`."""
     rows = scored[scored["scored"]] if "scored" in scored else scored
     levels = levels_of(rows) if levels is None else list(levels)
     nan = float("nan")
     if rows.empty:
-        return LiveMetrics(0, 0, nan, nan, nan, nan, nan, {k: nan for k in levels})
-    f = rows["forecast"].to_numpy(dtype=np.float64)
-    a = rows["actual"].to_numpy(dtype=np.float64)
-    last = rows["last"].to_numpy(dtype=np.float64)
-    err = f - a
-    rmse = float(np.sqrt(np.mean(err**2)))
+        return LiveMetrics(0, 0, nan, nan, nan, nan, nan, dict.fromkeys(levels, nan))
+    f, a, last = (rows[c].to_numpy(dtype=np.float64) for c in ("forecast", "actual", "last"))
+    rmse = float(np.sqrt(np.mean((f - a) ** 2)))
     naive = float(np.sqrt(np.mean((last - a) ** 2)))
-    skill = 1.0 - rmse / naive if naive > 0 else nan
-    direction = float(np.mean(np.sign(f - last) == np.sign(a - last)))
     coverage = {}
     for k in levels:
-        lo = rows[f"lower_{k}"].to_numpy(dtype=np.float64)
-        hi = rows[f"upper_{k}"].to_numpy(dtype=np.float64)
+        lo, hi = rows[f"lower_{k}"].to_numpy(np.float64), rows[f"upper_{k}"].to_numpy(np.float64)
         ok = ~(np.isnan(lo) | np.isnan(hi))
-        inside = (a >= lo) & (a <= hi)
-        coverage[k] = float(inside[ok].mean()) if ok.any() else nan
-    days = int(rows["target_index"].nunique()) if "target_index" in rows else len(rows)
+        coverage[k] = float(((a >= lo) & (a <= hi))[ok].mean()) if ok.any() else nan
     return LiveMetrics(
         n=len(rows),
-        days=days,
+        days=int(rows["target_index"].nunique()) if "target_index" in rows else len(rows),
         rmse=rmse,
-        mae=float(np.mean(np.abs(err))),
+        mae=float(np.mean(np.abs(f - a))),
         naive_rmse=naive,
-        skill_vs_naive=skill,
-        directional_accuracy=direction,
+        skill_vs_naive=1.0 - rmse / naive if naive > 0 else nan,
+        directional_accuracy=float(np.mean(np.sign(f - last) == np.sign(a - last))),
         coverage=coverage,
     )
 
@@ -123,26 +99,21 @@ def metrics(scored: pd.DataFrame, levels: Sequence[str] | None = None) -> LiveMe
 def window(scored: pd.DataFrame, days: int) -> pd.DataFrame:
     """The scored rows whose targets are among the last ``days`` scored trading days."""
     rows = scored[scored["scored"]]
-    if rows.empty:
-        return rows
-    last = int(rows["target_index"].max())
-    return rows[rows["target_index"] > last - days]
+    return rows[rows["target_index"] > rows["target_index"].max() - days] if len(rows) else rows
 
 
 def series(scored: pd.DataFrame, days: int, origin: int) -> pd.DataFrame:
-    """Rolling-window metrics as of each scored target day, one row per day.
-
-    Columns: ``step`` (trading days from ``origin``, the deployment's first ``made_on``
-    position), ``target_date`` and the :meth:`LiveMetrics.as_dict` figures.
-    """
+    """Rolling :func:`window` metrics as of each scored target day: ``step`` (trading days from
+    ``origin``, the deployment's first ``made_on`` position), ``target_date`` and
+    :meth:`LiveMetrics.as_dict`."""
     rows = scored[scored["scored"]]
     levels = levels_of(rows)
     out = []
     for idx in sorted(rows["target_index"].unique()):
         upto = rows[rows["target_index"] <= idx]
-        m = metrics(window(upto, days), levels)
         date = upto.loc[upto["target_index"] == idx, "target_date"].iloc[0]
-        out.append({"step": int(idx) - origin, "target_date": date, **m.as_dict()})
+        m = metrics(window(upto, days), levels).as_dict()
+        out.append({"step": int(idx) - origin, "target_date": date, **m})
     return pd.DataFrame(out)
 
 

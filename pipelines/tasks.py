@@ -22,7 +22,6 @@ from lstm_core import evaluate as core_evaluate
 from lstm_core import forecast as core_forecast
 from lstm_core import model as core_model
 from lstm_core import plots as core_plots
-from lstm_core import rescore as core_rescore
 from lstm_core import train as core_train
 from lstm_core.intervals import ConformalCalibration
 from lstm_core.predictor import Forecaster
@@ -198,13 +197,7 @@ def calibrate(
     if ev.intervals != "conformal":
         return None
     return core_forecast.calibrate_recursive(
-        model,
-        preprocessor,
-        frames.frame,
-        frames.train_end,
-        frames.val_end,
-        ev.forecast_days,
-        ev.interval_levels,
+        model, preprocessor, frames, ev.forecast_days, ev.interval_levels
     )
 
 
@@ -274,7 +267,7 @@ def rescore_champion(
     """The champion's error on the challenger's test window (same targets)."""
     folder = tracking.download_forecaster(name, version, workdir / f"champion-v{version}")
     champion = Forecaster.load(folder)
-    return core_rescore.score_on_dates(champion, frame, test_dates, metric, train_end)
+    return core_evaluate.score_on_dates(champion, frame, test_dates, metric, train_end)
 
 
 def ingest_cached(settings: Settings, path: str, ticker: str | None = None) -> list[MergeReport]:

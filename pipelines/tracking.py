@@ -259,8 +259,8 @@ def log_forecaster(run_id: str, forecaster_dir: Path, input_example: pd.DataFram
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.types.schema import AnyType, ColSpec, Schema
 
-    from lstm_core.data import DATE_COLUMN
-    from lstm_core.predictor import Forecaster, model_input
+    from lstm_core.data import DATE_COLUMN, model_input
+    from lstm_core.predictor import Forecaster
 
     forecaster = Forecaster.load(forecaster_dir)
     input_example = model_input(input_example, forecaster.preprocessor)

@@ -5,13 +5,14 @@ from lstm_core.config import FeatureConfig, ModelConfig
 from lstm_core.data import fit_preprocessor
 from lstm_core.intervals import (
     ConformalCalibration,
+    Intervals,
+    band_metrics,
     calibrate,
     conformal_quantile,
-    coverage,
-    interval_score,
     level_name,
     mc_dropout_intervals,
     mc_dropout_samples,
+    price_scores,
     quantile_bounds,
     recalibrate,
 )
@@ -30,8 +31,11 @@ def test_quantile_bounds_and_coverage():
     np.testing.assert_allclose(b.upper[0.8], 90.0)
     np.testing.assert_allclose(b.lower[0.5], 25.0)
     np.testing.assert_allclose(b.median, 50.0)
-    assert coverage(np.array([1.0, 5.0, 9.0, 20.0]), np.zeros(4), np.full(4, 10.0)) == 0.75
-    assert np.isnan(coverage(np.array([]), np.array([]), np.array([])))
+    band = Intervals({0.8: np.zeros((4, 1))}, {0.8: np.full((4, 1), 10.0)}, np.ones((4, 1)))
+    m = band_metrics(np.array([1.0, 5.0, 9.0, 20.0]), band, 0.8)
+    assert m["interval_coverage_80"] == 0.75 and m["interval_width_80"] == 10.0
+    assert all(np.isnan(v) for v in band_metrics(np.array([]), band, 0.8).values())
+    assert all(np.isnan(v) for v in band_metrics(np.ones(4), None, 0.8, "naive_").values())
 
 
 @pytest.mark.parametrize("dropout", [0.3, 0.0])
@@ -85,7 +89,7 @@ def test_calibration_bands_widths_and_round_trip():
     rng = np.random.default_rng(5)
     actual = rng.normal(100.0, 1.0, (50, 2))
     predicted = actual * np.exp(rng.normal(0.0, [0.01, 0.03], (50, 2)))  # step 2 is noisier
-    cal = calibrate(actual, predicted, (0.8, 0.95), np.datetime64("2024-05-31"))
+    cal = calibrate(price_scores(actual, predicted).T, (0.8, 0.95), np.datetime64("2024-05-31"))
     assert cal.steps == 2 and cal.last_date == "2024-05-31"
     scores = np.abs(np.log(actual / predicted))
     q80 = np.array([conformal_quantile(scores[:, k], 0.8) for k in (0, 1)])
@@ -136,6 +140,7 @@ def test_recalibration_follows_a_volatility_regime_change():
 
 def test_interval_score_by_hand():
     actual = np.array([0.0, 5.0, -3.0])
-    lower, upper = np.full(3, -1.0), np.full(3, 1.0)
+    band = Intervals({0.8: np.full((3, 1), -1.0)}, {0.8: np.full((3, 1), 1.0)}, np.zeros((3, 1)))
     # alpha = 0.2: width 2, plus 2/0.2 = 10 times the distance outside
-    assert interval_score(actual, lower, upper, 0.8) == pytest.approx((2 + 42 + 22) / 3)
+    score = band_metrics(actual, band, 0.8)["interval_score_80"]
+    assert score == pytest.approx((2 + 42 + 22) / 3)

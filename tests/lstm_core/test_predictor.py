@@ -3,9 +3,9 @@ import pandas as pd
 import pytest
 
 from lstm_core.config import FeatureConfig, ModelConfig
-from lstm_core.data import DataError, fit_preprocessor
+from lstm_core.data import DataError, SplitFrames, fit_preprocessor, model_input
 from lstm_core.model import build_model
-from lstm_core.predictor import Forecaster, model_input
+from lstm_core.predictor import Forecaster
 from tests.lstm_core.conftest import make_frame
 
 
@@ -58,7 +58,8 @@ def test_calibrated_forecaster_serves_its_bands_after_a_round_trip(forecaster, t
     from lstm_core.forecast import calibrate_recursive
 
     df = make_frame(80)
-    cal = calibrate_recursive(forecaster.model, forecaster.preprocessor, df, 40, 60, 2, (0.9,))
+    frames = SplitFrames(df, 40, 60)
+    cal = calibrate_recursive(forecaster.model, forecaster.preprocessor, frames, 2, (0.9,))
     calibrated = Forecaster(forecaster.model, forecaster.preprocessor, cal)
     calibrated.save(tmp_path / "bundle")
     assert (tmp_path / "bundle" / "calibration.json").exists()
