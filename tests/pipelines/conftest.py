@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,7 +150,7 @@ class Trained:
 
 
 @pytest.fixture(scope="session")
-def trained_tiny(tmp_path_factory, prefect_harness) -> Trained:
+def trained_tiny(tmp_path_factory, prefect_harness) -> Iterator[Trained]:
     """The tiny project trained once per session by the training flow, under the Prefect
     harness. Tests only read it; a test that changes a trained project takes a copy
     (`trained_settings`)."""
@@ -160,16 +161,28 @@ def trained_tiny(tmp_path_factory, prefect_harness) -> Trained:
     settings = load_settings(root / "mlflow.yaml", env={})
     summary = training_flow(settings=settings)
     assert summary.ok, summary.render()
-    return Trained(root, settings, summary)
+    before = _files(root)
+    yield Trained(root, settings, summary)
+    assert _files(root) == before, "a test changed the shared trained project: use a copy"
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+# For trainings in tests that are not about the walk-forward backtest: its refits cost as
+# much as the training itself. The session's training (`trained_tiny`) runs it.
+NO_BACKTEST = ("evaluation.backtest_folds=0",)
 
 
 @pytest.fixture
 def trained_settings(trained_tiny: Trained, tmp_path: Path):
     """The settings of this test's own copy of the trained tiny project (MLflow store,
-    artifacts, Parquet store, forecast log); `.base_dir` is the copy's folder."""
+    artifacts, Parquet store, forecast log), with `NO_BACKTEST` for the trainings to come;
+    `.base_dir` is the copy's folder."""
     from pipelines.config import load_settings
 
     project = copy_project(trained_tiny.path, tmp_path / "project")
     forget_mlflow_artifact_repos()
-    yield load_settings(project / "mlflow.yaml", env={})
+    yield load_settings(project / "mlflow.yaml", list(NO_BACKTEST), env={})
     forget_mlflow_artifact_repos()

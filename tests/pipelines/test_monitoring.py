@@ -11,7 +11,7 @@ import pytest
 
 from lstm_core import scoring
 from pipelines.config import load_settings
-from tests.pipelines.conftest import price_frame
+from tests.pipelines.conftest import NO_BACKTEST, price_frame
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -156,6 +156,7 @@ def test_degraded_event_on_a_level_shift_and_the_retraining_it_causes(tiny_proje
             "monitoring.min_days=3",
             "data.min_new_rows=1000",
             "registry.promotion.max_worse_than_naive=1000",  # one epoch: test the mechanics
+            *NO_BACKTEST,
         ],
         env={},
     )

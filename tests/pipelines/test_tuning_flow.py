@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from tests.pipelines.conftest import NO_BACKTEST
 from tests.pipelines.test_tuning import TUNING
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -21,7 +22,7 @@ def test_tuned_version_goes_through_the_promotion_gate(trained_settings):
     (project / "mlflow.yaml").write_text(
         (project / "mlflow.yaml").read_text() + TUNING.replace("trials: 3", "trials: 2")
     )
-    settings = load_settings(project / "mlflow.yaml", env={})
+    settings = load_settings(project / "mlflow.yaml", list(NO_BACKTEST), env={})
     tracking.connect(settings)
     assert tracking.champion("test-TEST", "champion").version == "1"
 
