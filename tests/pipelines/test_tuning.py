@@ -128,13 +128,13 @@ def _poisoned_frame(settings, n: int = 120) -> tuple[pd.DataFrame, pd.DataFrame]
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
-    """One study run twice: 3 trials, then (resumed, two workers) an absurd candidate + 1."""
+    """One study run twice: 2 trials, then (resumed, two workers) an absurd candidate + 1."""
     from pipelines import tracking, tuning
 
     folder = tmp_path_factory.mktemp("tune")
     settings = _settings(folder)
     frame, poisoned = _poisoned_frame(settings)
-    first = tuning.run_study(settings, "TEST", poisoned, "2020-06-16")
+    first = tuning.run_study(settings, "TEST", poisoned, "2020-06-16", trials=2)
     study = tuning.load_study(settings, "TEST")
     absurd = {**study.trials[0].params, "model.learning_rate": 50.0}
     study.enqueue_trial(absurd, user_attrs={"absurd": True})
@@ -170,7 +170,7 @@ def test_parent_run_holds_the_study_and_children_are_nested(searched):
     children = client.search_runs(
         [exp], f"tags.`{tracking.TAG_PARENT}` = '{parent.info.run_id}'", max_results=100
     )
-    assert len(children) == len(study.trials) == 5
+    assert len(children) == len(study.trials) == 4
     by_trial = {int(r.data.tags[tracking.TAG_TRIAL]): r for r in children}
     for trial in study.trials:
         run = by_trial[trial.number]
@@ -217,9 +217,9 @@ def test_search_never_reads_the_test_part(searched):
 def test_second_run_continues_the_study_in_two_workers(searched):
     settings, first, second, study = searched
     assert not first.resumed and second.resumed
-    assert (first.trials_run, second.trials_run) == (3, 2)
+    assert (first.trials_run, second.trials_run) == (2, 2)
     assert second.parent_run_id == first.parent_run_id
-    assert len(study.trials) == 5
+    assert len(study.trials) == 4
     assert (settings.base_dir / ".optuna" / "studies.journal").is_file()
     # neither the second worker nor the resumed run drew the first run's candidates again
     rates = [t.params["model.learning_rate"] for t in study.trials]
