@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -69,12 +74,16 @@ def write_prices(path: Path, frame: pd.DataFrame) -> Path:
     return path
 
 
+def new_tiny_project(root: Path) -> Path:
+    """A project folder with mlflow.yaml (tiny model) and 120 days of prices for TEST."""
+    write_prices(root / "prices" / "TEST.csv", price_frame(120))
+    (root / "mlflow.yaml").write_text(TINY_CONFIG, encoding="utf-8")
+    return root
+
+
 @pytest.fixture
 def tiny_project(tmp_path: Path) -> Path:
-    """A project folder with mlflow.yaml (tiny model) and 120 days of prices for TEST."""
-    (tmp_path / "mlflow.yaml").write_text(TINY_CONFIG, encoding="utf-8")
-    write_prices(tmp_path / "prices" / "TEST.csv", price_frame(120))
-    return tmp_path
+    return new_tiny_project(tmp_path)
 
 
 @pytest.fixture
@@ -82,3 +91,98 @@ def tiny_settings(tiny_project: Path):
     from pipelines.config import load_settings
 
     return load_settings(tiny_project / "mlflow.yaml", env={})
+
+
+def copy_project(src: Path, dst: Path, *, prefect: bool = True) -> Path:
+    """Copy a project and re-point the MLflow store's absolute artifact paths at the copy.
+
+    MLflow records absolute artifact locations (experiments, runs, logged models, model
+    versions): without the rewrite a copy would read and write the original's artifacts.
+    """
+    ignore = None if prefect else shutil.ignore_patterns(".prefect")
+    shutil.copytree(src, dst, ignore=ignore)
+    db = dst / "mlflow.db"
+    if not db.exists():
+        return dst
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        row = con.execute(
+            "SELECT artifact_location FROM experiments WHERE artifact_location LIKE '%/mlartifacts'"
+        ).fetchone()
+        if row is None:
+            return dst
+        old = row[0].removeprefix("file://").removesuffix("/mlartifacts")
+        for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall():
+            cols = [
+                c[1]
+                for c in con.execute(f'PRAGMA table_info("{table}")')
+                if "CHAR" in c[2].upper() or "TEXT" in c[2].upper()
+            ]
+            for col in cols:
+                con.execute(
+                    f'UPDATE "{table}" SET "{col}" = replace("{col}", ?, ?) WHERE "{col}" LIKE ?',
+                    (old, str(dst), f"%{old}%"),
+                )
+        con.commit()
+    finally:
+        con.close()
+    return dst
+
+
+def forget_mlflow_artifact_repos() -> None:
+    """Drop MLflow's in-process cache of artifact repositories, keyed by run or model id.
+
+    Copies of one project share those ids: without this, a test on a copy would read and
+    write the artifacts of whichever copy (or the original) the process touched first.
+    """
+    from mlflow.tracking._tracking_service import utils
+
+    utils._artifact_repos_cache.clear()
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A tiny project after one training flow: TEST stored (120 rows), v1 the champion."""
+
+    path: Path
+    settings: Any
+    summary: Any
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory, prefect_harness) -> Iterator[Trained]:
+    """The tiny project trained once per session by the training flow, under the Prefect
+    harness. Tests only read it; a test that changes a trained project takes a copy
+    (`trained_settings`)."""
+    from pipelines.config import load_settings
+    from pipelines.flows import training_flow
+
+    root = new_tiny_project(tmp_path_factory.mktemp("trained-tiny") / "project")
+    settings = load_settings(root / "mlflow.yaml", env={})
+    summary = training_flow(settings=settings)
+    assert summary.ok, summary.render()
+    before = _files(root)
+    yield Trained(root, settings, summary)
+    assert _files(root) == before, "a test changed the shared trained project: use a copy"
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+# For trainings in tests that are not about the walk-forward backtest: its refits cost as
+# much as the training itself. The session's training (`trained_tiny`) runs it.
+NO_BACKTEST = ("evaluation.backtest_folds=0",)
+
+
+@pytest.fixture
+def trained_settings(trained_tiny: Trained, tmp_path: Path):
+    """The settings of this test's own copy of the trained tiny project (MLflow store,
+    artifacts, Parquet store, forecast log), with `NO_BACKTEST` for the trainings to come;
+    `.base_dir` is the copy's folder."""
+    from pipelines.config import load_settings
+
+    project = copy_project(trained_tiny.path, tmp_path / "project")
+    forget_mlflow_artifact_repos()
+    yield load_settings(project / "mlflow.yaml", list(NO_BACKTEST), env={})
+    forget_mlflow_artifact_repos()

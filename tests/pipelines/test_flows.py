@@ -15,65 +15,65 @@ def _store_bytes(settings) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
-def test_training_registers_a_champion(tiny_settings):
+def test_training_registers_a_champion(trained_tiny):
+    """Ingest, train, evaluate, log, register, promote: the session's one training flow."""
     from pipelines import tracking
-    from pipelines.flows import training_flow
 
-    summary = training_flow(settings=tiny_settings)
+    summary = trained_tiny.summary
     assert summary.ok, summary.render()
     [result] = summary.results
     assert result.ticker == "TEST" and result.version == "1"
     assert result.promoted, result.reason
     for key in ("test_rmse", "naive_rmse", "skill_vs_naive", "mase", "dm_pvalue"):
         assert key in result.metrics
+    tracking.connect(trained_tiny.settings)
     assert tracking.champion("test-TEST", "champion").version == "1"
     assert "MLflow UI" in summary.render()
 
 
-def test_retraining_trains_only_on_new_rows_and_rejects_bad_files(tiny_settings, tiny_project):
+def test_retraining_trains_only_on_new_rows_and_rejects_bad_files(trained_settings):
     from pipelines import tracking
-    from pipelines.flows import retraining_flow, training_flow
+    from pipelines.flows import retraining_flow
 
-    training_flow(settings=tiny_settings)
-    before = _store_bytes(tiny_settings)
+    settings, project = trained_settings, trained_settings.base_dir
+    before = _store_bytes(settings)
 
-    nothing = retraining_flow(settings=tiny_settings)
+    nothing = retraining_flow(settings=settings)
     assert nothing.results == []
     assert any("nothing changed" in n for n in nothing.notes)
 
-    incoming = tiny_project / "data" / "incoming"
+    incoming = project / "data" / "incoming"
     full = price_frame(130)
     write_prices(incoming / "TEST.csv", full.iloc[115:])  # 10 new days, 5 overlapping
     bad = full.iloc[120:].copy()
     bad.loc[bad.index[2], "Open"] = -1.0
     write_prices(incoming / "OTHER.csv", bad)
 
-    summary = retraining_flow(settings=tiny_settings)
+    summary = retraining_flow(settings=settings)
     assert [r.ticker for r in summary.results] == ["TEST"]
     assert summary.results[0].version == "2"
     assert tracking.get_version("test-TEST", "2").tags[tracking.TAG_PROMOTED] in ("true", "false")
     assert tracking.get_version("test-TEST", "2").tags[tracking.TAG_REASON]
-    rejected = list((tiny_project / "data" / "rejected").iterdir())
+    rejected = list((project / "data" / "rejected").iterdir())
     assert any(p.name.endswith(".error.txt") for p in rejected)
     error = next(p for p in rejected if p.name.endswith(".error.txt")).read_text()
     assert "OTHER" in error and "line 4" in error
-    assert [p.name.startswith("TEST") for p in (tiny_project / "data" / "archive").iterdir()]
+    assert [p.name.startswith("TEST") for p in (project / "data" / "archive").iterdir()]
     assert not any(incoming.iterdir())
-    after = _store_bytes(tiny_settings)
+    after = _store_bytes(settings)
     assert set(after) == set(before)  # OTHER never reached the store
     assert after != before  # TEST gained rows
 
     # Version 2 was trained on exactly this data, promoted or not: nothing to retrain.
-    again = retraining_flow(settings=tiny_settings)
+    again = retraining_flow(settings=settings)
     assert again.results == []
     assert any("unchanged since v2" in n for n in again.notes)
 
 
-def test_forecast_writes_future_trading_days(tiny_settings):
-    from pipelines.flows import forecast_flow, training_flow
+def test_forecast_writes_future_trading_days(trained_settings):
+    from pipelines.flows import forecast_flow
 
-    training_flow(settings=tiny_settings)
-    result = forecast_flow(settings=tiny_settings, tickers=["TEST"], days=3)
+    result = forecast_flow(settings=trained_settings, tickers=["TEST"], days=3)
     assert result.ok, result.errors
     frame = pd.read_parquet(result.paths["TEST"])
     assert len(frame) == 3
@@ -85,21 +85,22 @@ def test_forecast_writes_future_trading_days(tiny_settings):
     assert (frame["forecast"] < frame["upper_95"]).all()
 
 
-def test_one_ticker_failure_does_not_fail_the_others(tiny_settings, tiny_project):
+def test_one_ticker_failure_does_not_fail_the_others(trained_settings):
     from pipelines.flows import training_flow
-
-    short = price_frame(7, seed=3)  # too short for one window after the split
-    write_prices(tiny_project / "prices" / "SHORT.csv", short)
-    training_flow(settings=tiny_settings)
     from pipelines.tasks import ingest
 
-    ingest.fn(tiny_settings, str(tiny_project / "prices" / "SHORT.csv"), "SHORT")
-    summary = training_flow(settings=tiny_settings, tickers=["TEST", "SHORT"])
+    settings, project = trained_settings, trained_settings.base_dir
+    short = price_frame(7, seed=3)  # too short for one window after the split
+    write_prices(project / "prices" / "SHORT.csv", short)
+
+    ingest.fn(settings, str(project / "prices" / "SHORT.csv"), "SHORT")
+    summary = training_flow(settings=settings, tickers=["TEST", "SHORT"])
     by = {r.ticker: r for r in summary.results}
     assert by["TEST"].error is None and by["TEST"].version == "2"
     assert by["SHORT"].error and "rows" in by["SHORT"].error
 
 
+@pytest.mark.slow  # the whole demo: two trainings and 20 forecast flows
 def test_demo_command_trains_then_retrains_on_held_back_days(tiny_project, capsys):
     from pipelines.cli import main
 

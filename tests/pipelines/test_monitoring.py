@@ -11,7 +11,7 @@ import pytest
 
 from lstm_core import scoring
 from pipelines.config import load_settings
-from tests.pipelines.conftest import price_frame
+from tests.pipelines.conftest import NO_BACKTEST, price_frame
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -31,21 +31,20 @@ def _client():
     return MlflowClient()
 
 
-def test_forecasts_are_logged_scored_once_and_recorded(tiny_settings, tiny_project, capsys):
+def test_forecasts_are_logged_scored_once_and_recorded(trained_settings, capsys):
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
     from pipelines import monitoring, tracking
     from pipelines.demo import let_days_arrive
-    from pipelines.flows import training_flow
 
-    training_flow(settings=tiny_settings)
-    log = monitoring.forecast_log(tiny_settings)
+    settings, project = trained_settings, trained_settings.base_dir
+    log = monitoring.forecast_log(settings)
     assert len(log.read("TEST")) == 3  # the new champion forecast at the end of training
     new = _days(price_frame(125).iloc[120:])
-    assert let_days_arrive(tiny_settings, "TEST", new, tiny_project / "days") == 3 + 5 * 3
+    assert let_days_arrive(settings, "TEST", new, project / "days") == 3 + 5 * 3
 
-    first = monitoring.scoring_flow(settings=tiny_settings)["TEST"]
+    first = monitoring.scoring_flow(settings=settings)["TEST"]
     # 3 forecasts x 3 steps made on days 0..5 of the new data; targets up to day 5 arrived
     matched = first.matched
     assert int(matched["scored"].sum()) == 3 + 3 + 3 + 2 + 1
@@ -57,7 +56,7 @@ def test_forecasts_are_logged_scored_once_and_recorded(tiny_settings, tiny_proje
         math.sqrt(((own["forecast"] - own["actual"]) ** 2).mean())
     )
 
-    name = tiny_settings.registry.name_for("TEST")
+    name = settings.registry.name_for("TEST")
     run_id = first.run_id
     run = _client().get_run(run_id)
     assert run.info.run_name == "live TEST v1" and run.info.status == "FINISHED"
@@ -70,14 +69,14 @@ def test_forecasts_are_logged_scored_once_and_recorded(tiny_settings, tiny_proje
     assert float(tags["live.rmse"]) == pytest.approx(first.window["1"].rmse, rel=1e-5)
     assert {"live.skill_vs_naive", "live.coverage_80", "live.coverage_95"} <= set(tags)
 
-    again = monitoring.scoring_flow(settings=tiny_settings)["TEST"]
+    again = monitoring.scoring_flow(settings=settings)["TEST"]
     assert again.run_id == run_id and again.since["1"] == first.since["1"]
     assert len(_client().get_metric_history(run_id, "live_rmse")) == 5  # nothing counted twice
     assert len(log.read("TEST")) == 18
 
     from pipelines.cli import main
 
-    config = str(tiny_project / "mlflow.yaml")
+    config = str(project / "mlflow.yaml")
     assert main(["status", "--json", "--config", config]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["champion"] == "v1" and row["pending"] == 6 and row["scored_days"] == 5
@@ -157,6 +156,7 @@ def test_degraded_event_on_a_level_shift_and_the_retraining_it_causes(tiny_proje
             "monitoring.min_days=3",
             "data.min_new_rows=1000",
             "registry.promotion.max_worse_than_naive=1000",  # one epoch: test the mechanics
+            *NO_BACKTEST,
         ],
         env={},
     )
@@ -181,6 +181,7 @@ def test_degraded_event_on_a_level_shift_and_the_retraining_it_causes(tiny_proje
     assert tracking.get_version(name, result.version).tags.get(tracking.TAG_PROMOTED)
 
 
+@pytest.mark.slow  # trains the shipped network on the whole bundled sample
 def test_no_degraded_event_on_the_bundled_sample(tmp_path):
     """The shipped configuration (made smaller: fewer units and epochs) on the sample."""
     import shutil

@@ -10,25 +10,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipelines.conftest import TINY_CONFIG, price_frame, write_prices
+from tests.pipelines.conftest import copy_project, forget_mlflow_artifact_repos, price_frame
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 MODEL = "test-TEST"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, prefect_harness):
-    """One tiny training run shared by the read-only checks below."""
+def trained(tmp_path_factory, trained_tiny):
+    """This module's copy of the session's tiny training run (the last test here registers
+    and promotes more versions)."""
     from pipelines.config import load_settings
-    from pipelines.flows import training_flow
 
-    root = tmp_path_factory.mktemp("tracking")
-    (root / "mlflow.yaml").write_text(TINY_CONFIG, encoding="utf-8")
-    write_prices(root / "prices" / "TEST.csv", price_frame(120))
-    settings = load_settings(root / "mlflow.yaml", env={})
-    summary = training_flow(settings=settings)
-    assert summary.ok, summary.render()
-    return settings, summary.results[0]
+    root = copy_project(trained_tiny.path, tmp_path_factory.mktemp("tracking") / "project")
+    forget_mlflow_artifact_repos()
+    yield load_settings(root / "mlflow.yaml", env={}), trained_tiny.summary.results[0]
+    forget_mlflow_artifact_repos()
 
 
 @pytest.fixture
@@ -102,6 +99,7 @@ def test_model_files_live_in_the_runs_experiment_and_artifact_folder(trained, cl
     assert str(settings.path("mlartifacts")) in logged.artifact_location
 
 
+@pytest.mark.slow  # the isolated process below checks the same numbers in the fast selection
 def test_champion_loads_in_a_fresh_process_with_the_same_numbers(trained, client, tmp_path):
     from pipelines import tracking
 

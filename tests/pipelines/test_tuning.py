@@ -4,6 +4,7 @@ part, resuming, parallel workers."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -128,17 +129,21 @@ def _poisoned_frame(settings, n: int = 120) -> tuple[pd.DataFrame, pd.DataFrame]
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
-    """One study run twice: 3 trials, then (resumed, two workers) an absurd candidate + 1."""
+    """One study run twice: 2 trials, then (resumed) an absurd candidate + 1.
+
+    Both runs in this process; a study in two worker processes is a test of its own."""
     from pipelines import tracking, tuning
 
     folder = tmp_path_factory.mktemp("tune")
     settings = _settings(folder)
     frame, poisoned = _poisoned_frame(settings)
-    first = tuning.run_study(settings, "TEST", poisoned, "2020-06-16")
+    first = tuning.run_study(settings, "TEST", poisoned, "2020-06-16", trials=2)
     study = tuning.load_study(settings, "TEST")
     absurd = {**study.trials[0].params, "model.learning_rate": 50.0}
     study.enqueue_trial(absurd, user_attrs={"absurd": True})
-    second = tuning.run_study(settings, "TEST", poisoned, "2020-06-16", trials=2, workers=2)
+    with warnings.catch_warnings():  # the absurd rate lies outside the space on purpose
+        warnings.filterwarnings("ignore", "Fixed parameter .* is out of range", UserWarning)
+        second = tuning.run_study(settings, "TEST", poisoned, "2020-06-16", trials=2)
     tracking.connect(settings)
     return settings, first, second, tuning.load_study(settings, "TEST")
 
@@ -170,7 +175,7 @@ def test_parent_run_holds_the_study_and_children_are_nested(searched):
     children = client.search_runs(
         [exp], f"tags.`{tracking.TAG_PARENT}` = '{parent.info.run_id}'", max_results=100
     )
-    assert len(children) == len(study.trials) == 5
+    assert len(children) == len(study.trials) == 4
     by_trial = {int(r.data.tags[tracking.TAG_TRIAL]): r for r in children}
     for trial in study.trials:
         run = by_trial[trial.number]
@@ -214,16 +219,41 @@ def test_search_never_reads_the_test_part(searched):
             assert math.isfinite(t.value)
 
 
-def test_second_run_continues_the_study_in_two_workers(searched):
+def test_second_run_continues_the_study(searched):
     settings, first, second, study = searched
     assert not first.resumed and second.resumed
-    assert (first.trials_run, second.trials_run) == (3, 2)
+    assert (first.trials_run, second.trials_run) == (2, 2)
     assert second.parent_run_id == first.parent_run_id
-    assert len(study.trials) == 5
+    assert len(study.trials) == 4
     assert (settings.base_dir / ".optuna" / "studies.journal").is_file()
-    # neither the second worker nor the resumed run drew the first run's candidates again
+    # the resumed run did not draw the first run's candidates again
     rates = [t.params["model.learning_rate"] for t in study.trials]
     assert len(set(rates)) == len(rates)
+
+
+@pytest.mark.slow  # two spawned worker processes, each importing TensorFlow, MLflow and Optuna
+def test_a_resumed_study_continues_in_two_worker_processes(tmp_path):
+    from pipelines import tracking, tuning
+
+    settings = _settings(tmp_path)
+    _, poisoned = _poisoned_frame(settings)
+    first = tuning.run_study(settings, "TEST", poisoned, "2020-06-16", trials=1)
+    second = tuning.run_study(settings, "TEST", poisoned, "2020-06-16", trials=2, workers=2)
+    study = tuning.load_study(settings, "TEST")
+    assert second.resumed and second.parent_run_id == first.parent_run_id
+    assert (first.trials_run, second.trials_run) == (1, 2) and len(study.trials) == 3
+    assert second.counts["fail"] == 0
+    # the two workers started together: neither drew the other's (or the first run's) candidate
+    rates = [t.params["model.learning_rate"] for t in study.trials]
+    assert len(set(rates)) == len(rates)
+    # each worker logged its trial as a child run of the study's parent run
+    tracking.connect(settings)
+    parent = _client().get_run(first.parent_run_id)
+    children = _client().search_runs(
+        [parent.info.experiment_id], f"tags.`{tracking.TAG_PARENT}` = '{parent.info.run_id}'"
+    )
+    assert sorted(int(r.data.tags[tracking.TAG_TRIAL]) for r in children) == [0, 1, 2]
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
 
 
 def test_same_objective_on_the_unpoisoned_frame_scores_the_same(searched, tmp_path):

@@ -6,24 +6,25 @@ import math
 
 import pytest
 
+from tests.pipelines.conftest import NO_BACKTEST
 from tests.pipelines.test_tuning import TUNING
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
-def test_tuned_version_goes_through_the_promotion_gate(tiny_project):
+def test_tuned_version_goes_through_the_promotion_gate(trained_settings):
     from pipelines import tracking
     from pipelines.config import load_settings
-    from pipelines.flows import training_flow
     from pipelines.promotion import decide
     from pipelines.tuning_flow import tuning_flow
 
-    (tiny_project / "mlflow.yaml").write_text(
-        (tiny_project / "mlflow.yaml").read_text() + TUNING.replace("trials: 3", "trials: 2")
+    project = trained_settings.base_dir  # test-TEST v1, trained by the training flow
+    (project / "mlflow.yaml").write_text(
+        (project / "mlflow.yaml").read_text() + TUNING.replace("trials: 3", "trials: 2")
     )
-    settings = load_settings(tiny_project / "mlflow.yaml", env={})
-    champion = training_flow(settings=settings)
-    assert champion.results[0].promoted and champion.results[0].version == "1"
+    settings = load_settings(project / "mlflow.yaml", list(NO_BACKTEST), env={})
+    tracking.connect(settings)
+    assert tracking.champion("test-TEST", "champion").version == "1"
 
     summary = tuning_flow(settings=settings, tickers=["TEST"])
     assert summary.ok, summary.render()
@@ -72,6 +73,7 @@ def test_tuning_deployment_only_with_a_cron(tiny_settings):
     assert tune.schedules[0].schedule.cron == "0 3 * * 6"
 
 
+@pytest.mark.slow  # a fresh process and a fresh project: Prefect's own server, a study, training
 def test_tune_command_from_the_project_folder(tiny_project):
     """`python -m pipelines tune` in a folder of its own: study, retrained best, summary."""
     import os

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipelines.conftest import TINY_CONFIG, price_frame, write_prices
+from tests.pipelines.conftest import TINY_CONFIG, copy_project, price_frame, write_prices
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).with_name("lstm-pipeline")
@@ -124,42 +123,6 @@ def snapshot(project: Path) -> dict[str, object]:
     # anything written next to the project (an escaping ticker) shows up here
     siblings = sorted(p.name for p in project.parent.iterdir())
     return {"files": files, "db": db_rows(project / "mlflow.db"), "siblings": siblings}
-
-
-def copy_project(src: Path, dst: Path, *, prefect: bool = True) -> Path:
-    """Copy a project and re-point the MLflow store's absolute artifact paths at the copy.
-
-    MLflow records absolute artifact locations (experiments, runs, logged models, model
-    versions): without the rewrite a copy would read and write the original's artifacts.
-    """
-    ignore = None if prefect else shutil.ignore_patterns(".prefect")
-    shutil.copytree(src, dst, ignore=ignore)
-    db = dst / "mlflow.db"
-    if not db.exists():
-        return dst
-    con = sqlite3.connect(db, timeout=30)
-    try:
-        row = con.execute(
-            "SELECT artifact_location FROM experiments WHERE artifact_location LIKE '%/mlartifacts'"
-        ).fetchone()
-        if row is None:
-            return dst
-        old = row[0].removeprefix("file://").removesuffix("/mlartifacts")
-        for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall():
-            cols = [
-                c[1]
-                for c in con.execute(f'PRAGMA table_info("{table}")')
-                if "CHAR" in c[2].upper() or "TEXT" in c[2].upper()
-            ]
-            for col in cols:
-                con.execute(
-                    f'UPDATE "{table}" SET "{col}" = replace("{col}", ?, ?) WHERE "{col}" LIKE ?',
-                    (old, str(dst), f"%{old}%"),
-                )
-        con.commit()
-    finally:
-        con.close()
-    return dst
 
 
 # ------------------------------------------------------------------------------- invariants
