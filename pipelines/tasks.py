@@ -246,7 +246,7 @@ def log_results(
 def log_model(run_id: str, forecaster: Forecaster, example: pd.DataFrame, workdir: Path) -> str:
     folder = workdir / "forecaster"
     forecaster.save(folder)
-    return tracking.log_forecaster(run_id, folder, example)
+    return tracking.log_forecaster(run_id, forecaster, folder, example)
 
 
 @task(name="register", cache_policy=NO_CACHE, **IO_RETRY)

@@ -17,12 +17,15 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from pipelines.config import Settings, resolve_tracking_uri
 from pipelines.retries import note_retry
+
+if TYPE_CHECKING:
+    from lstm_core.predictor import Forecaster
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 CORE_PACKAGE = Path(__file__).resolve().parent.parent / "lstm_core"
@@ -250,19 +253,21 @@ def pip_requirements() -> list[str]:
     return reqs
 
 
-def log_forecaster(run_id: str, forecaster_dir: Path, input_example: pd.DataFrame) -> str:
-    """Log the bundled forecaster as a pyfunc model 'from code'; returns the model URI.
+def log_forecaster(
+    run_id: str, forecaster: Forecaster, forecaster_dir: Path, input_example: pd.DataFrame
+) -> str:
+    """Log ``forecaster``, saved in ``forecaster_dir``, as a pyfunc model 'from code'; returns
+    the model URI.
 
     The signature's inputs are `date` and the feature columns the network reads, nothing
-    else, so a plain price frame (any other columns, any order) is accepted.
+    else, so a plain price frame (any other columns, any order) is accepted. MLflow loads the
+    saved model through the pyfunc and forecasts the input example before it logs it.
     """
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.types.schema import AnyType, ColSpec, Schema
 
     from lstm_core.data import DATE_COLUMN, model_input
-    from lstm_core.predictor import Forecaster
 
-    forecaster = Forecaster.load(forecaster_dir)
     input_example = model_input(input_example, forecaster.preprocessor)
     output = forecaster.predict(input_example)
     inferred = infer_signature(
