@@ -30,6 +30,9 @@ _DEFAULTS = {
     # example...") and its download progress bars are not the run's progress.
     "MLFLOW_LOGGING_LEVEL": "WARNING",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # With a tracking server MLflow writes "🏃 View run ... at: URL" to stdout for every run it
+    # ends; the summary names the run and the UI once.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     # Fail fast on a dead tracking server: Prefect's task retries add the back-off on top,
     # MLflow's own defaults (7 retries, up to 120 s each) would hang a run for many minutes.
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",

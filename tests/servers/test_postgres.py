@@ -209,6 +209,7 @@ def test_client_trains_registers_promotes_over_http_only(stack, client_project, 
 
     assert "CHAMPION" in client_project["stdout"], client_project["stdout"]
     assert "mlflow-artifacts:/" in client_project["stdout"], client_project["stdout"]
+    assert "View run" not in client_project["stdout"], client_project["stdout"]  # MLflow's own
     client = MlflowClient(tracking_uri=stack.mlflow.url, registry_uri=stack.mlflow.url)
     champion = client.get_model_version_by_alias(MODEL, "champion")
     assert champion.version == "1"
