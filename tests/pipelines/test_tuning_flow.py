@@ -19,9 +19,12 @@ def test_tuned_version_goes_through_the_promotion_gate(trained_settings):
     from pipelines.tuning_flow import tuning_flow
 
     project = trained_settings.base_dir  # test-TEST v1, trained by the training flow
-    (project / "mlflow.yaml").write_text(
-        (project / "mlflow.yaml").read_text() + TUNING.replace("trials: 3", "trials: 2")
+    # No candidate has the configured 4 units, so retraining the configured settings instead
+    # of the best ones shows in the retrained run's parameters.
+    space = TUNING.replace("trials: 3", "trials: 2").replace(
+        "model.units: {low: 2, high: 6, step: 2}", "model.units: {choices: [2, 6]}"
     )
+    (project / "mlflow.yaml").write_text((project / "mlflow.yaml").read_text() + space)
     settings = load_settings(project / "mlflow.yaml", list(NO_BACKTEST), env={})
     tracking.connect(settings)
     assert tracking.champion("test-TEST", "champion").version == "1"
@@ -47,6 +50,7 @@ def test_tuned_version_goes_through_the_promotion_gate(trained_settings):
     assert (tracking.champion("test-TEST", "champion").version == "2") == expected.promote
 
     # the retrained run is the best configuration's, linked to the study's parent run
+    assert result.study.best_params["model.units"] != settings.model.units == 4
     client_run = tracking._client().get_run(final.run_id)
     for key, value in result.study.best_params.items():
         assert client_run.data.params[key] == str(value)
