@@ -282,7 +282,6 @@ def serving_latency(model: Any, frame: Any, calls: int) -> dict[str, float]:
     example = frame.iloc[TRAIN_END - LOOKBACK - 1 : TRAIN_END].reset_index(drop=True)  # 61 rows
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         tmp_path = Path(tmp)
-        forecaster.save(tmp_path / "forecaster")
         mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
         exp = mlflow.create_experiment("bench", artifact_location=str(tmp_path / "artifacts"))
         client = MlflowClient()

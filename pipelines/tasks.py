@@ -244,9 +244,7 @@ def log_results(
 
 @task(name="log-model", cache_policy=NO_CACHE, **IO_RETRY)
 def log_model(run_id: str, forecaster: Forecaster, example: pd.DataFrame, workdir: Path) -> str:
-    folder = workdir / "forecaster"
-    forecaster.save(folder)
-    return tracking.log_forecaster(run_id, forecaster, folder, example)
+    return tracking.log_forecaster(run_id, forecaster, workdir / "forecaster", example)
 
 
 @task(name="register", cache_policy=NO_CACHE, **IO_RETRY)

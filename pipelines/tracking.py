@@ -256,8 +256,8 @@ def pip_requirements() -> list[str]:
 def log_forecaster(
     run_id: str, forecaster: Forecaster, forecaster_dir: Path, input_example: pd.DataFrame
 ) -> str:
-    """Log ``forecaster``, saved in ``forecaster_dir``, as a pyfunc model 'from code'; returns
-    the model URI.
+    """Save ``forecaster`` in ``forecaster_dir`` and log it as a pyfunc model 'from code';
+    returns the model URI.
 
     The signature's inputs are `date` and the feature columns the network reads, nothing
     else, so a plain price frame (any other columns, any order) is accepted. MLflow loads the
@@ -268,6 +268,7 @@ def log_forecaster(
 
     from lstm_core.data import DATE_COLUMN, model_input
 
+    forecaster.save(forecaster_dir)
     input_example = model_input(input_example, forecaster.preprocessor)
     output = forecaster.predict(input_example)
     inferred = infer_signature(

@@ -212,35 +212,24 @@ def _share_cores(workers: int) -> None:
     import os
 
     threads = str(max(1, (os.cpu_count() or 1) // workers))
-    os.environ["LSTM_TUNING_WORKERS"] = str(workers)  # read by _worker
     for key in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
         os.environ.setdefault(key, threads)
 
 
-def _pin(worker: int, workers: int) -> None:
-    """Each worker on its own share of the cores: the engine then cuts a batch in no more
-    slices than it has cores, instead of every worker's two slices competing for both."""
-    import os
-
-    try:
-        cores = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux: leave it to the scheduler
-        return
-    mine = cores[worker % len(cores) :: workers] or [cores[worker % len(cores)]]
-    os.sched_setaffinity(0, mine)
-
-
 @contextlib.contextmanager
 def _pinned(worker: int, workers: int) -> Iterator[None]:
-    """This process as worker ``worker`` for a while; its cores are given back after."""
+    """This process on worker ``worker``'s share of the cores, given back after: the engine
+    then cuts a batch in no more slices than it has cores, instead of every worker's slices
+    competing for all of them."""
     import os
 
     try:
-        before = os.sched_getaffinity(0)
-    except AttributeError:
+        before = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux: leave it to the scheduler
         yield
         return
-    _pin(worker, workers)
+    mine = before[worker % len(before) :: workers] or [before[worker % len(before)]]
+    os.sched_setaffinity(0, mine)
     try:
         yield
     finally:
@@ -248,14 +237,11 @@ def _pinned(worker: int, workers: int) -> Iterator[None]:
 
 
 def _worker(
-    objective: Objective, worker: int, done: int, target: int, timeout: float | None
+    objective: Objective, worker: int, workers: int, done: int, target: int, timeout: float | None
 ) -> None:
     """Entry point of one spawned worker process."""
-    import os
-
     from pipelines.runtime import configure_environment
 
-    _pin(worker, int(os.environ.get("LSTM_TUNING_WORKERS", "1")))
     configure_environment(objective.settings)
     logger = logging.getLogger("pipelines")
     if not logger.handlers:  # the trial lines, as the parent process prints them
@@ -264,7 +250,8 @@ def _worker(
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
-    _optimize(objective, worker, done, target, timeout)
+    with _pinned(worker, workers):
+        _optimize(objective, worker, done, target, timeout)
 
 
 # ---------------------------------------------------------------- a study end to end
@@ -413,7 +400,7 @@ def run_study(
                 workers - 1, mp_context=ctx, initializer=_share_cores, initargs=(workers,)
             ) as pool:
                 futures = [
-                    pool.submit(_worker, objective, i, before, target, timeout)
+                    pool.submit(_worker, objective, i, workers, before, target, timeout)
                     for i in range(1, workers)
                 ]
                 # This process is worker 0: it runs trials while the others start up.

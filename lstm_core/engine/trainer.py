@@ -135,6 +135,13 @@ def _mask_key(seed: int, step: int) -> np.uint64:
     return np.uint64(splitmix64(np.uint64(z)))
 
 
+def _parts(most: int = PARTS) -> int:
+    """Slices per batch: at most one per core this process may run on (a pinned tuning
+    worker has fewer than the machine)."""
+    pinned = getattr(os, "sched_getaffinity", None)  # Linux only
+    return max(1, min(most, len(pinned(0)) if pinned else os.cpu_count() or 1))
+
+
 def _side_by_side(pool: ThreadPoolExecutor, calls: Sequence[Callable[[], Any]]) -> list[Any]:
     """Run ``calls`` on the pool, the last one on this thread meanwhile; results in order."""
     futures = [pool.submit(c) for c in calls[:-1]]
@@ -142,23 +149,25 @@ def _side_by_side(pool: ThreadPoolExecutor, calls: Sequence[Callable[[], Any]]) 
     return [f.result() for f in futures] + [last]
 
 
-def _outputs(pool: Any, net: _Net, X: np.ndarray, n_samples: int = 0, seed: int = 0) -> np.ndarray:
+def _outputs(
+    pool: Any, parts: int, net: _Net, X: np.ndarray, n_samples: int = 0, seed: int = 0
+) -> np.ndarray:
     """The network's output for ``X``: deterministic (``n_samples`` 0) or ``n_samples`` Monte
-    Carlo dropout passes ``(n_samples · n, H)``, sample-major, cut across the cores."""
+    Carlo dropout passes ``(n_samples · n, H)``, sample-major, cut in ``parts`` slices."""
     from lstm_core.engine.kernels import predict_slice
 
     n = len(X)
     if n_samples == 0:  # rows cut in slices
         calls = [
             partial(predict_slice, X[lo:hi], net.views, np.uint64(0), lo, n, 0.0, 0.0, 1)
-            for lo, hi in _slices(n, PARTS)
+            for lo, hi in _slices(n, parts)
         ]
     else:  # samples cut in slices; each slice's rows are its samples of every window
         key = _mask_key(seed, 2**62)  # far from training's keys (steps from 0): other masks
         calls = [
             partial(predict_slice, X, net.views, key, lo * n, n_samples * n, net.rate,
                     net.top_rate, hi - lo)
-            for lo, hi in _slices(n_samples, PARTS)
+            for lo, hi in _slices(n_samples, parts)
         ]  # fmt: skip
     return np.concatenate(_side_by_side(pool, calls))
 
@@ -170,8 +179,9 @@ def _infer(model: Any, X: np.ndarray, n_samples: int | None, seed: int = 0) -> n
     shape = (1 if n_samples is None else n_samples, len(X), net.views[-1].size)
     if 0 in shape:
         return np.empty(shape, np.float32)
-    with engine_settings(), ThreadPoolExecutor(PARTS - 1) as pool:
-        return _outputs(pool, net, X, n_samples or 0, seed).reshape(shape)
+    parts = _parts()
+    with engine_settings(), ThreadPoolExecutor(max(1, parts - 1)) as pool:
+        return _outputs(pool, parts, net, X, n_samples or 0, seed).reshape(shape)
 
 
 def predict(model: Any, X: np.ndarray) -> np.ndarray:
@@ -218,9 +228,7 @@ def fit(
     opt = model.optimizer
     b1, b2 = float(opt.beta_1), float(opt.beta_2)
     adam_args = (np.float32(1.0 - b1), np.float32(1.0 - b2), np.float32(opt.epsilon))
-    # a process pinned to fewer cores (a tuning worker) cuts batches in fewer slices
-    pinned = getattr(os, "sched_getaffinity", None)  # Linux only
-    parts = max(1, min(PARTS, size, len(pinned(0)) if pinned else os.cpu_count() or 1))
+    parts = _parts(min(PARTS, size))
     grads = np.zeros((parts, net.flat.size), np.float32)
     history: dict[str, list[float]] = {}
     steps = math.ceil(n / size)
@@ -260,7 +268,7 @@ def fit(
             net.write_back()
             logs = {"loss": sse / (n * horizon)}
             if has_val:
-                pred = _outputs(pool, net, X_val).astype(np.float64)
+                pred = _outputs(pool, parts, net, X_val).astype(np.float64)
                 logs["val_loss"] = float(np.mean((pred - y_val) ** 2))
             for name, value in logs.items():
                 history.setdefault(name, []).append(value)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,13 @@ def write_prices(path: Path, frame: pd.DataFrame) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False)
     return path
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (relative path -> bytes): to check that nothing changed."""
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def new_tiny_project(root: Path) -> Path:
@@ -161,13 +169,9 @@ def trained_tiny(tmp_path_factory, prefect_harness) -> Iterator[Trained]:
     settings = load_settings(root / "mlflow.yaml", env={})
     summary = training_flow(settings=settings)
     assert summary.ok, summary.render()
-    before = _files(root)
+    before = tree_bytes(root)
     yield Trained(root, settings, summary)
-    assert _files(root) == before, "a test changed the shared trained project: use a copy"
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert tree_bytes(root) == before, "a test changed the shared trained project: use a copy"
 
 
 # For trainings in tests that are not about the walk-forward backtest: its refits cost as
@@ -175,14 +179,24 @@ def _files(root: Path) -> dict[str, bytes]:
 NO_BACKTEST = ("evaluation.backtest_folds=0",)
 
 
+@contextlib.contextmanager
+def copy_of(trained: Trained, dst: Path, overrides: Sequence[str] = ()) -> Iterator[Any]:
+    """The settings of a copy of the trained project at ``dst``, MLflow's artifact-repository
+    cache dropped before and after (the copies share run and model ids)."""
+    from pipelines.config import load_settings
+
+    project = copy_project(trained.path, dst)
+    forget_mlflow_artifact_repos()
+    try:
+        yield load_settings(project / "mlflow.yaml", list(overrides), env={})
+    finally:
+        forget_mlflow_artifact_repos()
+
+
 @pytest.fixture
 def trained_settings(trained_tiny: Trained, tmp_path: Path):
     """The settings of this test's own copy of the trained tiny project (MLflow store,
     artifacts, Parquet store, forecast log), with `NO_BACKTEST` for the trainings to come;
     `.base_dir` is the copy's folder."""
-    from pipelines.config import load_settings
-
-    project = copy_project(trained_tiny.path, tmp_path / "project")
-    forget_mlflow_artifact_repos()
-    yield load_settings(project / "mlflow.yaml", list(NO_BACKTEST), env={})
-    forget_mlflow_artifact_repos()
+    with copy_of(trained_tiny, tmp_path / "project", NO_BACKTEST) as settings:
+        yield settings

@@ -8,7 +8,7 @@ import pytest
 
 from pipelines.cli import main
 from pipelines.store import PriceStore
-from tests.pipelines.conftest import price_frame, write_prices
+from tests.pipelines.conftest import price_frame, tree_bytes, write_prices
 from tests.user_path import (
     TINY,
     assert_only_progress,
@@ -33,7 +33,7 @@ def test_bad_input_is_one_line_exit_2_and_store_unchanged(tiny_project, capsys):
     cfg = str(tiny_project / "mlflow.yaml")
     main(["ingest", str(tiny_project / "prices" / "TEST.csv"), "--config", cfg])
     store = tiny_project / "data" / "store"
-    before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    before = tree_bytes(store)
     capsys.readouterr()
     bad = price_frame(121)
     bad.loc[120, "High"] = bad.loc[120, "Low"] / 2
@@ -42,7 +42,7 @@ def test_bad_input_is_one_line_exit_2_and_store_unchanged(tiny_project, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert str(path) in err and "line 122" in err and "High" in err
-    assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file()} == before
+    assert tree_bytes(store) == before
 
 
 def test_unknown_config_key_exit_2_names_key(tiny_project, capsys):

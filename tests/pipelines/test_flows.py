@@ -5,14 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tests.pipelines.conftest import price_frame, write_prices
+from tests.pipelines.conftest import price_frame, tree_bytes, write_prices
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-
-
-def _store_bytes(settings) -> dict[str, bytes]:
-    root = settings.store_path
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 def test_training_registers_a_champion(trained_tiny):
@@ -36,7 +31,7 @@ def test_retraining_trains_only_on_new_rows_and_rejects_bad_files(trained_settin
     from pipelines.flows import retraining_flow
 
     settings, project = trained_settings, trained_settings.base_dir
-    before = _store_bytes(settings)
+    before = tree_bytes(settings.store_path)
 
     nothing = retraining_flow(settings=settings)
     assert nothing.results == []
@@ -60,7 +55,7 @@ def test_retraining_trains_only_on_new_rows_and_rejects_bad_files(trained_settin
     assert "OTHER" in error and "line 4" in error
     assert [p.name.startswith("TEST") for p in (project / "data" / "archive").iterdir()]
     assert not any(incoming.iterdir())
-    after = _store_bytes(settings)
+    after = tree_bytes(settings.store_path)
     assert set(after) == set(before)  # OTHER never reached the store
     assert after != before  # TEST gained rows
 

@@ -20,6 +20,7 @@ from pipelines import store as store_mod
 from pipelines.errors import InputError, PipelineError
 from pipelines.ingest import InvalidTickerError, read_price_file
 from pipelines.store import Manifest, MergeReport, PriceStore, UnknownTickerError, table_digest
+from tests.pipelines.conftest import tree_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
@@ -40,12 +41,6 @@ def csv_file(folder: Path, name: str, rows: list[str], header: str = HEADER) -> 
     p = folder / name
     p.write_text("\n".join([header, *rows]) + "\n")
     return p
-
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
-    }
 
 
 def test_merge_new_ticker_and_load(tmp_path: Path) -> None:
@@ -86,11 +81,11 @@ def test_reingest_is_idempotent_and_newer_days_append(tmp_path: Path) -> None:
     store = PriceStore(tmp_path / "store")
     p = csv_file(tmp_path, "ACME.csv", rows_for(range(5)))
     first = store.merge(read_price_file(p))
-    before = snapshot(tmp_path / "store")
+    before = tree_bytes(tmp_path / "store")
     again = store.merge(read_price_file(p))
     assert (again.added, again.replaced, again.unchanged) == (0, 0, 5)
     assert again.after == first.after and not again.changed
-    assert snapshot(tmp_path / "store") == before  # nothing rewritten
+    assert tree_bytes(tmp_path / "store") == before  # nothing rewritten
 
     newer = csv_file(tmp_path / "n", "ACME.csv", rows_for(range(3, 8)))
     rep = store.merge(read_price_file(newer))
@@ -110,7 +105,7 @@ def test_reingest_is_idempotent_and_newer_days_append(tmp_path: Path) -> None:
 def test_conflict_is_an_error_unless_replace(tmp_path: Path) -> None:
     store = PriceStore(tmp_path / "store")
     store.merge(read_price_file(csv_file(tmp_path, "ACME.csv", rows_for(range(5)))))
-    snap = snapshot(tmp_path / "store")
+    snap = tree_bytes(tmp_path / "store")
     changed = rows_for(range(3, 6))
     changed[1] = "2020-01-05,14,15,13,14.25,1004"  # close 14.5 in the store
     p = csv_file(tmp_path / "c", "ACME.csv", changed)
@@ -120,7 +115,7 @@ def test_conflict_is_an_error_unless_replace(tmp_path: Path) -> None:
     assert e.line == 3 and e.column == "Close" and e.path == str(p)
     assert "14.25" in e.problem and "14.5" in e.problem and "2020-01-05" in e.problem
     assert "replace=True" in e.problem and "\n" not in str(e)
-    assert snapshot(tmp_path / "store") == snap  # the new day 2020-01-06 was not added either
+    assert tree_bytes(tmp_path / "store") == snap  # the new day 2020-01-06 was not added either
 
     rep = store.merge(read_price_file(p), replace=True)
     assert (rep.added, rep.replaced, rep.unchanged) == (1, 1, 1)
@@ -190,14 +185,14 @@ def test_multi_ticker_merge_all(tmp_path: Path) -> None:
 def test_multi_ticker_conflict_writes_nothing(tmp_path: Path) -> None:
     store = PriceStore(tmp_path / "store")
     store.merge(read_price_file(csv_file(tmp_path, "B.csv", rows_for(range(3)))))
-    snap = snapshot(tmp_path / "store")
+    snap = tree_bytes(tmp_path / "store")
     rows = [f"A,{r}" for r in rows_for(range(2))] + [f"B,{r}" for r in rows_for(range(3), 0.25)]
     parsed = read_price_file(csv_file(tmp_path, "many.csv", rows, header="ticker," + HEADER))
     with pytest.raises(InputError) as ei:
         store.merge_all(parsed)
     assert ei.value.line == 4
     assert not (tmp_path / "store" / "ticker=A" / "data.parquet").exists()
-    assert {k: v for k, v in snapshot(tmp_path / "store").items() if "ticker=A" not in k} == snap
+    assert {k: v for k, v in tree_bytes(tmp_path / "store").items() if "ticker=A" not in k} == snap
 
 
 @pytest.mark.parametrize("where", ["write_table", "replace"])
@@ -206,7 +201,7 @@ def test_failed_write_leaves_store_unchanged(
 ) -> None:
     store = PriceStore(tmp_path / "store")
     store.merge(read_price_file(csv_file(tmp_path, "ACME.csv", rows_for(range(5)))))
-    before = snapshot(tmp_path / "store")
+    before = tree_bytes(tmp_path / "store")
     manifest = store.manifest("ACME")
 
     if where == "write_table":
@@ -227,7 +222,7 @@ def test_failed_write_leaves_store_unchanged(
     newer = csv_file(tmp_path / "n", "ACME.csv", rows_for(range(3, 9)))
     with pytest.raises(OSError):
         store.merge(read_price_file(newer))
-    assert snapshot(tmp_path / "store") == before  # byte for byte, no temp files left
+    assert tree_bytes(tmp_path / "store") == before  # byte for byte, no temp files left
     monkeypatch.undo()
     assert store.manifest("ACME") == manifest
     rep = store.merge(read_price_file(newer))  # and the store still works

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipelines.conftest import copy_project, forget_mlflow_artifact_repos, price_frame
+from tests.pipelines.conftest import copy_of, price_frame
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 MODEL = "test-TEST"
@@ -20,12 +20,8 @@ MODEL = "test-TEST"
 def trained(tmp_path_factory, trained_tiny):
     """This module's copy of the session's tiny training run (the last test here registers
     and promotes more versions)."""
-    from pipelines.config import load_settings
-
-    root = copy_project(trained_tiny.path, tmp_path_factory.mktemp("tracking") / "project")
-    forget_mlflow_artifact_repos()
-    yield load_settings(root / "mlflow.yaml", env={}), trained_tiny.summary.results[0]
-    forget_mlflow_artifact_repos()
+    with copy_of(trained_tiny, tmp_path_factory.mktemp("tracking") / "project") as settings:
+        yield settings, trained_tiny.summary.results[0]
 
 
 @pytest.fixture

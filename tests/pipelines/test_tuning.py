@@ -4,6 +4,7 @@ part, resuming, parallel workers."""
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import numpy as np
@@ -238,7 +239,10 @@ def test_a_resumed_study_continues_in_two_worker_processes(tmp_path):
     settings = _settings(tmp_path)
     _, poisoned = _poisoned_frame(settings)
     first = tuning.run_study(settings, "TEST", poisoned, "2020-06-16", trials=1)
+    cores = os.sched_getaffinity(0)
     second = tuning.run_study(settings, "TEST", poisoned, "2020-06-16", trials=2, workers=2)
+    # this process ran as worker 0 on its share of the cores, and has them all back
+    assert os.sched_getaffinity(0) == cores
     study = tuning.load_study(settings, "TEST")
     assert second.resumed and second.parent_run_id == first.parent_run_id
     assert (first.trials_run, second.trials_run) == (1, 2) and len(study.trials) == 3
