@@ -90,7 +90,10 @@ def main() -> None:
     import numpy as np
 
     from lstm_core.config import EvaluationConfig, FeatureConfig, ModelConfig, TrainingConfig
-    from lstm_core.evaluate import run_experiment
+    from lstm_core.data import prepare_data
+    from lstm_core.evaluate import evaluate_model
+    from lstm_core.model import build_model
+    from lstm_core.train import train_model
 
     series = {}
     for name in args.datasets.split(","):
@@ -116,10 +119,13 @@ def main() -> None:
             transform, scaler = config.split("/")
             features = FeatureConfig(lookback=60, target_transform=transform, scaler=scaler)
             start = time.perf_counter()
-            result = run_experiment(
-                df, features, ModelConfig(backend=args.backend), training, eval_cfg
-            )
-            m = result.evaluation.metrics
+            data = prepare_data(df, features, eval_cfg)
+            model_cfg = ModelConfig(backend=args.backend)
+            model = build_model(model_cfg, 60, 1, 1, seed=args.seed)
+            tr, va = data.train, data.val
+            trained = train_model(model, tr.X, tr.y, va.X, va.y, training, backend=args.backend)
+            evaluation = evaluate_model(trained.model, data, eval_cfg, seed=args.seed)
+            m = evaluation.metrics
             ratio = m["test_rmse"] / m["naive_rmse"]
             ratios.setdefault(config, []).append(ratio)
             line = (
@@ -128,7 +134,7 @@ def main() -> None:
                 f"dm_p={m['dm_pvalue']:.3g}"
             )
             if returns is not None:
-                ideal = ideal_rmse(df, returns, result.evaluation.predictions["date"])
+                ideal = ideal_rmse(df, returns, evaluation.predictions["date"])
                 line += f" ideal_rmse={ideal:.4f} rmse/ideal={m['test_rmse'] / ideal:.3f}"
             print(f"{line} ({time.perf_counter() - start:.0f} s)", flush=True)
     print("\n| config | mean rmse/naive over " + ", ".join(series) + " |\n|---|---|")

@@ -6,14 +6,13 @@ horizon of the Diebold-Mariano test.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from lstm_core.config import EvaluationConfig, FeatureConfig, ModelConfig, TrainingConfig
+from lstm_core.config import EvaluationConfig
 from lstm_core.data import (
     DATE_COLUMN,
     DataError,
@@ -22,18 +21,17 @@ from lstm_core.data import (
     SplitWindows,
     WindowedData,
     make_dataset,
-    prepare_data,
 )
 from lstm_core.intervals import (
     Intervals,
     band_metrics,
     calibrate,
     level_name,
-    mc_dropout_intervals,
+    mc_dropout_samples,
     price_scores,
+    quantile_bounds,
 )
-from lstm_core.model import build_model, predict_scaled
-from lstm_core.train import TrainResult, train_model
+from lstm_core.model import predict_scaled
 
 
 def rmse(actual: np.ndarray, predicted: np.ndarray) -> float:
@@ -182,10 +180,12 @@ def model_intervals(
 ) -> Intervals:
     """Bands around test forecasts ``(n, horizon)`` by ``eval_cfg.intervals``; conformal ones are
     calibrated on the validation windows only."""
-    if eval_cfg.intervals == "mc_dropout":
-        test, levels = data.test, eval_cfg.interval_levels
-        pre, n = data.preprocessor, eval_cfg.mc_samples
-        return mc_dropout_intervals(model, test.X, test.anchor, pre, levels, n, seed)
+    if eval_cfg.intervals == "mc_dropout":  # quantiles of dropout passes, each in prices
+        scaled = mc_dropout_samples(model, data.test.X, eval_cfg.mc_samples, seed)  # (S, n, h)
+        anchors = np.broadcast_to(data.test.anchor, scaled.shape[:-1])
+        return quantile_bounds(
+            data.preprocessor.to_prices(scaled, anchors), eval_cfg.interval_levels
+        )
     val_predicted = predict_prices(model, data.val, data.preprocessor)
     scores = price_scores(data.val.actual, val_predicted).T  # one row per forecast step
     last_date = data.val.target_dates[-1, -1] if len(data.val) else None
@@ -225,31 +225,3 @@ def score_on_dates(
         return float(m[metric.removeprefix("test_")])
     scale = naive_scale(data.target_prices, len(frame) if train_end is None else train_end)
     return m["mae"] / scale if scale > 0 else float("nan")
-
-
-@dataclass(frozen=True)
-class ExperimentResult:
-    data: WindowedData
-    training: TrainResult
-    evaluation: Evaluation
-
-
-def run_experiment(
-    df: pd.DataFrame,
-    feature_cfg: FeatureConfig,
-    model_cfg: ModelConfig,
-    training_cfg: TrainingConfig,
-    eval_cfg: EvaluationConfig,
-    callbacks: Sequence[Any] = (),
-) -> ExperimentResult:
-    """DataFrame -> windows -> trained model -> test metrics (each step is a public function)."""
-    data = prepare_data(df, feature_cfg, eval_cfg)
-    model = build_model(
-        model_cfg, data.lookback, data.n_features, data.horizon, seed=training_cfg.seed
-    )
-    result = train_model(
-        model, data.train.X, data.train.y, data.val.X, data.val.y, training_cfg, callbacks,
-        backend=model_cfg.backend,
-    )  # fmt: skip
-    evaluation = evaluate_model(result.model, data, eval_cfg, seed=training_cfg.seed)
-    return ExperimentResult(data=data, training=result, evaluation=evaluation)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from lstm_core.data import DataError, Preprocessor
+from lstm_core.data import DataError
 
 CALIBRATION_FORMAT = 1
 
@@ -36,7 +36,6 @@ class Intervals:
 
     lower: dict[float, np.ndarray]
     upper: dict[float, np.ndarray]
-    median: np.ndarray
 
 
 def band_metrics(
@@ -88,22 +87,7 @@ def quantile_bounds(paths: np.ndarray, levels: Sequence[float]) -> Intervals:
         alpha = (1.0 - level) / 2.0
         lower[level] = np.quantile(paths, alpha, axis=0)
         upper[level] = np.quantile(paths, 1.0 - alpha, axis=0)
-    return Intervals(lower=lower, upper=upper, median=np.median(paths, axis=0))
-
-
-def mc_dropout_intervals(
-    model: object,
-    X: np.ndarray,
-    anchor: np.ndarray,
-    preprocessor: Preprocessor,
-    levels: Sequence[float] = (0.8, 0.95),
-    n_samples: int = 30,
-    seed: int | None = None,
-) -> Intervals:
-    """Price intervals for windows ``X`` ``(n, lookback, n_features)`` with anchors ``(n,)``."""
-    scaled = mc_dropout_samples(model, X, n_samples, seed)  # (S, n, horizon)
-    paths = preprocessor.to_prices(scaled, np.broadcast_to(anchor, scaled.shape[:-1]))
-    return quantile_bounds(paths, levels)
+    return Intervals(lower=lower, upper=upper)
 
 
 def price_scores(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -156,7 +140,7 @@ class ConformalCalibration:
         for level in self.levels if levels is None else levels:
             q = np.array([self.quantile(level, k) for k in range(point.shape[-1])])
             lower[level], upper[level] = point * np.exp(-q), point * np.exp(q)  # scores <= q
-        return Intervals(lower=lower, upper=upper, median=point)
+        return Intervals(lower=lower, upper=upper)
 
     def metrics(self) -> dict[str, float]:
         """``interval_q_<L>_day<k>``: the served band is forecast * exp(+-q)."""

@@ -13,10 +13,10 @@ from lstm_core.evaluate import (
     evaluate_model,
     naive_scale,
     point_metrics,
-    run_experiment,
 )
 from lstm_core.intervals import Intervals
 from lstm_core.model import build_model
+from lstm_core.train import train_model
 from tests.lstm_core.conftest import TINY_EVAL, TINY_FEATURES, TINY_MODEL, TINY_TRAINING, make_frame
 
 METRIC_NAMES = {
@@ -39,6 +39,15 @@ METRIC_NAMES = {
         for level in ("80", "95")
     ),
 }
+
+
+def _train_and_evaluate(frame, eval_cfg):
+    """The main job's chain on a tiny model: windows, training, test evaluation."""
+    data = prepare_data(frame, TINY_FEATURES, eval_cfg)
+    model = build_model(TINY_MODEL, data.lookback, data.n_features, data.horizon, seed=0)
+    train, val = data.train, data.val
+    result = train_model(model, train.X, train.y, val.X, val.y, TINY_TRAINING, backend="keras")
+    return result, evaluate_model(result.model, data, eval_cfg, seed=TINY_TRAINING.seed)
 
 
 def test_point_metrics_by_hand():
@@ -105,16 +114,16 @@ def test_evaluate_perfect_forecast():
     np.testing.assert_array_equal(ev.predictions["naive"], data.test.anchor)
 
 
-def test_run_experiment_end_to_end(frame):
-    result = run_experiment(frame, TINY_FEATURES, TINY_MODEL, TINY_TRAINING, TINY_EVAL)
-    m = result.evaluation.metrics
+def test_train_and_evaluate_end_to_end(frame):
+    result, evaluation = _train_and_evaluate(frame, TINY_EVAL)
+    m = evaluation.metrics
     assert set(m) == METRIC_NAMES
     assert all(np.isfinite(v) for v in m.values())
-    preds = result.evaluation.predictions
+    preds = evaluation.predictions
     assert (preds["lower_95"] <= preds["lower_80"]).all() and (
         preds["upper_80"] <= preds["upper_95"]
     ).all()
-    assert result.training.epochs_run == 1
+    assert result.epochs_run == 1
 
 
 def test_evaluate_scores_the_last_horizon_step():
@@ -139,7 +148,7 @@ def test_interval_metrics_by_hand():
     n = len(scores)
     k = math.ceil((n + 1) * 0.8) - 1
     lower, upper = predicted[:, 0] * np.exp(-scores[k]), predicted[:, 0] * np.exp(scores[k])
-    bands = Intervals(lower={0.8: lower[:, None]}, upper={0.8: upper[:, None]}, median=predicted)
+    bands = Intervals(lower={0.8: lower[:, None]}, upper={0.8: upper[:, None]})
     m = evaluate_forecasts(data, predicted, cfg, bands).metrics
     y = data.test.actual[:, 0]
     assert m["interval_coverage_80"] == pytest.approx(np.mean((y >= lower) & (y <= upper)))
@@ -181,8 +190,7 @@ def test_conformal_coverage_end_to_end_on_known_noise():
     frame = make_frame(800, seed=11)
     frame["open"] = 50.0 * np.exp(np.cumsum(rng.normal(0.0, 0.01, len(frame))))
     cfg = EvaluationConfig(val_fraction=0.3, test_fraction=0.3, backtest_folds=0)
-    result = run_experiment(frame, TINY_FEATURES, TINY_MODEL, TINY_TRAINING, cfg)
-    m = result.evaluation.metrics
+    m = _train_and_evaluate(frame, cfg)[1].metrics
     assert m["interval_coverage_80"] == pytest.approx(0.8, abs=0.12)
     assert m["interval_coverage_95"] == pytest.approx(0.95, abs=0.06)
     assert m["interval_width_95"] > m["interval_width_80"] > 0

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from lstm_core.config import FeatureConfig, ModelConfig
-from lstm_core.data import fit_preprocessor
+from lstm_core.config import EvaluationConfig, FeatureConfig, ModelConfig
+from lstm_core.data import prepare_data
+from lstm_core.evaluate import model_intervals, predict_prices
 from lstm_core.intervals import (
     ConformalCalibration,
     Intervals,
@@ -10,7 +11,6 @@ from lstm_core.intervals import (
     calibrate,
     conformal_quantile,
     level_name,
-    mc_dropout_intervals,
     mc_dropout_samples,
     price_scores,
     quantile_bounds,
@@ -30,8 +30,7 @@ def test_quantile_bounds_and_coverage():
     np.testing.assert_allclose(b.lower[0.8], 10.0)
     np.testing.assert_allclose(b.upper[0.8], 90.0)
     np.testing.assert_allclose(b.lower[0.5], 25.0)
-    np.testing.assert_allclose(b.median, 50.0)
-    band = Intervals({0.8: np.zeros((4, 1))}, {0.8: np.full((4, 1), 10.0)}, np.ones((4, 1)))
+    band = Intervals({0.8: np.zeros((4, 1))}, {0.8: np.full((4, 1), 10.0)})
     m = band_metrics(np.array([1.0, 5.0, 9.0, 20.0]), band, 0.8)
     assert m["interval_coverage_80"] == 0.75 and m["interval_width_80"] == 10.0
     assert all(np.isnan(v) for v in band_metrics(np.array([]), band, 0.8).values())
@@ -40,15 +39,15 @@ def test_quantile_bounds_and_coverage():
 
 @pytest.mark.parametrize("dropout", [0.3, 0.0])
 def test_mc_dropout(dropout):
-    df = make_frame(60)
-    pre = fit_preprocessor(df, FeatureConfig(lookback=5))
+    cfg = EvaluationConfig(intervals="mc_dropout", mc_samples=20)
+    data = prepare_data(make_frame(80), FeatureConfig(lookback=5), cfg)
     model = build_model(
         ModelConfig(layers=1, units=4, dropout=dropout, backend="keras"), 5, 1, 1, seed=0
     )
-    X = np.random.default_rng(0).random((6, 5, 1)).astype(np.float32)
-    s1 = mc_dropout_samples(model, X, 8, seed=1)
-    assert s1.shape == (8, 6, 1)
-    iv = mc_dropout_intervals(model, X, np.full(6, 10.0), pre, (0.8, 0.95), 20, seed=2)
+    s1 = mc_dropout_samples(model, data.test.X, 8, seed=1)
+    assert s1.shape == (8, len(data.test), 1)
+    predicted = predict_prices(model, data.test, data.preprocessor)
+    iv = model_intervals(model, data, cfg, predicted, seed=2)
     width80 = iv.upper[0.8] - iv.lower[0.8]
     width95 = iv.upper[0.95] - iv.lower[0.95]
     if dropout > 0:
@@ -56,6 +55,7 @@ def test_mc_dropout(dropout):
         assert (width95 >= width80).all() and (width80 > 0).all()
     else:  # documented: no dropout -> intervals collapse onto the point forecast
         assert np.allclose(width95, 0.0)
+        np.testing.assert_allclose(iv.upper[0.8], predicted, rtol=1e-5)
 
 
 def test_conformal_quantile_by_hand():
@@ -140,7 +140,7 @@ def test_recalibration_follows_a_volatility_regime_change():
 
 def test_interval_score_by_hand():
     actual = np.array([0.0, 5.0, -3.0])
-    band = Intervals({0.8: np.full((3, 1), -1.0)}, {0.8: np.full((3, 1), 1.0)}, np.zeros((3, 1)))
+    band = Intervals({0.8: np.full((3, 1), -1.0)}, {0.8: np.full((3, 1), 1.0)})
     # alpha = 0.2: width 2, plus 2/0.2 = 10 times the distance outside
     score = band_metrics(actual, band, 0.8)["interval_score_80"]
     assert score == pytest.approx((2 + 42 + 22) / 3)
