@@ -43,13 +43,12 @@ class LSTMPriceModel(mlflow.pyfunc.PythonModel):
             if intervals and bool(params.get("recalibrate", False)):
                 # conformal scores of the input's days after the calibration: a rolling window
                 forecaster = forecaster.recalibrated(frame)
-            if days <= 1 and not intervals:
-                return forecaster.predict(frame)
             return forecaster.forecast(
                 frame,
                 days=max(days, 1),
                 samples=int(params.get("samples", 30)),
                 seed=int(params.get("seed", 0)),
+                intervals=intervals,
             )
         except DataError as exc:
             # `mlflow models serve` answers an MlflowException with its message; any other

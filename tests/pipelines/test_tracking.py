@@ -139,6 +139,9 @@ def test_served_bands_equal_the_runs_calibration(trained, client):
             point = out["forecast"].iloc[day]
             assert np.log(out[f"upper_{level}"].iloc[day] / point) == pytest.approx(expected)
             assert np.log(point / out[f"lower_{level}"].iloc[day]) == pytest.approx(expected)
+    plain = model.predict(example, params={"days": 3})  # no bands unless asked for
+    assert list(plain.columns) == ["date", "forecast"]
+    np.testing.assert_allclose(plain["forecast"], out["forecast"])
     one = model.predict(example, params={"intervals": True})
     assert np.log(one["upper_80"].iloc[0] / one["forecast"].iloc[0]) == pytest.approx(
         logged["interval_q_80_day1"]
