@@ -76,12 +76,23 @@ class SplitFrames:
         return self.frame.iloc[self.val_end :]
 
 
-def split_frame(df: pd.DataFrame, eval_cfg: EvaluationConfig) -> SplitFrames:
-    """Split in date order by ``eval_cfg``'s fractions."""
+def split_frame(
+    df: pd.DataFrame, eval_cfg: EvaluationConfig, val_start: Any = None, test_start: Any = None
+) -> SplitFrames:
+    """Split by ``eval_cfg``'s fractions or, given both dates, validation = ``val_start <= date
+    < test_start`` and test = ``date >= test_start``."""
     frame = df.reset_index(drop=True)
     n_rows = len(frame)
-    val_end = n_rows - int(round(n_rows * eval_cfg.test_fraction))
-    train_end = val_end - int(round(n_rows * eval_cfg.val_fraction))
+    if (val_start is None) != (test_start is None):
+        raise ValueError("give both val_start and test_start, or neither")
+    if val_start is not None:
+        train_end = int((frame[DATE_COLUMN] < pd.Timestamp(val_start)).sum())
+        val_end = int((frame[DATE_COLUMN] < pd.Timestamp(test_start)).sum())
+        if val_end < train_end:
+            raise ValueError(f"test_start {test_start} precedes val_start {val_start}")
+    else:
+        val_end = n_rows - int(round(n_rows * eval_cfg.test_fraction))
+        train_end = val_end - int(round(n_rows * eval_cfg.val_fraction))
     if train_end <= 0 or val_end >= n_rows:
         raise DataError(
             f"{n_rows} rows give an empty split (train rows {train_end}, "
