@@ -77,7 +77,7 @@ def run(project: Path, overrides: list[str]) -> None:
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
-    from lstm_core import backtest as core_backtest
+    from lstm_core import train as core_train
     from lstm_core.evaluate import evaluate_forecasts, model_intervals, predict_prices
     from lstm_core.predictor import Forecaster
     from pipelines import tasks, tracking
@@ -125,7 +125,7 @@ def run(project: Path, overrides: list[str]) -> None:
     mc_seconds = time.perf_counter() - mc_start
 
     fold_trainings: list[tuple[float, int]] = []  # (seconds, training windows)
-    real_train = core_backtest.train_model
+    real_train = core_train.train_model
 
     def timed_fold(model, X, *a, **k):  # each fold's training, to compare with the main one
         t0 = time.perf_counter()
@@ -133,11 +133,11 @@ def run(project: Path, overrides: list[str]) -> None:
         fold_trainings.append((time.perf_counter() - t0, len(X)))
         return out
 
-    core_backtest.train_model = timed_fold
+    core_train.train_model = timed_fold
     try:
         folds = phases.time("backtest", tasks.backtest.fn, frames.frame, settings)
     finally:
-        core_backtest.train_model = real_train
+        core_train.train_model = real_train
 
     def plots():
         figures = tasks.plots.fn(

@@ -92,8 +92,7 @@ def main() -> None:
     from lstm_core.config import EvaluationConfig, FeatureConfig, ModelConfig, TrainingConfig
     from lstm_core.data import prepare_data
     from lstm_core.evaluate import evaluate_model
-    from lstm_core.model import build_model
-    from lstm_core.train import train_model
+    from lstm_core.train import train_network
 
     series = {}
     for name in args.datasets.split(","):
@@ -121,9 +120,7 @@ def main() -> None:
             start = time.perf_counter()
             data = prepare_data(df, features, eval_cfg)
             model_cfg = ModelConfig(backend=args.backend)
-            model = build_model(model_cfg, 60, 1, 1, seed=args.seed)
-            tr, va = data.train, data.val
-            trained = train_model(model, tr.X, tr.y, va.X, va.y, training, backend=args.backend)
+            trained = train_network(model_cfg, training, data.train, data.val)
             evaluation = evaluate_model(trained.model, data, eval_cfg, seed=args.seed)
             m = evaluation.metrics
             ratio = m["test_rmse"] / m["naive_rmse"]

@@ -10,13 +10,10 @@ already keeps both cores busy.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
 import pandas as pd
 
-from lstm_core.config import EvaluationConfig, FeatureConfig, TrainingConfig
+from lstm_core.config import EvaluationConfig, FeatureConfig, ModelConfig, TrainingConfig
 from lstm_core.data import (
     DATE_COLUMN,
     DataError,
@@ -26,10 +23,7 @@ from lstm_core.data import (
     validate_frame,
 )
 from lstm_core.evaluate import evaluate_forecasts, predict_prices
-from lstm_core.train import train_model
-
-# (lookback, n_features, horizon) -> a compiled, untrained keras.Model
-ModelBuilder = Callable[[int, int, int], Any]
+from lstm_core.train import train_network
 
 FOLD_COLUMNS = ["fold", "train_rows", "test_start", "test_end", "n_test", "rmse", "naive_rmse",
                 "skill"]  # fmt: skip
@@ -51,9 +45,8 @@ def walk_forward_backtest(
     df: pd.DataFrame,
     feature_cfg: FeatureConfig,
     eval_cfg: EvaluationConfig,
-    build: ModelBuilder,
+    model_cfg: ModelConfig,
     training_cfg: TrainingConfig,
-    backend: str = "fast",
 ) -> pd.DataFrame:
     """Per-fold metrics (rmse, naive_rmse, skill = 1 - rmse/naive_rmse) as a DataFrame."""
     validate_frame(df, feature_cfg.columns)
@@ -66,10 +59,7 @@ def walk_forward_backtest(
         frames = SplitFrames(frame=frame.iloc[:end], train_end=start, val_end=start)
         preprocessor = fit_preprocessor(frames.train, feature_cfg)
         data = make_dataset(frames, preprocessor)
-        model = build(data.lookback, data.n_features, data.horizon)
-        result = train_model(
-            model, data.train.X, data.train.y, None, None, fold_cfg, backend=backend
-        )
+        result = train_network(model_cfg, fold_cfg, data.train)
         predicted = predict_prices(result.model, data.test, preprocessor)
         m = evaluate_forecasts(data, predicted, eval_cfg).metrics
         dates = frame[DATE_COLUMN]

@@ -22,8 +22,7 @@ from lstm_core.data import (
     make_dataset,
 )
 from lstm_core.evaluate import predict_prices, rmse
-from lstm_core.model import build_model
-from lstm_core.train import TrainResult, train_model
+from lstm_core.train import TrainResult, train_network
 
 
 @dataclass(frozen=True)
@@ -77,10 +76,5 @@ def train_candidate(
     callbacks: Sequence[Any] = (),
 ) -> tuple[TrainResult, float]:
     """Build and train one candidate; returns the training result and its validation RMSE."""
-    cfg = data.preprocessor.feature_cfg
-    shape = (cfg.lookback, len(cfg.columns), cfg.horizon)
-    model = build_model(model_cfg, *shape, seed=training_cfg.seed)
-    train, val = data.train, data.val
-    result = train_model(model, train.X, train.y, val.X, val.y, training_cfg, callbacks,
-                         backend=model_cfg.backend)  # fmt: skip
+    result = train_network(model_cfg, training_cfg, data.train, data.val, callbacks)
     return result, data.val_rmse(result.model)

@@ -10,7 +10,9 @@ from typing import Any
 import numpy as np
 
 from lstm_core import engine
-from lstm_core.config import TrainingConfig
+from lstm_core.config import ModelConfig, TrainingConfig
+from lstm_core.data import SplitWindows
+from lstm_core.model import build_model
 
 
 class TrainingDivergedError(RuntimeError):
@@ -118,3 +120,18 @@ def train_model(
     history.setdefault("val_loss", [])
     stopped = early is not None and early.stopped_epoch > 0
     return TrainResult(model, history, epochs_run=len(history["loss"]), stopped_early=stopped)
+
+
+def train_network(
+    model_cfg: ModelConfig,
+    cfg: TrainingConfig,
+    train: SplitWindows,
+    val: SplitWindows | None = None,
+    callbacks: Sequence[Any] = (),
+) -> TrainResult:
+    """A fresh :func:`build_model` network for ``train``'s windows, trained by ``train_model``
+    with ``model_cfg.backend`` (``val``: validation windows, or None)."""
+    _, lookback, n_features = train.X.shape
+    model = build_model(model_cfg, lookback, n_features, train.y.shape[1], seed=cfg.seed)
+    X_val, y_val = (val.X, val.y) if val is not None else (None, None)
+    return train_model(model, train.X, train.y, X_val, y_val, cfg, callbacks, model_cfg.backend)

@@ -20,7 +20,6 @@ from lstm_core import backtest as core_backtest
 from lstm_core import data as core_data
 from lstm_core import evaluate as core_evaluate
 from lstm_core import forecast as core_forecast
-from lstm_core import model as core_model
 from lstm_core import plots as core_plots
 from lstm_core import train as core_train
 from lstm_core.intervals import ConformalCalibration
@@ -162,19 +161,9 @@ class _Progress:
 
 @task(name="train", cache_policy=NO_CACHE)
 def train(data: core_data.WindowedData, settings: Settings, run_id: str, ticker: str):
-    model = core_model.build_model(
-        settings.model, data.lookback, data.n_features, data.horizon, seed=settings.training.seed
-    )
     callbacks = [tracking.epoch_logger(run_id), _Progress(ticker, settings.training.epochs)]
-    return core_train.train_model(
-        model,
-        data.train.X,
-        data.train.y,
-        data.val.X,
-        data.val.y,
-        settings.training,
-        callbacks=callbacks,
-        backend=settings.model.backend,
+    return core_train.train_network(
+        settings.model, settings.training, data.train, data.val, callbacks
     )
 
 
@@ -204,18 +193,8 @@ def calibrate(
 @task(name="backtest", cache_policy=NO_CACHE)
 def backtest(frame: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     # the folds retrain the registered configuration: same network, engine and epochs
-    def build(lookback: int, n_features: int, horizon: int) -> Any:
-        return core_model.build_model(
-            settings.model, lookback, n_features, horizon, seed=settings.training.seed
-        )
-
     return core_backtest.walk_forward_backtest(
-        frame,
-        settings.features,
-        settings.evaluation,
-        build,
-        settings.training,
-        backend=settings.model.backend,
+        frame, settings.features, settings.evaluation, settings.model, settings.training
     )
 
 

@@ -4,7 +4,6 @@ import pytest
 from lstm_core.backtest import FOLD_COLUMNS, fold_bounds, walk_forward_backtest
 from lstm_core.config import EvaluationConfig
 from lstm_core.data import DataError
-from lstm_core.model import build_model
 from tests.lstm_core.conftest import TINY_EVAL, TINY_FEATURES, TINY_MODEL, TINY_TRAINING, make_frame
 
 
@@ -20,15 +19,9 @@ def test_fold_bounds():
 
 def test_walk_forward_backtest_refits_per_fold():
     df = make_frame(120)
-    built = []
-
-    def build(lookback, n_features, horizon):
-        built.append((lookback, n_features, horizon))
-        return build_model(TINY_MODEL, lookback, n_features, horizon, seed=0)
-
-    folds = walk_forward_backtest(df, TINY_FEATURES, TINY_EVAL, build, TINY_TRAINING)
+    folds = walk_forward_backtest(df, TINY_FEATURES, TINY_EVAL, TINY_MODEL, TINY_TRAINING)
     assert list(folds.columns) == FOLD_COLUMNS
-    assert list(folds["fold"]) == [1, 2] and built == [(5, 1, 1), (5, 1, 1)]
+    assert list(folds["fold"]) == [1, 2]
     assert list(folds["train_rows"]) == [96, 108] and list(folds["n_test"]) == [12, 12]
     assert folds["test_start"].iloc[1] > folds["test_end"].iloc[0]
     assert np.isfinite(folds[["rmse", "naive_rmse", "skill"]].to_numpy()).all()
@@ -37,25 +30,24 @@ def test_walk_forward_backtest_refits_per_fold():
 
 @pytest.mark.parametrize(("backtest_epochs", "expected"), [(None, 3), (2, 2)])
 def test_folds_retrain_the_registered_configuration(monkeypatch, backtest_epochs, expected):
-    from lstm_core import backtest
+    from lstm_core import train
 
     calls = []
-    real = backtest.train_model
+    real = train.train_model
 
     def spy(model, X, y, X_val, y_val, cfg, callbacks=(), backend="fast"):
         calls.append((cfg, backend, X_val))
         return real(model, X, y, X_val, y_val, cfg, callbacks, backend=backend)
 
-    monkeypatch.setattr(backtest, "train_model", spy)
+    monkeypatch.setattr(train, "train_model", spy)
     training = TINY_TRAINING.model_copy(update={"epochs": 3, "early_stopping_patience": 2})
     eval_cfg = TINY_EVAL.model_copy(update={"backtest_epochs": backtest_epochs})
     walk_forward_backtest(
         make_frame(120),
         TINY_FEATURES,
         eval_cfg,
-        lambda *shape: build_model(TINY_MODEL, *shape, seed=0),
+        TINY_MODEL.model_copy(update={"backend": "fast"}),
         training,
-        backend="fast",
     )
     assert len(calls) == 2
     for cfg, backend, X_val in calls:

@@ -16,7 +16,7 @@ from lstm_core.evaluate import (
 )
 from lstm_core.intervals import Intervals
 from lstm_core.model import build_model
-from lstm_core.train import train_model
+from lstm_core.train import train_network
 from tests.lstm_core.conftest import TINY_EVAL, TINY_FEATURES, TINY_MODEL, TINY_TRAINING, make_frame
 
 METRIC_NAMES = {
@@ -44,9 +44,7 @@ METRIC_NAMES = {
 def _train_and_evaluate(frame, eval_cfg):
     """The main job's chain on a tiny model: windows, training, test evaluation."""
     data = prepare_data(frame, TINY_FEATURES, eval_cfg)
-    model = build_model(TINY_MODEL, data.lookback, data.n_features, data.horizon, seed=0)
-    train, val = data.train, data.val
-    result = train_model(model, train.X, train.y, val.X, val.y, TINY_TRAINING, backend="keras")
+    result = train_network(TINY_MODEL, TINY_TRAINING, data.train, data.val)
     return result, evaluate_model(result.model, data, eval_cfg, seed=TINY_TRAINING.seed)
 
 
