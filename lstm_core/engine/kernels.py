@@ -1,15 +1,14 @@
-"""Numba CPU kernels of the network (stacked LSTM, Dropout, Dense, MSE): a train step of a batch
-slice (forward keeping activations, then BPTT), inference with optional dropout, dropout masks
-and Adam.  Maths as ``keras.layers.LSTM`` (gate order i, f, c, o); tests/lstm_core/reference.py
-is the oracle.
+"""Numba CPU kernels of the network (stacked LSTM, Dropout, Dense, MSE): one forward pass (for
+training and inference, dropout on or off), BPTT, dropout masks and Adam.  Maths as
+``keras.layers.LSTM`` (gate order i, f, c, o); tests/lstm_core/reference.py is the oracle.
 
 ``params`` = (kernel0 (n_in, 4u), wst (L, 2u, 4u): [kernel; recurrent] per layer (layer 0's
-kernel half unused), bias (L, 4u), dense_w (u, H), dense_b (H,)).  Each layer's input projection
-for all steps is one matmul, so only ``recurrent_kernelᵀ @ h(t-1)`` (backwards
-``recurrent_kernel @ δz``) stays on the sequential chain.  Arrays are unit-major inside (a step's
-state is (unit, batch)): the weights are BLAS's left operand, faster with OpenBLAS.  Layer l's
-input at step t is multiplied by ``masks[t + l, l - 1]`` (wave t + l).  float32 computes tanh
-with Eigen's and XLA's rational approximation (σ(z) = ½·tanh(½z) + ½), which vectorises.
+kernel half unused), bias (L, 4u), dense_w (u, H), dense_b (H,)).  A layer's input projection
+of all steps is one matmul, leaving only ``recurrent_kernelᵀ @ h(t-1)`` (backwards
+``recurrent_kernel @ δz``) on the sequential chain.  Arrays are unit-major inside (a step's state
+is (unit, batch)): the weights are BLAS's left operand, faster with OpenBLAS.  Layer l's input at
+step t is multiplied by ``masks[t + l, l - 1]`` (wave t + l).  float32's tanh is Eigen's and
+XLA's rational approximation (σ(z) = ½·tanh(½z) + ½), which vectorises.
 """
 
 from __future__ import annotations
@@ -59,15 +58,6 @@ def _unit_major(x):  # pragma: no cover - compiled
     return x.transpose(2, 1, 0).copy().reshape(n, n_t * n_b)
 
 
-@njit(inline="always", **_JIT)
-def _project(w_t, src, bias_row):  # pragma: no cover - compiled
-    """``w_t @ src`` plus the bias: the input projection (4u, columns) of the columns of src."""
-    z = np.dot(w_t, src)
-    for j in range(z.shape[0]):
-        z[j] += bias_row[j]
-    return z
-
-
 @njit(**_JIT)
 def stack_forward(x, kernel0, wst, bias, masks):  # pragma: no cover - compiled
     """Forward pass of the L stacked LSTM layers from zero states, keeping what
@@ -94,17 +84,19 @@ def stack_forward(x, kernel0, wst, bias, masks):  # pragma: no cover - compiled
         hs[ly, 0] = 0.0
         cells[ly, 0] = 0.0
         rec_t = np.ascontiguousarray(wst[ly, u:].T)  # (4u, u)
-        if ly == 0:  # input projection of every step, bias included: (4u, T·B)
-            zin = _project(np.ascontiguousarray(kernel0.T), _unit_major(x), bias[0])
-        else:
-            src_all, dst_all = hs[ly - 1], inp[ly]
+        if ly == 0:
+            ker_t, layer_in = np.ascontiguousarray(kernel0.T), _unit_major(x)
+        else:  # the layer below's outputs times their dropout masks
+            ker_t, layer_in = np.ascontiguousarray(wst[ly, :u].T), inp[ly]
             for t in range(n_t):
-                src, m = src_all[t + 1], masks[t + ly, ly - 1]
+                src, m = hs[ly - 1, t + 1], masks[t + ly, ly - 1]
                 for j in range(u):
-                    dst = dst_all[j, t * n_b : (t + 1) * n_b]
+                    dst = layer_in[j, t * n_b : (t + 1) * n_b]
                     for b in range(n_b):
                         dst[b] = src[j, b] * m[b, j]
-            zin = _project(np.ascontiguousarray(wst[ly, :u].T), inp[ly], bias[ly])
+        zin = np.dot(ker_t, layer_in)  # input projection of every step, bias included: (4u, T·B)
+        for j in range(4 * u):
+            zin[j] += bias[ly, j]
         for t in range(n_t):
             # (4u, B): the only matmul on the sequential chain; the weights are the left operand
             z = np.dot(rec_t, hs[ly, t])

@@ -24,7 +24,7 @@ from lstm_core.config import TrainingConfig
 from lstm_core.engine.process import engine_settings
 
 PARTS = 2  # each batch is cut in this many slices, run side by side on the cores
-CHUNK = 64  # rows per inference call: bounds the activations it keeps (about 8·L·T·u floats a row)
+CHUNK = 32  # rows per inference call: bounds the activations it keeps (about 8·L·T·u floats a row)
 
 
 def eligible(model: Any) -> str | None:
