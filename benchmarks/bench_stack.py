@@ -6,7 +6,7 @@ The tutorial's shape throughout: 4 layers x 50 units, 60 steps, 1 feature. Print
 (wall and process CPU):
 
 * at batch 16 and 32: the Numba kernels of ``lstm_core.engine.kernels`` (training forward,
-  backward, one whole ``train_slice``, inference);
+  backward, one whole ``train_slice``, ``forward`` with dropout off as inference runs it);
 * one ``train_on_batch`` (batch 32, Dropout 0.2, Adam) of the plain Keras network (what
   ``model.backend: keras`` runs through ``fit``);
 * one step of ``lstm_core.engine.fit`` (``model.backend: fast``), averaged over a 10-batch
@@ -49,7 +49,7 @@ def main() -> None:
     tf.get_logger().setLevel("ERROR")
     from lstm_core import engine
     from lstm_core.config import ModelConfig, TrainingConfig
-    from lstm_core.engine.kernels import predict_slice, stack_backward, stack_forward, train_slice
+    from lstm_core.engine.kernels import forward, stack_backward, stack_forward, train_slice
     from lstm_core.engine.process import engine_settings
     from lstm_core.model import build_model
 
@@ -74,8 +74,8 @@ def main() -> None:
                   calls=args.calls)  # fmt: skip
             timed(f"B={batch} Numba train_slice (one core)", train_slice, x, y, params, key, 0,
                   batch, 0.2, 0.2, grads, calls=args.calls)  # fmt: skip
-            timed(f"B={batch} Numba inference", predict_slice, x, params, key, 0, batch, 0.0,
-                  0.0, 1, calls=args.calls)  # fmt: skip
+            timed(f"B={batch} Numba forward (inference)", forward, x, params, key, 0, batch,
+                  0.0, 0.0, calls=args.calls)  # fmt: skip
 
     X = rng.random((32, STEPS, 1)).astype("float32")
     y = rng.random((32, 1)).astype("float32")

@@ -1,15 +1,14 @@
-"""Numba CPU kernels of the network (stacked LSTM, Dropout, Dense, MSE): a train step of a batch
-slice (forward keeping activations, then BPTT), inference with optional dropout, dropout masks
-and Adam.  Maths as ``keras.layers.LSTM`` (gate order i, f, c, o); tests/lstm_core/reference.py
-is the oracle.
+"""Numba CPU kernels of the network (stacked LSTM, Dropout, Dense, MSE): one forward pass (for
+training and inference, dropout on or off), BPTT, dropout masks and Adam.  Maths as
+``keras.layers.LSTM`` (gate order i, f, c, o); tests/lstm_core/reference.py is the oracle.
 
 ``params`` = (kernel0 (n_in, 4u), wst (L, 2u, 4u): [kernel; recurrent] per layer (layer 0's
-kernel half unused), bias (L, 4u), dense_w (u, H), dense_b (H,)).  Each layer's input projection
-for all steps is one matmul, so only ``recurrent_kernelᵀ @ h(t-1)`` (backwards
-``recurrent_kernel @ δz``) stays on the sequential chain.  Arrays are unit-major inside (a step's
-state is (unit, batch)): the weights are BLAS's left operand, faster with OpenBLAS.  Layer l's
-input at step t is multiplied by ``masks[t + l, l - 1]`` (wave t + l).  float32 computes tanh
-with Eigen's and XLA's rational approximation (σ(z) = ½·tanh(½z) + ½), which vectorises.
+kernel half unused), bias (L, 4u), dense_w (u, H), dense_b (H,)).  A layer's input projection
+of all steps is one matmul, leaving only ``recurrent_kernelᵀ @ h(t-1)`` (backwards
+``recurrent_kernel @ δz``) on the sequential chain.  Arrays are unit-major inside (a step's state
+is (unit, batch)): the weights are BLAS's left operand, faster with OpenBLAS.  Layer l's input at
+step t is multiplied by ``masks[t + l, l - 1]`` (wave t + l).  float32's tanh is Eigen's and
+XLA's rational approximation (σ(z) = ½·tanh(½z) + ½), which vectorises.
 """
 
 from __future__ import annotations
@@ -59,15 +58,6 @@ def _unit_major(x):  # pragma: no cover - compiled
     return x.transpose(2, 1, 0).copy().reshape(n, n_t * n_b)
 
 
-@njit(inline="always", **_JIT)
-def _project(w_t, src, bias_row):  # pragma: no cover - compiled
-    """``w_t @ src`` plus the bias: the input projection (4u, columns) of the columns of src."""
-    z = np.dot(w_t, src)
-    for j in range(z.shape[0]):
-        z[j] += bias_row[j]
-    return z
-
-
 @njit(**_JIT)
 def stack_forward(x, kernel0, wst, bias, masks):  # pragma: no cover - compiled
     """Forward pass of the L stacked LSTM layers from zero states, keeping what
@@ -94,17 +84,19 @@ def stack_forward(x, kernel0, wst, bias, masks):  # pragma: no cover - compiled
         hs[ly, 0] = 0.0
         cells[ly, 0] = 0.0
         rec_t = np.ascontiguousarray(wst[ly, u:].T)  # (4u, u)
-        if ly == 0:  # input projection of every step, bias included: (4u, T·B)
-            zin = _project(np.ascontiguousarray(kernel0.T), _unit_major(x), bias[0])
-        else:
-            src_all, dst_all = hs[ly - 1], inp[ly]
+        if ly == 0:
+            ker_t, layer_in = np.ascontiguousarray(kernel0.T), _unit_major(x)
+        else:  # the layer below's outputs times their dropout masks
+            ker_t, layer_in = np.ascontiguousarray(wst[ly, :u].T), inp[ly]
             for t in range(n_t):
-                src, m = src_all[t + 1], masks[t + ly, ly - 1]
+                src, m = hs[ly - 1, t + 1], masks[t + ly, ly - 1]
                 for j in range(u):
-                    dst = dst_all[j, t * n_b : (t + 1) * n_b]
+                    dst = layer_in[j, t * n_b : (t + 1) * n_b]
                     for b in range(n_b):
                         dst[b] = src[j, b] * m[b, j]
-            zin = _project(np.ascontiguousarray(wst[ly, :u].T), inp[ly], bias[ly])
+        zin = np.dot(ker_t, layer_in)  # input projection of every step, bias included: (4u, T·B)
+        for j in range(4 * u):
+            zin[j] += bias[ly, j]
         for t in range(n_t):
             # (4u, B): the only matmul on the sequential chain; the weights are the left operand
             z = np.dot(rec_t, hs[ly, t])
@@ -187,22 +179,6 @@ def stack_backward(x, wst, masks, saved, d_seq):  # pragma: no cover - compiled
     return d_kernel0, d_wst, d_bias
 
 
-@njit(inline="always", **_JIT)
-def _cell_update(z, zin, c, h, half):  # pragma: no cover - compiled
-    """One inference step of a layer: gates from ``z + zin`` (4u, B), then c and h in place."""
-    u = h.shape[0]
-    for j in range(u):
-        zi, zf, za, zo = z[j], z[u + j], z[2 * u + j], z[3 * u + j]
-        xi, xf, xa, xo = zin[j], zin[u + j], zin[2 * u + j], zin[3 * u + j]
-        cj, hj = c[j], h[j]
-        for b in range(h.shape[1]):
-            i_g = _tanh((zi[b] + xi[b]) * half) * half + half
-            f_g = _tanh((zf[b] + xf[b]) * half) * half + half
-            o_g = _tanh((zo[b] + xo[b]) * half) * half + half
-            cj[b] = f_g * cj[b] + i_g * _tanh(za[b] + xa[b])
-            hj[b] = o_g * _tanh(cj[b])
-
-
 # splitmix64's constants: a counter-based generator, so a mask entry depends only on
 # (key, index), not on which slice or thread draws it.
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -239,23 +215,20 @@ def dropout_masks(out, key, first, rate):  # pragma: no cover - compiled
 
 
 @njit(**_JIT)
-def train_slice(x, y, params, key, row0, n_total, rate, top_rate, grads):  # pragma: no cover
-    """One slice of a training step, gradients included.
+def forward(x, params, key, row0, n_total, rate, top_rate):  # pragma: no cover - compiled
+    """The network on ``x`` (B, T, n_in), rows ``row0 .. row0 + B`` of a batch of ``n_total``.
 
-    ``x`` (B, T, n_in) and ``y`` (B, H) are rows ``row0 .. row0 + B`` of a batch of ``n_total``;
-    the loss is that batch's mean squared error, so the slices' gradients add up to the batch's.
     Dropout masks come from ``dropout_masks`` under ``key``, counted by the rows' place in the
-    whole batch.  Writes the gradients of ``params``, flattened in order, into ``grads`` and
-    returns the slice's sum of squared errors.
+    whole batch, so slices of a batch draw the whole batch's masks; rates 0 turn dropout off.
+    Returns the stack's masks and activations (what ``stack_backward`` needs), the top layer's
+    last h after its Dropout (B, u), that Dropout's mask and the output (B, H).
     """
     kernel0, wst, bias, dense_w, dense_b = params
     n_b, n_t, _ = x.shape
     n_l = wst.shape[0]
     u = wst.shape[2] // 4
-    n_h = dense_w.shape[1]
-    dt = x.dtype
     per_wave = (n_l - 1) * n_total * u  # counters of one wave of the stack's masks
-    masks = np.empty((n_t + n_l - 1, n_l - 1, n_b, u), dt)
+    masks = np.empty((n_t + n_l - 1, n_l - 1, n_b, u), x.dtype)
     for w in range(n_t + n_l - 1):
         for ly in range(n_l - 1):
             dropout_masks(masks[w, ly], key, w * per_wave + (ly * n_total + row0) * u, rate)
@@ -263,7 +236,23 @@ def train_slice(x, y, params, key, row0, n_total, rate, top_rate, grads):  # pra
     h_top = np.ascontiguousarray(saved[4][n_l - 1, n_t].T)  # hs of the top layer at T: (B, u)
     m_top = dropout_masks(np.empty_like(h_top), key ^ _TOP_SALT, row0 * u, top_rate)
     h_top = h_top * m_top
-    err = np.dot(h_top, dense_w) + dense_b - y  # (B, H)
+    return masks, saved, h_top, m_top, np.dot(h_top, dense_w) + dense_b
+
+
+@njit(**_JIT)
+def train_slice(x, y, params, key, row0, n_total, rate, top_rate, grads):  # pragma: no cover
+    """``forward`` then BPTT for rows ``row0 ..`` of a batch of ``n_total`` (targets ``y``
+    (B, H)): writes the gradients of the batch's mean squared error (the slices' gradients add
+    up to the batch's), flattened in ``params``' order, into ``grads``; returns the slice's sum
+    of squared errors.
+    """
+    wst, dense_w = params[1], params[3]
+    n_b, n_t, _ = x.shape
+    u = wst.shape[2] // 4
+    n_h = dense_w.shape[1]
+    dt = x.dtype
+    masks, saved, h_top, m_top, out = forward(x, params, key, row0, n_total, rate, top_rate)
+    err = out - y  # (B, H)
     sse = float((err.astype(np.float64) ** 2).sum())
     d_y = err * np.full(1, 2.0 / (n_total * n_h), dt)[0]  # d(mean squared error)/d(output)
     d_seq = np.zeros((n_b, n_t, u), dt)
@@ -273,54 +262,6 @@ def train_slice(x, y, params, key, row0, n_total, rate, top_rate, grads):  # pra
     parts = (d_kernel0.ravel(), d_wst.ravel(), d_bias.ravel(), d_dense_w.ravel(), d_y.sum(axis=0))
     grads[:] = np.concatenate(parts)
     return sse
-
-
-@njit(**_JIT)
-def predict_slice(x, params, key, row0, n_total, rate, top_rate, repeats):  # pragma: no cover
-    """The network's output (B, H) for ``x`` (n, T, n_in) repeated ``repeats`` times
-    (B = n·repeats; row r·n + i is window i), nothing saved.
-
-    With rates > 0 dropout is active (Monte Carlo dropout), its masks those ``train_slice``
-    draws for rows ``row0 .. row0 + B`` of a batch of ``n_total`` under ``key``; with rates 0
-    the pass is deterministic.  Layer 0 sees no dropout, so it runs once per window.
-    """
-    kernel0, wst, bias, dense_w, dense_b = params
-    n_x, n_t, _ = x.shape
-    n_b = n_x * repeats
-    n_l = wst.shape[0]
-    u = wst.shape[2] // 4
-    dt = x.dtype
-    half = np.full(1, 0.5, dt)[0]
-    seq = np.empty((n_t, u, n_b), dt)  # the current layer's h(t), input of the next
-    m = np.empty((n_b, u), dt)  # this step's dropout mask on the layer's input
-    x_in = np.empty((u, n_b), dt)
-    per_wave = (n_l - 1) * n_total * u
-    x_steps = np.ascontiguousarray(x.transpose(1, 2, 0))  # (T, n_in, n)
-    k0_t, rec_t = np.ascontiguousarray(kernel0.T), np.ascontiguousarray(wst[0, u:].T)
-    h0 = np.zeros((u, n_x), dt)
-    c0 = np.zeros((u, n_x), dt)
-    for t in range(n_t):
-        _cell_update(np.dot(rec_t, h0), _project(k0_t, x_steps[t], bias[0]), c0, h0, half)
-        for r in range(repeats):
-            seq[t, :, r * n_x : (r + 1) * n_x] = h0
-    h = seq[n_t - 1].copy()  # the top layer's last h if layer 0 is the top
-    c = np.empty((u, n_b), dt)
-    for ly in range(1, n_l):
-        rec_t = np.ascontiguousarray(wst[ly, u:].T)
-        ker_t = np.ascontiguousarray(wst[ly, :u].T)
-        h[:] = 0.0
-        c[:] = 0.0
-        for t in range(n_t):
-            dropout_masks(m, key, (t + ly) * per_wave + ((ly - 1) * n_total + row0) * u, rate)
-            src = seq[t]
-            for j in range(u):
-                for b in range(n_b):
-                    x_in[j, b] = src[j, b] * m[b, j]
-            _cell_update(np.dot(rec_t, h), _project(ker_t, x_in, bias[ly]), c, h, half)
-            seq[t] = h
-    h_top = np.ascontiguousarray(h.T)
-    m_top = dropout_masks(np.empty_like(h_top), key ^ _TOP_SALT, row0 * u, top_rate)
-    return np.dot(h_top * m_top, dense_w) + dense_b
 
 
 @njit(**_JIT)

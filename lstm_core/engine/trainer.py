@@ -24,6 +24,7 @@ from lstm_core.config import TrainingConfig
 from lstm_core.engine.process import engine_settings
 
 PARTS = 2  # each batch is cut in this many slices, run side by side on the cores
+CHUNK = 32  # rows per inference call: bounds the activations it keeps (about 8·L·T·u floats a row)
 
 
 def eligible(model: Any) -> str | None:
@@ -153,23 +154,22 @@ def _outputs(
     pool: Any, parts: int, net: _Net, X: np.ndarray, n_samples: int = 0, seed: int = 0
 ) -> np.ndarray:
     """The network's output for ``X``: deterministic (``n_samples`` 0) or ``n_samples`` Monte
-    Carlo dropout passes ``(n_samples · n, H)``, sample-major, cut in ``parts`` slices."""
-    from lstm_core.engine.kernels import predict_slice
+    Carlo dropout passes ``(n_samples · n, H)``, sample-major (row r·n + i is window i of pass
+    r, with the masks of that row in a batch of all passes), cut in ``parts`` slices."""
+    from lstm_core.engine.kernels import forward
 
     n = len(X)
-    if n_samples == 0:  # rows cut in slices
-        calls = [
-            partial(predict_slice, X[lo:hi], net.views, np.uint64(0), lo, n, 0.0, 0.0, 1)
-            for lo, hi in _slices(n, parts)
-        ]
-    else:  # samples cut in slices; each slice's rows are its samples of every window
-        key = _mask_key(seed, 2**62)  # far from training's keys (steps from 0): other masks
-        calls = [
-            partial(predict_slice, X, net.views, key, lo * n, n_samples * n, net.rate,
-                    net.top_rate, hi - lo)
-            for lo, hi in _slices(n_samples, parts)
-        ]  # fmt: skip
-    return np.concatenate(_side_by_side(pool, calls))
+    total = n * max(1, n_samples)
+    key = _mask_key(seed, 2**62)  # far from training's keys (steps from 0): other masks
+    rates = (net.rate, net.top_rate) if n_samples else (0.0, 0.0)
+
+    def rows(lo: int, hi: int) -> np.ndarray:
+        # in chunks: forward keeps every step's activations of the rows it runs
+        chunks = [range(a, min(a + CHUNK, hi)) for a in range(lo, hi, CHUNK)]
+        outs = [forward(X[np.mod(c, n)], net.views, key, c[0], total, *rates)[-1] for c in chunks]
+        return np.concatenate(outs)
+
+    return np.concatenate(_side_by_side(pool, [partial(rows, *s) for s in _slices(total, parts)]))
 
 
 def _infer(model: Any, X: np.ndarray, n_samples: int | None, seed: int = 0) -> np.ndarray:

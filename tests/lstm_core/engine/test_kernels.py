@@ -11,7 +11,7 @@ pytest.importorskip("numba")
 
 from lstm_core.engine.kernels import (  # noqa: E402
     dropout_masks,
-    predict_slice,
+    forward,
     stack_backward,
     stack_forward,
 )
@@ -79,16 +79,15 @@ def test_forward_and_bptt_equal_the_reference_layer_by_layer():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_predict_is_the_forward_passs_last_top_state(dtype):
+def test_forward_without_dropout_is_the_reference_network(dtype):
     per_layer, packed = _weights(dtype)
     x = np.random.default_rng(4).normal(size=(BATCH, STEPS, N_IN)).astype(dtype)
-    top = _top(stack_forward(x, *packed, _no_masks(dtype)))
     h = x.astype(np.float64)
     for w in per_layer:
         h = ref.forward(ref.from_keras_weights(*w), h).h
     identity = (np.eye(UNITS, dtype=dtype), np.zeros(UNITS, dtype))  # Dense passing h through
-    pred = predict_slice(x, (*packed, *identity), np.uint64(0), 0, BATCH, 0.0, 0.0, 1)
-    np.testing.assert_allclose(pred, top[:, -1], rtol=1e-5, atol=1e-6)
+    masks, _, _, m_top, pred = forward(x, (*packed, *identity), np.uint64(9), 0, BATCH, 0.0, 0.0)
+    assert (masks == 1).all() and (m_top == 1).all()
     tol = 1e-12 if dtype == np.float64 else 2e-6
     np.testing.assert_allclose(pred, h[:, -1], atol=tol)
 
@@ -118,8 +117,9 @@ def test_float32_rational_tanh_stays_within_float32_noise_of_float64():
     np.testing.assert_allclose(top32, top64, atol=2e-6)
 
 
-def test_predict_slice_with_dropout_uses_the_masks_train_slice_draws():
-    """Monte Carlo dropout: rows lo..hi of a batch get the masks of those rows in the batch."""
+def test_forward_draws_the_masks_of_its_rows_in_the_whole_batch():
+    """Rows lo..hi of a batch (a slice in training, a chunk of Monte Carlo passes in inference)
+    get the masks of those rows in the whole batch."""
     _, (kernel0, wst, bias) = _weights()
     rng = np.random.default_rng(5)
     x = rng.normal(size=(BATCH, STEPS, N_IN))
@@ -135,30 +135,14 @@ def test_predict_slice_with_dropout_uses_the_masks_train_slice_draws():
                           top_rate)  # fmt: skip
     expected = (top * m_top) @ dense_w + dense_b
     params = (kernel0, wst, bias, dense_w, dense_b)
-    whole = predict_slice(x, params, key, 0, BATCH, rate, top_rate, 1)
-    np.testing.assert_allclose(whole, expected, atol=1e-12)
+    whole = forward(x, params, key, 0, BATCH, rate, top_rate)
+    np.testing.assert_array_equal(whole[0], masks)
+    np.testing.assert_array_equal(whole[3], m_top)
+    np.testing.assert_allclose(whole[-1], expected, atol=1e-12)
     parts = [
-        predict_slice(x[lo:hi], params, key, lo, BATCH, rate, top_rate, 1)
+        forward(x[lo:hi], params, key, lo, BATCH, rate, top_rate)[-1]
         for lo, hi in ((0, 1), (1, BATCH))
     ]
     np.testing.assert_allclose(np.concatenate(parts), expected, atol=1e-12)
-    plain = predict_slice(x, params, key, 0, BATCH, 0.0, 0.0, 1)
+    plain = forward(x, params, key, 0, BATCH, 0.0, 0.0)[-1]
     assert np.abs(plain - expected).max() > 1e-3  # dropout did change the output
-
-
-@pytest.mark.parametrize("layers", [1, 3])
-def test_repeats_run_layer_zero_once_and_give_the_tiled_batchs_output(layers):
-    _, (kernel0, wst, bias) = _weights()
-    wst, bias = wst[:layers], bias[:layers]
-    rng = np.random.default_rng(6)
-    x = rng.normal(size=(BATCH, STEPS, N_IN))
-    dense_w, dense_b = rng.normal(size=(UNITS, 1)), rng.normal(size=1)
-    key, total = np.uint64(3), 4 * BATCH
-    tiled = np.concatenate([x] * 4)
-    # repeats 2 and 3 of 4: rows 2·BATCH .. 4·BATCH of the tiled batch
-    params = (kernel0, wst, bias, dense_w, dense_b)
-    want = predict_slice(tiled[2 * BATCH :], params, key, 2 * BATCH, total, 0.3, 0.2, 1)
-    got = predict_slice(x, params, key, 2 * BATCH, total, 0.3, 0.2, 2)
-    np.testing.assert_allclose(got, want, atol=1e-12)
-    if layers > 1:
-        assert np.abs(got[:BATCH] - got[BATCH:]).max() > 1e-6  # each repeat its own masks

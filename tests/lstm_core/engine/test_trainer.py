@@ -6,7 +6,8 @@ import pytest
 
 from lstm_core import engine
 from lstm_core.config import ModelConfig, TrainingConfig
-from lstm_core.engine.kernels import adam_update, dropout_masks, train_slice
+from lstm_core.engine import trainer
+from lstm_core.engine.kernels import adam_update, dropout_masks, forward, train_slice
 from lstm_core.engine.trainer import _Net
 from lstm_core.model import build_model
 from lstm_core.train import train_model
@@ -246,3 +247,19 @@ def test_mc_dropout_samples_are_reproducible_draws_around_the_deterministic_outp
     np.testing.assert_allclose(
         engine.mc_dropout_samples(no_dropout, X, 3)[2], engine.predict(no_dropout, X), atol=1e-6
     )
+
+
+def test_inference_in_chunks_gives_the_outputs_of_one_whole_batch(monkeypatch):
+    """Monte Carlo passes are one batch of all passes (row r·n + i is window i of pass r), cut
+    in slices and chunks; a chunk smaller than a slice changes no output."""
+    model = _model(dropout=0.3, layers=3)
+    X, _ = _xy(n=11)
+    net = _Net.of(model)
+    key = trainer._mask_key(1, 2**62)
+    whole = forward(np.concatenate([X] * 6), net.views, key, 0, 66, net.rate, net.top_rate)[-1]
+    plain = forward(X, net.views, key, 0, 11, 0.0, 0.0)[-1]
+    monkeypatch.setattr(trainer, "CHUNK", 4)
+    np.testing.assert_allclose(
+        engine.mc_dropout_samples(model, X, 6, seed=1), whole.reshape(6, 11, HORIZON), atol=1e-6
+    )
+    np.testing.assert_allclose(engine.predict(model, X), plain, atol=1e-6)
