@@ -17,9 +17,10 @@ import sys, time
 sys.path.insert(0, {root!r})
 from pipelines.serve import exit_after_interrupt
 exit_after_interrupt(grace={grace})
-print("ready", flush=True)
 while True:
     try:
+        # inside the try: an interrupt that lands while "ready" is written is caught too
+        print("ready", flush=True)
         time.sleep(60)
     except KeyboardInterrupt:
         if not {swallow}:
