@@ -68,15 +68,14 @@ def mc_dropout_samples(
 
     if engine.eligible(model) is None:
         return engine.mc_dropout_samples(model, X, n_samples, 0 if seed is None else seed)
-    import keras
+    from lstm_core.model import global_seed
 
-    if seed is not None:
-        keras.utils.set_random_seed(seed)
     rows = np.ascontiguousarray(np.tile(X, (n_samples, 1, 1)), dtype=np.float32)  # one per pass
-    out = [
-        np.asarray(model(rows[i : i + batch_size], training=True))  # type: ignore[operator]
-        for i in range(0, len(rows), batch_size)
-    ]
+    with global_seed(seed):
+        out = [
+            np.asarray(model(rows[i : i + batch_size], training=True))  # type: ignore[operator]
+            for i in range(0, len(rows), batch_size)
+        ]
     return np.concatenate(out).reshape(n_samples, len(X), -1)
 
 

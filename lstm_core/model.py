@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from typing import Any, get_args
 
 import numpy as np
@@ -9,6 +12,21 @@ import numpy as np
 from lstm_core.config import ModelConfig
 
 BACKENDS = get_args(ModelConfig.model_fields["backend"].annotation)  # fast, keras
+# Keras draws initial weights and Dropout seeds from process-global RNGs: tickers trained in
+# threads of one process take turns, so each network gets the weights it would get built alone.
+_GLOBAL_RNG = threading.Lock()
+
+
+@contextlib.contextmanager
+def global_seed(seed: int | None) -> Iterator[None]:
+    """Keras' (and NumPy's, Python's) global RNGs seeded with ``seed`` (None: as they are), for
+    this thread alone while inside."""
+    import keras
+
+    with _GLOBAL_RNG:
+        if seed is not None:
+            keras.utils.set_random_seed(seed)
+        yield
 
 
 def build_model(
@@ -24,14 +42,13 @@ def build_model(
     """
     import keras
 
-    if seed is not None:
-        keras.utils.set_random_seed(seed)
-    model = keras.Sequential(name="lstm_forecaster")
-    model.add(keras.Input(shape=(lookback, n_features)))
-    for i in range(model_cfg.layers):  # every LSTM but the last hands its sequence to the next
-        model.add(keras.layers.LSTM(model_cfg.units, return_sequences=i < model_cfg.layers - 1))
-        model.add(keras.layers.Dropout(model_cfg.dropout))
-    model.add(keras.layers.Dense(horizon))
+    with global_seed(seed):
+        model = keras.Sequential(name="lstm_forecaster")
+        model.add(keras.Input(shape=(lookback, n_features)))
+        for i in range(model_cfg.layers):  # every LSTM but the last hands its sequence on
+            model.add(keras.layers.LSTM(model_cfg.units, return_sequences=i < model_cfg.layers - 1))
+            model.add(keras.layers.Dropout(model_cfg.dropout))
+        model.add(keras.layers.Dense(horizon))
     model.compile(
         optimizer=keras.optimizers.Adam(model_cfg.learning_rate), loss="mean_squared_error"
     )

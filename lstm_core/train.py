@@ -12,7 +12,7 @@ import numpy as np
 from lstm_core import engine
 from lstm_core.config import ModelConfig, TrainingConfig
 from lstm_core.data import SplitWindows
-from lstm_core.model import build_model
+from lstm_core.model import build_model, global_seed
 
 
 class TrainingDivergedError(RuntimeError):
@@ -95,7 +95,6 @@ def train_model(
     has_val = X_val is not None and y_val is not None and len(X_val) > 0
     if cfg.epochs == 0:
         return TrainResult(model=model, history={"loss": [], "val_loss": []})
-    keras.utils.set_random_seed(cfg.seed)
     guard, early = _divergence_guard(), None
     if cfg.early_stopping_patience > 0:
         monitor, patience = "val_loss" if has_val else "loss", cfg.early_stopping_patience
@@ -104,11 +103,12 @@ def train_model(
     if backend == "fast":
         history, _ = engine.fit(model, X_train, y_train, X_val, y_val, cfg, all_callbacks)
     else:
-        train_ds = _dataset(X_train, y_train, cfg.batch_size, cfg.shuffle, cfg.seed, repeat=True)
-        val_ds = _dataset(X_val, y_val, cfg.batch_size, False, cfg.seed) if has_val else None
+        with global_seed(cfg.seed):  # tf.data's shuffle combines its seed with the global one
+            ds = _dataset(X_train, y_train, cfg.batch_size, cfg.shuffle, cfg.seed, repeat=True)
+            val_ds = _dataset(X_val, y_val, cfg.batch_size, False, cfg.seed) if has_val else None
         steps = math.ceil(len(X_train) / cfg.batch_size)
         # shuffle=False: the tf.data pipeline already shuffles (seeded)
-        fitted = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, shuffle=False,
+        fitted = model.fit(ds, validation_data=val_ds, epochs=cfg.epochs, shuffle=False,
                            steps_per_epoch=steps, callbacks=all_callbacks, verbose=0)  # fmt: skip
         history = fitted.history
     if guard.bad is not None:

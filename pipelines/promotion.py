@@ -21,6 +21,7 @@ from pipelines.errors import PipelineError
 from pipelines.fsio import file_lock
 
 log = logging.getLogger("pipelines")
+TIE = 1e-5  # relative: a challenger must win by more than this (or min_improvement, if larger)
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,9 @@ def decide(
             True,
             f"promoted: champion's {metric} on the same window is {champion_score}",
         )
-    threshold = champion_score * (1.0 - policy.min_improvement)
+    # Within TIE of each other two scores are equal: the champion is re-scored through Keras, the
+    # challenger through the engine, and float32 alone moves an identical model's score by ~1e-9.
+    threshold = champion_score * (1.0 - max(policy.min_improvement, TIE))
     if challenger_score < threshold:
         return verdict(
             True,
@@ -92,7 +95,7 @@ def decide(
         False,
         f"refused: {metric} {challenger_score:.6g} does not beat champion's "
         f"{champion_score:.6g} on the same test window"
-        + (f" by {policy.min_improvement:.1%}" if policy.min_improvement else ""),
+        + (f" by {policy.min_improvement:.1%}" if policy.min_improvement > TIE else ""),
     )
 
 

@@ -86,3 +86,24 @@ def test_a_model_trained_by_the_engine_saves_as_plain_keras_loadable_without_the
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "['keras']"
     np.testing.assert_allclose(np.load(out), np.asarray(model(x, training=False)), atol=1e-6)
+
+
+def test_networks_built_in_threads_get_the_weights_of_a_build_alone():
+    """Tickers train in threads of one process: Keras' global RNGs must not mix their builds."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg = ModelConfig(layers=2, units=8)
+    alone = {seed: build_model(cfg, 10, 1, 1, seed=seed).get_weights() for seed in (7, 8)}
+    barrier = threading.Barrier(4)
+
+    def build(seed: int) -> list:
+        barrier.wait()  # all four builds start together
+        return build_model(cfg, 10, 1, 1, seed=seed).get_weights()
+
+    seeds = [7, 8, 7, 8]
+    with ThreadPoolExecutor(len(seeds)) as pool:
+        built = list(pool.map(build, seeds))
+    for seed, weights in zip(seeds, built, strict=True):
+        for want, got in zip(alone[seed], weights, strict=True):
+            np.testing.assert_array_equal(got, want)

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipelines.config import PromotionPolicy
-from pipelines.promotion import Decision, decide
+from pipelines.promotion import TIE, Decision, decide
 
 POLICY = PromotionPolicy(metric="test_rmse", min_improvement=0.0, max_worse_than_naive=0.1)
 anything = st.one_of(
@@ -24,6 +24,14 @@ def test_better_challenger_wins_worse_is_refused():
     assert decide(POLICY, 0.9, 0.9, 1.0, 0.95).promote
     refused = decide(POLICY, 0.97, 0.97, 1.0, 0.95)
     assert not refused.promote and "does not beat" in refused.reason
+
+
+def test_a_tie_keeps_the_champion():
+    """An identical model re-scored through another inference path differs in the 9th digit."""
+    champion, same = 0.6764475591385121, 0.6764475582771339
+    tie = decide(POLICY, same, same, 1.0, champion)
+    assert not tie.promote and "does not beat" in tie.reason
+    assert decide(POLICY, champion * (1 - 2 * TIE), 0.6, 1.0, champion).promote
 
 
 def test_guard_against_the_naive_forecast():
@@ -46,7 +54,7 @@ def test_promotion_happens_exactly_when_the_policy_says(challenger, naive, champ
     if champion is None or (guards and not math.isfinite(champion)):
         expected = guards
     else:
-        expected = guards and challenger < champion * (1 - margin)
+        expected = guards and challenger < champion * (1 - max(margin, TIE))
     assert d.promote == expected
     assert d.reason.startswith("promoted" if expected else "refused")
 
