@@ -166,6 +166,8 @@ class PriceStore:
             meta = pq.read_schema(path).metadata or {}
         except FileNotFoundError:
             return None
+        except (pa.ArrowException, OSError) as exc:
+            raise _damaged(path, exc) from None
         raw = meta.get(MANIFEST_KEY)
         if raw is None:
             raise PipelineError(f"{path}: no manifest in the Parquet metadata (not written by us?)")
@@ -191,6 +193,8 @@ class PriceStore:
             raise UnknownTickerError(
                 f"ticker {ticker!r} is not in the store {self.root} (stored: {known})"
             ) from None
+        except (pa.ArrowException, OSError) as exc:
+            raise _damaged(path, exc) from None
 
     def load(self, ticker: str) -> pd.DataFrame:
         """Columns date (datetime64[ns]), open, high, low, close, volume[, amount], sorted by date.
@@ -345,7 +349,7 @@ class PriceStore:
         if before is None:
             merged, added, replaced, unchanged = new, new.num_rows, 0, 0
         else:
-            old = pq.read_table(self.path(ticker), schema=STORE_SCHEMA)
+            old = self.read_table(ticker)
             merged, added, replaced, unchanged = self._combine(
                 parsed, ticker, old, new, rows, replace
             )
@@ -435,6 +439,13 @@ class PriceStore:
                     d.unlink()
                     fixed.append(d.parent.name[len("ticker=") :])
         return fixed
+
+
+def _damaged(path: Path, exc: Exception) -> PipelineError:
+    return PipelineError(
+        f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]}); restore it from a "
+        "backup, or delete its folder and ingest the ticker's files again"
+    )
 
 
 def describe(report: MergeReport) -> str:

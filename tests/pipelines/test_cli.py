@@ -45,6 +45,22 @@ def test_bad_input_is_one_line_exit_2_and_store_unchanged(tiny_project, capsys):
     assert tree_bytes(store) == before
 
 
+def test_a_damaged_store_file_is_one_line_exit_2_and_left_as_it_was(tiny_project, capsys):
+    cfg = str(tiny_project / "mlflow.yaml")
+    src = str(tiny_project / "prices" / "TEST.csv")
+    main(["ingest", src, "--config", cfg])
+    data = tiny_project / "data" / "store" / "ticker=TEST" / "data.parquet"
+    data.write_bytes(data.read_bytes()[:300])  # a copy cut short
+    before = tree_bytes(data.parent)
+    capsys.readouterr()
+    for command in (["ingest", src], ["status"], ["run", "--ticker", "TEST"]):
+        assert main([*command, "--config", cfg]) == 2, command
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, (command, err)
+        assert str(data) in err and "not a readable Parquet file" in err
+    assert tree_bytes(data.parent) == before
+
+
 def test_unknown_config_key_exit_2_names_key(tiny_project, capsys):
     cfg = str(tiny_project / "mlflow.yaml")
     assert main(["ingest", "x.csv", "--config", cfg, "--set", "training.epoch=3"]) == 2
