@@ -6,9 +6,10 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from pipelines.config import CONFIG_ENV, Settings, find_config, load_settings
-from pipelines.errors import PipelineError
+from pipelines.errors import PipelineError, is_user_error
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -402,19 +403,23 @@ COMMANDS = {
 }
 
 
-def _is_data_error(exc: Exception) -> bool:
-    """Errors the core raises for unusable data: reported like bad input, no traceback."""
-    from lstm_core.data import DataError
-    from lstm_core.train import TrainingDivergedError
+class _Stderr(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a line is logged (main may run again, redirected)."""
 
-    return isinstance(exc, DataError | TrainingDivergedError)
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
 
 
 def _progress_logging() -> None:
     # Step and epoch progress on stderr; Prefect's own chatter stays at WARNING.
     logger = logging.getLogger("pipelines")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
@@ -430,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:
-        if not _is_data_error(exc):
+        if not is_user_error(exc):
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2

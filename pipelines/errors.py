@@ -42,3 +42,12 @@ class ConfigError(PipelineError):
         self.key = key
         self.problem = problem
         super().__init__(f"{self.path}: {key}: {problem}")
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Errors the user can act on (bad input, configuration, unusable data, a server that does
+    not answer): reported in one line, exit code 2, no traceback."""
+    from lstm_core.data import DataError
+    from lstm_core.train import TrainingDivergedError
+
+    return isinstance(exc, PipelineError | DataError | TrainingDivergedError)

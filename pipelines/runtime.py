@@ -71,9 +71,41 @@ def configure_environment(settings: Settings) -> None:
     quiet_loggers()
 
 
+class _NoUserErrors(logging.Filter):
+    """Drops Prefect's ERROR records (with tracebacks) of a flow or task that ended in a user
+    error: the CLI prints that error once, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from pipelines.errors import is_user_error
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            return not is_user_error(exc)
+        # "Finished in state Failed('Task run encountered an exception InputError: ...')"
+        named = re.search(r"exception (\w+):|: (\w+)\(", record.getMessage())
+        return named is None or next(n for n in named.groups() if n) not in _user_error_names()
+
+
+def _user_error_names() -> set[str]:
+    from lstm_core.data import DataError
+    from lstm_core.train import TrainingDivergedError
+    from pipelines.errors import PipelineError
+
+    todo, names = [PipelineError, DataError, TrainingDivergedError], set()
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return names
+
+
 def quiet_loggers() -> None:
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoUserErrors) for f in logger.filters):
+            logger.addFilter(_NoUserErrors())
 
 
 @contextlib.contextmanager

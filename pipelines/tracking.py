@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from pipelines.config import Settings, resolve_tracking_uri
+from pipelines.errors import PipelineError
 from pipelines.retries import note_retry
 
 if TYPE_CHECKING:
@@ -50,11 +51,32 @@ def _client():
     return MlflowClient()
 
 
+def _require_server(uri: str) -> None:
+    """One quick request to the server's /health: a server that is down is one line, not
+    MLflow's retries with backoff and then a traceback."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered: whatever the status, MLflow's own calls say what is wrong
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise PipelineError(
+            f"tracking server {uri} does not answer ({reason}): start it, or point "
+            "tracking.uri (mlflow.yaml) or MLFLOW_TRACKING_URI at one that does"
+        ) from None
+
+
 def connect(settings: Settings) -> str:
     """Point MLflow at the configured tracking URI and make sure the experiment exists."""
     import mlflow
 
     uri = resolve_tracking_uri(settings)
+    if uri.startswith(("http://", "https://")):
+        _require_server(uri)
     # MLflow also exports the URI to this process's environment, where the next
     # load_settings() would take it for the user's MLFLOW_TRACKING_URI: keep the user's.
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}

@@ -61,6 +61,25 @@ def test_a_damaged_store_file_is_one_line_exit_2_and_left_as_it_was(tiny_project
     assert tree_bytes(data.parent) == before
 
 
+def test_a_tracking_server_that_does_not_answer_is_one_line_exit_2(tiny_project, capsys):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    cfg = str(tiny_project / "mlflow.yaml")
+    main(["ingest", str(tiny_project / "prices" / "TEST.csv"), "--config", cfg])
+    capsys.readouterr()
+    for command in (["status"], ["score"], ["run", "--ticker", "TEST"]):
+        assert main([*command, "--config", cfg, "--set", f"tracking.uri={uri}"]) == 2, command
+        err = capsys.readouterr().err.strip().splitlines()
+        errors = [line for line in err if "error" in line.lower()]
+        assert errors == [f"error: tracking server {uri} does not answer ([Errno 111] "
+                          "Connection refused): start it, or point tracking.uri (mlflow.yaml) or "
+                          "MLFLOW_TRACKING_URI at one that does"], (command, err)  # fmt: skip
+        assert not any("Traceback" in line for line in err)
+
+
 def test_unknown_config_key_exit_2_names_key(tiny_project, capsys):
     cfg = str(tiny_project / "mlflow.yaml")
     assert main(["ingest", "x.csv", "--config", cfg, "--set", "training.epoch=3"]) == 2
