@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--ticker", required=True)
     p.add_argument("--version", required=True)
-    p.add_argument("--reason", default="manual promotion")
+    p.add_argument("--reason", default=None, help="why, recorded with the decision")
 
     p = sub.add_parser("rollback", help="restore the previous champion")
     _common(p)

@@ -259,10 +259,9 @@ def status(settings: Settings) -> list[dict[str, Any]]:
         decision = None
         if latest is not None and latest.tags.get(tracking.TAG_REASON):
             promoted = latest.tags.get(tracking.TAG_PROMOTED) == "true"
-            decision = (
-                f"v{latest.version} {'promoted' if promoted else 'refused'}: "
-                f"{latest.tags[tracking.TAG_REASON]}"
-            )
+            why = latest.tags[tracking.TAG_REASON]  # "promoted: ...", or a hand-made reason
+            why = why.removeprefix("promoted: ").removeprefix("refused: ")
+            decision = f"v{latest.version} {'promoted' if promoted else 'refused'}: {why}"
         row: dict[str, Any] = {
             "ticker": ticker,
             "champion": f"v{current.version}" if current else None,

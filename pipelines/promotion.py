@@ -268,13 +268,13 @@ def _own_scores(name: str, version: str, why: str) -> Decision:
     return Decision(True, why, score, None, "test_rmse", m.get("naive_rmse"), by_hand=True)
 
 
-def manual_promote(settings: Settings, ticker: str, version: str, reason: str) -> str:
+def manual_promote(settings: Settings, ticker: str, version: str, reason: str | None) -> str:
     name = _registered(settings, ticker)
     known = {v.version for v in tracking.versions(name)}
     if str(version) not in known:
         raise PipelineError(f"{name} has no version {version} (versions: {sorted(known, key=int)})")
     alias = settings.registry.alias
-    why = f"manual promotion: {reason}"
+    why = f"manual promotion: {reason}" if reason else "manual promotion"
     with file_lock(settings.path(".locks") / f"promote-{name}.lock"):
         _record(name, str(version), _own_scores(name, str(version), why))
         previous = _set_champion(name, alias, ticker, str(version), why)

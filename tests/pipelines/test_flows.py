@@ -104,6 +104,7 @@ def test_demo_command_trains_then_retrains_on_held_back_days(tiny_project, capsy
     assert "== 1. training flow" in out and "version 1: CHAMPION" in out
     assert "20 days ingested; forecast log: 63 rows" in out  # 3 + 20 forecasts of 3 days
     assert "live RMSE / naive (20d)" in out and "TEST last decision" in out
+    assert "promoted: promoted" not in out and "refused: refused" not in out
     assert "gained 20 row(s) since v1" in out and "version 2:" in out
     assert "nothing changed" in out
 
