@@ -400,7 +400,7 @@ class PriceStore:
             raise InputError(
                 parsed.path,
                 f"{ticker} {_to_date(common[j])}: {k} {_fmt(new_v)} differs from the stored "
-                f"value {_fmt(old_v)} (pass replace=True to overwrite)",
+                f"value {_fmt(old_v)} (ingest --replace overwrites stored days)",
                 line=line,
                 column=parsed.source_columns.get(k, k),
             )

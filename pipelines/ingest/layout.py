@@ -96,11 +96,16 @@ def detect(
     elif "date" in norm:
         layout, spec = "yahoo", _YAHOO
     else:
+        found = ", ".join(h for h in header if h)
+        other_separator = next((sep for sep in (";", "\t", "|") if sep in found), None)
+        hint = (
+            f"the header holds {other_separator!r}: save the file comma-separated"
+            if other_separator
+            else "map other layouts with data.column_map in mlflow.yaml"
+        )
         raise InputError(
             path,
-            "missing date column: expected 日期, trade_date or Date (found: "
-            + ", ".join(h for h in header if h)
-            + "); pass column_map for other layouts",
+            f"missing date column: expected 日期, trade_date or Date (found: {found}); {hint}",
             line=1,
         )
     cols = {}

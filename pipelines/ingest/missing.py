@@ -42,7 +42,8 @@ def handle_missing(
         col = next(k for k, m in nulls.items() if m[i])
         raise InputError(
             path,
-            f"missing {col} value (pass missing='drop' or 'ffill' to accept)",
+            f"missing {col} value (set data.missing to drop or ffill to accept: mlflow.yaml, or "
+            "--set data.missing=drop)",
             line=line_of(path, i),
             column=cols[col],
         )

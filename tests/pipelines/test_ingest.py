@@ -139,7 +139,9 @@ def test_column_map_layout(tmp_path: Path) -> None:
 
 def test_unknown_layout_needs_column_map(tmp_path: Path) -> None:
     e = err(write(tmp_path, "x.csv", "Day,O,H,L,C\n2020-01-02,1,2,0.5,1.5\n"))
-    assert e.line == 1 and "column_map" in e.problem
+    assert e.line == 1 and "data.column_map" in e.problem
+    semicolons = err(write(tmp_path, "y.csv", "Date;Open;High;Low;Close\n2020-01-02;1;2;0.5;1.5\n"))
+    assert "the header holds ';': save the file comma-separated" in semicolons.problem
 
 
 def test_multi_ticker_file(tmp_path: Path) -> None:

@@ -114,7 +114,7 @@ def test_conflict_is_an_error_unless_replace(tmp_path: Path) -> None:
     e = ei.value
     assert e.line == 3 and e.column == "Close" and e.path == str(p)
     assert "14.25" in e.problem and "14.5" in e.problem and "2020-01-05" in e.problem
-    assert "replace=True" in e.problem and "\n" not in str(e)
+    assert "--replace" in e.problem and "\n" not in str(e)
     assert tree_bytes(tmp_path / "store") == snap  # the new day 2020-01-06 was not added either
 
     rep = store.merge(read_price_file(p), replace=True)
