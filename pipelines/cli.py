@@ -268,7 +268,9 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     with fan_out(settings, retraining_flow) as flow:
         summary = flow(settings=settings)
     print(summary.render())
-    return 0 if summary.ok else 1
+    if not summary.ok:
+        return 1
+    return 2 if summary.rejected else 0  # bad input, moved aside: the rest still ran
 
 
 def _cmd_forecast(args: argparse.Namespace) -> int:

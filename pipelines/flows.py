@@ -61,6 +61,7 @@ class Summary:
     settings: Settings
     results: list[TickerResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)  # incoming files that were bad input
 
     @property
     def ok(self) -> bool:
@@ -431,6 +432,7 @@ def retraining_flow(
             dst = _move(path, settings.path(settings.data.rejected))
             dst.with_name(dst.name + ".error.txt").write_text(f"{exc}\n", encoding="utf-8")
             summary.notes.append(f"rejected {path.name}: {exc}")
+            summary.rejected.append(path.name)
             continue
         # Only once the rows are safely in the store does the file leave the incoming folder.
         _move(path, settings.path(settings.data.archive))

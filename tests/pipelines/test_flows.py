@@ -26,6 +26,20 @@ def test_training_registers_a_champion(trained_tiny):
     assert "MLflow UI" in summary.render()
 
 
+def test_retrain_with_a_rejected_file_exits_2_and_says_why(trained_settings, capsys):
+    from pipelines.cli import main
+
+    project = trained_settings.base_dir
+    bad = price_frame(130).iloc[120:].copy()
+    bad.loc[bad.index[2], "Open"] = -1.0
+    write_prices(project / "data" / "incoming" / "TEST.csv", bad)
+    capsys.readouterr()
+    assert main(["retrain", "--config", str(project / "mlflow.yaml")]) == 2
+    out, err = capsys.readouterr()
+    assert "rejected TEST.csv:" in out and "line 4" in out
+    assert "ERROR" not in err and "Traceback" not in err
+
+
 def test_retraining_trains_only_on_new_rows_and_rejects_bad_files(trained_settings):
     from pipelines import tracking
     from pipelines.flows import retraining_flow
