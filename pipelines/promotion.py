@@ -276,6 +276,9 @@ def manual_promote(settings: Settings, ticker: str, version: str, reason: str | 
     alias = settings.registry.alias
     why = f"manual promotion: {reason}" if reason else "manual promotion"
     with file_lock(settings.path(".locks") / f"promote-{name}.lock"):
+        current = tracking.champion(name, alias)
+        if current is not None and current.version == str(version):
+            return f"{name}: version {version} is already {alias} (nothing changed)"
         _record(name, str(version), _own_scores(name, str(version), why))
         previous = _set_champion(name, alias, ticker, str(version), why)
     return f"{name}: version {version} is now {alias} (was {previous or 'none'})"

@@ -264,6 +264,10 @@ def test_promotion_by_alias_refusal_manual_promote_and_rollback(trained, client,
     manual_promote(settings, "TEST", worse, "test")
     assert tracking.champion(MODEL, "champion").version == worse
     assert "manual" in tracking.get_version(MODEL, worse).tags[tracking.TAG_REASON]
+    tags = tracking.get_version(MODEL, worse).tags
+    again = manual_promote(settings, "TEST", worse, None)  # already champion: nothing changes
+    assert again.endswith(f"version {worse} is already champion (nothing changed)")
+    assert tracking.get_version(MODEL, worse).tags == tags
     text = client.get_model_version(MODEL, worse).description
     assert text.startswith("Champion by hand (manual promotion: test): its test_rmse ")
     rollback(settings, "TEST")
