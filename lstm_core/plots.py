@@ -59,7 +59,8 @@ def plot_loss(history: dict[str, list[float]], ticker: str) -> Figure:
             ax.plot(np.arange(1, len(values) + 1), values, marker="o", markersize=3, label=label)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.grid(alpha=0.3)
-    ax.legend(loc="best")
+    if ax.lines:  # no epochs run (training.epochs 0): nothing to label
+        ax.legend(loc="best")
     return fig
 
 

@@ -12,6 +12,7 @@ import re
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,6 +67,9 @@ def configure_environment(settings: Settings) -> None:
     for key, value in _DEFAULTS.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("PREFECT_HOME", str(Path(settings.base_dir) / ".prefect"))
+    # A ticker such as 平安银行 in a plot title: without a CJK font installed matplotlib draws
+    # boxes and warns once per glyph, on the console, in the middle of the run's progress.
+    warnings.filterwarnings("ignore", r"Glyph \d+ .* missing from font", UserWarning)
     if settings.runtime.prefect_api_url:
         os.environ["PREFECT_API_URL"] = settings.runtime.prefect_api_url
     quiet_loggers()

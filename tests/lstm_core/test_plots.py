@@ -58,3 +58,14 @@ def test_figures_render_with_labels():
     assert "price" in figs[3].axes[0].get_ylabel()
     # both interval levels are shaded
     assert len(figs[0].axes[0].collections) == 2
+
+
+def test_loss_plot_without_epochs_draws_no_empty_legend():
+    import warnings
+
+    from lstm_core.plots import plot_loss
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns about a legend with no labels
+        fig = plot_loss({"loss": [], "val_loss": []}, "TEST")
+    assert fig.axes[0].get_legend() is None
