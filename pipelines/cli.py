@@ -50,11 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="the main job: the training flow end to end",
         description="run FILE... ingests the files, then trains the tickers they hold; "
-        "run --ticker T trains the stored ticker T; run alone ingests data.sources and trains.",
+        "run --ticker T [--ticker U ...] trains stored tickers; run alone ingests data.sources "
+        "and trains.",
     )
     _common(p)
     p.add_argument("files", nargs="*", type=Path, help="price CSVs to ingest first")
-    p.add_argument("--ticker", default=None, help="with FILEs: their ticker; alone: a stored one")
+    p.add_argument(
+        "--ticker", action="append", default=[], dest="tickers",
+        help="with FILEs: their one ticker; alone: a stored one (repeatable)",
+    )  # fmt: skip
 
     p = sub.add_parser("retrain", help="ingest new files from data.incoming and retrain")
     _common(p)
@@ -238,14 +242,17 @@ def _configured_sources(
 
 def _cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    ticker = _checked_ticker(args.ticker)
+    tickers = list(dict.fromkeys(_checked_ticker(t) for t in args.tickers))
     files = [str(f) for f in args.files]
+    if files and len(tickers) > 1:
+        raise PipelineError("with FILEs, --ticker names the one ticker they hold: give it once")
     if files:  # run FILE... [--ticker T]: ingest, then train what the files hold
+        ticker = tickers[0] if tickers else None
         _preflight_run(settings, args.config_path, files, ticker)
         params = {"files": files, "ticker": ticker}
-    elif ticker:  # run --ticker T: train the stored ticker
-        _preflight_run(settings, args.config_path, [], None, stored=(ticker,))
-        params = {"tickers": [ticker]}
+    elif tickers:  # run --ticker T [--ticker U ...]: train stored tickers
+        _preflight_run(settings, args.config_path, [], None, stored=tuple(tickers))
+        params = {"tickers": tickers}
     else:  # run: the configured sources
         sources = _configured_sources(settings, args.config_path, "run FILE...", "run --ticker T")
         _preflight_run(settings, args.config_path, sources, settings.data.ticker)

@@ -80,6 +80,18 @@ def test_a_tracking_server_that_does_not_answer_is_one_line_exit_2(tiny_project,
         assert not any("Traceback" in line for line in err)
 
 
+def test_run_trains_every_ticker_named(tiny_project, capsys):
+    cfg = str(tiny_project / "mlflow.yaml")
+    src = str(tiny_project / "prices" / "TEST.csv")
+    for ticker in ("AAA", "BBB"):
+        assert main(["ingest", src, "--ticker", ticker, "--config", cfg]) == 0
+    assert main(["run", src, "--ticker", "AAA", "--ticker", "BBB", "--config", cfg]) == 2
+    assert "give it once" in capsys.readouterr().err
+    assert main(["run", "--ticker", "AAA", "--ticker", "BBB", "--config", cfg]) == 0
+    out = capsys.readouterr().out
+    assert "registered test-AAA version 1" in out and "registered test-BBB version 1" in out
+
+
 def test_unknown_config_key_exit_2_names_key(tiny_project, capsys):
     cfg = str(tiny_project / "mlflow.yaml")
     assert main(["ingest", "x.csv", "--config", cfg, "--set", "training.epoch=3"]) == 2
