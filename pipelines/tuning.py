@@ -314,8 +314,13 @@ def _enqueue_default(study: Any, settings: Settings) -> None:
     """A new study tries the configured settings first: the baseline the search must beat."""
     values = current_values(settings)
     space = settings.tuning.space
-    if all(contains(values[k], space[k], is_int(k)) for k in space):
-        study.enqueue_trial(values, user_attrs={"baseline": True})
+    outside = [f"{k} {values[k]!r}" for k in space if not contains(values[k], space[k], is_int(k))]
+    if outside:
+        log.info(
+            "no baseline trial: the configured %s lie(s) outside tuning.space", ", ".join(outside)
+        )
+        return
+    study.enqueue_trial(values, user_attrs={"baseline": True})
 
 
 def run_study(

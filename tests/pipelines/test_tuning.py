@@ -291,3 +291,24 @@ def test_tune_bad_arguments_exit_2_in_one_line(tmp_path, capsys, args, needle):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err
     assert not (tmp_path / ".optuna").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_configured_values_outside_the_space_are_said_not_silently_skipped(tiny_project, caplog):
+    import logging
+
+    import optuna
+
+    from pipelines.config import load_settings
+    from pipelines.tuning import _enqueue_default
+
+    settings = load_settings(tiny_project / "mlflow.yaml", ["model.units=4"], env={})
+    study = optuna.create_study()
+    logger = logging.getLogger("pipelines")  # the CLI's main() stops it propagating
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="pipelines"):
+            _enqueue_default(study, settings)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert study.trials == []
+    assert "no baseline trial" in caplog.text and "model.units 4" in caplog.text
