@@ -52,6 +52,56 @@ def test_unknown_config_key_exit_2_names_key(tiny_project, capsys):
     assert "training.epoch" in err and "mlflow.yaml" in err
 
 
+@pytest.mark.parametrize(
+    ("command", "setting", "key"),
+    [
+        ("status", "schedule.cron=61 25 * * 1-5", "schedule.cron"),
+        ("status", "schedule.timezone=Mars/Olympus", "schedule.timezone"),
+        ("status", "tuning.cron=0 3 * * 8", "tuning.cron"),
+        ("status", "tracking.uri=foo://bar", "tracking.uri"),
+        ("ingest", "training.epochs=true", "training.epochs"),
+        ("ingest", "monitoring.window_days=yes", "monitoring.window_days"),
+    ],
+)
+def test_a_setting_nothing_can_use_is_one_line_exit_2(tiny_project, capsys, command, setting, key):
+    cfg = str(tiny_project / "mlflow.yaml")
+    before = sorted(p.name for p in tiny_project.iterdir())
+    args = [str(tiny_project / "prices" / "TEST.csv")] if command == "ingest" else []
+    assert main([command, *args, "--config", cfg, "--set", setting]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: {cfg}: {key}: "), err
+    assert sorted(p.name for p in tiny_project.iterdir()) == before  # no store, no mlflow.db
+
+
+def test_run_refuses_a_bad_schedule_before_it_trains(tiny_project, capsys):
+    cfg = str(tiny_project / "mlflow.yaml")
+    assert main(["ingest", str(tiny_project / "prices" / "TEST.csv"), "--config", cfg]) == 0
+    before = sorted(p.name for p in tiny_project.iterdir())
+    capsys.readouterr()
+    code = main(["run", "--ticker", "TEST", "--config", cfg, "--set", "schedule.cron=61 25 * * *"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == f"error: {cfg}: schedule.cron: '61 25 * * *' is not a valid cron expression: Bad minute"
+    )
+    assert sorted(p.name for p in tiny_project.iterdir()) == before  # no mlflow.db, no .prefect
+
+
+def test_a_key_twice_in_the_config_is_one_line_exit_2(tiny_project, capsys):
+    cfg = tiny_project / "mlflow.yaml"
+    lines = cfg.read_text(encoding="utf-8").splitlines()
+    first, again = lines.index("training:") + 1, len(lines) + 1
+    cfg.write_text("\n".join([*lines, "training:", "  epochs: 5", ""]), encoding="utf-8")
+    assert main(["ingest", str(tiny_project / "prices" / "TEST.csv"), "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: {cfg}: training: given twice, on line {first} and line {again}: keep one of them"
+    )
+    assert not (tiny_project / "data").exists()
+
+
 def test_python_dash_m_entry_point():
     out = subprocess.run(
         [sys.executable, "-m", "pipelines", "--help"], capture_output=True, text=True, check=True
