@@ -9,6 +9,7 @@ environment win over the file.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import types
@@ -484,16 +485,36 @@ def template_text() -> str:
 def init_project(folder: str | Path) -> list[Path]:
     """Write the default mlflow.yaml and the empty data folders it names into `folder`.
 
-    Refuses (ConfigError, nothing written) when `folder` already holds an mlflow.yaml.
+    Refuses (ConfigError, nothing written) when `folder` already holds an mlflow.yaml. An
+    OS error (no permission, a read-only or virtual file system) is a PipelineError naming
+    the folder and the error, and what this call had created is removed again.
     Returns what was created.
     """
     root = Path(folder).expanduser().resolve()
+    made: list[Path] = []  # folders and files this call created, in order
+    try:
+        return _write_project(root, made)
+    except OSError as exc:
+        for path in reversed(made):
+            with contextlib.suppress(OSError):
+                if path.is_dir():
+                    path.rmdir()
+                else:
+                    path.unlink()
+        what = exc.strerror or str(exc)
+        if exc.filename and Path(exc.filename) != root:
+            what += f" ({exc.filename})"
+        raise PipelineError(f"cannot create a project in {root}: {what}") from None
+
+
+def _write_project(root: Path, made: list[Path]) -> list[Path]:
     target = root / CONFIG_NAME
     if target.exists():
         raise ConfigError(target, "(file)", "already exists; init never overwrites it")
     if root.exists() and not root.is_dir():
         raise ConfigError(root, "(folder)", "is not a folder")
     text = template_text()
+    made.extend(reversed([p for p in (root, *root.parents) if not p.exists()]))
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".{CONFIG_NAME}.{os.getpid()}.tmp"
     try:
@@ -507,6 +528,7 @@ def init_project(folder: str | Path) -> list[Path]:
             raise ConfigError(
                 target, "(file)", "already exists; init never overwrites it"
             ) from None
+        made.append(target)
     finally:
         tmp.unlink(missing_ok=True)
     created = [target]
@@ -515,7 +537,9 @@ def init_project(folder: str | Path) -> list[Path]:
     for name in (d.store, d.incoming, d.archive, d.rejected, d.forecasts):
         folder_path = settings.path(name)
         if not folder_path.exists():
+            made.extend(reversed([p for p in folder_path.parents if not p.exists()]))
             folder_path.mkdir(parents=True)
+            made.append(folder_path)
             created.append(folder_path)
     return created
 

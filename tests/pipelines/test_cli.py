@@ -154,6 +154,24 @@ def test_init_refuses_to_overwrite_and_run_names_ingest_for_an_unstored_ticker(t
     )
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_init_where_no_folder_can_be_made_is_one_line_exit_2(tmp_path, capsys):
+    assert main(["init", "/proc/forbidden"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: cannot create a project in /proc/forbidden: No such file or directory")
+    # A failure half-way (data/ is a file, so data/store cannot be made): one line naming
+    # the path, and the mlflow.yaml written before it is gone again.
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "data").write_text("not a folder\n", encoding="utf-8")
+    assert main(["init", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: cannot create a project in {tmp_path / 'p'}: Not a directory "
+        f"({tmp_path / 'p' / 'data' / 'store'})"
+    )
+    assert [p.name for p in (tmp_path / "p").iterdir()] == ["data"]
+
+
 @pytest.mark.slow
 def test_new_users_path_from_a_folder_of_its_own(tmp_path):
     """README's path with the installed command: init, ingest, run, forecast, models serve."""
