@@ -89,6 +89,26 @@ def test_run_refuses_a_bad_schedule_before_it_trains(tiny_project, capsys):
     assert sorted(p.name for p in tiny_project.iterdir()) == before  # no mlflow.db, no .prefect
 
 
+def test_more_backtest_folds_than_test_rows_is_one_line_before_any_run(tiny_project, capsys):
+    cfg = str(tiny_project / "mlflow.yaml")
+    src = str(tiny_project / "prices" / "TEST.csv")
+    assert main(["ingest", src, "--config", cfg]) == 0
+    before = sorted(p.name for p in tiny_project.iterdir())
+    capsys.readouterr()
+    folds = ["--set", "evaluation.backtest_folds=500"]
+    for args in (["--ticker", "TEST"], [src]):  # a stored ticker, and a file to ingest first
+        assert main(["run", *args, "--config", cfg, *folds]) == 2
+        err = capsys.readouterr().err.strip()
+        where = str(tiny_project / "data" / "store") if args[0] == "--ticker" else src
+        assert err == (
+            f"error: {where}: cannot backtest TEST on its 120 rows with {cfg}: test part has "
+            "18 rows, fewer than 500 backtest folds: lower evaluation.backtest_folds (0 turns "
+            "the backtest off) or raise evaluation.test_fraction"
+        )
+        # no MLflow store, no Prefect home: nothing ran
+        assert sorted(p.name for p in tiny_project.iterdir()) == before
+
+
 def test_a_key_twice_in_the_config_is_one_line_exit_2(tiny_project, capsys):
     cfg = tiny_project / "mlflow.yaml"
     lines = cfg.read_text(encoding="utf-8").splitlines()
