@@ -289,7 +289,7 @@ class TuningConfig(_Section):
                     raise ValueError(f"{key!r} is an integer setting: whole low/high/step")
             values = param.choices if param.choices is not None else (param.low, param.high)
             for value in values:
-                if bool_as_number(model.model_fields[name].annotation, value, key):
+                if _bool_as_number(model.model_fields[name].annotation, value, key):
                     raise ValueError(f"{key}={value!r}: expected a number, got a boolean")
                 if isinstance(default, int) and not isinstance(default, bool):
                     value = int(value)
@@ -410,7 +410,7 @@ def _leaves(annotation: Any) -> tuple[Any, ...]:
     return (annotation,)
 
 
-def bool_as_number(annotation: Any, value: Any, key: str) -> str | None:
+def _bool_as_number(annotation: Any, value: Any, key: str) -> str | None:
     """The dotted key where `value` gives true/false to a number field of `annotation`.
 
     Pydantic reads true as 1 for an int or float field (`epochs: true` trains one epoch);
@@ -426,21 +426,21 @@ def bool_as_number(annotation: Any, value: Any, key: str) -> str | None:
             for name, field in leaf.model_fields.items():
                 if name in value:
                     where = f"{key}.{name}" if key else name
-                    hit = bool_as_number(field.annotation, value[name], where)
+                    hit = _bool_as_number(field.annotation, value[name], where)
                     if hit:
                         return hit
         elif origin in (tuple, list) and isinstance(value, list | tuple) and args:
             for i, item in enumerate(value):
-                if len(args) == 2 and args[1] is Ellipsis or origin is list:
+                if origin is list or (len(args) == 2 and args[1] is Ellipsis):
                     item_type = args[0]
                 else:
                     item_type = args[i] if i < len(args) else None
-                hit = bool_as_number(item_type, item, f"{key}.{i}")
+                hit = _bool_as_number(item_type, item, f"{key}.{i}")
                 if hit:
                     return hit
         elif origin is dict and isinstance(value, dict) and len(args) == 2:
             for k, item in value.items():
-                hit = bool_as_number(args[1], item, f"{key}.{k}")
+                hit = _bool_as_number(args[1], item, f"{key}.{k}")
                 if hit:
                     return hit
     return None
@@ -583,7 +583,7 @@ def load_settings(
         runtime["prefect_api_url"] = env["PREFECT_API_URL"]
 
     from_env = {"tracking.uri": "MLFLOW_TRACKING_URI", "runtime.prefect_api_url": "PREFECT_API_URL"}
-    bad = bool_as_number(Settings, raw, "")
+    bad = _bool_as_number(Settings, raw, "")
     if bad:
         raise ConfigError(cfg_path, bad, "expected a number, got a boolean (true/false/yes/no)")
     try:
