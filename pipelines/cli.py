@@ -182,14 +182,15 @@ def _preflight_run(
     """Check a run's input end to end before Prefect, TensorFlow or any write.
 
     Every file is parsed and previewed against the store, and each ticker's would-be series
-    (or each `stored` ticker's series) is split, scaled and windowed as training will do it:
-    too short a series, a lookback longer than the data or a constant series fail here with
-    one line, and nothing is stored.
+    (or each `stored` ticker's series) is split, scaled, windowed and cut into backtest folds
+    as training will do it: too short a series, a lookback longer than the data, a constant
+    series or more folds than test rows fail here with one line, and nothing is stored.
     """
     import pandas as pd
 
     from lstm_core import data as core_data
-    from pipelines.errors import InputError
+    from lstm_core.backtest import fold_bounds
+    from pipelines.errors import FOLDS_ADVICE, InputError
     from pipelines.store import PriceStore
 
     store = PriceStore(settings.store_path)
@@ -219,6 +220,13 @@ def _preflight_run(
                 path,
                 f"cannot train {t} on its {len(frame)} rows with {cfg} "
                 f"(features.lookback={settings.features.lookback}): {exc}",
+            ) from None
+        try:
+            fold_bounds(len(split.frame), settings.evaluation)
+        except core_data.DataError as exc:
+            raise InputError(
+                path,
+                f"cannot backtest {t} on its {len(frame)} rows with {cfg}: {exc}: {FOLDS_ADVICE}",
             ) from None
 
 

@@ -9,9 +9,14 @@ environment win over the file.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import yaml
 from pydantic import (
@@ -19,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -37,10 +43,59 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _valid_cron(v: str) -> str:
+    """A cron expression both readers of it accept: `status` (cronsim) and Prefect's scheduler."""
+    if len(v.split()) != 5:
+        raise ValueError(
+            f"{v!r} is not a cron expression: it has five fields (minute hour day month weekday)"
+        )
+    from cronsim import CronSim, CronSimError
+
+    try:
+        CronSim(v, dt.datetime(2000, 1, 1))
+    except CronSimError as exc:
+        raise ValueError(f"{v!r} is not a valid cron expression: {exc}") from None
+    day, weekday = v.upper().split()[2::2]
+    # cronsim reads these, Prefect's scheduler (croniter) refuses them
+    if "W" in day or "L" in weekday:
+        raise ValueError(
+            f"{v!r}: the scheduler does not take W in the day field or L in the weekday field"
+        )
+    return v
+
+
+# MLflow's store schemes this project works with; a database scheme may name a driver
+# (postgresql+psycopg://...). file: and plain paths are MLflow's file store, which
+# MLflow 3 refuses unless MLFLOW_ALLOW_FILE_STORE=true.
+_DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+_SERVER_SCHEMES = ("http", "https")
+_SUPPORTED_URIS = (
+    "sqlite:///PATH (the default), postgresql://..., mysql://..., mssql://... (a database) "
+    "or http(s)://HOST:PORT (a tracking server)"
+)
+
+
 class TrackingConfig(_Section):
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "lstm-stock-forecast"
     artifact_location: str = "mlartifacts"
+
+    @field_validator("uri")
+    @classmethod
+    def _supported_store(cls, v: str, info: ValidationInfo) -> str:
+        scheme = urlparse(v).scheme.lower()
+        if scheme.split("+", 1)[0] in _DATABASE_SCHEMES or scheme in _SERVER_SCHEMES:
+            return v
+        if scheme in ("", "file") and v.strip():
+            env = (info.context or {}).get("env", os.environ)
+            if env.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true"):
+                return v
+            raise ValueError(
+                f"{v!r} is MLflow's file store, which MLflow refuses (maintenance mode) unless "
+                f"MLFLOW_ALLOW_FILE_STORE=true: use {_SUPPORTED_URIS}"
+            )
+        what = f"the scheme {scheme!r}" if scheme else "an empty URI"
+        raise ValueError(f"{v!r}: MLflow has no store for {what}: use {_SUPPORTED_URIS}")
 
 
 class PromotionPolicy(_Section):
@@ -98,9 +153,18 @@ class ScheduleConfig(_Section):
 
     @field_validator("cron")
     @classmethod
-    def _five_fields(cls, v: str) -> str:
-        if len(v.split()) != 5:
-            raise ValueError("a cron expression has five fields")
+    def _cron(cls, v: str) -> str:
+        return _valid_cron(v)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, v: str) -> str:
+        from zoneinfo import available_timezones
+
+        if v not in available_timezones():  # the names Prefect's scheduler accepts
+            raise ValueError(
+                f"unknown timezone {v!r}: give an IANA name such as America/New_York or UTC"
+            )
         return v
 
 
@@ -198,10 +262,8 @@ class TuningConfig(_Section):
 
     @field_validator("cron")
     @classmethod
-    def _cron_five_fields(cls, v: str | None) -> str | None:
-        if v is not None and len(v.split()) != 5:
-            raise ValueError("a cron expression has five fields")
-        return v
+    def _cron(cls, v: str | None) -> str | None:
+        return None if v is None else _valid_cron(v)
 
     @field_validator("space")
     @classmethod
@@ -227,6 +289,8 @@ class TuningConfig(_Section):
                     raise ValueError(f"{key!r} is an integer setting: whole low/high/step")
             values = param.choices if param.choices is not None else (param.low, param.high)
             for value in values:
+                if _bool_as_number(model.model_fields[name].annotation, value, key):
+                    raise ValueError(f"{key}={value!r}: expected a number, got a boolean")
                 if isinstance(default, int) and not isinstance(default, bool):
                     value = int(value)
                 try:
@@ -307,6 +371,81 @@ def _error_key(err: dict[str, Any]) -> str:
     return ".".join(str(p) for p in err["loc"]) or "(top level)"
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _duplicate_key(
+    node: yaml.Node | None, path: tuple[str, ...] = ()
+) -> tuple[str, int, int] | None:
+    """(dotted key, first line, repeated line) of a key given twice in one mapping, else None.
+
+    PyYAML keeps the last of two equal keys without a word; the file must not say two things.
+    """
+    stack, seen_nodes = [(node, path)], set()
+    while stack:
+        current, where = stack.pop()
+        if id(current) in seen_nodes:  # an alias to an anchor already checked
+            continue
+        seen_nodes.add(id(current))
+        if isinstance(current, yaml.MappingNode):
+            lines: dict[str, int] = {}
+            for key_node, value_node in current.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
+                    name, line = key_node.value, key_node.start_mark.line + 1
+                    if name in lines:
+                        return ".".join((*where, name)), lines[name], line
+                    lines[name] = line
+                    stack.append((value_node, (*where, name)))
+                else:  # `<<: *defaults` may be overridden by the mapping's own keys
+                    stack.append((value_node, where))
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend((item, (*where, str(i))) for i, item in enumerate(current.value))
+    return None
+
+
+def _leaves(annotation: Any) -> tuple[Any, ...]:
+    """The alternatives of a union annotation (`int | None` -> int, NoneType), else itself."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return tuple(leaf for arg in typing.get_args(annotation) for leaf in _leaves(arg))
+    return (annotation,)
+
+
+def _bool_as_number(annotation: Any, value: Any, key: str) -> str | None:
+    """The dotted key where `value` gives true/false to a number field of `annotation`.
+
+    Pydantic reads true as 1 for an int or float field (`epochs: true` trains one epoch);
+    YAML also reads yes/no/on/off as booleans. Walks sections, lists and mappings.
+    """
+    leaves = _leaves(annotation)
+    if isinstance(value, bool):
+        numeric = int in leaves or float in leaves
+        return key if numeric and bool not in leaves else None
+    for leaf in leaves:
+        origin, args = typing.get_origin(leaf), typing.get_args(leaf)
+        if isinstance(leaf, type) and issubclass(leaf, BaseModel) and isinstance(value, dict):
+            for name, field in leaf.model_fields.items():
+                if name in value:
+                    where = f"{key}.{name}" if key else name
+                    hit = _bool_as_number(field.annotation, value[name], where)
+                    if hit:
+                        return hit
+        elif origin in (tuple, list) and isinstance(value, list | tuple) and args:
+            for i, item in enumerate(value):
+                if origin is list or (len(args) == 2 and args[1] is Ellipsis):
+                    item_type = args[0]
+                else:
+                    item_type = args[i] if i < len(args) else None
+                hit = _bool_as_number(item_type, item, f"{key}.{i}")
+                if hit:
+                    return hit
+        elif origin is dict and isinstance(value, dict) and len(args) == 2:
+            for k, item in value.items():
+                hit = _bool_as_number(args[1], item, f"{key}.{k}")
+                if hit:
+                    return hit
+    return None
+
+
 class ConfigNotFoundError(PipelineError):
     """No configuration file given and none in the current folder or above it."""
 
@@ -346,16 +485,36 @@ def template_text() -> str:
 def init_project(folder: str | Path) -> list[Path]:
     """Write the default mlflow.yaml and the empty data folders it names into `folder`.
 
-    Refuses (ConfigError, nothing written) when `folder` already holds an mlflow.yaml.
+    Refuses (ConfigError, nothing written) when `folder` already holds an mlflow.yaml. An
+    OS error (no permission, a read-only or virtual file system) is a PipelineError naming
+    the folder and the error, and what this call had created is removed again.
     Returns what was created.
     """
     root = Path(folder).expanduser().resolve()
+    made: list[Path] = []  # folders and files this call created, in order
+    try:
+        return _write_project(root, made)
+    except OSError as exc:
+        for path in reversed(made):
+            with contextlib.suppress(OSError):
+                if path.is_dir():
+                    path.rmdir()
+                else:
+                    path.unlink()
+        what = exc.strerror or str(exc)
+        if exc.filename and Path(exc.filename) != root:
+            what += f" ({exc.filename})"
+        raise PipelineError(f"cannot create a project in {root}: {what}") from None
+
+
+def _write_project(root: Path, made: list[Path]) -> list[Path]:
     target = root / CONFIG_NAME
     if target.exists():
         raise ConfigError(target, "(file)", "already exists; init never overwrites it")
     if root.exists() and not root.is_dir():
         raise ConfigError(root, "(folder)", "is not a folder")
     text = template_text()
+    made.extend(reversed([p for p in (root, *root.parents) if not p.exists()]))
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".{CONFIG_NAME}.{os.getpid()}.tmp"
     try:
@@ -369,6 +528,7 @@ def init_project(folder: str | Path) -> list[Path]:
             raise ConfigError(
                 target, "(file)", "already exists; init never overwrites it"
             ) from None
+        made.append(target)
     finally:
         tmp.unlink(missing_ok=True)
     created = [target]
@@ -377,7 +537,9 @@ def init_project(folder: str | Path) -> list[Path]:
     for name in (d.store, d.incoming, d.archive, d.rejected, d.forecasts):
         folder_path = settings.path(name)
         if not folder_path.exists():
+            made.extend(reversed([p for p in folder_path.parents if not p.exists()]))
             folder_path.mkdir(parents=True)
+            made.append(folder_path)
             created.append(folder_path)
     return created
 
@@ -396,11 +558,18 @@ def load_settings(
     if not cfg_path.is_file():
         raise ConfigError(cfg_path, "(file)", "configuration file not found")
     try:
-        raw = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+        text = cfg_path.read_text(encoding="utf-8")
+        twice = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
+        raw = yaml.safe_load(text) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f"line {line + 1}" if line is not None else "(file)"
         raise ConfigError(cfg_path, where, f"not valid YAML: {exc}".splitlines()[0]) from None
+    if twice:
+        key, first, again = twice
+        raise ConfigError(
+            cfg_path, key, f"given twice, on line {first} and line {again}: keep one of them"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(cfg_path, "(top level)", "expected a mapping of sections")
     for assignment in overrides:
@@ -413,11 +582,21 @@ def load_settings(
     if env.get("PREFECT_API_URL"):
         runtime["prefect_api_url"] = env["PREFECT_API_URL"]
 
+    from_env = {"tracking.uri": "MLFLOW_TRACKING_URI", "runtime.prefect_api_url": "PREFECT_API_URL"}
+    bad = _bool_as_number(Settings, raw, "")
+    if bad:
+        raise ConfigError(cfg_path, bad, "expected a number, got a boolean (true/false/yes/no)")
     try:
-        settings = Settings.model_validate({**raw, "base_dir": cfg_path.parent})
+        settings = Settings.model_validate(
+            {**raw, "base_dir": cfg_path.parent}, context={"env": env}
+        )
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise ConfigError(cfg_path, _error_key(first), first["msg"]) from None
+        key = _error_key(first)
+        if env.get(from_env.get(key, "")):
+            key += f" (from {from_env[key]})"
+        # "Value error, " is pydantic's prefix for a validator's own message
+        raise ConfigError(cfg_path, key, first["msg"].removeprefix("Value error, ")) from None
     return settings
 
 

@@ -11,6 +11,12 @@ class PipelineError(Exception):
     exit_code = 2
 
 
+# What to change when the test part cannot be cut into evaluation.backtest_folds blocks.
+FOLDS_ADVICE = (
+    "lower evaluation.backtest_folds (0 turns the backtest off) or raise evaluation.test_fraction"
+)
+
+
 class InputError(PipelineError):
     """Bad input data; names the file, line (as the file counts it) and column."""
 

@@ -17,10 +17,12 @@ import pandas as pd
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from lstm_core.backtest import fold_bounds
+from lstm_core.data import DataError
 from lstm_core.predictor import Forecaster
 from pipelines import artifacts, monitoring, promotion, tasks, tracking
 from pipelines.config import Settings, load_settings
-from pipelines.errors import PipelineError
+from pipelines.errors import FOLDS_ADVICE, PipelineError
 from pipelines.fsio import atomic_write
 from pipelines.runtime import quiet_tensorflow
 from pipelines.store import PriceStore, describe
@@ -130,6 +132,12 @@ def train_one(
         len(data.test),
         data.lookback,
     )
+    try:  # the folds the backtest will cut, before any MLflow run exists
+        fold_bounds(len(frames.frame), settings.evaluation)
+    except DataError as exc:
+        raise PipelineError(
+            f"cannot backtest {ticker} on its {manifest.rows} stored rows: {exc}: {FOLDS_ADVICE}"
+        ) from None
 
     experiment_id = tracking.connect(settings)
     data_tags = {

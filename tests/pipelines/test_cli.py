@@ -99,6 +99,76 @@ def test_unknown_config_key_exit_2_names_key(tiny_project, capsys):
     assert "training.epoch" in err and "mlflow.yaml" in err
 
 
+@pytest.mark.parametrize(
+    ("command", "setting", "key"),
+    [
+        ("status", "schedule.cron=61 25 * * 1-5", "schedule.cron"),
+        ("status", "schedule.timezone=Mars/Olympus", "schedule.timezone"),
+        ("status", "tuning.cron=0 3 * * 8", "tuning.cron"),
+        ("status", "tracking.uri=foo://bar", "tracking.uri"),
+        ("ingest", "training.epochs=true", "training.epochs"),
+        ("ingest", "monitoring.window_days=yes", "monitoring.window_days"),
+    ],
+)
+def test_a_setting_nothing_can_use_is_one_line_exit_2(tiny_project, capsys, command, setting, key):
+    cfg = str(tiny_project / "mlflow.yaml")
+    before = sorted(p.name for p in tiny_project.iterdir())
+    args = [str(tiny_project / "prices" / "TEST.csv")] if command == "ingest" else []
+    assert main([command, *args, "--config", cfg, "--set", setting]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: {cfg}: {key}: "), err
+    assert sorted(p.name for p in tiny_project.iterdir()) == before  # no store, no mlflow.db
+
+
+def test_run_refuses_a_bad_schedule_before_it_trains(tiny_project, capsys):
+    cfg = str(tiny_project / "mlflow.yaml")
+    assert main(["ingest", str(tiny_project / "prices" / "TEST.csv"), "--config", cfg]) == 0
+    before = sorted(p.name for p in tiny_project.iterdir())
+    capsys.readouterr()
+    code = main(["run", "--ticker", "TEST", "--config", cfg, "--set", "schedule.cron=61 25 * * *"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == f"error: {cfg}: schedule.cron: '61 25 * * *' is not a valid cron expression: Bad minute"
+    )
+    assert sorted(p.name for p in tiny_project.iterdir()) == before  # no mlflow.db, no .prefect
+
+
+def test_more_backtest_folds_than_test_rows_is_one_line_before_any_run(tiny_project, capsys):
+    cfg = str(tiny_project / "mlflow.yaml")
+    src = str(tiny_project / "prices" / "TEST.csv")
+    assert main(["ingest", src, "--config", cfg]) == 0
+    before = sorted(p.name for p in tiny_project.iterdir())
+    capsys.readouterr()
+    folds = ["--set", "evaluation.backtest_folds=500"]
+    for args in (["--ticker", "TEST"], [src]):  # a stored ticker, and a file to ingest first
+        assert main(["run", *args, "--config", cfg, *folds]) == 2
+        err = capsys.readouterr().err.strip()
+        where = str(tiny_project / "data" / "store") if args[0] == "--ticker" else src
+        assert err == (
+            f"error: {where}: cannot backtest TEST on its 120 rows with {cfg}: test part has "
+            "18 rows, fewer than 500 backtest folds: lower evaluation.backtest_folds (0 turns "
+            "the backtest off) or raise evaluation.test_fraction"
+        )
+        # no MLflow store, no Prefect home: nothing ran
+        assert sorted(p.name for p in tiny_project.iterdir()) == before
+
+
+def test_a_key_twice_in_the_config_is_one_line_exit_2(tiny_project, capsys):
+    cfg = tiny_project / "mlflow.yaml"
+    lines = cfg.read_text(encoding="utf-8").splitlines()
+    first, again = lines.index("training:") + 1, len(lines) + 1
+    cfg.write_text("\n".join([*lines, "training:", "  epochs: 5", ""]), encoding="utf-8")
+    assert main(["ingest", str(tiny_project / "prices" / "TEST.csv"), "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: {cfg}: training: given twice, on line {first} and line {again}: keep one of them"
+    )
+    assert not (tiny_project / "data").exists()
+
+
 def test_python_dash_m_entry_point():
     out = subprocess.run(
         [sys.executable, "-m", "pipelines", "--help"], capture_output=True, text=True, check=True
@@ -149,6 +219,24 @@ def test_init_refuses_to_overwrite_and_run_names_ingest_for_an_unstored_ticker(t
         f"error: no prices stored for ticker 'ACME' in {project.resolve() / 'data' / 'store'}: "
         "store them first with: lstm-pipeline ingest FILE --ticker ACME"
     )
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_init_where_no_folder_can_be_made_is_one_line_exit_2(tmp_path, capsys):
+    assert main(["init", "/proc/forbidden"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: cannot create a project in /proc/forbidden: No such file or directory")
+    # A failure half-way (data/ is a file, so data/store cannot be made): one line naming
+    # the path, and the mlflow.yaml written before it is gone again.
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "data").write_text("not a folder\n", encoding="utf-8")
+    assert main(["init", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: cannot create a project in {tmp_path / 'p'}: Not a directory "
+        f"({tmp_path / 'p' / 'data' / 'store'})"
+    )
+    assert [p.name for p in (tmp_path / "p").iterdir()] == ["data"]
 
 
 @pytest.mark.slow

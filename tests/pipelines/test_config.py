@@ -74,6 +74,33 @@ def test_stable_key_names_are_all_present():
         ("features:\n  target_transform: diff\n", "features.target_transform"),
         ("registry:\n  model_name: lstm\n", "registry.model_name"),
         ("schedule:\n  cron: every day\n", "schedule.cron"),
+        # a cron or timezone status (cronsim, zoneinfo) or Prefect's scheduler cannot read
+        ("schedule:\n  cron: '61 25 * * 1-5'\n", "schedule.cron"),
+        ("schedule:\n  cron: '0 0 31 2 *'\n", "schedule.cron"),  # never fires
+        ("schedule:\n  cron: '0 18 * * 5L'\n", "schedule.cron"),  # cronsim yes, Prefect no
+        ("schedule:\n  cron: '0 18 ? * *'\n", "schedule.cron"),  # Prefect yes, cronsim no
+        ("schedule:\n  timezone: Mars/Olympus\n", "schedule.timezone"),
+        ("tuning:\n  cron: '0 3 * * 8'\n", "tuning.cron"),
+        ("tuning:\n  cron: '0 3 * *'\n", "tuning.cron"),
+        # a tracking URI MLflow has no store for (file stores need MLFLOW_ALLOW_FILE_STORE)
+        ("tracking:\n  uri: foo://bar\n", "tracking.uri"),
+        ("tracking:\n  uri: ''\n", "tracking.uri"),
+        ("tracking:\n  uri: file:///tmp/mlruns\n", "tracking.uri"),
+        ("tracking:\n  uri: mlruns\n", "tracking.uri"),
+        # true/false (and YAML's yes/no/on/off) are not numbers
+        ("training:\n  epochs: true\n", "training.epochs"),
+        ("model:\n  dropout: false\n", "model.dropout"),
+        ("evaluation:\n  backtest_epochs: on\n", "evaluation.backtest_epochs"),
+        ("evaluation:\n  interval_levels: [0.8, yes]\n", "evaluation.interval_levels.1"),
+        ("data:\n  max_daily_change: {drop: true}\n", "data.max_daily_change.drop"),
+        (
+            "tuning:\n  space:\n    model.units: {low: true, high: 5}\n",
+            "tuning.space.model.units.low",
+        ),
+        ("tuning:\n  space:\n    training.epochs: {choices: [true, 5]}\n", "tuning.space"),
+        # a key twice in one mapping: YAML would keep the last without a word
+        ("training:\n  epochs: 3\n  batch_size: 8\n  epochs: 5\n", "training.epochs"),
+        ("training:\n  epochs: 3\nmodel:\n  units: 4\ntraining:\n  seed: 1\n", "training"),
     ],
 )
 def test_bad_values_name_file_and_key(tmp_path, text, key):
@@ -175,3 +202,100 @@ def test_init_writes_the_template_and_the_data_folders_and_never_overwrites(tmp_
         init_project(tmp_path / "new")
     assert cfg.read_text(encoding="utf-8") == "# mine\n"
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["data", "mlflow.yaml"]
+
+
+def _number_fields(model, prefix=""):
+    """Every int/float setting of `model` as a dotted key (sections walked; bools excluded)."""
+    import types
+    import typing
+
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        union = typing.get_origin(field.annotation) in (typing.Union, types.UnionType)
+        leaves = typing.get_args(field.annotation) if union else (field.annotation,)
+        section = [t for t in leaves if isinstance(t, type) and issubclass(t, BaseModel)]
+        if section:
+            yield from _number_fields(section[0], f"{prefix}{name}.")
+        elif (int in leaves or float in leaves) and bool not in leaves:
+            yield f"{prefix}{name}"
+
+
+def test_no_number_setting_takes_a_boolean(tmp_path):
+    from pipelines.config import Settings
+
+    path = write(tmp_path, "")
+    keys = list(_number_fields(Settings))
+    assert "training.epochs" in keys and "data.max_daily_change.rise" in keys, keys
+    assert len(keys) > 25, keys
+    for key in keys:
+        for raw in ("true", "false"):
+            with pytest.raises(ConfigError) as err:
+                load_settings(path, [f"{key}={raw}"], env={})
+            assert err.value.key == key and "boolean" in err.value.problem, (key, raw)
+
+
+def test_floats_still_take_exponents_that_yaml_reads_as_strings(tmp_path):
+    # PyYAML reads 1e-3 (no dot) as a string; pydantic turns it into the float.
+    path = write(
+        tmp_path, "model:\n  learning_rate: 1e-3\nevaluation:\n  interval_levels: [9e-1]\n"
+    )
+    s = load_settings(path, env={})
+    assert s.model.learning_rate == 0.001 and s.evaluation.interval_levels == (0.9,)
+    assert load_settings(path, ["model.learning_rate=5e-4"], env={}).model.learning_rate == 5e-4
+    flags = load_settings(path, ["training.shuffle=false", "data.replace=yes"], env={})
+    assert flags.training.shuffle is False and flags.data.replace is True
+
+
+def test_a_key_given_twice_names_both_lines(tmp_path):
+    path = write(tmp_path, "training:\n  epochs: 3\n  batch_size: 8\n  epochs: 5\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, env={})
+    assert str(err.value) == (
+        f"{path}: training.epochs: given twice, on line 2 and line 4: keep one of them"
+    )
+    # a merge key (<<) is no repetition: the mapping's own key overrides the merged one
+    path = write(
+        tmp_path,
+        "tuning:\n  space:\n    model.units: &r {low: 10, high: 100, step: 10}\n"
+        "    features.lookback:\n      <<: *r\n      low: 20\n",
+    )
+    lookback = load_settings(path, env={}).tuning.space["features.lookback"]
+    assert (lookback.low, lookback.high, lookback.step) == (20, 100, 10)
+
+
+def test_schedules_and_timezones_the_scheduler_and_status_both_read(tmp_path):
+    from prefect.schedules import Cron
+
+    from pipelines.monitoring import next_cron
+
+    for cron in ("30 18 * * 1-5", "*/15 9-17 * * MON-FRI", "0 0 L * *", "0 3 * * 6#1"):
+        for tz in ("UTC", "Europe/Paris", "Asia/Shanghai"):
+            text = f"schedule:\n  cron: '{cron}'\n  timezone: {tz}\ntuning:\n  cron: '{cron}'\n"
+            s = load_settings(write(tmp_path, text), env={})
+            assert next_cron(s)  # what `status` shows
+            Cron(s.schedule.cron, timezone=s.schedule.timezone)  # what `serve` builds
+
+
+def test_tracking_uris_mlflow_has_a_store_for(tmp_path):
+    for uri in (
+        "sqlite:///mlflow.db",
+        "sqlite:////abs/mlflow.db",
+        "postgresql://u@h/db",
+        "postgresql+psycopg://u@h:5432/db",
+        "mysql+pymysql://u@h/db",
+        "http://127.0.0.1:5000",
+        "https://mlflow.example.com",
+    ):
+        assert (
+            load_settings(write(tmp_path, ""), [f"tracking.uri={uri}"], env={}).tracking.uri == uri
+        )
+    # MLflow's own opt-in for its file store
+    path = write(tmp_path, "tracking:\n  uri: file:///tmp/mlruns\n")
+    allowed = load_settings(path, env={"MLFLOW_ALLOW_FILE_STORE": "true"})
+    assert allowed.tracking.uri == "file:///tmp/mlruns"
+    # from the environment: the message says where the value came from
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, ""), env={"MLFLOW_TRACKING_URI": "foo://bar"})
+    assert err.value.key == "tracking.uri (from MLFLOW_TRACKING_URI)"
+    assert "sqlite:///" in err.value.problem and "http(s)://" in err.value.problem

@@ -123,6 +123,26 @@ def test_demo_command_trains_then_retrains_on_held_back_days(tiny_project, capsy
     assert "nothing changed" in out
 
 
+def test_folds_the_data_cannot_give_fail_before_any_mlflow_run(tiny_project):
+    """A served or retraining run has no CLI check before it: the flow checks the folds."""
+    from pipelines.config import load_settings
+    from pipelines.errors import PipelineError
+    from pipelines.flows import training_flow
+    from pipelines.tasks import ingest
+
+    settings = load_settings(tiny_project / "mlflow.yaml", ["evaluation.backtest_folds=19"], env={})
+    ingest.fn(settings, str(tiny_project / "prices" / "TEST.csv"), "TEST")
+    with pytest.raises(PipelineError) as err:
+        training_flow(settings=settings, tickers=["TEST"])
+    assert str(err.value) == (
+        "cannot backtest TEST on its 120 stored rows: test part has 18 rows, fewer than 19 "
+        "backtest folds: lower evaluation.backtest_folds (0 turns the backtest off) or raise "
+        "evaluation.test_fraction"
+    )
+    assert not (tiny_project / "mlflow.db").exists()  # no experiment, no run
+    assert not (tiny_project / "mlartifacts").exists()
+
+
 def test_ingest_cache_never_hides_a_wiped_store(tiny_settings, tiny_project):
     import shutil
 
