@@ -273,12 +273,21 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
 def _cmd_forecast(args: argparse.Namespace) -> int:
     settings = _settings(args)
     tickers = [_checked_ticker(t) for t in args.tickers]
+    if args.days is not None and args.days < 1:
+        raise PipelineError(f"--days {args.days}: days must be >= 1")
     _load_tensorflow()
     from pipelines.flows import forecast_flow
 
     result = forecast_flow(settings=settings, tickers=tickers, days=args.days)
-    print(result.render())
-    return 0 if result.ok else 1
+    if result.frames or result.errors:
+        print(result.render())
+    if result.refused:  # the forecasts that were made are written and printed above
+        refused = "; ".join(f"{t}: {m}" for t, m in result.refused.items())
+        if result.errors:  # an unexpected failure as well: that one sets the exit code
+            print(f"error: {refused}", file=sys.stderr)
+            return 1
+        raise PipelineError(refused)
+    return 1 if result.errors else 0
 
 
 def _cmd_promote(args: argparse.Namespace) -> int:
