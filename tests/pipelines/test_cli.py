@@ -223,3 +223,14 @@ def test_forecast_without_a_champion_names_the_way_to_one(trained_settings):
     assert line.startswith("error: TEST: test-TEST has no 'champion' alias: its latest version, v1")
     assert line.endswith("lstm-pipeline promote --ticker TEST --version 1")
     assert tree_bytes(forecasts) == before
+
+
+def test_score_with_an_unreadable_log_file_is_one_line_exit_2(trained_settings):
+    project = trained_settings.base_dir
+    bad = project / "data" / "forecasts" / "log" / "ticker=TEST" / "2017-11-20_v1.parquet"
+    bad.write_text("garbage\n")
+    for command in ("score", "status"):
+        out = _cli(project, command)
+        assert (out.returncode, out.stdout) == (2, ""), (command, out.returncode, out.stdout)
+        [line] = out.stderr.splitlines()
+        assert line.startswith(f"error: {bad}: not a readable forecast-log Parquet file"), line
