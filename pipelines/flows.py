@@ -593,4 +593,11 @@ def forecast_flow(
             result.refused[t] = out.message
         else:
             result.frames[t], result.paths[t] = out
+    # A served run's refusals show in its results table (the CLI prints them on stderr).
+    rows = [{"ticker": t, "outcome": "written", "detail": str(p)} for t, p in result.paths.items()]
+    rows += [{"ticker": t, "outcome": "refused", "detail": m} for t, m in result.refused.items()]
+    rows += [{"ticker": t, "outcome": "error", "detail": m} for t, m in result.errors.items()]
+    artifacts.table(
+        artifacts.artifact_key("forecast", "results"), rows, "forecast: written, refused, error"
+    )
     return result
