@@ -536,12 +536,12 @@ def _champion(settings: Settings, ticker: str) -> tracking.RegisteredVersion:
             f"lstm-pipeline run --ticker {ticker}"
         )
     latest = known[-1]
-    reason = latest.tags.get(tracking.TAG_REASON)
-    refused = f" (refused: {reason})" if reason else ""
+    why = latest.tags.get(tracking.TAG_REASON, "")  # "refused: ..." when the gate refused it
+    refused = latest.tags.get(tracking.TAG_PROMOTED) == "false" and why
     raise PipelineError(
-        f"{name} has no {alias!r} alias: its latest version, v{latest.version}, was not "
-        f"promoted{refused}; to forecast with it anyway: lstm-pipeline promote --ticker "
-        f"{ticker} --version {latest.version}"
+        f"{name} has no {alias!r} alias: its latest version, v{latest.version}, is not "
+        f"champion{f' ({why})' if refused else ''}; to forecast with it anyway: lstm-pipeline "
+        f"promote --ticker {ticker} --version {latest.version}"
     )
 
 

@@ -215,13 +215,19 @@ def test_forecast_without_a_champion_names_the_way_to_one(trained_settings):
         "first with: lstm-pipeline run --ticker NOPE\n"
     )
     # A version registered but not promoted: training again would not help, promoting does.
+    # (v1 made to look refused, as the promotion gate tags a version it refuses)
     tracking.connect(trained_settings)
     MlflowClient().delete_registered_model_alias("test-TEST", "champion")
+    why = "refused: test_rmse 0.9 is worse than the naive forecast's 0.5 by more than 10%"
+    tracking.tag_version(
+        "test-TEST", "1", {tracking.TAG_PROMOTED: "false", tracking.TAG_REASON: why}
+    )
     out = _cli(project, "forecast", "--ticker", "TEST")
     assert (out.returncode, out.stdout) == (2, ""), (out.returncode, out.stdout, out.stderr)
-    [line] = out.stderr.splitlines()
-    assert line.startswith("error: TEST: test-TEST has no 'champion' alias: its latest version, v1")
-    assert line.endswith("lstm-pipeline promote --ticker TEST --version 1")
+    assert out.stderr == (
+        f"error: TEST: test-TEST has no 'champion' alias: its latest version, v1, is not champion "
+        f"({why}); to forecast with it anyway: lstm-pipeline promote --ticker TEST --version 1\n"
+    )
     assert tree_bytes(forecasts) == before
 
 
