@@ -215,6 +215,21 @@ def fit_preprocessor(train_df: pd.DataFrame, feature_cfg: FeatureConfig) -> Prep
     return pre
 
 
+def _iso_date(value: Any) -> pd.Timestamp:
+    return pd.to_datetime(value, format="ISO8601")
+
+
+def _refused(values: pd.Series, column: str, what: str, convert: Any) -> str | None:
+    """The sentence naming the first value ``convert`` refuses, by its row (1-based, in the
+    order given); None when only the column as a whole is refused."""
+    for row, value in enumerate(values, start=1):
+        try:
+            convert(value)
+        except (ValueError, TypeError, OverflowError):
+            return f"column {column!r}, row {row} of {len(values)}: {value!r} is not {what}"
+    return None
+
+
 def model_input(history: Any, preprocessor: Preprocessor) -> pd.DataFrame:
     """``date`` and the feature columns of ``history``, coerced, in date order, validated.
 
@@ -242,7 +257,10 @@ def model_input(history: Any, preprocessor: Preprocessor) -> pd.DataFrame:
         try:
             dates = pd.to_datetime(dates, format="ISO8601")
         except (ValueError, TypeError) as exc:
-            raise DataError(f"column {DATE_COLUMN!r}: not ISO dates or datetimes ({exc})") from None
+            raise DataError(
+                _refused(dates, DATE_COLUMN, "an ISO date (like 2017-11-10)", _iso_date)
+                or f"column {DATE_COLUMN!r}: not ISO dates or datetimes ({exc})"
+            ) from None
     if getattr(dates.dt, "tz", None) is not None:
         dates = dates.dt.tz_localize(None)  # a trading day is a calendar date
     frame[DATE_COLUMN] = dates
@@ -250,7 +268,10 @@ def model_input(history: Any, preprocessor: Preprocessor) -> pd.DataFrame:
         try:
             frame[col] = pd.to_numeric(frame[col]).astype(np.float64)
         except (ValueError, TypeError) as exc:
-            raise DataError(f"column {col!r}: not numbers ({exc})") from None
+            raise DataError(
+                _refused(frame[col], col, "a number", pd.to_numeric)
+                or f"column {col!r}: not numbers ({exc})"
+            ) from None
     frame = frame.sort_values(DATE_COLUMN, kind="stable", ignore_index=True)
     validate_frame(frame, cfg.columns)
     return frame

@@ -123,18 +123,24 @@ class ConformalCalibration:
     def steps(self) -> int:
         return len(self.scores)
 
+    def check_days(self, days: int) -> None:
+        """Raise DataError unless the scores reach ``days`` steps ahead (a user's request)."""
+        if days > self.steps:
+            raise DataError(
+                f"intervals are calibrated for up to {self.steps} day(s) ahead and {days} were "
+                f"asked for: ask for at most {self.steps}, or raise evaluation.forecast_days "
+                "and retrain"
+            )
+
     def quantile(self, level: float, step: int) -> float:
         """The conformal quantile of 0-based forecast ``step``'s scores at ``level``."""
-        if step >= self.steps:
-            raise ValueError(
-                f"intervals are calibrated for up to {self.steps} day(s) ahead, not {step + 1}; "
-                "raise evaluation.forecast_days and retrain"
-            )
+        self.check_days(step + 1)
         return conformal_quantile(self.scores[step], level)
 
     def bands(self, point: np.ndarray, levels: Sequence[float] | None = None) -> Intervals:
         """Bands around point forecasts ``(..., steps)``: column k uses step k's quantile."""
         point = np.asarray(point, dtype=np.float64)
+        self.check_days(point.shape[-1])
         lower, upper = {}, {}
         for level in self.levels if levels is None else levels:
             q = np.array([self.quantile(level, k) for k in range(point.shape[-1])])

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from lstm_core.config import FeatureConfig
-from lstm_core.data import DATE_COLUMN, Preprocessor, model_input
+from lstm_core.data import DATE_COLUMN, DataError, Preprocessor, model_input
 from lstm_core.forecast import next_business_days, recursive_errors, simulate_paths
 from lstm_core.intervals import (
     ConformalCalibration,
@@ -53,6 +53,14 @@ class Forecaster:
             self._infer = tf.function(lambda t: model(t, training=False), input_signature=[spec])
         return np.asarray(self._infer(x))
 
+    def check_days(self, days: int, intervals: bool = True) -> None:
+        """Raise DataError unless :meth:`forecast` can serve ``days`` days (with ``intervals``,
+        no more than the calibration covers), before any computation."""
+        if days < 1:
+            raise DataError(f"days must be >= 1, got {days}")
+        if intervals and self.calibration is not None:
+            self.calibration.check_days(days)
+
     def recalibrated(self, history: pd.DataFrame) -> Forecaster:
         """A copy whose calibration also scores ``history``'s days after it (rolling window)."""
         if self.calibration is None:
@@ -81,8 +89,7 @@ class Forecaster:
         ``upper_<L>`` for ``levels`` (default: the calibrated ones): the calibration's bands, else
         quantiles of ``samples`` MC-dropout paths (none when ``samples`` is 0).
         """
-        if days < 1:
-            raise ValueError(f"days must be >= 1, got {days}")
+        self.check_days(days, intervals)
         pre = self.preprocessor
         history = model_input(history, pre)
         raw = pre.column_values(history.iloc[-pre.rows_needed :])[None]  # (1, rows, n_features)

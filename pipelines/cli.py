@@ -291,12 +291,21 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
 def _cmd_forecast(args: argparse.Namespace) -> int:
     settings = _settings(args)
     tickers = [_checked_ticker(t) for t in args.tickers]
+    if args.days is not None and args.days < 1:
+        raise PipelineError(f"--days {args.days}: days must be >= 1")
     _load_tensorflow()
     from pipelines.flows import forecast_flow
 
     result = forecast_flow(settings=settings, tickers=tickers, days=args.days)
-    print(result.render())
-    return 0 if result.ok else 1
+    if result.frames or result.errors:
+        print(result.render())
+    if result.refused:  # the forecasts that were made are written and printed above
+        refused = "; ".join(f"{t}: {m}" for t, m in result.refused.items())
+        if result.errors:  # an unexpected failure as well: that one sets the exit code
+            print(f"error: {refused}", file=sys.stderr)
+            return 1
+        raise PipelineError(refused)
+    return 1 if result.errors else 0
 
 
 def _cmd_promote(args: argparse.Namespace) -> int:
@@ -357,8 +366,12 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     settings = _settings(args)
     tickers = [_checked_ticker(t) for t in args.tickers] if args.tickers else None
-    from pipelines.monitoring import render_status, scoring_flow, status
+    from pipelines.monitoring import forecast_log, render_status, scoring_flow, status
 
+    # Each log file is read once before the flow: an unreadable one is one line, not a
+    # failed flow run with Prefect's tracebacks.
+    for ticker in tickers or [None]:
+        forecast_log(settings).read(ticker)
     results = scoring_flow(settings=settings, tickers=tickers)
     for r in results.values():
         if r.event:

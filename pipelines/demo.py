@@ -75,7 +75,9 @@ def let_days_arrive(settings: Settings, ticker: str, days, folder: Path) -> int:
         store.merge_all(read_configured(settings.data, path, ticker))
         result = forecast_flow(settings=settings, tickers=[ticker])
         if not result.ok:
-            raise RuntimeError(f"forecast on {day['date'].iloc[0]} failed: {result.errors}")
+            raise RuntimeError(
+                f"forecast on {day['date'].iloc[0]} failed: {result.errors or result.refused}"
+            )
     return len(forecast_log(settings).read(ticker))
 
 

@@ -479,13 +479,17 @@ def retraining_flow(
 
 @dataclass
 class ForecastResult:
+    """Per ticker: a forecast (frame, path), an unexpected error, or a refused request
+    (no champion, more days than the intervals cover: the user's to fix, exit code 2)."""
+
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)
     paths: dict[str, Path] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return not self.errors
+        return not self.errors and not self.refused
 
     def render(self) -> str:
         out = []
@@ -498,20 +502,24 @@ class ForecastResult:
 
 def forecast_one(settings: Settings, ticker: str, days: int) -> tuple[pd.DataFrame, Path]:
     """The champion's next `days` trading days: the latest file, plus rows in the log."""
+    from mlflow.exceptions import MlflowException
+
     quiet_tensorflow()
     name = settings.registry.name_for(ticker)
     tracking.connect(settings)
-    version = tracking.champion(name, settings.registry.alias)
-    if version is None:
-        raise PipelineError(
-            f"{name} has no {settings.registry.alias!r} alias yet: run training first"
-        )
+    version = _champion(settings, ticker)
     model = tracking.load_model(name, settings.registry.alias)
     history = PriceStore(settings.store_path).load(ticker)
     inputs = model.metadata.get_input_schema().input_names()  # the columns the model reads
     # recalibrate: the conformal band also learns from the days since the model's validation
     params = {"days": days, "intervals": True, "recalibrate": True}
-    frame = model.predict(history[inputs], params=params)
+    try:
+        frame = model.predict(history[inputs], params=params)
+    except MlflowException as exc:
+        if exc.error_code != "INVALID_PARAMETER_VALUE":
+            raise
+        # the model refuses the request (lstm_core's DataError): the user's to fix
+        raise PipelineError(f"{name} v{version.version}: {exc.message}") from None
     frame.insert(0, "ticker", ticker)
     frame["model_version"] = version.version
     out_dir = settings.path(settings.data.forecasts)
@@ -524,8 +532,49 @@ def forecast_one(settings: Settings, ticker: str, days: int) -> tuple[pd.DataFra
     return frame, path
 
 
+def _champion(settings: Settings, ticker: str) -> tracking.RegisteredVersion:
+    """The ticker's champion, or a PipelineError saying how to get one: train, or promote
+    the latest version when versions exist that were refused."""
+    name, alias = settings.registry.name_for(ticker), settings.registry.alias
+    version = tracking.champion(name, alias)
+    if version is not None:
+        return version
+    known = tracking.versions(name) if tracking.registered_model_exists(name) else []
+    if not known:
+        raise PipelineError(
+            f"{name} has no registered version yet, so no {alias!r}: train one first with: "
+            f"lstm-pipeline run --ticker {ticker}"
+        )
+    latest = known[-1]
+    why = latest.tags.get(tracking.TAG_REASON, "")  # "refused: ..." when the gate refused it
+    refused = latest.tags.get(tracking.TAG_PROMOTED) == "false" and why
+    raise PipelineError(
+        f"{name} has no {alias!r} alias: its latest version, v{latest.version}, is not "
+        f"champion{f' ({why})' if refused else ''}; to forecast with it anyway: lstm-pipeline "
+        f"promote --ticker {ticker} --version {latest.version}"
+    )
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A forecast request the user has to change (a PipelineError's message)."""
+
+    message: str
+
+
+def _forecast_or_refusal(
+    settings: Settings, ticker: str, days: int
+) -> tuple[pd.DataFrame, Path] | Refusal:
+    # A refusal is the task's result, not its failure: Prefect neither retries it nor logs
+    # an ERROR with a traceback for what is one line for the user.
+    try:
+        return forecast_one(settings, ticker, days)
+    except PipelineError as exc:
+        return Refusal(str(exc))
+
+
 forecast_ticker = task(
-    forecast_one, name="forecast-ticker", cache_policy=NO_CACHE, **tasks.IO_RETRY
+    _forecast_or_refusal, name="forecast-ticker", cache_policy=NO_CACHE, **tasks.IO_RETRY
 )
 
 
@@ -539,14 +588,26 @@ def forecast_flow(
 ) -> ForecastResult:
     """Next N trading days with intervals from each ticker's champion, written to Parquet."""
     settings = _settings(settings, config_path, overrides)
-    days = days or settings.evaluation.forecast_days
+    days = settings.evaluation.forecast_days if days is None else days
     tickers = tickers or PriceStore(settings.store_path).tickers()
     result = ForecastResult()
     artifacts.name_run(_run_name("forecast", settings, tickers, "from"))
     futures = {t: forecast_ticker.submit(settings, t, days) for t in tickers}
     for t, fut in futures.items():
         try:
-            result.frames[t], result.paths[t] = fut.result()
+            out = fut.result()
         except Exception as exc:
             result.errors[t] = str(exc)
+            continue
+        if isinstance(out, Refusal):
+            result.refused[t] = out.message
+        else:
+            result.frames[t], result.paths[t] = out
+    # A served run's refusals show in its results table (the CLI prints them on stderr).
+    rows = [{"ticker": t, "outcome": "written", "detail": str(p)} for t, p in result.paths.items()]
+    rows += [{"ticker": t, "outcome": "refused", "detail": m} for t, m in result.refused.items()]
+    rows += [{"ticker": t, "outcome": "error", "detail": m} for t, m in result.errors.items()]
+    artifacts.table(
+        artifacts.artifact_key("forecast", "results"), rows, "forecast: written, refused, error"
+    )
     return result

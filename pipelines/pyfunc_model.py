@@ -40,12 +40,13 @@ class LSTMPriceModel(mlflow.pyfunc.PythonModel):
         intervals = bool(params.get("intervals", False))
         forecaster = self.forecaster
         try:
+            forecaster.check_days(days, intervals)  # before recalibrating: nothing computed
             if intervals and bool(params.get("recalibrate", False)):
                 # conformal scores of the input's days after the calibration: a rolling window
                 forecaster = forecaster.recalibrated(frame)
             return forecaster.forecast(
                 frame,
-                days=max(days, 1),
+                days=days,
                 samples=int(params.get("samples", 30)),
                 seed=int(params.get("seed", 0)),
                 intervals=intervals,

@@ -289,3 +289,89 @@ def test_new_users_path_from_a_folder_of_its_own(tmp_path):
     finally:
         server.stop()
     assert len(predictions) == 1 and predictions[0]["forecast"] > 0
+
+
+# ---------------------------------------------------------------- forecast and score: user errors
+
+
+def test_forecast_days_below_one_is_one_line_exit_2_and_writes_nothing(trained_settings, capfd):
+    project = trained_settings.base_dir
+    forecasts = project / "data" / "forecasts"
+    before = tree_bytes(forecasts)
+    for days in ("0", "-2"):
+        code = main(
+            [
+                "forecast",
+                "--ticker",
+                "TEST",
+                "--days",
+                days,
+                "--config",
+                str(project / "mlflow.yaml"),
+            ]
+        )
+        out = capfd.readouterr()
+        assert (code, out.out) == (2, ""), (code, out)
+        assert out.err == f"error: --days {days}: days must be >= 1\n"
+    assert tree_bytes(forecasts) == before
+
+
+def _cli(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The installed command in a subprocess: Prefect's own log lines would show on stderr."""
+    return cli(BIN, *args, cwd=project, env=user_env(keep_pythonpath=True), timeout=300)
+
+
+def test_forecast_beyond_the_calibrated_days_is_one_line_exit_2(trained_settings):
+    project = trained_settings.base_dir
+    forecasts = project / "data" / "forecasts"
+    before = tree_bytes(forecasts)
+    # The champion's intervals are calibrated for evaluation.forecast_days = 3 days ahead.
+    out = _cli(project, "forecast", "--ticker", "TEST", "--days", "300")
+    assert (out.returncode, out.stdout) == (2, ""), (out.returncode, out.stdout, out.stderr)
+    assert out.stderr == (
+        "error: TEST: test-TEST v1: intervals are calibrated for up to 3 day(s) ahead and 300 "
+        "were asked for: ask for at most 3, or raise evaluation.forecast_days and retrain\n"
+    )
+    assert tree_bytes(forecasts) == before
+
+
+def test_forecast_without_a_champion_names_the_way_to_one(trained_settings):
+    from mlflow import MlflowClient
+
+    from pipelines import tracking
+
+    project = trained_settings.base_dir
+    forecasts = project / "data" / "forecasts"
+    before = tree_bytes(forecasts)
+    out = _cli(project, "forecast", "--ticker", "NOPE")
+    assert (out.returncode, out.stdout) == (2, ""), (out.returncode, out.stdout, out.stderr)
+    assert out.stderr == (
+        "error: NOPE: test-NOPE has no registered version yet, so no 'champion': train one "
+        "first with: lstm-pipeline run --ticker NOPE\n"
+    )
+    # A version registered but not promoted: training again would not help, promoting does.
+    # (v1 made to look refused, as the promotion gate tags a version it refuses)
+    tracking.connect(trained_settings)
+    MlflowClient().delete_registered_model_alias("test-TEST", "champion")
+    why = "refused: test_rmse 0.9 is worse than the naive forecast's 0.5 by more than 10%"
+    tracking.tag_version(
+        "test-TEST", "1", {tracking.TAG_PROMOTED: "false", tracking.TAG_REASON: why}
+    )
+    out = _cli(project, "forecast", "--ticker", "TEST")
+    assert (out.returncode, out.stdout) == (2, ""), (out.returncode, out.stdout, out.stderr)
+    assert out.stderr == (
+        f"error: TEST: test-TEST has no 'champion' alias: its latest version, v1, is not champion "
+        f"({why}); to forecast with it anyway: lstm-pipeline promote --ticker TEST --version 1\n"
+    )
+    assert tree_bytes(forecasts) == before
+
+
+def test_score_with_an_unreadable_log_file_is_one_line_exit_2(trained_settings):
+    project = trained_settings.base_dir
+    bad = project / "data" / "forecasts" / "log" / "ticker=TEST" / "2017-11-20_v1.parquet"
+    bad.write_text("garbage\n")
+    for command in ("score", "status"):
+        out = _cli(project, command)
+        assert (out.returncode, out.stdout) == (2, ""), (command, out.returncode, out.stdout)
+        [line] = out.stderr.splitlines()
+        assert line.startswith(f"error: {bad}: not a readable forecast-log Parquet file"), line

@@ -94,6 +94,33 @@ def test_forecast_writes_future_trading_days(trained_settings):
     assert (frame["forecast"] < frame["upper_95"]).all()
 
 
+def test_forecast_refusals_are_results_not_failed_task_runs(trained_settings):
+    """A request the user must change comes back per ticker (the CLI prints it as one line);
+    the other tickers are forecast, and a served run's results table names the refusal."""
+    import json
+
+    from prefect import get_client
+
+    from pipelines.flows import forecast_flow
+
+    forecasts = trained_settings.path(trained_settings.data.forecasts)
+    result = forecast_flow(settings=trained_settings, tickers=["TEST", "NOPE"], days=2)
+    assert list(result.frames) == ["TEST"] and not result.errors and not result.ok
+    assert result.refused["NOPE"].startswith("test-NOPE has no registered version yet")
+    before = tree_bytes(forecasts)
+    result = forecast_flow(settings=trained_settings, tickers=["TEST"], days=4)
+    assert not result.frames and not result.errors
+    assert "up to 3 day(s) ahead and 4 were asked for" in result.refused["TEST"]
+    assert tree_bytes(forecasts) == before
+    with get_client(sync_client=True) as client:
+        [latest] = [
+            a for a in client.read_latest_artifacts(limit=200) if a.key == "forecast-results"
+        ]
+    assert json.loads(latest.data) == [
+        {"ticker": "TEST", "outcome": "refused", "detail": result.refused["TEST"]}
+    ]
+
+
 def test_one_ticker_failure_does_not_fail_the_others(trained_settings):
     from pipelines.flows import training_flow
     from pipelines.tasks import ingest

@@ -173,6 +173,48 @@ def test_champion_takes_a_plain_price_frame(trained, client):
         model.predict(plain.drop(columns=["open"]))
 
 
+def _refusal(model, frame, params=None) -> str:
+    """The served model's answer to a request the user must change: an MlflowException with
+    error code INVALID_PARAMETER_VALUE (HTTP 400 from `mlflow models serve`), one line."""
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException) as info:
+        model.predict(frame, params=params)
+    assert info.value.error_code == "INVALID_PARAMETER_VALUE", info.value.error_code
+    assert len(info.value.message.splitlines()) == 1, info.value.message
+    return info.value.message
+
+
+def test_served_model_refuses_days_it_cannot_forecast(trained, client):
+    import mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    plain = price_frame(120).rename(columns=str.lower).tail(30).reset_index(drop=True)
+    for days in (0, -1):
+        assert _refusal(model, plain, {"days": days}) == f"days must be >= 1, got {days}"
+    # The bands are calibrated for evaluation.forecast_days = 3 days ahead.
+    for params in (
+        {"days": 10, "intervals": True},
+        {"days": 10, "intervals": True, "recalibrate": True},
+    ):
+        assert _refusal(model, plain, params) == (
+            "intervals are calibrated for up to 3 day(s) ahead and 10 were asked for: ask for "
+            "at most 3, or raise evaluation.forecast_days and retrain"
+        )
+    assert len(model.predict(plain, params={"days": 10})) == 10  # no bands: no limit
+
+
+def test_served_model_names_a_bad_date_and_its_row(trained, client):
+    import mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    plain = price_frame(120).rename(columns=str.lower).tail(30).reset_index(drop=True)
+    plain.loc[2, "date"] = "2017-02-30"
+    assert _refusal(model, plain) == (
+        "column 'date', row 3 of 30: '2017-02-30' is not an ISO date (like 2017-11-10)"
+    )
+
+
 def test_champion_loads_where_the_project_cannot_be_imported(trained, client, tmp_path):
     """A fresh process without `pipelines` (or the installed lstm_core) on its sys.path."""
     from pipelines import tracking
