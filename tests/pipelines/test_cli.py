@@ -61,6 +61,7 @@ def test_a_damaged_store_file_is_one_line_exit_2_and_left_as_it_was(tiny_project
     assert tree_bytes(data.parent) == before
 
 
+@pytest.mark.slow  # the CLI in subprocesses, or trainings: CI runs it
 def test_a_tracking_server_that_does_not_answer_is_one_line_exit_2(tiny_project, capsys):
     import socket
 
@@ -80,6 +81,7 @@ def test_a_tracking_server_that_does_not_answer_is_one_line_exit_2(tiny_project,
         assert not any("Traceback" in line for line in err)
 
 
+@pytest.mark.slow  # the CLI in subprocesses, or trainings: CI runs it
 def test_run_trains_every_ticker_named(tiny_project, capsys):
     cfg = str(tiny_project / "mlflow.yaml")
     src = str(tiny_project / "prices" / "TEST.csv")
@@ -321,6 +323,7 @@ def _cli(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return cli(BIN, *args, cwd=project, env=user_env(keep_pythonpath=True), timeout=300)
 
 
+@pytest.mark.slow  # the CLI in subprocesses, or trainings: CI runs it
 def test_forecast_beyond_the_calibrated_days_is_one_line_exit_2(trained_settings):
     project = trained_settings.base_dir
     forecasts = project / "data" / "forecasts"
@@ -335,6 +338,7 @@ def test_forecast_beyond_the_calibrated_days_is_one_line_exit_2(trained_settings
     assert tree_bytes(forecasts) == before
 
 
+@pytest.mark.slow  # the CLI in subprocesses, or trainings: CI runs it
 def test_forecast_without_a_champion_names_the_way_to_one(trained_settings):
     from mlflow import MlflowClient
 
