@@ -366,12 +366,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     settings = _settings(args)
     tickers = [_checked_ticker(t) for t in args.tickers] if args.tickers else None
-    from pipelines.monitoring import forecast_log, render_status, scoring_flow, status
+    from pipelines.monitoring import render_status, scoring_flow, status
 
-    # Each log file is read once before the flow: an unreadable one is one line, not a
-    # failed flow run with Prefect's tracebacks.
-    for ticker in tickers or [None]:
-        forecast_log(settings).read(ticker)
     results = scoring_flow(settings=settings, tickers=tickers)
     for r in results.values():
         if r.event:

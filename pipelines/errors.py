@@ -50,10 +50,14 @@ class ConfigError(PipelineError):
         super().__init__(f"{self.path}: {key}: {problem}")
 
 
-def is_user_error(exc: BaseException) -> bool:
+def user_error_types() -> tuple[type[Exception], ...]:
     """Errors the user can act on (bad input, configuration, unusable data, a server that does
-    not answer): reported in one line, exit code 2, no traceback."""
+    not answer): reported in one line, exit code 2, no traceback. Subclasses included."""
     from lstm_core.data import DataError
     from lstm_core.train import TrainingDivergedError
 
-    return isinstance(exc, PipelineError | DataError | TrainingDivergedError)
+    return (PipelineError, DataError, TrainingDivergedError)
+
+
+def is_user_error(exc: BaseException) -> bool:
+    return isinstance(exc, user_error_types())

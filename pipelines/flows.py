@@ -555,26 +555,10 @@ def _champion(settings: Settings, ticker: str) -> tracking.RegisteredVersion:
     )
 
 
-@dataclass(frozen=True)
-class Refusal:
-    """A forecast request the user has to change (a PipelineError's message)."""
-
-    message: str
-
-
-def _forecast_or_refusal(
-    settings: Settings, ticker: str, days: int
-) -> tuple[pd.DataFrame, Path] | Refusal:
-    # A refusal is the task's result, not its failure: Prefect neither retries it nor logs
-    # an ERROR with a traceback for what is one line for the user.
-    try:
-        return forecast_one(settings, ticker, days)
-    except PipelineError as exc:
-        return Refusal(str(exc))
-
-
+# A PipelineError (no champion, more days than the bands cover) is not retried, and Prefect's
+# ERROR record of it is dropped (runtime's filter): the flow reports it as a refusal.
 forecast_ticker = task(
-    _forecast_or_refusal, name="forecast-ticker", cache_policy=NO_CACHE, **tasks.IO_RETRY
+    forecast_one, name="forecast-ticker", cache_policy=NO_CACHE, **tasks.IO_RETRY
 )
 
 
@@ -595,14 +579,11 @@ def forecast_flow(
     futures = {t: forecast_ticker.submit(settings, t, days) for t in tickers}
     for t, fut in futures.items():
         try:
-            out = fut.result()
+            result.frames[t], result.paths[t] = fut.result()
+        except PipelineError as exc:  # the user's to fix
+            result.refused[t] = str(exc)
         except Exception as exc:
             result.errors[t] = str(exc)
-            continue
-        if isinstance(out, Refusal):
-            result.refused[t] = out.message
-        else:
-            result.frames[t], result.paths[t] = out
     # A served run's refusals show in its results table (the CLI prints them on stderr).
     rows = [{"ticker": t, "outcome": "written", "detail": str(p)} for t, p in result.paths.items()]
     rows += [{"ticker": t, "outcome": "refused", "detail": m} for t, m in result.refused.items()]

@@ -23,7 +23,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from lstm_core import scoring
-from pipelines import artifacts, tracking
+from pipelines import artifacts, promotion, tracking
 from pipelines.config import Settings
 from pipelines.forecast_log import ForecastLog, rows_from_forecast
 from pipelines.store import PriceStore
@@ -259,8 +259,7 @@ def status(settings: Settings) -> list[dict[str, Any]]:
         decision = None
         if latest is not None and latest.tags.get(tracking.TAG_REASON):
             promoted = latest.tags.get(tracking.TAG_PROMOTED) == "true"
-            why = latest.tags[tracking.TAG_REASON]  # "promoted: ...", or a hand-made reason
-            why = why.removeprefix("promoted: ").removeprefix("refused: ")
+            why = promotion.bare_reason(latest.tags[tracking.TAG_REASON])
             decision = f"v{latest.version} {'promoted' if promoted else 'refused'}: {why}"
         row: dict[str, Any] = {
             "ticker": ticker,

@@ -106,9 +106,15 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.6g}"
 
 
+def bare_reason(reason: str) -> str:
+    """A recorded reason without its verdict ("promoted: x" -> "x"), for a sentence that says
+    the verdict itself."""
+    return reason.removeprefix("promoted: ").removeprefix("refused: ")
+
+
 def version_description(decision: Decision) -> str:
     """The decision in one sentence with the scores it compared (the UI's Description)."""
-    why = decision.reason.removeprefix("promoted: ").removeprefix("refused: ")
+    why = bare_reason(decision.reason)
     why = why.split(f" ({decision.metric}=")[0]  # its numbers are in the sentence already
     if decision.by_hand:
         return (

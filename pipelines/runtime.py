@@ -91,11 +91,9 @@ class _NoUserErrors(logging.Filter):
 
 
 def _user_error_names() -> set[str]:
-    from lstm_core.data import DataError
-    from lstm_core.train import TrainingDivergedError
-    from pipelines.errors import PipelineError
+    from pipelines.errors import user_error_types
 
-    todo, names = [PipelineError, DataError, TrainingDivergedError], set()
+    todo, names = list(user_error_types()), set()
     while todo:
         cls = todo.pop()
         names.add(cls.__name__)
