@@ -114,17 +114,6 @@ class Forecaster:
             frame[f"upper_{level_name(level)}"] = bounds.upper[level]
         return frame
 
-    def predict(
-        self,
-        history: pd.DataFrame,
-        intervals: bool = False,
-        levels: Sequence[float] | None = None,
-        samples: int = 30,
-        seed: int | None = None,
-    ) -> pd.DataFrame:
-        """The next business day's forecast: one row of :meth:`forecast`."""
-        return self.forecast(history, 1, levels, samples, seed, intervals)
-
     def save(self, directory: str | Path) -> Path:
         """Write model.keras (native format), preprocessor.json, features.json and, when
         calibrated, calibration.json."""

@@ -292,7 +292,7 @@ def log_forecaster(
 
     forecaster.save(forecaster_dir)
     input_example = model_input(input_example, forecaster.preprocessor)
-    output = forecaster.predict(input_example)
+    output = forecaster.forecast(input_example, 1, intervals=False)
     inferred = infer_signature(
         input_example,
         output,

@@ -19,19 +19,19 @@ def forecaster():
 
 def test_predict_one_row_deterministic(forecaster):
     df = make_frame(60)
-    out = forecaster.predict(df)
+    out = forecaster.forecast(df, 1, intervals=False)
     assert list(out.columns) == ["date", "forecast"] and len(out) == 1
     assert out["date"].iloc[0] == pd.Timestamp("2021-03-29")
     assert np.isfinite(out["forecast"].iloc[0])
-    pd.testing.assert_frame_equal(out, forecaster.predict(df))
+    pd.testing.assert_frame_equal(out, forecaster.forecast(df, 1, intervals=False))
     # only the last lookback+1 rows matter
-    pd.testing.assert_frame_equal(out, forecaster.predict(df.iloc[-6:]))
+    pd.testing.assert_frame_equal(out, forecaster.forecast(df.iloc[-6:], 1, intervals=False))
     with pytest.raises(DataError, match="history has 5 rows, needs at least 6"):
-        forecaster.predict(df.iloc[-5:])
+        forecaster.forecast(df.iloc[-5:], 1, intervals=False)
 
 
 def test_predict_with_intervals(forecaster):
-    out = forecaster.predict(make_frame(60), intervals=True, levels=(0.8, 0.95), samples=20, seed=0)
+    out = forecaster.forecast(make_frame(60), 1, levels=(0.8, 0.95), samples=20, seed=0)
     assert list(out.columns) == ["date", "forecast", "lower_80", "upper_80", "lower_95", "upper_95"]
     row = out.iloc[0]
     assert row.lower_95 <= row.lower_80 <= row.upper_80 <= row.upper_95
@@ -47,10 +47,12 @@ def test_save_load_round_trip(forecaster, tmp_path):
     }
     loaded = Forecaster.load(tmp_path / "bundle")
     assert loaded.feature_cfg == forecaster.feature_cfg
-    pd.testing.assert_frame_equal(loaded.predict(df), forecaster.predict(df))
+    pd.testing.assert_frame_equal(
+        loaded.forecast(df, 1, intervals=False), forecaster.forecast(df, 1, intervals=False)
+    )
     fc = loaded.forecast(df, days=3, samples=5, seed=0)
     assert len(fc) == 3 and fc["forecast"].iloc[0] == pytest.approx(
-        loaded.predict(df)["forecast"].iloc[0], rel=1e-5
+        loaded.forecast(df, 1, intervals=False)["forecast"].iloc[0], rel=1e-5
     )
 
 
@@ -64,7 +66,7 @@ def test_calibrated_forecaster_serves_its_bands_after_a_round_trip(forecaster, t
     calibrated.save(tmp_path / "bundle")
     assert (tmp_path / "bundle" / "calibration.json").exists()
     loaded = Forecaster.load(tmp_path / "bundle")
-    one = loaded.predict(df.iloc[:60], intervals=True)
+    one = loaded.forecast(df.iloc[:60], 1)
     assert list(one.columns) == ["date", "forecast", "lower_90", "upper_90"]  # calibrated levels
     assert np.log(one["upper_90"].iloc[0] / one["forecast"].iloc[0]) == pytest.approx(
         cal.quantile(0.9, 0)
