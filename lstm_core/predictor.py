@@ -24,7 +24,6 @@ from lstm_core.intervals import (
 
 MODEL_FILE = "model.keras"
 PREPROCESSOR_FILE = "preprocessor.json"
-FEATURES_FILE = "features.json"
 CALIBRATION_FILE = "calibration.json"
 DEFAULT_LEVELS = (0.8, 0.95)
 
@@ -115,13 +114,12 @@ class Forecaster:
         return frame
 
     def save(self, directory: str | Path) -> Path:
-        """Write model.keras (native format), preprocessor.json, features.json and, when
-        calibrated, calibration.json."""
+        """Write model.keras (native format), preprocessor.json (with the feature config) and,
+        when calibrated, calibration.json."""
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         self.model.save(path / MODEL_FILE)
         (path / PREPROCESSOR_FILE).write_text(json.dumps(self.preprocessor.to_dict(), indent=2))
-        (path / FEATURES_FILE).write_text(self.feature_cfg.model_dump_json(indent=2))
         if self.calibration is not None:
             (path / CALIBRATION_FILE).write_text(json.dumps(self.calibration.to_dict(), indent=1))
         return path
@@ -133,9 +131,6 @@ class Forecaster:
 
         path = Path(directory)
         preprocessor = Preprocessor.from_dict(json.loads((path / PREPROCESSOR_FILE).read_text()))
-        features = FeatureConfig.model_validate_json((path / FEATURES_FILE).read_text())
-        if features != preprocessor.feature_cfg:
-            raise ValueError(f"{FEATURES_FILE} and {PREPROCESSOR_FILE} disagree in {path}")
         # compile=False: serving needs no optimizer state (and skips restoring it)
         model = keras.models.load_model(path / MODEL_FILE, safe_mode=True, compile=False)
         calibration = None

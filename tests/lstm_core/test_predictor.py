@@ -43,7 +43,6 @@ def test_save_load_round_trip(forecaster, tmp_path):
     assert {p.name for p in (tmp_path / "bundle").iterdir()} == {
         "model.keras",
         "preprocessor.json",
-        "features.json",
     }
     loaded = Forecaster.load(tmp_path / "bundle")
     assert loaded.feature_cfg == forecaster.feature_cfg
