@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lstm_core.config import FeatureConfig
 from lstm_core.data import DATE_COLUMN, DataError, Preprocessor, model_input
 from lstm_core.forecast import next_business_days, recursive_errors, simulate_paths
 from lstm_core.intervals import (
@@ -37,10 +36,6 @@ class Forecaster:
     preprocessor: Preprocessor
     calibration: ConformalCalibration | None = None
     _infer: Any = field(default=None, init=False, repr=False)  # built on first use
-
-    @property
-    def feature_cfg(self) -> FeatureConfig:
-        return self.preprocessor.feature_cfg
 
     def _deterministic(self, x: np.ndarray) -> np.ndarray:
         # a traced tf.function: calling the LSTM eagerly costs much more per window

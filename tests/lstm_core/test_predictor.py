@@ -45,7 +45,7 @@ def test_save_load_round_trip(forecaster, tmp_path):
         "preprocessor.json",
     }
     loaded = Forecaster.load(tmp_path / "bundle")
-    assert loaded.feature_cfg == forecaster.feature_cfg
+    assert loaded.preprocessor.feature_cfg == forecaster.preprocessor.feature_cfg
     pd.testing.assert_frame_equal(
         loaded.forecast(df, 1, intervals=False), forecaster.forecast(df, 1, intervals=False)
     )
