@@ -67,14 +67,6 @@ class SplitFrames:
     def train(self) -> pd.DataFrame:
         return self.frame.iloc[: self.train_end]
 
-    @property
-    def val(self) -> pd.DataFrame:
-        return self.frame.iloc[self.train_end : self.val_end]
-
-    @property
-    def test(self) -> pd.DataFrame:
-        return self.frame.iloc[self.val_end :]
-
 
 def split_frame(
     df: pd.DataFrame, eval_cfg: EvaluationConfig, val_start: Any = None, test_start: Any = None

@@ -60,5 +60,6 @@ def test_tutorial_configuration_on_ping_an():
     m = ev.metrics
     assert all(np.isfinite(v) for k, v in m.items()), m
     assert m["naive_rmse"] > 0 and "naive" in ev.predictions
-    assert len(ev.predictions) == len(frames.test)
-    assert ev.predictions["date"].iloc[0] == frames.test["date"].iloc[0]
+    test = frames.frame.iloc[frames.val_end :]
+    assert len(ev.predictions) == len(test)
+    assert ev.predictions["date"].iloc[0] == test["date"].iloc[0]

@@ -100,9 +100,10 @@ def test_scaler_sees_only_training_rows_and_handles_values_outside_range():
     pre = fit_preprocessor(frames.train, FeatureConfig(lookback=5, target_transform="price"))
     assert pre.scaler.data_max_[0] == frames.train["open"].max()
     assert pre.scaler.data_min_[0] == frames.train["open"].min()
-    test_scaled = pre.transform(frames.test)[:, 0]
+    test = frames.frame.iloc[frames.val_end :]
+    test_scaled = pre.transform(test)[:, 0]
     assert (test_scaled > 1.0).all()  # an uptrend leaves the training range
-    np.testing.assert_allclose(pre.inverse_target(test_scaled), frames.test["open"].to_numpy())
+    np.testing.assert_allclose(pre.inverse_target(test_scaled), test["open"].to_numpy())
 
 
 def test_log_return_features():
@@ -150,7 +151,7 @@ def test_split_by_dates():
         df, EvaluationConfig(), val_start=df["date"][20], test_start=df["date"][25]
     )
     assert (frames.train_end, frames.val_end) == (20, 25)
-    assert len(frames.train) == 20 and len(frames.val) == 5 and len(frames.test) == 5
+    assert len(frames.train) == 20 and len(frames.frame) == 30
     with pytest.raises(ValueError):
         split_frame(df, EvaluationConfig(), val_start=df["date"][20])
 
