@@ -172,8 +172,11 @@ def _outputs(
     return np.concatenate(_side_by_side(pool, [partial(rows, *s) for s in _slices(total, parts)]))
 
 
-def _infer(model: Any, X: np.ndarray, n_samples: int | None, seed: int = 0) -> np.ndarray:
-    """``(n_samples or 1, n, horizon)`` outputs; ``n_samples`` None: deterministic."""
+def mc_dropout_samples(
+    model: Any, X: np.ndarray, n_samples: int | None, seed: int = 0
+) -> np.ndarray:
+    """``n_samples`` outputs ``(n_samples, n, horizon)`` with dropout active, as in training;
+    ``n_samples`` None: one output ``(1, n, horizon)``, dropout off."""
     net = _Net.of(model)
     X = np.ascontiguousarray(X, dtype=np.float32)
     shape = (1 if n_samples is None else n_samples, len(X), net.views[-1].size)
@@ -186,12 +189,7 @@ def _infer(model: Any, X: np.ndarray, n_samples: int | None, seed: int = 0) -> n
 
 def predict(model: Any, X: np.ndarray) -> np.ndarray:
     """Deterministic output ``(n, horizon)`` of ``model`` (dropout off) for ``X``."""
-    return _infer(model, X, None)[0]
-
-
-def mc_dropout_samples(model: Any, X: np.ndarray, n_samples: int, seed: int = 0) -> np.ndarray:
-    """``n_samples`` outputs ``(n_samples, n, horizon)`` with dropout active, as in training."""
-    return _infer(model, X, n_samples, seed)
+    return mc_dropout_samples(model, X, None)[0]
 
 
 def fit(
