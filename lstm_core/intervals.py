@@ -156,17 +156,13 @@ class ConformalCalibration:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON: the scores, and their quantiles per level and step for reading."""
+        """Plain JSON: the scores (their quantiles are the ``metrics``)."""
         return {
             "format": CALIBRATION_FORMAT,
             "method": "split_conformal",
             "score": "abs(log(actual / forecast)); band = forecast * exp(+-quantile)",
             "last_date": self.last_date,
             "levels": list(self.levels),
-            "quantiles": {
-                level_name(lv): [self.quantile(lv, k) for k in range(self.steps)]
-                for lv in self.levels
-            },
             "scores": [[float(x) for x in s] for s in self.scores],
         }
 
@@ -174,12 +170,8 @@ class ConformalCalibration:
     def from_dict(cls, state: dict[str, Any]) -> ConformalCalibration:
         if state.get("format") != CALIBRATION_FORMAT:
             raise ValueError(f"unsupported calibration format {state.get('format')!r}")
-        calibration = calibrate(
-            state["scores"], [float(x) for x in state["levels"]], state["last_date"]
-        )
-        if calibration.to_dict()["quantiles"] != state.get("quantiles"):
-            raise ValueError("calibration quantiles disagree with its scores")
-        return calibration
+        levels = [float(x) for x in state["levels"]]
+        return calibrate(state["scores"], levels, state["last_date"])
 
 
 def calibrate(
