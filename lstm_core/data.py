@@ -16,6 +16,7 @@ before the split starts, never anything after its targets.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -207,10 +208,6 @@ def fit_preprocessor(train_df: pd.DataFrame, feature_cfg: FeatureConfig) -> Prep
     return pre
 
 
-def _iso_date(value: Any) -> pd.Timestamp:
-    return pd.to_datetime(value, format="ISO8601")
-
-
 def _refused(values: pd.Series, column: str, what: str, convert: Any) -> str | None:
     """The sentence naming the first value ``convert`` refuses, by its row (1-based, in the
     order given); None when only the column as a whole is refused."""
@@ -246,11 +243,12 @@ def model_input(history: Any, preprocessor: Preprocessor) -> pd.DataFrame:
         )
     dates = frame[DATE_COLUMN]
     if not pd.api.types.is_datetime64_any_dtype(dates):
+        iso_date = partial(pd.to_datetime, format="ISO8601")
         try:
-            dates = pd.to_datetime(dates, format="ISO8601")
+            dates = iso_date(dates)
         except (ValueError, TypeError) as exc:
             raise DataError(
-                _refused(dates, DATE_COLUMN, "an ISO date (like 2017-11-10)", _iso_date)
+                _refused(dates, DATE_COLUMN, "an ISO date (like 2017-11-10)", iso_date)
                 or f"column {DATE_COLUMN!r}: not ISO dates or datetimes ({exc})"
             ) from None
     if getattr(dates.dt, "tz", None) is not None:
