@@ -101,7 +101,7 @@ def train_model(
         early = keras.callbacks.EarlyStopping(monitor, patience=patience, restore_best_weights=True)
     all_callbacks = [c for c in (guard, early) if c is not None] + list(callbacks)
     if backend == "fast":
-        history, _ = engine.fit(model, X_train, y_train, X_val, y_val, cfg, all_callbacks)
+        history = engine.fit(model, X_train, y_train, X_val, y_val, cfg, all_callbacks)
     else:
         with global_seed(cfg.seed):  # tf.data's shuffle combines its seed with the global one
             ds = _dataset(X_train, y_train, cfg.batch_size, cfg.shuffle, cfg.seed, repeat=True)

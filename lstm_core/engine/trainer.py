@@ -2,8 +2,8 @@
 kernels of ``lstm_core.engine.kernels``.
 
 ``fit`` copies the weights into one flat float32 vector, trains it (each slice of a batch is one
-``train_slice`` call on its own thread; ``adam_update`` is Keras' Adam, its moments and step in an
-``AdamState`` of the engine's, not in the Keras optimizer) and writes the weights back after every
+``train_slice`` call on its own thread; ``adam_update`` is Keras' Adam, its moments and step the
+engine's, not in the Keras optimizer) and writes the weights back after every
 epoch, so callbacks, early stopping and saving see the model as ``model.fit`` would leave it.
 Dropout masks come from a counter-based hash, not Keras' RNG: same distribution, other draws.
 """
@@ -113,15 +113,6 @@ class _Net:
             var.assign(view)
 
 
-@dataclass
-class AdamState:
-    """Adam's first and second moments (flat, as the parameters) and its step count."""
-
-    m: np.ndarray
-    v: np.ndarray
-    step: int = 0
-
-
 def _slices(n: int, parts: int) -> list[tuple[int, int]]:
     """Up to ``parts`` non-empty (start, stop) row ranges covering ``range(n)``, sizes within 1."""
     cuts = np.linspace(0, n, parts + 1).astype(int)
@@ -200,10 +191,9 @@ def fit(
     y_val: np.ndarray | None,
     cfg: TrainingConfig,
     callbacks: Sequence[Any] = (),
-    adam: AdamState | None = None,
-) -> tuple[dict[str, list[float]], AdamState]:
-    """Train ``model`` like ``model.fit``; returns the history ('loss', 'val_loss') and Adam's
-    state (pass it to a later call to continue like a second ``fit``).
+) -> dict[str, list[float]]:
+    """Train ``model`` like ``model.fit`` from a fresh Adam; returns the history ('loss',
+    'val_loss').
 
     ``X`` (n, T, n_in), ``y`` (n, H); ``cfg``'s epochs, batch size, seed and shuffle apply.
     Callbacks get the train, epoch (with 'loss' and 'val_loss') and train-batch hooks;
@@ -222,7 +212,7 @@ def fit(
         X_val = np.ascontiguousarray(X_val, dtype=np.float32)
         y_val = np.asarray(y_val, dtype=np.float64).reshape(len(X_val), -1)
     n, horizon, size = len(X), y.shape[1], cfg.batch_size
-    adam = adam or AdamState(np.zeros_like(net.flat), np.zeros_like(net.flat))
+    m, v, step = np.zeros_like(net.flat), np.zeros_like(net.flat), 0  # Adam's moments and step
     opt = model.optimizer
     b1, b2 = float(opt.beta_1), float(opt.beta_2)
     adam_args = (np.float32(1.0 - b1), np.float32(1.0 - b2), np.float32(opt.epsilon))
@@ -242,24 +232,23 @@ def fit(
         for epoch in range(cfg.epochs):
             cbs.on_epoch_begin(epoch)
             lr = float(keras.ops.convert_to_numpy(opt.learning_rate))  # callbacks may change it
-            # seeded by the global step, so a second call continues the first's sequence
-            rng = np.random.default_rng([cfg.seed, adam.step])
+            rng = np.random.default_rng([cfg.seed, step])  # each epoch its own order
             order = rng.permutation(n) if cfg.shuffle else np.arange(n)
             sse = 0.0
             for b in range(steps):
                 if batch_hooks:
                     cbs.on_train_batch_begin(b)
                 rows = order[b * size : (b + 1) * size]
-                xb, yb, nb, key = X[rows], y[rows], len(rows), _mask_key(cfg.seed, adam.step)
+                xb, yb, nb, key = X[rows], y[rows], len(rows), _mask_key(cfg.seed, step)
                 calls = [
                     partial(train_slice, xb[lo:hi], yb[lo:hi], net.views, key, lo, nb, net.rate,
                             net.top_rate, grads[k])
                     for k, (lo, hi) in enumerate(_slices(nb, parts))
                 ]  # fmt: skip
                 batch_sse = sum(_side_by_side(pool, calls))
-                adam.step += 1
-                alpha = np.float32(lr * math.sqrt(1.0 - b2**adam.step) / (1.0 - b1**adam.step))
-                adam_update(net.flat, grads[: len(calls)], adam.m, adam.v, alpha, *adam_args)
+                step += 1
+                alpha = np.float32(lr * math.sqrt(1.0 - b2**step) / (1.0 - b1**step))
+                adam_update(net.flat, grads[: len(calls)], m, v, alpha, *adam_args)
                 sse += batch_sse
                 if batch_hooks:
                     cbs.on_train_batch_end(b, {"loss": batch_sse / (nb * horizon)})
@@ -274,4 +263,4 @@ def fit(
             if model.stop_training:
                 break
     cbs.on_train_end()
-    return history, adam
+    return history

@@ -153,22 +153,6 @@ def test_the_engine_trains_like_keras_fit_on_the_same_network(n_train, batch_siz
     assert int(np.asarray(keras_run.model.optimizer.iterations)) == 3 * steps
 
 
-def test_two_calls_continue_like_one_longer_call_with_the_engines_adam_state():
-    X, y = _xy(n=24)
-    cfg = TrainingConfig(epochs=2, batch_size=8, seed=3, shuffle=True)
-    once = _model()
-    history, adam = engine.fit(once, X, y, None, None, cfg)
-    assert adam.step == 6
-    twice = _model()
-    half = cfg.model_copy(update={"epochs": 1})
-    _, state = engine.fit(twice, X, y, None, None, half)
-    second, state = engine.fit(twice, X, y, None, None, half, adam=state)
-    assert state.step == 6
-    for a, b in zip(once.get_weights(), twice.get_weights(), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
-    assert second["loss"][0] == pytest.approx(history["loss"][1], rel=1e-6)
-
-
 def test_the_engine_runs_only_the_network_it_implements():
     import keras
 
