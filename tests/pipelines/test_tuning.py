@@ -122,7 +122,8 @@ def _poisoned_frame(settings, n: int = 120) -> tuple[pd.DataFrame, pd.DataFrame]
 
     frame = price_frame(n).rename(columns=str.lower)
     frame["date"] = pd.to_datetime(frame["date"])
-    test_rows = split_frame(frame, settings.evaluation).test.index
+    frames = split_frame(frame, settings.evaluation)
+    test_rows = frames.frame.index[frames.val_end :]
     poisoned = frame.copy()
     poisoned.loc[test_rows, ["open", "high", "low", "close", "volume"]] = np.nan
     return frame, poisoned
