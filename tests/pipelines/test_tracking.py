@@ -314,7 +314,16 @@ def test_promotion_by_alias_refusal_manual_promote_and_rollback(trained, client,
     assert text.startswith("Champion by hand (manual promotion: test): its test_rmse ")
     rollback(settings, "TEST")
     assert tracking.champion(MODEL, "champion").version == "2"
-    assert "(rollback from v3)" in client.get_model_version(MODEL, "2").description
+    text = client.get_model_version(MODEL, "2").description
+    assert "(rollback from v3)" in text
+    # The gate's verdict on v2 is kept beside the rollback, not overwritten by it.
+    tags = tracking.get_version(MODEL, "2").tags
+    assert tags["promotion.gate_reason"].startswith("promoted: test_rmse 1e-09 beats champion")
+    assert text.endswith(f"The promotion gate had decided: {tags['promotion.gate_reason']}.")
+    # status reports the latest decision (the rollback), not the newest version's (v3's).
+    from pipelines.monitoring import status
+
+    assert status(settings)[0]["last_decision"] == "v2 promoted: rollback from v3"
     rollback(settings, "TEST")
     assert tracking.champion(MODEL, "champion").version == "1"
 
