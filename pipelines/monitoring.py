@@ -221,9 +221,9 @@ def scoring_flow(
     overrides: list[str] | None = None,
 ) -> dict[str, LiveScore]:
     """Score every ticker's logged forecasts against the prices that have arrived."""
-    from pipelines.flows import _settings
+    from pipelines.flows import resolve_settings
 
-    settings = _settings(settings, config_path, overrides)
+    settings = resolve_settings(settings, config_path, overrides)
     results = score_all(settings, tickers)
     through = max((r.scored_through for r in results.values() if r.scored_through), default=None)
     artifacts.name_run(f"score {through or 'nothing due'}")

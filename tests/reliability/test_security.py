@@ -83,7 +83,7 @@ def test_servers_bind_to_localhost_only():
 
 def test_forecast_output_names_come_from_validated_tickers():
     """forecast writes <forecasts>/<ticker>.parquet: the ticker must have passed validation."""
-    src = (REPO / "pipelines" / "flows.py").read_text(encoding="utf-8")
+    src = (REPO / "pipelines" / "flows" / "forecast.py").read_text(encoding="utf-8")
     assert 'f"{ticker}.parquet"' in src
     # the forecast flow only ever gets tickers that are in the store or pass the CLI check
     cli_src = (REPO / "pipelines" / "cli.py").read_text(encoding="utf-8")
