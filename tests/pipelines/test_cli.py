@@ -374,7 +374,7 @@ def test_score_with_an_unreadable_log_file_is_one_line_exit_2(trained_settings):
     project = trained_settings.base_dir
     bad = project / "data" / "forecasts" / "log" / "ticker=TEST" / "2017-11-20_v1.parquet"
     bad.write_text("garbage\n")
-    for command in ("score", "status"):
+    for command in ("score", "status", "retrain"):
         out = _cli(project, command)
         assert (out.returncode, out.stdout) == (2, ""), (command, out.returncode, out.stdout)
         [line] = out.stderr.splitlines()
