@@ -26,6 +26,7 @@ MODEL_FILE = "model.keras"
 PREPROCESSOR_FILE = "preprocessor.json"
 FEATURES_FILE = "features.json"
 CALIBRATION_FILE = "calibration.json"
+HOLIDAYS_FILE = "holidays.json"
 DEFAULT_LEVELS = (0.8, 0.95)
 
 
@@ -37,6 +38,7 @@ class Forecaster:
     model: Any
     preprocessor: Preprocessor
     calibration: ConformalCalibration | None = None
+    holidays: tuple[str, ...] = ()  # weekdays without trading (ISO), skipped by forecast dates
     _infer: Any = field(default=None, init=False, repr=False)  # built on first use
 
     @property
@@ -94,7 +96,7 @@ class Forecaster:
         history = model_input(history, pre)
         raw = pre.column_values(history.iloc[-pre.rows_needed :])[None]  # (1, rows, n_features)
         point = simulate_paths(pre, raw, days, self._deterministic)[0]
-        dates = next_business_days(history[DATE_COLUMN].iloc[-1], days)
+        dates = next_business_days(history[DATE_COLUMN].iloc[-1], days, self.holidays)
         frame = pd.DataFrame({DATE_COLUMN: dates, "forecast": point})
         if levels is None:
             levels = self.calibration.levels if self.calibration is not None else DEFAULT_LEVELS
@@ -135,6 +137,7 @@ class Forecaster:
         (path / FEATURES_FILE).write_text(self.feature_cfg.model_dump_json(indent=2))
         if self.calibration is not None:
             (path / CALIBRATION_FILE).write_text(json.dumps(self.calibration.to_dict(), indent=1))
+        (path / HOLIDAYS_FILE).write_text(json.dumps(list(self.holidays)))
         return path
 
     @classmethod
@@ -153,4 +156,6 @@ class Forecaster:
         if (path / CALIBRATION_FILE).exists():
             state = json.loads((path / CALIBRATION_FILE).read_text())
             calibration = ConformalCalibration.from_dict(state)
-        return cls(model, preprocessor, calibration)
+        holidays = path / HOLIDAYS_FILE  # absent in models saved before it existed
+        days = tuple(json.loads(holidays.read_text())) if holidays.exists() else ()
+        return cls(model, preprocessor, calibration, days)

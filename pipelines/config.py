@@ -143,6 +143,23 @@ class DataConfig(_Section):
     min_new_rows: int = Field(1, ge=1)
     # null turns the split-sized-jump check off (e.g. for knowingly unadjusted prices).
     max_daily_change: JumpLimits | None = JumpLimits()
+    # The exchange whose trading days forecasts are dated on (exchange_calendars' code, e.g.
+    # XNYS, XSHG); null: Monday to Friday.
+    calendar: str | None = None
+
+    @field_validator("calendar")
+    @classmethod
+    def _known_calendar(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        import exchange_calendars
+
+        if v not in exchange_calendars.get_calendar_names(include_aliases=True):
+            raise ValueError(
+                f"unknown exchange calendar {v!r}: use an exchange_calendars code such as XNYS "
+                "(New York), XSHG (Shanghai and Shenzhen), XLON, XHKG, or null for Monday-Friday"
+            )
+        return v
 
 
 class ScheduleConfig(_Section):

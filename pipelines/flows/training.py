@@ -16,6 +16,7 @@ from lstm_core.backtest import fold_bounds
 from lstm_core.data import DataError
 from lstm_core.predictor import Forecaster
 from pipelines import artifacts, promotion, tasks, tracking
+from pipelines.calendar import closed_weekdays
 from pipelines.config import Settings
 from pipelines.errors import FOLDS_ADVICE, PipelineError
 from pipelines.flows.common import (
@@ -136,7 +137,8 @@ def train_one(
         result.plots = tasks.log_results(run_id, metrics, figures, evaluation.predictions)
         result.artifact_uri = tracking.artifact_uri(run_id)
 
-        forecaster = Forecaster(trained.model, preprocessor, calibration)
+        holidays = closed_weekdays(settings.data.calendar, manifest.last_date)
+        forecaster = Forecaster(trained.model, preprocessor, calibration, holidays)
         example = frame.tail(preprocessor.rows_needed).reset_index(drop=True)
         with tempfile.TemporaryDirectory(prefix="lstm-") as tmp:
             workdir = Path(tmp)

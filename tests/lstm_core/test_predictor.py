@@ -44,6 +44,7 @@ def test_save_load_round_trip(forecaster, tmp_path):
         "model.keras",
         "preprocessor.json",
         "features.json",
+        "holidays.json",
     }
     loaded = Forecaster.load(tmp_path / "bundle")
     assert loaded.feature_cfg == forecaster.feature_cfg
@@ -51,6 +52,20 @@ def test_save_load_round_trip(forecaster, tmp_path):
     fc = loaded.forecast(df, days=3, samples=5, seed=0)
     assert len(fc) == 3 and fc["forecast"].iloc[0] == pytest.approx(
         loaded.predict(df)["forecast"].iloc[0], rel=1e-5
+    )
+
+
+def test_forecast_days_skip_the_holidays_it_was_saved_with(forecaster, tmp_path):
+    df = make_frame(60)  # ends on Friday 2021-03-26
+    closed = Forecaster(forecaster.model, forecaster.preprocessor, holidays=("2021-03-29",))
+    closed.save(tmp_path / "bundle")
+    loaded = Forecaster.load(tmp_path / "bundle")
+    assert loaded.holidays == ("2021-03-29",)
+    dates = loaded.forecast(df, days=3, samples=0)["date"]
+    assert list(dates) == list(pd.to_datetime(["2021-03-30", "2021-03-31", "2021-04-01"]))
+    (tmp_path / "bundle" / "holidays.json").unlink()  # a model saved before holidays existed
+    assert Forecaster.load(tmp_path / "bundle").predict(df)["date"].iloc[0] == pd.Timestamp(
+        "2021-03-29"
     )
 
 

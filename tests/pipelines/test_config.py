@@ -64,6 +64,7 @@ def test_stable_key_names_are_all_present():
     [
         ("training:\n  epochs: -1\n", "training.epochs"),
         ("training:\n  epochs: 0\n", "training.epochs"),  # an untrained model
+        ("data:\n  calendar: NYSEX\n", "data.calendar"),
         ("features:\n  lookback: 0\n", "features.lookback"),
         ("features:\n  lookbak: 5\n", "features.lookbak"),
         ("nonsense:\n  a: 1\n", "nonsense"),

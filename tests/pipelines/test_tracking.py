@@ -233,8 +233,10 @@ def test_champion_loads_where_the_project_cannot_be_imported(trained, client, tm
         import lstm_core  # from the model's own code folder
         out = model.predict(model.input_example)
         mine = model.predict(pd.read_csv(sys.argv[1]).rename(columns=str.lower))
+        later = model.predict(model.input_example, params={{"days": 13}})
         print(json.dumps({{"example": out["forecast"].tolist(), "core": lstm_core.__file__,
-                          "mine": mine["forecast"].tolist()}}))
+                          "mine": mine["forecast"].tolist(),
+                          "dates": later["date"].dt.strftime("%Y-%m-%d").tolist()}}))
         """
     )
     proc = subprocess.run(
@@ -250,6 +252,9 @@ def test_champion_loads_where_the_project_cannot_be_imported(trained, client, tm
     assert got["example"] == pytest.approx(expected["forecast"]["forecast"], rel=1e-6)
     assert "/code/lstm_core/" in got["core"], got["core"]
     assert len(got["mine"]) == 1 and got["mine"][0] > 0
+    # data.calendar XNYS: the 13 trading days after Tuesday 2020-06-16 skip Independence Day
+    # (observed on Friday 2020-07-03); Monday to Friday alone would end on 2020-07-03.
+    assert got["dates"][0] == "2020-06-17" and got["dates"][-2:] == ["2020-07-02", "2020-07-06"]
 
 
 def test_promotion_by_alias_refusal_manual_promote_and_rollback(trained, client, tmp_path):
