@@ -370,15 +370,23 @@ def test_forecast_without_a_champion_names_the_way_to_one(trained_settings):
     assert tree_bytes(forecasts) == before
 
 
-def test_score_with_an_unreadable_log_file_is_one_line_exit_2(trained_settings):
-    project = trained_settings.base_dir
+def _unreadable_log_is_one_line_exit_2(project: Path, commands: tuple[str, ...]) -> None:
     bad = project / "data" / "forecasts" / "log" / "ticker=TEST" / "2017-11-20_v1.parquet"
     bad.write_text("garbage\n")
-    for command in ("score", "status", "retrain"):
+    for command in commands:
         out = _cli(project, command)
         assert (out.returncode, out.stdout) == (2, ""), (command, out.returncode, out.stdout)
         [line] = out.stderr.splitlines()
         assert line.startswith(f"error: {bad}: not a readable forecast-log Parquet file"), line
+
+
+def test_score_with_an_unreadable_log_file_is_one_line_exit_2(trained_settings):
+    _unreadable_log_is_one_line_exit_2(trained_settings.base_dir, ("score", "status"))
+
+
+@pytest.mark.slow  # the retraining flow in a subprocess
+def test_retrain_with_an_unreadable_log_file_is_one_line_exit_2(trained_settings):
+    _unreadable_log_is_one_line_exit_2(trained_settings.base_dir, ("retrain",))
 
 
 SHARED_PING_AN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "平安银行.csv"
