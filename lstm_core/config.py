@@ -68,7 +68,7 @@ class ModelConfig(_Frozen):
 
 
 class TrainingConfig(_Frozen):
-    epochs: int = Field(20, ge=0)
+    epochs: int = Field(20, ge=1)  # 0 would register an untrained network
     batch_size: int = Field(32, ge=1)
     seed: int = Field(42, ge=0)
     early_stopping_patience: int = Field(0, ge=0, description="0 disables early stopping")

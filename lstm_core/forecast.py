@@ -20,9 +20,10 @@ from lstm_core.intervals import ConformalCalibration, calibrate, price_scores
 from lstm_core.model import predict_scaled
 
 
-def next_business_days(last_date: Any, days: int) -> pd.DatetimeIndex:
-    """The ``days`` business days (Mon-Fri, no holiday calendar) after ``last_date``."""
-    return pd.bdate_range(pd.Timestamp(last_date) + pd.offsets.BDay(1), periods=days)
+def next_business_days(last_date: Any, days: int, holidays: Sequence[str] = ()) -> pd.DatetimeIndex:
+    """The ``days`` weekdays after ``last_date`` that are not among ``holidays``."""
+    day = pd.offsets.CustomBusinessDay(holidays=list(holidays))
+    return pd.date_range(pd.Timestamp(last_date) + day, periods=days, freq=day)
 
 
 def simulate_paths(

@@ -24,6 +24,7 @@ from lstm_core.intervals import (
 MODEL_FILE = "model.keras"
 PREPROCESSOR_FILE = "preprocessor.json"
 CALIBRATION_FILE = "calibration.json"
+HOLIDAYS_FILE = "holidays.json"
 DEFAULT_LEVELS = (0.8, 0.95)
 
 
@@ -35,6 +36,7 @@ class Forecaster:
     model: Any
     preprocessor: Preprocessor
     calibration: ConformalCalibration | None = None
+    holidays: tuple[str, ...] = ()  # weekdays without trading (ISO), skipped by forecast dates
     _infer: Any = field(default=None, init=False, repr=False)  # built on first use
 
     def _deterministic(self, x: np.ndarray) -> np.ndarray:
@@ -88,7 +90,7 @@ class Forecaster:
         history = model_input(history, pre)
         raw = pre.column_values(history.iloc[-pre.rows_needed :])[None]  # (1, rows, n_features)
         point = simulate_paths(pre, raw, days, self._deterministic)[0]
-        dates = next_business_days(history[DATE_COLUMN].iloc[-1], days)
+        dates = next_business_days(history[DATE_COLUMN].iloc[-1], days, self.holidays)
         frame = pd.DataFrame({DATE_COLUMN: dates, "forecast": point})
         if levels is None:
             levels = self.calibration.levels if self.calibration is not None else DEFAULT_LEVELS
@@ -109,14 +111,15 @@ class Forecaster:
         return frame
 
     def save(self, directory: str | Path) -> Path:
-        """Write model.keras (native format), preprocessor.json (with the feature config) and,
-        when calibrated, calibration.json."""
+        """Write model.keras (native format), preprocessor.json (with the feature config),
+        holidays.json and, when calibrated, calibration.json."""
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         self.model.save(path / MODEL_FILE)
         (path / PREPROCESSOR_FILE).write_text(json.dumps(self.preprocessor.to_dict(), indent=2))
         if self.calibration is not None:
             (path / CALIBRATION_FILE).write_text(json.dumps(self.calibration.to_dict(), indent=1))
+        (path / HOLIDAYS_FILE).write_text(json.dumps(list(self.holidays)))
         return path
 
     @classmethod
@@ -132,4 +135,6 @@ class Forecaster:
         if (path / CALIBRATION_FILE).exists():
             state = json.loads((path / CALIBRATION_FILE).read_text())
             calibration = ConformalCalibration.from_dict(state)
-        return cls(model, preprocessor, calibration)
+        holidays = path / HOLIDAYS_FILE  # absent in models saved before it existed
+        days = tuple(json.loads(holidays.read_text())) if holidays.exists() else ()
+        return cls(model, preprocessor, calibration, days)

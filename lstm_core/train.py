@@ -93,8 +93,6 @@ def train_model(
     if len(X_train) == 0:
         raise ValueError("no training windows")
     has_val = X_val is not None and y_val is not None and len(X_val) > 0
-    if cfg.epochs == 0:
-        return TrainResult(model=model, history={"loss": [], "val_loss": []})
     guard, early = _divergence_guard(), None
     if cfg.early_stopping_patience > 0:
         monitor, patience = "val_loss" if has_val else "loss", cfg.early_stopping_patience

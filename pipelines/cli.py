@@ -354,7 +354,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         )
         _preflight_run(settings, args.config_path, sources, configured)
     _load_tensorflow()
-    from pipelines.tuning_flow import tuning_flow
+    from pipelines.flows.tuning import tuning_flow
 
     summary = tuning_flow(
         settings=settings, tickers=tickers, trials=args.trials, timeout_minutes=args.timeout

@@ -221,9 +221,9 @@ def scoring_flow(
     overrides: list[str] | None = None,
 ) -> dict[str, LiveScore]:
     """Score every ticker's logged forecasts against the prices that have arrived."""
-    from pipelines.flows import _settings
+    from pipelines.flows import resolve_settings
 
-    settings = _settings(settings, config_path, overrides)
+    settings = resolve_settings(settings, config_path, overrides)
     results = score_all(settings, tickers)
     through = max((r.scored_through for r in results.values() if r.scored_through), default=None)
     artifacts.name_run(f"score {through or 'nothing due'}")
@@ -255,12 +255,6 @@ def status(settings: Settings) -> list[dict[str, Any]]:
         current = tracking.champion(name, settings.registry.alias) if known else None
         result = score(settings, ticker, current.version if current else None)
         w = result.window.get(current.version) if current else None
-        latest = known[-1] if known else None
-        decision = None
-        if latest is not None and latest.tags.get(tracking.TAG_REASON):
-            promoted = latest.tags.get(tracking.TAG_PROMOTED) == "true"
-            why = promotion.bare_reason(latest.tags[tracking.TAG_REASON])
-            decision = f"v{latest.version} {'promoted' if promoted else 'refused'}: {why}"
         row: dict[str, Any] = {
             "ticker": ticker,
             "champion": f"v{current.version}" if current else None,
@@ -274,7 +268,7 @@ def status(settings: Settings) -> list[dict[str, Any]]:
             "skill_vs_naive": w.skill_vs_naive if w else None,
             "coverage": dict(w.coverage) if w else {},
             "degraded": result.verdict.degraded,
-            "last_decision": decision,
+            "last_decision": promotion.last_decision(known),
             "next_retraining": upcoming,
         }
         rows.append({k: _plain(v) for k, v in row.items()})

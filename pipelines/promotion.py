@@ -9,10 +9,10 @@ model what it forecasts. The MLflow calls themselves are in :mod:`pipelines.trac
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from pipelines import tracking
@@ -21,6 +21,8 @@ from pipelines.errors import PipelineError
 from pipelines.fsio import file_lock
 
 log = logging.getLogger("pipelines")
+TAG_GATE_REASON = "promotion.gate_reason"  # the gate's verdict, kept when a hand overrules it
+_VERDICTS = ("promoted: ", "refused: ")  # how the gate's reasons start
 TIE = 1e-5  # relative: a challenger must win by more than this (or min_improvement, if larger)
 
 
@@ -109,7 +111,7 @@ def _fmt(x: float | None) -> str:
 def bare_reason(reason: str) -> str:
     """A recorded reason without its verdict ("promoted: x" -> "x"), for a sentence that says
     the verdict itself."""
-    return reason.removeprefix("promoted: ").removeprefix("refused: ")
+    return reason.removeprefix(_VERDICTS[0]).removeprefix(_VERDICTS[1])
 
 
 def version_description(decision: Decision) -> str:
@@ -153,23 +155,39 @@ def model_description(ticker: str, params: Mapping[str, str]) -> str:
 
 
 def _record(name: str, version: str, decision: Decision) -> None:
-    tracking.tag_version(
-        name,
-        version,
-        {
-            tracking.TAG_PROMOTED: str(decision.promote).lower(),
-            tracking.TAG_PENDING: "false",
-            tracking.TAG_REASON: decision.reason,
-            "promotion.challenger_score": decision.challenger_score,
-            "promotion.champion_score": decision.champion_score,
-            "promotion.decided_at": _now(),
-        },
-    )
-    tracking.set_version_description(name, version, version_description(decision))
+    tags: dict[str, object] = {
+        tracking.TAG_PROMOTED: str(decision.promote).lower(),
+        tracking.TAG_PENDING: "false",
+        tracking.TAG_REASON: decision.reason,
+        "promotion.challenger_score": decision.challenger_score,
+        "promotion.champion_score": decision.champion_score,
+        "promotion.decided_at": _now(),
+    }
+    description = version_description(decision)
+    if decision.by_hand:  # a decision by hand keeps the gate's verdict beside it, not over it
+        earlier = tracking.get_version(name, version).tags
+        gate = earlier.get(TAG_GATE_REASON)
+        if gate is None and earlier.get(tracking.TAG_REASON, "").startswith(_VERDICTS):
+            gate = tags[TAG_GATE_REASON] = earlier[tracking.TAG_REASON]
+        if gate is not None:
+            description += f" The promotion gate had decided: {gate}."
+    tracking.tag_version(name, version, tags)
+    tracking.set_version_description(name, version, description)
 
 
 def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    # microseconds: status orders decisions by this, and a rollback may follow within a second
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def last_decision(versions: Sequence[tracking.RegisteredVersion]) -> str | None:
+    """The most recent decision on any of ``versions``, in one line ("v2 promoted: ...")."""
+    decided = [v for v in versions if v.tags.get(tracking.TAG_REASON)]
+    if not decided:
+        return None
+    v = max(decided, key=lambda v: (v.tags.get("promotion.decided_at", ""), int(v.version)))
+    verdict = "promoted" if v.tags.get(tracking.TAG_PROMOTED) == "true" else "refused"
+    return f"v{v.version} {verdict}: {bare_reason(v.tags[tracking.TAG_REASON])}"
 
 
 def _set_champion(

@@ -70,7 +70,7 @@ def deployments(
     )
     if settings.tuning.cron is None:
         return [retrain, forecast]
-    from pipelines.tuning_flow import tuning_flow
+    from pipelines.flows.tuning import tuning_flow
 
     tune = tuning_flow.to_deployment(
         name=TUNING_DEPLOYMENT,

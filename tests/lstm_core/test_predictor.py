@@ -43,6 +43,7 @@ def test_save_load_round_trip(forecaster, tmp_path):
     assert {p.name for p in (tmp_path / "bundle").iterdir()} == {
         "model.keras",
         "preprocessor.json",
+        "holidays.json",
     }
     loaded = Forecaster.load(tmp_path / "bundle")
     assert loaded.preprocessor.feature_cfg == forecaster.preprocessor.feature_cfg
@@ -53,6 +54,19 @@ def test_save_load_round_trip(forecaster, tmp_path):
     assert len(fc) == 3 and fc["forecast"].iloc[0] == pytest.approx(
         loaded.forecast(df, 1, intervals=False)["forecast"].iloc[0], rel=1e-5
     )
+
+
+def test_forecast_days_skip_the_holidays_it_was_saved_with(forecaster, tmp_path):
+    df = make_frame(60)  # ends on Friday 2021-03-26
+    closed = Forecaster(forecaster.model, forecaster.preprocessor, holidays=("2021-03-29",))
+    closed.save(tmp_path / "bundle")
+    loaded = Forecaster.load(tmp_path / "bundle")
+    assert loaded.holidays == ("2021-03-29",)
+    dates = loaded.forecast(df, days=3, samples=0)["date"]
+    assert list(dates) == list(pd.to_datetime(["2021-03-30", "2021-03-31", "2021-04-01"]))
+    (tmp_path / "bundle" / "holidays.json").unlink()  # a model saved before holidays existed
+    old = Forecaster.load(tmp_path / "bundle").forecast(df, 1, intervals=False)
+    assert old["date"].iloc[0] == pd.Timestamp("2021-03-29")
 
 
 def test_calibrated_forecaster_serves_its_bands_after_a_round_trip(forecaster, tmp_path):

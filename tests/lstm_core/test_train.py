@@ -80,10 +80,11 @@ def test_nan_loss_raises(backend):
         train_model(model, X, y, None, None, TrainingConfig(epochs=3), backend=backend)
 
 
-def test_zero_epochs_and_no_validation():
+def test_no_validation_and_no_zero_epochs():
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        TrainingConfig(epochs=0)
     X, y = _xy()
     model = build_model(CFG, 5, 1, 1, seed=0)
-    assert train_model(model, X, y, None, None, TrainingConfig(epochs=0)).epochs_run == 0
     result = train_model(
         model, X, y, None, None, TrainingConfig(epochs=1, early_stopping_patience=2)
     )

@@ -25,6 +25,7 @@ registry:
 data:
   sources: [prices/TEST.csv]
   ticker: TEST
+  calendar: XNYS
 features:
   lookback: 5
 model:

@@ -370,12 +370,51 @@ def test_forecast_without_a_champion_names_the_way_to_one(trained_settings):
     assert tree_bytes(forecasts) == before
 
 
-def test_score_with_an_unreadable_log_file_is_one_line_exit_2(trained_settings):
-    project = trained_settings.base_dir
+def _unreadable_log_is_one_line_exit_2(project: Path, commands: tuple[str, ...]) -> None:
     bad = project / "data" / "forecasts" / "log" / "ticker=TEST" / "2017-11-20_v1.parquet"
     bad.write_text("garbage\n")
-    for command in ("score", "status"):
+    for command in commands:
         out = _cli(project, command)
         assert (out.returncode, out.stdout) == (2, ""), (command, out.returncode, out.stdout)
         [line] = out.stderr.splitlines()
         assert line.startswith(f"error: {bad}: not a readable forecast-log Parquet file"), line
+
+
+def test_score_with_an_unreadable_log_file_is_one_line_exit_2(trained_settings):
+    _unreadable_log_is_one_line_exit_2(trained_settings.base_dir, ("score", "status"))
+
+
+@pytest.mark.slow  # the retraining flow in a subprocess
+def test_retrain_with_an_unreadable_log_file_is_one_line_exit_2(trained_settings):
+    _unreadable_log_is_one_line_exit_2(trained_settings.base_dir, ("retrain",))
+
+
+SHARED_PING_AN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "平安银行.csv"
+
+
+@pytest.mark.slow  # a training on 6,000 real rows
+@pytest.mark.shared
+@pytest.mark.skipif(not SHARED_PING_AN.is_file(), reason=f"{SHARED_PING_AN} is absent")
+def test_ping_an_forecast_days_are_shanghai_shenzhen_trading_days(tmp_path):
+    """The tutorial's file, a user's own project and `data.calendar: XSHG`: the data ends on
+    Friday 2023-04-28 and the exchanges were closed for May Day, 1 to 3 May 2023."""
+    env = user_env(keep_pythonpath=True)
+    assert cli(BIN, "init", "p", cwd=tmp_path, env=env, timeout=120).returncode == 0
+    project = tmp_path / "p"
+    out = cli(BIN, "ingest", str(SHARED_PING_AN), "--ticker", "PAB", cwd=project, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    settings = [*TINY, "--set=evaluation.backtest_folds=0", "--set=data.calendar=XSHG"]
+    out = cli(BIN, "run", "--ticker", "PAB", *settings, cwd=project, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    out = cli(BIN, "forecast", "--ticker", "PAB", cwd=project, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import pandas as pd
+
+    dates = pd.read_parquet(project / "data" / "forecasts" / "PAB.parquet")["date"]
+    assert list(dates.dt.strftime("%Y-%m-%d")) == [
+        "2023-05-04",
+        "2023-05-05",
+        "2023-05-08",
+        "2023-05-09",
+        "2023-05-10",
+    ]

@@ -63,6 +63,8 @@ def test_stable_key_names_are_all_present():
     ("text", "key"),
     [
         ("training:\n  epochs: -1\n", "training.epochs"),
+        ("training:\n  epochs: 0\n", "training.epochs"),  # an untrained model
+        ("data:\n  calendar: NYSEX\n", "data.calendar"),
         ("features:\n  lookback: 0\n", "features.lookback"),
         ("features:\n  lookbak: 5\n", "features.lookbak"),
         ("nonsense:\n  a: 1\n", "nonsense"),

@@ -233,8 +233,10 @@ def test_champion_loads_where_the_project_cannot_be_imported(trained, client, tm
         import lstm_core  # from the model's own code folder
         out = model.predict(model.input_example)
         mine = model.predict(pd.read_csv(sys.argv[1]).rename(columns=str.lower))
+        later = model.predict(model.input_example, params={{"days": 13}})
         print(json.dumps({{"example": out["forecast"].tolist(), "core": lstm_core.__file__,
-                          "mine": mine["forecast"].tolist()}}))
+                          "mine": mine["forecast"].tolist(),
+                          "dates": later["date"].dt.strftime("%Y-%m-%d").tolist()}}))
         """
     )
     proc = subprocess.run(
@@ -250,6 +252,9 @@ def test_champion_loads_where_the_project_cannot_be_imported(trained, client, tm
     assert got["example"] == pytest.approx(expected["forecast"]["forecast"], rel=1e-6)
     assert "/code/lstm_core/" in got["core"], got["core"]
     assert len(got["mine"]) == 1 and got["mine"][0] > 0
+    # data.calendar XNYS: the 13 trading days after Tuesday 2020-06-16 skip Independence Day
+    # (observed on Friday 2020-07-03); Monday to Friday alone would end on 2020-07-03.
+    assert got["dates"][0] == "2020-06-17" and got["dates"][-2:] == ["2020-07-02", "2020-07-06"]
 
 
 def test_promotion_by_alias_refusal_manual_promote_and_rollback(trained, client, tmp_path):
@@ -314,7 +319,16 @@ def test_promotion_by_alias_refusal_manual_promote_and_rollback(trained, client,
     assert text.startswith("Champion by hand (manual promotion: test): its test_rmse ")
     rollback(settings, "TEST")
     assert tracking.champion(MODEL, "champion").version == "2"
-    assert "(rollback from v3)" in client.get_model_version(MODEL, "2").description
+    text = client.get_model_version(MODEL, "2").description
+    assert "(rollback from v3)" in text
+    # The gate's verdict on v2 is kept beside the rollback, not overwritten by it.
+    tags = tracking.get_version(MODEL, "2").tags
+    assert tags["promotion.gate_reason"].startswith("promoted: test_rmse 1e-09 beats champion")
+    assert text.endswith(f"The promotion gate had decided: {tags['promotion.gate_reason']}.")
+    # status reports the latest decision (the rollback), not the newest version's (v3's).
+    from pipelines.monitoring import status
+
+    assert status(settings)[0]["last_decision"] == "v2 promoted: rollback from v3"
     rollback(settings, "TEST")
     assert tracking.champion(MODEL, "champion").version == "1"
 

@@ -76,14 +76,13 @@ def test_servers_bind_to_localhost_only():
         if "0.0.0.0" in text or re.search(r"""host\s*=\s*["'](?!127\.0\.0\.1)""", text):
             offenders.append(str(path))
     assert not offenders
-    servers = REPO / "pipelines" / "servers.py"
-    if servers.exists():
-        assert 'HOST = "127.0.0.1"' in servers.read_text(encoding="utf-8")
+    servers = REPO / "pipelines" / "servers" / "process.py"
+    assert 'HOST = "127.0.0.1"' in servers.read_text(encoding="utf-8")
 
 
 def test_forecast_output_names_come_from_validated_tickers():
     """forecast writes <forecasts>/<ticker>.parquet: the ticker must have passed validation."""
-    src = (REPO / "pipelines" / "flows.py").read_text(encoding="utf-8")
+    src = (REPO / "pipelines" / "flows" / "forecast.py").read_text(encoding="utf-8")
     assert 'f"{ticker}.parquet"' in src
     # the forecast flow only ever gets tickers that are in the store or pass the CLI check
     cli_src = (REPO / "pipelines" / "cli.py").read_text(encoding="utf-8")

@@ -14,7 +14,8 @@ from prefect.cache_policies import NO_CACHE
 
 from pipelines import tasks, tracking, tuning
 from pipelines.config import Settings
-from pipelines.flows import TickerResult, _settings, train_one
+from pipelines.flows.common import TickerResult, resolve_settings
+from pipelines.flows.training import train_one
 from pipelines.store import PriceStore, describe
 
 log = logging.getLogger("pipelines")
@@ -111,7 +112,7 @@ def tuning_flow(
     """Search each ticker's configuration, retrain the best, register it, decide promotion."""
     from prefect.artifacts import create_markdown_artifact
 
-    settings = _settings(settings, config_path, overrides)
+    settings = resolve_settings(settings, config_path, overrides)
     summary = TuningSummary(settings)
     store = PriceStore(settings.store_path)
     if not tickers:

@@ -1,15 +1,7 @@
-"""`mlflow.yaml`: found in the project folder, parsed and validated once into frozen settings.
-
-The file is found as git finds its repository: `--config PATH`, else `LSTM_PIPELINE_CONFIG`,
-else `mlflow.yaml` in the current folder or the nearest folder above it. Unknown keys, wrong
-types and impossible values are errors naming the file and the key. Relative paths resolve
-against the config file's folder. `MLFLOW_TRACKING_URI` and `PREFECT_API_URL` from the
-environment win over the file.
-"""
+"""The settings: one frozen, validated section per concern of `mlflow.yaml`."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 import types
@@ -18,7 +10,6 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -30,13 +21,6 @@ from pydantic import (
 )
 
 from lstm_core.config import EvaluationConfig, FeatureConfig, ModelConfig, TrainingConfig
-from pipelines.errors import ConfigError, PipelineError
-
-CONFIG_NAME = "mlflow.yaml"
-CONFIG_ENV = "LSTM_PIPELINE_CONFIG"
-# The commented default configuration `lstm-pipeline init` writes (package data; the repo's
-# own mlflow.yaml is the same text, a test keeps them identical).
-TEMPLATE_NAME = "mlflow.default.yaml"
 
 
 class _Section(BaseModel):
@@ -143,6 +127,23 @@ class DataConfig(_Section):
     min_new_rows: int = Field(1, ge=1)
     # null turns the split-sized-jump check off (e.g. for knowingly unadjusted prices).
     max_daily_change: JumpLimits | None = JumpLimits()
+    # The exchange whose trading days forecasts are dated on (exchange_calendars' code, e.g.
+    # XNYS, XSHG); null: Monday to Friday.
+    calendar: str | None = None
+
+    @field_validator("calendar")
+    @classmethod
+    def _known_calendar(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        import exchange_calendars
+
+        if v not in exchange_calendars.get_calendar_names(include_aliases=True):
+            raise ValueError(
+                f"unknown exchange calendar {v!r}: use an exchange_calendars code such as XNYS "
+                "(New York), XSHG (Shanghai and Shenzhen), XLON, XHKG, or null for Monday-Friday"
+            )
+        return v
 
 
 class ScheduleConfig(_Section):
@@ -289,7 +290,7 @@ class TuningConfig(_Section):
                     raise ValueError(f"{key!r} is an integer setting: whole low/high/step")
             values = param.choices if param.choices is not None else (param.low, param.high)
             for value in values:
-                if _bool_as_number(model.model_fields[name].annotation, value, key):
+                if bool_as_number(model.model_fields[name].annotation, value, key):
                     raise ValueError(f"{key}={value!r}: expected a number, got a boolean")
                 if isinstance(default, int) and not isinstance(default, bool):
                     value = int(value)
@@ -346,63 +347,6 @@ class Settings(_Section):
         return out
 
 
-def _parse_value(raw: str) -> Any:
-    # YAML scalars give `--set training.epochs=3` an int and `features.columns=[open,close]` a list.
-    return yaml.safe_load(raw) if raw != "" else ""
-
-
-def _apply_override(data: dict[str, Any], assignment: str, source: str) -> None:
-    if "=" not in assignment:
-        raise ConfigError(source, assignment, "expected --set section.key=value")
-    dotted, raw = assignment.split("=", 1)
-    keys = dotted.strip().split(".")
-    if len(keys) < 2 or not all(keys):
-        raise ConfigError(source, dotted, "expected section.key")
-    node = data
-    for k in keys[:-1]:
-        child = node.setdefault(k, {})
-        if not isinstance(child, dict):
-            raise ConfigError(source, dotted, f"{k!r} is not a section")
-        node = child
-    node[keys[-1]] = _parse_value(raw)
-
-
-def _error_key(err: dict[str, Any]) -> str:
-    return ".".join(str(p) for p in err["loc"]) or "(top level)"
-
-
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-def _duplicate_key(
-    node: yaml.Node | None, path: tuple[str, ...] = ()
-) -> tuple[str, int, int] | None:
-    """(dotted key, first line, repeated line) of a key given twice in one mapping, else None.
-
-    PyYAML keeps the last of two equal keys without a word; the file must not say two things.
-    """
-    stack, seen_nodes = [(node, path)], set()
-    while stack:
-        current, where = stack.pop()
-        if id(current) in seen_nodes:  # an alias to an anchor already checked
-            continue
-        seen_nodes.add(id(current))
-        if isinstance(current, yaml.MappingNode):
-            lines: dict[str, int] = {}
-            for key_node, value_node in current.value:
-                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
-                    name, line = key_node.value, key_node.start_mark.line + 1
-                    if name in lines:
-                        return ".".join((*where, name)), lines[name], line
-                    lines[name] = line
-                    stack.append((value_node, (*where, name)))
-                else:  # `<<: *defaults` may be overridden by the mapping's own keys
-                    stack.append((value_node, where))
-        elif isinstance(current, yaml.SequenceNode):
-            stack.extend((item, (*where, str(i))) for i, item in enumerate(current.value))
-    return None
-
-
 def _leaves(annotation: Any) -> tuple[Any, ...]:
     """The alternatives of a union annotation (`int | None` -> int, NoneType), else itself."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
@@ -410,7 +354,7 @@ def _leaves(annotation: Any) -> tuple[Any, ...]:
     return (annotation,)
 
 
-def _bool_as_number(annotation: Any, value: Any, key: str) -> str | None:
+def bool_as_number(annotation: Any, value: Any, key: str) -> str | None:
     """The dotted key where `value` gives true/false to a number field of `annotation`.
 
     Pydantic reads true as 1 for an int or float field (`epochs: true` trains one epoch);
@@ -426,7 +370,7 @@ def _bool_as_number(annotation: Any, value: Any, key: str) -> str | None:
             for name, field in leaf.model_fields.items():
                 if name in value:
                     where = f"{key}.{name}" if key else name
-                    hit = _bool_as_number(field.annotation, value[name], where)
+                    hit = bool_as_number(field.annotation, value[name], where)
                     if hit:
                         return hit
         elif origin in (tuple, list) and isinstance(value, list | tuple) and args:
@@ -435,175 +379,12 @@ def _bool_as_number(annotation: Any, value: Any, key: str) -> str | None:
                     item_type = args[0]
                 else:
                     item_type = args[i] if i < len(args) else None
-                hit = _bool_as_number(item_type, item, f"{key}.{i}")
+                hit = bool_as_number(item_type, item, f"{key}.{i}")
                 if hit:
                     return hit
         elif origin is dict and isinstance(value, dict) and len(args) == 2:
             for k, item in value.items():
-                hit = _bool_as_number(args[1], item, f"{key}.{k}")
+                hit = bool_as_number(args[1], item, f"{key}.{k}")
                 if hit:
                     return hit
     return None
-
-
-class ConfigNotFoundError(PipelineError):
-    """No configuration file given and none in the current folder or above it."""
-
-
-def find_config(
-    path: str | Path | None = None,
-    env: dict[str, str] | None = None,
-    cwd: str | Path | None = None,
-) -> Path:
-    """The project's config file: `path`, else $LSTM_PIPELINE_CONFIG, else the nearest mlflow.yaml.
-
-    Never a file shipped with the package: an installed package has no project.
-    """
-    env = dict(os.environ) if env is None else env
-    if path is None and env.get(CONFIG_ENV):
-        path = env[CONFIG_ENV]
-    if path is not None:
-        return Path(path).expanduser().resolve()
-    here = Path(cwd or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        candidate = folder / CONFIG_NAME
-        if candidate.is_file():
-            return candidate
-    raise ConfigNotFoundError(
-        f"no {CONFIG_NAME} in {here} or any folder above it (and no --config or {CONFIG_ENV}); "
-        "create a project here with: lstm-pipeline init"
-    )
-
-
-def template_text() -> str:
-    """The commented default configuration, as shipped with the package."""
-    from importlib.resources import files
-
-    return files("pipelines").joinpath(TEMPLATE_NAME).read_text(encoding="utf-8")
-
-
-def init_project(folder: str | Path) -> list[Path]:
-    """Write the default mlflow.yaml and the empty data folders it names into `folder`.
-
-    Refuses (ConfigError, nothing written) when `folder` already holds an mlflow.yaml. An
-    OS error (no permission, a read-only or virtual file system) is a PipelineError naming
-    the folder and the error, and what this call had created is removed again.
-    Returns what was created.
-    """
-    root = Path(folder).expanduser().resolve()
-    made: list[Path] = []  # folders and files this call created, in order
-    try:
-        return _write_project(root, made)
-    except OSError as exc:
-        for path in reversed(made):
-            with contextlib.suppress(OSError):
-                if path.is_dir():
-                    path.rmdir()
-                else:
-                    path.unlink()
-        what = exc.strerror or str(exc)
-        if exc.filename and Path(exc.filename) != root:
-            what += f" ({exc.filename})"
-        raise PipelineError(f"cannot create a project in {root}: {what}") from None
-
-
-def _write_project(root: Path, made: list[Path]) -> list[Path]:
-    target = root / CONFIG_NAME
-    if target.exists():
-        raise ConfigError(target, "(file)", "already exists; init never overwrites it")
-    if root.exists() and not root.is_dir():
-        raise ConfigError(root, "(folder)", "is not a folder")
-    text = template_text()
-    made.extend(reversed([p for p in (root, *root.parents) if not p.exists()]))
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{CONFIG_NAME}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "x", encoding="utf-8") as fh:  # mode follows the umask
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, target)  # atomic, and fails if another init won the race
-        except FileExistsError:
-            raise ConfigError(
-                target, "(file)", "already exists; init never overwrites it"
-            ) from None
-        made.append(target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    created = [target]
-    settings = load_settings(target, env={})
-    d = settings.data
-    for name in (d.store, d.incoming, d.archive, d.rejected, d.forecasts):
-        folder_path = settings.path(name)
-        if not folder_path.exists():
-            made.extend(reversed([p for p in folder_path.parents if not p.exists()]))
-            folder_path.mkdir(parents=True)
-            made.append(folder_path)
-            created.append(folder_path)
-    return created
-
-
-def load_settings(
-    path: str | Path | None = None,
-    overrides: list[str] | tuple[str, ...] = (),
-    env: dict[str, str] | None = None,
-) -> Settings:
-    """Find (see find_config), read, override, validate.
-
-    Raises ConfigError naming the file and the key, ConfigNotFoundError when there is no file.
-    """
-    env = dict(os.environ) if env is None else env
-    cfg_path = find_config(path, env)
-    if not cfg_path.is_file():
-        raise ConfigError(cfg_path, "(file)", "configuration file not found")
-    try:
-        text = cfg_path.read_text(encoding="utf-8")
-        twice = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
-        raw = yaml.safe_load(text) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f"line {line + 1}" if line is not None else "(file)"
-        raise ConfigError(cfg_path, where, f"not valid YAML: {exc}".splitlines()[0]) from None
-    if twice:
-        key, first, again = twice
-        raise ConfigError(
-            cfg_path, key, f"given twice, on line {first} and line {again}: keep one of them"
-        )
-    if not isinstance(raw, dict):
-        raise ConfigError(cfg_path, "(top level)", "expected a mapping of sections")
-    for assignment in overrides:
-        _apply_override(raw, assignment, f"{cfg_path} (--set)")
-
-    tracking = raw.setdefault("tracking", {}) if isinstance(raw.get("tracking", {}), dict) else {}
-    if env.get("MLFLOW_TRACKING_URI"):
-        tracking["uri"] = env["MLFLOW_TRACKING_URI"]
-    runtime = raw.setdefault("runtime", {}) if isinstance(raw.get("runtime", {}), dict) else {}
-    if env.get("PREFECT_API_URL"):
-        runtime["prefect_api_url"] = env["PREFECT_API_URL"]
-
-    from_env = {"tracking.uri": "MLFLOW_TRACKING_URI", "runtime.prefect_api_url": "PREFECT_API_URL"}
-    bad = _bool_as_number(Settings, raw, "")
-    if bad:
-        raise ConfigError(cfg_path, bad, "expected a number, got a boolean (true/false/yes/no)")
-    try:
-        settings = Settings.model_validate(
-            {**raw, "base_dir": cfg_path.parent}, context={"env": env}
-        )
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = _error_key(first)
-        if env.get(from_env.get(key, "")):
-            key += f" (from {from_env[key]})"
-        # "Value error, " is pydantic's prefix for a validator's own message
-        raise ConfigError(cfg_path, key, first["msg"].removeprefix("Value error, ")) from None
-    return settings
-
-
-def resolve_tracking_uri(settings: Settings) -> str:
-    """Make a relative SQLite path absolute against the config folder."""
-    uri = settings.tracking.uri
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(settings.path(uri[len(prefix) :]))
-    return uri

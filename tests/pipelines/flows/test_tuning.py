@@ -15,8 +15,8 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 def test_tuned_version_goes_through_the_promotion_gate(trained_settings):
     from pipelines import tracking
     from pipelines.config import load_settings
+    from pipelines.flows.tuning import tuning_flow
     from pipelines.promotion import decide
-    from pipelines.tuning_flow import tuning_flow
 
     project = trained_settings.base_dir  # test-TEST v1, trained by the training flow
     # No candidate has the configured 4 units, so retraining the configured settings instead

@@ -1,0 +1,118 @@
+"""What the flows share: their results, settings resolution, run names and results tables."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from pipelines import artifacts, tracking
+from pipelines.config import Settings, load_settings
+from pipelines.store import PriceStore
+
+log = logging.getLogger("pipelines")
+
+
+@dataclass
+class TickerResult:
+    ticker: str
+    run_id: str | None = None
+    version: str | None = None
+    promoted: bool = False
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    plots: list[str] = field(default_factory=list)
+    error: str | None = None
+    artifact_uri: str | None = None
+
+    def render(self, settings: Settings) -> str:
+        if self.error:
+            return f"{self.ticker}: FAILED: {self.error}"
+        m = self.metrics
+        lines = [
+            f"{self.ticker}: test RMSE {m.get('test_rmse', float('nan')):.4f} vs naive "
+            f"{m.get('naive_rmse', float('nan')):.4f} (skill {m.get('skill_vs_naive', float('nan')):+.3f}, "
+            f"MASE {m.get('mase', float('nan')):.3f}, DM p-value {m.get('dm_pvalue', float('nan')):.3f})",
+            f"  registered {settings.registry.name_for(self.ticker)} version {self.version}: "
+            f"{'CHAMPION' if self.promoted else 'not promoted'} ({self.reason})",
+            f"  run {self.run_id}; plots: {', '.join(self.plots) or '-'}",
+            f"  (artifacts under {self.artifact_uri})" if self.artifact_uri else "",
+        ]
+        return "\n".join(line for line in lines if line)
+
+
+@dataclass
+class Summary:
+    settings: Settings
+    results: list[TickerResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)  # incoming files that were bad input
+
+    @property
+    def ok(self) -> bool:
+        return all(r.error is None for r in self.results)
+
+    def render(self) -> str:
+        out = [*self.notes, *(r.render(self.settings) for r in self.results)]
+        if self.results:
+            out.append(f"MLflow UI: {tracking.ui_command(self.settings)}")
+        return "\n".join(out)
+
+
+def resolve_settings(
+    settings: Settings | None, config_path: str | None, overrides: list[str] | None
+) -> Settings:
+    """Deployments pass a config path (JSON-able); the CLI passes validated settings."""
+    return settings if settings is not None else load_settings(config_path, overrides or ())
+
+
+def emit_updated(settings: Settings, ticker: str, added: int) -> None:
+    from prefect.events import emit_event
+
+    emit_event(
+        event=settings.schedule.event,
+        resource={"prefect.resource.id": f"lstm.ticker.{ticker}", "ticker": ticker},
+        payload={"added": added},
+    )
+
+
+def publish_results(settings: Settings, kind: str, results: list[TickerResult]) -> None:
+    """A table artifact of the run's results and a link to each ticker's MLflow run."""
+    rows = []
+    for r in results:
+        try:
+            url = tracking.run_url(settings, r.run_id) if r.run_id else None
+        except Exception:  # a link is a convenience: the results table still goes out
+            url = None
+        m = r.metrics
+        rows.append(
+            {
+                "ticker": r.ticker,
+                "version": r.version,
+                "test_rmse": m.get("test_rmse"),
+                "naive_rmse": m.get("naive_rmse"),
+                "skill_vs_naive": m.get("skill_vs_naive"),
+                "decision": "error" if r.error else ("promoted" if r.promoted else "refused"),
+                "reason": r.error or r.reason,
+                "mlflow": url,
+            }
+        )
+        if url:
+            artifacts.link(
+                artifacts.artifact_key(kind, r.ticker, "mlflow"),
+                url,
+                f"{kind} {r.ticker} v{r.version}",
+                "The MLflow run of this training",
+            )
+    artifacts.table(
+        artifacts.artifact_key(kind, "results"),
+        rows,
+        f"{kind}: test RMSE against naive, version, promotion decision",
+    )
+
+
+def run_name(kind: str, settings: Settings, tickers: list[str], word: str = "to") -> str:
+    """`train MSFT to 2017-10-13`, `retrain 3 tickers`, `forecast MSFT from 2017-11-10`."""
+    if len(tickers) != 1:
+        return f"{kind} {len(tickers)} tickers"
+    manifest = PriceStore(settings.store_path).manifest(tickers[0])
+    return f"{kind} {tickers[0]}" + (f" {word} {manifest.last_date}" if manifest else "")

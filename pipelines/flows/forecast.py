@@ -1,0 +1,136 @@
+"""The forecast flow: each champion's next trading days with intervals, to Parquet and the
+forecast log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from pipelines import artifacts, monitoring, tasks, tracking
+from pipelines.config import Settings
+from pipelines.errors import PipelineError
+from pipelines.flows.common import resolve_settings, run_name
+from pipelines.fsio import atomic_write
+from pipelines.runtime import quiet_tensorflow
+from pipelines.store import PriceStore
+
+
+@dataclass
+class ForecastResult:
+    """Per ticker: a forecast (frame, path), an unexpected error, or a refused request
+    (no champion, more days than the intervals cover: the user's to fix, exit code 2)."""
+
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    paths: dict[str, Path] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.refused
+
+    def render(self) -> str:
+        out = []
+        for t, frame in self.frames.items():
+            out.append(f"{t}: forecast written to {self.paths[t]}")
+            out.append(frame.to_string(index=False))
+        out.extend(f"{t}: FAILED: {e}" for t, e in self.errors.items())
+        return "\n".join(out)
+
+
+def forecast_one(settings: Settings, ticker: str, days: int) -> tuple[pd.DataFrame, Path]:
+    """The champion's next `days` trading days: the latest file, plus rows in the log."""
+    from mlflow.exceptions import MlflowException
+
+    quiet_tensorflow()
+    name = settings.registry.name_for(ticker)
+    tracking.connect(settings)
+    version = _champion(settings, ticker)
+    model = tracking.load_model(name, settings.registry.alias)
+    history = PriceStore(settings.store_path).load(ticker)
+    inputs = model.metadata.get_input_schema().input_names()  # the columns the model reads
+    # recalibrate: the conformal band also learns from the days since the model's validation
+    params = {"days": days, "intervals": True, "recalibrate": True}
+    try:
+        frame = model.predict(history[inputs], params=params)
+    except MlflowException as exc:
+        if exc.error_code != "INVALID_PARAMETER_VALUE":
+            raise
+        # the model refuses the request (lstm_core's DataError): the user's to fix
+        raise PipelineError(f"{name} v{version.version}: {exc.message}") from None
+    frame.insert(0, "ticker", ticker)
+    frame["model_version"] = version.version
+    out_dir = settings.path(settings.data.forecasts)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{ticker}.parquet"
+    atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    tracking.log_forecast(settings, ticker, version.version, path)
+    made_on = history["date"].iloc[-1]
+    monitoring.log_forecast(settings, ticker, frame, made_on, version)
+    return frame, path
+
+
+def _champion(settings: Settings, ticker: str) -> tracking.RegisteredVersion:
+    """The ticker's champion, or a PipelineError saying how to get one: train, or promote
+    the latest version when versions exist that were refused."""
+    name, alias = settings.registry.name_for(ticker), settings.registry.alias
+    version = tracking.champion(name, alias)
+    if version is not None:
+        return version
+    known = tracking.versions(name) if tracking.registered_model_exists(name) else []
+    if not known:
+        raise PipelineError(
+            f"{name} has no registered version yet, so no {alias!r}: train one first with: "
+            f"lstm-pipeline run --ticker {ticker}"
+        )
+    latest = known[-1]
+    why = latest.tags.get(tracking.TAG_REASON, "")  # "refused: ..." when the gate refused it
+    refused = latest.tags.get(tracking.TAG_PROMOTED) == "false" and why
+    raise PipelineError(
+        f"{name} has no {alias!r} alias: its latest version, v{latest.version}, is not "
+        f"champion{f' ({why})' if refused else ''}; to forecast with it anyway: lstm-pipeline "
+        f"promote --ticker {ticker} --version {latest.version}"
+    )
+
+
+# A PipelineError (no champion, more days than the bands cover) is not retried, and Prefect's
+# ERROR record of it is dropped (runtime's filter): the flow reports it as a refusal.
+forecast_ticker = task(
+    forecast_one, name="forecast-ticker", cache_policy=NO_CACHE, **tasks.IO_RETRY
+)
+
+
+@flow(name="forecast", flow_run_name="forecast")
+def forecast_flow(
+    settings: Settings | None = None,
+    tickers: list[str] | None = None,
+    days: int | None = None,
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
+) -> ForecastResult:
+    """Next N trading days with intervals from each ticker's champion, written to Parquet."""
+    settings = resolve_settings(settings, config_path, overrides)
+    days = settings.evaluation.forecast_days if days is None else days
+    tickers = tickers or PriceStore(settings.store_path).tickers()
+    result = ForecastResult()
+    artifacts.name_run(run_name("forecast", settings, tickers, "from"))
+    futures = {t: forecast_ticker.submit(settings, t, days) for t in tickers}
+    for t, fut in futures.items():
+        try:
+            result.frames[t], result.paths[t] = fut.result()
+        except PipelineError as exc:  # the user's to fix
+            result.refused[t] = str(exc)
+        except Exception as exc:
+            result.errors[t] = str(exc)
+    # A served run's refusals show in its results table (the CLI prints them on stderr).
+    rows = [{"ticker": t, "outcome": "written", "detail": str(p)} for t, p in result.paths.items()]
+    rows += [{"ticker": t, "outcome": "refused", "detail": m} for t, m in result.refused.items()]
+    rows += [{"ticker": t, "outcome": "error", "detail": m} for t, m in result.errors.items()]
+    artifacts.table(
+        artifacts.artifact_key("forecast", "results"), rows, "forecast: written, refused, error"
+    )
+    return result

@@ -1,0 +1,111 @@
+"""The retraining flow: new price files from the incoming folder, live scores, and a retrain
+of each ticker whose data changed or whose champion decays."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+from prefect import flow
+
+from pipelines import artifacts, monitoring, tasks, tracking
+from pipelines.config import Settings
+from pipelines.errors import PipelineError
+from pipelines.flows.common import Summary, publish_results, resolve_settings, run_name
+from pipelines.flows.training import map_tickers
+from pipelines.store import PriceStore, describe
+
+
+def _move(src: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    dst = folder / f"{src.stem}.{stamp}{src.suffix}"
+    shutil.move(str(src), dst)
+    return dst
+
+
+def needs_training(settings: Settings, ticker: str) -> tuple[bool, str]:
+    """Has the ticker gained enough rows since its champion was trained?
+
+    A version already trained on exactly the stored data (promoted or refused) means there
+    is nothing new to learn from, so a refused challenger is not retrained again and again.
+    """
+    manifest = PriceStore(settings.store_path).manifest(ticker)
+    if manifest is None:
+        return False, "no data"
+    name = settings.registry.name_for(ticker)
+    known = tracking.versions(name) if tracking.registered_model_exists(name) else []
+    if not known:
+        return True, "no model yet"
+    latest = known[-1]
+    if latest.tags.get(tracking.TAG_DATA_DIGEST) == manifest.digest:
+        return False, f"unchanged since v{latest.version} was trained"
+    basis = tracking.champion(name, settings.registry.alias) or latest
+    trained_rows = int(basis.tags.get(tracking.TAG_DATA_ROWS, "0") or 0)
+    gained = manifest.rows - trained_rows
+    since = f"v{basis.version} ({basis.tags.get(tracking.TAG_DATA_LAST_DATE)})"
+    if gained < settings.data.min_new_rows:
+        return False, f"gained {gained} row(s) since {since}, need {settings.data.min_new_rows}"
+    return True, f"gained {gained} row(s) since {since}"
+
+
+@flow(name="retraining", flow_run_name="retrain")
+def retraining_flow(
+    settings: Settings | None = None,
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
+    trigger: str = "manual",
+) -> Summary:
+    """Ingest new files from the incoming folder, score the live forecasts, then retrain
+    the tickers whose data changed or whose champion has degraded.
+
+    `trigger` (cron | new_data | degraded | manual) is what started the run; each retrained
+    ticker's MLflow run records it and its own reason (new_data | degraded) with the figures.
+    """
+    settings = resolve_settings(settings, config_path, overrides)
+    summary = Summary(settings)
+    incoming = settings.path(settings.data.incoming)
+    files = sorted(p for p in incoming.glob("*.csv") if p.is_file()) if incoming.is_dir() else []
+    for path in files:
+        try:
+            reports = tasks.ingest_cached(settings, str(path), None)
+        except PipelineError as exc:
+            dst = _move(path, settings.path(settings.data.rejected))
+            dst.with_name(dst.name + ".error.txt").write_text(f"{exc}\n", encoding="utf-8")
+            summary.notes.append(f"rejected {path.name}: {exc}")
+            summary.rejected.append(path.name)
+            continue
+        # Only once the rows are safely in the store does the file leave the incoming folder.
+        _move(path, settings.path(settings.data.archive))
+        summary.notes.extend(f"ingested {path.name}: {describe(r)}" for r in reports)
+    # The champion already decays: the scoring below decides on it, so no event is emitted.
+    live = monitoring.score_all(settings, emit=False)
+    todo: list[str] = []
+    tags: dict[str, dict[str, str]] = {}
+    for ticker in PriceStore(settings.store_path).tickers():
+        stale, why = needs_training(settings, ticker)
+        score = live.get(ticker)
+        reason = "new_data"
+        if not stale and score is not None and score.verdict.degraded:
+            if why.startswith("unchanged since"):
+                why = f"degraded, but {why}"
+            else:
+                stale, reason = True, "degraded"
+                why = "champion degraded: " + "; ".join(score.verdict.reasons)
+        summary.notes.append(f"{ticker}: {'retrain' if stale else 'skip'} ({why})")
+        if stale:
+            todo.append(ticker)
+            tags[ticker] = {
+                "retrain.trigger": trigger,
+                "retrain.reason": reason,
+                "retrain.detail": why[:5000],
+            }
+    if not todo:
+        summary.notes.append("nothing changed: no ticker to retrain")
+        artifacts.name_run("retrain: nothing to do")
+        return summary
+    artifacts.name_run(run_name("retrain", settings, todo))
+    summary.results = map_tickers(settings, todo, tags)
+    publish_results(settings, "retraining", summary.results)
+    return summary

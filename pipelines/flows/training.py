@@ -1,0 +1,231 @@
+"""The training flow: store -> split -> scale -> window -> train -> evaluate -> log ->
+register -> promote, one branch per ticker."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from lstm_core.backtest import fold_bounds
+from lstm_core.data import DataError
+from lstm_core.predictor import Forecaster
+from pipelines import artifacts, promotion, tasks, tracking
+from pipelines.calendar import closed_weekdays
+from pipelines.config import Settings
+from pipelines.errors import FOLDS_ADVICE, PipelineError
+from pipelines.flows.common import (
+    Summary,
+    TickerResult,
+    publish_results,
+    resolve_settings,
+    run_name,
+)
+from pipelines.flows.forecast import forecast_one
+from pipelines.runtime import quiet_tensorflow
+from pipelines.store import describe
+
+log = logging.getLogger("pipelines")
+
+
+def _promote(
+    settings: Settings,
+    ticker: str,
+    version: str,
+    metrics: dict[str, float],
+    frame: pd.DataFrame,
+    test_dates: Any,
+    train_end: int,
+    workdir: Path,
+) -> promotion.Decision:
+    """Compare with the champion on the same window, then record and apply the decision."""
+    name = settings.registry.name_for(ticker)
+    metric = settings.registry.promotion.metric
+
+    def rescore(champion: str) -> float:
+        return tasks.rescore_champion(name, champion, frame, test_dates, metric, train_end, workdir)
+
+    return promotion.promote(settings, ticker, version, metrics, rescore)
+
+
+promote = task(_promote, name="promote", cache_policy=NO_CACHE)
+
+
+def train_one(
+    settings: Settings,
+    ticker: str,
+    source: str | None = None,
+    run_tags: dict[str, str] | None = None,
+) -> TickerResult:
+    """The training pipeline for one ticker: store -> ... -> register -> promote.
+
+    A promoted version forecasts at once, and that forecast goes to the forecast log.
+    """
+    quiet_tensorflow()  # in a served run or a Dask worker this is the first TF import
+    frame, manifest = tasks.load_prices(settings, ticker)
+    frames = tasks.split(frame, settings)
+    preprocessor = tasks.fit_scaler(frames, settings)
+    data = tasks.window(frames, preprocessor)
+    log.info(
+        "%s: %d rows %s..%s; windows train %d, validation %d, test %d (lookback %d)",
+        ticker,
+        manifest.rows,
+        manifest.first_date,
+        manifest.last_date,
+        len(data.train),
+        len(data.val),
+        len(data.test),
+        data.lookback,
+    )
+    try:  # the folds the backtest will cut, before any MLflow run exists
+        fold_bounds(len(frames.frame), settings.evaluation)
+    except DataError as exc:
+        raise PipelineError(
+            f"cannot backtest {ticker} on its {manifest.rows} stored rows: {exc}: {FOLDS_ADVICE}"
+        ) from None
+
+    experiment_id = tracking.connect(settings)
+    data_tags = {
+        tracking.TAG_DATA_LAST_DATE: str(manifest.last_date),
+        tracking.TAG_DATA_DIGEST: manifest.digest,
+        tracking.TAG_DATA_ROWS: str(manifest.rows),
+    }
+    run_id = tracking.start_run(settings, experiment_id, ticker, {**data_tags, **(run_tags or {})})
+    result = TickerResult(ticker=ticker, run_id=run_id)
+    ok = False
+    try:
+        tracking.log_params(run_id, settings)
+        tracking.log_dataset(
+            run_id,
+            frame,
+            source=source or str(settings.store_path / f"ticker={ticker}"),
+            digest=manifest.digest,
+            name=f"{ticker} {manifest.first_date}..{manifest.last_date}",
+        )
+        trained = tasks.train(data, settings, run_id, ticker)
+        ev = settings.evaluation
+        log.info(
+            "%s: evaluating on %d test days (%s intervals)",
+            ticker,
+            len(data.test),
+            ev.intervals,
+        )
+        evaluation = tasks.evaluate(trained.model, data, settings)
+        calibration = tasks.calibrate(trained.model, frames, preprocessor, settings)
+        if ev.backtest_folds > 0:
+            log.info(
+                "%s: backtest: retraining %d walk-forward fold(s) of %d epoch(s)",
+                ticker,
+                ev.backtest_folds,
+                ev.backtest_epochs or settings.training.epochs,
+            )
+        folds = tasks.backtest(frames.frame, settings) if ev.backtest_folds > 0 else None
+        figures = tasks.plots(evaluation, trained.history, folds, ticker, settings.features.target)
+        metrics = dict(evaluation.metrics)
+        if folds is not None and len(folds):
+            metrics["backtest_mean_skill"] = float(folds["skill"].mean())
+            metrics["backtest_mean_rmse"] = float(folds["rmse"].mean())
+        metrics["epochs_run"] = float(trained.epochs_run)
+        if calibration is not None:
+            metrics.update(calibration.metrics())
+        result.metrics = metrics
+        result.plots = tasks.log_results(run_id, metrics, figures, evaluation.predictions)
+        result.artifact_uri = tracking.artifact_uri(run_id)
+
+        holidays = closed_weekdays(settings.data.calendar, manifest.last_date)
+        forecaster = Forecaster(trained.model, preprocessor, calibration, holidays)
+        example = frame.tail(preprocessor.rows_needed).reset_index(drop=True)
+        with tempfile.TemporaryDirectory(prefix="lstm-") as tmp:
+            workdir = Path(tmp)
+            log.info("%s: logging the model, registering, deciding promotion", ticker)
+            model_uri = tasks.log_model(run_id, forecaster, example, workdir)
+            registered = tasks.register(
+                settings.registry.name_for(ticker),
+                model_uri,
+                run_id,
+                {tracking.TAG_TICKER: ticker, tracking.TAG_RUN_ID: run_id, **data_tags},
+            )
+            result.version = registered.version
+            test_dates = data.test.target_dates[:, 0]
+            decision = promote(
+                settings,
+                ticker,
+                registered.version,
+                metrics,
+                frames.frame,
+                test_dates,
+                data.train_end,
+                workdir,
+            )
+        result.promoted, result.reason = decision.promote, decision.reason
+        ok = True
+    finally:
+        tracking.end_run(run_id, ok)
+    if result.promoted:
+        try:
+            forecast_one(settings, ticker, settings.evaluation.forecast_days)
+        except Exception as exc:  # the promotion stands; the next forecast run logs instead
+            log.warning("%s: the new champion's first forecast failed: %s", ticker, exc)
+    return result
+
+
+train_ticker = task(train_one, name="train-ticker", cache_policy=NO_CACHE)
+
+
+def map_tickers(
+    settings: Settings, tickers: list[str], run_tags: dict[str, dict[str, str]] | None = None
+) -> list[TickerResult]:
+    """One branch per ticker; a branch's failure is reported, not propagated."""
+    run_tags = run_tags or {}
+    if len(tickers) == 1:
+        try:
+            return [train_one(settings, tickers[0], run_tags=run_tags.get(tickers[0]))]
+        except PipelineError:
+            raise
+        except Exception as exc:
+            log.error("training %s failed: %s: %s", tickers[0], type(exc).__name__, exc)
+            return [TickerResult(ticker=tickers[0], error=f"{type(exc).__name__}: {exc}")]
+    log.info("training %d tickers in parallel: %s", len(tickers), ", ".join(tickers))
+    futures = [train_ticker.submit(settings, t, run_tags=run_tags.get(t)) for t in tickers]
+    results = []
+    for t, fut in zip(tickers, futures, strict=True):
+        try:
+            results.append(fut.result())
+        except Exception as exc:
+            results.append(TickerResult(ticker=t, error=f"{type(exc).__name__}: {exc}"))
+    return results
+
+
+@flow(name="training", log_prints=False, flow_run_name="train")
+def training_flow(
+    settings: Settings | None = None,
+    files: list[str] | None = None,
+    ticker: str | None = None,
+    tickers: list[str] | None = None,
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
+) -> Summary:
+    """Ingest (when files are given), then train, evaluate, log, register, promote."""
+    settings = resolve_settings(settings, config_path, overrides)
+    summary = Summary(settings)
+    if files is None and not tickers:
+        files = [str(settings.path(s)) for s in settings.data.sources]
+        ticker = ticker or settings.data.ticker
+    touched: list[str] = []
+    for path in files or []:
+        for report in tasks.ingest_cached(settings, path, ticker):
+            summary.notes.append(f"ingested {path}: {describe(report)}")
+            if report.ticker not in touched:
+                touched.append(report.ticker)
+    todo = list(tickers or []) or touched or ([ticker] if ticker else [])
+    if not todo:
+        raise PipelineError("nothing to train: give FILE(s) or --ticker")
+    artifacts.name_run(run_name("train", settings, todo))
+    summary.results = map_tickers(settings, todo)
+    publish_results(settings, "training", summary.results)
+    return summary

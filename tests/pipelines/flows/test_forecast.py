@@ -1,0 +1,52 @@
+"""The forecast flow under one Prefect test harness, with tiny models."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from tests.pipelines.conftest import price_frame, tree_bytes
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def test_forecast_writes_future_trading_days(trained_settings):
+    from pipelines.flows import forecast_flow
+
+    result = forecast_flow(settings=trained_settings, tickers=["TEST"], days=3)
+    assert result.ok, result.errors
+    frame = pd.read_parquet(result.paths["TEST"])
+    assert len(frame) == 3
+    dates = pd.to_datetime(frame["date"])
+    assert (dates.dt.dayofweek < 5).all() and dates.is_monotonic_increasing
+    assert dates.iloc[0] > pd.Timestamp(price_frame(120)["Date"].iloc[-1])
+    assert {"lower_95", "upper_95"} <= set(frame.columns)
+    assert (frame["lower_95"] < frame["forecast"]).all()
+    assert (frame["forecast"] < frame["upper_95"]).all()
+
+
+def test_forecast_refusals_are_results_not_failed_task_runs(trained_settings):
+    """A request the user must change comes back per ticker (the CLI prints it as one line);
+    the other tickers are forecast, and a served run's results table names the refusal."""
+    import json
+
+    from prefect import get_client
+
+    from pipelines.flows import forecast_flow
+
+    forecasts = trained_settings.path(trained_settings.data.forecasts)
+    result = forecast_flow(settings=trained_settings, tickers=["TEST", "NOPE"], days=2)
+    assert list(result.frames) == ["TEST"] and not result.errors and not result.ok
+    assert result.refused["NOPE"].startswith("test-NOPE has no registered version yet")
+    before = tree_bytes(forecasts)
+    result = forecast_flow(settings=trained_settings, tickers=["TEST"], days=4)
+    assert not result.frames and not result.errors
+    assert "up to 3 day(s) ahead and 4 were asked for" in result.refused["TEST"]
+    assert tree_bytes(forecasts) == before
+    with get_client(sync_client=True) as client:
+        [latest] = [
+            a for a in client.read_latest_artifacts(limit=200) if a.key == "forecast-results"
+        ]
+    assert json.loads(latest.data) == [
+        {"ticker": "TEST", "outcome": "refused", "detail": result.refused["TEST"]}
+    ]

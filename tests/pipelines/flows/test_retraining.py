@@ -1,0 +1,76 @@
+"""The retraining flow (and the demo that chains training and retraining), tiny models."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.pipelines.conftest import price_frame, tree_bytes, write_prices
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def test_retrain_with_a_rejected_file_exits_2_and_says_why(trained_settings, capsys):
+    from pipelines.cli import main
+
+    project = trained_settings.base_dir
+    bad = price_frame(130).iloc[120:].copy()
+    bad.loc[bad.index[2], "Open"] = -1.0
+    write_prices(project / "data" / "incoming" / "TEST.csv", bad)
+    capsys.readouterr()
+    assert main(["retrain", "--config", str(project / "mlflow.yaml")]) == 2
+    out, err = capsys.readouterr()
+    assert "rejected TEST.csv:" in out and "line 4" in out
+    assert "ERROR" not in err and "Traceback" not in err
+
+
+def test_retraining_trains_only_on_new_rows_and_rejects_bad_files(trained_settings):
+    from pipelines import tracking
+    from pipelines.flows import retraining_flow
+
+    settings, project = trained_settings, trained_settings.base_dir
+    before = tree_bytes(settings.store_path)
+
+    nothing = retraining_flow(settings=settings)
+    assert nothing.results == []
+    assert any("nothing changed" in n for n in nothing.notes)
+
+    incoming = project / "data" / "incoming"
+    full = price_frame(130)
+    write_prices(incoming / "TEST.csv", full.iloc[115:])  # 10 new days, 5 overlapping
+    bad = full.iloc[120:].copy()
+    bad.loc[bad.index[2], "Open"] = -1.0
+    write_prices(incoming / "OTHER.csv", bad)
+
+    summary = retraining_flow(settings=settings)
+    assert [r.ticker for r in summary.results] == ["TEST"]
+    assert summary.results[0].version == "2"
+    assert tracking.get_version("test-TEST", "2").tags[tracking.TAG_PROMOTED] in ("true", "false")
+    assert tracking.get_version("test-TEST", "2").tags[tracking.TAG_REASON]
+    rejected = list((project / "data" / "rejected").iterdir())
+    assert any(p.name.endswith(".error.txt") for p in rejected)
+    error = next(p for p in rejected if p.name.endswith(".error.txt")).read_text()
+    assert "OTHER" in error and "line 4" in error
+    assert [p.name.startswith("TEST") for p in (project / "data" / "archive").iterdir()]
+    assert not any(incoming.iterdir())
+    after = tree_bytes(settings.store_path)
+    assert set(after) == set(before)  # OTHER never reached the store
+    assert after != before  # TEST gained rows
+
+    # Version 2 was trained on exactly this data, promoted or not: nothing to retrain.
+    again = retraining_flow(settings=settings)
+    assert again.results == []
+    assert any("unchanged since v2" in n for n in again.notes)
+
+
+@pytest.mark.slow  # the whole demo: two trainings and 20 forecast flows
+def test_demo_command_trains_then_retrains_on_held_back_days(tiny_project, capsys):
+    from pipelines.cli import main
+
+    assert main(["demo", "--config", str(tiny_project / "mlflow.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "== 1. training flow" in out and "version 1: CHAMPION" in out
+    assert "20 days ingested; forecast log: 63 rows" in out  # 3 + 20 forecasts of 3 days
+    assert "live RMSE / naive (20d)" in out and "TEST last decision" in out
+    assert "promoted: promoted" not in out and "refused: refused" not in out
+    assert "gained 20 row(s) since v1" in out and "version 2:" in out
+    assert "nothing changed" in out
