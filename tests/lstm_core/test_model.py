@@ -32,17 +32,26 @@ def test_unknown_backend_is_rejected():
         ModelConfig(backend="fused")
 
 
-def test_seeded_build_and_deterministic_prediction():
+def test_seeded_build_and_deterministic_prediction(tmp_path):
     cfg = ModelConfig(layers=1, units=4, backend="keras")
     a = build_model(cfg, 5, 1, 1, seed=3)
     b = build_model(cfg, 5, 1, 1, seed=3)
     for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_array_equal(wa, wb)
     X = np.random.default_rng(0).random((7, 5, 1)).astype(np.float32)
-    p = predict_scaled(a, X, batch_size=3)
+    p = predict_scaled(a, X)  # the engine runs a network build_model made
     assert p.shape == (7, 1)
-    np.testing.assert_allclose(p, predict_scaled(a, X), rtol=1e-6)
+    # Loaded as Forecaster.load loads it (no loss, no optimizer), it runs through Keras in chunks.
+    import keras
+
+    from lstm_core import engine
+
+    a.save(tmp_path / "m.keras")
+    served = keras.models.load_model(tmp_path / "m.keras", safe_mode=True, compile=False)
+    assert engine.eligible(served) is not None
+    np.testing.assert_allclose(predict_scaled(served, X, batch_size=3), p, rtol=1e-5, atol=1e-6)
     assert predict_scaled(a, X[:0]).shape == (0, 1)
+    assert predict_scaled(served, X[:0]).shape == (0, 1)
 
 
 # Loads the saved file in a fresh interpreter where the project cannot be imported (the venv's
