@@ -194,6 +194,7 @@ def test_outside_any_project_the_cli_names_init(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # the CLI in subprocesses: CI runs it
 def test_init_refuses_to_overwrite_and_run_names_ingest_for_an_unstored_ticker(tmp_path):
     env = user_env(keep_pythonpath=True)
     assert cli(BIN, "init", "p", cwd=tmp_path, env=env, timeout=120).returncode == 0
@@ -380,6 +381,7 @@ def _unreadable_log_is_one_line_exit_2(project: Path, commands: tuple[str, ...])
         assert line.startswith(f"error: {bad}: not a readable forecast-log Parquet file"), line
 
 
+@pytest.mark.slow  # the CLI in subprocesses: CI runs it
 def test_score_with_an_unreadable_log_file_is_one_line_exit_2(trained_settings):
     _unreadable_log_is_one_line_exit_2(trained_settings.base_dir, ("score", "status"))
 

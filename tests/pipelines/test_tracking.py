@@ -215,6 +215,7 @@ def test_served_model_names_a_bad_date_and_its_row(trained, client):
     )
 
 
+@pytest.mark.slow  # a fresh interpreter that loads TensorFlow and MLflow: CI runs it
 def test_champion_loads_where_the_project_cannot_be_imported(trained, client, tmp_path):
     """A fresh process without `pipelines` (or the installed lstm_core) on its sys.path."""
     from pipelines import tracking
