@@ -13,6 +13,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
     from lstm_core.predictor import Forecaster
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+# MLflow loads a model from code (to load it, and to check the input example when logging it)
+# with a mock `dbutils` swapped into sys.modules and back: two loads at once in threads of one
+# process leave the mock there for good. One load at a time.
+_CODE_LOAD = threading.Lock()
 CORE_PACKAGE = Path(__file__).resolve().parent.parent / "lstm_core"
 
 TAG_TICKER = "ticker"
@@ -327,19 +332,20 @@ def _log_pyfunc(run_id: str, forecaster_dir: Path, signature: Any, example: pd.D
         source_run_id=run_id,
         model_type="lstm-price-forecaster",
     )
-    return Model.log(
-        artifact_path=None,
-        name="model",
-        flavor=mlflow.pyfunc,
-        run_id=run_id,
-        model_id=logged.model_id,
-        python_model=str(PYFUNC_CODE),
-        artifacts={"forecaster": str(forecaster_dir)},
-        code_paths=[str(CORE_PACKAGE)],
-        signature=signature,
-        input_example=example,
-        pip_requirements=pip_requirements(),
-    )
+    with _CODE_LOAD:
+        return Model.log(
+            artifact_path=None,
+            name="model",
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
+            model_id=logged.model_id,
+            python_model=str(PYFUNC_CODE),
+            artifacts={"forecaster": str(forecaster_dir)},
+            code_paths=[str(CORE_PACKAGE)],
+            signature=signature,
+            input_example=example,
+            pip_requirements=pip_requirements(),
+        )
 
 
 # ---------------------------------------------------------------- registry
@@ -423,7 +429,8 @@ def load_model(name: str, alias: str):
     """The registered champion as a pyfunc model (the registry is the only source)."""
     import mlflow.pyfunc
 
-    return mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+    with _CODE_LOAD:
+        return mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
 
 
 def download_forecaster(name: str, version: str, dst: Path) -> Path:

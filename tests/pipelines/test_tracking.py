@@ -398,3 +398,44 @@ def test_other_dataset_errors_are_not_retried(dataset_run, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         tracking.log_dataset(run_id, frame, source="/data/x", digest="d" * 40, name="X")
     assert len(calls) == 1
+
+
+def test_models_loaded_from_two_threads_leave_no_mock_module_behind(trained, client, monkeypatch):
+    """MLflow loads a model from code with a mock `dbutils` module swapped into sys.modules
+    and back; two loads at once used to leave the mock there for good (flows load models in
+    threads: tickers trained or forecast side by side)."""
+    import contextlib
+    import sys
+    import threading
+    import time
+
+    import mlflow.models.utils as mlflow_utils
+
+    from pipelines import tracking
+
+    swap = mlflow_utils._mock_dbutils
+
+    @contextlib.contextmanager
+    def slow_swap(globals_dict):  # widens the window in which the two loads overlap
+        with swap(globals_dict):
+            time.sleep(0.5)
+            yield
+
+    monkeypatch.setattr(mlflow_utils, "_mock_dbutils", slow_swap)
+    assert "dbutils" not in sys.modules
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            tracking.load_model(MODEL, "champion")
+        except BaseException as exc:  # noqa: BLE001 - reported by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    leaked = sys.modules.pop("dbutils", None)  # popped: a leak must not reach later tests
+    assert leaked is None, leaked
