@@ -89,6 +89,8 @@ def train_one(
             f"cannot backtest {ticker} on its {manifest.rows} stored rows: {exc}: {FOLDS_ADVICE}"
         ) from None
 
+    # the served model carries the exchange's closures after its data: serving needs no calendar
+    holidays = closed_weekdays(settings.data.calendar, manifest.last_date)
     experiment_id = tracking.connect(settings)
     data_tags = {
         tracking.TAG_DATA_LAST_DATE: str(manifest.last_date),
@@ -137,7 +139,6 @@ def train_one(
         result.plots = tasks.log_results(run_id, metrics, figures, evaluation.predictions)
         result.artifact_uri = tracking.artifact_uri(run_id)
 
-        holidays = closed_weekdays(settings.data.calendar, manifest.last_date)
         forecaster = Forecaster(trained.model, preprocessor, calibration, holidays)
         example = frame.tail(preprocessor.rows_needed).reset_index(drop=True)
         with tempfile.TemporaryDirectory(prefix="lstm-") as tmp:
