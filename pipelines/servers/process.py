@@ -160,7 +160,34 @@ class ServerProcess:
         self.stop()
 
 
-def _launch(server: ServerProcess, timeout: float, wait: bool = True) -> ServerProcess:
+def _folder_and_port(folder: Path, port: int | None) -> tuple[Path, int]:
+    folder = Path(folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder, port or free_port()
+
+
+def _launch(
+    name: str,
+    args: list[str],
+    folder: Path,
+    port: int,
+    paths: tuple[str, str, str],
+    env: dict[str, str],
+    timeout: float,
+    wait: bool,
+) -> ServerProcess:
+    """Start ``args`` in ``folder``; ``paths``: the URL's path, the health check's, the log's
+    file name.  With ``wait``, return once healthy (stopped again if it never is)."""
+    url_path, health_path, log_name = paths
+    server = ServerProcess(
+        name=name,
+        args=args,
+        url=f"http://{HOST}:{port}{url_path}",
+        health_url=f"http://{HOST}:{port}{health_path}",
+        log_path=folder / log_name,
+        env=env,
+        cwd=folder,
+    )
     server.start()
     if not wait:  # the caller calls wait_healthy() (e.g. to start several at once)
         return server
@@ -189,9 +216,7 @@ def start_mlflow_server(
     `artifacts_destination` makes the server proxy artifacts to that folder: runs record
     ``mlflow-artifacts:/`` locations and clients need HTTP only.
     """
-    workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
+    workdir, port = _folder_and_port(workdir, port)
     if artifacts_destination is not None:
         artifacts = Path(artifacts_destination).resolve()
         artifacts.mkdir(parents=True, exist_ok=True)
@@ -213,16 +238,9 @@ def start_mlflow_server(
         "--workers",
         "1",
     ]
-    server = ServerProcess(
-        name="mlflow server",
-        args=args,
-        url=f"http://{HOST}:{port}",
-        health_url=f"http://{HOST}:{port}/health",
-        log_path=workdir / "mlflow-server.log",
-        env=child_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}),
-        cwd=workdir,
-    )
-    return _launch(server, timeout, wait)
+    environ = child_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})})
+    paths = ("", "/health", "mlflow-server.log")
+    return _launch("mlflow server", args, workdir, port, paths, environ, timeout, wait)
 
 
 def start_prefect_server(
@@ -240,9 +258,7 @@ def start_prefect_server(
     with CPU-bound work it only records. `database_url` (``postgresql+asyncpg://...``)
     replaces the SQLite database.
     """
-    home = Path(home).resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
+    home, port = _folder_and_port(home, port)
     args = [
         *(["nice", "-n", str(nice)] if nice > 0 and os.name == "posix" else []),
         str(BIN / "prefect"),
@@ -254,26 +270,13 @@ def start_prefect_server(
         str(port),
         "--analytics-off",
     ]
-    server = ServerProcess(
-        name="prefect server",
-        args=args,
-        url=f"http://{HOST}:{port}/api",
-        health_url=f"http://{HOST}:{port}/api/health",
-        log_path=home / "prefect-server.log",
-        # The server must not point at another API, nor at an ephemeral one.
-        env=child_env(
-            {
-                "PREFECT_HOME": str(home),
-                **(
-                    {"PREFECT_SERVER_DATABASE_CONNECTION_URL": database_url} if database_url else {}
-                ),
-                **(env or {}),
-            },
-            drop=("PREFECT_API_URL",),
-        ),
-        cwd=home,
+    database = {"PREFECT_SERVER_DATABASE_CONNECTION_URL": database_url} if database_url else {}
+    # The server must not point at another API, nor at an ephemeral one.
+    environ = child_env(
+        {"PREFECT_HOME": str(home), **database, **(env or {})}, drop=("PREFECT_API_URL",)
     )
-    return _launch(server, timeout, wait)
+    paths = ("/api", "/api/health", "prefect-server.log")
+    return _launch("prefect server", args, home, port, paths, environ, timeout, wait)
 
 
 def start_model_server(
@@ -286,9 +289,7 @@ def start_model_server(
     wait: bool = True,
 ) -> ServerProcess:
     """`mlflow models serve -m URI --env-manager local` (the venv's bin is put on PATH)."""
-    workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
+    workdir, port = _folder_and_port(workdir, port)
     args = [
         str(BIN / "mlflow"),
         "models",
@@ -304,16 +305,9 @@ def start_model_server(
         "-w",
         "1",
     ]
-    server = ServerProcess(
-        name="mlflow models serve",
-        args=args,
-        url=f"http://{HOST}:{port}",
-        health_url=f"http://{HOST}:{port}/ping",
-        log_path=workdir / "model-server.log",
-        env=child_env({"MLFLOW_TRACKING_URI": tracking_uri, **(env or {})}),
-        cwd=workdir,
-    )
-    return _launch(server, timeout, wait)
+    environ = child_env({"MLFLOW_TRACKING_URI": tracking_uri, **(env or {})})
+    paths = ("", "/ping", "model-server.log")
+    return _launch("mlflow models serve", args, workdir, port, paths, environ, timeout, wait)
 
 
 @contextlib.contextmanager
