@@ -85,8 +85,8 @@ def test_forecast_output_names_come_from_validated_tickers():
     src = (REPO / "pipelines" / "flows" / "forecast.py").read_text(encoding="utf-8")
     assert 'f"{ticker}.parquet"' in src
     # the forecast flow only ever gets tickers that are in the store or pass the CLI check
-    cli_src = (REPO / "pipelines" / "cli.py").read_text(encoding="utf-8")
-    assert "[_checked_ticker(t) for t in args.tickers]" in cli_src
+    cli_src = (REPO / "pipelines" / "cli" / "commands.py").read_text(encoding="utf-8")
+    assert "[checked_ticker(t) for t in args.tickers]" in cli_src
 
 
 @pytest.mark.parametrize("command", ["forecast", "promote", "rollback"])

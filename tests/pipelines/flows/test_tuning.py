@@ -7,7 +7,7 @@ import math
 import pytest
 
 from tests.pipelines.conftest import NO_BACKTEST
-from tests.pipelines.test_tuning import TUNING
+from tests.pipelines.tuning.conftest import TUNING
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

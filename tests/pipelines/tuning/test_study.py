@@ -1,4 +1,4 @@
-"""Optuna studies on tiny data: the space, the parent/child runs, pruning, the untouched test
+"""Optuna studies on tiny data: the storage, the parent/child runs, pruning, the untouched test
 part, resuming, parallel workers."""
 
 from __future__ import annotations
@@ -11,101 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.pipelines.conftest import TINY_CONFIG, price_frame
-
-TUNING = """
-tuning:
-  trials: 3
-  workers: 1
-  startup_trials: 2
-  warmup_epochs: 0
-  space:
-    features.lookback: {low: 3, high: 8}
-    model.units: {low: 2, high: 6, step: 2}
-    model.learning_rate: {low: 1.0e-3, high: 1.0e-2, log: true}
-    features.scaler: {choices: [minmax, standard]}
-"""
-
-
-def _settings(folder, extra: str = TUNING, overrides=("training.epochs=2",)):
-    from pipelines.config import load_settings
-
-    (folder / "mlflow.yaml").write_text(TINY_CONFIG + extra, encoding="utf-8")
-    return load_settings(folder / "mlflow.yaml", list(overrides), env={})
-
-
-# ---------------------------------------------------------------- config and search space
-
-
-@pytest.mark.parametrize(
-    ("snippet", "key"),
-    [
-        ("tuning:\n  trails: 3\n", "tuning.trails"),
-        ("tuning:\n  pruner: random\n", "tuning.pruner"),
-        ("tuning:\n  storage: sqlite:///optuna.db\n", "tuning.storage"),
-        ("tuning:\n  space:\n    model.colour: {choices: [red]}\n", "tuning.space"),
-        ("tuning:\n  space:\n    features.scaler: {choices: [robust]}\n", "tuning.space"),
-        ("tuning:\n  space:\n    model.units: {low: 2.5, high: 6}\n", "tuning.space"),
-        ("tuning:\n  space:\n    model.dropout: {low: 0.3, high: 0.1}\n", "tuning.space"),
-        ("tuning:\n  space:\n    model.dropout: {low: 0.1, high: 0.3, size: 2}\n", "tuning.space"),
-        ("tuning:\n  cron: every day\n", "tuning.cron"),
-    ],
-)
-def test_bad_tuning_config_names_the_key(tmp_path, snippet, key):
-    from pipelines.errors import ConfigError
-
-    with pytest.raises(ConfigError) as err:
-        _settings(tmp_path, snippet)
-    assert key in str(err.value) and "mlflow.yaml" in str(err.value)
-
-
-def test_shipped_tuning_section_is_the_default_and_holds_the_default_configuration():
-    from pipelines import search_space
-    from pipelines.config import Settings, load_settings
-    from tests.conftest import REPO
-
-    settings = load_settings(REPO / "mlflow.yaml", env={})
-    assert settings.tuning == Settings().tuning
-    space = settings.tuning.space
-    required = {
-        "features.lookback",
-        "model.layers",
-        "model.units",
-        "model.dropout",
-        "model.learning_rate",
-        "training.batch_size",
-        "features.scaler",
-        "features.target_transform",
-    }
-    assert required <= set(space)
-    # the configured values lie inside the space, so a new study tries them first
-    values = search_space.current_values(settings)
-    assert all(search_space.contains(values[k], space[k], search_space.is_int(k)) for k in space)
-    assert "tuning.trials" not in settings.flat()  # training runs do not carry the search
-
-
-def test_space_becomes_optuna_distributions(tmp_path):
-    import optuna.distributions as d
-
-    from pipelines import search_space
-
-    settings = _settings(tmp_path)
-    dists = search_space.distributions(settings.tuning.space)
-    assert dists["features.lookback"] == d.IntDistribution(3, 8)
-    assert dists["model.units"] == d.IntDistribution(2, 6, step=2)
-    assert dists["model.learning_rate"] == d.FloatDistribution(1e-3, 1e-2, log=True)
-    assert dists["features.scaler"] == d.CategoricalDistribution(["minmax", "standard"])
-    tuned = search_space.apply_params(
-        settings, {"features.lookback": 4, "features.scaler": "standard"}
-    )
-    assert (tuned.features.lookback, tuned.features.scaler) == (4, "standard")
-    assert tuned.model == settings.model
+from tests.pipelines.conftest import price_frame
+from tests.pipelines.tuning.conftest import TUNING, tuning_settings
 
 
 def test_storage_is_a_journal_under_the_project_or_a_url(tmp_path):
     from pipelines import tuning
 
-    settings = _settings(tmp_path)
+    settings = tuning_settings(tmp_path)
     assert tuning.storage_url(settings) == str(tmp_path / ".optuna" / "studies.journal")
     other = settings.model_copy(
         update={"tuning": settings.tuning.model_copy(update={"storage": "postgresql://h/db"})}
@@ -137,7 +50,7 @@ def searched(tmp_path_factory):
     from pipelines import tracking, tuning
 
     folder = tmp_path_factory.mktemp("tune")
-    settings = _settings(folder)
+    settings = tuning_settings(folder)
     frame, poisoned = _poisoned_frame(settings)
     first = tuning.run_study(settings, "TEST", poisoned, "2020-06-16", trials=2)
     study = tuning.load_study(settings, "TEST")
@@ -237,7 +150,7 @@ def test_second_run_continues_the_study(searched):
 def test_a_resumed_study_continues_in_two_worker_processes(tmp_path):
     from pipelines import tracking, tuning
 
-    settings = _settings(tmp_path)
+    settings = tuning_settings(tmp_path)
     _, poisoned = _poisoned_frame(settings)
     first = tuning.run_study(settings, "TEST", poisoned, "2020-06-16", trials=1)
     cores = os.sched_getaffinity(0)
@@ -266,7 +179,7 @@ def test_same_objective_on_the_unpoisoned_frame_scores_the_same(searched, tmp_pa
     from pipelines import tuning
 
     settings, first, second, study = searched
-    clean = _settings(tmp_path, TUNING.replace("trials: 3", "trials: 1"))
+    clean = tuning_settings(tmp_path, TUNING.replace("trials: 3", "trials: 1"))
     frame, _ = _poisoned_frame(clean)
     again = tuning.run_study(clean, "TEST", frame, "2020-06-16")
     assert math.isclose(again.default_value, first.default_value, rel_tol=1e-6)
@@ -287,7 +200,7 @@ def test_same_objective_on_the_unpoisoned_frame_scores_the_same(searched, tmp_pa
 def test_tune_bad_arguments_exit_2_in_one_line(tmp_path, capsys, args, needle):
     from pipelines.cli import main
 
-    _settings(tmp_path)
+    tuning_settings(tmp_path)
     assert main(["tune", "--config", str(tmp_path / "mlflow.yaml"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err
@@ -300,7 +213,7 @@ def test_configured_values_outside_the_space_are_said_not_silently_skipped(tiny_
     import optuna
 
     from pipelines.config import load_settings
-    from pipelines.tuning import _enqueue_default
+    from pipelines.tuning.study import _enqueue_default
 
     settings = load_settings(tiny_project / "mlflow.yaml", ["model.units=4"], env={})
     study = optuna.create_study()

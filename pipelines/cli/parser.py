@@ -1,0 +1,98 @@
+"""The command line's grammar: every command of `lstm-pipeline` with its arguments and help."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipelines.config import CONFIG_ENV
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"configuration file (default: ${CONFIG_ENV}, else mlflow.yaml in the current "
+        "folder or the nearest folder above it)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one setting (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lstm-pipeline",
+        description="Train, track and serve LSTM daily stock-price forecasts.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="start a project: the default mlflow.yaml and data/ folders")
+    p.add_argument("folder", nargs="?", type=Path, default=Path("."), help="default: here")
+
+    p = sub.add_parser("ingest", help="merge price CSVs into the Parquet store")
+    _common(p)
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--ticker", default=None)
+    p.add_argument("--replace", action="store_true", help="let the files change stored rows")
+
+    p = sub.add_parser(
+        "run",
+        help="the main job: the training flow end to end",
+        description="run FILE... ingests the files, then trains the tickers they hold; "
+        "run --ticker T [--ticker U ...] trains stored tickers; run alone ingests data.sources "
+        "and trains.",
+    )
+    _common(p)
+    p.add_argument("files", nargs="*", type=Path, help="price CSVs to ingest first")
+    p.add_argument(
+        "--ticker", action="append", default=[], dest="tickers",
+        help="with FILEs: their one ticker; alone: a stored one (repeatable)",
+    )  # fmt: skip
+
+    p = sub.add_parser("retrain", help="ingest new files from data.incoming and retrain")
+    _common(p)
+
+    p = sub.add_parser("forecast", help="forecast the next trading days with the champion")
+    _common(p)
+    p.add_argument("--ticker", action="append", required=True, dest="tickers")
+    p.add_argument("--days", type=int, default=None)
+
+    p = sub.add_parser("promote", help="set the champion alias to a chosen version")
+    _common(p)
+    p.add_argument("--ticker", required=True)
+    p.add_argument("--version", required=True)
+    p.add_argument("--reason", default=None, help="why, recorded with the decision")
+
+    p = sub.add_parser("rollback", help="restore the previous champion")
+    _common(p)
+    p.add_argument("--ticker", required=True)
+
+    p = sub.add_parser("demo", help="train on the bundled sample, then retrain on newer days")
+    _common(p)
+
+    p = sub.add_parser("tune", help="search hyperparameters (Optuna), retrain the best, promote")
+    _common(p)
+    p.add_argument("--ticker", action="append", default=None, dest="tickers")
+    p.add_argument("--trials", type=int, default=None, help="trials to add (tuning.trials)")
+    p.add_argument(
+        "--timeout", type=float, default=None, metavar="MIN", help="time budget in minutes"
+    )
+    p = sub.add_parser("score", help="score logged forecasts against the prices that arrived")
+    _common(p)
+    p.add_argument("--ticker", action="append", default=None, dest="tickers")
+
+    p = sub.add_parser("status", help="one line per ticker: champion, data, live figures")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+
+    p = sub.add_parser("serve", help="serve the retraining and forecast deployments")
+    _common(p)
+    p.add_argument("--tickers", nargs="*", default=None, help="tickers for the forecast flow")
+    return parser

@@ -1,0 +1,99 @@
+"""Checks that run before Prefect, TensorFlow or any write, so that bad input is one line and
+exit code 2: a --ticker value, the price files, the stored tickers and `data.sources`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipelines.config import Settings
+from pipelines.errors import PipelineError
+
+
+def checked_ticker(ticker: str | None) -> str | None:
+    """A --ticker value, checked as a ticker name (None stays None)."""
+    from pipelines.ingest import validate_ticker
+
+    return None if ticker is None else validate_ticker(ticker, source="--ticker")
+
+
+def parse_configured(settings: Settings, path: Path | str, ticker: str | None):
+    """Read and validate one price file with the configured options (no Prefect, no TF)."""
+    from pipelines.ingest import read_configured
+
+    return read_configured(settings.data, path, ticker)
+
+
+def preflight_run(
+    settings: Settings,
+    config: Path | None,
+    files: list[str],
+    ticker: str | None,
+    stored: tuple[str, ...] = (),
+) -> None:
+    """Check a run's input end to end before Prefect, TensorFlow or any write.
+
+    Every file is parsed and previewed against the store, and each ticker's would-be series
+    (or each `stored` ticker's series) is split, scaled, windowed and cut into backtest folds
+    as training will do it: too short a series, a lookback longer than the data, a constant
+    series or more folds than test rows fail here with one line, and nothing is stored.
+    """
+    import pandas as pd
+
+    from lstm_core import data as core_data
+    from lstm_core.backtest import fold_bounds
+    from pipelines.errors import FOLDS_ADVICE, InputError
+    from pipelines.store import PriceStore
+
+    store = PriceStore(settings.store_path)
+    frames: dict[str, tuple[str, pd.DataFrame]] = {}
+    for t in stored:
+        if store.manifest(t) is None:
+            raise PipelineError(
+                f"no prices stored for ticker {t!r} in {settings.store_path}: "
+                f"store them first with: lstm-pipeline ingest FILE --ticker {t}"
+            )
+        frames[t] = (str(settings.store_path), store.load(t))
+    for path in files:
+        parsed = parse_configured(settings, path, ticker)
+        for t, frame in store.preview_all(parsed, replace=settings.data.replace).items():
+            if t in frames:  # several files for one ticker: their union (first wins)
+                both = pd.concat([frames[t][1], frame], ignore_index=True)
+                frame = both.drop_duplicates("date").sort_values("date", ignore_index=True)
+            frames[t] = (path, frame)
+    cfg = config or "mlflow.yaml"
+    for t, (path, frame) in frames.items():
+        try:
+            split = core_data.split_frame(frame, settings.evaluation)
+            pre = core_data.fit_preprocessor(split.train, settings.features)
+            core_data.make_dataset(split, pre)
+        except core_data.DataError as exc:
+            raise InputError(
+                path,
+                f"cannot train {t} on its {len(frame)} rows with {cfg} "
+                f"(features.lookback={settings.features.lookback}): {exc}",
+            ) from None
+        try:
+            fold_bounds(len(split.frame), settings.evaluation)
+        except core_data.DataError as exc:
+            raise InputError(
+                path,
+                f"cannot backtest {t} on its {len(frame)} rows with {cfg}: {exc}: {FOLDS_ADVICE}",
+            ) from None
+
+
+def configured_sources(
+    settings: Settings, config: Path | None, files: str, stored: str
+) -> list[str]:
+    """`data.sources` as paths; a missing one is a configuration error naming the way out."""
+    sources = [str(settings.path(s)) for s in settings.data.sources]
+    missing = [s for s in sources if not Path(s).exists()]
+    if missing:
+        from pipelines.errors import ConfigError
+
+        raise ConfigError(
+            config,
+            "data.sources",
+            f"{missing[0]} does not exist; give price files ({files}) or a stored ticker "
+            f"({stored})",
+        )
+    return sources

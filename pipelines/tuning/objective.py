@@ -1,0 +1,93 @@
+"""One trial: draw a candidate from the space, train it on the training part and return its
+validation RMSE in prices (`lstm_core.search`), reporting every epoch's value to the pruner and
+logging the trial as a nested MLflow run under the study's parent run."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from lstm_core.data import SplitFrames
+from pipelines import tracking
+from pipelines.config import Settings
+from pipelines.tuning.space import apply_params, suggest, trial_name
+
+log = logging.getLogger("pipelines")
+
+
+@dataclass
+class Objective:
+    """Train one candidate on the training part, return its validation RMSE in prices.
+
+    `seen` holds the training and validation rows only (the test rows are cut off by the
+    caller); `train_end` is the row where validation starts.
+    """
+
+    settings: Settings
+    ticker: str
+    seen: pd.DataFrame
+    train_end: int
+    experiment_id: str
+    parent_run_id: str
+
+    def __call__(self, trial: Any) -> float:
+        import optuna
+
+        from lstm_core.search import epoch_scorer, search_data, train_candidate
+        from lstm_core.train import TrainingDivergedError
+
+        params = suggest(trial, self.settings.tuning.space)
+        name = trial_name(trial.number, params)
+        run_id = tracking.start_trial_run(
+            self.experiment_id,
+            self.parent_run_id,
+            name,
+            {
+                tracking.TAG_TICKER: self.ticker,
+                tracking.TAG_STUDY: trial.study.study_name,
+                tracking.TAG_TRIAL: str(trial.number),
+            },
+            params,
+        )
+        trial.set_user_attr("mlflow_run_id", run_id)
+        state, note = "fail", ""
+        try:
+            candidate = apply_params(self.settings, params)
+            frames = SplitFrames(self.seen, self.train_end, len(self.seen))
+            data = search_data(frames, candidate.features)
+
+            def report(epoch: int, value: float) -> None:
+                tracking.log_metrics(run_id, {"epoch_val_rmse": value}, step=epoch)
+                trial.report(value, epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(
+                        f"pruned after epoch {epoch + 1}: validation RMSE {value:.6g}"
+                    )
+
+            callbacks = [tracking.epoch_logger(run_id), epoch_scorer(data, report)]
+            try:
+                result, value = train_candidate(
+                    data, candidate.model, candidate.training, callbacks
+                )
+            except TrainingDivergedError as exc:
+                raise optuna.TrialPruned(f"diverged: {exc}") from None
+            if not math.isfinite(value):
+                raise optuna.TrialPruned(f"validation RMSE {value}")
+            tracking.log_metrics(
+                run_id, {"val_rmse": value, "epochs_run": float(result.epochs_run)}
+            )
+            state, note = "complete", f"validation RMSE {value:.6g}"
+            return value
+        except optuna.TrialPruned as exc:
+            state, note = "pruned", str(exc)
+            raise
+        except Exception as exc:
+            note = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            tracking.end_trial_run(run_id, state, note)
+            log.info("%s trial %s: %s (%s)", self.ticker, name, state, note)
