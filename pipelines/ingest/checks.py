@@ -93,24 +93,48 @@ def check_values(path: Path, rows: Rows, cols: dict[str, str], present: list[str
             )
 
 
+def exceeds(prev: np.ndarray, cur: np.ndarray, limits: tuple[float, float]) -> np.ndarray:
+    """Where the move from close ``prev`` to the next day's close ``cur`` is split-sized."""
+    max_drop, max_rise = limits
+    ratio = cur / prev
+    return (ratio < 1.0 - max_drop) | (ratio > 1.0 + max_rise)
+
+
+def jump_problem(
+    close: float, other: float, other_text: str, limits: tuple[float, float], *, before: bool
+) -> str:
+    """The message for a split-sized move between ``close`` and the neighbouring close ``other``
+    (``other_text`` names it, e.g. "the previous close 84.5 on line 2"; ``before``: ``other``
+    is the earlier day of the two)."""
+    max_drop, max_rise = limits
+    if before:
+        change = close / other - 1.0
+        what = f"close {fmt(close)} is {abs(change):.0%} {'below' if change < 0 else 'above'} "
+        what += other_text
+    else:
+        change = other / close - 1.0
+        what = f"close {fmt(close)} is followed by {other_text}, "
+        what += f"{abs(change):.0%} {'lower' if change < 0 else 'higher'}"
+    return (
+        f"{what} (limit: -{max_drop:.0%}/+{max_rise:.0%} a day): a stock split? use "
+        "split-adjusted prices, or set data.max_daily_change: null to accept such moves"
+    )
+
+
 def check_jumps(path: Path, rows: Rows, cols: dict[str, str], limits: tuple[float, float]) -> None:
-    """Split-sized jumps: unadjusted prices would teach the model a crash that never was."""
+    """Split-sized jumps: unadjusted prices would teach the model a crash that never was.
+
+    Between the file's own rows; the store compares new rows with their stored neighbours
+    (:func:`pipelines.store.merge.combine`) with the same :func:`exceeds` and message."""
     cl = rows.values["close"]
     if len(cl) < 2:
         return
-    max_drop, max_rise = limits
-    ratio = cl[1:] / cl[:-1]
     same = rows.codes[1:] == rows.codes[:-1]
-    jump = np.concatenate(([False], same & ((ratio < 1.0 - max_drop) | (ratio > 1.0 + max_rise))))
+    jump = np.concatenate(([False], same & exceeds(cl[:-1], cl[1:], limits)))
 
     def problem(i: int) -> str:
         prev_line = line_of(path, int(rows.rowidx[i - 1]))
-        change = cl[i] / cl[i - 1] - 1.0
-        return (
-            f"close {fmt(cl[i])} is {abs(change):.0%} {'below' if change < 0 else 'above'} "
-            f"the previous close {fmt(cl[i - 1])} on line {prev_line} (limit: "
-            f"-{max_drop:.0%}/+{max_rise:.0%} a day): a stock split? use split-adjusted "
-            "prices, or set data.max_daily_change: null to accept such moves"
-        )
+        other = f"the previous close {fmt(cl[i - 1])} on line {prev_line}"
+        return jump_problem(cl[i], cl[i - 1], other, limits, before=True)
 
     _fail(path, rows, cols, jump, "close", problem)

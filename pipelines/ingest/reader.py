@@ -51,7 +51,8 @@ def read_price_file(
     (carry the ticker's previous value forward; rows with no earlier value are dropped). The
     returned ``notes`` say what was done. ``max_daily_change`` (e.g. ``DEFAULT_MAX_DAILY_CHANGE``,
     which the pipeline passes by default; ``None``, this function's default, skips the check)
-    rejects a close-to-close move larger than a split-sized one (see ``jump_limits``). Raises
+    rejects a close-to-close move larger than a split-sized one (see ``jump_limits``), here and,
+    when the file is merged, against the stored neighbours of its rows. Raises
     :class:`InputError` (single line, with file, line, column) on any problem.
     """
     path = Path(path)
@@ -106,6 +107,7 @@ def read_price_file(
         tickers=tuple(tickers),
         source_rows=rows.rowidx,
         source_columns=dict(cols),
+        max_daily_change=limits,
     )
 
 

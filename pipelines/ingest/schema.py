@@ -38,6 +38,8 @@ class ParsedFile:
     ``source_rows`` maps each table row to its data-row index in the file (0 = line 2 when there
     are no blank lines) and ``source_columns`` maps normalized names to the file's headers; both
     are used to name the line and column in merge conflicts, and may be left empty.
+    ``max_daily_change`` is the ``(max_drop, max_rise)`` the file's closes were checked with
+    (None: unchecked); a merge checks the new rows against their stored neighbours with it.
     """
 
     path: Path
@@ -48,6 +50,7 @@ class ParsedFile:
     tickers: tuple[str, ...] = ()
     source_rows: np.ndarray | None = field(default=None, compare=False, repr=False)
     source_columns: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    max_daily_change: tuple[float, float] | None = field(default=None, compare=False)
 
     @property
     def rows(self) -> int:

@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 from pipelines.errors import InputError
 from pipelines.ingest import VALUE_COLUMNS, ParsedFile, source_lines, validate_ticker
+from pipelines.ingest.checks import exceeds, jump_problem
 from pipelines.store.files import Manifest, to_date
 
 
@@ -132,11 +133,13 @@ def combine(
     replace: bool,
 ) -> tuple[pa.Table | None, int, int, int]:
     """The stored rows ``old`` with ``new`` merged in: (merged table or None when nothing
-    changes, added, replaced, unchanged). A changed value raises InputError unless ``replace``."""
+    changes, added, replaced, unchanged). A changed value raises InputError unless ``replace``;
+    so does a new close that jumps against its stored neighbour (``parsed.max_daily_change``)."""
     od = old.column("date").cast(pa.int32()).to_numpy()
     nd = new.column("date").cast(pa.int32()).to_numpy()
     common, oi, ni = np.intersect1d(od, nd, assume_unique=True, return_indices=True)
     conflict = np.zeros(len(common), dtype=bool)
+    new_close = np.zeros(len(common), dtype=bool)  # stored days whose close the file changes
     first_col: dict[int, str] = {}
     if len(common):
         for k in VALUE_COLUMNS:
@@ -146,6 +149,8 @@ def combine(
             for j in np.flatnonzero(ne & ~conflict):
                 first_col[int(j)] = k
             conflict |= ne
+            if k == "close":
+                new_close = ne
     n_conf = int(conflict.sum())
     if n_conf and not replace:
         j = int(np.flatnonzero(conflict)[0])
@@ -179,7 +184,60 @@ def combine(
     md = merged.column("date").cast(pa.int32()).to_numpy()
     if len(md) > 1 and not (np.diff(md) > 0).all():
         merged = merged.take(pa.array(np.argsort(md, kind="stable")))
+    if parsed.max_daily_change is not None:
+        fresh = np.ones(len(nd), dtype=bool)  # the file's rows whose close is not stored yet
+        fresh[ni[~new_close]] = False
+        check_neighbours(parsed, ticker, merged, new, np.flatnonzero(fresh), rows)
     return merged, added, n_conf, unchanged
+
+
+def check_neighbours(
+    parsed: ParsedFile,
+    ticker: str,
+    merged: pa.Table,
+    new: pa.Table,
+    fresh: np.ndarray,
+    rows: np.ndarray | None,
+) -> None:
+    """Split-sized jumps between the file's new closes (``new`` rows ``fresh``) and the stored
+    closes next to them in ``merged`` (the series after the merge): only those pairs are
+    compared (the reader compared the file's own rows), with ``parsed.max_daily_change``."""
+    limits = parsed.max_daily_change
+    if limits is None or not len(fresh):
+        return
+    md = merged.column("date").cast(pa.int32()).to_numpy()
+    nd = new.column("date").cast(pa.int32()).to_numpy()
+    pos = np.searchsorted(md, nd[fresh])
+    is_new = np.zeros(len(md), dtype=bool)
+    is_new[pos] = True
+    later = np.unique(np.concatenate((pos, pos + 1)))  # (later - 1, later): day pairs
+    later = later[(later >= 1) & (later < len(md))]
+    later = later[is_new[later] != is_new[later - 1]]
+    if not len(later):
+        return
+    cl = merged.column("close").to_numpy()
+    bad = later[exceeds(cl[later - 1], cl[later], limits)]
+    if not len(bad):
+        return
+    mine = np.where(is_new[bad], bad, bad - 1)  # the file's row of each pair
+    j_new = np.searchsorted(nd, md[mine])
+    k = int(np.argmin(rows[j_new] if rows is not None else j_new))  # earliest in the file
+    i_new, i_old = int(mine[k]), int(bad[k] - 1 if is_new[bad[k]] else bad[k])
+    before = i_old < i_new
+    other = (
+        f"the {'previous' if before else 'next'} close {_fmt(cl[i_old])}, stored for "
+        f"{ticker} {to_date(md[i_old])}"
+    )
+    line = None
+    if rows is not None:
+        with contextlib.suppress(OSError):
+            line = source_lines(parsed.path, [int(rows[j_new[k]])])[0]
+    raise InputError(
+        parsed.path,
+        jump_problem(cl[i_new], cl[i_old], other, limits, before=before),
+        line=line,
+        column=parsed.source_columns.get("close", "close"),
+    )
 
 
 def _fmt(value: float | None) -> str:

@@ -45,6 +45,44 @@ def test_bad_input_is_one_line_exit_2_and_store_unchanged(tiny_project, capsys):
     assert tree_bytes(store) == before
 
 
+@pytest.mark.parametrize(
+    ("where", "replace"),
+    [("after", False), ("before", False), ("inside", True)],
+)
+def test_a_split_sized_jump_against_a_stored_close_is_one_line_exit_2(
+    tiny_project, capsys, where, replace
+):
+    """data.max_daily_change also compares a new row with the stored day next to it: a row
+    after the stored history, one before it, and (--replace) one that changes a stored day."""
+    cfg = str(tiny_project / "mlflow.yaml")
+    main(["ingest", str(tiny_project / "prices" / "TEST.csv"), "--config", cfg])
+    store = tiny_project / "data" / "store"
+    before = tree_bytes(store)
+    capsys.readouterr()
+    frame = price_frame(121)
+    if where == "after":  # the next business day, at twice the last stored close
+        row, neighbour, word = frame.iloc[[120]].copy(), frame.iloc[119], "previous"
+    elif where == "before":  # the business day before the first stored one
+        row = frame.iloc[[0]].copy()
+        row["Date"] = "2019-12-31"
+        neighbour, word = frame.iloc[0], "next"
+    else:  # a stored day between two stored days, its close doubled
+        row, neighbour, word = frame.iloc[[60]].copy(), frame.iloc[59], "previous"
+    close = round(float(neighbour["Close"]) * 2, 4)
+    row[["Open", "High", "Low", "Close"]] = close
+    path = write_prices(tiny_project / "new" / "TEST.csv", row)
+    args = ["ingest", str(path), "--config", cfg] + (["--replace"] if replace else [])
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"{path}, line 2, column 'Close'" in err
+    assert f"close {close:.15g}" in err
+    stored = float(neighbour["Close"])
+    assert f"the {word} close {stored:.15g}, stored for TEST {neighbour['Date']}" in err
+    assert "max_daily_change" in err
+    assert tree_bytes(store) == before
+
+
 def test_a_damaged_store_file_is_one_line_exit_2_and_left_as_it_was(tiny_project, capsys):
     cfg = str(tiny_project / "mlflow.yaml")
     src = str(tiny_project / "prices" / "TEST.csv")

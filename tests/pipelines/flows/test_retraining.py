@@ -23,6 +23,28 @@ def test_retrain_with_a_rejected_file_exits_2_and_says_why(trained_settings, cap
     assert "ERROR" not in err and "Traceback" not in err
 
 
+def test_retrain_rejects_a_file_whose_close_jumps_against_the_stored_one(trained_settings, capsys):
+    from pipelines.cli import main
+
+    project = trained_settings.base_dir
+    before = tree_bytes(trained_settings.store_path)
+    split = price_frame(121).iloc[[120]].copy()  # the day after the stored ones, a 1:2 split
+    split[["Open", "High", "Low", "Close"]] = round(
+        float(price_frame(120)["Close"].iloc[-1]) * 2, 4
+    )
+    write_prices(project / "data" / "incoming" / "TEST.csv", split)
+    capsys.readouterr()
+    assert main(["retrain", "--config", str(project / "mlflow.yaml")]) == 2
+    out, err = capsys.readouterr()
+    assert "rejected TEST.csv:" in out and "stored for TEST" in out
+    assert "ERROR" not in err and "Traceback" not in err
+    rejected = sorted(p.name for p in (project / "data" / "rejected").iterdir())
+    assert len(rejected) == 2 and rejected[1] == rejected[0] + ".error.txt"
+    assert "line 2, column 'Close'" in (project / "data" / "rejected" / rejected[1]).read_text()
+    assert tree_bytes(trained_settings.store_path) == before
+    assert "TEST: skip" in out  # nothing new was stored: no training on the bad row
+
+
 def test_retraining_trains_only_on_new_rows_and_rejects_bad_files(trained_settings):
     from pipelines import tracking
     from pipelines.flows import retraining_flow
