@@ -61,12 +61,11 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     ticker = checked_ticker(args.ticker)
     replace = bool(args.replace or settings.data.replace)
     store = PriceStore(settings.store_path)
-    # Every file is validated (and checked against the store) before any is merged.
+    # Every file is validated, then all are merged as one: each is checked against the store
+    # as the files before it leave it, and nothing is written unless every file passes.
     parsed = [parse_configured(settings, path, ticker) for path in args.files]
-    for p in parsed:
-        store.preview_all(p, replace=replace)
-    for path, p in zip(args.files, parsed, strict=True):
-        for report in store.merge_all(p, replace=replace):
+    for path, reports in zip(args.files, store.merge_files(parsed, replace=replace), strict=True):
+        for report in reports:
             print(f"{path}: {describe(report)}")
             # A served retraining deployment listens for this (only a server can hear it).
             if report.added + report.replaced and os.environ.get("PREFECT_API_URL"):

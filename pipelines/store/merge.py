@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +16,10 @@ from pipelines.errors import InputError
 from pipelines.ingest import VALUE_COLUMNS, ParsedFile, source_lines, validate_ticker
 from pipelines.ingest.checks import exceeds, jump_problem
 from pipelines.store.files import Manifest, to_date
+
+Origin = Callable[[int], str | None]
+"""Where a row of the would-be series (by its date, days since 1970) comes from, when it is not
+stored yet: "FILE, line N" of an earlier file of the same ingest; None for a stored row."""
 
 
 @dataclass(frozen=True)
@@ -131,10 +135,13 @@ def combine(
     new: pa.Table,
     rows: np.ndarray | None,
     replace: bool,
+    origin: Origin | None = None,
 ) -> tuple[pa.Table | None, int, int, int]:
     """The stored rows ``old`` with ``new`` merged in: (merged table or None when nothing
     changes, added, replaced, unchanged). A changed value raises InputError unless ``replace``;
-    so does a new close that jumps against its stored neighbour (``parsed.max_daily_change``)."""
+    so does a new close that jumps against its stored neighbour (``parsed.max_daily_change``).
+    ``origin`` names the file and line an ``old`` row came from when it is not stored yet (an
+    earlier file of the same ingest), for the error messages."""
     od = old.column("date").cast(pa.int32()).to_numpy()
     nd = new.column("date").cast(pa.int32()).to_numpy()
     common, oi, ni = np.intersect1d(od, nd, assume_unique=True, return_indices=True)
@@ -161,10 +168,15 @@ def combine(
         if rows is not None:
             with contextlib.suppress(OSError):
                 line = source_lines(parsed.path, [int(rows[ni[j]])])[0]
+        where = origin(int(common[j])) if origin is not None else None
         raise InputError(
             parsed.path,
-            f"{ticker} {to_date(common[j])}: {k} {_fmt(new_v)} differs from the stored "
-            f"value {_fmt(old_v)} (ingest --replace overwrites stored days)",
+            f"{ticker} {to_date(common[j])}: {k} {_fmt(new_v)} differs from "
+            + (
+                f"the stored value {_fmt(old_v)} (ingest --replace overwrites stored days)"
+                if where is None
+                else f"the value {_fmt(old_v)} in {where} (with --replace the later file wins)"
+            ),
             line=line,
             column=parsed.source_columns.get(k, k),
         )
@@ -187,7 +199,7 @@ def combine(
     if parsed.max_daily_change is not None:
         fresh = np.ones(len(nd), dtype=bool)  # the file's rows whose close is not stored yet
         fresh[ni[~new_close]] = False
-        check_neighbours(parsed, ticker, merged, new, np.flatnonzero(fresh), rows)
+        check_neighbours(parsed, ticker, merged, new, np.flatnonzero(fresh), rows, origin)
     return merged, added, n_conf, unchanged
 
 
@@ -198,6 +210,7 @@ def check_neighbours(
     new: pa.Table,
     fresh: np.ndarray,
     rows: np.ndarray | None,
+    origin: Origin | None = None,
 ) -> None:
     """Split-sized jumps between the file's new closes (``new`` rows ``fresh``) and the stored
     closes next to them in ``merged`` (the series after the merge): only those pairs are
@@ -224,9 +237,11 @@ def check_neighbours(
     k = int(np.argmin(rows[j_new] if rows is not None else j_new))  # earliest in the file
     i_new, i_old = int(mine[k]), int(bad[k] - 1 if is_new[bad[k]] else bad[k])
     before = i_old < i_new
-    other = (
-        f"the {'previous' if before else 'next'} close {_fmt(cl[i_old])}, stored for "
-        f"{ticker} {to_date(md[i_old])}"
+    where = origin(int(md[i_old])) if origin is not None else None
+    other = f"the {'previous' if before else 'next'} close {_fmt(cl[i_old])}, " + (
+        f"stored for {ticker} {to_date(md[i_old])}"
+        if where is None
+        else f"of {ticker} {to_date(md[i_old])} in {where}"
     )
     line = None
     if rows is not None:

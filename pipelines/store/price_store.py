@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 
 from pipelines.errors import PipelineError
 from pipelines.fsio import atomic_write, file_lock
-from pipelines.ingest import ParsedFile, validate_ticker
+from pipelines.ingest import ParsedFile, source_lines, validate_ticker
 from pipelines.store.files import (
     DATA_FILE,
     LEGACY_MANIFEST_FILE,
@@ -45,10 +46,44 @@ class UnknownTickerError(PipelineError, KeyError):
 
 
 @dataclass
-class _Plan:
-    ticker: str
-    table: pa.Table | None  # None: nothing to write
-    report: MergeReport
+class _Series:
+    """A ticker as it would be after the files planned so far in one merge."""
+
+    manifest: Manifest | None  # None: not stored (yet)
+    replace: bool
+    table: pa.Table | None = None  # read when first needed
+    changed: bool = False
+    stored_dates: np.ndarray | None = None  # the dates in the store before the merge
+    earlier: list[tuple[Path, np.ndarray, np.ndarray | None]] = field(default_factory=list)
+
+    def read(self, table: pa.Table) -> None:
+        self.table = table
+        self.stored_dates = table.column("date").cast(pa.int32()).to_numpy()
+
+    def origin(self, day: int) -> str | None:
+        """Where a day of the series comes from: "FILE, line N" of an earlier file; None: stored.
+
+        Without replace a stored day keeps its stored row and a new day the first file's;
+        with replace the last file that holds the day wins."""
+        if not self.replace and _holds(self.stored_dates, day) is not None:
+            return None
+        for path, dates, rows in self.earlier if not self.replace else self.earlier[::-1]:
+            i = _holds(dates, day)
+            if i is not None:
+                line = None
+                if rows is not None:
+                    with contextlib.suppress(OSError):
+                        line = source_lines(path, [int(rows[i])])[0]
+                return f"{path}, line {line}" if line is not None else str(path)
+        return None
+
+
+def _holds(dates: np.ndarray | None, day: int) -> int | None:
+    """The index of ``day`` in the sorted ``dates``, or None."""
+    if dates is None:
+        return None
+    i = int(np.searchsorted(dates, day))
+    return i if i < len(dates) and dates[i] == day else None
 
 
 class PriceStore:
@@ -146,19 +181,34 @@ class PriceStore:
         nothing. A row for a stored date with different values raises InputError naming the line,
         the column and both values, unless ``replace=True``.
         """
-        parts = list(split_by_ticker(parsed))
+        return self.merge_files([parsed], replace=replace)[0]
+
+    def merge_files(
+        self, files: Sequence[ParsedFile], *, replace: bool = False
+    ) -> list[list[MergeReport]]:
+        """Merge several files as one, all or nothing: the reports of each file, in order.
+
+        Under every ticker's lock, each file is checked against the store as it would be after
+        the files before it (a clash between two files names both), then each changed ticker is
+        written once. Any InputError leaves the store as it was.
+        """
+        parts = [list(split_by_ticker(p)) for p in files]
+        tickers = sorted({t for ps in parts for t, _, _ in ps})
         self.upgrade()
+        if not all(self._dir(t).is_dir() for t in tickers):
+            # a lock makes the ticker's folder: bad input must not leave one for a new ticker
+            self._plan_files(files, parts, replace)
         with contextlib.ExitStack() as stack:
-            for ticker, _, _ in parts:
+            for ticker in tickers:
                 stack.enter_context(self._locked(ticker))
-            if len(parts) == 1:
-                plans = [self._plan(parsed, *parts[0], replace)]
-                self._apply(plans[0])
-            else:  # Parquet I/O, hashing and fsync release the GIL: overlap them
+            series, reports = self._plan_files(files, parts, replace)
+            final = list(series.items())
+            if len(final) == 1:
+                self._apply(*final[0])
+            else:  # Parquet I/O and fsync release the GIL: overlap them
                 with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-                    plans = list(pool.map(lambda p: self._plan(parsed, *p, replace), parts))
-                    list(pool.map(self._apply, plans))
-        return [p.report for p in plans]
+                    list(pool.map(lambda f: self._apply(*f), final))
+        return reports
 
     def preview_all(self, parsed: ParsedFile, *, replace: bool = False) -> dict[str, pd.DataFrame]:
         """What ``merge_all`` would store, per ticker, as :meth:`load` frames; writes nothing.
@@ -166,10 +216,10 @@ class PriceStore:
         Raises the same InputError as ``merge_all`` on a conflict. Used to check a file end to
         end (including training feasibility) before anything is written.
         """
+        series, _ = self._plan_files([parsed], [list(split_by_ticker(parsed))], replace)
         out: dict[str, pd.DataFrame] = {}
-        for ticker, new, rows in split_by_ticker(parsed):
-            plan = self._plan(parsed, ticker, new, rows, replace)
-            table = plan.table if plan.table is not None else self.read_table(ticker)
+        for ticker, s in series.items():
+            table = s.table
             if table.column("amount").null_count == table.num_rows:
                 table = table.drop_columns(["amount"])
             df = table.to_pandas(date_as_object=False)
@@ -177,14 +227,38 @@ class PriceStore:
             out[ticker] = df
         return out
 
-    def _apply(self, plan: _Plan) -> None:
+    def _plan_files(
+        self,
+        files: Sequence[ParsedFile],
+        parts: list[list[tuple[str, pa.Table, np.ndarray | None]]],
+        replace: bool,
+    ) -> tuple[dict[str, _Series], list[list[MergeReport]]]:
+        """Every file's parts planned in order, each against the series the earlier ones left."""
+        series: dict[str, _Series] = {}
+        reports: list[list[MergeReport]] = []
+        for parsed, file_parts in zip(files, parts, strict=True):
+            for ticker, _, _ in file_parts:
+                if ticker not in series:
+                    series[ticker] = _Series(self.manifest(ticker), replace)
+
+            def plan(part: tuple[str, pa.Table, np.ndarray | None], parsed=parsed) -> MergeReport:
+                return self._plan(parsed, *part, replace, series[part[0]])
+
+            if len(file_parts) == 1:
+                reports.append([plan(file_parts[0])])
+            else:  # distinct tickers, distinct series: plan them side by side
+                with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+                    reports.append(list(pool.map(plan, file_parts)))
+        return series, reports
+
+    def _apply(self, ticker: str, series: _Series) -> None:
         # Under the ticker's lock no write is in progress: a temporary file is a crash's
         # leftover (Polars, which reads every file below the folder, would trip on it).
-        for leftover in self._dir(plan.ticker).glob(f".{DATA_FILE}.*.tmp"):
+        for leftover in self._dir(ticker).glob(f".{DATA_FILE}.*.tmp"):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
-        if plan.table is not None:
-            self._write(plan.ticker, plan.table, plan.report.after)
+        if series.changed and series.manifest is not None:
+            self._write(ticker, series.table, series.manifest)
 
     def _locked(self, ticker: str) -> contextlib.AbstractContextManager[None]:
         return file_lock(self._dir(ticker) / LOCK_FILE)
@@ -196,17 +270,25 @@ class PriceStore:
         new: pa.Table,
         rows: np.ndarray | None,
         replace: bool,
-    ) -> _Plan:
+        series: _Series,
+    ) -> MergeReport:
+        """``new`` merged into ``series`` (the ticker as the earlier files leave it), which
+        becomes the merged series."""
         new = new.select(STORE_SCHEMA.names).cast(STORE_SCHEMA)
         new, rows = sorted_unique(parsed, new, rows)
-        before = self.manifest(ticker)
+        before = series.manifest
         if before is None:
             merged, added, replaced, unchanged = new, new.num_rows, 0, 0
         else:
-            old = self.read_table(ticker)
-            merged, added, replaced, unchanged = combine(parsed, ticker, old, new, rows, replace)
+            if series.table is None:
+                series.read(self.read_table(ticker))
+            origin = series.origin if series.earlier else None
+            merged, added, replaced, unchanged = combine(
+                parsed, ticker, series.table, new, rows, replace, origin
+            )
+        series.earlier.append((parsed.path, new.column("date").cast(pa.int32()).to_numpy(), rows))
         if merged is None:
-            return _Plan(ticker, None, MergeReport(ticker, 0, 0, unchanged, before, before))
+            return MergeReport(ticker, 0, 0, unchanged, before, before)
         dates = merged.column("date").cast(pa.int32()).to_numpy()
         after = Manifest(
             ticker=ticker,
@@ -215,7 +297,8 @@ class PriceStore:
             rows=merged.num_rows,
             digest=table_digest(merged),
         )
-        return _Plan(ticker, merged, MergeReport(ticker, added, replaced, unchanged, before, after))
+        series.table, series.manifest, series.changed = merged, after, True
+        return MergeReport(ticker, added, replaced, unchanged, before, after)
 
     def _write(self, ticker: str, table: pa.Table, manifest: Manifest) -> None:
         table = table.replace_schema_metadata({MANIFEST_KEY: manifest.to_json().encode()})

@@ -83,6 +83,42 @@ def test_a_split_sized_jump_against_a_stored_close_is_one_line_exit_2(
     assert tree_bytes(store) == before
 
 
+@pytest.mark.parametrize("clash", ["value", "jump"])
+def test_ingest_of_several_files_stores_all_or_none(tiny_project, capsys, clash):
+    """Each file is checked against the store as the files before it leave it: a clash between
+    two of them names both, and nothing is stored, the first file's rows included."""
+    cfg = str(tiny_project / "mlflow.yaml")
+    main(["ingest", str(tiny_project / "prices" / "TEST.csv"), "--config", cfg])
+    store = tiny_project / "data" / "store"
+    before = tree_bytes(store)
+    capsys.readouterr()
+    frame = price_frame(130)
+    first = write_prices(tiny_project / "a" / "TEST.csv", frame.iloc[120:125])
+    if clash == "value":  # the same day as the first file's last row, another open
+        second = frame.iloc[124:125].copy()
+        second["Open"] = second["Open"] * 1.001
+        where, column = "differs from the value", "Open"
+    else:  # the day after the first file's last row, at twice its close
+        second = frame.iloc[125:126].copy()
+        second[["Open", "High", "Low", "Close"]] = float(frame["Close"].iloc[124]) * 2
+        where, column = "the previous close", "Close"
+    second = write_prices(tiny_project / "b" / "TEST.csv", second)
+    assert main(["ingest", str(first), str(second), "--config", cfg]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"{second}, line 2, column '{column}'" in err
+    assert where in err and f"in {first}, line 6" in err
+    assert tree_bytes(store) == before
+
+    # without the clash: both files stored, one line each
+    third = write_prices(tiny_project / "c" / "TEST.csv", frame.iloc[125:])
+    assert main(["ingest", str(first), str(third), "--config", cfg]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{first}: TEST +5 new") and out[1].startswith(f"{third}: TEST +5 new")
+    assert PriceStore(store).manifest("TEST").rows == 130
+
+
 def test_a_damaged_store_file_is_one_line_exit_2_and_left_as_it_was(tiny_project, capsys):
     cfg = str(tiny_project / "mlflow.yaml")
     src = str(tiny_project / "prices" / "TEST.csv")
