@@ -1,4 +1,5 @@
-"""Dates: the formats a file may use (one per file), and no day in the future."""
+"""Dates: the formats a file may use (one per file), no day in the future, and no day the
+exchange (``data.calendar``) was closed."""
 
 from __future__ import annotations
 
@@ -87,3 +88,28 @@ def check_not_future(path: Path, days: np.ndarray, rowidx: np.ndarray, column: s
             line=line_of(path, int(rowidx[i])),
             column=column,
         )
+
+
+def check_trading_days(
+    path: Path, days: np.ndarray, rowidx: np.ndarray, column: str, exchange: str | None
+) -> None:
+    """No row on a day ``exchange`` was closed (None: a Saturday or Sunday): live scoring
+    matches forecasts to stored days by position, so such a row would shift every later day."""
+    from pipelines.calendar import closed_days
+
+    closed = closed_days(exchange, days)
+    if closed.any():
+        cand = np.flatnonzero(closed)
+        i = int(cand[np.argmin(rowidx[cand])])  # the earliest line of the file
+        day = (EPOCH + np.timedelta64(int(days[i]), "D")).astype(dt.date)
+        if exchange is None:
+            why = (
+                f"{day} is a {day:%A}: with data.calendar null only Monday to Friday are "
+                "trading days; remove the row, or set data.calendar to the exchange's code"
+            )
+        else:
+            why = (
+                f"{day} ({day:%A}) is not a trading day of {exchange} (data.calendar): remove "
+                "the row, or set data.calendar to the exchange the prices come from"
+            )
+        raise InputError(path, why, line=line_of(path, int(rowidx[i])), column=column)

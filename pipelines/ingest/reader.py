@@ -41,6 +41,7 @@ def read_price_file(
     column_map: dict[str, str] | None = None,
     missing: Literal["error", "drop", "ffill"] = "error",
     max_daily_change: JumpLimits | Mapping[str, float] | tuple[float, float] | None = None,
+    calendar: str | None | Literal[False] = False,
 ) -> ParsedFile:
     """Read, validate and normalize one price CSV.
 
@@ -52,7 +53,9 @@ def read_price_file(
     returned ``notes`` say what was done. ``max_daily_change`` (e.g. ``DEFAULT_MAX_DAILY_CHANGE``,
     which the pipeline passes by default; ``None``, this function's default, skips the check)
     rejects a close-to-close move larger than a split-sized one (see ``jump_limits``), here and,
-    when the file is merged, against the stored neighbours of its rows. Raises
+    when the file is merged, against the stored neighbours of its rows. ``calendar`` rejects
+    rows on days an exchange was closed: an exchange_calendars code (as ``data.calendar``), or
+    None for Saturdays and Sundays; ``False``, this function's default, skips the check. Raises
     :class:`InputError` (single line, with file, line, column) on any problem.
     """
     path = Path(path)
@@ -83,6 +86,8 @@ def read_price_file(
             strings = strings.take(pa.array(rows.rowidx))
         rows.date = dates.parse_dates(path, strings, rows.rowidx, cols["date"])
     dates.check_not_future(path, rows.date, rows.rowidx, cols["date"])
+    if calendar is not False:
+        dates.check_trading_days(path, rows.date, rows.rowidx, cols["date"], calendar)
 
     tickers = assign_tickers(path, rows, names, cols.get("ticker"), ticker, notes)
     if layout_name == "tushare":
@@ -120,6 +125,7 @@ def read_configured(data: DataConfig, path: str | Path, ticker: str | None = Non
         missing=data.missing,
         # split-sized jumps are errors unless data.max_daily_change is null
         max_daily_change=data.max_daily_change,
+        calendar=data.calendar,  # no row on a day the exchange was closed
     )
     for note in parsed.notes:
         logging.getLogger("pipelines").info("%s: %s", path, note)

@@ -44,8 +44,9 @@ evaluation:
 """
 
 
-def price_frame(n: int, seed: int = 0, start: str = "2020-01-01") -> pd.DataFrame:
-    """A positive random walk in the Yahoo layout, business days.
+def price_frame(n: int, seed: int = 0, start: str = "2019-12-24") -> pd.DataFrame:
+    """A positive random walk in the Yahoo layout, on New York trading days (the tiny
+    project's data.calendar: XNYS); by default the 120th day is Tuesday 2020-06-16.
 
     The first n rows of a longer frame equal the shorter frame (same seed), so later
     slices of it are genuinely "newer days" of the same series.
@@ -60,7 +61,7 @@ def price_frame(n: int, seed: int = 0, start: str = "2020-01-01") -> pd.DataFram
     low = np.minimum(open_, close) * 0.99
     return pd.DataFrame(
         {
-            "Date": pd.bdate_range(start, periods=n).strftime("%Y-%m-%d"),
+            "Date": trading_days(start, n),
             "Open": open_.round(4),
             "High": high.round(4),
             "Low": low.round(4),
@@ -68,6 +69,18 @@ def price_frame(n: int, seed: int = 0, start: str = "2020-01-01") -> pd.DataFram
             "Volume": rng.integers(1_000, 10_000, full)[:n],
         }
     )
+
+
+def trading_days(start: str, n: int, exchange: str = "XNYS") -> list[str]:
+    """The first ``n`` trading days of ``exchange`` from ``start``, ISO dates (ingest rejects
+    rows on days the configured exchange was closed)."""
+    import exchange_calendars
+
+    cal = exchange_calendars.get_calendar(exchange, start="2006-01-03")
+    days = cal.sessions[cal.sessions >= pd.Timestamp(start)][:n]
+    if len(days) < n:
+        raise ValueError(f"{exchange} knows {len(days)} trading days from {start}, not {n}")
+    return list(days.strftime("%Y-%m-%d"))
 
 
 def write_prices(path: Path, frame: pd.DataFrame) -> Path:

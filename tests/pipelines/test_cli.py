@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from pipelines.cli import main
@@ -60,11 +61,11 @@ def test_a_split_sized_jump_against_a_stored_close_is_one_line_exit_2(
     before = tree_bytes(store)
     capsys.readouterr()
     frame = price_frame(121)
-    if where == "after":  # the next business day, at twice the last stored close
+    if where == "after":  # the next trading day, at twice the last stored close
         row, neighbour, word = frame.iloc[[120]].copy(), frame.iloc[119], "previous"
-    elif where == "before":  # the business day before the first stored one
+    elif where == "before":  # the trading day before the first stored one
         row = frame.iloc[[0]].copy()
-        row["Date"] = "2019-12-31"
+        row["Date"] = "2019-12-23"
         neighbour, word = frame.iloc[0], "next"
     else:  # a stored day between two stored days, its close doubled
         row, neighbour, word = frame.iloc[[60]].copy(), frame.iloc[59], "previous"
@@ -117,6 +118,37 @@ def test_ingest_of_several_files_stores_all_or_none(tiny_project, capsys, clash)
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"{first}: TEST +5 new") and out[1].startswith(f"{third}: TEST +5 new")
     assert PriceStore(store).manifest("TEST").rows == 130
+
+
+@pytest.mark.parametrize(
+    ("calendar", "day", "says"),
+    [
+        ("XNYS", "2020-07-03", "2020-07-03 (Friday) is not a trading day of XNYS (data.calendar)"),
+        ("null", "2020-07-04", "2020-07-04 is a Saturday: with data.calendar null"),
+    ],
+)
+def test_a_row_on_a_day_the_exchange_was_closed_is_one_line_exit_2(
+    tiny_project, capsys, calendar, day, says
+):
+    """Live scoring matches forecasts to stored days by position: a row dated on a holiday
+    (Independence Day observed) or a weekend would shift them, so ingest refuses it."""
+    cfg = str(tiny_project / "mlflow.yaml")
+    main(["ingest", str(tiny_project / "prices" / "TEST.csv"), "--config", cfg])
+    store = tiny_project / "data" / "store"
+    before = tree_bytes(store)
+    capsys.readouterr()
+    frame = price_frame(135).iloc[120:]  # 2020-06-17 .. 2020-07-08, trading days only
+    bad = pd.concat([frame.iloc[:12], frame.iloc[[12]].assign(Date=day), frame.iloc[12:]])
+    path = write_prices(tiny_project / "new" / "TEST.csv", bad)
+    args = ["ingest", str(path), "--config", cfg, "--set", f"data.calendar={calendar}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"{path}, line 14, column 'Date': {says}" in err
+    assert tree_bytes(store) == before
+    write_prices(path, frame)  # the same days without the closed one
+    assert main(args) == 0
+    assert PriceStore(store).manifest("TEST").rows == 135
 
 
 def test_a_damaged_store_file_is_one_line_exit_2_and_left_as_it_was(tiny_project, capsys):

@@ -14,23 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from tests.pipelines.conftest import trading_days
 
 HEADER = "Date,Open,High,Low,Close,Volume"
 
 
 def good_rows(n: int = 30, start: str = "2021-01-04", price: float = 50.0) -> list[str]:
-    """n valid Yahoo-layout rows (business days), a gentle deterministic walk."""
+    """n valid Yahoo-layout rows (New York trading days), a gentle deterministic walk."""
     rng = np.random.default_rng(7)
     close = price * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
     rows = []
-    for d, c in zip(pd.bdate_range(start, periods=n), close, strict=True):
+    for d, c in zip(trading_days(start, n), close, strict=True):
         o = c * 1.001
-        rows.append(
-            f"{d:%Y-%m-%d},{o:.4f},{max(o, c) * 1.01:.4f},{min(o, c) * 0.99:.4f},{c:.4f},1000"
-        )
+        rows.append(f"{d},{o:.4f},{max(o, c) * 1.01:.4f},{min(o, c) * 0.99:.4f},{c:.4f},1000")
     return rows
 
 
@@ -76,7 +75,7 @@ STORED_TEST_ROWS = 120
 
 
 def _constant(n: int) -> bytes:
-    rows = [f"{d:%Y-%m-%d},10,10,10,10,1000" for d in pd.bdate_range("2021-01-04", periods=n)]
+    rows = [f"{d},10,10,10,10,1000" for d in trading_days("2021-01-04", n)]
     return csv_text(rows)
 
 
