@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -420,3 +421,33 @@ def test_ping_an_forecast_days_are_shanghai_shenzhen_trading_days(tmp_path):
         "2023-05-09",
         "2023-05-10",
     ]
+
+
+# ---------------------------------------------------------------- promotion
+
+
+@pytest.mark.slow  # a training in a subprocess
+def test_a_champion_that_cannot_be_rescored_keeps_the_alias(trained_settings):
+    from pipelines import tracking
+
+    project = trained_settings.base_dir
+    [files] = (project / "mlartifacts").glob("models/m-*")  # v1's model, the champion
+    shutil.rmtree(files)
+    out = _cli(project, "run", "--ticker", "TEST", "--set", "evaluation.backtest_folds=0")
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    [line] = [x.strip() for x in out.stdout.splitlines() if "registered test-TEST" in x]
+    assert line.startswith(
+        "registered test-TEST version 2: not promoted (refused: champion v1 could not be "
+        "re-scored ("
+    ), line
+    assert line.endswith(
+        "so it keeps the alias; to promote this version anyway: "
+        "lstm-pipeline promote --ticker TEST --version 2)"
+    ), line
+    assert "ERROR" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+    tracking.connect(trained_settings)
+    assert tracking.champion("test-TEST", "champion").version == "1"
+    v2 = tracking.get_version("test-TEST", "2").tags
+    assert (
+        v2[tracking.TAG_PROMOTED] == "false" and "could not be re-scored" in v2["promotion.reason"]
+    )
