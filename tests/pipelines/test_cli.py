@@ -451,3 +451,33 @@ def test_a_champion_that_cannot_be_rescored_keeps_the_alias(trained_settings):
     assert (
         v2[tracking.TAG_PROMOTED] == "false" and "could not be re-scored" in v2["promotion.reason"]
     )
+
+
+# ---------------------------------------------------------------- a moved project
+
+
+def test_a_moved_project_stops_in_one_line_before_writing(trained_settings, tmp_path, capsys):
+    """SQLite's store keeps absolute artifact paths: after a move, no command that uses MLflow
+    may read or write the old place (nor re-create it), and the error names it."""
+    old = trained_settings.base_dir
+    moved = shutil.move(old, tmp_path / "moved")
+    cfg = str(moved / "mlflow.yaml")
+    before = tree_bytes(moved)
+    commands = (
+        ["forecast", "--ticker", "TEST"],
+        ["run", "--ticker", "TEST"],
+        ["retrain"],
+        ["score"],
+        ["status"],
+        ["promote", "--ticker", "TEST", "--version", "1"],
+    )
+    for command in commands:
+        assert main([*command, "--config", cfg]) == 2, command
+        out = capsys.readouterr()
+        assert out.out == "", (command, out.out)
+        [line] = out.err.splitlines()
+        assert line.startswith(f"error: {moved / 'mlflow.db'} records the artifacts"), line
+        assert f"in {old / 'mlartifacts'}, not in {moved / 'mlartifacts'}" in line, line
+        assert "move the project back" in line, line
+    assert not old.exists()
+    assert tree_bytes(moved) == before
