@@ -111,6 +111,15 @@ def test_unknown_config_key_exit_2_names_key(tiny_project, capsys):
         ("status", "tracking.uri=foo://bar", "tracking.uri"),
         ("ingest", "training.epochs=true", "training.epochs"),
         ("ingest", "monitoring.window_days=yes", "monitoring.window_days"),
+        # MLflow's alias rules: reserved names, characters, empty, length
+        ("run", "registry.alias=latest", "registry.alias"),
+        ("status", "registry.alias=LaTeSt", "registry.alias"),
+        ("status", "registry.alias=v3", "registry.alias"),
+        ("status", "registry.alias=V12", "registry.alias"),
+        ("run", "registry.alias=Champion!", "registry.alias"),
+        ("status", "registry.alias=a b", "registry.alias"),
+        ("status", "registry.alias=", "registry.alias"),
+        ("status", f"registry.alias={'a' * 256}", "registry.alias"),
     ],
 )
 def test_a_setting_nothing_can_use_is_one_line_exit_2(tiny_project, capsys, command, setting, key):
