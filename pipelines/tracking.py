@@ -126,11 +126,20 @@ def _check_artifact_root(settings: Settings, uri: str, recorded: str) -> None:
     old = unquote(urlparse(recorded).path) if recorded.startswith("file:") else recorded
     if Path(old).resolve() == here:
         return
+    # The project's old folder, when the artifact folder is inside it (the usual relative one)
+    where, location = "where it was made", Path(settings.tracking.artifact_location)
+    parts = location.parts
+    if (
+        not location.is_absolute()
+        and Path(old).is_absolute()
+        and Path(old).parts[-len(parts) :] == parts
+    ):
+        where = str(Path(old).parents[len(parts) - 1])
     raise PipelineError(
         f"{uri.removeprefix('sqlite:///')} records the artifacts of experiment "
         f"{settings.tracking.experiment!r} in {old}, not in {here} (tracking.artifact_location): "
         "MLflow keeps that path as it was when the store was made, so a project moved or copied "
-        "since cannot use its store; move the project back to where it was made, or put "
+        f"since cannot use its store; move the project back to {where}, or put "
         "mlflow.db and the old artifact folder aside and train again from the stored prices "
         "(lstm-pipeline retrain)"
     )

@@ -487,6 +487,6 @@ def test_a_moved_project_stops_in_one_line_before_writing(trained_settings, tmp_
         [line] = out.err.splitlines()
         assert line.startswith(f"error: {moved / 'mlflow.db'} records the artifacts"), line
         assert f"in {old / 'mlartifacts'}, not in {moved / 'mlartifacts'}" in line, line
-        assert "move the project back" in line, line
+        assert f"move the project back to {old}, or put mlflow.db" in line, line
     assert not old.exists()
     assert tree_bytes(moved) == before
