@@ -10,7 +10,6 @@ model what it forecasts. The MLflow calls themselves are in :mod:`pipelines.trac
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -20,7 +19,6 @@ from pipelines.config import PromotionPolicy, Settings
 from pipelines.errors import PipelineError
 from pipelines.fsio import file_lock
 
-log = logging.getLogger("pipelines")
 TAG_GATE_REASON = "promotion.gate_reason"  # the gate's verdict, kept when a hand overrules it
 _VERDICTS = ("promoted: ", "refused: ")  # how the gate's reasons start
 TIE = 1e-5  # relative: a challenger must win by more than this (or min_improvement, if larger)
@@ -49,11 +47,16 @@ def decide(
     challenger_rmse: float,
     naive_rmse: float,
     champion_score: float | None,
+    champion_problem: str | None = None,
+    by_hand: str = "",
 ) -> Decision:
     """Should the challenger take the champion alias?
 
     All scores are errors (lower is better) measured on the challenger's test window;
     `champion_score` is the champion re-scored on that same window (None: no champion).
+    A champion whose score is unknown (not finite; `champion_problem` says why) keeps the
+    alias: nothing shows that the challenger is better; `by_hand` is the command that would
+    promote the challenger anyway.
     """
     metric = policy.metric
 
@@ -80,10 +83,9 @@ def decide(
             f"naive_rmse={naive_rmse:.6g})",
         )
     if not _finite(champion_score):
-        return verdict(
-            True,
-            f"promoted: champion's {metric} on the same window is {champion_score}",
-        )
+        why = champion_problem or f"the champion's {metric} on the same window is {champion_score}"
+        hand = f"; to promote this version anyway: {by_hand}" if by_hand else ""
+        return verdict(False, f"refused: {why}, so it keeps the alias{hand}")
     # Within TIE of each other two scores are equal: the champion is re-scored through Keras, the
     # challenger through the engine, and float32 alone moves an identical model's score by ~1e-9.
     threshold = champion_score * (1.0 - max(policy.min_improvement, TIE))
@@ -249,12 +251,13 @@ def promote(
     with file_lock(settings.path(".locks") / f"promote-{name}.lock"):
         settle_interrupted(name, version)
         current = tracking.champion(name, reg.alias)
-        champion_score = None
+        champion_score = problem = None
         if current is not None and current.version != version:
             try:
                 champion_score = rescore(current.version)
-            except Exception as exc:  # an unloadable champion must not block a good model
-                log.warning("could not re-score champion v%s: %s", current.version, exc)
+            except Exception as exc:  # unknown, so refused below: a hand can still promote
+                error = " ".join(f"{type(exc).__name__}: {exc}".split())
+                problem = f"champion v{current.version} could not be re-scored ({error})"
                 champion_score = float("nan")
         decision = decide(
             policy,
@@ -262,6 +265,8 @@ def promote(
             metrics.get("test_rmse", float("nan")),
             metrics.get("naive_rmse", float("nan")),
             champion_score,
+            problem,
+            f"lstm-pipeline promote --ticker {ticker} --version {version}",
         )
         if champion_score is not None:
             decision = replace(decision, champion_version=current.version)

@@ -231,7 +231,10 @@ def register(name: str, model_uri: str, run_id: str, tags: dict[str, str]):
     return tracking.register(name, model_uri, run_id, tags)
 
 
-@task(name="rescore-champion", cache_policy=NO_CACHE, **IO_RETRY)
+# Not a Prefect task: a champion that cannot be re-scored is a refusal with its reason (see
+# promotion.promote), not a failed task run, whose ERROR line would be Prefect's and not the
+# user's. No retries either: they held the promotion lock for 15 s to fail the same way on a
+# champion whose files are gone, and a refusal on a passing blip is safe (promote by hand).
 def rescore_champion(
     name: str,
     version: str,

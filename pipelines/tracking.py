@@ -95,6 +95,7 @@ def connect(settings: Settings) -> str:
     client = _client()
     exp = client.get_experiment_by_name(settings.tracking.experiment)
     if exp is not None:
+        _check_artifact_root(settings, uri, exp.artifact_location)
         return exp.experiment_id
     location = settings.tracking.artifact_location
     # A SQLite store needs an explicit artifact location, or artifacts land in ./mlruns.
@@ -110,6 +111,38 @@ def connect(settings: Settings) -> str:
         if exp is None:
             raise
         return exp.experiment_id
+
+
+def _check_artifact_root(settings: Settings, uri: str, recorded: str) -> None:
+    """A SQLite store keeps the absolute artifact folder its experiment was made with: in a
+    project folder moved (or copied) since, MLflow would read the old place and write there,
+    outside the project. MLflow has no call that changes an experiment's artifact location,
+    so this stops before anything is written, naming the old place and the ways out."""
+    if not uri.startswith("sqlite:"):
+        return  # a server or database owns its artifact root, wherever the project lies
+    from urllib.parse import unquote, urlparse
+
+    here = settings.path(settings.tracking.artifact_location).resolve()
+    old = unquote(urlparse(recorded).path) if recorded.startswith("file:") else recorded
+    if Path(old).resolve() == here:
+        return
+    # The project's old folder, when the artifact folder is inside it (the usual relative one)
+    where, location = "where it was made", Path(settings.tracking.artifact_location)
+    parts = location.parts
+    if (
+        not location.is_absolute()
+        and Path(old).is_absolute()
+        and Path(old).parts[-len(parts) :] == parts
+    ):
+        where = str(Path(old).parents[len(parts) - 1])
+    raise PipelineError(
+        f"{uri.removeprefix('sqlite:///')} records the artifacts of experiment "
+        f"{settings.tracking.experiment!r} in {old}, not in {here} (tracking.artifact_location): "
+        "MLflow keeps that path as it was when the store was made, so a project moved or copied "
+        f"since cannot use its store; move the project back to {where}, or put "
+        "mlflow.db and the old artifact folder aside and train again from the stored prices "
+        "(lstm-pipeline retrain)"
+    )
 
 
 def _git_commit() -> str | None:

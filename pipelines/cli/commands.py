@@ -14,6 +14,7 @@ from pipelines.cli.preflight import (
     configured_sources,
     parse_configured,
     preflight_run,
+    preflight_tracking,
 )
 from pipelines.config import Settings, find_config, load_settings
 from pipelines.errors import PipelineError, is_user_error
@@ -92,6 +93,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sources = configured_sources(settings, args.config_path, "run FILE...", "run --ticker T")
         preflight_run(settings, args.config_path, sources, settings.data.ticker)
         params = {"files": sources, "ticker": settings.data.ticker}
+    preflight_tracking(settings)
     _load_tensorflow()
 
     from pipelines.flows import fan_out, training_flow
@@ -104,6 +106,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
     settings = _settings(args)  # first: Prefect reads its environment when imported
+    preflight_tracking(settings)
     _load_tensorflow()
     from pipelines.flows import fan_out, retraining_flow
 
@@ -120,6 +123,7 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     tickers = [checked_ticker(t) for t in args.tickers]
     if args.days is not None and args.days < 1:
         raise PipelineError(f"--days {args.days}: days must be >= 1")
+    preflight_tracking(settings)
     _load_tensorflow()
     from pipelines.flows import forecast_flow
 
@@ -180,6 +184,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             settings, args.config_path, "lstm-pipeline ingest FILE", "tune --ticker T"
         )
         preflight_run(settings, args.config_path, sources, configured)
+    preflight_tracking(settings)
     _load_tensorflow()
     from pipelines.flows.tuning import tuning_flow
 
@@ -193,6 +198,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     settings = _settings(args)
     tickers = [checked_ticker(t) for t in args.tickers] if args.tickers else None
+    preflight_tracking(settings)
     from pipelines.monitoring import render_status, scoring_flow, status
 
     results = scoring_flow(settings=settings, tickers=tickers)

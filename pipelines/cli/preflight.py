@@ -1,5 +1,6 @@
 """Checks that run before Prefect, TensorFlow or any write, so that bad input is one line and
-exit code 2: a --ticker value, the price files, the stored tickers and `data.sources`."""
+exit code 2: a --ticker value, the price files, the stored tickers, `data.sources` and the
+tracking store."""
 
 from __future__ import annotations
 
@@ -14,6 +15,14 @@ def checked_ticker(ticker: str | None) -> str | None:
     from pipelines.ingest import validate_ticker
 
     return None if ticker is None else validate_ticker(ticker, source="--ticker")
+
+
+def preflight_tracking(settings: Settings) -> None:
+    """The tracking store answers and is this project's (not one moved here from elsewhere),
+    before a command ingests, trains or forecasts."""
+    from pipelines import tracking
+
+    tracking.connect(settings)
 
 
 def parse_configured(settings: Settings, path: Path | str, ticker: str | None):

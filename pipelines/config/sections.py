@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -90,6 +91,13 @@ class PromotionPolicy(_Section):
     max_worse_than_naive: float = Field(0.10, ge=0.0)
 
 
+# MLflow 3.17's own rules for an alias (mlflow/utils/validation.py: _validate_model_alias_name
+# and _validate_model_alias_name_reserved), checked at load so a bad one fails before training.
+_ALIAS_CHARACTERS = re.compile(r"^[\w\-]*$")
+_ALIAS_VERSION = re.compile(r"^[vV]\d+$")
+_ALIAS_MAX_LENGTH = 255
+
+
 class RegistryConfig(_Section):
     model_name: str = "lstm-{ticker}"
     alias: str = "champion"
@@ -100,6 +108,24 @@ class RegistryConfig(_Section):
     def _has_ticker(cls, v: str) -> str:
         if "{ticker}" not in v:
             raise ValueError("must contain the placeholder {ticker}")
+        return v
+
+    @field_validator("alias")
+    @classmethod
+    def _mlflow_alias(cls, v: str) -> str:
+        if not v:
+            raise ValueError("MLflow refuses an empty alias: name one, e.g. champion")
+        if not _ALIAS_CHARACTERS.match(v):
+            raise ValueError(
+                f"{v!r}: MLflow takes only letters, digits, underscores (_) and dashes (-) "
+                "in an alias"
+            )
+        if len(v) > _ALIAS_MAX_LENGTH:
+            raise ValueError(f"MLflow takes at most {_ALIAS_MAX_LENGTH} characters in an alias")
+        if v.lower() == "latest":
+            raise ValueError(f"{v!r}: MLflow reserves 'latest' (in any case): choose another alias")
+        if _ALIAS_VERSION.match(v):
+            raise ValueError(f"{v!r}: MLflow reserves v<number> for versions: choose another alias")
         return v
 
     def name_for(self, ticker: str) -> str:

@@ -64,6 +64,7 @@ def retraining_flow(
     ticker's MLflow run records it and its own reason (new_data | degraded) with the figures.
     """
     settings = resolve_settings(settings, config_path, overrides)
+    tracking.connect(settings)  # a store that cannot be used stops before a file is moved
     summary = Summary(settings)
     incoming = settings.path(settings.data.incoming)
     files = sorted(p for p in incoming.glob("*.csv") if p.is_file()) if incoming.is_dir() else []

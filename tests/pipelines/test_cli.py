@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -216,6 +217,15 @@ def test_unknown_config_key_exit_2_names_key(tiny_project, capsys):
         ("status", "tracking.uri=foo://bar", "tracking.uri"),
         ("ingest", "training.epochs=true", "training.epochs"),
         ("ingest", "monitoring.window_days=yes", "monitoring.window_days"),
+        # MLflow's alias rules: reserved names, characters, empty, length
+        ("run", "registry.alias=latest", "registry.alias"),
+        ("status", "registry.alias=LaTeSt", "registry.alias"),
+        ("status", "registry.alias=v3", "registry.alias"),
+        ("status", "registry.alias=V12", "registry.alias"),
+        ("run", "registry.alias=Champion!", "registry.alias"),
+        ("status", "registry.alias=a b", "registry.alias"),
+        ("status", "registry.alias=", "registry.alias"),
+        ("status", f"registry.alias={'a' * 256}", "registry.alias"),
     ],
 )
 def test_a_setting_nothing_can_use_is_one_line_exit_2(tiny_project, capsys, command, setting, key):
@@ -526,3 +536,63 @@ def test_ping_an_forecast_days_are_shanghai_shenzhen_trading_days(tmp_path):
         "2023-05-09",
         "2023-05-10",
     ]
+
+
+# ---------------------------------------------------------------- promotion
+
+
+@pytest.mark.slow  # a training in a subprocess
+def test_a_champion_that_cannot_be_rescored_keeps_the_alias(trained_settings):
+    from pipelines import tracking
+
+    project = trained_settings.base_dir
+    [files] = (project / "mlartifacts").glob("models/m-*")  # v1's model, the champion
+    shutil.rmtree(files)
+    out = _cli(project, "run", "--ticker", "TEST", "--set", "evaluation.backtest_folds=0")
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    [line] = [x.strip() for x in out.stdout.splitlines() if "registered test-TEST" in x]
+    assert line.startswith(
+        "registered test-TEST version 2: not promoted (refused: champion v1 could not be "
+        "re-scored ("
+    ), line
+    assert line.endswith(
+        "so it keeps the alias; to promote this version anyway: "
+        "lstm-pipeline promote --ticker TEST --version 2)"
+    ), line
+    assert "ERROR" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+    tracking.connect(trained_settings)
+    assert tracking.champion("test-TEST", "champion").version == "1"
+    v2 = tracking.get_version("test-TEST", "2").tags
+    assert (
+        v2[tracking.TAG_PROMOTED] == "false" and "could not be re-scored" in v2["promotion.reason"]
+    )
+
+
+# ---------------------------------------------------------------- a moved project
+
+
+def test_a_moved_project_stops_in_one_line_before_writing(trained_settings, tmp_path, capsys):
+    """SQLite's store keeps absolute artifact paths: after a move, no command that uses MLflow
+    may read or write the old place (nor re-create it), and the error names it."""
+    old = trained_settings.base_dir
+    moved = shutil.move(old, tmp_path / "moved")
+    cfg = str(moved / "mlflow.yaml")
+    before = tree_bytes(moved)
+    commands = (
+        ["forecast", "--ticker", "TEST"],
+        ["run", "--ticker", "TEST"],
+        ["retrain"],
+        ["score"],
+        ["status"],
+        ["promote", "--ticker", "TEST", "--version", "1"],
+    )
+    for command in commands:
+        assert main([*command, "--config", cfg]) == 2, command
+        out = capsys.readouterr()
+        assert out.out == "", (command, out.out)
+        [line] = out.err.splitlines()
+        assert line.startswith(f"error: {moved / 'mlflow.db'} records the artifacts"), line
+        assert f"in {old / 'mlartifacts'}, not in {moved / 'mlartifacts'}" in line, line
+        assert f"move the project back to {old}, or put mlflow.db" in line, line
+    assert not old.exists()
+    assert tree_bytes(moved) == before

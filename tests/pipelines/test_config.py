@@ -301,3 +301,52 @@ def test_tracking_uris_mlflow_has_a_store_for(tmp_path):
         load_settings(write(tmp_path, ""), env={"MLFLOW_TRACKING_URI": "foo://bar"})
     assert err.value.key == "tracking.uri (from MLFLOW_TRACKING_URI)"
     assert "sqlite:///" in err.value.problem and "http(s)://" in err.value.problem
+
+
+ALIASES = [
+    "champion",
+    "prod-2",
+    "_",
+    "v",
+    "v3a",
+    "vv3",
+    "3",
+    "latest2",
+    "été",  # \w is Unicode in MLflow's pattern too
+    "a" * 255,
+    "a" * 256,
+    "latest",
+    "LATEST",
+    "v3",
+    "V12",
+    "Champion!",
+    "a b",
+    "a.b",
+    "a/b",
+    "",
+]
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_registry_alias_follows_exactly_mlflows_rules(tmp_path, alias):
+    """The config accepts an alias exactly when MLflow 3.17's own checks do, no stricter."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import (
+        _validate_model_alias_name,
+        _validate_model_alias_name_reserved,
+    )
+
+    try:
+        _validate_model_alias_name(alias)
+        _validate_model_alias_name_reserved(alias)
+        mlflow_takes_it = True
+    except MlflowException:
+        mlflow_takes_it = False
+    path = write(tmp_path, f"registry:\n  alias: '{alias}'\n")
+    if mlflow_takes_it:
+        assert load_settings(path, env={}).registry.alias == alias
+    else:
+        with pytest.raises(ConfigError) as err:
+            load_settings(path, env={})
+        assert str(err.value).startswith(f"{path}: registry.alias: "), err.value
+        assert len(str(err.value).splitlines()) == 1

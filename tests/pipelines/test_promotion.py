@@ -34,6 +34,17 @@ def test_a_tie_keeps_the_champion():
     assert decide(POLICY, champion * (1 - 2 * TIE), 0.6, 1.0, champion).promote
 
 
+def test_a_champion_with_an_unknown_score_keeps_the_alias():
+    hand = "lstm-pipeline promote --ticker T --version 2"
+    d = decide(POLICY, 0.5, 0.5, 1.0, math.nan, "champion v1 could not be re-scored (x)", hand)
+    assert not d.promote
+    assert d.reason == (
+        "refused: champion v1 could not be re-scored (x), so it keeps the alias; "
+        f"to promote this version anyway: {hand}"
+    )
+    assert not decide(POLICY, 0.5, 0.5, 1.0, math.inf).promote
+
+
 def test_guard_against_the_naive_forecast():
     d = decide(POLICY, 1.2, 1.2, 1.0, None)
     assert not d.promote and "naive" in d.reason
@@ -51,8 +62,10 @@ def test_promotion_happens_exactly_when_the_policy_says(challenger, naive, champ
     d = decide(policy, challenger, challenger, naive, champion)
     finite = math.isfinite(challenger) and math.isfinite(naive)
     guards = finite and challenger <= naive * (1 + worse)
-    if champion is None or (guards and not math.isfinite(champion)):
+    if champion is None:
         expected = guards
+    elif not math.isfinite(champion):  # an unknown champion score never hands over the alias
+        expected = False
     else:
         expected = guards and challenger < champion * (1 - max(margin, TIE))
     assert d.promote == expected
