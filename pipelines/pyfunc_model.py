@@ -40,7 +40,7 @@ class LSTMPriceModel(mlflow.pyfunc.PythonModel):
         intervals = bool(params.get("intervals", False))
         forecaster = self.forecaster
         try:
-            forecaster.check_days(days, intervals)  # before recalibrating: nothing computed
+            forecaster.check_days(days)  # before recalibrating: nothing computed
             if intervals and bool(params.get("recalibrate", False)):
                 # conformal scores of the input's days after the calibration: a rolling window
                 forecaster = forecaster.recalibrated(frame)

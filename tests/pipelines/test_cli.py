@@ -329,12 +329,13 @@ def test_forecast_beyond_the_calibrated_days_is_one_line_exit_2(trained_settings
     project = trained_settings.base_dir
     forecasts = project / "data" / "forecasts"
     before = tree_bytes(forecasts)
-    # The champion's intervals are calibrated for evaluation.forecast_days = 3 days ahead.
+    # The champion was trained with evaluation.forecast_days = 3.
     out = _cli(project, "forecast", "--ticker", "TEST", "--days", "300")
     assert (out.returncode, out.stdout) == (2, ""), (out.returncode, out.stdout, out.stderr)
     assert out.stderr == (
-        "error: TEST: test-TEST v1: intervals are calibrated for up to 3 day(s) ahead and 300 "
-        "were asked for: ask for at most 3, or raise evaluation.forecast_days and retrain\n"
+        "error: TEST: test-TEST v1: days 300 is out of range: this model forecasts up to 3 "
+        "day(s) ahead (the evaluation.forecast_days it was trained with): ask for 1 to 3, or "
+        "raise evaluation.forecast_days and retrain\n"
     )
     assert tree_bytes(forecasts) == before
 
