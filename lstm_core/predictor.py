@@ -102,6 +102,9 @@ class Forecaster:
         quantiles of ``samples`` MC-dropout paths (none when ``samples`` is 0).
         """
         self.check_days(days)
+        for name, value in (("samples", samples), ("seed", seed)):
+            if value is not None and value < 0:
+                raise DataError(f"{name} must be >= 0, got {value}")
         pre = self.preprocessor
         history = model_input(history, pre)
         raw = pre.column_values(history.iloc[-pre.rows_needed :])[None]  # (1, rows, n_features)

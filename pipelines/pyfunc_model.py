@@ -34,7 +34,8 @@ class LSTMPriceModel(mlflow.pyfunc.PythonModel):
 
         from lstm_core.data import DataError
 
-        params = params or {}
+        # A param sent as null (JSON `null`, Python None) means its default.
+        params = {k: v for k, v in (params or {}).items() if v is not None}
         frame = pd.DataFrame(model_input)
         days = int(params.get("days", 1))
         intervals = bool(params.get("intervals", False))
