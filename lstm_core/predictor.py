@@ -25,18 +25,22 @@ MODEL_FILE = "model.keras"
 PREPROCESSOR_FILE = "preprocessor.json"
 CALIBRATION_FILE = "calibration.json"
 HOLIDAYS_FILE = "holidays.json"
+DAYS_FILE = "forecast_days.json"
 DEFAULT_LEVELS = (0.8, 0.95)
 
 
 @dataclass(eq=False)  # hashable, compared by identity: a model has no value equality
 class Forecaster:
     """Keras model + fitted Preprocessor, ready to serve; with a conformal ``calibration`` the
-    intervals are its bands, without one MC dropout's."""
+    intervals are its bands, without one MC dropout's. ``max_days`` is the
+    evaluation.forecast_days it was trained for: no forecast goes further (with or without
+    intervals); unset, the calibration's steps bound it (models saved before it existed)."""
 
     model: Any
     preprocessor: Preprocessor
     calibration: ConformalCalibration | None = None
     holidays: tuple[str, ...] = ()  # weekdays without trading (ISO), skipped by forecast dates
+    max_days: int | None = None
     _infer: Any = field(default=None, init=False, repr=False)  # built on first use
 
     def _deterministic(self, x: np.ndarray) -> np.ndarray:
@@ -49,13 +53,25 @@ class Forecaster:
             self._infer = tf.function(lambda t: model(t, training=False), input_signature=[spec])
         return np.asarray(self._infer(x))
 
-    def check_days(self, days: int, intervals: bool = True) -> None:
-        """Raise DataError unless :meth:`forecast` can serve ``days`` days (with ``intervals``,
-        no more than the calibration covers), before any computation."""
+    @property
+    def days_limit(self) -> int | None:
+        """The most days ahead this model forecasts (None: no bound recorded)."""
+        if self.max_days is not None:
+            return self.max_days
+        return self.calibration.steps if self.calibration is not None else None
+
+    def check_days(self, days: int) -> None:
+        """Raise DataError unless :meth:`forecast` serves ``days`` days (1 to
+        :attr:`days_limit`, with or without intervals), before any computation."""
         if days < 1:
             raise DataError(f"days must be >= 1, got {days}")
-        if intervals and self.calibration is not None:
-            self.calibration.check_days(days)
+        limit = self.days_limit
+        if limit is not None and days > limit:
+            raise DataError(
+                f"days {days} is out of range: this model forecasts up to {limit} day(s) ahead "
+                f"(the evaluation.forecast_days it was trained with): ask for 1 to {limit}, or "
+                "raise evaluation.forecast_days and retrain"
+            )
 
     def recalibrated(self, history: pd.DataFrame) -> Forecaster:
         """A copy whose calibration also scores ``history``'s days after it (rolling window)."""
@@ -85,7 +101,10 @@ class Forecaster:
         ``upper_<L>`` for ``levels`` (default: the calibrated ones): the calibration's bands, else
         quantiles of ``samples`` MC-dropout paths (none when ``samples`` is 0).
         """
-        self.check_days(days, intervals)
+        self.check_days(days)
+        for name, value in (("samples", samples), ("seed", seed)):
+            if value is not None and value < 0:
+                raise DataError(f"{name} must be >= 0, got {value}")
         pre = self.preprocessor
         history = model_input(history, pre)
         raw = pre.column_values(history.iloc[-pre.rows_needed :])[None]  # (1, rows, n_features)
@@ -112,7 +131,7 @@ class Forecaster:
 
     def save(self, directory: str | Path) -> Path:
         """Write model.keras (native format), preprocessor.json (with the feature config),
-        holidays.json and, when calibrated, calibration.json."""
+        holidays.json and, when set, calibration.json and forecast_days.json."""
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         self.model.save(path / MODEL_FILE)
@@ -120,6 +139,8 @@ class Forecaster:
         if self.calibration is not None:
             (path / CALIBRATION_FILE).write_text(json.dumps(self.calibration.to_dict(), indent=1))
         (path / HOLIDAYS_FILE).write_text(json.dumps(list(self.holidays)))
+        if self.max_days is not None:
+            (path / DAYS_FILE).write_text(json.dumps({"max_days": self.max_days}))
         return path
 
     @classmethod
@@ -136,5 +157,7 @@ class Forecaster:
             state = json.loads((path / CALIBRATION_FILE).read_text())
             calibration = ConformalCalibration.from_dict(state)
         holidays = path / HOLIDAYS_FILE  # absent in models saved before it existed
-        days = tuple(json.loads(holidays.read_text())) if holidays.exists() else ()
-        return cls(model, preprocessor, calibration, days)
+        closed = tuple(json.loads(holidays.read_text())) if holidays.exists() else ()
+        limit = path / DAYS_FILE  # absent in models saved before it existed
+        max_days = int(json.loads(limit.read_text())["max_days"]) if limit.exists() else None
+        return cls(model, preprocessor, calibration, closed, max_days)

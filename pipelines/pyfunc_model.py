@@ -34,13 +34,14 @@ class LSTMPriceModel(mlflow.pyfunc.PythonModel):
 
         from lstm_core.data import DataError
 
-        params = params or {}
+        # A param sent as null (JSON `null`, Python None) means its default.
+        params = {k: v for k, v in (params or {}).items() if v is not None}
         frame = pd.DataFrame(model_input)
         days = int(params.get("days", 1))
         intervals = bool(params.get("intervals", False))
         forecaster = self.forecaster
         try:
-            forecaster.check_days(days, intervals)  # before recalibrating: nothing computed
+            forecaster.check_days(days)  # before recalibrating: nothing computed
             if intervals and bool(params.get("recalibrate", False)):
                 # conformal scores of the input's days after the calibration: a rolling window
                 forecaster = forecaster.recalibrated(frame)

@@ -10,6 +10,7 @@ from typing import Any
 
 from pipelines.cli.parser import build_parser
 from pipelines.cli.preflight import (
+    check_stored,
     checked_ticker,
     configured_sources,
     parse_configured,
@@ -198,6 +199,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     settings = _settings(args)
     tickers = [checked_ticker(t) for t in args.tickers] if args.tickers else None
+    check_stored(settings, tickers or [])
     preflight_tracking(settings)
     from pipelines.monitoring import render_status, scoring_flow, status
 
@@ -207,7 +209,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
             print(
                 f"{r.ticker}: champion v{r.champion} degraded: emitted {settings.monitoring.event}"
             )
-    print(render_status(status(settings), settings.monitoring.window_days))
+    rows = [r for r in status(settings) if tickers is None or r["ticker"] in tickers]
+    print(render_status(rows, settings.monitoring.window_days))
     return 0
 
 

@@ -7,6 +7,18 @@ from pathlib import Path
 
 from pipelines.config import CONFIG_ENV
 
+DISTRIBUTION = "lstm-stock-pipeline"
+
+
+def _version() -> str:
+    """The installed distribution's version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:
+        return "(not installed)"
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -31,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lstm-pipeline",
         description="Train, track and serve LSTM daily stock-price forecasts.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("init", help="start a project: the default mlflow.yaml and data/ folders")

@@ -32,6 +32,19 @@ def parse_configured(settings: Settings, path: Path | str, ticker: str | None):
     return read_configured(settings.data, path, ticker)
 
 
+def check_stored(settings: Settings, tickers: tuple[str, ...] | list[str]) -> None:
+    """Every ticker named has prices in the store, else one line naming the way to store them."""
+    from pipelines.store import PriceStore
+
+    store = PriceStore(settings.store_path)
+    for t in tickers:
+        if store.manifest(t) is None:
+            raise PipelineError(
+                f"no prices stored for ticker {t!r} in {settings.store_path}: "
+                f"store them first with: lstm-pipeline ingest FILE --ticker {t}"
+            )
+
+
 def preflight_run(
     settings: Settings,
     config: Path | None,
@@ -54,13 +67,9 @@ def preflight_run(
     from pipelines.store import PriceStore
 
     store = PriceStore(settings.store_path)
+    check_stored(settings, stored)
     frames: dict[str, tuple[str, pd.DataFrame]] = {}
     for t in stored:
-        if store.manifest(t) is None:
-            raise PipelineError(
-                f"no prices stored for ticker {t!r} in {settings.store_path}: "
-                f"store them first with: lstm-pipeline ingest FILE --ticker {t}"
-            )
         frames[t] = (str(settings.store_path), store.load(t))
     for path in files:
         parsed = parse_configured(settings, path, ticker)

@@ -53,7 +53,7 @@ class Summary:
 
     def render(self) -> str:
         out = [*self.notes, *(r.render(self.settings) for r in self.results)]
-        if self.results:
+        if any(r.run_id for r in self.results):  # a run to look at
             out.append(f"MLflow UI: {tracking.ui_command(self.settings)}")
         return "\n".join(out)
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from prefect import flow
 
+from lstm_core import data as core_data
+from lstm_core.backtest import fold_bounds
 from pipelines import artifacts, monitoring, tasks, tracking
 from pipelines.config import Settings
 from pipelines.errors import PipelineError
@@ -25,11 +27,24 @@ def _move(src: Path, folder: Path) -> Path:
     return dst
 
 
+def _too_few_rows(settings: Settings, ticker: str, rows: int) -> str | None:
+    """Why the stored series cannot be trained yet (None: it can), without training: split,
+    scaled, windowed and cut into backtest folds as training will do it."""
+    try:
+        frame = PriceStore(settings.store_path).load(ticker)
+        core_data.prepare_data(frame, settings.features, settings.evaluation)
+        fold_bounds(len(frame), settings.evaluation)
+    except core_data.DataError as exc:
+        return f"{rows} rows, too few to train: {exc}"
+    return None
+
+
 def needs_training(settings: Settings, ticker: str) -> tuple[bool, str]:
     """Has the ticker gained enough rows since its champion was trained?
 
     A version already trained on exactly the stored data (promoted or refused) means there
     is nothing new to learn from, so a refused challenger is not retrained again and again.
+    A series too short to train (a new ticker's first days) waits for more rows.
     """
     manifest = PriceStore(settings.store_path).manifest(ticker)
     if manifest is None:
@@ -37,7 +52,8 @@ def needs_training(settings: Settings, ticker: str) -> tuple[bool, str]:
     name = settings.registry.name_for(ticker)
     known = tracking.versions(name) if tracking.registered_model_exists(name) else []
     if not known:
-        return True, "no model yet"
+        short = _too_few_rows(settings, ticker, manifest.rows)
+        return (False, short) if short else (True, "no model yet")
     latest = known[-1]
     if latest.tags.get(tracking.TAG_DATA_DIGEST) == manifest.digest:
         return False, f"unchanged since v{latest.version} was trained"
@@ -47,7 +63,8 @@ def needs_training(settings: Settings, ticker: str) -> tuple[bool, str]:
     since = f"v{basis.version} ({basis.tags.get(tracking.TAG_DATA_LAST_DATE)})"
     if gained < settings.data.min_new_rows:
         return False, f"gained {gained} row(s) since {since}, need {settings.data.min_new_rows}"
-    return True, f"gained {gained} row(s) since {since}"
+    short = _too_few_rows(settings, ticker, manifest.rows)
+    return (False, short) if short else (True, f"gained {gained} row(s) since {since}")
 
 
 @flow(name="retraining", flow_run_name="retrain")

@@ -139,7 +139,9 @@ def train_one(
         result.plots = tasks.log_results(run_id, metrics, figures, evaluation.predictions)
         result.artifact_uri = tracking.artifact_uri(run_id)
 
-        forecaster = Forecaster(trained.model, preprocessor, calibration, holidays)
+        forecaster = Forecaster(
+            trained.model, preprocessor, calibration, holidays, max_days=ev.forecast_days
+        )
         example = frame.tail(preprocessor.rows_needed).reset_index(drop=True)
         with tempfile.TemporaryDirectory(prefix="lstm-") as tmp:
             workdir = Path(tmp)

@@ -69,6 +69,27 @@ def test_forecast_days_skip_the_holidays_it_was_saved_with(forecaster, tmp_path)
     assert old["date"].iloc[0] == pd.Timestamp("2021-03-29")
 
 
+def test_days_are_bounded_by_the_trained_forecast_days_with_or_without_intervals(
+    forecaster, tmp_path
+):
+    df = make_frame(60)
+    bounded = Forecaster(forecaster.model, forecaster.preprocessor, max_days=3)
+    bounded.save(tmp_path / "bundle")
+    loaded = Forecaster.load(tmp_path / "bundle")
+    assert loaded.days_limit == 3
+    assert len(loaded.forecast(df, days=3, intervals=False)) == 3
+    refusal = (
+        "days 4 is out of range: this model forecasts up to 3 day(s) ahead (the "
+        "evaluation.forecast_days it was trained with): ask for 1 to 3, or raise "
+        "evaluation.forecast_days and retrain"
+    )
+    for intervals in (False, True):
+        with pytest.raises(DataError) as info:
+            loaded.forecast(df, days=4, samples=2, intervals=intervals)
+        assert str(info.value) == refusal
+    assert forecaster.days_limit is None  # saved before the bound existed: none recorded
+
+
 def test_calibrated_forecaster_serves_its_bands_after_a_round_trip(forecaster, tmp_path):
     from lstm_core.forecast import calibrate_recursive
 
@@ -89,6 +110,9 @@ def test_calibrated_forecaster_serves_its_bands_after_a_round_trip(forecaster, t
     )
     two = loaded.forecast(df.iloc[:60], days=2)
     pd.testing.assert_frame_equal(two, calibrated.forecast(df.iloc[:60], days=2))
+    assert loaded.days_limit == 2  # no bound recorded: the calibration's steps
+    with pytest.raises(DataError, match="up to 2 day"):
+        loaded.forecast(df.iloc[:60], days=3, intervals=False)
     newer = loaded.recalibrated(df)
     assert newer.calibration.last_date == str(df["date"].iloc[-1].date())
     assert forecaster.recalibrated(df) is forecaster  # uncalibrated: MC dropout, unchanged

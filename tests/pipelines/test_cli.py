@@ -445,12 +445,13 @@ def test_forecast_beyond_the_calibrated_days_is_one_line_exit_2(trained_settings
     project = trained_settings.base_dir
     forecasts = project / "data" / "forecasts"
     before = tree_bytes(forecasts)
-    # The champion's intervals are calibrated for evaluation.forecast_days = 3 days ahead.
+    # The champion was trained with evaluation.forecast_days = 3.
     out = _cli(project, "forecast", "--ticker", "TEST", "--days", "300")
     assert (out.returncode, out.stdout) == (2, ""), (out.returncode, out.stdout, out.stderr)
     assert out.stderr == (
-        "error: TEST: test-TEST v1: intervals are calibrated for up to 3 day(s) ahead and 300 "
-        "were asked for: ask for at most 3, or raise evaluation.forecast_days and retrain\n"
+        "error: TEST: test-TEST v1: days 300 is out of range: this model forecasts up to 3 "
+        "day(s) ahead (the evaluation.forecast_days it was trained with): ask for 1 to 3, or "
+        "raise evaluation.forecast_days and retrain\n"
     )
     assert tree_bytes(forecasts) == before
 
@@ -596,3 +597,64 @@ def test_a_moved_project_stops_in_one_line_before_writing(trained_settings, tmp_
         assert f"move the project back to {old}, or put mlflow.db" in line, line
     assert not old.exists()
     assert tree_bytes(moved) == before
+
+
+def test_version_is_the_installed_distributions(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    out, err = capsys.readouterr()
+    assert (out, err) == (f"lstm-pipeline {version('lstm-stock-pipeline')}\n", "")
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_score_an_unknown_ticker_is_one_line_exit_2_and_a_known_one_shows_alone(
+    trained_settings, capsys
+):
+    project = trained_settings.base_dir
+    cfg = str(project / "mlflow.yaml")
+    other = write_prices(project / "more" / "OTHER.csv", price_frame(120, seed=1))
+    assert main(["ingest", str(other), "--config", cfg]) == 0
+    capsys.readouterr()
+    assert main(["score", "--ticker", "NOPE", "--config", cfg]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        f"error: no prices stored for ticker 'NOPE' in {trained_settings.store_path}: "
+        "store them first with: lstm-pipeline ingest FILE --ticker NOPE\n"
+    )
+
+    def first_column(out: str) -> list[str]:
+        lines = out.splitlines()
+        header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["ticker"])
+        return [line.split()[0] for line in lines[header + 1 :] if "last decision" not in line]
+
+    assert main(["score", "--config", cfg]) == 0
+    assert first_column(capsys.readouterr().out) == ["OTHER", "TEST"]
+    assert main(["score", "--ticker", "TEST", "--config", cfg]) == 0
+    out = capsys.readouterr().out
+    assert first_column(out) == ["TEST"] and "OTHER" not in out
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_retrain_prints_the_mlflow_ui_line_only_when_a_run_exists(
+    trained_settings, capsys, monkeypatch
+):
+    """A training that fails before its MLflow run starts (here: the store read fails) leaves
+    no run to look at in the UI."""
+    from pipelines import tasks
+
+    def unreadable(settings, ticker):
+        raise OSError("the disk went away")
+
+    project = trained_settings.base_dir
+    write_prices(project / "data" / "incoming" / "NEW.csv", price_frame(120, seed=2))
+    monkeypatch.setattr(tasks, "load_prices", unreadable)
+    capsys.readouterr()
+    assert main(["retrain", "--config", str(project / "mlflow.yaml")]) == 1
+    out = capsys.readouterr().out
+    assert "NEW: retrain (no model yet)" in out
+    assert "NEW: FAILED: OSError: the disk went away" in out
+    assert "MLflow UI" not in out

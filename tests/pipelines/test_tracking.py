@@ -192,16 +192,37 @@ def test_served_model_refuses_days_it_cannot_forecast(trained, client):
     plain = price_frame(120).rename(columns=str.lower).tail(30).reset_index(drop=True)
     for days in (0, -1):
         assert _refusal(model, plain, {"days": days}) == f"days must be >= 1, got {days}"
-    # The bands are calibrated for evaluation.forecast_days = 3 days ahead.
+    # Trained with evaluation.forecast_days = 3: the bound holds with or without intervals.
     for params in (
+        {"days": 10},
+        {"days": 4, "intervals": False},
         {"days": 10, "intervals": True},
         {"days": 10, "intervals": True, "recalibrate": True},
     ):
         assert _refusal(model, plain, params) == (
-            "intervals are calibrated for up to 3 day(s) ahead and 10 were asked for: ask for "
-            "at most 3, or raise evaluation.forecast_days and retrain"
-        )
-    assert len(model.predict(plain, params={"days": 10})) == 10  # no bands: no limit
+            f"days {params['days']} is out of range: this model forecasts up to 3 day(s) ahead "
+            "(the evaluation.forecast_days it was trained with): ask for 1 to 3, or raise "
+            "evaluation.forecast_days and retrain"
+        ), params
+    assert len(model.predict(plain, params={"days": 3})) == 3
+
+
+def test_served_model_takes_null_params_as_their_defaults(trained, client):
+    """JSON null for a param (None through the pyfunc) is its default, never a crash."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    plain = price_frame(120).rename(columns=str.lower).tail(30).reset_index(drop=True)
+    expected = model.predict(plain)
+    for name in ("days", "intervals", "samples", "seed", "recalibrate"):
+        pd.testing.assert_frame_equal(model.predict(plain, params={name: None}), expected)
+    nulls = dict.fromkeys(("days", "intervals", "samples", "seed", "recalibrate"))
+    pd.testing.assert_frame_equal(model.predict(plain, params=nulls), expected)
+    with_bands = model.predict(plain, params={"days": 2, "intervals": True, "seed": None})
+    assert len(with_bands) == 2 and "lower_80" in with_bands.columns
+    for name in ("samples", "seed"):
+        assert _refusal(model, plain, {name: -1}) == f"{name} must be >= 0, got -1"
 
 
 def test_served_model_names_a_bad_date_and_its_row(trained, client):
@@ -225,7 +246,7 @@ def test_champion_loads_where_the_project_cannot_be_imported(trained, client, tm
     local = client.download_artifacts(result.run_id, "model_check", str(tmp_path))
     expected = json.loads((Path(local) / "input_example_forecast.json").read_text())
     csv = tmp_path / "prices.csv"
-    price_frame(120).tail(40).to_csv(csv, index=False)  # Date, Open, ... as downloaded
+    price_frame(132).tail(52).to_csv(csv, index=False)  # Date, Open, ... as downloaded
     code = textwrap.dedent(
         f"""
         import json, mlflow, mlflow.pyfunc, pandas as pd
@@ -233,8 +254,9 @@ def test_champion_loads_where_the_project_cannot_be_imported(trained, client, tm
         model = mlflow.pyfunc.load_model("models:/{MODEL}@champion")
         import lstm_core  # from the model's own code folder
         out = model.predict(model.input_example)
-        mine = model.predict(pd.read_csv(sys.argv[1]).rename(columns=str.lower))
-        later = model.predict(model.input_example, params={{"days": 13}})
+        mine = pd.read_csv(sys.argv[1]).rename(columns=str.lower)
+        later = model.predict(mine, params={{"days": 3}})  # evaluation.forecast_days
+        mine = model.predict(mine.head(40))
         print(json.dumps({{"example": out["forecast"].tolist(), "core": lstm_core.__file__,
                           "mine": mine["forecast"].tolist(),
                           "dates": later["date"].dt.strftime("%Y-%m-%d").tolist()}}))
@@ -253,9 +275,9 @@ def test_champion_loads_where_the_project_cannot_be_imported(trained, client, tm
     assert got["example"] == pytest.approx(expected["forecast"]["forecast"], rel=1e-6)
     assert "/code/lstm_core/" in got["core"], got["core"]
     assert len(got["mine"]) == 1 and got["mine"][0] > 0
-    # data.calendar XNYS: the 13 trading days after Tuesday 2020-06-16 skip Independence Day
-    # (observed on Friday 2020-07-03); Monday to Friday alone would end on 2020-07-03.
-    assert got["dates"][0] == "2020-06-17" and got["dates"][-2:] == ["2020-07-02", "2020-07-06"]
+    # data.calendar XNYS: the 3 trading days after Thursday 2020-07-02 skip Independence Day
+    # (observed on Friday 2020-07-03); Monday to Friday alone would start on 2020-07-03.
+    assert got["dates"] == ["2020-07-06", "2020-07-07", "2020-07-08"]
 
 
 def test_promotion_by_alias_refusal_manual_promote_and_rollback(trained, client, tmp_path):

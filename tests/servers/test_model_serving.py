@@ -110,3 +110,44 @@ def test_invocations_with_too_few_rows_say_how_many_are_needed(trained, model_se
         urllib.request.urlopen(request, timeout=120)
     message = json.loads(err.value.read())["message"]
     assert f"history has 1 rows, needs at least {need}" in message, message
+
+
+def test_served_days_are_bounded_with_or_without_intervals_and_null_is_a_default(
+    trained, model_server
+):
+    """Trained with evaluation.forecast_days = 3: 4 days is a 400 with one sentence, bands or
+    not; a param sent as JSON null is its default (one day, no bands), not a stack trace."""
+    import urllib.error
+
+    from pipelines.store import PriceStore
+
+    settings, _ = trained
+    recent = PriceStore(settings.store_path).load(TICKER).tail(30).reset_index(drop=True)
+    recent = recent[["date", *settings.features.columns]].assign(
+        date=pd.to_datetime(recent["date"]).dt.strftime("%Y-%m-%d")
+    )
+
+    def post(params: dict) -> urllib.request.Request:
+        body = {"dataframe_split": recent.to_dict(orient="split", index=False), "params": params}
+        return urllib.request.Request(
+            f"{model_server.url}/invocations",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+
+    for params in ({"days": 4}, {"days": 4, "intervals": True}):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(post(params), timeout=120)
+        assert err.value.code == 400, params
+        message = json.loads(err.value.read())["message"]  # MLflow adds the input before it
+        assert message.endswith(
+            "days 4 is out of range: this model forecasts up to 3 day(s) ahead (the "
+            "evaluation.forecast_days it was trained with): ask for 1 to 3, or raise "
+            "evaluation.forecast_days and retrain"
+        ), (params, message)
+    nulls = dict.fromkeys(("days", "intervals", "samples", "seed", "recalibrate"))
+    with urllib.request.urlopen(post(nulls), timeout=120) as resp:
+        assert resp.status == 200
+        served = pd.DataFrame(json.loads(resp.read())["predictions"])
+    assert list(served.columns) == ["date", "forecast"] and len(served) == 1

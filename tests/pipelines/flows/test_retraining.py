@@ -45,6 +45,38 @@ def test_retrain_rejects_a_file_whose_close_jumps_against_the_stored_one(trained
     assert "TEST: skip" in out  # nothing new was stored: no training on the bad row
 
 
+def test_retrain_skips_a_ticker_too_short_to_train_until_enough_rows_arrive(
+    trained_settings, capsys
+):
+    """A file named after no ticker stores a new one (its name) with a few rows: retrain, a cron
+    job, notes why it waits and exits 0, every time, and trains nothing; more rows make it due."""
+    from pipelines.cli import main
+    from pipelines.flows.retraining import needs_training
+
+    project = trained_settings.base_dir
+    cfg = str(project / "mlflow.yaml")
+    full = price_frame(130)
+    write_prices(project / "data" / "incoming" / "msft_tail.csv", full.iloc[120:])  # 10 rows
+    capsys.readouterr()
+    for _ in range(2):  # the second time with nothing new
+        assert main(["retrain", "--config", cfg]) == 0
+        out, err = capsys.readouterr()
+        lines = out.splitlines()
+        skip = [line for line in lines if line.startswith("msft_tail: ")]
+        assert len(skip) == 1, out
+        assert skip[0].startswith("msft_tail: skip (10 rows, too few to train: "), out
+        assert "training part has" in skip[0], out
+        assert "nothing changed: no ticker to retrain" in lines, out
+        assert "FAILED" not in out and "ERROR" not in err and "Traceback" not in err
+    from pipelines import tracking
+
+    tracking.connect(trained_settings)
+    assert not tracking.registered_model_exists("test-msft_tail")  # no run, no version
+    write_prices(project / "more" / "msft_tail.csv", full.iloc[:120])
+    assert main(["ingest", str(project / "more" / "msft_tail.csv"), "--config", cfg]) == 0
+    assert needs_training(trained_settings, "msft_tail") == (True, "no model yet")
+
+
 def test_retraining_trains_only_on_new_rows_and_rejects_bad_files(trained_settings):
     from pipelines import tracking
     from pipelines.flows import retraining_flow
