@@ -520,9 +520,19 @@ def test_ping_an_forecast_days_are_shanghai_shenzhen_trading_days(tmp_path):
     env = user_env(keep_pythonpath=True)
     assert cli(BIN, "init", "p", cwd=tmp_path, env=env, timeout=120).returncode == 0
     project = tmp_path / "p"
+    # the new project's calendar is New York's: Shenzhen traded on Thanksgiving 1997
     out = cli(BIN, "ingest", str(SHARED_PING_AN), "--ticker", "PAB", cwd=project, env=env)
+    assert (out.returncode, out.stdout) == (2, ""), out.stderr[-2000:]
+    assert out.stderr == (
+        f"error: {SHARED_PING_AN}, line 4, column '日期': 1997-11-27 (Thursday) is not a trading "
+        "day of XNYS (data.calendar): remove the row, or set data.calendar to the exchange the "
+        "prices come from\n"
+    )
+    assert not (project / "data" / "store" / "ticker=PAB").exists()
+    xshg = "--set=data.calendar=XSHG"
+    out = cli(BIN, "ingest", str(SHARED_PING_AN), "--ticker", "PAB", xshg, cwd=project, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
-    settings = [*TINY, "--set=evaluation.backtest_folds=0", "--set=data.calendar=XSHG"]
+    settings = [*TINY, "--set=evaluation.backtest_folds=0", xshg]
     out = cli(BIN, "run", "--ticker", "PAB", *settings, cwd=project, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     out = cli(BIN, "forecast", "--ticker", "PAB", cwd=project, env=env, timeout=300)
