@@ -301,7 +301,8 @@ def manual_promote(settings: Settings, ticker: str, version: str, reason: str | 
     name = _registered(settings, ticker)
     known = {v.version for v in tracking.versions(name)}
     if str(version) not in known:
-        raise PipelineError(f"{name} has no version {version} (versions: {sorted(known, key=int)})")
+        listed = ", ".join(sorted(known, key=int))
+        raise PipelineError(f"{name} has no version {version} (versions: {listed})")
     alias = settings.registry.alias
     why = f"manual promotion: {reason}" if reason else "manual promotion"
     with file_lock(settings.path(".locks") / f"promote-{name}.lock"):

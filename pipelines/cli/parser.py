@@ -51,8 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ingest", help="merge price CSVs into the Parquet store")
     _common(p)
-    p.add_argument("files", nargs="+", type=Path)
-    p.add_argument("--ticker", default=None)
+    p.add_argument("files", nargs="+", type=Path, help="price CSVs (stored all or none)")
+    p.add_argument(
+        "--ticker", default=None,
+        help="the files' ticker (default: a ts_code/ticker/symbol column, else the file name)",
+    )  # fmt: skip
     p.add_argument("--replace", action="store_true", help="let the files change stored rows")
 
     p = sub.add_parser(
@@ -74,32 +77,47 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("forecast", help="forecast the next trading days with the champion")
     _common(p)
-    p.add_argument("--ticker", action="append", required=True, dest="tickers")
-    p.add_argument("--days", type=int, default=None)
+    p.add_argument(
+        "--ticker",
+        action="append",
+        required=True,
+        dest="tickers",
+        help="a stored ticker (repeatable)",
+    )
+    p.add_argument(
+        "--days", type=int, default=None,
+        help="trading days ahead, 1 to evaluation.forecast_days (default: that)",
+    )  # fmt: skip
 
     p = sub.add_parser("promote", help="set the champion alias to a chosen version")
     _common(p)
-    p.add_argument("--ticker", required=True)
-    p.add_argument("--version", required=True)
+    p.add_argument("--ticker", required=True, help="a ticker with registered versions")
+    p.add_argument("--version", required=True, help="the version to make champion")
     p.add_argument("--reason", default=None, help="why, recorded with the decision")
 
     p = sub.add_parser("rollback", help="restore the previous champion")
     _common(p)
-    p.add_argument("--ticker", required=True)
+    p.add_argument("--ticker", required=True, help="the ticker whose champion to roll back")
 
     p = sub.add_parser("demo", help="train on the bundled sample, then retrain on newer days")
     _common(p)
 
     p = sub.add_parser("tune", help="search hyperparameters (Optuna), retrain the best, promote")
     _common(p)
-    p.add_argument("--ticker", action="append", default=None, dest="tickers")
+    p.add_argument(
+        "--ticker", action="append", default=None, dest="tickers",
+        help="a ticker to tune (repeatable; default: data.ticker, else every stored one)",
+    )  # fmt: skip
     p.add_argument("--trials", type=int, default=None, help="trials to add (tuning.trials)")
     p.add_argument(
         "--timeout", type=float, default=None, metavar="MIN", help="time budget in minutes"
     )
     p = sub.add_parser("score", help="score logged forecasts against the prices that arrived")
     _common(p)
-    p.add_argument("--ticker", action="append", default=None, dest="tickers")
+    p.add_argument(
+        "--ticker", action="append", default=None, dest="tickers",
+        help="a stored ticker (repeatable; default: every one)",
+    )  # fmt: skip
 
     p = sub.add_parser("status", help="one line per ticker: champion, data, live figures")
     _common(p)

@@ -39,9 +39,15 @@ def check_stored(settings: Settings, tickers: tuple[str, ...] | list[str]) -> No
     store = PriceStore(settings.store_path)
     for t in tickers:
         if store.manifest(t) is None:
+            # tickers are case-sensitive: a user who typed msft most likely means MSFT
+            other = [s for s in store.tickers() if s.casefold() == t.casefold()]
+            hint = (
+                f"tickers are case-sensitive, and {other[0]!r} is stored"
+                if other
+                else f"store them first with: lstm-pipeline ingest FILE --ticker {t}"
+            )
             raise PipelineError(
-                f"no prices stored for ticker {t!r} in {settings.store_path}: "
-                f"store them first with: lstm-pipeline ingest FILE --ticker {t}"
+                f"no prices stored for ticker {t!r} in {settings.store_path}: {hint}"
             )
 
 

@@ -164,7 +164,10 @@ class DataConfig(_Section):
             return v
         import exchange_calendars
 
-        if v not in exchange_calendars.get_calendar_names(include_aliases=True):
+        names = exchange_calendars.get_calendar_names(include_aliases=True)
+        if v not in names:
+            if v.upper() in names:  # the codes are upper case
+                raise ValueError(f"unknown exchange calendar {v!r}: did you mean {v.upper()!r}?")
             raise ValueError(
                 f"unknown exchange calendar {v!r}: use an exchange_calendars code such as XNYS "
                 "(New York), XSHG (Shanghai and Shenzhen), XLON, XHKG, or null for Monday-Friday"

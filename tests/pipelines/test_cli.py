@@ -635,6 +635,11 @@ def test_score_an_unknown_ticker_is_one_line_exit_2_and_a_known_one_shows_alone(
         f"error: no prices stored for ticker 'NOPE' in {trained_settings.store_path}: "
         "store them first with: lstm-pipeline ingest FILE --ticker NOPE\n"
     )
+    assert main(["score", "--ticker", "test", "--config", cfg]) == 2
+    assert capsys.readouterr().err == (
+        f"error: no prices stored for ticker 'test' in {trained_settings.store_path}: "
+        "tickers are case-sensitive, and 'TEST' is stored\n"
+    )
 
     def first_column(out: str) -> list[str]:
         lines = out.splitlines()

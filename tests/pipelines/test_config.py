@@ -113,6 +113,13 @@ def test_bad_values_name_file_and_key(tmp_path, text, key):
     assert str(path) in str(err.value)
 
 
+def test_a_lower_case_calendar_code_names_the_code_meant(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, "data:\n  calendar: xshg\n"), env={})
+    assert err.value.key == "data.calendar"
+    assert err.value.problem == "unknown exchange calendar 'xshg': did you mean 'XSHG'?"
+
+
 def test_invalid_yaml_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_settings(write(tmp_path, "a: [unclosed\n"), env={})

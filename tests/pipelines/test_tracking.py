@@ -331,6 +331,12 @@ def test_promotion_by_alias_refusal_manual_promote_and_rollback(trained, client,
     assert text.startswith("Not promoted: test_rmse 1e+06 against champion v2's ")
     assert "does not beat" in text
 
+    from pipelines.errors import PipelineError
+
+    with pytest.raises(PipelineError) as err:
+        manual_promote(settings, "TEST", "99", "test")  # the known versions, listed plainly
+    assert str(err.value).startswith(f"{MODEL} has no version 99 (versions: 1, 2, ")
+    assert str(err.value).endswith(f", {worse})")
     manual_promote(settings, "TEST", worse, "test")
     assert tracking.champion(MODEL, "champion").version == worse
     assert "manual" in tracking.get_version(MODEL, worse).tags[tracking.TAG_REASON]
