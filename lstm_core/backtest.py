@@ -20,6 +20,7 @@ from lstm_core.data import (
     SplitFrames,
     fit_preprocessor,
     make_dataset,
+    prepare_data,
     validate_frame,
 )
 from lstm_core.evaluate import evaluate_forecasts, predict_prices
@@ -39,6 +40,22 @@ def fold_bounds(n_rows: int, eval_cfg: EvaluationConfig) -> list[tuple[int, int]
         raise DataError(f"test part has {n_test} rows, fewer than {k} backtest folds")
     edges = np.linspace(n_rows - n_test, n_rows, k + 1).round().astype(int)
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def untrainable(
+    df: pd.DataFrame, feature_cfg: FeatureConfig, eval_cfg: EvaluationConfig
+) -> tuple[str, DataError] | None:
+    """Why ``df`` cannot be trained as the training flow does it, without training: split,
+    scaled and windowed ("train"), then cut into backtest folds ("backtest"); None: it can."""
+    try:
+        prepare_data(df, feature_cfg, eval_cfg)
+    except DataError as exc:
+        return "train", exc
+    try:
+        fold_bounds(len(df), eval_cfg)
+    except DataError as exc:
+        return "backtest", exc
+    return None
 
 
 def walk_forward_backtest(

@@ -67,8 +67,7 @@ def preflight_run(
     """
     import pandas as pd
 
-    from lstm_core import data as core_data
-    from lstm_core.backtest import fold_bounds
+    from lstm_core.backtest import untrainable
     from pipelines.errors import FOLDS_ADVICE, InputError
     from pipelines.store import PriceStore
 
@@ -86,23 +85,19 @@ def preflight_run(
             frames[t] = (path, frame)
     cfg = config or "mlflow.yaml"
     for t, (path, frame) in frames.items():
-        try:
-            split = core_data.split_frame(frame, settings.evaluation)
-            pre = core_data.fit_preprocessor(split.train, settings.features)
-            core_data.make_dataset(split, pre)
-        except core_data.DataError as exc:
+        problem = untrainable(frame, settings.features, settings.evaluation)
+        if problem is None:
+            continue
+        step, exc = problem
+        if step == "train":
             raise InputError(
                 path,
                 f"cannot train {t} on its {len(frame)} rows with {cfg} "
                 f"(features.lookback={settings.features.lookback}): {exc}",
-            ) from None
-        try:
-            fold_bounds(len(split.frame), settings.evaluation)
-        except core_data.DataError as exc:
-            raise InputError(
-                path,
-                f"cannot backtest {t} on its {len(frame)} rows with {cfg}: {exc}: {FOLDS_ADVICE}",
-            ) from None
+            )
+        raise InputError(
+            path, f"cannot backtest {t} on its {len(frame)} rows with {cfg}: {exc}: {FOLDS_ADVICE}"
+        )
 
 
 def configured_sources(

@@ -9,8 +9,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from lstm_core import data as core_data
-from lstm_core.backtest import fold_bounds
+from lstm_core.backtest import untrainable
 from pipelines import artifacts, monitoring, tasks, tracking
 from pipelines.config import Settings
 from pipelines.errors import PipelineError
@@ -28,15 +27,10 @@ def _move(src: Path, folder: Path) -> Path:
 
 
 def _too_few_rows(settings: Settings, ticker: str, rows: int) -> str | None:
-    """Why the stored series cannot be trained yet (None: it can), without training: split,
-    scaled, windowed and cut into backtest folds as training will do it."""
-    try:
-        frame = PriceStore(settings.store_path).load(ticker)
-        core_data.prepare_data(frame, settings.features, settings.evaluation)
-        fold_bounds(len(frame), settings.evaluation)
-    except core_data.DataError as exc:
-        return f"{rows} rows, too few to train: {exc}"
-    return None
+    """Why the stored series cannot be trained yet (None: it can), without training."""
+    frame = PriceStore(settings.store_path).load(ticker)
+    problem = untrainable(frame, settings.features, settings.evaluation)
+    return None if problem is None else f"{rows} rows, too few to train: {problem[1]}"
 
 
 def needs_training(settings: Settings, ticker: str) -> tuple[bool, str]:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lstm_core.backtest import FOLD_COLUMNS, fold_bounds, walk_forward_backtest
+from lstm_core.backtest import FOLD_COLUMNS, fold_bounds, untrainable, walk_forward_backtest
 from lstm_core.config import EvaluationConfig
 from lstm_core.data import DataError
 from tests.lstm_core.conftest import TINY_EVAL, TINY_FEATURES, TINY_MODEL, TINY_TRAINING, make_frame
@@ -15,6 +15,15 @@ def test_fold_bounds():
     assert fold_bounds(100, EvaluationConfig(backtest_folds=0)) == []
     with pytest.raises(DataError):
         fold_bounds(10, EvaluationConfig(test_fraction=0.1, backtest_folds=2))
+
+
+def test_untrainable_names_the_step_that_fails():
+    assert untrainable(make_frame(120), TINY_FEATURES, TINY_EVAL) is None
+    step, exc = untrainable(make_frame(8), TINY_FEATURES, TINY_EVAL)
+    assert step == "train" and isinstance(exc, DataError)
+    many = TINY_EVAL.model_copy(update={"backtest_folds": 30})  # 24 test rows, 30 folds
+    step, exc = untrainable(make_frame(120), TINY_FEATURES, many)
+    assert step == "backtest" and "fewer than 30 backtest folds" in str(exc)
 
 
 def test_walk_forward_backtest_refits_per_fold():
