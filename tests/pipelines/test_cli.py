@@ -310,6 +310,34 @@ def test_outside_any_project_the_cli_names_init(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_serve_takes_a_repeated_ticker_like_every_other_command(tiny_project, monkeypatch):
+    """`serve --ticker A --ticker B` serves both (its former `--tickers A B` took the prefix
+    `--ticker` for itself and kept the last one only); a bad name is one line, exit 2, and
+    nothing is served."""
+    from pipelines import serve as serve_module
+
+    served = []
+    monkeypatch.setattr(
+        serve_module, "serve", lambda settings, path, overrides, tickers: served.append(tickers)
+    )
+    cfg = str(tiny_project / "mlflow.yaml")
+    assert main(["serve", "--ticker", "AAA", "--ticker", "BBB", "--config", cfg]) == 0
+    assert main(["serve", "--config", cfg]) == 0  # the default: every stored ticker
+    assert served == [["AAA", "BBB"], None]
+
+    env = user_env(keep_pythonpath=True)
+    out = cli(BIN, "serve", "--ticker", "AAA", "--ticker", "../x", cwd=tiny_project, env=env)
+    assert (out.returncode, out.stdout) == (2, ""), (out.returncode, out.stdout, out.stderr)
+    assert out.stderr == (
+        "error: --ticker: invalid ticker '../x': only letters, digits, '.', '_' and '-' are "
+        "allowed\n"
+    )
+    out = cli(BIN, "serve", "--tickers", "AAA", cwd=tiny_project, env=env)
+    assert out.returncode == 2 and "unrecognized arguments: --tickers" in out.stderr, out.stderr
+    out = cli(BIN, "serve", "--help", cwd=tiny_project, env=env)
+    assert "--ticker TICKERS" in out.stdout and "repeatable" in out.stdout, out.stdout
+
+
 @pytest.mark.slow  # the CLI in subprocesses: CI runs it
 def test_init_refuses_to_overwrite_and_run_names_ingest_for_an_unstored_ticker(tmp_path):
     env = user_env(keep_pythonpath=True)
