@@ -121,6 +121,64 @@ def test_ingest_of_several_files_stores_all_or_none(tiny_project, capsys, clash)
     assert PriceStore(store).manifest("TEST").rows == 130
 
 
+def _case_twin_refused(ticker: str, twin: str, path: Path) -> str:
+    return (
+        f"error: {path}: ticker {ticker!r} differs only in case from the stored {twin!r}: "
+        f"tickers are case-sensitive, so this would start a second ticker; name it {twin!r}\n"
+    )
+
+
+def test_a_new_ticker_that_differs_from_a_stored_one_only_in_case_is_refused(tiny_project):
+    """With TEST stored, `test` from --ticker, from the file's ticker column or from `run FILE
+    --ticker` is one line naming TEST, exit 2, and nothing is written (the store's merge
+    planning refuses it, so every path that stores a new ticker does)."""
+    env = user_env(keep_pythonpath=True)
+    src = tiny_project / "prices" / "TEST.csv"
+    out = cli(BIN, "ingest", str(src), cwd=tiny_project, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    column = write_prices(
+        tiny_project / "new" / "prices.csv", price_frame(120).assign(Ticker="test")
+    )
+    before = sorted(p.relative_to(tiny_project) for p in tiny_project.rglob("*"))
+    store = tree_bytes(tiny_project / "data" / "store")
+    for args, path in (
+        (["ingest", str(src), "--ticker", "test"], src),
+        (["ingest", str(column)], column),
+        (["run", str(src), "--ticker", "test"], src),
+    ):
+        out = cli(BIN, *args, cwd=tiny_project, env=env, timeout=120)
+        assert (out.returncode, out.stdout) == (2, ""), (args, out.stdout, out.stderr)
+        assert out.stderr == _case_twin_refused("test", "TEST", path), args
+        assert sorted(p.relative_to(tiny_project) for p in tiny_project.rglob("*")) == before
+        assert tree_bytes(tiny_project / "data" / "store") == store
+    # a ticker new in both cases at once is refused too: the store keeps one spelling
+    both = write_prices(
+        tiny_project / "new" / "both.csv",
+        pd.concat([price_frame(3).assign(Ticker=t) for t in ("acme", "ACME")]),
+    )
+    out = cli(BIN, "ingest", str(both), cwd=tiny_project, env=env, timeout=120)
+    assert (out.returncode, out.stdout) == (2, ""), (out.stdout, out.stderr)
+    assert out.stderr == (
+        f"error: {both}: ticker 'acme' differs only in case from 'ACME', which this ingest also "
+        "stores: tickers are case-sensitive, so this would start two tickers; name both alike\n"
+    )
+    assert tree_bytes(tiny_project / "data" / "store") == store
+
+
+@pytest.mark.slow  # the retraining flow in a subprocess
+def test_retrain_rejects_an_incoming_file_whose_ticker_differs_only_in_case(trained_settings):
+    project = trained_settings.base_dir
+    incoming = write_prices(project / "data" / "incoming" / "test.csv", price_frame(125))
+    store = tree_bytes(trained_settings.store_path)
+    out = _cli(project, "retrain")
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert len(list((project / "data" / "rejected").glob("test.*.csv"))) == 1  # moved aside
+    assert not incoming.exists()
+    refused = _case_twin_refused("test", "TEST", incoming).removeprefix("error: ").strip()
+    assert f"rejected test.csv: {refused}" in out.stdout.splitlines(), out.stdout
+    assert tree_bytes(trained_settings.store_path) == store
+
+
 @pytest.mark.parametrize(
     ("calendar", "day", "says"),
     [
