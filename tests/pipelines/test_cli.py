@@ -436,6 +436,31 @@ def test_serve_takes_a_repeated_ticker_like_every_other_command(tiny_project, mo
     assert "--ticker TICKERS" in out.stdout and "repeatable" in out.stdout, out.stdout
 
 
+def _display_width(text: str) -> int:
+    """Terminal columns: East Asian wide and full-width characters take two."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def test_the_status_table_lines_up_a_cjk_ticker_with_an_ascii_one(tiny_project, capsys):
+    cfg = str(tiny_project / "mlflow.yaml")
+    src = str(tiny_project / "prices" / "TEST.csv")
+    for ticker in ("平安银行", "TEST"):
+        assert main(["ingest", src, "--ticker", ticker, "--config", cfg]) == 0
+    capsys.readouterr()
+    out = cli(BIN, "status", cwd=tiny_project, env=user_env(keep_pythonpath=True), timeout=120)
+    assert out.returncode == 0, out.stderr
+    header, *rows = out.stdout.splitlines()
+    assert [row.split()[0] for row in rows] == ["TEST", "平安银行"], out.stdout
+    # every line as wide on screen as the header, each ticker ending under "ticker"
+    assert [_display_width(row) for row in rows] == [_display_width(header)] * 2, out.stdout
+    lines = [header, *rows]
+    words = ["ticker", "TEST", "平安银行"]
+    ends = [_display_width(x[: x.index(w) + len(w)]) for x, w in zip(lines, words, strict=True)]
+    assert ends == [ends[0]] * 3, out.stdout
+
+
 @pytest.mark.slow  # the CLI in subprocesses: CI runs it
 def test_init_refuses_to_overwrite_and_run_names_ingest_for_an_unstored_ticker(tmp_path):
     env = user_env(keep_pythonpath=True)
