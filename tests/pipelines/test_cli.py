@@ -754,10 +754,43 @@ def test_a_moved_project_stops_in_one_line_before_writing(trained_settings, tmp_
         assert out.out == "", (command, out.out)
         [line] = out.err.splitlines()
         assert line.startswith(f"error: {moved / 'mlflow.db'} records the artifacts"), line
-        assert f"in {old / 'mlartifacts'}, not in {moved / 'mlartifacts'}" in line, line
-        assert f"move the project back to {old}, or put mlflow.db" in line, line
+        assert (
+            f"in {old / 'mlartifacts'}, but tracking.artifact_location gives "
+            f"{moved / 'mlartifacts'}, and MLflow keeps the folder" in line
+        ), line
+        assert f"move the project back to {old}, where it was then, or use a new" in line, line
     assert not old.exists()
     assert tree_bytes(moved) == before
+
+
+def test_a_changed_artifact_location_names_both_folders_and_the_ways_out(trained_settings, capsys):
+    """tracking.artifact_location edited after the first run: MLflow keeps the folder the
+    experiment was made with, so every command that uses MLflow stops in one line naming the
+    recorded folder and the configured one, and how to go on; nothing is written."""
+    project = trained_settings.base_dir
+    cfg = project / "mlflow.yaml"
+    text = cfg.read_text(encoding="utf-8")
+    edited = text.replace(
+        "  experiment: tests\n", "  experiment: tests\n  artifact_location: runs/a\n"
+    )
+    cfg.write_text(edited, encoding="utf-8")
+    before = tree_bytes(project)
+    expected = (
+        f"error: {project / 'mlflow.db'} records the artifacts of experiment 'tests' in "
+        f"{project / 'mlartifacts'}, but tracking.artifact_location gives {project / 'runs' / 'a'}, "
+        "and MLflow keeps the folder an experiment was made with: set "
+        "tracking.artifact_location back to mlartifacts, or use a new tracking.experiment or "
+        "tracking database (put mlflow.db aside, or change tracking.uri) and train again from "
+        "the stored prices (lstm-pipeline retrain)\n"
+    )
+    out = _cli(project, "run", "--ticker", "TEST")
+    assert (out.returncode, out.stdout, out.stderr) == (2, "", expected)
+    for command in (["forecast", "--ticker", "TEST"], ["retrain"], ["status"]):
+        assert main([*command, "--config", str(cfg)]) == 2, command
+        assert tuple(capsys.readouterr()) == ("", expected), command
+    assert tree_bytes(project) == before and not (project / "runs").exists()
+    cfg.write_text(text, encoding="utf-8")  # set back: the store serves again
+    assert main(["status", "--config", str(cfg)]) == 0
 
 
 def test_version_is_the_installed_distributions(capsys):
