@@ -18,8 +18,9 @@ def checked_ticker(ticker: str | None) -> str | None:
 
 
 def preflight_tracking(settings: Settings) -> None:
-    """The tracking store answers and is this project's (not one moved here from elsewhere),
-    before a command ingests, trains or forecasts."""
+    """The tracking store answers and keeps its artifacts in the configured folder (not a
+    project's moved here, nor a changed `tracking.artifact_location`), before a command
+    ingests, trains or forecasts."""
     from pipelines import tracking
 
     tracking.connect(settings)
