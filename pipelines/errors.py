@@ -50,6 +50,15 @@ class ConfigError(PipelineError):
         super().__init__(f"{self.path}: {key}: {problem}")
 
 
+class OverrideError(ConfigError):
+    """A bad `--set SECTION.KEY=VALUE`: names the option as given, not the config file."""
+
+    def __init__(self, assignment: str, key: str, problem: str) -> None:
+        super().__init__("--set", key, problem)
+        self.assignment = assignment
+        self.args = (f"--set {assignment}: {problem}",)
+
+
 def user_error_types() -> tuple[type[Exception], ...]:
     """Errors the user can act on (bad input, configuration, unusable data, a server that does
     not answer): reported in one line, exit code 2, no traceback. Subclasses included."""

@@ -312,7 +312,12 @@ def render_status(rows: list[dict[str, Any]], window_days: int) -> str:
     if not table:
         return "no tickers in the store yet"
     frame = pd.DataFrame(table)
-    lines = [frame.to_string(index=False)]
+    # Padded by display width: a CJK ticker (平安银行) takes two terminal columns a character
+    # (East Asian width W or F; ambiguous ones count one, as most terminals show them).
+    with pd.option_context(
+        "display.unicode.east_asian_width", True, "display.unicode.ambiguous_as_wide", False
+    ):
+        lines = [frame.to_string(index=False)]
     lines += [
         f"{r['ticker']} last decision: {r['last_decision']}" for r in rows if r["last_decision"]
     ]

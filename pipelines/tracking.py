@@ -114,34 +114,40 @@ def connect(settings: Settings) -> str:
 
 
 def _check_artifact_root(settings: Settings, uri: str, recorded: str) -> None:
-    """A SQLite store keeps the absolute artifact folder its experiment was made with: in a
-    project folder moved (or copied) since, MLflow would read the old place and write there,
-    outside the project. MLflow has no call that changes an experiment's artifact location,
-    so this stops before anything is written, naming the old place and the ways out."""
+    """A SQLite store keeps the absolute artifact folder its experiment was made with. When
+    `tracking.artifact_location` now points elsewhere (changed since, or the project folder
+    moved or copied), MLflow would still read and write the old place, and has no call that
+    changes an experiment's artifact location: stop before anything is written, naming both
+    places and the ways out."""
     if not uri.startswith("sqlite:"):
         return  # a server or database owns its artifact root, wherever the project lies
     from urllib.parse import unquote, urlparse
 
     here = settings.path(settings.tracking.artifact_location).resolve()
-    old = unquote(urlparse(recorded).path) if recorded.startswith("file:") else recorded
-    if Path(old).resolve() == here:
+    old = Path(unquote(urlparse(recorded).path) if recorded.startswith("file:") else recorded)
+    if old.resolve() == here:
         return
-    # The project's old folder, when the artifact folder is inside it (the usual relative one)
-    where, location = "where it was made", Path(settings.tracking.artifact_location)
-    parts = location.parts
-    if (
-        not location.is_absolute()
-        and Path(old).is_absolute()
-        and Path(old).parts[-len(parts) :] == parts
-    ):
-        where = str(Path(old).parents[len(parts) - 1])
+    # A relative setting that still ends the recorded path: the project folder moved (or was
+    # copied) and the setting is as it was; anything else is a changed setting.
+    parts = Path(settings.tracking.artifact_location).parts
+    moved = (
+        not Path(settings.tracking.artifact_location).is_absolute()
+        and old.is_absolute()
+        and old.parts[-len(parts) :] == parts
+    )
+    if moved:
+        back = f"move the project back to {old.parents[len(parts) - 1]}, where it was then"
+    else:
+        base = settings.base_dir.resolve()
+        back = "set tracking.artifact_location back to " + str(
+            old.relative_to(base) if old.is_relative_to(base) else old
+        )
     raise PipelineError(
         f"{uri.removeprefix('sqlite:///')} records the artifacts of experiment "
-        f"{settings.tracking.experiment!r} in {old}, not in {here} (tracking.artifact_location): "
-        "MLflow keeps that path as it was when the store was made, so a project moved or copied "
-        f"since cannot use its store; move the project back to {where}, or put "
-        "mlflow.db and the old artifact folder aside and train again from the stored prices "
-        "(lstm-pipeline retrain)"
+        f"{settings.tracking.experiment!r} in {old}, but tracking.artifact_location gives "
+        f"{here}, and MLflow keeps the folder an experiment was made with: {back}, or use a new "
+        "tracking.experiment or tracking database (put mlflow.db aside, or change tracking.uri) "
+        "and train again from the stored prices (lstm-pipeline retrain)"
     )
 
 

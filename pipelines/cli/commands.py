@@ -235,6 +235,7 @@ def _json_value(value: object) -> object:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    tickers = list(dict.fromkeys(checked_ticker(t) for t in args.tickers or [])) or None
     from pipelines.serve import serve
 
     config_path = str(args.config_path)
@@ -245,7 +246,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
     if settings.tuning.cron:
         print(f"and 'tuning/scheduled-tuning' (cron '{settings.tuning.cron}')")
-    serve(settings, config_path, args.overrides, tickers=args.tickers)
+    serve(settings, config_path, args.overrides, tickers=tickers)
     return 0
 
 

@@ -125,5 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve the retraining and forecast deployments")
     _common(p)
-    p.add_argument("--tickers", nargs="*", default=None, help="tickers for the forecast flow")
+    p.add_argument(
+        "--ticker", action="append", default=None, dest="tickers",
+        help="a ticker the forecast (and tuning) deployment serves (repeatable; default: every "
+        "stored one)",
+    )  # fmt: skip
     return parser

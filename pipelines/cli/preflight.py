@@ -18,8 +18,9 @@ def checked_ticker(ticker: str | None) -> str | None:
 
 
 def preflight_tracking(settings: Settings) -> None:
-    """The tracking store answers and is this project's (not one moved here from elsewhere),
-    before a command ingests, trains or forecasts."""
+    """The tracking store answers and keeps its artifacts in the configured folder (not a
+    project's moved here, nor a changed `tracking.artifact_location`), before a command
+    ingests, trains or forecasts."""
     from pipelines import tracking
 
     tracking.connect(settings)
@@ -34,15 +35,16 @@ def parse_configured(settings: Settings, path: Path | str, ticker: str | None):
 
 def check_stored(settings: Settings, tickers: tuple[str, ...] | list[str]) -> None:
     """Every ticker named has prices in the store, else one line naming the way to store them."""
+    from pipelines.ingest import case_twin
     from pipelines.store import PriceStore
 
     store = PriceStore(settings.store_path)
     for t in tickers:
         if store.manifest(t) is None:
             # tickers are case-sensitive: a user who typed msft most likely means MSFT
-            other = [s for s in store.tickers() if s.casefold() == t.casefold()]
+            other = case_twin(t, store.tickers())
             hint = (
-                f"tickers are case-sensitive, and {other[0]!r} is stored"
+                f"tickers are case-sensitive, and {other!r} is stored"
                 if other
                 else f"store them first with: lstm-pipeline ingest FILE --ticker {t}"
             )

@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from pipelines.config.sections import Settings, bool_as_number
-from pipelines.errors import ConfigError, PipelineError
+from pipelines.errors import ConfigError, OverrideError, PipelineError
 
 CONFIG_NAME = "mlflow.yaml"
 CONFIG_ENV = "LSTM_PIPELINE_CONFIG"
@@ -32,20 +32,38 @@ def _parse_value(raw: str) -> Any:
     return yaml.safe_load(raw) if raw != "" else ""
 
 
-def _apply_override(data: dict[str, Any], assignment: str, source: str) -> None:
+def _apply_override(data: dict[str, Any], assignment: str) -> str:
+    """Set one `--set` value in ``data``; returns the dotted key it set."""
     if "=" not in assignment:
-        raise ConfigError(source, assignment, "expected --set section.key=value")
+        raise OverrideError(assignment, assignment, "expected section.key=value")
     dotted, raw = assignment.split("=", 1)
-    keys = dotted.strip().split(".")
+    dotted = dotted.strip()
+    keys = dotted.split(".")
     if len(keys) < 2 or not all(keys):
-        raise ConfigError(source, dotted, "expected section.key")
+        raise OverrideError(assignment, dotted, "expected section.key")
     node = data
     for k in keys[:-1]:
         child = node.setdefault(k, {})
         if not isinstance(child, dict):
-            raise ConfigError(source, dotted, f"{k!r} is not a section")
+            raise OverrideError(assignment, dotted, f"{k!r} is not a section")
         node = child
     node[keys[-1]] = _parse_value(raw)
+    return dotted
+
+
+def _blame(cfg_path: Path, overrides: list[tuple[str, str]], key: str, problem: str) -> ConfigError:
+    """The error at ``key``, named where the value came from: the last `--set` (assignment,
+    dotted key) that gave it or a section or list it lies in, else the file. An error about a
+    whole section in which a `--set` changed a key names the file and that option."""
+    for assignment, dotted in reversed(overrides):
+        if key == dotted:
+            return OverrideError(assignment, key, problem)
+        if key.startswith(dotted + "."):
+            return OverrideError(assignment, key, f"{key}: {problem}")
+    inside = [a for a, dotted in overrides if dotted.startswith(key + ".")]
+    if inside:
+        key += f" (with --set {inside[-1]})"
+    return ConfigError(cfg_path, key, problem)
 
 
 def _error_key(err: dict[str, Any]) -> str:
@@ -210,8 +228,7 @@ def load_settings(
         )
     if not isinstance(raw, dict):
         raise ConfigError(cfg_path, "(top level)", "expected a mapping of sections")
-    for assignment in overrides:
-        _apply_override(raw, assignment, f"{cfg_path} (--set)")
+    given = [(assignment, _apply_override(raw, assignment)) for assignment in overrides]
 
     tracking = raw.setdefault("tracking", {}) if isinstance(raw.get("tracking", {}), dict) else {}
     if env.get("MLFLOW_TRACKING_URI"):
@@ -223,7 +240,7 @@ def load_settings(
     from_env = {"tracking.uri": "MLFLOW_TRACKING_URI", "runtime.prefect_api_url": "PREFECT_API_URL"}
     bad = bool_as_number(Settings, raw, "")
     if bad:
-        raise ConfigError(cfg_path, bad, "expected a number, got a boolean (true/false/yes/no)")
+        raise _blame(cfg_path, given, bad, "expected a number, got a boolean (true/false/yes/no)")
     try:
         settings = Settings.model_validate(
             {**raw, "base_dir": cfg_path.parent}, context={"env": env}
@@ -231,10 +248,11 @@ def load_settings(
     except ValidationError as exc:
         first = exc.errors()[0]
         key = _error_key(first)
-        if env.get(from_env.get(key, "")):
-            key += f" (from {from_env[key]})"
         # "Value error, " is pydantic's prefix for a validator's own message
-        raise ConfigError(cfg_path, key, first["msg"].removeprefix("Value error, ")) from None
+        problem = first["msg"].removeprefix("Value error, ")
+        if env.get(from_env.get(key, "")):
+            raise ConfigError(cfg_path, f"{key} (from {from_env[key]})", problem) from None
+        raise _blame(cfg_path, given, key, problem) from None
     return settings
 
 

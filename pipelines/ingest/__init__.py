@@ -41,7 +41,12 @@ from pipelines.ingest.schema import (
     digest_file,
     source_lines,
 )
-from pipelines.ingest.tickers import MAX_TICKER_LENGTH, InvalidTickerError, validate_ticker
+from pipelines.ingest.tickers import (
+    MAX_TICKER_LENGTH,
+    InvalidTickerError,
+    case_twin,
+    validate_ticker,
+)
 
 __all__ = [
     "DEFAULT_MAX_DAILY_CHANGE",
@@ -52,6 +57,7 @@ __all__ = [
     "VALUE_COLUMNS",
     "InvalidTickerError",
     "ParsedFile",
+    "case_twin",
     "digest_file",
     "jump_limits",
     "read_configured",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,6 +60,16 @@ def _validated(ticker: str) -> str:
     if ".." in name:
         raise InvalidTickerError(f"invalid ticker {name!r}: must not contain '..'")
     return name
+
+
+def case_twin(ticker: str, names: Iterable[str]) -> str | None:
+    """The name in ``names`` that differs from ``ticker`` only in case, or None.
+
+    Tickers are case-sensitive (a store folder per name), but ``msft`` beside ``MSFT`` is
+    almost surely one ticker typed two ways, and one folder on a case-insensitive disk.
+    """
+    key = ticker.casefold()
+    return next((n for n in names if n != ticker and n.casefold() == key), None)
 
 
 def assign_tickers(

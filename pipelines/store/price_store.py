@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipelines.errors import PipelineError
+from pipelines.errors import InputError, PipelineError
 from pipelines.fsio import atomic_write, file_lock
-from pipelines.ingest import ParsedFile, source_lines, validate_ticker
+from pipelines.ingest import ParsedFile, case_twin, source_lines, validate_ticker
 from pipelines.store.files import (
     DATA_FILE,
     LEGACY_MANIFEST_FILE,
@@ -236,10 +236,15 @@ class PriceStore:
         """Every file's parts planned in order, each against the series the earlier ones left."""
         series: dict[str, _Series] = {}
         reports: list[list[MergeReport]] = []
+        stored: list[str] | None = None  # listed when a new ticker first needs them
         for parsed, file_parts in zip(files, parts, strict=True):
             for ticker, _, _ in file_parts:
                 if ticker not in series:
-                    series[ticker] = _Series(self.manifest(ticker), replace)
+                    manifest = self.manifest(ticker)
+                    if manifest is None:
+                        stored = self.tickers() if stored is None else stored
+                        _refuse_case_twin(parsed, ticker, stored, series)
+                    series[ticker] = _Series(manifest, replace)
 
             def plan(part: tuple[str, pa.Table, np.ndarray | None], parsed=parsed) -> MergeReport:
                 return self._plan(parsed, *part, replace, series[part[0]])
@@ -317,6 +322,27 @@ class PriceStore:
                     d.unlink()
                     fixed.append(d.parent.name[len("ticker=") :])
         return fixed
+
+
+def _refuse_case_twin(
+    parsed: ParsedFile, ticker: str, stored: list[str], planned: dict[str, _Series]
+) -> None:
+    """A new ticker that differs only in case from a stored one, or from another new one of
+    the same merge, is refused: it would start a second series of the same ticker."""
+    twin = case_twin(ticker, stored)
+    if twin is not None:
+        raise InputError(
+            parsed.path,
+            f"ticker {ticker!r} differs only in case from the stored {twin!r}: tickers are "
+            f"case-sensitive, so this would start a second ticker; name it {twin!r}",
+        )
+    twin = case_twin(ticker, planned)
+    if twin is not None:
+        raise InputError(
+            parsed.path,
+            f"ticker {ticker!r} differs only in case from {twin!r}, which this ingest also "
+            "stores: tickers are case-sensitive, so this would start two tickers; name both alike",
+        )
 
 
 def _damaged(path: Path, exc: Exception) -> PipelineError:

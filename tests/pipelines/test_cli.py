@@ -121,6 +121,64 @@ def test_ingest_of_several_files_stores_all_or_none(tiny_project, capsys, clash)
     assert PriceStore(store).manifest("TEST").rows == 130
 
 
+def _case_twin_refused(ticker: str, twin: str, path: Path) -> str:
+    return (
+        f"error: {path}: ticker {ticker!r} differs only in case from the stored {twin!r}: "
+        f"tickers are case-sensitive, so this would start a second ticker; name it {twin!r}\n"
+    )
+
+
+def test_a_new_ticker_that_differs_from_a_stored_one_only_in_case_is_refused(tiny_project):
+    """With TEST stored, `test` from --ticker, from the file's ticker column or from `run FILE
+    --ticker` is one line naming TEST, exit 2, and nothing is written (the store's merge
+    planning refuses it, so every path that stores a new ticker does)."""
+    env = user_env(keep_pythonpath=True)
+    src = tiny_project / "prices" / "TEST.csv"
+    out = cli(BIN, "ingest", str(src), cwd=tiny_project, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    column = write_prices(
+        tiny_project / "new" / "prices.csv", price_frame(120).assign(Ticker="test")
+    )
+    before = sorted(p.relative_to(tiny_project) for p in tiny_project.rglob("*"))
+    store = tree_bytes(tiny_project / "data" / "store")
+    for args, path in (
+        (["ingest", str(src), "--ticker", "test"], src),
+        (["ingest", str(column)], column),
+        (["run", str(src), "--ticker", "test"], src),
+    ):
+        out = cli(BIN, *args, cwd=tiny_project, env=env, timeout=120)
+        assert (out.returncode, out.stdout) == (2, ""), (args, out.stdout, out.stderr)
+        assert out.stderr == _case_twin_refused("test", "TEST", path), args
+        assert sorted(p.relative_to(tiny_project) for p in tiny_project.rglob("*")) == before
+        assert tree_bytes(tiny_project / "data" / "store") == store
+    # a ticker new in both cases at once is refused too: the store keeps one spelling
+    both = write_prices(
+        tiny_project / "new" / "both.csv",
+        pd.concat([price_frame(3).assign(Ticker=t) for t in ("acme", "ACME")]),
+    )
+    out = cli(BIN, "ingest", str(both), cwd=tiny_project, env=env, timeout=120)
+    assert (out.returncode, out.stdout) == (2, ""), (out.stdout, out.stderr)
+    assert out.stderr == (
+        f"error: {both}: ticker 'acme' differs only in case from 'ACME', which this ingest also "
+        "stores: tickers are case-sensitive, so this would start two tickers; name both alike\n"
+    )
+    assert tree_bytes(tiny_project / "data" / "store") == store
+
+
+@pytest.mark.slow  # the retraining flow in a subprocess
+def test_retrain_rejects_an_incoming_file_whose_ticker_differs_only_in_case(trained_settings):
+    project = trained_settings.base_dir
+    incoming = write_prices(project / "data" / "incoming" / "test.csv", price_frame(125))
+    store = tree_bytes(trained_settings.store_path)
+    out = _cli(project, "retrain")
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert len(list((project / "data" / "rejected").glob("test.*.csv"))) == 1  # moved aside
+    assert not incoming.exists()
+    refused = _case_twin_refused("test", "TEST", incoming).removeprefix("error: ").strip()
+    assert f"rejected test.csv: {refused}" in out.stdout.splitlines(), out.stdout
+    assert tree_bytes(trained_settings.store_path) == store
+
+
 @pytest.mark.parametrize(
     ("calendar", "day", "says"),
     [
@@ -204,38 +262,78 @@ def test_run_trains_every_ticker_named(tiny_project, capsys):
 def test_unknown_config_key_exit_2_names_key(tiny_project, capsys):
     cfg = str(tiny_project / "mlflow.yaml")
     assert main(["ingest", "x.csv", "--config", cfg, "--set", "training.epoch=3"]) == 2
-    err = capsys.readouterr().err
-    assert "training.epoch" in err and "mlflow.yaml" in err
+    assert (
+        capsys.readouterr().err == "error: --set training.epoch=3: Extra inputs are not permitted\n"
+    )
+    text = (tiny_project / "mlflow.yaml").read_text(encoding="utf-8")
+    (tiny_project / "mlflow.yaml").write_text(text + "monitoring:\n  window: 5\n", encoding="utf-8")
+    assert main(["ingest", "x.csv", "--config", cfg]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: {cfg}: monitoring.window: Extra inputs are not permitted\n"
+    )
+
+
+def test_a_bad_set_value_is_blamed_on_the_option_and_a_bad_file_value_on_the_file(tiny_project):
+    """`--set training.epochs=abc` names the option as typed, not mlflow.yaml, which holds no
+    such value; the same value in the file names the file; the last --set of a key wins."""
+    env = user_env(keep_pythonpath=True)
+    cfg = tiny_project / "mlflow.yaml"
+    bad = "Input should be a valid integer, unable to parse string as an integer"
+    for sets, says in (
+        (["--set", "training.epochs=abc"], f"--set training.epochs=abc: {bad}"),
+        (["--set=training.epochs=abc", "--set=training.epochs=2"], None),
+        (["--set=training.epochs=2", "--set=training.epochs=x"], f"--set training.epochs=x: {bad}"),
+        (["--set", "training.epochs=yes"], "--set training.epochs=yes: expected a number, got a "
+                                           "boolean (true/false/yes/no)"),
+        (["--set", "features.columns=[close, 7]"], "--set features.columns=[close, 7]: "
+                                                   "features.columns.1: Input should be a valid string"),
+        (["--set", "training.epochs"], "--set training.epochs: expected section.key=value"),
+    ):  # fmt: skip
+        out = cli(BIN, "status", *sets, cwd=tiny_project, env=env, timeout=120)
+        if says is None:
+            assert out.returncode == 0, out.stderr
+            continue
+        assert (out.returncode, out.stderr) == (2, f"error: {says}\n"), sets
+    text = cfg.read_text(encoding="utf-8").replace("  epochs: 1\n", "  epochs: abc\n")
+    cfg.write_text(text, encoding="utf-8")
+    out = cli(BIN, "status", "--set", "training.batch_size=8", cwd=tiny_project, env=env)
+    assert (out.returncode, out.stderr) == (2, f"error: {cfg}: training.epochs: {bad}\n")
+    # a whole section's check, with a key of it given by --set: both named
+    out = cli(BIN, "status", "--set", "features.target=volume", cwd=tiny_project, env=env)
+    assert out.returncode == 2 and out.stderr.startswith(
+        f"error: {cfg}: features (with --set features.target=volume): target must be one of"
+    ), out.stderr
 
 
 @pytest.mark.parametrize(
-    ("command", "setting", "key"),
+    ("command", "setting"),
     [
-        ("status", "schedule.cron=61 25 * * 1-5", "schedule.cron"),
-        ("status", "schedule.timezone=Mars/Olympus", "schedule.timezone"),
-        ("status", "tuning.cron=0 3 * * 8", "tuning.cron"),
-        ("status", "tracking.uri=foo://bar", "tracking.uri"),
-        ("ingest", "training.epochs=true", "training.epochs"),
-        ("ingest", "monitoring.window_days=yes", "monitoring.window_days"),
+        ("status", "schedule.cron=61 25 * * 1-5"),
+        ("status", "schedule.timezone=Mars/Olympus"),
+        ("status", "tuning.cron=0 3 * * 8"),
+        ("status", "tracking.uri=foo://bar"),
+        ("ingest", "training.epochs=true"),
+        ("ingest", "monitoring.window_days=yes"),
         # MLflow's alias rules: reserved names, characters, empty, length
-        ("run", "registry.alias=latest", "registry.alias"),
-        ("status", "registry.alias=LaTeSt", "registry.alias"),
-        ("status", "registry.alias=v3", "registry.alias"),
-        ("status", "registry.alias=V12", "registry.alias"),
-        ("run", "registry.alias=Champion!", "registry.alias"),
-        ("status", "registry.alias=a b", "registry.alias"),
-        ("status", "registry.alias=", "registry.alias"),
-        ("status", f"registry.alias={'a' * 256}", "registry.alias"),
+        ("run", "registry.alias=latest"),
+        ("status", "registry.alias=LaTeSt"),
+        ("status", "registry.alias=v3"),
+        ("status", "registry.alias=V12"),
+        ("run", "registry.alias=Champion!"),
+        ("status", "registry.alias=a b"),
+        ("status", "registry.alias="),
+        ("status", f"registry.alias={'a' * 256}"),
     ],
 )
-def test_a_setting_nothing_can_use_is_one_line_exit_2(tiny_project, capsys, command, setting, key):
+def test_a_setting_nothing_can_use_is_one_line_exit_2(tiny_project, capsys, command, setting):
     cfg = str(tiny_project / "mlflow.yaml")
     before = sorted(p.name for p in tiny_project.iterdir())
     args = [str(tiny_project / "prices" / "TEST.csv")] if command == "ingest" else []
     assert main([command, *args, "--config", cfg, "--set", setting]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
-    assert err.startswith(f"error: {cfg}: {key}: "), err
+    assert err.startswith(f"error: --set {setting}: "), err
     assert sorted(p.name for p in tiny_project.iterdir()) == before  # no store, no mlflow.db
 
 
@@ -247,9 +345,9 @@ def test_run_refuses_a_bad_schedule_before_it_trains(tiny_project, capsys):
     code = main(["run", "--ticker", "TEST", "--config", cfg, "--set", "schedule.cron=61 25 * * *"])
     assert code == 2
     err = capsys.readouterr().err.strip()
-    assert (
-        err
-        == f"error: {cfg}: schedule.cron: '61 25 * * *' is not a valid cron expression: Bad minute"
+    assert err == (
+        "error: --set schedule.cron=61 25 * * *: '61 25 * * *' is not a valid cron expression: "
+        "Bad minute"
     )
     assert sorted(p.name for p in tiny_project.iterdir()) == before  # no mlflow.db, no .prefect
 
@@ -308,6 +406,59 @@ def test_outside_any_project_the_cli_names_init(tmp_path):
         "or LSTM_PIPELINE_CONFIG); create a project here with: lstm-pipeline init"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_serve_takes_a_repeated_ticker_like_every_other_command(tiny_project, monkeypatch):
+    """`serve --ticker A --ticker B` serves both (its former `--tickers A B` took the prefix
+    `--ticker` for itself and kept the last one only); a bad name is one line, exit 2, and
+    nothing is served."""
+    from pipelines import serve as serve_module
+
+    served = []
+    monkeypatch.setattr(
+        serve_module, "serve", lambda settings, path, overrides, tickers: served.append(tickers)
+    )
+    cfg = str(tiny_project / "mlflow.yaml")
+    assert main(["serve", "--ticker", "AAA", "--ticker", "BBB", "--config", cfg]) == 0
+    assert main(["serve", "--config", cfg]) == 0  # the default: every stored ticker
+    assert served == [["AAA", "BBB"], None]
+
+    env = user_env(keep_pythonpath=True)
+    out = cli(BIN, "serve", "--ticker", "AAA", "--ticker", "../x", cwd=tiny_project, env=env)
+    assert (out.returncode, out.stdout) == (2, ""), (out.returncode, out.stdout, out.stderr)
+    assert out.stderr == (
+        "error: --ticker: invalid ticker '../x': only letters, digits, '.', '_' and '-' are "
+        "allowed\n"
+    )
+    out = cli(BIN, "serve", "--tickers", "AAA", cwd=tiny_project, env=env)
+    assert out.returncode == 2 and "unrecognized arguments: --tickers" in out.stderr, out.stderr
+    out = cli(BIN, "serve", "--help", cwd=tiny_project, env=env)
+    assert "--ticker TICKERS" in out.stdout and "repeatable" in out.stdout, out.stdout
+
+
+def _display_width(text: str) -> int:
+    """Terminal columns: East Asian wide and full-width characters take two."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def test_the_status_table_lines_up_a_cjk_ticker_with_an_ascii_one(tiny_project, capsys):
+    cfg = str(tiny_project / "mlflow.yaml")
+    src = str(tiny_project / "prices" / "TEST.csv")
+    for ticker in ("平安银行", "TEST"):
+        assert main(["ingest", src, "--ticker", ticker, "--config", cfg]) == 0
+    capsys.readouterr()
+    out = cli(BIN, "status", cwd=tiny_project, env=user_env(keep_pythonpath=True), timeout=120)
+    assert out.returncode == 0, out.stderr
+    header, *rows = out.stdout.splitlines()
+    assert [row.split()[0] for row in rows] == ["TEST", "平安银行"], out.stdout
+    # every line as wide on screen as the header, each ticker ending under "ticker"
+    assert [_display_width(row) for row in rows] == [_display_width(header)] * 2, out.stdout
+    lines = [header, *rows]
+    words = ["ticker", "TEST", "平安银行"]
+    ends = [_display_width(x[: x.index(w) + len(w)]) for x, w in zip(lines, words, strict=True)]
+    assert ends == [ends[0]] * 3, out.stdout
 
 
 @pytest.mark.slow  # the CLI in subprocesses: CI runs it
@@ -603,10 +754,43 @@ def test_a_moved_project_stops_in_one_line_before_writing(trained_settings, tmp_
         assert out.out == "", (command, out.out)
         [line] = out.err.splitlines()
         assert line.startswith(f"error: {moved / 'mlflow.db'} records the artifacts"), line
-        assert f"in {old / 'mlartifacts'}, not in {moved / 'mlartifacts'}" in line, line
-        assert f"move the project back to {old}, or put mlflow.db" in line, line
+        assert (
+            f"in {old / 'mlartifacts'}, but tracking.artifact_location gives "
+            f"{moved / 'mlartifacts'}, and MLflow keeps the folder" in line
+        ), line
+        assert f"move the project back to {old}, where it was then, or use a new" in line, line
     assert not old.exists()
     assert tree_bytes(moved) == before
+
+
+def test_a_changed_artifact_location_names_both_folders_and_the_ways_out(trained_settings, capsys):
+    """tracking.artifact_location edited after the first run: MLflow keeps the folder the
+    experiment was made with, so every command that uses MLflow stops in one line naming the
+    recorded folder and the configured one, and how to go on; nothing is written."""
+    project = trained_settings.base_dir
+    cfg = project / "mlflow.yaml"
+    text = cfg.read_text(encoding="utf-8")
+    edited = text.replace(
+        "  experiment: tests\n", "  experiment: tests\n  artifact_location: runs/a\n"
+    )
+    cfg.write_text(edited, encoding="utf-8")
+    before = tree_bytes(project)
+    expected = (
+        f"error: {project / 'mlflow.db'} records the artifacts of experiment 'tests' in "
+        f"{project / 'mlartifacts'}, but tracking.artifact_location gives {project / 'runs' / 'a'}, "
+        "and MLflow keeps the folder an experiment was made with: set "
+        "tracking.artifact_location back to mlartifacts, or use a new tracking.experiment or "
+        "tracking database (put mlflow.db aside, or change tracking.uri) and train again from "
+        "the stored prices (lstm-pipeline retrain)\n"
+    )
+    out = _cli(project, "run", "--ticker", "TEST")
+    assert (out.returncode, out.stdout, out.stderr) == (2, "", expected)
+    for command in (["forecast", "--ticker", "TEST"], ["retrain"], ["status"]):
+        assert main([*command, "--config", str(cfg)]) == 2, command
+        assert tuple(capsys.readouterr()) == ("", expected), command
+    assert tree_bytes(project) == before and not (project / "runs").exists()
+    cfg.write_text(text, encoding="utf-8")  # set back: the store serves again
+    assert main(["status", "--config", str(cfg)]) == 0
 
 
 def test_version_is_the_installed_distributions(capsys):

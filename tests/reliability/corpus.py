@@ -302,7 +302,7 @@ CASES: list[Case] = [
         {"G.csv": GOOD},
         ("{inputs}/G.csv",),
         "features.lookback",
-        "mlflow.yaml",
+        "--set features.lookback=-3",
         sets=("features.lookback=-3",),
     ),
     Case(
