@@ -179,6 +179,60 @@ def test_retrain_rejects_an_incoming_file_whose_ticker_differs_only_in_case(trai
     assert tree_bytes(trained_settings.store_path) == store
 
 
+@pytest.mark.parametrize("clash", ["value", "jump"])
+def test_run_refuses_files_that_clash_as_ingest_does_before_any_training(
+    tiny_project, capsys, clash
+):
+    """`run FILE FILE` checks the files as `ingest` merges them: a clash between the two is
+    refused with ingest's line, before Prefect, MLflow or any write."""
+    cfg = str(tiny_project / "mlflow.yaml")
+    main(["ingest", str(tiny_project / "prices" / "TEST.csv"), "--config", cfg])
+    store = tiny_project / "data" / "store"
+    before = tree_bytes(store)
+    capsys.readouterr()
+    frame = price_frame(130)
+    first = write_prices(tiny_project / "a" / "TEST.csv", frame.iloc[120:125])
+    if clash == "value":  # the first file's last day again, another open
+        second = frame.iloc[124:126].copy()
+        second.loc[124, "Open"] = second.loc[124, "Open"] * 1.001
+    else:  # the day after the first file's last row, at twice its close
+        second = frame.iloc[125:126].copy()
+        second[["Open", "High", "Low", "Close"]] = float(frame["Close"].iloc[124]) * 2
+    second = write_prices(tiny_project / "b" / "TEST.csv", second)
+    files = [str(first), str(second)]
+    names = sorted(p.name for p in tiny_project.iterdir())
+    assert main(["run", *files, "--config", cfg]) == 2
+    out, err = capsys.readouterr()
+    assert (out, len(err.splitlines())) == ("", 1), err
+    assert f"in {first}, line 6" in err
+    assert tree_bytes(store) == before
+    assert sorted(p.name for p in tiny_project.iterdir()) == names  # no mlflow.db, no .prefect
+    assert main(["ingest", *files, "--config", cfg]) == 2
+    assert capsys.readouterr().err == err
+
+
+def test_run_judges_the_files_together_as_ingest_stores_them(tiny_project, capsys):
+    """Two overlapping files each too short to train pass the pre-check together; nothing is
+    stored until it has passed (a tracking server that does not answer stops the run next)."""
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    cfg = str(tiny_project / "mlflow.yaml")
+    frame = price_frame(48)
+    first = write_prices(tiny_project / "a" / "TEST.csv", frame.iloc[:25])
+    second = write_prices(tiny_project / "b" / "TEST.csv", frame.iloc[20:])  # 5 days again
+    sets = ["--set", "features.lookback=20", "--set", f"tracking.uri={uri}"]
+    for path, rows in ((first, 25), (second, 28)):
+        assert main(["run", str(path), "--config", cfg, *sets]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {path}: cannot train TEST on its {rows} rows"), err
+    assert main(["run", str(first), str(second), "--config", cfg, *sets]) == 2
+    assert capsys.readouterr().err.startswith(f"error: tracking server {uri} does not answer")
+    assert not (tiny_project / "data" / "store").exists()
+
+
 @pytest.mark.parametrize(
     ("calendar", "day", "says"),
     [
