@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -543,6 +545,65 @@ def test_init_refuses_to_overwrite_and_run_names_ingest_for_an_unstored_ticker(t
         f"error: no prices stored for ticker 'ACME' in {project.resolve() / 'data' / 'store'}: "
         "store them first with: lstm-pipeline ingest FILE --ticker ACME"
     )
+
+
+@pytest.mark.slow  # a training in a subprocess, interrupted
+@pytest.mark.parametrize("signalled", ["group", "command"])
+def test_ctrl_c_during_run_is_one_line_exit_130_and_a_failed_mlflow_run(tmp_path, signalled):
+    """Ctrl-C while `run` trains: after the progress lines only `interrupted` (no Prefect
+    crash lines, no traceback), exit code 130, the MLflow run FAILED, no process left. A
+    terminal signals its whole foreground process group (Prefect's temporary API server
+    included); `kill -INT` signals the command alone."""
+    import signal
+    import threading
+
+    from mlflow.tracking import MlflowClient
+
+    from tests.pipelines.conftest import new_tiny_project
+    from tests.user_path import PROGRESS_LINE
+
+    project = new_tiny_project(tmp_path / "project")
+    proc = subprocess.Popen(
+        [str(BIN), "run", "--set=training.epochs=1000", "--set=evaluation.backtest_folds=0"],
+        cwd=project,
+        env=user_env(keep_pythonpath=True),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a process group of its own, as a terminal's command has
+    )
+    lines: list[str] = []
+    training = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line.rstrip("\n"))
+            if " epoch 1/1000 " in line:
+                training.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert training.wait(300), "\n".join(lines[-20:])
+        if signalled == "group":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=300)
+        reader.join(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    err = "\n".join(lines)
+    assert code == 130, err
+    assert "Crash detected" not in err and "Traceback" not in err, err
+    assert [line for line in lines if not PROGRESS_LINE.match(line)] == ["interrupted"], err
+    assert lines[-1] == "interrupted"
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    with pytest.raises(ProcessLookupError):  # Prefect's server stopped with the command
+        os.killpg(proc.pid, 0)
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
