@@ -101,13 +101,40 @@ def _user_error_names() -> set[str]:
     return names
 
 
+class _NoInterruptCrash(logging.Filter):
+    """Drops Prefect's records of a flow or task run crashing on Ctrl-C ("Crash detected!
+    Execution was aborted by an interrupt signal.", "Finished in state Crashed(...)"): the
+    CLI prints `interrupted` once instead.
+
+    Prefect logs them while it handles the KeyboardInterrupt, so the exception being handled
+    tells them apart whatever their wording.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        handled = (record.exc_info or (None, None, None))[1], sys.exc_info()[1]
+        return not any(isinstance(exc, KeyboardInterrupt) for exc in handled)
+
+
+_RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+
+
 def quiet_loggers() -> None:
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    for name in ("prefect.flow_runs", "prefect.task_runs"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _NoUserErrors) for f in logger.filters):
-            logger.addFilter(_NoUserErrors())
+    for name in _RUN_LOGGERS:
+        _add_filter(logging.getLogger(name), _NoUserErrors)
+
+
+def quiet_interrupts() -> None:
+    """Keep Prefect's crash lines of a Ctrl-C off the console (the command line's only: a
+    served run's crash stays in its logs)."""
+    for name in _RUN_LOGGERS:
+        _add_filter(logging.getLogger(name), _NoInterruptCrash)
+
+
+def _add_filter(logger: logging.Logger, kind: type[logging.Filter]) -> None:
+    if not any(isinstance(f, kind) for f in logger.filters):
+        logger.addFilter(kind())
 
 
 @contextlib.contextmanager
@@ -150,3 +177,32 @@ def quiet_tensorflow() -> None:
 
             tf.config.list_physical_devices()  # the cuInit attempt happens here, not mid-run
             tf.get_logger().setLevel("ERROR")
+
+
+def start_prefect_api(settings: Settings) -> None:
+    """Start Prefect's temporary API server (which the first flow run would start), sparing it
+    the terminal's Ctrl-C.
+
+    Ctrl-C signals the terminal's whole process group, and Prefect starts that server as a
+    child process in it: the server stopped at once, and the interrupted run, unable to record
+    its end, kept retrying before it failed with a traceback. A child inherits the signal mask
+    of the thread that starts it, so SIGINT is blocked here while it starts (a Ctrl-C meanwhile
+    still interrupts this process, once the server is up); Prefect stops the server with
+    SIGTERM when the process exits. A configured API, or the Dask fan-out's server (its own
+    process group), needs none of this.
+    """
+    import signal
+
+    if settings.runtime.task_runner == "dask" or not hasattr(signal, "pthread_sigmask"):
+        return
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    if os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value():
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        with get_client(sync_client=True):  # the first client starts the server
+            pass
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

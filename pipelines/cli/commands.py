@@ -31,11 +31,13 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def _load_tensorflow() -> None:
-    # Before the flows import Keras: TensorFlow's C++ start-up lines are filtered out.
-    from pipelines.runtime import quiet_tensorflow
+def _before_flows(settings: Settings, *, tensorflow: bool = True) -> None:
+    """Ready this process for flow runs, once the input has passed its checks."""
+    from pipelines.runtime import quiet_tensorflow, start_prefect_api
 
-    quiet_tensorflow()
+    start_prefect_api(settings)  # out of reach of Ctrl-C, so an interrupted run can end
+    if tensorflow:  # before the flows import Keras: its C++ start-up lines are filtered out
+        quiet_tensorflow()
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -95,7 +97,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         preflight_run(settings, args.config_path, sources, settings.data.ticker)
         params = {"files": sources, "ticker": settings.data.ticker}
     preflight_tracking(settings)
-    _load_tensorflow()
+    _before_flows(settings)
 
     from pipelines.flows import fan_out, training_flow
 
@@ -108,7 +110,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_retrain(args: argparse.Namespace) -> int:
     settings = _settings(args)  # first: Prefect reads its environment when imported
     preflight_tracking(settings)
-    _load_tensorflow()
+    _before_flows(settings)
     from pipelines.flows import fan_out, retraining_flow
 
     with fan_out(settings, retraining_flow) as flow:
@@ -125,7 +127,7 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     if args.days is not None and args.days < 1:
         raise PipelineError(f"--days {args.days}: days must be >= 1")
     preflight_tracking(settings)
-    _load_tensorflow()
+    _before_flows(settings)
     from pipelines.flows import forecast_flow
 
     result = forecast_flow(settings=settings, tickers=tickers, days=args.days)
@@ -160,7 +162,7 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    _load_tensorflow()
+    _before_flows(settings)
     from pipelines.demo import run_demo
 
     run_demo(settings, say=lambda text: print(text, flush=True))
@@ -186,7 +188,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         )
         preflight_run(settings, args.config_path, sources, configured)
     preflight_tracking(settings)
-    _load_tensorflow()
+    _before_flows(settings)
     from pipelines.flows.tuning import tuning_flow
 
     summary = tuning_flow(
@@ -201,6 +203,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     tickers = [checked_ticker(t) for t in args.tickers] if args.tickers else None
     check_stored(settings, tickers or [])
     preflight_tracking(settings)
+    _before_flows(settings, tensorflow=False)
     from pipelines.monitoring import render_status, scoring_flow, status
 
     results = scoring_flow(settings=settings, tickers=tickers)
@@ -290,8 +293,11 @@ def _progress_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipelines.runtime import quiet_interrupts
+
     args = build_parser().parse_args(argv)
     _progress_logging()
+    quiet_interrupts()  # Ctrl-C is one line, `interrupted`, below
     try:
         return COMMANDS[args.command](args)
     except PipelineError as exc:

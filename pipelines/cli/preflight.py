@@ -62,29 +62,25 @@ def preflight_run(
 ) -> None:
     """Check a run's input end to end before Prefect, TensorFlow or any write.
 
-    Every file is parsed and previewed against the store, and each ticker's would-be series
-    (or each `stored` ticker's series) is split, scaled, windowed and cut into backtest folds
-    as training will do it: too short a series, a lookback longer than the data, a constant
+    The files are parsed and planned into the store as `ingest` merges them (the store's own
+    dry run: the same clashes, the same messages), and each ticker's would-be series (or each
+    `stored` ticker's series) is split, scaled, windowed and cut into backtest folds as
+    training will do it: too short a series, a lookback longer than the data, a constant
     series or more folds than test rows fail here with one line, and nothing is stored.
     """
-    import pandas as pd
-
     from lstm_core.backtest import untrainable
     from pipelines.errors import FOLDS_ADVICE, InputError
     from pipelines.store import PriceStore
+    from pipelines.store.merge import tickers_of
 
     store = PriceStore(settings.store_path)
     check_stored(settings, stored)
-    frames: dict[str, tuple[str, pd.DataFrame]] = {}
-    for t in stored:
-        frames[t] = (str(settings.store_path), store.load(t))
-    for path in files:
-        parsed = parse_configured(settings, path, ticker)
-        for t, frame in store.preview_all(parsed, replace=settings.data.replace).items():
-            if t in frames:  # several files for one ticker: their union (first wins)
-                both = pd.concat([frames[t][1], frame], ignore_index=True)
-                frame = both.drop_duplicates("date").sort_values("date", ignore_index=True)
-            frames[t] = (path, frame)
+    frames = {t: (str(settings.store_path), store.load(t)) for t in stored}
+    parsed = [parse_configured(settings, path, ticker) for path in files]
+    # a ticker's series is named by the last file that adds to it
+    last_file = {t: path for path, p in zip(files, parsed, strict=True) for t in tickers_of(p)}
+    for t, frame in store.preview_files(parsed, replace=settings.data.replace).items():
+        frames[t] = (last_file[t], frame)
     cfg = config or "mlflow.yaml"
     for t, (path, frame) in frames.items():
         problem = untrainable(frame, settings.features, settings.evaluation)

@@ -142,12 +142,7 @@ class PriceStore:
 
         ``amount`` is included only when the ticker has at least one amount value.
         """
-        table = self.read_table(ticker)
-        if table.column("amount").null_count == table.num_rows:
-            table = table.drop_columns(["amount"])
-        df = table.to_pandas(date_as_object=False)
-        df["date"] = df["date"].astype("datetime64[ns]")
-        return df
+        return _frame(self.read_table(ticker))
 
     def dataset(self) -> ds.Dataset:
         """All stored tickers as one Arrow dataset with a ``ticker`` partition column.
@@ -210,22 +205,18 @@ class PriceStore:
                     list(pool.map(lambda f: self._apply(*f), final))
         return reports
 
-    def preview_all(self, parsed: ParsedFile, *, replace: bool = False) -> dict[str, pd.DataFrame]:
-        """What ``merge_all`` would store, per ticker, as :meth:`load` frames; writes nothing.
+    def preview_files(
+        self, files: Sequence[ParsedFile], *, replace: bool = False
+    ) -> dict[str, pd.DataFrame]:
+        """What ``merge_files`` would store, per ticker, as :meth:`load` frames; writes nothing.
 
-        Raises the same InputError as ``merge_all`` on a conflict. Used to check a file end to
-        end (including training feasibility) before anything is written.
+        The same plan as ``merge_files`` (each file against the store as the files before it
+        leave it), so the same InputError on a clash. Used to check files end to end, training
+        feasibility included, before anything is written.
         """
-        series, _ = self._plan_files([parsed], [list(split_by_ticker(parsed))], replace)
-        out: dict[str, pd.DataFrame] = {}
-        for ticker, s in series.items():
-            table = s.table
-            if table.column("amount").null_count == table.num_rows:
-                table = table.drop_columns(["amount"])
-            df = table.to_pandas(date_as_object=False)
-            df["date"] = df["date"].astype("datetime64[ns]")
-            out[ticker] = df
-        return out
+        parts = [list(split_by_ticker(p)) for p in files]
+        series, _ = self._plan_files(files, parts, replace)
+        return {ticker: _frame(s.table) for ticker, s in series.items()}
 
     def _plan_files(
         self,
@@ -343,6 +334,15 @@ def _refuse_case_twin(
             f"ticker {ticker!r} differs only in case from {twin!r}, which this ingest also "
             "stores: tickers are case-sensitive, so this would start two tickers; name both alike",
         )
+
+
+def _frame(table: pa.Table) -> pd.DataFrame:
+    """A stored table as :meth:`PriceStore.load` returns it (no all-null amount column)."""
+    if table.column("amount").null_count == table.num_rows:
+        table = table.drop_columns(["amount"])
+    df = table.to_pandas(date_as_object=False)
+    df["date"] = df["date"].astype("datetime64[ns]")
+    return df
 
 
 def _damaged(path: Path, exc: Exception) -> PipelineError:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -177,6 +179,60 @@ def test_retrain_rejects_an_incoming_file_whose_ticker_differs_only_in_case(trai
     refused = _case_twin_refused("test", "TEST", incoming).removeprefix("error: ").strip()
     assert f"rejected test.csv: {refused}" in out.stdout.splitlines(), out.stdout
     assert tree_bytes(trained_settings.store_path) == store
+
+
+@pytest.mark.parametrize("clash", ["value", "jump"])
+def test_run_refuses_files_that_clash_as_ingest_does_before_any_training(
+    tiny_project, capsys, clash
+):
+    """`run FILE FILE` checks the files as `ingest` merges them: a clash between the two is
+    refused with ingest's line, before Prefect, MLflow or any write."""
+    cfg = str(tiny_project / "mlflow.yaml")
+    main(["ingest", str(tiny_project / "prices" / "TEST.csv"), "--config", cfg])
+    store = tiny_project / "data" / "store"
+    before = tree_bytes(store)
+    capsys.readouterr()
+    frame = price_frame(130)
+    first = write_prices(tiny_project / "a" / "TEST.csv", frame.iloc[120:125])
+    if clash == "value":  # the first file's last day again, another open
+        second = frame.iloc[124:126].copy()
+        second.loc[124, "Open"] = second.loc[124, "Open"] * 1.001
+    else:  # the day after the first file's last row, at twice its close
+        second = frame.iloc[125:126].copy()
+        second[["Open", "High", "Low", "Close"]] = float(frame["Close"].iloc[124]) * 2
+    second = write_prices(tiny_project / "b" / "TEST.csv", second)
+    files = [str(first), str(second)]
+    names = sorted(p.name for p in tiny_project.iterdir())
+    assert main(["run", *files, "--config", cfg]) == 2
+    out, err = capsys.readouterr()
+    assert (out, len(err.splitlines())) == ("", 1), err
+    assert f"in {first}, line 6" in err
+    assert tree_bytes(store) == before
+    assert sorted(p.name for p in tiny_project.iterdir()) == names  # no mlflow.db, no .prefect
+    assert main(["ingest", *files, "--config", cfg]) == 2
+    assert capsys.readouterr().err == err
+
+
+def test_run_judges_the_files_together_as_ingest_stores_them(tiny_project, capsys):
+    """Two overlapping files each too short to train pass the pre-check together; nothing is
+    stored until it has passed (a tracking server that does not answer stops the run next)."""
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    cfg = str(tiny_project / "mlflow.yaml")
+    frame = price_frame(48)
+    first = write_prices(tiny_project / "a" / "TEST.csv", frame.iloc[:25])
+    second = write_prices(tiny_project / "b" / "TEST.csv", frame.iloc[20:])  # 5 days again
+    sets = ["--set", "features.lookback=20", "--set", f"tracking.uri={uri}"]
+    for path, rows in ((first, 25), (second, 28)):
+        assert main(["run", str(path), "--config", cfg, *sets]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {path}: cannot train TEST on its {rows} rows"), err
+    assert main(["run", str(first), str(second), "--config", cfg, *sets]) == 2
+    assert capsys.readouterr().err.startswith(f"error: tracking server {uri} does not answer")
+    assert not (tiny_project / "data" / "store").exists()
 
 
 @pytest.mark.parametrize(
@@ -489,6 +545,65 @@ def test_init_refuses_to_overwrite_and_run_names_ingest_for_an_unstored_ticker(t
         f"error: no prices stored for ticker 'ACME' in {project.resolve() / 'data' / 'store'}: "
         "store them first with: lstm-pipeline ingest FILE --ticker ACME"
     )
+
+
+@pytest.mark.slow  # a training in a subprocess, interrupted
+@pytest.mark.parametrize("signalled", ["group", "command"])
+def test_ctrl_c_during_run_is_one_line_exit_130_and_a_failed_mlflow_run(tmp_path, signalled):
+    """Ctrl-C while `run` trains: after the progress lines only `interrupted` (no Prefect
+    crash lines, no traceback), exit code 130, the MLflow run FAILED, no process left. A
+    terminal signals its whole foreground process group (Prefect's temporary API server
+    included); `kill -INT` signals the command alone."""
+    import signal
+    import threading
+
+    from mlflow.tracking import MlflowClient
+
+    from tests.pipelines.conftest import new_tiny_project
+    from tests.user_path import PROGRESS_LINE
+
+    project = new_tiny_project(tmp_path / "project")
+    proc = subprocess.Popen(
+        [str(BIN), "run", "--set=training.epochs=1000", "--set=evaluation.backtest_folds=0"],
+        cwd=project,
+        env=user_env(keep_pythonpath=True),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a process group of its own, as a terminal's command has
+    )
+    lines: list[str] = []
+    training = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line.rstrip("\n"))
+            if " epoch 1/1000 " in line:
+                training.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert training.wait(300), "\n".join(lines[-20:])
+        if signalled == "group":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=300)
+        reader.join(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    err = "\n".join(lines)
+    assert code == 130, err
+    assert "Crash detected" not in err and "Traceback" not in err, err
+    assert [line for line in lines if not PROGRESS_LINE.match(line)] == ["interrupted"], err
+    assert lines[-1] == "interrupted"
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    with pytest.raises(ProcessLookupError):  # Prefect's server stopped with the command
+        os.killpg(proc.pid, 0)
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
