@@ -27,6 +27,7 @@ from pipelines.config import Settings, resolve_tracking_uri
 from pipelines.errors import PipelineError
 from pipelines.fsio import file_lock
 from pipelines.retries import note_retry
+from pipelines.run_owner import TAG_SETTLED, owner_tags
 
 if TYPE_CHECKING:
     from lstm_core.predictor import Forecaster
@@ -221,7 +222,7 @@ def start_run(
         f"{ticker} to {data_tags.get(TAG_DATA_LAST_DATE, '?')} "
         f"{m.layers}x{m.units} {f.target_transform} lb{f.lookback}"
     )
-    tags = {TAG_TICKER: ticker, **data_tags}
+    tags = {TAG_TICKER: ticker, **data_tags, **owner_tags()}
     tags.update({f"lib.{k}": v for k, v in library_versions().items()})
     commit = _git_commit()
     if commit:
@@ -332,6 +333,26 @@ def _is_duplicate_key(exc: BaseException) -> bool:
 
 def end_run(run_id: str, ok: bool) -> None:
     _client().set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+
+def running_runs(experiment_id: str) -> dict[str, dict[str, str]]:
+    """The experiment's runs still RUNNING: run id -> tags."""
+    client, found, token = _client(), {}, None
+    while True:
+        page = client.search_runs(
+            [experiment_id], "attributes.status = 'RUNNING'", max_results=500, page_token=token
+        )
+        found.update({r.info.run_id: dict(r.data.tags) for r in page})
+        token = page.token
+        if not token:
+            return found
+
+
+def fail_orphan(run_id: str, note: str) -> None:
+    """End a run its own process left RUNNING (killed), saying why in a tag."""
+    client = _client()
+    client.set_tag(run_id, TAG_SETTLED, note)
+    client.set_terminated(run_id, "FAILED")
 
 
 def pip_requirements() -> list[str]:
@@ -537,7 +558,7 @@ def log_forecast(settings: Settings, ticker: str, version: str, path: Path) -> s
     run = _client().create_run(
         experiment_id,
         run_name=f"forecast {ticker} v{version}",
-        tags={TAG_TICKER: ticker, "kind": "forecast", "model_version": version},
+        tags={TAG_TICKER: ticker, "kind": "forecast", "model_version": version, **owner_tags()},
     )
     try:
         _client().log_artifact(run.info.run_id, str(path), "forecast")
@@ -568,7 +589,7 @@ def start_tuning_run(
     """The parent run of one study and ticker; trials become its nested runs."""
     from mlflow.entities import Param
 
-    tags = {**tags, TAG_KIND: "tuning"}
+    tags = {**tags, TAG_KIND: "tuning", **owner_tags()}
     tags.update({f"lib.{k}": v for k, v in library_versions().items()})
     run_id = _client().create_run(experiment_id, run_name=name, tags=tags).info.run_id
     batch = [Param(k, "" if v is None else str(v)) for k, v in params.items()]
@@ -588,6 +609,10 @@ def reopen_run(run_id: str, experiment_id: str) -> bool:
         return False
     if run.info.experiment_id != experiment_id or run.info.lifecycle_stage != "active":
         return False
+    from mlflow.entities import RunTag
+
+    # its owner now: set before it runs again, so no one takes it for the old owner's orphan
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in owner_tags().items()])
     client.update_run(run_id, status="RUNNING")
     return True
 
@@ -606,7 +631,7 @@ def start_trial_run(
     run = client.create_run(
         experiment_id,
         run_name=name,
-        tags={**tags, TAG_PARENT: parent_run_id, TAG_KIND: "tuning-trial"},
+        tags={**tags, TAG_PARENT: parent_run_id, TAG_KIND: "tuning-trial", **owner_tags()},
     )
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
     return run.info.run_id
@@ -691,6 +716,7 @@ def monitoring_run(settings: Settings, ticker: str, version: str) -> str:
             TAG_KIND: KIND_MONITORING,
             "model_version": version,
             "model_name": settings.registry.name_for(ticker),
+            **owner_tags(),
         },
     )
     return run.info.run_id

@@ -164,6 +164,7 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
 def _cmd_promote(args: argparse.Namespace) -> int:
     settings = _settings(args)
     ticker = checked_ticker(args.ticker)
+    preflight_tracking(settings)
     from pipelines.promotion import manual_promote
 
     print(manual_promote(settings, ticker, args.version, args.reason))
@@ -173,6 +174,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 def _cmd_rollback(args: argparse.Namespace) -> int:
     settings = _settings(args)
     ticker = checked_ticker(args.ticker)
+    preflight_tracking(settings)
     from pipelines.promotion import rollback
 
     print(rollback(settings, ticker))

@@ -68,10 +68,11 @@ def checked_ticker(ticker: str | None) -> str | None:
 def preflight_tracking(settings: Settings) -> None:
     """The tracking store answers and keeps its artifacts in the configured folder (not a
     project's moved here, nor a changed `tracking.artifact_location`), before a command
-    ingests, trains or forecasts."""
+    ingests, trains or forecasts; runs that killed processes left RUNNING are marked FAILED."""
     from pipelines import tracking
+    from pipelines.promotion import settle_orphaned_runs
 
-    tracking.connect(settings)
+    settle_orphaned_runs(tracking.connect(settings))
 
 
 def parse_configured(settings: Settings, path: Path | str, ticker: str | None):
