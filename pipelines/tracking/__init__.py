@@ -19,6 +19,7 @@ from pipelines.tracking.models import (
     load_model,
     log_forecaster,
     pip_requirements,
+    predict,
 )
 from pipelines.tracking.monitoring import (
     KIND_MONITORING,
@@ -130,6 +131,7 @@ __all__ = [
     "log_table",
     "monitoring_run",
     "pip_requirements",
+    "predict",
     "reopen_run",
     "register",
     "registered_model_exists",

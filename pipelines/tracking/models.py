@@ -1,14 +1,17 @@
 """The model: the forecaster logged as a pyfunc "from code" with pinned requirements, the
-registered champion loaded back, a version's forecaster folder downloaded."""
+registered champion loaded back and asked for a forecast, a version's forecaster folder
+downloaded."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from pipelines.errors import PipelineError
 from pipelines.tracking.connection import _client
 from pipelines.tracking.runs import library_versions, write_json_artifact
 
@@ -109,6 +112,19 @@ def load_model(name: str, alias: str):
 
     with _CODE_LOAD:
         return mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+
+
+def predict(model, frame: pd.DataFrame, params: Mapping[str, Any], label: str) -> pd.DataFrame:
+    """``model.predict``; a request the model refuses (lstm_core's DataError, which the pyfunc
+    raises as INVALID_PARAMETER_VALUE) is the user's to fix: a PipelineError naming `label`."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return model.predict(frame, params=params)
+    except MlflowException as exc:
+        if exc.error_code != "INVALID_PARAMETER_VALUE":
+            raise
+        raise PipelineError(f"{label}: {exc.message}") from None
 
 
 def download_forecaster(name: str, version: str, dst: Path) -> Path:
