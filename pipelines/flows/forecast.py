@@ -44,8 +44,6 @@ class ForecastResult:
 
 def forecast_one(settings: Settings, ticker: str, days: int) -> tuple[pd.DataFrame, Path]:
     """The champion's next `days` trading days: the latest file, plus rows in the log."""
-    from mlflow.exceptions import MlflowException
-
     quiet_tensorflow()
     name = settings.registry.name_for(ticker)
     tracking.connect(settings)
@@ -55,13 +53,7 @@ def forecast_one(settings: Settings, ticker: str, days: int) -> tuple[pd.DataFra
     inputs = model.metadata.get_input_schema().input_names()  # the columns the model reads
     # recalibrate: the conformal band also learns from the days since the model's validation
     params = {"days": days, "intervals": True, "recalibrate": True}
-    try:
-        frame = model.predict(history[inputs], params=params)
-    except MlflowException as exc:
-        if exc.error_code != "INVALID_PARAMETER_VALUE":
-            raise
-        # the model refuses the request (lstm_core's DataError): the user's to fix
-        raise PipelineError(f"{name} v{version.version}: {exc.message}") from None
+    frame = tracking.predict(model, history[inputs], params, f"{name} v{version.version}")
     frame.insert(0, "ticker", ticker)
     frame["model_version"] = version.version
     out_dir = settings.path(settings.data.forecasts)

@@ -13,6 +13,8 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def test_tuned_version_goes_through_the_promotion_gate(trained_settings):
+    from mlflow import MlflowClient
+
     from pipelines import tracking
     from pipelines.config import load_settings
     from pipelines.flows.tuning import tuning_flow
@@ -51,11 +53,11 @@ def test_tuned_version_goes_through_the_promotion_gate(trained_settings):
 
     # the retrained run is the best configuration's, linked to the study's parent run
     assert result.study.best_params["model.units"] != settings.model.units == 4
-    client_run = tracking._client().get_run(final.run_id)
+    client_run = MlflowClient().get_run(final.run_id)
     for key, value in result.study.best_params.items():
         assert client_run.data.params[key] == str(value)
     assert client_run.data.tags[tracking.TAG_TUNED_BY] == result.study.parent_run_id
-    parent = tracking._client().get_run(result.study.parent_run_id)
+    parent = MlflowClient().get_run(result.study.parent_run_id)
     assert parent.data.tags[tracking.TAG_TUNED_RUN] == final.run_id
     assert parent.data.tags["tuning.registered_version"] == "2"
 
