@@ -68,7 +68,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     # Every file is validated, then all are merged as one: each is checked against the store
     # as the files before it leave it, and nothing is written unless every file passes.
     parsed = [parse_configured(settings, path, ticker) for path in args.files]
-    for path, reports in zip(args.files, store.merge_files(parsed, replace=replace), strict=True):
+    merged = store.merge_files(parsed, replace=replace)
+    for path, reports in zip(args.files, merged, strict=True):
         for report in reports:
             print(f"{path}: {describe(report)}")
             # A served retraining deployment listens for this (only a server can hear it).
@@ -76,6 +77,12 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
                 from pipelines.flows import emit_updated
 
                 emit_updated(settings, report.ticker, report.added + report.replaced)
+    # A warning, not a refusal: real series have suspensions, but forecasts for the missing
+    # sessions cannot be scored, and the user should know before `score` says so.
+    for line in store.gap_warnings(
+        [r for reports in merged for r in reports], settings.data.calendar
+    ):
+        logging.getLogger("pipelines").warning(line)
     return 0
 
 

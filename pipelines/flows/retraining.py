@@ -4,6 +4,7 @@ of each ticker whose data changed or whose champion decays."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from pipelines.errors import PipelineError
 from pipelines.flows.common import Summary, publish_results, resolve_settings, run_name
 from pipelines.flows.training import map_tickers
 from pipelines.store import PriceStore, describe
+
+log = logging.getLogger("pipelines")
 
 
 def _move(src: Path, folder: Path) -> Path:
@@ -91,6 +94,8 @@ def retraining_flow(
         # Only once the rows are safely in the store does the file leave the incoming folder.
         _move(path, settings.path(settings.data.archive))
         summary.notes.extend(f"ingested {path.name}: {describe(r)}" for r in reports)
+        for line in PriceStore(settings.store_path).gap_warnings(reports, settings.data.calendar):
+            log.warning(line)
     # The champion already decays: the scoring below decides on it, so no event is emitted.
     live = monitoring.score_all(settings, emit=False)
     todo: list[str] = []

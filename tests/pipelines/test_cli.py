@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ from pipelines.cli import main
 from pipelines.store import PriceStore
 from tests.pipelines.conftest import price_frame, tree_bytes, write_prices
 from tests.user_path import (
+    REPO,
     TINY,
     assert_only_progress,
     checkout_state,
@@ -812,6 +814,70 @@ def test_ping_an_forecast_days_are_shanghai_shenzhen_trading_days(tmp_path):
         "2023-05-08",
         "2023-05-09",
         "2023-05-10",
+    ]
+
+
+# The MSFT sample's rows of 30 and 31 October 2017, as a user's next download.
+LATE_MSFT = (
+    "Date,Open,High,Low,Close,Volume,OpenInt\n"
+    "2017-10-30,83.8,84.325,83.105,83.89,31756653,0\n"
+    "2017-10-31,84.36,84.36,83.11,83.18,27086575,0\n"
+)
+
+
+def _warnings(stderr: str) -> list[str]:
+    """The gap warnings of a command's stderr, without their time stamps."""
+    return [x.split(" ", 1)[1] for x in stderr.splitlines() if "sessions missing" in x]
+
+
+@pytest.mark.slow  # init, ingest, a tiny training, forecast, ingest, score, retrain: subprocesses
+def test_forecasts_for_sessions_missing_from_the_store_are_not_scored(tmp_path):
+    """A user's test: forecasts made on 2017-10-13 for the 16th to the 20th were scored against
+    the prices of the 30th and 31st, the next stored days, as the 10 New York sessions between
+    were never ingested; nothing said so, and the coverage 0 could have called a retraining."""
+    env = user_env(keep_pythonpath=True)
+    lines = (REPO / "data" / "msft.csv").read_text(encoding="utf-8").splitlines()
+    history = [lines[0], *[x for x in lines[1:] if x < "2017-10-14"][-150:]]  # to the 13th
+    assert cli(BIN, "init", "p", cwd=tmp_path, env=env, timeout=120).returncode == 0
+    project = tmp_path / "p"
+    (project / "head.csv").write_text("\n".join(history) + "\n", encoding="utf-8")
+    (project / "late.csv").write_text(LATE_MSFT, encoding="utf-8")
+    out = cli(BIN, "ingest", "head.csv", "--ticker", "MSFT", cwd=project, env=env)
+    assert (out.returncode, out.stderr) == (0, ""), out.stderr  # a first ingest: no warning
+    out = cli(BIN, "run", "--ticker", "MSFT", *TINY, cwd=project, env=env, timeout=600)
+    assert out.returncode == 0 and "CHAMPION" in out.stdout, out.stderr[-3000:]
+    out = cli(BIN, "forecast", "--ticker", "MSFT", cwd=project, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    out = cli(BIN, "ingest", "late.csv", "--ticker", "MSFT", cwd=project, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "MSFT +2 new" in out.stdout
+    assert_only_progress(out)
+    assert _warnings(out.stderr) == [
+        "MSFT: 10 XNYS sessions missing between 2017-10-13 and 2017-10-30 "
+        "(2017-10-16..2017-10-27): forecasts for them are not scored"
+    ]
+    assert len(out.stderr.splitlines()) == 1
+
+    out = cli(BIN, "score", cwd=project, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    # the five forecasts (16th to 20th) are not scored: two would have landed on the 30th
+    # and 31st, the other three's days went by unstored
+    assert "MSFT: 5 forecasts not scored: their days are missing from the store" in out.stdout
+    out = cli(BIN, "status", "--json", cwd=project, env=env, timeout=300)
+    [row] = json.loads(out.stdout)
+    assert (row["not_scored"], row["pending"], row["scored_days"]) == (5, 0, 0), row
+    assert row["live_rmse"] is None and not row["degraded"]
+
+    # the retraining's incoming files are checked alike (a file named by its ticker; enough
+    # new rows asked for that this one does not train)
+    nov = LATE_MSFT.splitlines()[0] + "\n2017-11-10,83.79,84.095,83.23,83.87,19396301,0\n"
+    (project / "data" / "incoming" / "MSFT.csv").write_text(nov, encoding="utf-8")
+    out = cli(BIN, "retrain", "--set=data.min_new_rows=50", cwd=project, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert _warnings(out.stderr) == [
+        "MSFT: 7 XNYS sessions missing between 2017-10-31 and 2017-11-10 "
+        "(2017-11-01..2017-11-09): forecasts for them are not scored"
     ]
 
 
