@@ -179,6 +179,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     # here (the configured values and the search space's), so a wrong path, or a space the
     # data cannot window, is one line and not a failed flow run.
     from pipelines.store import PriceStore
+    from pipelines.tuning import check_study
 
     configured = settings.data.ticker
     store = PriceStore(settings.store_path)
@@ -187,9 +188,12 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             settings, args.config_path, "lstm-pipeline ingest FILE", "tune --ticker T"
         )
         preflight_run(settings, args.config_path, sources, configured, space=True)
+        searched = [configured]
     else:  # the tickers the flow will search
         searched = tickers or ([configured] if configured else store.tickers())
         preflight_run(settings, args.config_path, [], None, stored=tuple(searched), space=True)
+    for ticker in searched:
+        check_study(settings, ticker)
     preflight_tracking(settings)
     _before_flows(settings)
     from pipelines.flows.tuning import tuning_flow

@@ -146,6 +146,25 @@ def test_second_run_continues_the_study(searched):
     assert len(set(rates)) == len(rates)
 
 
+def test_a_study_resumes_only_under_the_settings_its_trials_were_made_under(searched):
+    """What a served tuning run (no command-line pre-flight) meets: other fixed settings are
+    refused before any trial or MLflow run, and the parent keeps the study's own."""
+    from pipelines import tuning
+    from pipelines.errors import PipelineError
+
+    settings, first, second, study = searched
+    one_epoch = settings.model_copy(
+        update={"training": settings.training.model_copy(update={"epochs": 1})}
+    )
+    _, poisoned = _poisoned_frame(settings)
+    with pytest.raises(PipelineError, match=r"training\.epochs 2 \(now 1\)"):
+        tuning.run_study(one_epoch, "TEST", poisoned, "2020-06-16", trials=1)
+    assert len(tuning.load_study(settings, "TEST").trials) == len(study.trials)
+    assert study.user_attrs["made_under"]["fixed.training.epochs"] == "2"
+    parent = _client().get_run(first.parent_run_id)
+    assert parent.data.params["fixed.training.epochs"] == "2"
+
+
 @pytest.mark.slow  # two spawned worker processes, each importing TensorFlow, MLflow and Optuna
 def test_a_resumed_study_continues_in_two_worker_processes(tmp_path):
     from pipelines import tracking, tuning
