@@ -60,7 +60,7 @@ def _counts(study: Any) -> dict[str, int]:
     return out
 
 
-def _figures(study: Any) -> dict[str, Any]:
+def _figures(study: Any, ticker: str) -> dict[str, Any]:
     """Optuna's optimization history and parameter importances (matplotlib: no plotly)."""
     import matplotlib
 
@@ -77,11 +77,24 @@ def _figures(study: Any) -> dict[str, Any]:
             log.warning("no optimization-history plot: %s", exc)
         complete = [t for t in study.trials if t.state.name == "COMPLETE"]
         if len(complete) >= 2:
-            try:
-                figures["param_importances"] = ovm.plot_param_importances(study).figure
-            except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-                # e.g. all complete trials drew the same values: nothing to attribute
-                log.warning("no parameter-importance plot: %s", exc)
+            # Optuna warns once per parameter when its importance rests on too few trials:
+            # kept off stderr here, and said once below.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UserWarning)
+                try:
+                    figures["param_importances"] = ovm.plot_param_importances(study).figure
+                except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+                    # e.g. all complete trials drew the same values: nothing to attribute
+                    log.warning("no parameter-importance plot: %s", exc)
+            doubts = [w for w in caught if issubclass(w.category, UserWarning)]
+            if doubts and "param_importances" in figures:
+                log.info(
+                    "%s: parameter importances from %d complete trials may be inaccurate "
+                    "(Optuna: %s)",
+                    ticker,
+                    len(complete),
+                    str(doubts[0].message).split(". ")[0],
+                )
     return figures
 
 
@@ -208,7 +221,7 @@ def run_study(
         tags["best.run_id"] = best.user_attrs.get("mlflow_run_id", "")
     if math.isfinite(result.default_value):
         metrics["default_val_rmse"] = result.default_value
-    figures = _figures(study)
+    figures = _figures(study, ticker)
     try:
         tracking.finish_tuning_run(
             parent,
