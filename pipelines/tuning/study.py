@@ -39,6 +39,7 @@ class StudyResult:
     storage: str
     parent_run_id: str
     best_params: dict[str, Any] = field(default_factory=dict)
+    best_trial: int | None = None
     best_value: float = float("nan")
     default_value: float = float("nan")
     counts: dict[str, int] = field(default_factory=dict)
@@ -215,6 +216,7 @@ def run_study(
     if result.counts["complete"]:
         best = study.best_trial
         result.best_params, result.best_value = dict(best.params), float(best.value)
+        result.best_trial = best.number
         metrics["best_val_rmse"] = result.best_value
         tags = {f"best.{k}": v for k, v in best.params.items()}
         tags["best.trial"] = best.number
