@@ -183,17 +183,24 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         if value is not None and value <= 0:
             raise PipelineError(f"{flag}: must be positive, got {value}")
     # The flow searches stored tickers, or stores the configured sources first: check those
-    # here, so a wrong path is one line and not a failed flow run.
+    # here (the configured values and the search space's), so a wrong path, or a space the
+    # data cannot window, is one line and not a failed flow run.
     from pipelines.store import PriceStore
+    from pipelines.tuning import check_study
 
     configured = settings.data.ticker
-    if tickers:
-        preflight_run(settings, args.config_path, [], None, stored=tuple(tickers))
-    elif configured and PriceStore(settings.store_path).manifest(configured) is None:
+    store = PriceStore(settings.store_path)
+    if not tickers and configured and store.manifest(configured) is None:
         sources = configured_sources(
             settings, args.config_path, "lstm-pipeline ingest FILE", "tune --ticker T"
         )
-        preflight_run(settings, args.config_path, sources, configured)
+        preflight_run(settings, args.config_path, sources, configured, space=True)
+        searched = [configured]
+    else:  # the tickers the flow will search
+        searched = tickers or ([configured] if configured else store.tickers())
+        preflight_run(settings, args.config_path, [], None, stored=tuple(searched), space=True)
+    for ticker in searched:
+        check_study(settings, ticker)
     preflight_tracking(settings)
     _before_flows(settings)
     from pipelines.flows.tuning import tuning_flow

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from pipelines.tracking.connection import _client
+from pipelines.tracking.registry import RegisteredVersion, get_version, tag_version
 from pipelines.tracking.runs import TAG_KIND, library_versions, log_figures, log_metrics, log_table
 
 TAG_PARENT = "mlflow.parentRunId"  # what makes a run nested under another in the UI
@@ -17,6 +18,8 @@ TAG_TRIAL = "optuna.trial"
 TAG_TRIAL_STATE = "optuna.state"
 TAG_TUNED_BY = "tuning.parent_run_id"
 TAG_TUNED_RUN = "tuning.final_run_id"
+TAG_TUNED_VERSION = "tuning.registered_version"  # on the parent: the version it registered
+TAG_TUNED_TRIAL = "tuning.trial"  # on that version: the study's trial it retrained
 TRIAL_STATUS = {"complete": "FINISHED", "pruned": "KILLED", "fail": "FAILED"}
 
 
@@ -98,10 +101,27 @@ def finish_tuning_run(
     client.set_terminated(run_id, "FINISHED")
 
 
-def link_tuned_run(parent_run_id: str, run_id: str, version: str | None) -> None:
-    """Tie the retrained best configuration's run and the study's parent run together."""
+def link_tuned_run(
+    parent_run_id: str, run_id: str, model_name: str, version: str | None, trial: int
+) -> None:
+    """Tie the retrained best configuration's run and the study's parent run together; the
+    registered version records the trial it retrained."""
     client = _client()
     client.set_tag(run_id, TAG_TUNED_BY, parent_run_id)
     client.set_tag(parent_run_id, TAG_TUNED_RUN, run_id)
     if version is not None:
-        client.set_tag(parent_run_id, "tuning.registered_version", version)
+        tag_version(model_name, version, {TAG_TUNED_TRIAL: trial})
+        client.set_tag(parent_run_id, TAG_TUNED_VERSION, version)
+
+
+def last_tuned_version(parent_run_id: str, model_name: str) -> RegisteredVersion | None:
+    """The version the study's last retrained best configuration was registered as, if any
+    (and if it still exists)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    try:
+        version = client.get_run(parent_run_id).data.tags.get(TAG_TUNED_VERSION)
+        return get_version(model_name, version) if version else None
+    except MlflowException:
+        return None
