@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from typing import Any
 
@@ -48,8 +49,9 @@ def _cmd_init(args: argparse.Namespace) -> int:
     print(f"created {created[0]}")
     for path in created[1:]:
         print(f"created {path.relative_to(root)}/")
+    # quoted, so the line pastes into a shell whatever the folder's name holds
     print(
-        f"next: cd {root} && lstm-pipeline ingest PRICES.csv --ticker T "
+        f"next: cd {shlex.quote(str(root))} && lstm-pipeline ingest PRICES.csv --ticker T "
         "&& lstm-pipeline run --ticker T"
     )
     return 0

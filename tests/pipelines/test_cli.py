@@ -1038,3 +1038,27 @@ def test_retrain_prints_the_mlflow_ui_line_only_when_a_run_exists(
     assert "NEW: retrain (no model yet)" in out
     assert "NEW: FAILED: OSError: the disk went away" in out
     assert "MLflow UI" not in out
+
+
+# ---------------------------------------------------------------- commands to paste, logs to read
+
+SPACED = "my proj ü 价格"  # a folder name a shell splits, with non-ASCII letters
+
+
+def test_printed_commands_paste_into_a_shell_for_a_path_with_spaces(tmp_path, capsys):
+    """`init`'s `next: cd ...` and the `mlflow ui` line that `run` and `retrain` print: split as
+    a shell splits them, each gives the project's own path as one argument."""
+    import shlex
+
+    from pipelines import tracking
+    from pipelines.config import load_settings
+
+    folder = tmp_path / SPACED
+    assert main(["init", str(folder)]) == 0
+    [line] = [x for x in capsys.readouterr().out.splitlines() if x.startswith("next: ")]
+    assert shlex.split(line.removeprefix("next: "))[:3] == ["cd", str(folder.resolve()), "&&"]
+    settings = load_settings(folder / "mlflow.yaml", env={})
+    assert shlex.split(tracking.ui_command(settings)) == [
+        *("mlflow", "ui", "--backend-store-uri", f"sqlite:///{folder.resolve() / 'mlflow.db'}"),
+        *("--host", "127.0.0.1", "--port", "5000"),
+    ]
