@@ -308,9 +308,18 @@ def _progress_logging() -> None:
         logger.propagate = False
 
 
+def _line_buffered_stdout() -> None:
+    # Redirected to a file (cron: `retrain > log 2>&1`) stdout is block-buffered and stderr
+    # is not: each printed line must reach the file before the progress lines after it.
+    reconfigure = getattr(sys.stdout, "reconfigure", None)  # absent on a test's capture
+    if reconfigure is not None:
+        reconfigure(line_buffering=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipelines.runtime import quiet_interrupts
 
+    _line_buffered_stdout()
     args = build_parser().parse_args(argv)
     _progress_logging()
     quiet_interrupts()  # Ctrl-C is one line, `interrupted`, below

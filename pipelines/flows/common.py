@@ -51,6 +51,12 @@ class Summary:
     def ok(self) -> bool:
         return all(r.error is None for r in self.results)
 
+    def note(self, text: str) -> None:
+        """A line of the summary, also logged as progress now: the summary is printed when the
+        run ends, and a log (`retrain > log 2>&1`) must say why before the training it starts."""
+        log.info("%s", text)
+        self.notes.append(text)
+
     def render(self) -> str:
         out = [*self.notes, *(r.render(self.settings) for r in self.results)]
         if any(r.run_id for r in self.results):  # a run to look at

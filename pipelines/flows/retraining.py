@@ -29,6 +29,16 @@ def _move(src: Path, folder: Path) -> Path:
     return dst
 
 
+def _write_error(rejected: Path, incoming: Path, exc: Exception) -> None:
+    """`<rejected copy>.error.txt`: the error, naming the copy beside it (the incoming path
+    is gone, and the next file of that name there is another one), and where it came from."""
+    text = str(exc).replace(str(incoming), str(rejected))
+    note = f"(moved here by retrain from {incoming})"
+    rejected.with_name(rejected.name + ".error.txt").write_text(
+        f"{text}\n{note}\n", encoding="utf-8"
+    )
+
+
 def _too_few_rows(settings: Settings, ticker: str, rows: int) -> str | None:
     """Why the stored series cannot be trained yet (None: it can), without training."""
     frame = PriceStore(settings.store_path).load(ticker)
@@ -87,13 +97,14 @@ def retraining_flow(
             reports = tasks.ingest_cached(settings, str(path), None)
         except PipelineError as exc:
             dst = _move(path, settings.path(settings.data.rejected))
-            dst.with_name(dst.name + ".error.txt").write_text(f"{exc}\n", encoding="utf-8")
-            summary.notes.append(f"rejected {path.name}: {exc}")
+            _write_error(dst, path, exc)
+            summary.note(f"rejected {path.name}: {exc}")
             summary.rejected.append(path.name)
             continue
         # Only once the rows are safely in the store does the file leave the incoming folder.
         _move(path, settings.path(settings.data.archive))
-        summary.notes.extend(f"ingested {path.name}: {describe(r)}" for r in reports)
+        for r in reports:
+            summary.note(f"ingested {path.name}: {describe(r)}")
         for line in PriceStore(settings.store_path).gap_warnings(reports, settings.data.calendar):
             log.warning(line)
     # The champion already decays: the scoring below decides on it, so no event is emitted.
@@ -110,7 +121,7 @@ def retraining_flow(
             else:
                 stale, reason = True, "degraded"
                 why = "champion degraded: " + "; ".join(score.verdict.reasons)
-        summary.notes.append(f"{ticker}: {'retrain' if stale else 'skip'} ({why})")
+        summary.note(f"{ticker}: {'retrain' if stale else 'skip'} ({why})")
         if stale:
             todo.append(ticker)
             tags[ticker] = {
@@ -119,7 +130,7 @@ def retraining_flow(
                 "retrain.detail": why[:5000],
             }
     if not todo:
-        summary.notes.append("nothing changed: no ticker to retrain")
+        summary.note("nothing changed: no ticker to retrain")
         artifacts.name_run("retrain: nothing to do")
         return summary
     artifacts.name_run(run_name("retrain", settings, todo))

@@ -1062,3 +1062,44 @@ def test_printed_commands_paste_into_a_shell_for_a_path_with_spaces(tmp_path, ca
         *("mlflow", "ui", "--backend-store-uri", f"sqlite:///{folder.resolve() / 'mlflow.db'}"),
         *("--host", "127.0.0.1", "--port", "5000"),
     ]
+
+
+@pytest.mark.slow  # the retraining flow (a training) in a subprocess
+def test_retrain_into_one_log_file_says_why_before_the_training_it_starts(trained_tiny, tmp_path):
+    """`retrain > log 2>&1`, as cron runs it: the file reads in the order things happened
+    (the ingest and the decision before the training's progress), and its `MLflow UI:` line
+    pastes into a shell for a project whose path has spaces."""
+    import shlex
+
+    from tests.pipelines.conftest import copy_of
+
+    with copy_of(trained_tiny, tmp_path / SPACED) as settings:
+        project = settings.base_dir
+    write_prices(project / "data" / "incoming" / "TEST.csv", price_frame(130).iloc[120:])
+    log = tmp_path / "retrain.log"
+    with log.open("w") as out:
+        proc = subprocess.run(
+            [str(BIN), "retrain", "--set=evaluation.backtest_folds=0"],
+            cwd=project,
+            env=user_env(keep_pythonpath=True),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=600,
+            check=False,
+        )
+    lines = log.read_text(encoding="utf-8").splitlines()
+    assert proc.returncode == 0, lines[-30:]
+
+    def first(text: str) -> int:
+        return next(i for i, line in enumerate(lines) if text in line)
+
+    ingested, decided = first("ingested TEST.csv: TEST +10 new"), first("TEST: retrain (gained")
+    assert ingested < decided < first("TEST: 130 rows ") < first("TEST: test RMSE"), lines
+    [ui] = [x for x in lines if x.startswith("MLflow UI: ")]
+    uri = f"sqlite:///{project.resolve() / 'mlflow.db'}"
+    assert shlex.split(ui.removeprefix("MLflow UI: "))[:4] == [
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+    ]

@@ -38,9 +38,15 @@ def test_retrain_rejects_a_file_whose_close_jumps_against_the_stored_one(trained
     out, err = capsys.readouterr()
     assert "rejected TEST.csv:" in out and "stored for TEST" in out
     assert "ERROR" not in err and "Traceback" not in err
-    rejected = sorted(p.name for p in (project / "data" / "rejected").iterdir())
+    folder = project / "data" / "rejected"
+    rejected = sorted(p.name for p in folder.iterdir())
     assert len(rejected) == 2 and rejected[1] == rejected[0] + ".error.txt"
-    assert "line 2, column 'Close'" in (project / "data" / "rejected" / rejected[1]).read_text()
+    # The error names the rejected copy beside it (the incoming path is gone) and its origin.
+    error = (folder / rejected[1]).read_text(encoding="utf-8").splitlines()
+    assert error[0].startswith(f"{folder / rejected[0]}, line 2, column 'Close': "), error
+    assert error[1:] == [
+        f"(moved here by retrain from {project / 'data' / 'incoming' / 'TEST.csv'})"
+    ]
     assert tree_bytes(trained_settings.store_path) == before
     assert "TEST: skip" in out  # nothing new was stored: no training on the bad row
 
