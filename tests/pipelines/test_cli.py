@@ -807,8 +807,8 @@ def test_ping_an_forecast_days_are_shanghai_shenzhen_trading_days(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     import pandas as pd
 
-    dates = pd.read_parquet(project / "data" / "forecasts" / "PAB.parquet")["date"]
-    assert list(dates.dt.strftime("%Y-%m-%d")) == [
+    dates = pd.read_parquet(project / "data" / "forecasts" / "PAB.parquet")["expected_date"]
+    assert [str(d) for d in dates] == [
         "2023-05-04",
         "2023-05-05",
         "2023-05-08",
