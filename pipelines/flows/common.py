@@ -71,14 +71,29 @@ def resolve_settings(
     return settings if settings is not None else load_settings(config_path, overrides or ())
 
 
-def emit_updated(settings: Settings, ticker: str, added: int) -> None:
-    from prefect.events import emit_event
+def emit_updated(settings: Settings, gained: dict[str, int]) -> None:
+    """Send `schedule.event` for each ticker (rows added or replaced) to the Prefect API and
+    return once sent. Not `emit_event`: it queues events for a background worker, which,
+    when the process ends right after, warns "Still processing items" on stderr."""
+    import asyncio
 
-    emit_event(
-        event=settings.schedule.event,
-        resource={"prefect.resource.id": f"lstm.ticker.{ticker}", "ticker": ticker},
-        payload={"added": added},
-    )
+    from prefect.events import Event, get_events_client
+
+    events = [
+        Event(
+            event=settings.schedule.event,
+            resource={"prefect.resource.id": f"lstm.ticker.{ticker}", "ticker": ticker},
+            payload={"added": added},
+        )
+        for ticker, added in gained.items()
+    ]
+
+    async def send() -> None:
+        async with get_events_client(reconnection_attempts=2) as client:
+            for event in events:
+                await client.emit(event)
+
+    asyncio.run(send())
 
 
 def publish_results(settings: Settings, kind: str, results: list[TickerResult]) -> None:

@@ -1040,6 +1040,72 @@ def test_retrain_prints_the_mlflow_ui_line_only_when_a_run_exists(
     assert "MLflow UI" not in out
 
 
+@pytest.mark.usefixtures("prefect_harness")
+def test_ingest_against_a_prefect_api_is_one_line_and_the_event_arrives(tiny_project):
+    """With PREFECT_API_URL set, `ingest` emits `prices.updated` and waits until it is sent:
+    no Prefect "EventsWorker - Still processing items" warning after its one line."""
+    import datetime as dt
+    import time
+
+    from prefect import get_client
+    from prefect.events.filters import (
+        EventFilter,
+        EventNameFilter,
+        EventOccurredFilter,
+        EventResourceFilter,
+    )
+    from prefect.settings import PREFECT_API_URL
+
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    env = {**user_env(keep_pythonpath=True), "PREFECT_API_URL": PREFECT_API_URL.value()}
+    out = cli(BIN, "ingest", "prices/TEST.csv", "--ticker", "TEST", cwd=tiny_project, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stderr == ""
+    assert out.stdout.startswith("prices/TEST.csv: TEST +120 new") and out.stdout.count("\n") == 1
+
+    def arrived() -> list:
+        wanted = EventFilter(  # `until` defaults to now
+            occurred=EventOccurredFilter(since=since),
+            event=EventNameFilter(name=["prices.updated"]),
+            resource=EventResourceFilter(id=["lstm.ticker.TEST"]),
+        )
+        return client.read_events(filter=wanted, limit=10).events
+
+    deadline = time.monotonic() + 60  # the server stores events in batches
+    with get_client(sync_client=True) as client:
+        while not (events := arrived()):
+            assert time.monotonic() < deadline, "the prices.updated event never arrived"
+            time.sleep(1)
+    assert [e.payload for e in events] == [{"added": 120}]
+
+
+def test_ingest_with_a_prefect_api_that_does_not_answer_stores_and_says_so(tiny_project):
+    """The rows are stored (exit 0); one line says the event was not sent, and why. Both
+    streams to one file (`ingest ... >> log 2>&1`): the stored line comes first, as printed."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/api"
+    out = subprocess.run(
+        [str(BIN), "ingest", "prices/TEST.csv", "--ticker", "TEST"],
+        cwd=tiny_project,
+        env={**user_env(keep_pythonpath=True), "PREFECT_API_URL": url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-2000:]
+    stored, warning = out.stdout.splitlines()
+    assert stored.startswith("prices/TEST.csv: TEST +120 new"), out.stdout
+    assert warning.startswith(f"warning: prices.updated not sent to {url} (") and warning.endswith(
+        "): the rows are stored, but no served retraining starts from them"
+    ), out.stdout
+    assert PriceStore(tiny_project / "data" / "store").manifest("TEST").rows == 120
+
+
 # ---------------------------------------------------------------- commands to paste, logs to read
 
 SPACED = "my proj ü 价格"  # a folder name a shell splits, with non-ASCII letters
