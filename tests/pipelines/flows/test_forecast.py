@@ -72,3 +72,25 @@ def test_the_latest_forecast_has_the_logs_columns_and_concatenates_with_it(train
     both = pd.concat([log, latest], ignore_index=True)
     assert len(both.drop_duplicates(["ticker", *KEY])) == len(log)
     assert "expected_date" in result.render() and "test-TEST v1, made on" in result.render()
+
+
+def test_forecast_runs_are_tagged_so_the_runs_table_can_leave_them_out(trained_settings):
+    """Each forecast is an MLflow run of kind `forecast` and each training one of kind
+    `training`: the README's filters (`tags.kind != 'forecast'`) show the training alone."""
+    from mlflow import MlflowClient
+
+    from pipelines import tracking
+    from pipelines.flows import forecast_flow
+
+    experiment = tracking.connect(trained_settings)
+
+    def names(where: str) -> list[str]:
+        return sorted(r.info.run_name for r in MlflowClient().search_runs([experiment], where))
+
+    before = len(names("tags.kind = 'forecast'"))  # the new champion's first forecast
+    for _ in range(2):
+        assert forecast_flow(settings=trained_settings, tickers=["TEST"], days=1).ok
+    assert names("tags.kind = 'forecast'") == ["forecast TEST v1"] * (before + 2)
+    [training] = names("tags.kind != 'forecast'")
+    assert training.startswith("TEST to ")
+    assert names("tags.kind = 'training'") == [training]
