@@ -1,6 +1,7 @@
 """Live monitoring: log the champion's forecasts, score them as prices arrive, report, alert.
 
-- :func:`log_forecast` appends a forecast to the forecast log (pipelines.forecast_log).
+- :func:`forecast_rows` and :func:`log_forecast` append a forecast to the forecast log
+  (pipelines.forecast_log).
 - :func:`score` matches a ticker's logged forecasts to the stored prices and computes, per
   version, the live figures over the rolling window and since the version became champion.
 - :func:`score_ticker` (a task; also run at the start of retraining) records the champion's
@@ -37,15 +38,11 @@ def forecast_log(settings: Settings) -> ForecastLog:
     return ForecastLog(settings.path(settings.data.forecasts) / "log", settings.path(".locks"))
 
 
-def log_forecast(
-    settings: Settings,
-    ticker: str,
-    frame: pd.DataFrame,
-    made_on: Any,
-    version: tracking.RegisteredVersion,
-) -> int:
-    """Append a champion's forecast frame to the log; returns the rows added (0: known)."""
-    rows = rows_from_forecast(
+def forecast_rows(
+    settings: Settings, frame: pd.DataFrame, made_on: Any, version: tracking.RegisteredVersion
+) -> pd.DataFrame:
+    """A champion's forecast frame as forecast-log rows (the log's columns)."""
+    return rows_from_forecast(
         frame,
         made_on=made_on,
         model_name=version.name,
@@ -53,6 +50,10 @@ def log_forecast(
         run_id=version.run_id,
         target=settings.features.target,
     )
+
+
+def log_forecast(settings: Settings, ticker: str, rows: pd.DataFrame) -> int:
+    """Append `forecast_rows` to the log; returns the rows added (0: known)."""
     return forecast_log(settings).append(ticker, rows)
 
 

@@ -224,7 +224,7 @@ def training_flow(
     for path in files or []:
         reports = tasks.ingest_cached(settings, path, ticker)
         for report in reports:
-            summary.notes.append(f"ingested {path}: {describe(report)}")
+            summary.note(f"ingested {path}: {describe(report)}")
             if report.ticker not in touched:
                 touched.append(report.ticker)
         for line in store.gap_warnings(reports, settings.data.calendar):

@@ -4,6 +4,7 @@ artifact-root checks) and the addresses a user opens (the UI command, a run's pa
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 from pipelines.config import Settings, resolve_tracking_uri
@@ -115,7 +116,10 @@ def ui_command(settings: Settings) -> str:
     uri = resolve_tracking_uri(settings)
     if uri.startswith("http"):
         return f"open {uri}"
-    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    # quoted, so the line pastes into a shell whatever the project folder's name holds
+    return shlex.join(
+        ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", "5000"]
+    )
 
 
 def run_url(settings: Settings, run_id: str) -> str:

@@ -77,7 +77,8 @@ def start_run(
         f"{ticker} to {data_tags.get(TAG_DATA_LAST_DATE, '?')} "
         f"{m.layers}x{m.units} {f.target_transform} lb{f.lookback}"
     )
-    tags = {TAG_TICKER: ticker, **data_tags}
+    # kind: as every run of the experiment has, so the UI can filter (`tags.kind = 'training'`)
+    tags = {TAG_TICKER: ticker, TAG_KIND: "training", **data_tags}
     tags.update({f"lib.{k}": v for k, v in library_versions().items()})
     commit = _git_commit()
     if commit:

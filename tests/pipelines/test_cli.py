@@ -807,8 +807,8 @@ def test_ping_an_forecast_days_are_shanghai_shenzhen_trading_days(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     import pandas as pd
 
-    dates = pd.read_parquet(project / "data" / "forecasts" / "PAB.parquet")["date"]
-    assert list(dates.dt.strftime("%Y-%m-%d")) == [
+    dates = pd.read_parquet(project / "data" / "forecasts" / "PAB.parquet")["expected_date"]
+    assert [str(d) for d in dates] == [
         "2023-05-04",
         "2023-05-05",
         "2023-05-08",
@@ -1038,3 +1038,134 @@ def test_retrain_prints_the_mlflow_ui_line_only_when_a_run_exists(
     assert "NEW: retrain (no model yet)" in out
     assert "NEW: FAILED: OSError: the disk went away" in out
     assert "MLflow UI" not in out
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_ingest_against_a_prefect_api_is_one_line_and_the_event_arrives(tiny_project):
+    """With PREFECT_API_URL set, `ingest` emits `prices.updated` and waits until it is sent:
+    no Prefect "EventsWorker - Still processing items" warning after its one line."""
+    import datetime as dt
+    import time
+
+    from prefect import get_client
+    from prefect.events.filters import (
+        EventFilter,
+        EventNameFilter,
+        EventOccurredFilter,
+        EventResourceFilter,
+    )
+    from prefect.settings import PREFECT_API_URL
+
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    env = {**user_env(keep_pythonpath=True), "PREFECT_API_URL": PREFECT_API_URL.value()}
+    out = cli(BIN, "ingest", "prices/TEST.csv", "--ticker", "TEST", cwd=tiny_project, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stderr == ""
+    assert out.stdout.startswith("prices/TEST.csv: TEST +120 new") and out.stdout.count("\n") == 1
+
+    def arrived() -> list:
+        wanted = EventFilter(  # `until` defaults to now
+            occurred=EventOccurredFilter(since=since),
+            event=EventNameFilter(name=["prices.updated"]),
+            resource=EventResourceFilter(id=["lstm.ticker.TEST"]),
+        )
+        return client.read_events(filter=wanted, limit=10).events
+
+    deadline = time.monotonic() + 60  # the server stores events in batches
+    with get_client(sync_client=True) as client:
+        while not (events := arrived()):
+            assert time.monotonic() < deadline, "the prices.updated event never arrived"
+            time.sleep(1)
+    assert [e.payload for e in events] == [{"added": 120}]
+
+
+def test_ingest_with_a_prefect_api_that_does_not_answer_stores_and_says_so(tiny_project):
+    """The rows are stored (exit 0); one line says the event was not sent, and why. Both
+    streams to one file (`ingest ... >> log 2>&1`): the stored line comes first, as printed."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/api"
+    out = subprocess.run(
+        [str(BIN), "ingest", "prices/TEST.csv", "--ticker", "TEST"],
+        cwd=tiny_project,
+        env={**user_env(keep_pythonpath=True), "PREFECT_API_URL": url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-2000:]
+    stored, warning = out.stdout.splitlines()
+    assert stored.startswith("prices/TEST.csv: TEST +120 new"), out.stdout
+    assert warning.startswith(f"warning: prices.updated not sent to {url} (") and warning.endswith(
+        "): the rows are stored, but no served retraining starts from them"
+    ), out.stdout
+    assert PriceStore(tiny_project / "data" / "store").manifest("TEST").rows == 120
+
+
+# ---------------------------------------------------------------- commands to paste, logs to read
+
+SPACED = "my proj ü 价格"  # a folder name a shell splits, with non-ASCII letters
+
+
+def test_printed_commands_paste_into_a_shell_for_a_path_with_spaces(tmp_path, capsys):
+    """`init`'s `next: cd ...` and the `mlflow ui` line that `run` and `retrain` print: split as
+    a shell splits them, each gives the project's own path as one argument."""
+    import shlex
+
+    from pipelines import tracking
+    from pipelines.config import load_settings
+
+    folder = tmp_path / SPACED
+    assert main(["init", str(folder)]) == 0
+    [line] = [x for x in capsys.readouterr().out.splitlines() if x.startswith("next: ")]
+    assert shlex.split(line.removeprefix("next: "))[:3] == ["cd", str(folder.resolve()), "&&"]
+    settings = load_settings(folder / "mlflow.yaml", env={})
+    assert shlex.split(tracking.ui_command(settings)) == [
+        *("mlflow", "ui", "--backend-store-uri", f"sqlite:///{folder.resolve() / 'mlflow.db'}"),
+        *("--host", "127.0.0.1", "--port", "5000"),
+    ]
+
+
+@pytest.mark.slow  # the retraining flow (a training) in a subprocess
+def test_retrain_into_one_log_file_says_why_before_the_training_it_starts(trained_tiny, tmp_path):
+    """`retrain > log 2>&1`, as cron runs it: the file reads in the order things happened
+    (the ingest and the decision before the training's progress), and its `MLflow UI:` line
+    pastes into a shell for a project whose path has spaces."""
+    import shlex
+
+    from tests.pipelines.conftest import copy_of
+
+    with copy_of(trained_tiny, tmp_path / SPACED) as settings:
+        project = settings.base_dir
+    write_prices(project / "data" / "incoming" / "TEST.csv", price_frame(130).iloc[120:])
+    log = tmp_path / "retrain.log"
+    with log.open("w") as out:
+        proc = subprocess.run(
+            [str(BIN), "retrain", "--set=evaluation.backtest_folds=0"],
+            cwd=project,
+            env=user_env(keep_pythonpath=True),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=600,
+            check=False,
+        )
+    lines = log.read_text(encoding="utf-8").splitlines()
+    assert proc.returncode == 0, lines[-30:]
+
+    def first(text: str) -> int:
+        return next(i for i, line in enumerate(lines) if text in line)
+
+    ingested, decided = first("ingested TEST.csv: TEST +10 new"), first("TEST: retrain (gained")
+    assert ingested < decided < first("TEST: 130 rows ") < first("TEST: test RMSE"), lines
+    [ui] = [x for x in lines if x.startswith("MLflow UI: ")]
+    uri = f"sqlite:///{project.resolve() / 'mlflow.db'}"
+    assert shlex.split(ui.removeprefix("MLflow UI: "))[:4] == [
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+    ]
