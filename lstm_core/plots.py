@@ -101,9 +101,23 @@ def plot_backtest(folds: pd.DataFrame, ticker: str) -> Figure:
     return fig
 
 
+def _broken(rows: pd.DataFrame) -> pd.DataFrame:
+    """Scored rows with a NaN row wherever the next target is not the next stored day, so a
+    line and a band stop there instead of bridging days without a forecast."""
+    rows = rows.sort_values("target_index", ignore_index=True)
+    jumps = np.flatnonzero(np.diff(rows["target_index"].to_numpy()) > 1)
+    if not len(jumps):
+        return rows
+    # one row after each jump, dated as the day before it, every value NaN
+    blank = rows.iloc[jumps][["target_date", "target_index"]]
+    blank = blank.assign(target_index=blank["target_index"] + 0.5)
+    return pd.concat([rows, blank]).sort_values("target_index", ignore_index=True)
+
+
 def plot_live(scored: pd.DataFrame, prices: pd.DataFrame, ticker: str, target: str) -> Figure:
     """Logged forecasts (:func:`lstm_core.scoring.match`) against the prices that arrived: next-day
-    forecasts as a line with their bands, longer steps as dots, realized prices in black."""
+    forecasts as a line with their bands (broken where a stored day has none), longer steps as
+    dots, realized prices in black."""
     fig, ax = _axes(f"{ticker}: live forecasts vs realized {target}", "", f"{target} price")
     done = scored[scored["scored"]].sort_values("target_date")
     if done.empty:
@@ -112,7 +126,7 @@ def plot_live(scored: pd.DataFrame, prices: pd.DataFrame, ticker: str, target: s
         pd.to_datetime(prices[DATE_COLUMN]) >= done["target_date"].min() - pd.offsets.BDay(5)
     ]
     ax.plot(pd.to_datetime(real[DATE_COLUMN]), real[target], color="black", label="actual")
-    one = done[done["step"] == 1]
+    one = _broken(done[done["step"] == 1])
     _bands(ax, one["target_date"], one, "{}% band (next day)")
     ax.plot(one["target_date"], one["forecast"], color="tab:blue", label="next-day forecast")
     later = done[done["step"] > 1]

@@ -1,8 +1,10 @@
 """Live scoring: logged forecasts matched to the prices that arrived, and their live metrics.
 
 A forecast row made on ``made_on`` for ``step`` k targets the k-th stored trading day after
-``made_on``: matching by position in the price series needs no holiday calendar. The naive
-forecast of a target is the last price known at ``made_on``.
+``made_on``: matching by position in the price series needs no holiday calendar. When the
+logged ``expected_date`` comes from an exchange calendar, a day missing from the store would
+shift that position onto a later day: such a forecast is left unscored (a gap) instead. The
+naive forecast of a target is the last price known at ``made_on``.
 """
 
 from __future__ import annotations
@@ -24,12 +26,20 @@ def levels_of(frame: pd.DataFrame) -> list[str]:
     return sorted((k for k in found if f"upper_{k}" in frame.columns), key=float)
 
 
-def match(log: pd.DataFrame, prices: pd.DataFrame, target: str) -> pd.DataFrame:
+def match(
+    log: pd.DataFrame, prices: pd.DataFrame, target: str, dated: bool = False
+) -> pd.DataFrame:
     """Each log row (``made_on``, ``step``) with ``target_date``, ``target_index``, ``actual``,
-    ``last`` (the naive forecast) and ``scored`` (the target price has arrived; else NaN).
+    ``last`` (the naive forecast), ``scored`` (the target price has arrived; else NaN) and
+    ``gap`` (never scored: the stored days skip its day).
 
     ``prices`` (``date`` and ``target``) is sorted by date; a ``made_on`` that is not a stored
-    date is anchored on the last stored date before it.
+    date is anchored on the last stored date before it. ``dated``: the log's ``expected_date``
+    values are exchange sessions, so a row is scored only when the stored day at its position
+    is its expected date. Otherwise, once the store holds that position or reaches past the
+    expected date, the row is a gap: sessions are missing from the store, and the day there is
+    not the one forecast. Without ``dated`` (expected dates that only skip weekends and known
+    holidays) the position decides alone.
     """
     out = log.copy()
     dates = pd.to_datetime(prices["date"]).to_numpy()
@@ -39,11 +49,18 @@ def match(log: pd.DataFrame, prices: pd.DataFrame, target: str) -> pd.DataFrame:
     known = anchor >= 0
     arrived = known & (idx < len(dates))
     safe = np.where(arrived, idx, 0)
+    gap = np.zeros(len(out), dtype=bool)
+    if dated and "expected_date" in out and len(dates):
+        expected = pd.to_datetime(out["expected_date"]).to_numpy()
+        check = known & ~np.isnat(expected)
+        gap = check & np.where(arrived, dates[safe] != expected, expected <= dates[-1])
+        arrived &= ~gap
     out["target_date"] = pd.to_datetime(np.where(arrived, dates[safe], np.datetime64("NaT")))
     out["target_index"] = np.where(arrived, idx, -1)
     out["actual"] = np.where(arrived, values[safe], np.nan)
     out["last"] = np.where(known, values[np.where(known, anchor, 0)], np.nan)
     out["scored"] = arrived
+    out["gap"] = gap
     return out
 
 

@@ -1,4 +1,5 @@
-"""Exchange trading days (exchange_calendars), for the dates of forecast days and of stored rows."""
+"""Exchange trading days (exchange_calendars), for the dates of forecast days and of stored rows,
+and the sessions a stored series lacks."""
 
 from __future__ import annotations
 
@@ -48,3 +49,45 @@ def closed_days(exchange: str | None, days: np.ndarray) -> np.ndarray:
     sessions = cal.sessions.values.astype("datetime64[D]")
     open_days = (sessions - _EPOCH).astype(np.int64)
     return (days >= lo) & (days <= hi) & ~np.isin(days, open_days)
+
+
+def missing_sessions(exchange: str | None, days: np.ndarray) -> np.ndarray:
+    """The days strictly between the first and last of ``days`` (sorted int days since 1970)
+    that ``exchange`` traded on (:func:`closed_days` decides) and ``days`` lacks."""
+    days = np.asarray(days, dtype=np.int64)
+    if len(days) < 2:
+        return days[:0]
+    span = np.arange(days[0] + 1, days[-1])
+    absent = span[~np.isin(span, days)]
+    return absent[~closed_days(exchange, absent)]
+
+
+GAPS_SHOWN = 3  # gaps named in a warning; more are counted
+
+
+def gap_warning(ticker: str, exchange: str, days: np.ndarray, since: int) -> str | None:
+    """One line naming the sessions of ``exchange`` missing from the stored ``days`` (sorted,
+    int days since 1970) after ``since``, the day the store held last before an ingest; None
+    when none are missing."""
+    tail = np.asarray(days, dtype=np.int64)
+    tail = tail[tail >= since]
+    missing = missing_sessions(exchange, tail)
+    if not len(missing):
+        return None
+    iso = [str(_EPOCH + np.timedelta64(int(d), "D")) for d in (*tail, *missing)]
+    day, lost = iso[: len(tail)], iso[len(tail) :]
+    after = np.searchsorted(tail, missing)  # the stored day after each missing one
+    ranges = []
+    for k in np.unique(after):
+        run = np.flatnonzero(after == k)
+        first, last = lost[run[0]], lost[run[-1]]
+        ranges.append(first if first == last else f"{first}..{last}")
+    named = ", ".join(ranges[:GAPS_SHOWN])
+    if len(ranges) > GAPS_SHOWN:
+        more = len(ranges) - GAPS_SHOWN
+        named += f" and {more} more gap{'s' if more != 1 else ''}"
+    n = len(missing)
+    return (
+        f"{ticker}: {n} {exchange} session{'s' if n != 1 else ''} missing between "
+        f"{day[after[0] - 1]} and {day[after[-1]]} ({named}): forecasts for them are not scored"
+    )

@@ -5,11 +5,12 @@ Layout (the folder holds Parquet files only, so pandas, pyarrow and DuckDB read 
     <data.forecasts>/log/ticker=<T>/<made_on>_v<version>.parquet
 
 One row per (model_name, version, made_on, step): ``step`` k is the k-th trading day after
-``made_on`` (the last data date the forecast saw); ``expected_date`` is only the business-day
-guess shown to people, scoring matches by step. Bounds are ``lower_<L>``/``upper_<L>`` for
-whatever levels the forecast carried. Writes merge under a lock and replace the file
-atomically; a row already logged is kept as it is, so logging the same forecast twice adds
-nothing. A file that cannot be read stops the write with an error naming it, untouched.
+``made_on`` (the last data date the forecast saw); ``expected_date`` is that day's date (the
+model's trading days): scoring matches by step and, with an exchange calendar, scores a row
+only if the stored day at that step is its expected date. Bounds are ``lower_<L>``/
+``upper_<L>`` for whatever levels the forecast carried. Writes merge under a lock and replace
+the file atomically; a row already logged is kept as it is, so logging the same forecast twice
+adds nothing. A file that cannot be read stops the write with an error naming it, untouched.
 """
 
 from __future__ import annotations

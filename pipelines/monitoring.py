@@ -1,6 +1,7 @@
 """Live monitoring: log the champion's forecasts, score them as prices arrive, report, alert.
 
-- :func:`log_forecast` appends a forecast to the forecast log (pipelines.forecast_log).
+- :func:`forecast_rows` and :func:`log_forecast` append a forecast to the forecast log
+  (pipelines.forecast_log).
 - :func:`score` matches a ticker's logged forecasts to the stored prices and computes, per
   version, the live figures over the rolling window and since the version became champion.
 - :func:`score_ticker` (a task; also run at the start of retraining) records the champion's
@@ -37,15 +38,11 @@ def forecast_log(settings: Settings) -> ForecastLog:
     return ForecastLog(settings.path(settings.data.forecasts) / "log", settings.path(".locks"))
 
 
-def log_forecast(
-    settings: Settings,
-    ticker: str,
-    frame: pd.DataFrame,
-    made_on: Any,
-    version: tracking.RegisteredVersion,
-) -> int:
-    """Append a champion's forecast frame to the log; returns the rows added (0: known)."""
-    rows = rows_from_forecast(
+def forecast_rows(
+    settings: Settings, frame: pd.DataFrame, made_on: Any, version: tracking.RegisteredVersion
+) -> pd.DataFrame:
+    """A champion's forecast frame as forecast-log rows (the log's columns)."""
+    return rows_from_forecast(
         frame,
         made_on=made_on,
         model_name=version.name,
@@ -53,6 +50,10 @@ def log_forecast(
         run_id=version.run_id,
         target=settings.features.target,
     )
+
+
+def log_forecast(settings: Settings, ticker: str, rows: pd.DataFrame) -> int:
+    """Append `forecast_rows` to the log; returns the rows added (0: known)."""
     return forecast_log(settings).append(ticker, rows)
 
 
@@ -64,6 +65,7 @@ class LiveScore:
     champion: str | None
     scored_through: str | None  # the last target date scored
     pending: int  # champion forecasts whose target has not arrived
+    not_scored: int = 0  # champion forecasts never scored: their days are missing from the store
     window: dict[str, scoring.LiveMetrics] = field(default_factory=dict)
     since: dict[str, scoring.LiveMetrics] = field(default_factory=dict)
     verdict: scoring.Verdict = scoring.Verdict(False, ())
@@ -79,6 +81,7 @@ class LiveScore:
         out: dict[str, Any] = {"ticker": self.ticker, "version": v}
         out["scored_through"] = self.scored_through
         out["pending"] = self.pending
+        out["not_scored"] = self.not_scored
         if w is not None:
             out.update(w.as_dict("window_"))
         if s is not None:
@@ -98,10 +101,13 @@ def score(settings: Settings, ticker: str, champion: str | None) -> LiveScore:
     prices = store.load(ticker)
     name = settings.registry.name_for(ticker)
     logged = logged[logged["model_name"] == name]
+    # With an exchange calendar the logged expected dates are its sessions: a forecast whose
+    # day is missing from the store is left unscored rather than scored on a later day.
+    dated = settings.data.calendar is not None
     parts = []
     for target, part in logged.groupby("target", sort=False):
         if target in prices.columns:
-            parts.append(scoring.match(part, prices, str(target)))
+            parts.append(scoring.match(part, prices, str(target), dated=dated))
     if not parts:
         return result
     matched = pd.concat(parts, ignore_index=True)
@@ -116,7 +122,8 @@ def score(settings: Settings, ticker: str, champion: str | None) -> LiveScore:
         result.window[version] = scoring.metrics(scoring.window(part, mon.window_days), levels)
     if champion is not None:
         own = matched[matched["version"] == champion]
-        result.pending = int((~own["scored"]).sum())
+        result.not_scored = int(own["gap"].sum())
+        result.pending = int((~own["scored"] & ~own["gap"]).sum())
         if champion in result.window:
             result.verdict = scoring.verdict(
                 result.window[champion], mon.min_days, mon.max_live_ratio, mon.coverage_tolerance
@@ -262,6 +269,7 @@ def status(settings: Settings) -> list[dict[str, Any]]:
             "trained_through": current.tags.get(tracking.TAG_DATA_LAST_DATE) if current else None,
             "store_last_date": str(manifest.last_date) if manifest else None,
             "pending": result.pending,
+            "not_scored": result.not_scored,
             "scored_days": w.days if w else 0,
             "live_rmse": w.rmse if w else None,
             "naive_rmse": w.naive_rmse if w else None,
@@ -318,6 +326,12 @@ def render_status(rows: list[dict[str, Any]], window_days: int) -> str:
         "display.unicode.east_asian_width", True, "display.unicode.ambiguous_as_wide", False
     ):
         lines = [frame.to_string(index=False)]
+    lines += [
+        f"{r['ticker']}: {r['not_scored']} forecast{'s' if r['not_scored'] != 1 else ''} not "
+        "scored: their days are missing from the store"
+        for r in rows
+        if r.get("not_scored")
+    ]
     lines += [
         f"{r['ticker']} last decision: {r['last_decision']}" for r in rows if r["last_decision"]
     ]

@@ -46,6 +46,7 @@ def user_env(keep_pythonpath: bool) -> dict[str, str]:
         "MLFLOW_REGISTRY_URI",
         "PREFECT_API_URL",
         "PYTHONWARNINGS",
+        "PYTHONUNBUFFERED",  # a cron job's stdout to a file is block-buffered by default
         "LSTM_PIPELINE_CONFIG",
     ):
         env.pop(key, None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import shlex
 import sys
 from typing import Any
 
@@ -67,8 +68,9 @@ def _cmd_init(args: argparse.Namespace) -> int:
     print(f"created {created[0]}")
     for path in created[1:]:
         print(f"created {path.relative_to(root)}/")
+    # quoted, so the line pastes into a shell whatever the folder's name holds
     print(
-        f"next: cd {root} && lstm-pipeline ingest PRICES.csv --ticker T "
+        f"next: cd {shlex.quote(str(root))} && lstm-pipeline ingest PRICES.csv --ticker T "
         "&& lstm-pipeline run --ticker T"
     )
     return 0
@@ -87,14 +89,34 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     # Every file is validated, then all are merged as one: each is checked against the store
     # as the files before it leave it, and nothing is written unless every file passes.
     parsed = [parse_configured(settings, path, ticker) for path in args.files]
-    for path, reports in zip(args.files, store.merge_files(parsed, replace=replace), strict=True):
+    merged = store.merge_files(parsed, replace=replace)
+    gained: dict[str, int] = {}
+    for path, reports in zip(args.files, merged, strict=True):
         for report in reports:
             print(f"{path}: {describe(report)}")
-            # A served retraining deployment listens for this (only a server can hear it).
-            if report.added + report.replaced and os.environ.get("PREFECT_API_URL"):
-                from pipelines.flows import emit_updated
+            changed = report.added + report.replaced
+            if changed:
+                gained[report.ticker] = gained.get(report.ticker, 0) + changed
+    # A warning, not a refusal: real series have suspensions, but forecasts for the missing
+    # sessions cannot be scored, and the user should know before `score` says so.
+    for line in store.gap_warnings(
+        [r for reports in merged for r in reports], settings.data.calendar
+    ):
+        logging.getLogger("pipelines").warning(line)
+    # A served retraining deployment listens for this (only a server can hear it).
+    if gained and os.environ.get("PREFECT_API_URL"):
+        from pipelines.flows import emit_updated
 
-                emit_updated(settings, report.ticker, report.added + report.replaced)
+        # its "Unable to connect" warning would say again what the one line below says
+        logging.getLogger("prefect.events.clients").setLevel(logging.ERROR)
+        try:
+            emit_updated(settings, gained)
+        except Exception as exc:  # the rows are stored: say what did not happen, exit 0
+            print(
+                f"warning: {settings.schedule.event} not sent to {os.environ['PREFECT_API_URL']} "
+                f"({exc}): the rows are stored, but no served retraining starts from them",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -197,17 +219,24 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         if value is not None and value <= 0:
             raise PipelineError(f"{flag}: must be positive, got {value}")
     # The flow searches stored tickers, or stores the configured sources first: check those
-    # here, so a wrong path is one line and not a failed flow run.
+    # here (the configured values and the search space's), so a wrong path, or a space the
+    # data cannot window, is one line and not a failed flow run.
     from pipelines.store import PriceStore
+    from pipelines.tuning import check_study
 
     configured = settings.data.ticker
-    if tickers:
-        preflight_run(settings, args.config_path, [], None, stored=tuple(tickers))
-    elif configured and PriceStore(settings.store_path).manifest(configured) is None:
+    store = PriceStore(settings.store_path)
+    if not tickers and configured and store.manifest(configured) is None:
         sources = configured_sources(
             settings, args.config_path, "lstm-pipeline ingest FILE", "tune --ticker T"
         )
-        preflight_run(settings, args.config_path, sources, configured)
+        preflight_run(settings, args.config_path, sources, configured, space=True)
+        searched = [configured]
+    else:  # the tickers the flow will search
+        searched = tickers or ([configured] if configured else store.tickers())
+        preflight_run(settings, args.config_path, [], None, stored=tuple(searched), space=True)
+    for ticker in searched:
+        check_study(settings, ticker)
     preflight_tracking(settings)
     _before_flows(settings)
     from pipelines.flows.tuning import tuning_flow
@@ -313,9 +342,18 @@ def _progress_logging() -> None:
         logger.propagate = False
 
 
+def _line_buffered_stdout() -> None:
+    # Redirected to a file (cron: `retrain > log 2>&1`) stdout is block-buffered and stderr
+    # is not: each printed line must reach the file before the progress lines after it.
+    reconfigure = getattr(sys.stdout, "reconfigure", None)  # absent on a test's capture
+    if reconfigure is not None:
+        reconfigure(line_buffering=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipelines.runtime import quiet_interrupts
 
+    _line_buffered_stdout()
     args = build_parser().parse_args(argv)
     _progress_logging()
     quiet_interrupts()  # Ctrl-C is one line, `interrupted`, below

@@ -102,12 +102,60 @@ def check_stored(settings: Settings, tickers: tuple[str, ...] | list[str]) -> No
             )
 
 
+def _largest_lookback(frame, features, evaluation) -> int:
+    """The longest lookback `frame` can train with `features`' other settings (0: none)."""
+    from lstm_core.backtest import untrainable
+
+    low, high = 0, len(frame)  # trainable up to `low`, not at `high` (more rows than exist)
+    while high - low > 1:
+        mid = (low + high) // 2
+        cfg = features.model_copy(update={"lookback": mid})
+        low, high = (mid, high) if untrainable(frame, cfg, evaluation) is None else (low, mid)
+    return low
+
+
+def check_space(settings: Settings, config: Path | str, ticker: str, frame) -> None:
+    """Every candidate of `tuning.space` can train `frame` (as a trial and the retrained best
+    will): the feature settings of the space that need the most rows, by the same check as the
+    configured ones. A lookback too long is named with the longest the data allow."""
+    from lstm_core.backtest import untrainable
+    from pipelines.errors import ConfigError
+    from pipelines.tuning.space import widest_features
+
+    key = "features.lookback"
+    failed = []
+    for values, features in widest_features(settings):
+        problem = untrainable(frame, features, settings.evaluation)
+        if problem is not None:
+            failed.append((values, features, problem))
+    if not failed:
+        return
+    if key in settings.tuning.space:
+        largest, transform = min(
+            (_largest_lookback(frame, f, settings.evaluation), f.target_transform)
+            for _, f, _ in failed
+        )
+        param = settings.tuning.space[key]
+        if largest > 0:
+            raise ConfigError(
+                config,
+                "tuning.space",
+                f"{key} reaches {failed[0][1].lookback}, but {ticker}'s {len(frame)} rows allow "
+                f"a lookback of at most {largest} (with target_transform {transform}): lower "
+                f"its {'largest choice' if param.choices else 'high'} to {largest} or less",
+            )
+    values, _, (step, exc) = failed[0]
+    named = ", ".join(f"{k}={v}" for k, v in values.items())
+    raise ConfigError(config, "tuning.space", f"cannot {step} {ticker} with {named}: {exc}")
+
+
 def preflight_run(
     settings: Settings,
     config: Path | None,
     files: list[str],
     ticker: str | None,
     stored: tuple[str, ...] = (),
+    space: bool = False,
 ) -> None:
     """Check a run's input end to end before Prefect, TensorFlow or any write.
 
@@ -115,7 +163,8 @@ def preflight_run(
     dry run: the same clashes, the same messages), and each ticker's would-be series (or each
     `stored` ticker's series) is split, scaled, windowed and cut into backtest folds as
     training will do it: too short a series, a lookback longer than the data, a constant
-    series or more folds than test rows fail here with one line, and nothing is stored.
+    series or more folds than test rows fail here with one line, and nothing is stored. With
+    `space` (tune), so is every candidate of `tuning.space` (:func:`check_space`).
     """
     from lstm_core.backtest import untrainable
     from pipelines.errors import FOLDS_ADVICE, InputError
@@ -145,6 +194,9 @@ def preflight_run(
         raise InputError(
             path, f"cannot backtest {t} on its {len(frame)} rows with {cfg}: {exc}: {FOLDS_ADVICE}"
         )
+    if space:
+        for t, (_, frame) in frames.items():
+            check_space(settings, cfg, t, frame)
 
 
 def configured_sources(

@@ -51,6 +51,12 @@ class Summary:
     def ok(self) -> bool:
         return all(r.error is None for r in self.results)
 
+    def note(self, text: str) -> None:
+        """A line of the summary, also logged as progress now: the summary is printed when the
+        run ends, and a log (`retrain > log 2>&1`) must say why before the training it starts."""
+        log.info("%s", text)
+        self.notes.append(text)
+
     def render(self) -> str:
         out = [*self.notes, *(r.render(self.settings) for r in self.results)]
         if any(r.run_id for r in self.results):  # a run to look at
@@ -65,14 +71,29 @@ def resolve_settings(
     return settings if settings is not None else load_settings(config_path, overrides or ())
 
 
-def emit_updated(settings: Settings, ticker: str, added: int) -> None:
-    from prefect.events import emit_event
+def emit_updated(settings: Settings, gained: dict[str, int]) -> None:
+    """Send `schedule.event` for each ticker (rows added or replaced) to the Prefect API and
+    return once sent. Not `emit_event`: it queues events for a background worker, which,
+    when the process ends right after, warns "Still processing items" on stderr."""
+    import asyncio
 
-    emit_event(
-        event=settings.schedule.event,
-        resource={"prefect.resource.id": f"lstm.ticker.{ticker}", "ticker": ticker},
-        payload={"added": added},
-    )
+    from prefect.events import Event, get_events_client
+
+    events = [
+        Event(
+            event=settings.schedule.event,
+            resource={"prefect.resource.id": f"lstm.ticker.{ticker}", "ticker": ticker},
+            payload={"added": added},
+        )
+        for ticker, added in gained.items()
+    ]
+
+    async def send() -> None:
+        async with get_events_client(reconnection_attempts=2) as client:
+            for event in events:
+                await client.emit(event)
+
+    asyncio.run(send())
 
 
 def publish_results(settings: Settings, kind: str, results: list[TickerResult]) -> None:

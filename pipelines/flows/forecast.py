@@ -18,6 +18,10 @@ from pipelines.fsio import atomic_write
 from pipelines.runtime import quiet_tensorflow
 from pipelines.store import PriceStore
 
+# Bookkeeping columns of a forecast (the log's) left out of the printed table: the line
+# above it names the model, version and day.
+_NOT_SHOWN = ("ticker", "model_name", "version", "run_id", "made_on", "target", "logged_at")
+
 
 @dataclass
 class ForecastResult:
@@ -36,16 +40,19 @@ class ForecastResult:
     def render(self) -> str:
         out = []
         for t, frame in self.frames.items():
-            out.append(f"{t}: forecast written to {self.paths[t]}")
-            out.append(frame.to_string(index=False))
+            first = frame.iloc[0]
+            out.append(
+                f"{t}: forecast written to {self.paths[t]} ({first['model_name']} "
+                f"v{first['version']}, made on {first['made_on']})"
+            )
+            shown = [c for c in frame.columns if c not in _NOT_SHOWN]
+            out.append(frame[shown].to_string(index=False))
         out.extend(f"{t}: FAILED: {e}" for t, e in self.errors.items())
         return "\n".join(out)
 
 
 def forecast_one(settings: Settings, ticker: str, days: int) -> tuple[pd.DataFrame, Path]:
     """The champion's next `days` trading days: the latest file, plus rows in the log."""
-    from mlflow.exceptions import MlflowException
-
     quiet_tensorflow()
     name = settings.registry.name_for(ticker)
     tracking.connect(settings)
@@ -55,23 +62,18 @@ def forecast_one(settings: Settings, ticker: str, days: int) -> tuple[pd.DataFra
     inputs = model.metadata.get_input_schema().input_names()  # the columns the model reads
     # recalibrate: the conformal band also learns from the days since the model's validation
     params = {"days": days, "intervals": True, "recalibrate": True}
-    try:
-        frame = model.predict(history[inputs], params=params)
-    except MlflowException as exc:
-        if exc.error_code != "INVALID_PARAMETER_VALUE":
-            raise
-        # the model refuses the request (lstm_core's DataError): the user's to fix
-        raise PipelineError(f"{name} v{version.version}: {exc.message}") from None
-    frame.insert(0, "ticker", ticker)
-    frame["model_version"] = version.version
+    frame = tracking.predict(model, history[inputs], params, f"{name} v{version.version}")
+    rows = monitoring.forecast_rows(settings, frame, history["date"].iloc[-1], version)
+    # the latest forecast: the log's columns, its ticker last as readers of the log's hive
+    # folders (pandas, pyarrow, DuckDB) put it, so the two concatenate
+    latest = rows.assign(ticker=ticker)
     out_dir = settings.path(settings.data.forecasts)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{ticker}.parquet"
-    atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    atomic_write(path, lambda tmp: latest.to_parquet(tmp, index=False))
     tracking.log_forecast(settings, ticker, version.version, path)
-    made_on = history["date"].iloc[-1]
-    monitoring.log_forecast(settings, ticker, frame, made_on, version)
-    return frame, path
+    monitoring.log_forecast(settings, ticker, rows)
+    return latest, path
 
 
 def _champion(settings: Settings, ticker: str) -> tracking.RegisteredVersion:

@@ -4,9 +4,12 @@ of each ticker whose data changed or whose champion decays."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import flow
 
 from lstm_core.backtest import untrainable
@@ -15,7 +18,9 @@ from pipelines.config import Settings
 from pipelines.errors import PipelineError
 from pipelines.flows.common import Summary, publish_results, resolve_settings, run_name
 from pipelines.flows.training import map_tickers
-from pipelines.store import PriceStore, describe
+from pipelines.store import PriceStore, describe, table_digest
+
+log = logging.getLogger("pipelines")
 
 
 def _move(src: Path, folder: Path) -> Path:
@@ -26,6 +31,16 @@ def _move(src: Path, folder: Path) -> Path:
     return dst
 
 
+def _write_error(rejected: Path, incoming: Path, exc: Exception) -> None:
+    """`<rejected copy>.error.txt`: the error, naming the copy beside it (the incoming path
+    is gone, and the next file of that name there is another one), and where it came from."""
+    text = str(exc).replace(str(incoming), str(rejected))
+    note = f"(moved here by retrain from {incoming})"
+    rejected.with_name(rejected.name + ".error.txt").write_text(
+        f"{text}\n{note}\n", encoding="utf-8"
+    )
+
+
 def _too_few_rows(settings: Settings, ticker: str, rows: int) -> str | None:
     """Why the stored series cannot be trained yet (None: it can), without training."""
     frame = PriceStore(settings.store_path).load(ticker)
@@ -34,7 +49,8 @@ def _too_few_rows(settings: Settings, ticker: str, rows: int) -> str | None:
 
 
 def needs_training(settings: Settings, ticker: str) -> tuple[bool, str]:
-    """Has the ticker gained enough rows since its champion was trained?
+    """Has the ticker gained enough rows, or had a day it was trained on replaced, since its
+    champion was trained?
 
     A version already trained on exactly the stored data (promoted or refused) means there
     is nothing new to learn from, so a refused challenger is not retrained again and again.
@@ -54,11 +70,33 @@ def needs_training(settings: Settings, ticker: str) -> tuple[bool, str]:
     basis = tracking.champion(name, settings.registry.alias) or latest
     trained_rows = int(basis.tags.get(tracking.TAG_DATA_ROWS, "0") or 0)
     gained = manifest.rows - trained_rows
-    since = f"v{basis.version} ({basis.tags.get(tracking.TAG_DATA_LAST_DATE)})"
+    last = basis.tags.get(tracking.TAG_DATA_LAST_DATE)
+    since = f"v{basis.version} ({last})"
+    why = f"gained {gained} row(s) since {since}"
     if gained < settings.data.min_new_rows:
-        return False, f"gained {gained} row(s) since {since}, need {settings.data.min_new_rows}"
+        if not _trained_days_changed(settings, ticker, basis):
+            return False, f"{why}, need {settings.data.min_new_rows}"
+        # a stored day replaced (ingest --replace, data.replace): not the data it learnt from
+        why = (
+            f"stored days through {last} changed since v{basis.version} was trained on them "
+            f"(gained {gained} row(s))"
+        )
     short = _too_few_rows(settings, ticker, manifest.rows)
-    return (False, short) if short else (True, f"gained {gained} row(s) since {since}")
+    return (False, short) if short else (True, why)
+
+
+def _trained_days_changed(
+    settings: Settings, ticker: str, basis: tracking.RegisteredVersion
+) -> bool:
+    """Do the stored days up to `basis`'s last training date differ from the ones it was
+    trained on (its data digest)? Rows added after that date leave them as they were."""
+    last = basis.tags.get(tracking.TAG_DATA_LAST_DATE)
+    digest = basis.tags.get(tracking.TAG_DATA_DIGEST)
+    if not last or not digest:
+        return False
+    table = PriceStore(settings.store_path).read_table(ticker)
+    through = pa.scalar(dt.date.fromisoformat(last), pa.date32())
+    return table_digest(table.filter(pc.less_equal(table["date"], through))) != digest
 
 
 @flow(name="retraining", flow_run_name="retrain")
@@ -84,13 +122,16 @@ def retraining_flow(
             reports = tasks.ingest_cached(settings, str(path), None)
         except PipelineError as exc:
             dst = _move(path, settings.path(settings.data.rejected))
-            dst.with_name(dst.name + ".error.txt").write_text(f"{exc}\n", encoding="utf-8")
-            summary.notes.append(f"rejected {path.name}: {exc}")
+            _write_error(dst, path, exc)
+            summary.note(f"rejected {path.name}: {exc}")
             summary.rejected.append(path.name)
             continue
         # Only once the rows are safely in the store does the file leave the incoming folder.
         _move(path, settings.path(settings.data.archive))
-        summary.notes.extend(f"ingested {path.name}: {describe(r)}" for r in reports)
+        for r in reports:
+            summary.note(f"ingested {path.name}: {describe(r)}")
+        for line in PriceStore(settings.store_path).gap_warnings(reports, settings.data.calendar):
+            log.warning(line)
     # The champion already decays: the scoring below decides on it, so no event is emitted.
     live = monitoring.score_all(settings, emit=False)
     todo: list[str] = []
@@ -105,7 +146,7 @@ def retraining_flow(
             else:
                 stale, reason = True, "degraded"
                 why = "champion degraded: " + "; ".join(score.verdict.reasons)
-        summary.notes.append(f"{ticker}: {'retrain' if stale else 'skip'} ({why})")
+        summary.note(f"{ticker}: {'retrain' if stale else 'skip'} ({why})")
         if stale:
             todo.append(ticker)
             tags[ticker] = {
@@ -114,7 +155,7 @@ def retraining_flow(
                 "retrain.detail": why[:5000],
             }
     if not todo:
-        summary.notes.append("nothing changed: no ticker to retrain")
+        summary.note("nothing changed: no ticker to retrain")
         artifacts.name_run("retrain: nothing to do")
         return summary
     artifacts.name_run(run_name("retrain", settings, todo))

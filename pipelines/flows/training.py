@@ -28,7 +28,7 @@ from pipelines.flows.common import (
 )
 from pipelines.flows.forecast import forecast_one
 from pipelines.runtime import quiet_tensorflow
-from pipelines.store import describe
+from pipelines.store import PriceStore, describe
 
 log = logging.getLogger("pipelines")
 
@@ -220,11 +220,15 @@ def training_flow(
         files = [str(settings.path(s)) for s in settings.data.sources]
         ticker = ticker or settings.data.ticker
     touched: list[str] = []
+    store = PriceStore(settings.store_path)
     for path in files or []:
-        for report in tasks.ingest_cached(settings, path, ticker):
-            summary.notes.append(f"ingested {path}: {describe(report)}")
+        reports = tasks.ingest_cached(settings, path, ticker)
+        for report in reports:
+            summary.note(f"ingested {path}: {describe(report)}")
             if report.ticker not in touched:
                 touched.append(report.ticker)
+        for line in store.gap_warnings(reports, settings.data.calendar):
+            log.warning(line)
     todo = list(tickers or []) or touched or ([ticker] if ticker else [])
     if not todo:
         raise PipelineError("nothing to train: give FILE(s) or --ticker")

@@ -25,6 +25,8 @@ log = logging.getLogger("pipelines")
 class TunedTicker:
     study: tuning.StudyResult
     final: TickerResult | None = None
+    # the version registered for the same best trial on the same data: not retrained again
+    unchanged: str | None = None
 
     def render(self, settings: Settings) -> str:
         s = self.study
@@ -44,6 +46,11 @@ class TunedTicker:
         )
         lines.append(f"  best configuration: {best}")
         lines.append(f"  best validation RMSE {s.best_value:.4f}{default}")
+        if self.unchanged is not None:
+            lines.append(
+                f"  not retrained: best trial #{s.best_trial} and the data are unchanged since "
+                f"version {self.unchanged}, registered by the last tune"
+            )
         if self.final is not None:
             lines.append("  retrained once with it:")
             lines.extend("  " + line for line in self.final.render(settings).splitlines())
@@ -84,6 +91,23 @@ def study(
     return tuning.run_study(
         settings, ticker, frame, str(manifest.last_date), trials, timeout_minutes, workers
     )
+
+
+def _registered_already(
+    settings: Settings, store: PriceStore, ticker: str, found: tuning.StudyResult
+) -> str | None:
+    """The version the study's last `tune` registered, if it retrained the same best trial on
+    the same data (retraining it again would register a duplicate); else None."""
+    last = tracking.last_tuned_version(found.parent_run_id, settings.registry.name_for(ticker))
+    manifest = store.manifest(ticker)
+    if (
+        last is not None
+        and manifest is not None
+        and last.tags.get(tracking.TAG_TUNED_TRIAL) == str(found.best_trial)
+        and last.tags.get(tracking.TAG_DATA_DIGEST) == manifest.digest
+    ):
+        return last.version
+    return None
 
 
 def _run_name() -> str:
@@ -127,6 +151,8 @@ def tuning_flow(
         found = study(settings, ticker, trials, timeout_minutes, workers)
         result = TunedTicker(found)
         if found.best_params:
+            result.unchanged = _registered_already(settings, store, ticker, found)
+        if found.best_params and result.unchanged is None:
             tuned = tuning.best_settings(settings, found)
             try:
                 result.final = train_one(tuned, ticker)
@@ -135,7 +161,11 @@ def tuning_flow(
                 result.final = TickerResult(ticker=ticker, error=f"{type(exc).__name__}: {exc}")
             if result.final.run_id:
                 tracking.link_tuned_run(
-                    found.parent_run_id, result.final.run_id, result.final.version
+                    found.parent_run_id,
+                    result.final.run_id,
+                    settings.registry.name_for(ticker),
+                    result.final.version,
+                    found.best_trial,
                 )
         summary.results.append(result)
         create_markdown_artifact(

@@ -158,6 +158,31 @@ class PriceStore:
             partition_base_dir=str(self.root),
         )
 
+    def gap_warnings(self, reports: Sequence[MergeReport], exchange: str | None) -> list[str]:
+        """One line per ticker that these merges left lacking sessions of ``exchange`` after the
+        day it was stored through before them (:func:`pipelines.calendar.gap_warning`).
+
+        Nothing for a ticker new to the store (its history is what it is), nor without an
+        exchange: a weekday without a row is then as likely a holiday as a missing day."""
+        from pipelines.calendar import gap_warning
+
+        before: dict[str, Manifest | None] = {}
+        for report in reports:  # in merge order: the first report holds the stored state
+            before.setdefault(report.ticker, report.before)
+        lines = []
+        for ticker, stored in before.items():
+            now = self.manifest(ticker)
+            if exchange is None or stored is None or now is None:
+                continue
+            if now.last_date <= stored.last_date:
+                continue
+            days = self.read_table(ticker).column("date").cast(pa.int32()).to_numpy()
+            since = (stored.last_date - to_date(0)).days
+            line = gap_warning(ticker, exchange, days, since)
+            if line is not None:
+                lines.append(line)
+        return lines
+
     # ------------------------------------------------------------------ merging
     def merge(self, parsed: ParsedFile, *, replace: bool = False) -> MergeReport:
         """Merge a single-ticker ParsedFile (atomic, locked). Multi-ticker files: ``merge_all``."""

@@ -95,6 +95,29 @@ def contains(value: Any, param: SearchParam, is_int: bool) -> bool:
     return abs(steps - round(steps)) < 1e-9
 
 
+def widest_features(settings: Settings) -> list[tuple[dict[str, Any], FeatureConfig]]:
+    """The candidates' feature settings that need the most rows, each with the searched values
+    it takes: every searched `features` range at its high end (the longest lookback, horizon),
+    with each searched choice of the others (a transform that consumes a row, a scaler)."""
+    import itertools
+
+    options: list[list[tuple[str, Any]]] = []
+    for key, param in settings.tuning.space.items():
+        if not key.startswith("features."):
+            continue
+        if param.choices is None:
+            options.append([(key, int(param.high) if is_int(key) else param.high)])
+        elif all(isinstance(c, int | float) and not isinstance(c, bool) for c in param.choices):
+            options.append([(key, max(param.choices))])
+        else:
+            options.append([(key, c) for c in param.choices])
+    out = []
+    for combo in itertools.product(*options):
+        values = dict(combo)
+        out.append((values, apply_params(settings, values).features))
+    return out
+
+
 def trial_name(number: int, params: dict[str, Any]) -> str:
     """A short run name after the parameters, e.g. `#3 lb30 2x32 do0.12 lr3.1e-03 bs32 minmax`."""
     parts = [f"#{number}"]

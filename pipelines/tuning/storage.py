@@ -32,6 +32,23 @@ def open_storage(settings: Settings) -> Any:
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
 
 
+def recorded(settings: Settings, ticker: str) -> tuple[dict[str, Any], int] | None:
+    """The ticker's study's user attributes and trial count, or None if it has no study;
+    a journal file that does not exist yet is not created."""
+    import optuna
+
+    url = storage_url(settings)
+    if "://" not in url and not Path(url).is_file():
+        return None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(settings)
+    try:
+        study_id = storage.get_study_id_from_name(settings.tuning.study_for(ticker))
+    except KeyError:
+        return None
+    return storage.get_study_user_attrs(study_id), len(storage.get_all_trials(study_id))
+
+
 def _pruner(settings: Settings) -> Any:
     import optuna
 

@@ -16,6 +16,7 @@ import pandas as pd
 from lstm_core.data import split_frame
 from pipelines import tracking
 from pipelines.config import SearchParam, Settings
+from pipelines.errors import PipelineError
 from pipelines.tuning.objective import Objective
 from pipelines.tuning.space import (
     SECTIONS,
@@ -25,7 +26,7 @@ from pipelines.tuning.space import (
     describe,
     is_int,
 )
-from pipelines.tuning.storage import load_study, storage_url
+from pipelines.tuning.storage import load_study, recorded, storage_url
 from pipelines.tuning.workers import run_trials, started
 
 log = logging.getLogger("pipelines")
@@ -38,6 +39,7 @@ class StudyResult:
     storage: str
     parent_run_id: str
     best_params: dict[str, Any] = field(default_factory=dict)
+    best_trial: int | None = None
     best_value: float = float("nan")
     default_value: float = float("nan")
     counts: dict[str, int] = field(default_factory=dict)
@@ -59,7 +61,7 @@ def _counts(study: Any) -> dict[str, int]:
     return out
 
 
-def _figures(study: Any) -> dict[str, Any]:
+def _figures(study: Any, ticker: str) -> dict[str, Any]:
     """Optuna's optimization history and parameter importances (matplotlib: no plotly)."""
     import matplotlib
 
@@ -76,11 +78,24 @@ def _figures(study: Any) -> dict[str, Any]:
             log.warning("no optimization-history plot: %s", exc)
         complete = [t for t in study.trials if t.state.name == "COMPLETE"]
         if len(complete) >= 2:
-            try:
-                figures["param_importances"] = ovm.plot_param_importances(study).figure
-            except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-                # e.g. all complete trials drew the same values: nothing to attribute
-                log.warning("no parameter-importance plot: %s", exc)
+            # Optuna warns once per parameter when its importance rests on too few trials:
+            # kept off stderr here, and said once below.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UserWarning)
+                try:
+                    figures["param_importances"] = ovm.plot_param_importances(study).figure
+                except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+                    # e.g. all complete trials drew the same values: nothing to attribute
+                    log.warning("no parameter-importance plot: %s", exc)
+            doubts = [w for w in caught if issubclass(w.category, UserWarning)]
+            if doubts and "param_importances" in figures:
+                log.info(
+                    "%s: parameter importances from %d complete trials may be inaccurate "
+                    "(Optuna: %s)",
+                    ticker,
+                    len(complete),
+                    str(doubts[0].message).split(". ")[0],
+                )
     return figures
 
 
@@ -128,8 +143,15 @@ def run_study(
     if not resumed:
         study.set_user_attr("ticker", ticker)
         study.set_user_attr("data_last_date", data_last_date)
+        study.set_user_attr(MADE_UNDER, made_under(settings))
         _enqueue_default(study, settings)
-    elif study.user_attrs.get("data_last_date") != data_last_date:
+    elif MADE_UNDER not in study.user_attrs:
+        # a study from before settings were recorded: what it was made under is unknown
+        log.info("%s: study %s records its settings from now on", ticker, study.study_name)
+        study.set_user_attr(MADE_UNDER, made_under(settings))
+    else:
+        refuse_other_settings(settings, ticker, study.user_attrs[MADE_UNDER])
+    if resumed and study.user_attrs.get("data_last_date") != data_last_date:
         log.warning(
             "%s: study %s began on data to %s, now %s: earlier trials saw another split",
             ticker,
@@ -148,8 +170,7 @@ def run_study(
             "tuning.warmup_epochs": t.warmup_epochs,
             "tuning.workers": workers,
             "tuning.objective": "validation RMSE in prices (minimize)",
-            **{f"space.{k}": describe(p) for k, p in t.space.items()},
-            **{f"fixed.{k}": v for k, v in settings.flat().items() if _fixed(k, t.space)},
+            **made_under(settings),
         }
         parent = tracking.start_tuning_run(
             experiment_id,
@@ -195,13 +216,14 @@ def run_study(
     if result.counts["complete"]:
         best = study.best_trial
         result.best_params, result.best_value = dict(best.params), float(best.value)
+        result.best_trial = best.number
         metrics["best_val_rmse"] = result.best_value
         tags = {f"best.{k}": v for k, v in best.params.items()}
         tags["best.trial"] = best.number
         tags["best.run_id"] = best.user_attrs.get("mlflow_run_id", "")
     if math.isfinite(result.default_value):
         metrics["default_val_rmse"] = result.default_value
-    figures = _figures(study)
+    figures = _figures(study, ticker)
     try:
         tracking.finish_tuning_run(
             parent,
@@ -227,8 +249,88 @@ def run_study(
     return result
 
 
+# The chronological split: which rows train a trial and which score it.
+SPLIT_KEYS = ("evaluation.val_fraction", "evaluation.test_fraction")
+MADE_UNDER = "made_under"  # the study's user attribute holding made_under()
+
+
 def _fixed(key: str, space: dict[str, SearchParam]) -> bool:
-    return key.partition(".")[0] in SECTIONS and key not in space
+    return (key.partition(".")[0] in SECTIONS and key not in space) or key in SPLIT_KEYS
+
+
+def made_under(settings: Settings) -> dict[str, str]:
+    """What a study's trials are trained and scored under besides their own parameters: the
+    search space (`space.*`) and every setting held fixed (`fixed.*`: features, model and
+    training keys not searched, and the split). Trials made under other values do not compare."""
+    space = settings.tuning.space
+    out = {f"space.{k}": describe(p) for k, p in sorted(space.items())}
+    out.update({f"fixed.{k}": str(v) for k, v in settings.flat().items() if _fixed(k, space)})
+    return out
+
+
+def _differences(before: dict[str, str], now: dict[str, str]) -> list[str]:
+    """The settings whose `made_under` values differ, one phrase each: `training.epochs 2
+    (now 1)`, `tuning.space features.lookback 20..90 step 10 (now 3..8)`, `model.dropout
+    0.2 (now searched 0..0.4)`, `features.scaler searched choices minmax,standard (now
+    fixed at standard)`."""
+
+    def state(made: dict[str, str], name: str) -> tuple[str, str] | None:
+        for kind in ("space", "fixed"):
+            if f"{kind}.{name}" in made:
+                return kind, made[f"{kind}.{name}"]
+        return None
+
+    def text(s: tuple[str, str] | None, moved: bool) -> str:
+        if s is None:
+            return "unset"
+        kind, value = s
+        return f"{'searched' if kind == 'space' else 'fixed at'} {value}" if moved else value
+
+    out = []
+    for name in sorted({key.partition(".")[2] for key in before.keys() | now.keys()}):
+        old, new = state(before, name), state(now, name)
+        if old == new:
+            continue
+        moved = old is None or new is None or old[0] != new[0]
+        label = name if moved or old[0] == "fixed" else f"tuning.space {name}"
+        out.append(f"{label} {text(old, moved)} (now {text(new, moved)})")
+    return out
+
+
+def refuse_other_settings(settings: Settings, ticker: str, before: dict[str, str]) -> None:
+    """A study continues only under the settings its trials were made under: one line naming
+    the keys that differ, a study name of the new settings' own and how to delete the old."""
+    import hashlib
+    import json
+    import shlex
+
+    now = made_under(settings)
+    diffs = _differences(before, now)
+    if not diffs:
+        return
+    name = settings.tuning.study_for(ticker)
+    shown = ", ".join(diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+    # the same settings get the same name, so running with it again continues that study
+    digest = hashlib.sha256(json.dumps(now, sort_keys=True).encode()).hexdigest()[:6]
+    url = storage_url(settings)
+    backend = "" if "://" in url else " --storage-class JournalFileBackend"
+    raise PipelineError(
+        f"study {name} was made with other settings: {shown}; its trials would not compare "
+        f"with new ones: give these settings a study of their own "
+        f"(--set tuning.study={settings.tuning.study}-{digest}), or delete it: optuna "
+        f"delete-study{backend} --storage {shlex.quote(url)} --study-name {shlex.quote(name)}"
+    )
+
+
+def check_study(settings: Settings, ticker: str) -> None:
+    """Before any flow runs: the ticker's study, if it has trials, was made under these
+    settings (a study from before settings were recorded passes)."""
+    found = recorded(settings, ticker)
+    if found is None:
+        return
+    attrs, n_trials = found
+    if n_trials and MADE_UNDER in attrs:
+        refuse_other_settings(settings, ticker, attrs[MADE_UNDER])
 
 
 def best_settings(settings: Settings, result: StudyResult) -> Settings:

@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lstm_core.plots import plot_backtest, plot_loss, plot_predictions, plot_residuals
+from lstm_core import scoring
+from lstm_core.plots import plot_backtest, plot_live, plot_loss, plot_predictions, plot_residuals
 
 
 def _predictions(n=30):
@@ -69,3 +70,29 @@ def test_loss_plot_without_epochs_draws_no_empty_legend():
         warnings.simplefilter("error")  # matplotlib warns about a legend with no labels
         fig = plot_loss({"loss": [], "val_loss": []}, "TEST")
     assert fig.axes[0].get_legend() is None
+
+
+def test_the_live_next_day_line_and_band_break_where_a_day_has_no_forecast():
+    dates = pd.bdate_range("2024-01-01", periods=10)
+    prices = pd.DataFrame({"date": dates, "open": np.arange(10.0) + 10})
+    # next-day forecasts for the 2nd and 3rd, then none until the 9th and 10th
+    made = dates[[0, 1, 5, 6]]
+    log = pd.DataFrame(
+        {
+            "made_on": made,
+            "step": 1,
+            "expected_date": dates[[1, 2, 6, 7]],
+            "forecast": [11.0, 12.0, 16.0, 17.0],
+            "lower_80": [10.0, 11.0, 15.0, 16.0],
+            "upper_80": [12.0, 13.0, 17.0, 18.0],
+        }
+    )
+    fig = plot_live(scoring.match(log, prices, "open", dated=True), prices, "X", "open")
+    ax = fig.axes[0]
+    [line] = [x for x in ax.lines if x.get_label() == "next-day forecast"]
+    y = np.asarray(line.get_ydata(), dtype=float)
+    assert np.isnan(y).sum() == 1 and np.array_equal(y[~np.isnan(y)], [11.0, 12.0, 16.0, 17.0])
+    assert np.flatnonzero(np.isnan(y)).tolist() == [2]  # between the 3rd and the 9th
+    [band] = ax.collections  # the 80% band is drawn as two pieces, not across the break
+    assert len(band.get_paths()) == 2
+    assert _png(fig).startswith(b"\x89PNG")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ from pipelines.cli import main
 from pipelines.store import PriceStore
 from tests.pipelines.conftest import price_frame, tree_bytes, write_prices
 from tests.user_path import (
+    REPO,
     TINY,
     assert_only_progress,
     checkout_state,
@@ -829,13 +831,77 @@ def test_ping_an_forecast_days_are_shanghai_shenzhen_trading_days(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     import pandas as pd
 
-    dates = pd.read_parquet(project / "data" / "forecasts" / "PAB.parquet")["date"]
-    assert list(dates.dt.strftime("%Y-%m-%d")) == [
+    dates = pd.read_parquet(project / "data" / "forecasts" / "PAB.parquet")["expected_date"]
+    assert [str(d) for d in dates] == [
         "2023-05-04",
         "2023-05-05",
         "2023-05-08",
         "2023-05-09",
         "2023-05-10",
+    ]
+
+
+# The MSFT sample's rows of 30 and 31 October 2017, as a user's next download.
+LATE_MSFT = (
+    "Date,Open,High,Low,Close,Volume,OpenInt\n"
+    "2017-10-30,83.8,84.325,83.105,83.89,31756653,0\n"
+    "2017-10-31,84.36,84.36,83.11,83.18,27086575,0\n"
+)
+
+
+def _warnings(stderr: str) -> list[str]:
+    """The gap warnings of a command's stderr, without their time stamps."""
+    return [x.split(" ", 1)[1] for x in stderr.splitlines() if "sessions missing" in x]
+
+
+@pytest.mark.slow  # init, ingest, a tiny training, forecast, ingest, score, retrain: subprocesses
+def test_forecasts_for_sessions_missing_from_the_store_are_not_scored(tmp_path):
+    """A user's test: forecasts made on 2017-10-13 for the 16th to the 20th were scored against
+    the prices of the 30th and 31st, the next stored days, as the 10 New York sessions between
+    were never ingested; nothing said so, and the coverage 0 could have called a retraining."""
+    env = user_env(keep_pythonpath=True)
+    lines = (REPO / "data" / "msft.csv").read_text(encoding="utf-8").splitlines()
+    history = [lines[0], *[x for x in lines[1:] if x < "2017-10-14"][-150:]]  # to the 13th
+    assert cli(BIN, "init", "p", cwd=tmp_path, env=env, timeout=120).returncode == 0
+    project = tmp_path / "p"
+    (project / "head.csv").write_text("\n".join(history) + "\n", encoding="utf-8")
+    (project / "late.csv").write_text(LATE_MSFT, encoding="utf-8")
+    out = cli(BIN, "ingest", "head.csv", "--ticker", "MSFT", cwd=project, env=env)
+    assert (out.returncode, out.stderr) == (0, ""), out.stderr  # a first ingest: no warning
+    out = cli(BIN, "run", "--ticker", "MSFT", *TINY, cwd=project, env=env, timeout=600)
+    assert out.returncode == 0 and "CHAMPION" in out.stdout, out.stderr[-3000:]
+    out = cli(BIN, "forecast", "--ticker", "MSFT", cwd=project, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    out = cli(BIN, "ingest", "late.csv", "--ticker", "MSFT", cwd=project, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "MSFT +2 new" in out.stdout
+    assert_only_progress(out)
+    assert _warnings(out.stderr) == [
+        "MSFT: 10 XNYS sessions missing between 2017-10-13 and 2017-10-30 "
+        "(2017-10-16..2017-10-27): forecasts for them are not scored"
+    ]
+    assert len(out.stderr.splitlines()) == 1
+
+    out = cli(BIN, "score", cwd=project, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    # the five forecasts (16th to 20th) are not scored: two would have landed on the 30th
+    # and 31st, the other three's days went by unstored
+    assert "MSFT: 5 forecasts not scored: their days are missing from the store" in out.stdout
+    out = cli(BIN, "status", "--json", cwd=project, env=env, timeout=300)
+    [row] = json.loads(out.stdout)
+    assert (row["not_scored"], row["pending"], row["scored_days"]) == (5, 0, 0), row
+    assert row["live_rmse"] is None and not row["degraded"]
+
+    # the retraining's incoming files are checked alike (a file named by its ticker; enough
+    # new rows asked for that this one does not train)
+    nov = LATE_MSFT.splitlines()[0] + "\n2017-11-10,83.79,84.095,83.23,83.87,19396301,0\n"
+    (project / "data" / "incoming" / "MSFT.csv").write_text(nov, encoding="utf-8")
+    out = cli(BIN, "retrain", "--set=data.min_new_rows=50", cwd=project, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert _warnings(out.stderr) == [
+        "MSFT: 7 XNYS sessions missing between 2017-10-31 and 2017-11-10 "
+        "(2017-11-01..2017-11-09): forecasts for them are not scored"
     ]
 
 
@@ -996,3 +1062,134 @@ def test_retrain_prints_the_mlflow_ui_line_only_when_a_run_exists(
     assert "NEW: retrain (no model yet)" in out
     assert "NEW: FAILED: OSError: the disk went away" in out
     assert "MLflow UI" not in out
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_ingest_against_a_prefect_api_is_one_line_and_the_event_arrives(tiny_project):
+    """With PREFECT_API_URL set, `ingest` emits `prices.updated` and waits until it is sent:
+    no Prefect "EventsWorker - Still processing items" warning after its one line."""
+    import datetime as dt
+    import time
+
+    from prefect import get_client
+    from prefect.events.filters import (
+        EventFilter,
+        EventNameFilter,
+        EventOccurredFilter,
+        EventResourceFilter,
+    )
+    from prefect.settings import PREFECT_API_URL
+
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    env = {**user_env(keep_pythonpath=True), "PREFECT_API_URL": PREFECT_API_URL.value()}
+    out = cli(BIN, "ingest", "prices/TEST.csv", "--ticker", "TEST", cwd=tiny_project, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stderr == ""
+    assert out.stdout.startswith("prices/TEST.csv: TEST +120 new") and out.stdout.count("\n") == 1
+
+    def arrived() -> list:
+        wanted = EventFilter(  # `until` defaults to now
+            occurred=EventOccurredFilter(since=since),
+            event=EventNameFilter(name=["prices.updated"]),
+            resource=EventResourceFilter(id=["lstm.ticker.TEST"]),
+        )
+        return client.read_events(filter=wanted, limit=10).events
+
+    deadline = time.monotonic() + 60  # the server stores events in batches
+    with get_client(sync_client=True) as client:
+        while not (events := arrived()):
+            assert time.monotonic() < deadline, "the prices.updated event never arrived"
+            time.sleep(1)
+    assert [e.payload for e in events] == [{"added": 120}]
+
+
+def test_ingest_with_a_prefect_api_that_does_not_answer_stores_and_says_so(tiny_project):
+    """The rows are stored (exit 0); one line says the event was not sent, and why. Both
+    streams to one file (`ingest ... >> log 2>&1`): the stored line comes first, as printed."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/api"
+    out = subprocess.run(
+        [str(BIN), "ingest", "prices/TEST.csv", "--ticker", "TEST"],
+        cwd=tiny_project,
+        env={**user_env(keep_pythonpath=True), "PREFECT_API_URL": url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-2000:]
+    stored, warning = out.stdout.splitlines()
+    assert stored.startswith("prices/TEST.csv: TEST +120 new"), out.stdout
+    assert warning.startswith(f"warning: prices.updated not sent to {url} (") and warning.endswith(
+        "): the rows are stored, but no served retraining starts from them"
+    ), out.stdout
+    assert PriceStore(tiny_project / "data" / "store").manifest("TEST").rows == 120
+
+
+# ---------------------------------------------------------------- commands to paste, logs to read
+
+SPACED = "my proj ü 价格"  # a folder name a shell splits, with non-ASCII letters
+
+
+def test_printed_commands_paste_into_a_shell_for_a_path_with_spaces(tmp_path, capsys):
+    """`init`'s `next: cd ...` and the `mlflow ui` line that `run` and `retrain` print: split as
+    a shell splits them, each gives the project's own path as one argument."""
+    import shlex
+
+    from pipelines import tracking
+    from pipelines.config import load_settings
+
+    folder = tmp_path / SPACED
+    assert main(["init", str(folder)]) == 0
+    [line] = [x for x in capsys.readouterr().out.splitlines() if x.startswith("next: ")]
+    assert shlex.split(line.removeprefix("next: "))[:3] == ["cd", str(folder.resolve()), "&&"]
+    settings = load_settings(folder / "mlflow.yaml", env={})
+    assert shlex.split(tracking.ui_command(settings)) == [
+        *("mlflow", "ui", "--backend-store-uri", f"sqlite:///{folder.resolve() / 'mlflow.db'}"),
+        *("--host", "127.0.0.1", "--port", "5000"),
+    ]
+
+
+@pytest.mark.slow  # the retraining flow (a training) in a subprocess
+def test_retrain_into_one_log_file_says_why_before_the_training_it_starts(trained_tiny, tmp_path):
+    """`retrain > log 2>&1`, as cron runs it: the file reads in the order things happened
+    (the ingest and the decision before the training's progress), and its `MLflow UI:` line
+    pastes into a shell for a project whose path has spaces."""
+    import shlex
+
+    from tests.pipelines.conftest import copy_of
+
+    with copy_of(trained_tiny, tmp_path / SPACED) as settings:
+        project = settings.base_dir
+    write_prices(project / "data" / "incoming" / "TEST.csv", price_frame(130).iloc[120:])
+    log = tmp_path / "retrain.log"
+    with log.open("w") as out:
+        proc = subprocess.run(
+            [str(BIN), "retrain", "--set=evaluation.backtest_folds=0"],
+            cwd=project,
+            env=user_env(keep_pythonpath=True),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=600,
+            check=False,
+        )
+    lines = log.read_text(encoding="utf-8").splitlines()
+    assert proc.returncode == 0, lines[-30:]
+
+    def first(text: str) -> int:
+        return next(i for i, line in enumerate(lines) if text in line)
+
+    ingested, decided = first("ingested TEST.csv: TEST +10 new"), first("TEST: retrain (gained")
+    assert ingested < decided < first("TEST: 130 rows ") < first("TEST: test RMSE"), lines
+    [ui] = [x for x in lines if x.startswith("MLflow UI: ")]
+    uri = f"sqlite:///{project.resolve() / 'mlflow.db'}"
+    assert shlex.split(ui.removeprefix("MLflow UI: "))[:4] == [
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+    ]

@@ -7,7 +7,7 @@ import logging
 from pipelines.errors import PipelineError
 from pipelines.retries import RETRY_LOG_ENV, RETRY_PREFIX, count_retries, note_retry
 from pipelines.tasks import _retry_io
-from pipelines.tracking import _is_duplicate_key
+from pipelines.tracking.runs import _is_duplicate_key
 
 
 class _Failed:

@@ -255,7 +255,7 @@ def test_moved_project_still_forecasts_with_the_champion(stack, client_project, 
     assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-4000:]}"
     frame = pd.read_parquet(new / "data" / "forecasts" / f"{TICKER}.parquet")
     assert len(frame) == 3  # evaluation.forecast_days
-    assert set(frame["model_version"]) == {"1"}
+    assert set(frame["version"]) == {"1"}
     assert frame.select_dtypes("number").gt(0).all().all(), frame
 
 

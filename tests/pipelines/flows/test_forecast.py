@@ -17,7 +17,7 @@ def test_forecast_writes_future_trading_days(trained_settings):
     assert result.ok, result.errors
     frame = pd.read_parquet(result.paths["TEST"])
     assert len(frame) == 3
-    dates = pd.to_datetime(frame["date"])
+    dates = pd.to_datetime(frame["expected_date"])
     assert (dates.dt.dayofweek < 5).all() and dates.is_monotonic_increasing
     assert dates.iloc[0] > pd.Timestamp(price_frame(120)["Date"].iloc[-1])
     assert {"lower_95", "upper_95"} <= set(frame.columns)
@@ -53,3 +53,44 @@ def test_forecast_refusals_are_results_not_failed_task_runs(trained_settings):
     assert json.loads(latest.data) == [
         {"ticker": "TEST", "outcome": "refused", "detail": result.refused["TEST"]}
     ]
+
+
+def test_the_latest_forecast_has_the_logs_columns_and_concatenates_with_it(trained_settings):
+    """`data/forecasts/<T>.parquet` names things as the log does (`expected_date`, `version`,
+    ...), so a reader stacks the two and finds the latest forecast's rows in the log."""
+    from pipelines.flows import forecast_flow
+    from pipelines.forecast_log import KEY
+
+    result = forecast_flow(settings=trained_settings, tickers=["TEST"], days=3)
+    assert result.ok, result.errors
+    forecasts = trained_settings.path(trained_settings.data.forecasts)
+    latest = pd.read_parquet(forecasts / "TEST.parquet")
+    log = pd.read_parquet(forecasts / "log")  # hive: `ticker` from the folder names
+    assert list(latest.columns) == list(log.columns)
+    assert "date" not in latest.columns and "model_version" not in latest.columns
+    assert latest["version"].tolist() == ["1"] * 3 and latest["step"].tolist() == [1, 2, 3]
+    both = pd.concat([log, latest], ignore_index=True)
+    assert len(both.drop_duplicates(["ticker", *KEY])) == len(log)
+    assert "expected_date" in result.render() and "test-TEST v1, made on" in result.render()
+
+
+def test_forecast_runs_are_tagged_so_the_runs_table_can_leave_them_out(trained_settings):
+    """Each forecast is an MLflow run of kind `forecast` and each training one of kind
+    `training`: the README's filters (`tags.kind != 'forecast'`) show the training alone."""
+    from mlflow import MlflowClient
+
+    from pipelines import tracking
+    from pipelines.flows import forecast_flow
+
+    experiment = tracking.connect(trained_settings)
+
+    def names(where: str) -> list[str]:
+        return sorted(r.info.run_name for r in MlflowClient().search_runs([experiment], where))
+
+    before = len(names("tags.kind = 'forecast'"))  # the new champion's first forecast
+    for _ in range(2):
+        assert forecast_flow(settings=trained_settings, tickers=["TEST"], days=1).ok
+    assert names("tags.kind = 'forecast'") == ["forecast TEST v1"] * (before + 2)
+    [training] = names("tags.kind != 'forecast'")
+    assert training.startswith("TEST to ")
+    assert names("tags.kind = 'training'") == [training]

@@ -38,9 +38,15 @@ def test_retrain_rejects_a_file_whose_close_jumps_against_the_stored_one(trained
     out, err = capsys.readouterr()
     assert "rejected TEST.csv:" in out and "stored for TEST" in out
     assert "ERROR" not in err and "Traceback" not in err
-    rejected = sorted(p.name for p in (project / "data" / "rejected").iterdir())
+    folder = project / "data" / "rejected"
+    rejected = sorted(p.name for p in folder.iterdir())
     assert len(rejected) == 2 and rejected[1] == rejected[0] + ".error.txt"
-    assert "line 2, column 'Close'" in (project / "data" / "rejected" / rejected[1]).read_text()
+    # The error names the rejected copy beside it (the incoming path is gone) and its origin.
+    error = (folder / rejected[1]).read_text(encoding="utf-8").splitlines()
+    assert error[0].startswith(f"{folder / rejected[0]}, line 2, column 'Close': "), error
+    assert error[1:] == [
+        f"(moved here by retrain from {project / 'data' / 'incoming' / 'TEST.csv'})"
+    ]
     assert tree_bytes(trained_settings.store_path) == before
     assert "TEST: skip" in out  # nothing new was stored: no training on the bad row
 
@@ -128,3 +134,29 @@ def test_demo_command_trains_then_retrains_on_held_back_days(tiny_project, capsy
     assert "promoted: promoted" not in out and "refused: refused" not in out
     assert "gained 20 row(s) since v1" in out and "version 2:" in out
     assert "nothing changed" in out
+
+
+def test_a_replaced_stored_day_is_a_change_that_retrains(trained_settings, capsys):
+    """`retrain --set data.replace=true` with a corrected stored day: the champion's training
+    data is no longer what the store holds, so the ticker retrains, saying why; after that,
+    nothing has changed."""
+    from pipelines.cli import main
+
+    project = trained_settings.base_dir
+    cfg = ["--config", str(project / "mlflow.yaml"), "--set", "evaluation.backtest_folds=0"]
+    last = price_frame(120).iloc[[-1]].copy()
+    last["Open"] = round(float(last["Open"].iloc[0]) + 0.01, 4)
+    write_prices(project / "data" / "incoming" / "TEST.csv", last)
+    day = last["Date"].iloc[0]
+    capsys.readouterr()
+    assert main(["retrain", *cfg, "--set", "data.replace=true"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("ingested TEST.csv: TEST +0 new, 1 replaced, 0 unchanged rows")
+    assert lines[1] == (
+        f"TEST: retrain (stored days through {day} changed since v1 was trained on them "
+        "(gained 0 row(s)))"
+    )
+    assert "nothing changed: no ticker to retrain" not in lines
+    assert any(line.startswith("  registered test-TEST version 2: ") for line in lines), lines
+    assert main(["retrain", *cfg]) == 0
+    assert "TEST: skip (unchanged since v2 was trained)" in capsys.readouterr().out.splitlines()

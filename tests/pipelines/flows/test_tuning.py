@@ -13,6 +13,8 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def test_tuned_version_goes_through_the_promotion_gate(trained_settings):
+    from mlflow import MlflowClient
+
     from pipelines import tracking
     from pipelines.config import load_settings
     from pipelines.flows.tuning import tuning_flow
@@ -51,11 +53,11 @@ def test_tuned_version_goes_through_the_promotion_gate(trained_settings):
 
     # the retrained run is the best configuration's, linked to the study's parent run
     assert result.study.best_params["model.units"] != settings.model.units == 4
-    client_run = tracking._client().get_run(final.run_id)
+    client_run = MlflowClient().get_run(final.run_id)
     for key, value in result.study.best_params.items():
         assert client_run.data.params[key] == str(value)
     assert client_run.data.tags[tracking.TAG_TUNED_BY] == result.study.parent_run_id
-    parent = tracking._client().get_run(result.study.parent_run_id)
+    parent = MlflowClient().get_run(result.study.parent_run_id)
     assert parent.data.tags[tracking.TAG_TUNED_RUN] == final.run_id
     assert parent.data.tags["tuning.registered_version"] == "2"
 
@@ -103,3 +105,87 @@ def test_tune_command_from_the_project_folder(tiny_project):
     assert "best configuration: " in out.stdout and "vs naive" in out.stdout
     assert "registered test-TEST version 1: CHAMPION" in out.stdout
     assert (tiny_project / ".optuna" / "studies.journal").is_file()
+
+
+@pytest.mark.slow  # three `tune` calls in fresh processes, each a study and a retraining
+def test_tune_again_continues_only_its_own_settings_and_registers_a_best_once(tiny_project):
+    """`tune` twice more on the same study: other fixed settings or another space are refused
+    in one line; Optuna's importance warnings stay off stderr; an unchanged best on unchanged
+    data is not registered again."""
+    import sys
+    from pathlib import Path
+
+    import optuna
+    from mlflow import MlflowClient
+    from optuna.distributions import IntDistribution
+
+    from pipelines import tracking
+    from pipelines.config import load_settings
+    from pipelines.tuning import check_study
+    from pipelines.tuning.storage import open_storage
+    from tests.pipelines.tuning.conftest import tuning_settings
+    from tests.user_path import assert_only_progress, cli, user_env
+
+    settings = tuning_settings(tiny_project, TUNING, ())
+    bin_ = Path(sys.executable).with_name("lstm-pipeline")
+    env = user_env(keep_pythonpath=True)
+
+    def tune(*args: str):
+        return cli(bin_, "tune", "--trials", "1", *args, cwd=tiny_project, env=env, timeout=600)
+
+    first = tune()
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "registered test-TEST version 1" in first.stdout
+
+    # Trials made under another space (a study from before settings were recorded) leave
+    # some parameter's "regime" with one trial: Optuna then warns once per parameter when it
+    # computes importances. This one also becomes the best (an RMSE of 0 cannot be beaten).
+    journal = tiny_project / ".optuna" / "studies.journal"
+    study = optuna.load_study(study_name="tune-TEST", storage=open_storage(settings))
+    baseline = study.trials[0]
+    other_space = {**baseline.distributions, "features.lookback": IntDistribution(3, 6)}
+    study.add_trial(
+        optuna.trial.create_trial(params=baseline.params, distributions=other_space, value=0.0)
+    )
+    best = len(study.trials) - 1
+    second = tune()
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert_only_progress(second)  # no `UserWarning: Some regimes for parameter ...`
+    assert "parameter importances from" in second.stderr and "may be inaccurate" in second.stderr
+    assert "registered test-TEST version 2" in second.stdout  # a new best: retrained
+
+    third = tune()  # whatever its one trial scores, trial `best` stays the best
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert (
+        f"not retrained: best trial #{best} and the data are unchanged since version 2"
+        in third.stdout
+    ), third.stdout
+    assert "registered test-TEST version" not in third.stdout
+    tracking.connect(settings)
+    versions = MlflowClient().search_model_versions("name = 'test-TEST'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+
+    # Other fixed settings, or another space: one line each, exit 2, the study untouched.
+    journal_bytes = journal.read_bytes()
+    runs = len(MlflowClient().search_runs([tracking.connect(settings)], max_results=1000))
+    refused = [
+        tune("--set", "training.epochs=2"),
+        tune("--set", "tuning.space={features.lookback: {low: 3, high: 10}}"),
+    ]
+    needles = ["training.epochs 1 (now 2)", "tuning.space features.lookback 3..8 (now 3..10)"]
+    for out, needle in zip(refused, needles, strict=True):
+        assert out.returncode == 2, out.stderr[-3000:]
+        [line] = out.stderr.strip().splitlines()
+        assert needle in line and "study tune-TEST" in line, line
+        assert "--set tuning.study=tune-{ticker}-" in line and "optuna delete-study" in line
+    assert journal.read_bytes() == journal_bytes
+    assert len(MlflowClient().search_runs([tracking.connect(settings)], max_results=1000)) == runs
+
+    # the study name offered is a valid setting, and names a study of the new settings' own
+    offered = refused[0].stderr.split("--set ")[1].split(")")[0]
+    other = load_settings(tiny_project / "mlflow.yaml", ["training.epochs=2", offered], env={})
+    assert other.tuning.study_for("TEST") != "tune-TEST"
+    check_study(other, "TEST")  # nothing recorded under that name: no refusal
+    # a space beyond the stored series is refused before the study (a stored configured ticker)
+    wide = tune("--set", "tuning.space={features.lookback: {low: 3, high: 100}}")
+    assert wide.returncode == 2 and "allow a lookback of at most" in wide.stderr, wide.stderr

@@ -146,6 +146,25 @@ def test_second_run_continues_the_study(searched):
     assert len(set(rates)) == len(rates)
 
 
+def test_a_study_resumes_only_under_the_settings_its_trials_were_made_under(searched):
+    """What a served tuning run (no command-line pre-flight) meets: other fixed settings are
+    refused before any trial or MLflow run, and the parent keeps the study's own."""
+    from pipelines import tuning
+    from pipelines.errors import PipelineError
+
+    settings, first, second, study = searched
+    one_epoch = settings.model_copy(
+        update={"training": settings.training.model_copy(update={"epochs": 1})}
+    )
+    _, poisoned = _poisoned_frame(settings)
+    with pytest.raises(PipelineError, match=r"training\.epochs 2 \(now 1\)"):
+        tuning.run_study(one_epoch, "TEST", poisoned, "2020-06-16", trials=1)
+    assert len(tuning.load_study(settings, "TEST").trials) == len(study.trials)
+    assert study.user_attrs["made_under"]["fixed.training.epochs"] == "2"
+    parent = _client().get_run(first.parent_run_id)
+    assert parent.data.params["fixed.training.epochs"] == "2"
+
+
 @pytest.mark.slow  # two spawned worker processes, each importing TensorFlow, MLflow and Optuna
 def test_a_resumed_study_continues_in_two_worker_processes(tmp_path):
     from pipelines import tracking, tuning
@@ -226,3 +245,34 @@ def test_configured_values_outside_the_space_are_said_not_silently_skipped(tiny_
         logger.removeHandler(caplog.handler)
     assert study.trials == []
     assert "no baseline trial" in caplog.text and "model.units 4" in caplog.text
+
+
+def test_a_space_the_data_cannot_window_is_one_line_before_any_study(tiny_project):
+    """`tune` checks the space's longest lookback as `run` checks the configured one: one line
+    naming the key and the longest lookback the data allow, exit 2, nothing written."""
+    import re
+    import sys
+    from pathlib import Path
+
+    from lstm_core.backtest import untrainable
+    from pipelines.config import load_settings
+    from tests.user_path import cli, user_env
+
+    space = TUNING.replace("{low: 3, high: 8}", "{low: 3, high: 100}")
+    config = tiny_project / "mlflow.yaml"
+    config.write_text(config.read_text() + space, encoding="utf-8")
+    before = sorted(p.name for p in tiny_project.iterdir())
+    bin_ = Path(sys.executable).with_name("lstm-pipeline")
+    out = cli(bin_, "tune", cwd=tiny_project, env=user_env(keep_pythonpath=True), timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    [line] = out.stderr.strip().splitlines()
+    assert "tuning.space" in line and "features.lookback reaches 100" in line, line
+    largest = int(re.search(r"at most (\d+)", line).group(1))
+    # the number named is the longest lookback the 120 rows can train, as `run` checks it
+    settings = load_settings(config, env={})
+    frame = price_frame(120).rename(columns=str.lower)  # the tiny project's prices
+    frame["date"] = pd.to_datetime(frame["date"])
+    for lookback, ok in ((largest, True), (largest + 1, False)):
+        features = settings.features.model_copy(update={"lookback": lookback})
+        assert (untrainable(frame, features, settings.evaluation) is None) == ok, lookback
+    assert sorted(p.name for p in tiny_project.iterdir()) == before

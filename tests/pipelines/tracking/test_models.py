@@ -1,4 +1,5 @@
-"""MLflow: what a training run logs, the pyfunc round trip, and promotion by alias."""
+"""The logged model: its files and code, the pyfunc round trip (same numbers in a fresh
+process, bands, plain price frames, refusals) and loads from two threads."""
 
 from __future__ import annotations
 
@@ -10,81 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipelines.conftest import copy_of, price_frame
+from tests.pipelines.conftest import price_frame
+from tests.pipelines.tracking.conftest import MODEL
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-MODEL = "test-TEST"
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, trained_tiny):
-    """This module's copy of the session's tiny training run (the last test here registers
-    and promotes more versions)."""
-    with copy_of(trained_tiny, tmp_path_factory.mktemp("tracking") / "project") as settings:
-        yield settings, trained_tiny.summary.results[0]
-
-
-@pytest.fixture
-def client(trained):
-    from mlflow import MlflowClient
-
-    from pipelines import tracking
-
-    tracking.connect(trained[0])
-    return MlflowClient()
-
-
-def test_run_logs_flat_params_metrics_and_epoch_curves(trained, client):
-    settings, result = trained
-    run = client.get_run(result.run_id)
-    params = run.data.params
-    assert params["features.lookback"] == "5"
-    assert params["model.units"] == "4"
-    assert params["registry.model_name"] == "test-{ticker}"
-    assert set(params) == set(settings.flat())  # every configuration value, flat
-    metrics = run.data.metrics
-    for key in (
-        "test_rmse",
-        "naive_rmse",
-        "drift_rmse",
-        "ma_rmse",
-        "skill_vs_naive",
-        "mase",
-        "dm_stat",
-        "dm_pvalue",
-        "interval_coverage_80",
-        "interval_coverage_95",
-        "interval_width_80",
-        "interval_score_95",
-        "naive_interval_coverage_80",
-        "naive_interval_width_95",
-        "interval_q_80_day3",
-        "test_directional_accuracy",
-    ):
-        assert key in metrics, key
-    assert metrics["skill_vs_naive"] == pytest.approx(
-        1 - metrics["test_rmse"] / metrics["naive_rmse"]
-    )
-    history = client.get_metric_history(result.run_id, "train_loss")
-    assert [m.step for m in history] == list(range(settings.training.epochs))
-    assert client.get_metric_history(result.run_id, "val_loss")
-    assert run.info.status == "FINISHED"
-    assert "TEST" in run.info.run_name
-
-
-def test_run_logs_figures_dataset_and_lineage_tags(trained, client):
-    _, result = trained
-    plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
-    assert {"plots/test_predictions.png", "plots/loss.png", "plots/residuals.png"} <= plots
-    run = client.get_run(result.run_id)
-    [ds] = run.inputs.dataset_inputs
-    assert ds.dataset.digest and "TEST" in ds.dataset.name
-    assert "ticker=TEST" in ds.dataset.source
-    tags = run.data.tags
-    assert tags["ticker"] == "TEST"
-    assert tags["data.last_date"] == str(price_frame(120)["Date"].iloc[-1])
-    assert tags["data.rows"] == "120"
-    assert "lib.tensorflow" in tags and "lib.mlflow" in tags
 
 
 def test_model_files_live_in_the_runs_experiment_and_artifact_folder(trained, client):
@@ -95,9 +25,26 @@ def test_model_files_live_in_the_runs_experiment_and_artifact_folder(trained, cl
     assert str(settings.path("mlartifacts")) in logged.artifact_location
 
 
+def test_model_carries_the_pyfunc_code_and_lstm_core(trained, client, tmp_path):
+    """The registered model holds pipelines/pyfunc_model.py and lstm_core/ as they are here."""
+    import yaml
+
+    from pipelines import tracking
+
+    repo = Path(tracking.__file__).resolve().parents[2]
+    local = tracking.download_forecaster(MODEL, "1", tmp_path).parents[1]  # the model's root
+    mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+    code_path = Path(mlmodel["flavors"]["python_function"]["model_code_path"])
+    assert code_path.resolve() == repo / "pipelines" / "pyfunc_model.py"
+    assert (local / "pyfunc_model.py").read_bytes() == code_path.read_bytes()
+    shipped = {p.relative_to(local / "code").as_posix() for p in (local / "code").rglob("*.py")}
+    here = {p.relative_to(repo).as_posix() for p in (repo / "lstm_core").rglob("*.py")}
+    assert shipped == here
+
+
 @pytest.mark.slow  # the isolated process below checks the same numbers in the fast selection
 def test_champion_loads_in_a_fresh_process_with_the_same_numbers(trained, client, tmp_path):
-    from pipelines import tracking
+    from pipelines.config import resolve_tracking_uri
 
     settings, result = trained
     local = client.download_artifacts(result.run_id, "model_check", str(tmp_path))
@@ -105,7 +52,7 @@ def test_champion_loads_in_a_fresh_process_with_the_same_numbers(trained, client
     code = textwrap.dedent(
         f"""
         import json, mlflow, mlflow.pyfunc, pandas as pd
-        mlflow.set_tracking_uri({tracking.resolve_tracking_uri(settings)!r})
+        mlflow.set_tracking_uri({resolve_tracking_uri(settings)!r})
         model = mlflow.pyfunc.load_model("models:/{MODEL}@champion")
         example = model.input_example
         out = model.predict(example)
@@ -239,7 +186,7 @@ def test_served_model_names_a_bad_date_and_its_row(trained, client):
 @pytest.mark.slow  # a fresh interpreter that loads TensorFlow and MLflow: CI runs it
 def test_champion_loads_where_the_project_cannot_be_imported(trained, client, tmp_path):
     """A fresh process without `pipelines` (or the installed lstm_core) on its sys.path."""
-    from pipelines import tracking
+    from pipelines.config import resolve_tracking_uri
     from tests.isolated import isolated_command
 
     settings, result = trained
@@ -250,7 +197,7 @@ def test_champion_loads_where_the_project_cannot_be_imported(trained, client, tm
     code = textwrap.dedent(
         f"""
         import json, mlflow, mlflow.pyfunc, pandas as pd
-        mlflow.set_tracking_uri({tracking.resolve_tracking_uri(settings)!r})
+        mlflow.set_tracking_uri({resolve_tracking_uri(settings)!r})
         model = mlflow.pyfunc.load_model("models:/{MODEL}@champion")
         import lstm_core  # from the model's own code folder
         out = model.predict(model.input_example)
@@ -278,154 +225,6 @@ def test_champion_loads_where_the_project_cannot_be_imported(trained, client, tm
     # data.calendar XNYS: the 3 trading days after Thursday 2020-07-02 skip Independence Day
     # (observed on Friday 2020-07-03); Monday to Friday alone would start on 2020-07-03.
     assert got["dates"] == ["2020-07-06", "2020-07-07", "2020-07-08"]
-
-
-def test_promotion_by_alias_refusal_manual_promote_and_rollback(trained, client, tmp_path):
-    from pipelines import tracking
-    from pipelines.flows import promote
-    from pipelines.promotion import manual_promote, rollback
-    from pipelines.store import PriceStore
-
-    settings, result = trained
-    assert tracking.champion(MODEL, "champion").version == "1"
-    v1 = tracking.get_version(MODEL, "1")
-    assert v1.tags[tracking.TAG_PROMOTED] == "true"
-    assert "first model" in v1.tags[tracking.TAG_REASON]
-    # What the registered model forecasts, and why v1 is champion, as a fresh client sees them.
-    about = client.get_registered_model(MODEL).description
-    for part in ("TEST", "daily open price", "1 trading day ahead", "last 5 days", "log_return"):
-        assert part in about, (part, about)
-    text = client.get_model_version(MODEL, "1").description
-    run = client.get_run(result.run_id).data.metrics
-    assert text.startswith(f"Promoted to champion: test_rmse {run['test_rmse']:.6g} with no ")
-    assert "with no champion to compare" in text and f"RMSE {run['naive_rmse']:.6g}" in text
-
-    frame = PriceStore(settings.store_path).load("TEST")
-    dates = frame["date"].iloc[-10:].to_numpy()
-    source = client.get_model_version(MODEL, "1").source
-
-    def challenger(rmse: float) -> str:
-        mv = tracking.register(MODEL, source, result.run_id, {"ticker": "TEST"})
-        metrics = {"test_rmse": rmse, "naive_rmse": 1e9}
-        promote.fn(settings, "TEST", mv.version, metrics, frame, dates, 50, tmp_path)
-        return mv.version
-
-    better = challenger(1e-9)
-    assert tracking.champion(MODEL, "champion").version == better == "2"
-    tags = tracking.get_version(MODEL, "2").tags
-    assert tags[tracking.TAG_PROMOTED] == "true" and "beats champion" in tags[tracking.TAG_REASON]
-    assert tracking.get_version(MODEL, "1").tags[tracking.TAG_REPLACED_BY] == "2"
-    # The UI's Description column: the decision in one sentence with the scores it compared.
-    v1_score = float(tracking.get_version(MODEL, "2").tags["promotion.champion_score"])
-    text = client.get_model_version(MODEL, "2").description
-    assert text.startswith("Promoted to champion: test_rmse 1e-09 against champion v1's ")
-    assert f"{v1_score:.6g} re-scored on the same test window" in text
-    assert "naive forecast RMSE 1e+09" in text and text.count(". ") == 0
-
-    worse = challenger(1e6)
-    assert tracking.champion(MODEL, "champion").version == "2"
-    tags = tracking.get_version(MODEL, worse).tags
-    assert tags[tracking.TAG_PROMOTED] == "false"
-    assert "does not beat" in tags[tracking.TAG_REASON]
-    text = client.get_model_version(MODEL, worse).description
-    assert text.startswith("Not promoted: test_rmse 1e+06 against champion v2's ")
-    assert "does not beat" in text
-
-    from pipelines.errors import PipelineError
-
-    with pytest.raises(PipelineError) as err:
-        manual_promote(settings, "TEST", "99", "test")  # the known versions, listed plainly
-    assert str(err.value).startswith(f"{MODEL} has no version 99 (versions: 1, 2, ")
-    assert str(err.value).endswith(f", {worse})")
-    manual_promote(settings, "TEST", worse, "test")
-    assert tracking.champion(MODEL, "champion").version == worse
-    assert "manual" in tracking.get_version(MODEL, worse).tags[tracking.TAG_REASON]
-    tags = tracking.get_version(MODEL, worse).tags
-    again = manual_promote(settings, "TEST", worse, None)  # already champion: nothing changes
-    assert again.endswith(f"version {worse} is already champion (nothing changed)")
-    assert tracking.get_version(MODEL, worse).tags == tags
-    text = client.get_model_version(MODEL, worse).description
-    assert text.startswith("Champion by hand (manual promotion: test): its test_rmse ")
-    rollback(settings, "TEST")
-    assert tracking.champion(MODEL, "champion").version == "2"
-    text = client.get_model_version(MODEL, "2").description
-    assert "(rollback from v3)" in text
-    # The gate's verdict on v2 is kept beside the rollback, not overwritten by it.
-    tags = tracking.get_version(MODEL, "2").tags
-    assert tags["promotion.gate_reason"].startswith("promoted: test_rmse 1e-09 beats champion")
-    assert text.endswith(f"The promotion gate had decided: {tags['promotion.gate_reason']}.")
-    # status reports the latest decision (the rollback), not the newest version's (v3's).
-    from pipelines.monitoring import status
-
-    assert status(settings)[0]["last_decision"] == "v2 promoted: rollback from v3"
-    rollback(settings, "TEST")
-    assert tracking.champion(MODEL, "champion").version == "1"
-
-    # A version whose run died between registering and deciding is settled by the next decision.
-    orphan = tracking.register(MODEL, source, result.run_id, {"ticker": "TEST"})
-    assert tracking.get_version(MODEL, orphan.version).tags[tracking.TAG_PENDING] == "true"
-    challenger(1e6)
-    tags = tracking.get_version(MODEL, orphan.version).tags
-    assert tags[tracking.TAG_PENDING] == "false" and tags[tracking.TAG_PROMOTED] == "false"
-    assert "stopped before" in tags[tracking.TAG_REASON]
-
-
-@pytest.fixture
-def dataset_run(tmp_path):
-    """A run in a fresh SQLite store, and a one-row frame to log as its dataset."""
-    import mlflow
-    import pandas as pd
-    from mlflow import MlflowClient
-
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = mlflow.create_experiment("race", artifact_location=str(tmp_path / "artifacts"))
-    run_id = MlflowClient().create_run(exp).info.run_id
-    yield run_id, pd.DataFrame({"date": ["2020-01-01"], "close": [1.0]})
-    mlflow.set_tracking_uri(previous)
-
-
-def test_dataset_logged_by_a_racing_run_is_reused_after_a_duplicate_key(dataset_run, monkeypatch):
-    """Two runs inserting the same new dataset at once: the loser retries and reuses it."""
-    import sqlalchemy.exc
-    from mlflow import MlflowClient
-
-    from pipelines import tracking
-
-    run_id, frame = dataset_run
-    real, calls = MlflowClient.log_inputs, []
-
-    def racing(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise sqlalchemy.exc.IntegrityError(
-                "INSERT INTO datasets", {}, Exception("UNIQUE constraint failed: datasets.name")
-            )
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(MlflowClient, "log_inputs", racing)
-    tracking.log_dataset(run_id, frame, source="/data/x", digest="d" * 40, name="X")
-    assert len(calls) == 2
-    inputs = MlflowClient().get_run(run_id).inputs.dataset_inputs
-    assert [d.dataset.name for d in inputs] == ["X"]
-
-
-def test_other_dataset_errors_are_not_retried(dataset_run, monkeypatch):
-    from mlflow import MlflowClient
-
-    from pipelines import tracking
-
-    run_id, frame = dataset_run
-    calls = []
-
-    def broken(self, *args, **kwargs):
-        calls.append(1)
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(MlflowClient, "log_inputs", broken)
-    with pytest.raises(RuntimeError, match="disk full"):
-        tracking.log_dataset(run_id, frame, source="/data/x", digest="d" * 40, name="X")
-    assert len(calls) == 1
 
 
 def test_models_loaded_from_two_threads_leave_no_mock_module_behind(trained, client, monkeypatch):

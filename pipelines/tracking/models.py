@@ -1,0 +1,137 @@
+"""The model: the forecaster logged as a pyfunc "from code" with pinned requirements, the
+registered champion loaded back and asked for a forecast, a version's forecaster folder
+downloaded."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from pipelines.errors import PipelineError
+from pipelines.tracking.connection import _client
+from pipelines.tracking.runs import library_versions, write_json_artifact
+
+if TYPE_CHECKING:
+    from lstm_core.predictor import Forecaster
+
+# What a logged model carries as code: the pyfunc (pipelines/pyfunc_model.py) and lstm_core/.
+PYFUNC_CODE = Path(__file__).parent.with_name("pyfunc_model.py")
+CORE_PACKAGE = Path(__file__).resolve().parents[2] / "lstm_core"
+
+
+def pip_requirements() -> list[str]:
+    v = library_versions()
+    reqs = [f"mlflow=={v['mlflow']}"] if "mlflow" in v else ["mlflow"]
+    for pkg in ("tensorflow", "keras", "pandas", "numpy", "scikit-learn"):
+        if pkg in v:
+            reqs.append(f"{pkg}=={v[pkg]}")
+    return reqs
+
+
+def log_forecaster(
+    run_id: str, forecaster: Forecaster, forecaster_dir: Path, input_example: pd.DataFrame
+) -> str:
+    """Save ``forecaster`` in ``forecaster_dir`` and log it as a pyfunc model 'from code';
+    returns the model URI.
+
+    The signature's inputs are `date` and the feature columns the network reads, nothing
+    else, so a plain price frame (any other columns, any order) is accepted. MLflow loads the
+    saved model through the pyfunc and forecasts the input example before it logs it.
+    """
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types.schema import AnyType, ColSpec, Schema
+
+    from lstm_core.data import DATE_COLUMN, model_input
+
+    forecaster.save(forecaster_dir)
+    input_example = model_input(input_example, forecaster.preprocessor)
+    output = forecaster.forecast(input_example, 1, intervals=False)
+    inferred = infer_signature(
+        input_example,
+        output,
+        params={"intervals": False, "days": 1, "samples": 30, "seed": 0, "recalibrate": False},
+    )
+    # `date` is typed Any: MLflow's datetime check refuses ISO strings in a DataFrame (pandas
+    # 3 string columns); the model itself reads datetimes and ISO strings alike.
+    columns = forecaster.preprocessor.feature_cfg.columns
+    inputs = Schema([ColSpec(AnyType(), DATE_COLUMN), *(ColSpec("double", c) for c in columns)])
+    signature = ModelSignature(inputs=inputs, outputs=inferred.outputs, params=inferred.params)
+    info = _log_pyfunc(run_id, forecaster_dir, signature, input_example)
+    # What the training process itself predicts for the input example: any later load of
+    # the model (another process, the registry, a server) must reproduce these numbers.
+    write_json_artifact(
+        run_id,
+        {"model_uri": info.model_uri, "forecast": output.to_dict(orient="list")},
+        "model_check/input_example_forecast.json",
+    )
+    return info.model_uri
+
+
+# MLflow loads a model from code (to load it, and to check the input example when logging it)
+# with a mock `dbutils` swapped into sys.modules and back: two loads at once in threads of one
+# process leave the mock there for good. One load at a time.
+_CODE_LOAD = threading.Lock()
+
+
+def _log_pyfunc(run_id: str, forecaster_dir: Path, signature: Any, example: pd.DataFrame):
+    import mlflow.pyfunc
+    from mlflow.models import Model
+
+    client = _client()
+    # Created here in the run's own experiment: left to itself, Model.log(run_id=...) puts
+    # the logged model (and its files) in the fluent API's current experiment instead.
+    logged = client.create_logged_model(
+        client.get_run(run_id).info.experiment_id,
+        name="model",
+        source_run_id=run_id,
+        model_type="lstm-price-forecaster",
+    )
+    with _CODE_LOAD:
+        return Model.log(
+            artifact_path=None,
+            name="model",
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
+            model_id=logged.model_id,
+            python_model=str(PYFUNC_CODE),
+            artifacts={"forecaster": str(forecaster_dir)},
+            code_paths=[str(CORE_PACKAGE)],
+            signature=signature,
+            input_example=example,
+            pip_requirements=pip_requirements(),
+        )
+
+
+def load_model(name: str, alias: str):
+    """The registered champion as a pyfunc model (the registry is the only source)."""
+    import mlflow.pyfunc
+
+    with _CODE_LOAD:
+        return mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+
+
+def predict(model, frame: pd.DataFrame, params: Mapping[str, Any], label: str) -> pd.DataFrame:
+    """``model.predict``; a request the model refuses (lstm_core's DataError, which the pyfunc
+    raises as INVALID_PARAMETER_VALUE) is the user's to fix: a PipelineError naming `label`."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return model.predict(frame, params=params)
+    except MlflowException as exc:
+        if exc.error_code != "INVALID_PARAMETER_VALUE":
+            raise
+        raise PipelineError(f"{label}: {exc.message}") from None
+
+
+def download_forecaster(name: str, version: str, dst: Path) -> Path:
+    """Fetch a version's bundled forecaster folder (model.keras + preprocessing state)."""
+    import mlflow.artifacts
+
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)
+    )
+    return Path(local) / "artifacts" / "forecaster"
