@@ -59,6 +59,14 @@ class OverrideError(ConfigError):
         self.args = (f"--set {assignment}: {problem}",)
 
 
+def os_problem(exc: OSError, where: str | Path) -> str:
+    """The system's error in words, with the path it names when that is not ``where``."""
+    what = exc.strerror or str(exc)
+    if exc.filename and Path(exc.filename) != Path(where):
+        what += f" ({exc.filename})"
+    return what
+
+
 def user_error_types() -> tuple[type[Exception], ...]:
     """Errors the user can act on (bad input, configuration, unusable data, a server that does
     not answer): reported in one line, exit code 2, no traceback. Subclasses included."""

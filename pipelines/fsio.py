@@ -4,12 +4,14 @@ Every durable file goes through :func:`atomic_write`: the content is written to 
 temporary file in the same folder, flushed to disk, given the mode a plain ``open`` would give
 it, then renamed over the target, so a reader sees the old file or the new one, never a mix.
 Locks are advisory ``filelock`` locks: one writer at a time per store partition or per
-registered model, across threads and processes.
+registered model, across threads and processes. :func:`check_writable` tells, before any work,
+whether a place can be written at all.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import tempfile
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-__all__ = ["atomic_write", "file_lock", "file_mode", "fsync_dir"]
+__all__ = ["atomic_write", "check_writable", "file_lock", "file_mode", "fsync_dir"]
 
 
 @functools.cache
@@ -89,3 +91,31 @@ def file_lock(path: str | Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(path):
         yield
+
+
+def check_writable(path: str | Path) -> None:
+    """Raise the OSError that writing ``path`` would meet (naming what refused); changes
+    nothing.
+
+    An existing file is opened for writing; a folder (or, for a missing path, the nearest
+    existing folder above it, where the missing ones would be made) must take a new file.
+    """
+    path = Path(path)
+    if path.is_file():
+        os.close(os.open(path, os.O_WRONLY))  # no truncation, no change
+        return
+    folder = path
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+    effective = os.access in os.supports_effective_ids  # setuid: the rights used to write
+    if os.access(folder, os.W_OK | os.X_OK, effective_ids=effective):
+        return
+    # access() says no without saying why: a real attempt gives the system's words
+    try:
+        fd, name = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(folder)) from None
+    os.close(fd)
+    os.unlink(name)

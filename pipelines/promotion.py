@@ -2,7 +2,9 @@
 
 :func:`decide` is a pure decision on numbers (tested exhaustively). :func:`promote` applies it
 to a newly registered version under a per-model lock; :func:`manual_promote` and
-:func:`rollback` move the alias by hand. Every change records the decision on the version (tags
+:func:`rollback` move the alias by hand. What a killed process left is settled here too: a
+version it registered but never decided on (:func:`settle_interrupted`), and the runs it left
+RUNNING (:func:`settle_orphaned_runs`). Every change records the decision on the version (tags
 for machines, a one-sentence description for the MLflow UI) and describes on the registered
 model what it forecasts. The MLflow calls themselves are in :mod:`pipelines.tracking`.
 """
@@ -10,6 +12,7 @@ model what it forecasts. The MLflow calls themselves are in :mod:`pipelines.trac
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -18,9 +21,13 @@ from pipelines import tracking
 from pipelines.config import PromotionPolicy, Settings
 from pipelines.errors import PipelineError
 from pipelines.fsio import file_lock
+from pipelines.run_owner import owner_gone, settled_note
+
+log = logging.getLogger("pipelines")
 
 TAG_GATE_REASON = "promotion.gate_reason"  # the gate's verdict, kept when a hand overrules it
 _VERDICTS = ("promoted: ", "refused: ")  # how the gate's reasons start
+_RUN_NAME = "mlflow.runName"
 TIE = 1e-5  # relative: a challenger must win by more than this (or min_improvement, if larger)
 
 
@@ -222,6 +229,9 @@ def _describe_model(name: str, ticker: str, version: str) -> None:
     tracking.set_model_description(name, model_description(ticker, params))
 
 
+# ---------------------------------------------------------------- what a killed process left
+
+
 def settle_interrupted(name: str, version: str) -> list[str]:
     """Record a refusal on versions whose run died between registering and deciding."""
     settled = []
@@ -230,6 +240,23 @@ def settle_interrupted(name: str, version: str) -> list[str]:
             why = "refused: its run stopped before a promotion decision was recorded"
             _record(name, v.version, Decision(False, why, float("nan"), None))
             settled.append(v.version)
+    return settled
+
+
+def settle_orphaned_runs(experiment_id: str) -> list[str]:
+    """Mark FAILED the experiment's runs left RUNNING by a process of this host that has
+    ended (killed: it could not end them), with a tag saying why; returns their ids.
+
+    Runs whose process lives, runs of other hosts and runs without owner tags stay as they are.
+    """
+    settled = []
+    for run_id, tags in tracking.running_runs(experiment_id).items():
+        reason = owner_gone(tags)
+        if reason is None:
+            continue
+        tracking.fail_orphan(run_id, settled_note(reason))
+        log.info("run %s (%s) marked FAILED: %s", tags.get(_RUN_NAME, "?"), run_id, reason)
+        settled.append(run_id)
     return settled
 
 

@@ -6,9 +6,11 @@ Called by the command line (and by a flow run before it trains), never at import
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 import threading
@@ -17,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipelines.config import Settings
+from pipelines.run_owner import owner_gone, owner_tags
 
 # Quiet, offline-friendly defaults the user can still override from the environment.
 _DEFAULTS = {
@@ -189,10 +192,9 @@ def start_prefect_api(settings: Settings) -> None:
     of the thread that starts it, so SIGINT is blocked here while it starts (a Ctrl-C meanwhile
     still interrupts this process, once the server is up); Prefect stops the server with
     SIGTERM when the process exits. A configured API, or the Dask fan-out's server (its own
-    process group), needs none of this.
+    process group), needs none of this. A server whose command was killed outright is
+    stopped here by the next command (:func:`stop_orphaned_servers`).
     """
-    import signal
-
     if settings.runtime.task_runner == "dask" or not hasattr(signal, "pthread_sigmask"):
         return
     from prefect import get_client
@@ -200,9 +202,57 @@ def start_prefect_api(settings: Settings) -> None:
 
     if os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value():
         return
+    stop_orphaned_servers()
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    # the server's environment names this process as its owner (stop_orphaned_servers)
+    os.environ[_SERVER_OWNER] = json.dumps(owner_tags())
     try:
         with get_client(sync_client=True):  # the first client starts the server
             pass
     finally:
+        os.environ.pop(_SERVER_OWNER, None)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+_SERVER_OWNER = "LSTM_PIPELINE_SERVER_OWNER"
+_SERVER_APP = b"prefect.server.api.server:create_app"
+
+
+def stop_orphaned_servers() -> list[int]:
+    """Stop (SIGTERM) Prefect's temporary API servers of this PREFECT_HOME whose owner, the
+    command that started them, has ended; returns their pids.
+
+    Prefect stops its server when the process exits normally; a process killed outright
+    (SIGKILL, the OOM killer, a timeout) leaves it running for good. Only servers started by
+    `start_prefect_api` carry an owner, so a server started otherwise is never touched.
+    """
+    home = os.path.realpath(os.environ.get("PREFECT_HOME", ""))
+    stopped = []
+    for entry in Path("/proc").glob("[0-9]*"):  # no /proc (not Linux): nothing found
+        try:
+            if _SERVER_APP not in (entry / "cmdline").read_bytes():
+                continue
+            pairs = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:  # ended meanwhile, or another user's
+            continue
+        env = dict(p.decode(errors="replace").split("=", 1) for p in pairs if b"=" in p)
+        owner = env.get(_SERVER_OWNER)
+        if (
+            owner is None
+            or env.get("PREFECT__SERVER_EPHEMERAL") != "1"
+            or os.path.realpath(env.get("PREFECT_HOME", "")) != home
+        ):
+            continue
+        try:
+            reason = owner_gone(json.loads(owner))
+        except (ValueError, AttributeError):  # not what start_prefect_api wrote
+            continue
+        if reason is None:
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(int(entry.name), signal.SIGTERM)
+            stopped.append(int(entry.name))
+            logging.getLogger("pipelines").info(
+                "stopped Prefect's temporary server (pid %s) left running: %s", entry.name, reason
+            )
+    return stopped

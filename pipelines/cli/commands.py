@@ -4,6 +4,7 @@ turns a user error into one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import shlex
 import sys
@@ -17,18 +18,36 @@ from pipelines.cli.preflight import (
     parse_configured,
     preflight_run,
     preflight_tracking,
+    preflight_writable,
 )
 from pipelines.config import Settings, find_config, load_settings
 from pipelines.errors import PipelineError, is_user_error
 
+_FLOWS = ("prefect", "tracking", "locks")  # Prefect's home, MLflow, the promotion locks
+# Where each command writes (`preflight.PLACES`), checked before Prefect or MLflow start.
+WRITES: dict[str, tuple[str, ...]] = {
+    "ingest": ("store",),
+    "run": ("store", "forecasts", *_FLOWS),  # a promoted model forecasts at once
+    "retrain": ("store", "incoming", "archive", "rejected", "forecasts", *_FLOWS),
+    "forecast": ("forecasts", *_FLOWS),
+    "score": _FLOWS,
+    "tune": ("store", "tuning", "forecasts", *_FLOWS),
+    "promote": ("tracking", "locks"),
+    "rollback": ("tracking", "locks"),
+    "demo": ("store", "forecasts", "demo", *_FLOWS),
+    "serve": ("store", "incoming", "archive", "rejected", "forecasts", "tuning", *_FLOWS),
+}
+
 
 def _settings(args: argparse.Namespace) -> Settings:
-    """The project's settings; records the config file found in `args.config_path`."""
+    """The project's settings, once the places the command writes are found writable;
+    records the config file found in `args.config_path`."""
     from pipelines.runtime import configure_environment
 
     args.config_path = find_config(args.config)
     settings = load_settings(args.config_path, args.overrides)
     configure_environment(settings)
+    preflight_writable(settings, WRITES.get(args.command, ()))
     return settings
 
 
@@ -167,6 +186,7 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
 def _cmd_promote(args: argparse.Namespace) -> int:
     settings = _settings(args)
     ticker = checked_ticker(args.ticker)
+    preflight_tracking(settings)
     from pipelines.promotion import manual_promote
 
     print(manual_promote(settings, ticker, args.version, args.reason))
@@ -176,6 +196,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 def _cmd_rollback(args: argparse.Namespace) -> int:
     settings = _settings(args)
     ticker = checked_ticker(args.ticker)
+    preflight_tracking(settings)
     from pipelines.promotion import rollback
 
     print(rollback(settings, ticker))
@@ -341,6 +362,13 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # What the places checked before the work did not foresee (a file inside them made
+        # read-only, a mount gone read-only meanwhile): still one line naming the path.
+        if not (isinstance(exc, PermissionError) or exc.errno == errno.EROFS):
+            raise
+        print(f"error: {exc.filename or 'a file'}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     except Exception as exc:
         if not is_user_error(exc):
             raise

@@ -1,13 +1,61 @@
 """Checks that run before Prefect, TensorFlow or any write, so that bad input is one line and
-exit code 2: a --ticker value, the price files, the stored tickers, `data.sources` and the
-tracking store."""
+exit code 2: the places a command writes, a --ticker value, the price files, the stored
+tickers, `data.sources` and the tracking store."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from pipelines.config import Settings
+from pipelines.config import Settings, resolve_tracking_uri
 from pipelines.errors import PipelineError
+
+
+def _tracking_places(settings: Settings) -> list[Path]:
+    uri = resolve_tracking_uri(settings)
+    if not uri.startswith("sqlite:///"):
+        return []  # a tracking server or database keeps its own files
+    db = Path(uri.removeprefix("sqlite:///"))
+    # SQLite writes its journal beside the database; the first open locks .locks/ there
+    return [db, db.parent, db.parent / ".locks", settings.path(settings.tracking.artifact_location)]
+
+
+def _tuning_places(settings: Settings) -> list[Path]:
+    from pipelines.tuning.storage import storage_url
+
+    url = storage_url(settings)
+    return [] if "://" in url else [Path(url).parent]
+
+
+# The places behind each name a command lists in what it writes.
+PLACES: dict[str, Callable[[Settings], list[Path]]] = {
+    "store": lambda s: [s.store_path],
+    "incoming": lambda s: [s.path(s.data.incoming)],
+    "archive": lambda s: [s.path(s.data.archive)],
+    "rejected": lambda s: [s.path(s.data.rejected)],
+    "forecasts": lambda s: [s.path(s.data.forecasts)],
+    "locks": lambda s: [s.path(".locks")],
+    # configure_environment has set it (inside the project unless the user chose another)
+    "prefect": lambda s: [Path(os.environ.get("PREFECT_HOME") or s.path(".prefect"))],
+    "tracking": _tracking_places,
+    "tuning": _tuning_places,
+    "demo": lambda s: [s.path("outputs/demo")],
+}
+
+
+def preflight_writable(settings: Settings, places: Iterable[str]) -> None:
+    """Each place a command will write (names in `PLACES`) can be written, before Prefect or
+    MLflow start: else one line naming it and the system's error, as `init` says it."""
+    from pipelines.errors import os_problem
+    from pipelines.fsio import check_writable
+
+    for name in places:
+        for path in PLACES[name](settings):
+            try:
+                check_writable(path)
+            except OSError as exc:
+                raise PipelineError(f"cannot write to {path}: {os_problem(exc, path)}") from None
 
 
 def checked_ticker(ticker: str | None) -> str | None:
@@ -20,10 +68,11 @@ def checked_ticker(ticker: str | None) -> str | None:
 def preflight_tracking(settings: Settings) -> None:
     """The tracking store answers and keeps its artifacts in the configured folder (not a
     project's moved here, nor a changed `tracking.artifact_location`), before a command
-    ingests, trains or forecasts."""
+    ingests, trains or forecasts; runs that killed processes left RUNNING are marked FAILED."""
     from pipelines import tracking
+    from pipelines.promotion import settle_orphaned_runs
 
-    tracking.connect(settings)
+    settle_orphaned_runs(tracking.connect(settings))
 
 
 def parse_configured(settings: Settings, path: Path | str, ticker: str | None):

@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from pipelines.config.sections import Settings, bool_as_number
-from pipelines.errors import ConfigError, OverrideError, PipelineError
+from pipelines.errors import ConfigError, OverrideError, PipelineError, os_problem
 
 CONFIG_NAME = "mlflow.yaml"
 CONFIG_ENV = "LSTM_PIPELINE_CONFIG"
@@ -157,10 +157,7 @@ def init_project(folder: str | Path) -> list[Path]:
                     path.rmdir()
                 else:
                     path.unlink()
-        what = exc.strerror or str(exc)
-        if exc.filename and Path(exc.filename) != root:
-            what += f" ({exc.filename})"
-        raise PipelineError(f"cannot create a project in {root}: {what}") from None
+        raise PipelineError(f"cannot create a project in {root}: {os_problem(exc, root)}") from None
 
 
 def _write_project(root: Path, made: list[Path]) -> list[Path]:

@@ -3,12 +3,15 @@ artifact-root checks) and the addresses a user opens (the UI command, a run's pa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+from collections.abc import Iterator
 from pathlib import Path
 
 from pipelines.config import Settings, resolve_tracking_uri
 from pipelines.errors import PipelineError
+from pipelines.fsio import file_lock
 
 
 def _client():
@@ -36,6 +39,27 @@ def _require_server(uri: str) -> None:
         ) from None
 
 
+# SQLite databases this process has opened: MLflow creates or migrates one at its first use.
+_OPENED: set[str] = set()
+
+
+@contextlib.contextmanager
+def _first_open(uri: str) -> Iterator[None]:
+    """Hold the SQLite database's lock (`.locks/` beside it) around this process's first use
+    of it: MLflow creates and migrates a new database then, and two processes doing that at
+    once break the migration (alembic: "expected to match one row")."""
+    db = Path(uri.removeprefix("sqlite:///"))
+    if uri in _OPENED or not uri.startswith("sqlite:///") or not db.is_absolute():
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        # where no lock file can be made, nor can the database be created or migrated
+        with contextlib.suppress(OSError):
+            stack.enter_context(file_lock(db.parent / ".locks" / f"{db.name}.lock"))
+        yield
+    _OPENED.add(uri)
+
+
 def connect(settings: Settings) -> str:
     """Point MLflow at the configured tracking URI and make sure the experiment exists."""
     import mlflow
@@ -53,8 +77,9 @@ def connect(settings: Settings) -> str:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-    client = _client()
-    exp = client.get_experiment_by_name(settings.tracking.experiment)
+    with _first_open(uri):
+        client = _client()
+        exp = client.get_experiment_by_name(settings.tracking.experiment)
     if exp is not None:
         _check_artifact_root(settings, uri, exp.artifact_location)
         return exp.experiment_id

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import pandas as pd
 
 from pipelines.config import Settings
+from pipelines.run_owner import owner_tags
 from pipelines.tracking.connection import _client, connect
 from pipelines.tracking.registry import get_version, tag_version
 from pipelines.tracking.runs import TAG_KIND, TAG_TICKER
@@ -38,6 +39,7 @@ def monitoring_run(settings: Settings, ticker: str, version: str) -> str:
             TAG_KIND: KIND_MONITORING,
             "model_version": version,
             "model_name": settings.registry.name_for(ticker),
+            **owner_tags(),
         },
     )
     return run.info.run_id

@@ -18,6 +18,7 @@ import pandas as pd
 
 from pipelines.config import Settings
 from pipelines.retries import note_retry
+from pipelines.run_owner import TAG_SETTLED, owner_tags
 from pipelines.tracking.connection import _client, connect
 
 # Run tags every kind of run may carry (training, tuning, monitoring, forecast).
@@ -78,7 +79,7 @@ def start_run(
         f"{m.layers}x{m.units} {f.target_transform} lb{f.lookback}"
     )
     # kind: as every run of the experiment has, so the UI can filter (`tags.kind = 'training'`)
-    tags = {TAG_TICKER: ticker, TAG_KIND: "training", **data_tags}
+    tags = {TAG_TICKER: ticker, TAG_KIND: "training", **data_tags, **owner_tags()}
     tags.update({f"lib.{k}": v for k, v in library_versions().items()})
     commit = _git_commit()
     if commit:
@@ -203,6 +204,26 @@ def fail_run(run_id: str) -> None:
     _client().set_terminated(run_id, "FAILED")
 
 
+def running_runs(experiment_id: str) -> dict[str, dict[str, str]]:
+    """The experiment's runs still RUNNING: run id -> tags."""
+    client, found, token = _client(), {}, None
+    while True:
+        page = client.search_runs(
+            [experiment_id], "attributes.status = 'RUNNING'", max_results=500, page_token=token
+        )
+        found.update({r.info.run_id: dict(r.data.tags) for r in page})
+        token = page.token
+        if not token:
+            return found
+
+
+def fail_orphan(run_id: str, note: str) -> None:
+    """End a run its own process left RUNNING (killed), saying why in a tag."""
+    client = _client()
+    client.set_tag(run_id, TAG_SETTLED, note)
+    client.set_terminated(run_id, "FAILED")
+
+
 def run_params(run_id: str) -> dict[str, str]:
     return dict(_client().get_run(run_id).data.params)
 
@@ -221,7 +242,7 @@ def log_forecast(settings: Settings, ticker: str, version: str, path: Path) -> s
     run = _client().create_run(
         experiment_id,
         run_name=f"forecast {ticker} v{version}",
-        tags={TAG_TICKER: ticker, TAG_KIND: "forecast", "model_version": version},
+        tags={TAG_TICKER: ticker, TAG_KIND: "forecast", "model_version": version, **owner_tags()},
     )
     try:
         _client().log_artifact(run.info.run_id, str(path), "forecast")

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipelines.run_owner import owner_tags
 from pipelines.tracking.connection import _client
 from pipelines.tracking.registry import RegisteredVersion, get_version, tag_version
 from pipelines.tracking.runs import TAG_KIND, library_versions, log_figures, log_metrics, log_table
@@ -29,7 +30,7 @@ def start_tuning_run(
     """The parent run of one study and ticker; trials become its nested runs."""
     from mlflow.entities import Param
 
-    tags = {**tags, TAG_KIND: "tuning"}
+    tags = {**tags, TAG_KIND: "tuning", **owner_tags()}
     tags.update({f"lib.{k}": v for k, v in library_versions().items()})
     run_id = _client().create_run(experiment_id, run_name=name, tags=tags).info.run_id
     batch = [Param(k, "" if v is None else str(v)) for k, v in params.items()]
@@ -49,6 +50,10 @@ def reopen_run(run_id: str, experiment_id: str) -> bool:
         return False
     if run.info.experiment_id != experiment_id or run.info.lifecycle_stage != "active":
         return False
+    from mlflow.entities import RunTag
+
+    # its owner now: set before it runs again, so no one takes it for the old owner's orphan
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in owner_tags().items()])
     client.update_run(run_id, status="RUNNING")
     return True
 
@@ -67,7 +72,7 @@ def start_trial_run(
     run = client.create_run(
         experiment_id,
         run_name=name,
-        tags={**tags, TAG_PARENT: parent_run_id, TAG_KIND: "tuning-trial"},
+        tags={**tags, TAG_PARENT: parent_run_id, TAG_KIND: "tuning-trial", **owner_tags()},
     )
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
     return run.info.run_id

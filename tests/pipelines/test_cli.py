@@ -51,6 +51,30 @@ def test_bad_input_is_one_line_exit_2_and_store_unchanged(tiny_project, capsys):
     assert tree_bytes(store) == before
 
 
+def test_a_place_the_command_writes_that_cannot_be_written_is_one_line_exit_2(
+    tiny_project, capsys, monkeypatch
+):
+    # data/ is a file, so the store cannot be made: said before anything runs, as init says it
+    # (tests/reliability/test_read_only.py: a read-only project through the installed CLI)
+    cfg = str(tiny_project / "mlflow.yaml")
+    (tiny_project / "data").write_text("not a folder\n", encoding="utf-8")
+    assert main(["ingest", str(tiny_project / "prices" / "TEST.csv"), "--config", cfg]) == 2
+    store, data = tiny_project / "data" / "store", tiny_project / "data"
+    assert capsys.readouterr().err.strip() == (
+        f"error: cannot write to {store}: Not a directory ({data})"
+    )
+    # What the check cannot foresee (a file refused later) is still one line naming the path.
+    import pipelines.promotion
+
+    def refused(*args: object) -> str:
+        raise PermissionError(13, "Permission denied", str(tiny_project / ".locks" / "x.lock"))
+
+    monkeypatch.setattr(pipelines.promotion, "manual_promote", refused)
+    assert main(["promote", "--ticker", "TEST", "--version", "1", "--config", cfg]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tiny_project / '.locks' / 'x.lock'}: Permission denied"
+
+
 @pytest.mark.parametrize(
     ("where", "replace"),
     [("after", False), ("before", False), ("inside", True)],

@@ -92,3 +92,51 @@ def test_version_description_is_one_sentence_with_every_score():
         "Champion by hand (rollback from v4): its test_rmse 1.5 and the naive forecast's "
         "RMSE 1.25 on its own test window."
     )
+
+
+def test_runs_left_running_by_an_ended_process_are_failed_and_only_those(tiny_settings):
+    """What a SIGKILL leaves: a RUNNING run whose process has ended. The next command's
+    settling marks it FAILED with a note; runs of live processes (this one included), of
+    another host, of an earlier process that had the same pid, or without owner tags stay."""
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    from pipelines import tracking
+    from pipelines.promotion import settle_orphaned_runs
+    from pipelines.run_owner import TAG_HOST, TAG_SETTLED, owner_tags
+    from tests.pipelines.test_run_owner import ended_process_tags
+
+    exp = tracking.connect(tiny_settings)
+    client = MlflowClient()
+    ended = ended_process_tags()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        made = {
+            "killed": ended,
+            "live": owner_tags(sleeper.pid),
+            "other host": {**ended, TAG_HOST: "another-host"},
+            "untagged": {},
+        }
+        runs = {k: client.create_run(exp, run_name=k, tags=t).info.run_id for k, t in made.items()}
+        runs["mine"] = tracking.start_run(tiny_settings, exp, "TEST", {})  # owner: this process
+        runs["ended, finished"] = client.create_run(exp, tags=ended).info.run_id
+        client.set_terminated(runs["ended, finished"], "FINISHED")
+        assert settle_orphaned_runs(exp) == [runs["killed"]]
+        assert settle_orphaned_runs(exp) == []  # settled once
+        status = {k: client.get_run(r).info.status for k, r in runs.items()}
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert status == {
+        "killed": "FAILED",
+        "live": "RUNNING",
+        "other host": "RUNNING",
+        "untagged": "RUNNING",
+        "mine": "RUNNING",
+        "ended, finished": "FINISHED",
+    }
+    note = client.get_run(runs["killed"]).data.tags[TAG_SETTLED]
+    assert f"process {ended['owner.pid']} on" in note and "marked FAILED" in note
+    assert settle_orphaned_runs(exp) == [runs["live"]]  # once its process has ended

@@ -14,6 +14,7 @@ from tests.reliability.conftest import (
     cli,
     copy_project,
     figure,
+    new_project,
     registry_state,
     start_cli,
     store_digest,
@@ -86,3 +87,17 @@ def test_racing_runs_promote_one_consistent_champion(trained_project, tmp_path):
     assert champion in state.versions
     assert champion == last_promoted, (champion, tags)
     assert not state.dangling_aliases
+
+
+def test_first_commands_at_once_create_one_tracking_store(tmp_path):
+    # Two commands that open a new project's tracking store at the same moment: MLflow creates
+    # and migrates mlflow.db on first use, and two migrations at once failed one (or both)
+    # with alembic's "expected to match one row" traceback. `status` is the cheapest opener.
+    for k in range(REPEATS):
+        project = new_project(tmp_path / f"fresh{k}")
+        procs = [start_cli(project, "status") for _ in range(2)]
+        outs = [p.communicate(timeout=300) for p in procs]
+        rcs = [p.returncode for p in procs]
+        figure("concurrent", rcs == [0, 0])
+        assert rcs == [0, 0], [err[-2000:] for _, err in outs]
+        assert all("no tickers in the store yet" in out for out, _ in outs), outs

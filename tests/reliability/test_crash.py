@@ -3,15 +3,18 @@
 After each kill the store must be readable and hold either the old or the new rows (never a mix),
 every registered version's model must load, and no alias may point to a missing version. A rerun
 after the crash must complete normally. Runs left RUNNING by a kill and versions registered but
-never decided (no ``promotion.promoted`` tag) are reported on stderr, not failed: a kill between
-registration and the promotion decision leaves that by design of the flow (see the report).
+never decided (no ``promotion.promoted`` tag) are reported on stderr right after the kill, not
+failed: no process can end them then. A later run settles both (the last test: the runs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
 import shutil
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -209,3 +212,95 @@ def test_rerun_after_a_killed_run_completes(killed_runs):
         assert "Traceback" not in out.stderr, out.stderr[-3000:]
         assert state.aliases.get("champion") in state.versions
         shutil.rmtree(project / ".prefect", ignore_errors=True)
+
+
+def _run_statuses(db: Path) -> dict[str, str]:
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        return dict(con.execute("SELECT run_uuid, status FROM runs"))
+    finally:
+        con.close()
+
+
+def test_a_killed_runs_mlflow_run_is_failed_by_the_next_command(trained_project, tmp_path):
+    # SIGKILL leaves no chance to end the MLflow run: the next command that connects finds it
+    # RUNNING with an owner process that has ended, and marks it FAILED, saying why.
+    project = copy_project(trained_project.path, tmp_path / "project")
+    db = project / "mlflow.db"
+    before = _run_statuses(db)
+    proc = start_cli(project, "run", "--ticker", TICKER)
+    try:
+        t0, killed = time.monotonic(), []
+        while not killed and proc.poll() is None and time.monotonic() - t0 < 600:
+            time.sleep(0.3)
+            killed = [r for r, s in _run_statuses(db).items() if r not in before and s == "RUNNING"]
+    finally:
+        kill_group(proc)
+    assert len(killed) == 1, proc.stderr.read()[-3000:]
+    assert _run_statuses(db)[killed[0]] == "RUNNING"
+    out = cli(project, "run", "--ticker", TICKER)
+    assert out.returncode == 0, out.stderr[-3000:]
+    after = _run_statuses(db)
+    assert after[killed[0]] == "FAILED"
+    newer = [s for r, s in after.items() if r not in before and r != killed[0]]
+    assert newer and set(newer) == {"FINISHED"}, after  # the training run (and its forecast)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    note = client.get_run(killed[0]).data.tags["owner.settled"]
+    assert f"process {proc.pid} on" in note and "has ended" in note, note
+
+
+def _server_child(pid: int) -> int | None:
+    """The pid of Prefect's temporary API server started by process `pid`, once it exists."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    for child in children:
+        with contextlib.suppress(OSError):
+            if (
+                b"prefect.server.api.server:create_app"
+                in Path(f"/proc/{child}/cmdline").read_bytes()
+            ):
+                return int(child)
+    return None
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has ended, whoever reaps it
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_a_killed_commands_prefect_server_is_stopped_by_the_next_command(trained_project, tmp_path):
+    # Prefect stops its temporary API server at exit; SIGKILL on the command alone leaves the
+    # server running for good (225 MB each). The next command that starts one stops it.
+    project = copy_project(trained_project.path, tmp_path / "project")
+    proc = start_cli(project, "score")
+    server = None
+    try:
+        t0 = time.monotonic()
+        while server is None and proc.poll() is None and time.monotonic() - t0 < 300:
+            time.sleep(0.2)
+            server = _server_child(proc.pid)
+        assert server is not None, proc.communicate()[1][-3000:]
+        os.kill(proc.pid, signal.SIGKILL)  # the command only, as `kill -9 PID` does
+        proc.wait(timeout=30)
+        time.sleep(1)
+        assert _running(server)
+        out = cli(project, "score")
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert f"stopped Prefect's temporary server (pid {server})" in out.stderr, out.stderr
+        t0 = time.monotonic()
+        while _running(server) and time.monotonic() - t0 < 30:
+            time.sleep(0.2)
+        assert not _running(server)
+    finally:
+        if server is not None and _running(server):
+            os.kill(server, signal.SIGKILL)
