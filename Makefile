@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# pytest-xdist workers for make test-fast (the machine has 2 cores)
+TEST_WORKERS ?= 2
 
 .PHONY: run test test-fast lint format bench clean
 
@@ -29,7 +31,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -m "not servers and not slow"; rc=$$?; \
+	$(BIN)/python -m pytest -m "not servers and not slow" -n $(TEST_WORKERS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 lint: $(STAMP)
