@@ -13,7 +13,7 @@ import pandas as pd
 
 from pipelines.errors import PipelineError
 from pipelines.tracking.connection import _client
-from pipelines.tracking.runs import library_versions, write_json_artifact
+from pipelines.tracking.runs import library_versions
 
 if TYPE_CHECKING:
     from lstm_core.predictor import Forecaster
@@ -39,8 +39,10 @@ def log_forecaster(
     returns the model URI.
 
     The signature's inputs are `date` and the feature columns the network reads, nothing
-    else, so a plain price frame (any other columns, any order) is accepted. MLflow loads the
-    saved model through the pyfunc and forecasts the input example before it logs it.
+    else, so a plain price frame (any other columns, any order) is accepted; its outputs are
+    the default request's (`date`, `forecast`). MLflow loads the saved model through the
+    pyfunc and forecasts the input example before it logs it: that is the check that the
+    saved model serves, so the forecaster in hand is not asked first.
     """
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.types.schema import AnyType, ColSpec, Schema
@@ -49,26 +51,16 @@ def log_forecaster(
 
     forecaster.save(forecaster_dir)
     input_example = model_input(input_example, forecaster.preprocessor)
-    output = forecaster.forecast(input_example, 1, intervals=False)
-    inferred = infer_signature(
-        input_example,
-        output,
-        params={"intervals": False, "days": 1, "samples": 30, "seed": 0, "recalibrate": False},
-    )
+    params = {"intervals": False, "days": 1, "samples": 30, "seed": 0, "recalibrate": False}
     # `date` is typed Any: MLflow's datetime check refuses ISO strings in a DataFrame (pandas
     # 3 string columns); the model itself reads datetimes and ISO strings alike.
     columns = forecaster.preprocessor.feature_cfg.columns
     inputs = Schema([ColSpec(AnyType(), DATE_COLUMN), *(ColSpec("double", c) for c in columns)])
-    signature = ModelSignature(inputs=inputs, outputs=inferred.outputs, params=inferred.params)
-    info = _log_pyfunc(run_id, forecaster_dir, signature, input_example)
-    # What the training process itself predicts for the input example: any later load of
-    # the model (another process, the registry, a server) must reproduce these numbers.
-    write_json_artifact(
-        run_id,
-        {"model_uri": info.model_uri, "forecast": output.to_dict(orient="list")},
-        "model_check/input_example_forecast.json",
+    outputs = Schema([ColSpec("datetime", DATE_COLUMN), ColSpec("double", "forecast")])
+    signature = ModelSignature(
+        inputs=inputs, outputs=outputs, params=infer_signature(input_example, params=params).params
     )
-    return info.model_uri
+    return _log_pyfunc(run_id, forecaster_dir, signature, input_example).model_uri
 
 
 # MLflow loads a model from code (to load it, and to check the input example when logging it)

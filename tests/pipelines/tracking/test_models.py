@@ -42,13 +42,26 @@ def test_model_carries_the_pyfunc_code_and_lstm_core(trained, client, tmp_path):
     assert shipped == here
 
 
+def _example_forecast(client, tmp_path: Path) -> list[float]:
+    """What the project itself forecasts for the champion's input example, from its files."""
+    from mlflow.models import Model
+
+    from lstm_core.predictor import Forecaster
+    from pipelines import tracking
+
+    version = client.get_model_version_by_alias(MODEL, "champion").version
+    folder = tracking.download_forecaster(MODEL, version, tmp_path / "expected")
+    root = folder.parents[1]  # the model's root: MLmodel and the input example
+    example = Model.load(str(root)).load_input_example(str(root))
+    return Forecaster.load(folder).forecast(example, 1, intervals=False)["forecast"].tolist()
+
+
 @pytest.mark.slow  # the isolated process below checks the same numbers in the fast selection
 def test_champion_loads_in_a_fresh_process_with_the_same_numbers(trained, client, tmp_path):
     from pipelines.config import resolve_tracking_uri
 
-    settings, result = trained
-    local = client.download_artifacts(result.run_id, "model_check", str(tmp_path))
-    expected = json.loads((Path(local) / "input_example_forecast.json").read_text())
+    settings, _ = trained
+    expected = _example_forecast(client, tmp_path)
     code = textwrap.dedent(
         f"""
         import json, mlflow, mlflow.pyfunc, pandas as pd
@@ -64,7 +77,7 @@ def test_champion_loads_in_a_fresh_process_with_the_same_numbers(trained, client
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert got == pytest.approx(expected["forecast"]["forecast"], rel=1e-6)
+    assert got == pytest.approx(expected, rel=1e-6)
     assert (tmp_path / "model.keras").exists() is False  # nothing leaked into the cwd
 
 
@@ -189,9 +202,8 @@ def test_champion_loads_where_the_project_cannot_be_imported(trained, client, tm
     from pipelines.config import resolve_tracking_uri
     from tests.isolated import isolated_command
 
-    settings, result = trained
-    local = client.download_artifacts(result.run_id, "model_check", str(tmp_path))
-    expected = json.loads((Path(local) / "input_example_forecast.json").read_text())
+    settings, _ = trained
+    expected = _example_forecast(client, tmp_path)
     csv = tmp_path / "prices.csv"
     price_frame(132).tail(52).to_csv(csv, index=False)  # Date, Open, ... as downloaded
     code = textwrap.dedent(
@@ -219,7 +231,7 @@ def test_champion_loads_where_the_project_cannot_be_imported(trained, client, tm
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert got["example"] == pytest.approx(expected["forecast"]["forecast"], rel=1e-6)
+    assert got["example"] == pytest.approx(expected, rel=1e-6)
     assert "/code/lstm_core/" in got["core"], got["core"]
     assert len(got["mine"]) == 1 and got["mine"][0] > 0
     # data.calendar XNYS: the 3 trading days after Thursday 2020-07-02 skip Independence Day
