@@ -1046,21 +1046,21 @@ def test_score_an_unknown_ticker_is_one_line_exit_2_and_a_known_one_shows_alone(
 def test_retrain_prints_the_mlflow_ui_line_only_when_a_run_exists(
     trained_settings, capsys, monkeypatch
 ):
-    """A training that fails before its MLflow run starts (here: the store read fails) leaves
-    no run to look at in the UI."""
+    """A training that fails before its MLflow run starts (here: splitting the rows the
+    decision read fails) leaves no run to look at in the UI."""
     from pipelines import tasks
 
-    def unreadable(settings, ticker):
-        raise OSError("the disk went away")
+    def broken(frame, settings):
+        raise RuntimeError("no split today")
 
     project = trained_settings.base_dir
     write_prices(project / "data" / "incoming" / "NEW.csv", price_frame(120, seed=2))
-    monkeypatch.setattr(tasks, "load_prices", unreadable)
+    monkeypatch.setattr(tasks, "split", broken)
     capsys.readouterr()
     assert main(["retrain", "--config", str(project / "mlflow.yaml")]) == 1
     out = capsys.readouterr().out
     assert "NEW: retrain (no model yet)" in out
-    assert "NEW: FAILED: OSError: the disk went away" in out
+    assert "NEW: FAILED: RuntimeError: no split today" in out
     assert "MLflow UI" not in out
 
 
