@@ -19,8 +19,9 @@ from pipelines.monitoring import forecast_log, render_status, scoring_flow, stat
 HELD_BACK_ROWS = 20
 
 
-def run_demo(settings: Settings, say: Callable[[str], None]) -> None:
-    """Each stage's summary goes to `say` as soon as the stage ends."""
+def run_demo(settings: Settings, say: Callable[[str], None], notes: bool = True) -> None:
+    """Each stage's summary goes to `say` as soon as the stage ends (without the notes the
+    flows logged when `notes` is false: the reader has seen them)."""
     from pipelines.flows import fan_out, retraining_flow, training_flow
 
     source = settings.path(settings.data.sources[0])
@@ -36,7 +37,7 @@ def run_demo(settings: Settings, say: Callable[[str], None]) -> None:
     say(f"== 1. training flow on {source.name} up to {head['date'].iloc[-1]}")
     with fan_out(settings, training_flow) as flow:
         summary = flow(settings=settings, files=[str(head_file)], ticker=parsed.ticker)
-    say(summary.render())
+    say(summary.render(notes))
 
     say(
         f"\n== 2. {len(tail)} held-back days arrive one a day "
@@ -53,9 +54,9 @@ def run_demo(settings: Settings, say: Callable[[str], None]) -> None:
 
     say("\n== 4. retraining flow (what the cron runs): scores, then retrains on the new rows")
     with fan_out(settings, retraining_flow) as flow:
-        say(flow(settings=settings, trigger="cron").render())
+        say(flow(settings=settings, trigger="cron").render(notes))
         say("\n== 5. retraining again with nothing new")
-        say(flow(settings=settings, trigger="cron").render())
+        say(flow(settings=settings, trigger="cron").render(notes))
     say("\n== status (lstm-pipeline status)")
     say(render_status(status(settings), settings.monitoring.window_days))
 

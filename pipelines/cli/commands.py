@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import shlex
 import sys
 from typing import Any
@@ -144,7 +145,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     with fan_out(settings, training_flow) as flow:
         summary = flow(settings=settings, **params)
-    print(summary.render())
+    _print_summary(summary)
     return 0 if summary.ok else 1
 
 
@@ -156,7 +157,7 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
 
     with fan_out(settings, retraining_flow) as flow:
         summary = flow(settings=settings)
-    print(summary.render())
+    _print_summary(summary)
     if not summary.ok:
         return 1
     return 2 if summary.rejected else 0  # bad input, moved aside: the rest still ran
@@ -208,7 +209,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _before_flows(settings)
     from pipelines.demo import run_demo
 
-    run_demo(settings, say=lambda text: print(text, flush=True))
+    run_demo(settings, say=lambda text: print(text, flush=True), notes=not _one_place())
     return 0
 
 
@@ -340,6 +341,23 @@ def _progress_logging() -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
+
+
+def _print_summary(summary: Any) -> None:
+    text = summary.render(notes=not _one_place())
+    if text:  # the notes alone, already read as progress: no blank line for them
+        print(text)
+
+
+def _one_place() -> bool:
+    """Do stdout and stderr go to one place (a terminal, `retrain > log 2>&1`, one pipe)? Then
+    a summary's notes were read as they were logged, in order, and are not printed again;
+    stdout on its own (for scripts) keeps them."""
+    try:
+        out, err = os.fstat(sys.stdout.fileno()), os.fstat(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):  # no file behind one (a test's capture)
+        return False
+    return os.path.samestat(out, err)
 
 
 def _line_buffered_stdout() -> None:

@@ -1,5 +1,6 @@
 """`mlflow.yaml`: found in the project folder, parsed and validated once into frozen settings
-(:mod:`.sections` the settings, :mod:`.loader` finding, reading and checking the file)."""
+(:mod:`.sections` the settings, :mod:`.tuning` the tuning section, :mod:`.checks` what
+sections share, :mod:`.loader` finding, reading and checking the file)."""
 
 from pipelines.config.loader import (
     CONFIG_ENV,
@@ -20,11 +21,10 @@ from pipelines.config.sections import (
     RegistryConfig,
     RuntimeConfig,
     ScheduleConfig,
-    SearchParam,
     Settings,
     TrackingConfig,
-    TuningConfig,
 )
+from pipelines.config.tuning import SearchParam, TuningConfig
 
 __all__ = [
     "CONFIG_ENV",

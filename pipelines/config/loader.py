@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from pipelines.config.sections import Settings, bool_as_number
+from pipelines.config.checks import bool_as_number
+from pipelines.config.sections import Settings
 from pipelines.errors import ConfigError, OverrideError, PipelineError, os_problem
 
 CONFIG_NAME = "mlflow.yaml"

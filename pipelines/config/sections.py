@@ -1,53 +1,19 @@
-"""The settings: one frozen, validated section per concern of `mlflow.yaml`."""
+"""The settings: one frozen, validated section per concern of `mlflow.yaml` (the `tuning:`
+section in :mod:`.tuning`, what sections share in :mod:`.checks`)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import re
-import types
-import typing
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationInfo, field_validator
 
 from lstm_core.config import EvaluationConfig, FeatureConfig, ModelConfig, TrainingConfig
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-def _valid_cron(v: str) -> str:
-    """A cron expression both readers of it accept: `status` (cronsim) and Prefect's scheduler."""
-    if len(v.split()) != 5:
-        raise ValueError(
-            f"{v!r} is not a cron expression: it has five fields (minute hour day month weekday)"
-        )
-    from cronsim import CronSim, CronSimError
-
-    try:
-        CronSim(v, dt.datetime(2000, 1, 1))
-    except CronSimError as exc:
-        raise ValueError(f"{v!r} is not a valid cron expression: {exc}") from None
-    day, weekday = v.upper().split()[2::2]
-    # cronsim reads these, Prefect's scheduler (croniter) refuses them
-    if "W" in day or "L" in weekday:
-        raise ValueError(
-            f"{v!r}: the scheduler does not take W in the day field or L in the weekday field"
-        )
-    return v
-
+from pipelines.config.checks import Section, valid_cron
+from pipelines.config.tuning import TuningConfig
 
 # MLflow's store schemes this project works with; a database scheme may name a driver
 # (postgresql+psycopg://...). file: and plain paths are MLflow's file store, which
@@ -60,7 +26,7 @@ _SUPPORTED_URIS = (
 )
 
 
-class TrackingConfig(_Section):
+class TrackingConfig(Section):
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "lstm-stock-forecast"
     artifact_location: str = "mlartifacts"
@@ -83,7 +49,7 @@ class TrackingConfig(_Section):
         raise ValueError(f"{v!r}: MLflow has no store for {what}: use {_SUPPORTED_URIS}")
 
 
-class PromotionPolicy(_Section):
+class PromotionPolicy(Section):
     metric: Literal["test_rmse", "test_mae", "mase"] = "test_rmse"
     # The challenger must beat the champion by at least this relative margin.
     min_improvement: float = Field(0.0, ge=0.0, lt=1.0)
@@ -98,7 +64,7 @@ _ALIAS_VERSION = re.compile(r"^[vV]\d+$")
 _ALIAS_MAX_LENGTH = 255
 
 
-class RegistryConfig(_Section):
+class RegistryConfig(Section):
     model_name: str = "lstm-{ticker}"
     alias: str = "champion"
     promotion: PromotionPolicy = PromotionPolicy()
@@ -132,14 +98,14 @@ class RegistryConfig(_Section):
         return self.model_name.replace("{ticker}", ticker)
 
 
-class JumpLimits(_Section):
+class JumpLimits(Section):
     """A day-over-day move beyond these is rejected as a likely split (unadjusted prices)."""
 
     drop: float = Field(0.45, gt=0.0, lt=1.0)
     rise: float = Field(0.80, gt=0.0)
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     store: str = "data/store"
     incoming: str = "data/incoming"
     archive: str = "data/archive"
@@ -175,7 +141,7 @@ class DataConfig(_Section):
         return v
 
 
-class ScheduleConfig(_Section):
+class ScheduleConfig(Section):
     # 18:30 on weekdays, after the close of the trading day.
     cron: str = "30 18 * * 1-5"
     timezone: str = "UTC"
@@ -184,7 +150,7 @@ class ScheduleConfig(_Section):
     @field_validator("cron")
     @classmethod
     def _cron(cls, v: str) -> str:
-        return _valid_cron(v)
+        return valid_cron(v)
 
     @field_validator("timezone")
     @classmethod
@@ -198,7 +164,7 @@ class ScheduleConfig(_Section):
         return v
 
 
-class MonitoringConfig(_Section):
+class MonitoringConfig(Section):
     """Live scoring of the champion's logged forecasts, and when it counts as degraded."""
 
     window_days: int = Field(20, ge=1)  # rolling window, in scored trading days
@@ -208,132 +174,14 @@ class MonitoringConfig(_Section):
     event: str = "model.degraded"
 
 
-class RuntimeConfig(_Section):
+class RuntimeConfig(Section):
     task_runner: Literal["thread", "dask"] = "thread"
     dask_address: str | None = None
     dask_workers: int = Field(2, ge=1)
     prefect_api_url: str | None = None
 
 
-# Sections and keys a search may vary (their values are validated like the file's own).
-_TUNABLE = {"features": FeatureConfig, "model": ModelConfig, "training": TrainingConfig}
-
-
-class SearchParam(_Section):
-    """One searched setting: an int or float range (`low`..`high`, `log`, `step`) or `choices`."""
-
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = Field(None, gt=0)
-    choices: tuple[str | int | float | bool, ...] | None = None
-
-    @model_validator(mode="after")
-    def _range_or_choices(self) -> SearchParam:
-        if self.choices is not None:
-            if self.low is not None or self.high is not None or self.log or self.step:
-                raise ValueError("give either choices or low/high, not both")
-            if not self.choices:
-                raise ValueError("choices must not be empty")
-            return self
-        if self.low is None or self.high is None:
-            raise ValueError("a range needs low and high (or give choices)")
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        if self.log and (self.low <= 0 or self.step is not None):
-            raise ValueError("a log range needs low > 0 and no step")
-        return self
-
-
-class TuningConfig(_Section):
-    """`lstm-pipeline tune`: an Optuna study per ticker on the validation part."""
-
-    trials: int = Field(40, ge=1)
-    timeout_minutes: float | None = Field(None, gt=0)
-    seed: int = Field(0, ge=0)
-    pruner: Literal["median", "hyperband", "none"] = "median"
-    # median: trials finished before pruning starts, and epochs before a trial can be pruned
-    startup_trials: int = Field(5, ge=0)
-    warmup_epochs: int = Field(1, ge=0)
-    workers: int = Field(2, ge=1)
-    # null: an Optuna journal file under the project (.optuna/studies.journal); a path: a
-    # journal file there; a URL (postgresql+psycopg://...): a database. Not SQLite.
-    storage: str | None = None
-    study: str = "tune-{ticker}"
-    # A cron expression for the served tuning deployment; null: not served.
-    cron: str | None = None
-    space: dict[str, SearchParam] = {
-        "features.lookback": SearchParam(low=20, high=90, step=10),
-        "features.scaler": SearchParam(choices=("minmax", "standard")),
-        "features.target_transform": SearchParam(choices=("log_return", "price")),
-        "model.layers": SearchParam(low=1, high=4),
-        "model.units": SearchParam(low=10, high=100, step=10),
-        "model.dropout": SearchParam(low=0.0, high=0.4),
-        "model.learning_rate": SearchParam(low=1e-4, high=1e-2, log=True),
-        "training.batch_size": SearchParam(choices=(16, 32, 64)),
-    }
-
-    @field_validator("storage")
-    @classmethod
-    def _not_sqlite(cls, v: str | None) -> str | None:
-        if v is not None and v.startswith("sqlite"):
-            raise ValueError(
-                "SQLite deadlocks under parallel Optuna workers: use a journal file path "
-                "(or null) or a database server URL"
-            )
-        return v
-
-    @field_validator("study")
-    @classmethod
-    def _study_has_ticker(cls, v: str) -> str:
-        if "{ticker}" not in v:
-            raise ValueError("must contain the placeholder {ticker}")
-        return v
-
-    @field_validator("cron")
-    @classmethod
-    def _cron(cls, v: str | None) -> str | None:
-        return None if v is None else _valid_cron(v)
-
-    @field_validator("space")
-    @classmethod
-    def _known_settings(cls, v: dict[str, SearchParam]) -> dict[str, SearchParam]:
-        if not v:
-            raise ValueError("the search space is empty")
-        for key, param in v.items():
-            section, _, name = key.partition(".")
-            model = _TUNABLE.get(section)
-            if model is None or name not in model.model_fields:
-                raise ValueError(
-                    f"{key!r} is not a setting a search can vary "
-                    f"(features.*, model.*, training.* keys)"
-                )
-            default = model.model_fields[name].default
-            if param.choices is None and (
-                isinstance(default, bool) or not isinstance(default, int | float)
-            ):
-                raise ValueError(f"{key!r} is not numeric: give choices")
-            if param.choices is None and isinstance(default, int) and param.log is False:
-                whole = [x for x in (param.low, param.high, param.step) if x is not None]
-                if any(float(x) != int(x) for x in whole):
-                    raise ValueError(f"{key!r} is an integer setting: whole low/high/step")
-            values = param.choices if param.choices is not None else (param.low, param.high)
-            for value in values:
-                if bool_as_number(model.model_fields[name].annotation, value, key):
-                    raise ValueError(f"{key}={value!r}: expected a number, got a boolean")
-                if isinstance(default, int) and not isinstance(default, bool):
-                    value = int(value)
-                try:
-                    model.model_validate({name: value})
-                except ValidationError as exc:
-                    raise ValueError(f"{key}={value!r}: {exc.errors()[0]['msg']}") from None
-        return v
-
-    def study_for(self, ticker: str) -> str:
-        return self.study.replace("{ticker}", ticker)
-
-
-class Settings(_Section):
+class Settings(Section):
     """Every setting, one section per concern."""
 
     tracking: TrackingConfig = TrackingConfig()
@@ -374,46 +222,3 @@ class Settings(_Section):
         # A training run's params: the search settings belong to the tuning runs only.
         walk("", self.model_dump(mode="json", exclude={"base_dir", "tuning"}))
         return out
-
-
-def _leaves(annotation: Any) -> tuple[Any, ...]:
-    """The alternatives of a union annotation (`int | None` -> int, NoneType), else itself."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return tuple(leaf for arg in typing.get_args(annotation) for leaf in _leaves(arg))
-    return (annotation,)
-
-
-def bool_as_number(annotation: Any, value: Any, key: str) -> str | None:
-    """The dotted key where `value` gives true/false to a number field of `annotation`.
-
-    Pydantic reads true as 1 for an int or float field (`epochs: true` trains one epoch);
-    YAML also reads yes/no/on/off as booleans. Walks sections, lists and mappings.
-    """
-    leaves = _leaves(annotation)
-    if isinstance(value, bool):
-        numeric = int in leaves or float in leaves
-        return key if numeric and bool not in leaves else None
-    for leaf in leaves:
-        origin, args = typing.get_origin(leaf), typing.get_args(leaf)
-        if isinstance(leaf, type) and issubclass(leaf, BaseModel) and isinstance(value, dict):
-            for name, field in leaf.model_fields.items():
-                if name in value:
-                    where = f"{key}.{name}" if key else name
-                    hit = bool_as_number(field.annotation, value[name], where)
-                    if hit:
-                        return hit
-        elif origin in (tuple, list) and isinstance(value, list | tuple) and args:
-            for i, item in enumerate(value):
-                if origin is list or (len(args) == 2 and args[1] is Ellipsis):
-                    item_type = args[0]
-                else:
-                    item_type = args[i] if i < len(args) else None
-                hit = bool_as_number(item_type, item, f"{key}.{i}")
-                if hit:
-                    return hit
-        elif origin is dict and isinstance(value, dict) and len(args) == 2:
-            for k, item in value.items():
-                hit = bool_as_number(args[1], item, f"{key}.{k}")
-                if hit:
-                    return hit
-    return None

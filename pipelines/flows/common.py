@@ -53,12 +53,14 @@ class Summary:
 
     def note(self, text: str) -> None:
         """A line of the summary, also logged as progress now: the summary is printed when the
-        run ends, and a log (`retrain > log 2>&1`) must say why before the training it starts."""
+        run ends, and a log (`retrain > log 2>&1`) must say why before the training it starts.
+        Where stdout and stderr are one place, the CLI prints the summary without its notes."""
         log.info("%s", text)
         self.notes.append(text)
 
-    def render(self) -> str:
-        out = [*self.notes, *(r.render(self.settings) for r in self.results)]
+    def render(self, notes: bool = True) -> str:
+        """The notes (unless the reader has seen them already, as progress) and the results."""
+        out = [*(self.notes if notes else ()), *(r.render(self.settings) for r in self.results)]
         if any(r.run_id for r in self.results):  # a run to look at
             out.append(f"MLflow UI: {tracking.ui_command(self.settings)}")
         return "\n".join(out)

@@ -4,10 +4,12 @@ of each ticker whose data changed or whose champion decays."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import flow
@@ -18,7 +20,7 @@ from pipelines.config import Settings
 from pipelines.errors import PipelineError
 from pipelines.flows.common import Summary, publish_results, resolve_settings, run_name
 from pipelines.flows.training import map_tickers
-from pipelines.store import PriceStore, describe, table_digest
+from pipelines.store import Manifest, PriceStore, as_frame, describe, table_digest
 
 log = logging.getLogger("pipelines")
 
@@ -41,28 +43,52 @@ def _write_error(rejected: Path, incoming: Path, exc: Exception) -> None:
     )
 
 
-def _too_few_rows(settings: Settings, ticker: str, rows: int) -> str | None:
+class StoredRows:
+    """A ticker's manifest and rows for one retrain decision, each read from the store at
+    most once: the decision's checks and then the training it starts share them."""
+
+    def __init__(self, store: PriceStore, ticker: str) -> None:
+        self.store, self.ticker = store, ticker
+
+    @functools.cached_property
+    def manifest(self) -> Manifest | None:
+        return self.store.manifest(self.ticker)
+
+    @functools.cached_property
+    def table(self) -> pa.Table:
+        return self.store.read_table(self.ticker)
+
+    @functools.cached_property
+    def frame(self) -> pd.DataFrame:
+        return as_frame(self.table)
+
+
+def _too_few_rows(settings: Settings, stored: StoredRows, rows: int) -> str | None:
     """Why the stored series cannot be trained yet (None: it can), without training."""
-    frame = PriceStore(settings.store_path).load(ticker)
-    problem = untrainable(frame, settings.features, settings.evaluation)
+    problem = untrainable(stored.frame, settings.features, settings.evaluation)
     return None if problem is None else f"{rows} rows, too few to train: {problem[1]}"
 
 
-def needs_training(settings: Settings, ticker: str) -> tuple[bool, str]:
+def needs_training(
+    settings: Settings, ticker: str, stored: StoredRows | None = None
+) -> tuple[bool, str]:
     """Has the ticker gained enough rows, or had a day it was trained on replaced, since its
     champion was trained?
 
     A version already trained on exactly the stored data (promoted or refused) means there
     is nothing new to learn from, so a refused challenger is not retrained again and again.
-    A series too short to train (a new ticker's first days) waits for more rows.
+    A series too short to train (a new ticker's first days) waits for more rows. `stored`
+    keeps what the checks read, for the training to reuse.
     """
-    manifest = PriceStore(settings.store_path).manifest(ticker)
+    if stored is None:
+        stored = StoredRows(PriceStore(settings.store_path), ticker)
+    manifest = stored.manifest
     if manifest is None:
         return False, "no data"
     name = settings.registry.name_for(ticker)
     known = tracking.versions(name) if tracking.registered_model_exists(name) else []
     if not known:
-        short = _too_few_rows(settings, ticker, manifest.rows)
+        short = _too_few_rows(settings, stored, manifest.rows)
         return (False, short) if short else (True, "no model yet")
     latest = known[-1]
     if latest.tags.get(tracking.TAG_DATA_DIGEST) == manifest.digest:
@@ -74,27 +100,25 @@ def needs_training(settings: Settings, ticker: str) -> tuple[bool, str]:
     since = f"v{basis.version} ({last})"
     why = f"gained {gained} row(s) since {since}"
     if gained < settings.data.min_new_rows:
-        if not _trained_days_changed(settings, ticker, basis):
+        if not _trained_days_changed(stored, basis):
             return False, f"{why}, need {settings.data.min_new_rows}"
         # a stored day replaced (ingest --replace, data.replace): not the data it learnt from
         why = (
             f"stored days through {last} changed since v{basis.version} was trained on them "
             f"(gained {gained} row(s))"
         )
-    short = _too_few_rows(settings, ticker, manifest.rows)
+    short = _too_few_rows(settings, stored, manifest.rows)
     return (False, short) if short else (True, why)
 
 
-def _trained_days_changed(
-    settings: Settings, ticker: str, basis: tracking.RegisteredVersion
-) -> bool:
+def _trained_days_changed(stored: StoredRows, basis: tracking.RegisteredVersion) -> bool:
     """Do the stored days up to `basis`'s last training date differ from the ones it was
     trained on (its data digest)? Rows added after that date leave them as they were."""
     last = basis.tags.get(tracking.TAG_DATA_LAST_DATE)
     digest = basis.tags.get(tracking.TAG_DATA_DIGEST)
     if not last or not digest:
         return False
-    table = PriceStore(settings.store_path).read_table(ticker)
+    table = stored.table
     through = pa.scalar(dt.date.fromisoformat(last), pa.date32())
     return table_digest(table.filter(pc.less_equal(table["date"], through))) != digest
 
@@ -136,8 +160,11 @@ def retraining_flow(
     live = monitoring.score_all(settings, emit=False)
     todo: list[str] = []
     tags: dict[str, dict[str, str]] = {}
-    for ticker in PriceStore(settings.store_path).tickers():
-        stale, why = needs_training(settings, ticker)
+    prices: dict[str, tuple[pd.DataFrame, Manifest]] = {}
+    store = PriceStore(settings.store_path)
+    for ticker in store.tickers():
+        stored = StoredRows(store, ticker)
+        stale, why = needs_training(settings, ticker, stored)
         score = live.get(ticker)
         reason = "new_data"
         if not stale and score is not None and score.verdict.degraded:
@@ -154,11 +181,13 @@ def retraining_flow(
                 "retrain.reason": reason,
                 "retrain.detail": why[:5000],
             }
+            if stored.manifest is not None:  # the rows the decision read: not read again
+                prices[ticker] = (stored.frame, stored.manifest)
     if not todo:
         summary.note("nothing changed: no ticker to retrain")
         artifacts.name_run("retrain: nothing to do")
         return summary
     artifacts.name_run(run_name("retrain", settings, todo))
-    summary.results = map_tickers(settings, todo, tags)
+    summary.results = map_tickers(settings, todo, tags, prices)
     publish_results(settings, "retraining", summary.results)
     return summary

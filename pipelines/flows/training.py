@@ -28,7 +28,7 @@ from pipelines.flows.common import (
 )
 from pipelines.flows.forecast import forecast_one
 from pipelines.runtime import quiet_tensorflow
-from pipelines.store import PriceStore, describe
+from pipelines.store import Manifest, PriceStore, describe
 
 log = logging.getLogger("pipelines")
 
@@ -61,13 +61,16 @@ def train_one(
     ticker: str,
     source: str | None = None,
     run_tags: dict[str, str] | None = None,
+    prices: tuple[pd.DataFrame, Manifest] | None = None,
 ) -> TickerResult:
     """The training pipeline for one ticker: store -> ... -> register -> promote.
 
-    A promoted version forecasts at once, and that forecast goes to the forecast log.
+    `prices`: the ticker's stored rows and their manifest, when the caller has read them
+    already (retrain's decision); else they are loaded here. A promoted version forecasts at
+    once, and that forecast goes to the forecast log.
     """
     quiet_tensorflow()  # in a served run or a Dask worker this is the first TF import
-    frame, manifest = tasks.load_prices(settings, ticker)
+    frame, manifest = prices if prices is not None else tasks.load_prices(settings, ticker)
     frames = tasks.split(frame, settings)
     preprocessor = tasks.fit_scaler(frames, settings)
     data = tasks.window(frames, preprocessor)
@@ -181,20 +184,28 @@ train_ticker = task(train_one, name="train-ticker", cache_policy=NO_CACHE)
 
 
 def map_tickers(
-    settings: Settings, tickers: list[str], run_tags: dict[str, dict[str, str]] | None = None
+    settings: Settings,
+    tickers: list[str],
+    run_tags: dict[str, dict[str, str]] | None = None,
+    prices: dict[str, tuple[pd.DataFrame, Manifest]] | None = None,
 ) -> list[TickerResult]:
-    """One branch per ticker; a branch's failure is reported, not propagated."""
-    run_tags = run_tags or {}
+    """One branch per ticker; a branch's failure is reported, not propagated. `prices`: the
+    rows already read, by ticker (see `train_one`)."""
+    run_tags, prices = run_tags or {}, prices or {}
     if len(tickers) == 1:
+        t = tickers[0]
         try:
-            return [train_one(settings, tickers[0], run_tags=run_tags.get(tickers[0]))]
+            return [train_one(settings, t, run_tags=run_tags.get(t), prices=prices.get(t))]
         except PipelineError:
             raise
         except Exception as exc:
-            log.error("training %s failed: %s: %s", tickers[0], type(exc).__name__, exc)
-            return [TickerResult(ticker=tickers[0], error=f"{type(exc).__name__}: {exc}")]
+            log.error("training %s failed: %s: %s", t, type(exc).__name__, exc)
+            return [TickerResult(ticker=t, error=f"{type(exc).__name__}: {exc}")]
     log.info("training %d tickers in parallel: %s", len(tickers), ", ".join(tickers))
-    futures = [train_ticker.submit(settings, t, run_tags=run_tags.get(t)) for t in tickers]
+    futures = [
+        train_ticker.submit(settings, t, run_tags=run_tags.get(t), prices=prices.get(t))
+        for t in tickers
+    ]
     results = []
     for t, fut in zip(tickers, futures, strict=True):
         try:

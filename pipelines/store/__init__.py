@@ -20,7 +20,7 @@ ones; :mod:`.price_store` the store (reading, locked merges, atomic writes).
 
 from pipelines.store.files import STORE_SCHEMA, Manifest, table_digest
 from pipelines.store.merge import MergeReport, describe
-from pipelines.store.price_store import PriceStore, UnknownTickerError
+from pipelines.store.price_store import PriceStore, UnknownTickerError, as_frame
 
 __all__ = [
     "STORE_SCHEMA",
@@ -28,6 +28,7 @@ __all__ = [
     "MergeReport",
     "PriceStore",
     "UnknownTickerError",
+    "as_frame",
     "describe",
     "table_digest",
 ]

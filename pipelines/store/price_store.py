@@ -142,7 +142,7 @@ class PriceStore:
 
         ``amount`` is included only when the ticker has at least one amount value.
         """
-        return _frame(self.read_table(ticker))
+        return as_frame(self.read_table(ticker))
 
     def dataset(self) -> ds.Dataset:
         """All stored tickers as one Arrow dataset with a ``ticker`` partition column.
@@ -241,7 +241,7 @@ class PriceStore:
         """
         parts = [list(split_by_ticker(p)) for p in files]
         series, _ = self._plan_files(files, parts, replace)
-        return {ticker: _frame(s.table) for ticker, s in series.items()}
+        return {ticker: as_frame(s.table) for ticker, s in series.items()}
 
     def _plan_files(
         self,
@@ -361,7 +361,7 @@ def _refuse_case_twin(
         )
 
 
-def _frame(table: pa.Table) -> pd.DataFrame:
+def as_frame(table: pa.Table) -> pd.DataFrame:
     """A stored table as :meth:`PriceStore.load` returns it (no all-null amount column)."""
     if table.column("amount").null_count == table.num_rows:
         table = table.drop_columns(["amount"])

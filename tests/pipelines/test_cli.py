@@ -1046,21 +1046,21 @@ def test_score_an_unknown_ticker_is_one_line_exit_2_and_a_known_one_shows_alone(
 def test_retrain_prints_the_mlflow_ui_line_only_when_a_run_exists(
     trained_settings, capsys, monkeypatch
 ):
-    """A training that fails before its MLflow run starts (here: the store read fails) leaves
-    no run to look at in the UI."""
+    """A training that fails before its MLflow run starts (here: splitting the rows the
+    decision read fails) leaves no run to look at in the UI."""
     from pipelines import tasks
 
-    def unreadable(settings, ticker):
-        raise OSError("the disk went away")
+    def broken(frame, settings):
+        raise RuntimeError("no split today")
 
     project = trained_settings.base_dir
     write_prices(project / "data" / "incoming" / "NEW.csv", price_frame(120, seed=2))
-    monkeypatch.setattr(tasks, "load_prices", unreadable)
+    monkeypatch.setattr(tasks, "split", broken)
     capsys.readouterr()
     assert main(["retrain", "--config", str(project / "mlflow.yaml")]) == 1
     out = capsys.readouterr().out
     assert "NEW: retrain (no model yet)" in out
-    assert "NEW: FAILED: OSError: the disk went away" in out
+    assert "NEW: FAILED: RuntimeError: no split today" in out
     assert "MLflow UI" not in out
 
 
@@ -1185,6 +1185,7 @@ def test_retrain_into_one_log_file_says_why_before_the_training_it_starts(traine
 
     ingested, decided = first("ingested TEST.csv: TEST +10 new"), first("TEST: retrain (gained")
     assert ingested < decided < first("TEST: 130 rows ") < first("TEST: test RMSE"), lines
+    assert sum("TEST: retrain (gained" in line for line in lines) == 1, lines  # once, in order
     [ui] = [x for x in lines if x.startswith("MLflow UI: ")]
     uri = f"sqlite:///{project.resolve() / 'mlflow.db'}"
     assert shlex.split(ui.removeprefix("MLflow UI: "))[:4] == [
@@ -1193,3 +1194,78 @@ def test_retrain_into_one_log_file_says_why_before_the_training_it_starts(traine
         "--backend-store-uri",
         uri,
     ]
+
+
+def _retrain_with_streams(project: Path, where: str) -> list[str]:
+    """`retrain` in a subprocess, its stdout and stderr as `where` says: `one file`
+    (`retrain > log 2>&1`), `terminal` (both on one pseudo-terminal) or `file and terminal`
+    (`retrain > log` typed at a terminal). Returns the text each place received."""
+    import pty
+    import select
+    import time
+
+    log = project / "retrain.log"
+    chunks: list[bytes] = []
+    main_fd, term_fd = pty.openpty()
+    try:
+        with log.open("w") as file:
+            proc = subprocess.Popen(
+                [str(BIN), "retrain"],
+                cwd=project,
+                env=user_env(keep_pythonpath=True),
+                stdin=subprocess.DEVNULL,
+                stdout=term_fd if where == "terminal" else file,
+                stderr=file if where == "one file" else term_fd,
+            )
+            os.close(term_fd)
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                if not select.select([main_fd], [], [], 1)[0]:
+                    continue
+                try:
+                    data = os.read(main_fd, 65536)
+                except OSError:  # EIO: nothing holds the terminal open any more
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            returncode = proc.wait(timeout=60)
+    finally:
+        os.close(main_fd)
+    terminal = b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n")
+    text = log.read_text(encoding="utf-8")
+    assert returncode == 0, (text + terminal)[-3000:]
+    return {"one file": [text], "terminal": [terminal], "file and terminal": [text, terminal]}[
+        where
+    ]
+
+
+@pytest.mark.parametrize(
+    "where",
+    [  # ~30 s each (a Prefect server starts): cron's case in make test-fast, all in make test
+        "one file",
+        pytest.param("terminal", marks=pytest.mark.slow),
+        pytest.param("file and terminal", marks=pytest.mark.slow),
+    ],
+)
+def test_retrain_shows_each_decision_once_wherever_its_streams_go(trained_tiny, tmp_path, where):
+    """Each ingested file and decision is a progress line on stderr as it happens (so a log of
+    both streams reads in order) and a line of the summary on stdout. When both streams go to
+    one file or one terminal it is read once; stdout on its own still holds the whole summary."""
+    from tests.pipelines.conftest import copy_of
+
+    with copy_of(trained_tiny, tmp_path / "project") as settings:
+        project = settings.base_dir
+    write_prices(project / "data" / "incoming" / "TEST.csv", price_frame(120).iloc[-5:])
+    notes = [
+        "ingested TEST.csv: TEST +0 new, 0 replaced, 5 unchanged rows",
+        "TEST: skip (unchanged since v1 was trained)",
+        "nothing changed: no ticker to retrain",
+    ]
+    places = _retrain_with_streams(project, where)
+    for text in places:
+        assert [text.count(note) for note in notes] == [1, 1, 1], text[-3000:]
+        assert sorted(notes, key=text.index) == notes, text[-3000:]
+    if where == "file and terminal":  # stdout, for scripts: the summary, without progress
+        summary = places[0].splitlines()
+        assert [any(line.startswith(n) for n in notes) for line in summary] == [True] * 3, summary

@@ -160,3 +160,49 @@ def test_a_replaced_stored_day_is_a_change_that_retrains(trained_settings, capsy
     assert any(line.startswith("  registered test-TEST version 2: ") for line in lines), lines
     assert main(["retrain", *cfg]) == 0
     assert "TEST: skip (unchanged since v2 was trained)" in capsys.readouterr().out.splitlines()
+
+
+def test_one_retrain_decision_reads_the_tickers_store_file_once(
+    trained_settings, capsys, monkeypatch
+):
+    """A stored day replaced and no new rows: the decision checks the days the champion was
+    trained on and whether the rows can be trained, then the training loads them. All three
+    use one read of the ticker's Parquet file."""
+    from pipelines import tasks
+    from pipelines.cli import main
+    from pipelines.flows import retraining
+    from pipelines.store import PriceStore
+
+    reads: list[str] = []
+    read_table = PriceStore.read_table
+
+    def counted(self, ticker):
+        reads.append(ticker)
+        return read_table(self, ticker)
+
+    decide = retraining.needs_training
+
+    def deciding(*args, **kwargs):
+        reads.clear()  # the ingest and the live scoring before it read the store too
+        return decide(*args, **kwargs)
+
+    loaded: list[list[str]] = []
+
+    def stop(frame, settings):  # the training has its rows: no need to fit a model
+        loaded.append(list(reads))
+        raise RuntimeError("stopped once the rows were loaded")
+
+    monkeypatch.setattr(PriceStore, "read_table", counted)
+    monkeypatch.setattr(retraining, "needs_training", deciding)
+    monkeypatch.setattr(tasks, "split", stop)
+    project = trained_settings.base_dir
+    last = price_frame(120).iloc[[-1]].copy()
+    last["Open"] = round(float(last["Open"].iloc[0]) + 0.01, 4)
+    write_prices(project / "data" / "incoming" / "TEST.csv", last)
+    capsys.readouterr()
+    cfg = ["--config", str(project / "mlflow.yaml"), "--set", "data.replace=true"]
+    assert main(["retrain", *cfg]) == 1
+    out = capsys.readouterr().out
+    assert "TEST: retrain (stored days through " in out, out
+    assert "TEST: FAILED: RuntimeError: stopped once the rows were loaded" in out, out
+    assert loaded == [["TEST"]]
