@@ -34,9 +34,9 @@ log = logging.getLogger("pipelines")
 
 
 def _ingest_key(context: Any, parameters: dict[str, Any]) -> str | None:
-    """The input file's digest and the whole store's state (a file may hold any ticker).
+    """The input files' digests and the whole store's state (a file may hold any ticker).
 
-    An unchanged file on an unchanged store is not re-read; any change to either, a wiped
+    Unchanged files on an unchanged store are not re-read; any change to either, a wiped
     store included, runs the ingestion again.
     """
     settings: Settings = parameters["settings"]
@@ -48,10 +48,10 @@ def _ingest_key(context: Any, parameters: dict[str, Any]) -> str | None:
     options = (parameters.get("ticker"), parameters.get("replace"), settings.data.model_dump_json())
     state.update(repr(options).encode())
     try:
-        digest = digest_file(parameters["path"])
+        digests = "-".join(digest_file(path) for path in parameters["paths"])
     except OSError:  # no key, no cache: the ingestion itself reports the missing file
         return None
-    return f"ingest-{digest}-{settings.store_path}-{state.hexdigest()}"
+    return f"ingest-{digests}-{settings.store_path}-{state.hexdigest()}"
 
 
 def _retry_io(task: Any, task_run: Any, state: Any) -> bool:
@@ -85,17 +85,27 @@ IO_RETRY = {
 }
 
 
+def ingest_files(
+    settings: Settings, paths: list[str], ticker: str | None = None, replace: bool | None = None
+) -> list[list[MergeReport]]:
+    """Read and validate every file, then merge them as one (atomic, locked, all or none):
+    each file's reports, one a ticker. A refused file leaves the store as it was."""
+    d = settings.data
+    parsed = [read_configured(d, path, ticker) for path in paths]
+    replace = d.replace if replace is None else replace
+    return PriceStore(settings.store_path).merge_files(parsed, replace=replace)
+
+
 def ingest_file(
     settings: Settings, path: str, ticker: str | None = None, replace: bool | None = None
 ) -> list[MergeReport]:
-    """Read, validate and merge one file into the store (atomic, locked); one report a ticker."""
-    d = settings.data
-    parsed = read_configured(d, path, ticker)
-    replace = d.replace if replace is None else replace
-    return PriceStore(settings.store_path).merge_all(parsed, replace=replace)
+    """:func:`ingest_files` for one file: its reports, one a ticker."""
+    return ingest_files(settings, [path], ticker, replace)[0]
 
 
-ingest = task(ingest_file, name="ingest", cache_key_fn=_ingest_key, persist_result=True, **IO_RETRY)
+ingest = task(
+    ingest_files, name="ingest", cache_key_fn=_ingest_key, persist_result=True, **IO_RETRY
+)
 
 
 def _load_key(context: Any, parameters: dict[str, Any]) -> str | None:
@@ -250,16 +260,20 @@ def rescore_champion(
     return core_evaluate.score_on_dates(champion, frame, test_dates, metric, train_end)
 
 
-def ingest_cached(settings: Settings, path: str, ticker: str | None = None) -> list[MergeReport]:
+def ingest_cached(
+    settings: Settings, paths: list[str], ticker: str | None = None
+) -> list[list[MergeReport]]:
     """`ingest`, trusting a cached result only if the store still holds what it reported.
 
     The cache key sees the store's state before ingesting; a store wiped back to an earlier
     state would otherwise get an old report and no rows.
     """
-    reports = ingest(settings, path, ticker)
+    reports = ingest(settings, paths, ticker)
     store = PriceStore(settings.store_path)
-    for report in reports:
-        current = store.manifest(report.ticker)
-        if current is None or current.digest != report.after.digest:
-            return ingest.with_options(refresh_cache=True)(settings, path, ticker)
+    # a ticker in several files: the last file's report holds what the store should hold
+    final = {r.ticker: r.after for file_reports in reports for r in file_reports}
+    for t, after in final.items():
+        current = store.manifest(t)
+        if current is None or after is None or current.digest != after.digest:
+            return ingest.with_options(refresh_cache=True)(settings, paths, ticker)
     return reports

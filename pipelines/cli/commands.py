@@ -41,15 +41,21 @@ WRITES: dict[str, tuple[str, ...]] = {
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    """The project's settings, once the places the command writes are found writable;
-    records the config file found in `args.config_path`."""
+    """The project's settings; records the config file found in `args.config_path`. The
+    command checks its input next, then calls `_writable` before it writes anything."""
     from pipelines.runtime import configure_environment
 
     args.config_path = find_config(args.config)
     settings = load_settings(args.config_path, args.overrides)
     configure_environment(settings)
-    preflight_writable(settings, WRITES.get(args.command, ()))
     return settings
+
+
+def _writable(settings: Settings, args: argparse.Namespace) -> None:
+    """The places the command writes (`WRITES`) can be written: checked after the input
+    checks (which write nothing), so that a mistake in the command is named first, even in a
+    read-only project, and before Prefect, MLflow or any write."""
+    preflight_writable(settings, WRITES.get(args.command, ()))
 
 
 def _before_flows(settings: Settings, *, tensorflow: bool = True) -> None:
@@ -90,6 +96,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     # Every file is validated, then all are merged as one: each is checked against the store
     # as the files before it leave it, and nothing is written unless every file passes.
     parsed = [parse_configured(settings, path, ticker) for path in args.files]
+    _writable(settings, args)
     merged = store.merge_files(parsed, replace=replace)
     gained: dict[str, int] = {}
     for path, reports in zip(args.files, merged, strict=True):
@@ -138,6 +145,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sources = configured_sources(settings, args.config_path, "run FILE...", "run --ticker T")
         preflight_run(settings, args.config_path, sources, settings.data.ticker)
         params = {"files": sources, "ticker": settings.data.ticker}
+    _writable(settings, args)
     preflight_tracking(settings)
     _before_flows(settings)
 
@@ -151,6 +159,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
     settings = _settings(args)  # first: Prefect reads its environment when imported
+    _writable(settings, args)
     preflight_tracking(settings)
     _before_flows(settings)
     from pipelines.flows import fan_out, retraining_flow
@@ -168,6 +177,7 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     tickers = [checked_ticker(t) for t in args.tickers]
     if args.days is not None and args.days < 1:
         raise PipelineError(f"--days {args.days}: days must be >= 1")
+    _writable(settings, args)
     preflight_tracking(settings)
     _before_flows(settings)
     from pipelines.flows import forecast_flow
@@ -187,6 +197,7 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
 def _cmd_promote(args: argparse.Namespace) -> int:
     settings = _settings(args)
     ticker = checked_ticker(args.ticker)
+    _writable(settings, args)
     preflight_tracking(settings)
     from pipelines.promotion import manual_promote
 
@@ -197,6 +208,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 def _cmd_rollback(args: argparse.Namespace) -> int:
     settings = _settings(args)
     ticker = checked_ticker(args.ticker)
+    _writable(settings, args)
     preflight_tracking(settings)
     from pipelines.promotion import rollback
 
@@ -206,6 +218,7 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    _writable(settings, args)
     _before_flows(settings)
     from pipelines.demo import run_demo
 
@@ -236,6 +249,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     else:  # the tickers the flow will search
         searched = tickers or ([configured] if configured else store.tickers())
         preflight_run(settings, args.config_path, [], None, stored=tuple(searched), space=True)
+    _writable(settings, args)
+    # a study's storage is opened to read it (a database makes its tables): after the check
     for ticker in searched:
         check_study(settings, ticker)
     preflight_tracking(settings)
@@ -253,6 +268,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     settings = _settings(args)
     tickers = [checked_ticker(t) for t in args.tickers] if args.tickers else None
     check_stored(settings, tickers or [])
+    _writable(settings, args)
     preflight_tracking(settings)
     _before_flows(settings, tensorflow=False)
     from pipelines.monitoring import render_status, scoring_flow, status
@@ -290,6 +306,7 @@ def _json_value(value: object) -> object:
 def _cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     tickers = list(dict.fromkeys(checked_ticker(t) for t in args.tickers or [])) or None
+    _writable(settings, args)
     from pipelines.serve import serve
 
     config_path = str(args.config_path)

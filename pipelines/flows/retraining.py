@@ -143,7 +143,7 @@ def retraining_flow(
     files = sorted(p for p in incoming.glob("*.csv") if p.is_file()) if incoming.is_dir() else []
     for path in files:
         try:
-            reports = tasks.ingest_cached(settings, str(path), None)
+            [reports] = tasks.ingest_cached(settings, [str(path)], None)
         except PipelineError as exc:
             dst = _move(path, settings.path(settings.data.rejected))
             _write_error(dst, path, exc)

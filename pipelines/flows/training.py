@@ -231,15 +231,17 @@ def training_flow(
         files = [str(settings.path(s)) for s in settings.data.sources]
         ticker = ticker or settings.data.ticker
     touched: list[str] = []
-    store = PriceStore(settings.store_path)
-    for path in files or []:
-        reports = tasks.ingest_cached(settings, path, ticker)
+    # All the files in one merge: a refused file (the store changed since the CLI checked
+    # them, or no CLI checked them) leaves the store as it was, not with the files before it.
+    ingested = tasks.ingest_cached(settings, files, ticker) if files else []
+    for path, reports in zip(files or [], ingested, strict=True):
         for report in reports:
             summary.note(f"ingested {path}: {describe(report)}")
             if report.ticker not in touched:
                 touched.append(report.ticker)
-        for line in store.gap_warnings(reports, settings.data.calendar):
-            log.warning(line)
+    store = PriceStore(settings.store_path)
+    for line in store.gap_warnings([r for rs in ingested for r in rs], settings.data.calendar):
+        log.warning(line)
     todo = list(tickers or []) or touched or ([ticker] if ticker else [])
     if not todo:
         raise PipelineError("nothing to train: give FILE(s) or --ticker")

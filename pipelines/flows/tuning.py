@@ -142,9 +142,13 @@ def tuning_flow(
     if not tickers:
         ticker = settings.data.ticker
         if ticker and store.manifest(ticker) is None:
-            # A fresh project: the configured sources first, as `run` would.
-            for source in settings.data.sources:
-                for report in tasks.ingest_cached(settings, str(settings.path(source)), ticker):
+            # A fresh project: the configured sources first, as `run` stores them (all or none).
+            sources = settings.data.sources
+            paths = [str(settings.path(s)) for s in sources]
+            for source, reports in zip(
+                sources, tasks.ingest_cached(settings, paths, ticker), strict=True
+            ):
+                for report in reports:
                     summary.notes.append(f"ingested {source}: {describe(report)}")
         tickers = [ticker] if ticker else store.tickers()
     for ticker in tickers:

@@ -106,9 +106,9 @@ def test_each_version_is_scored_on_its_own_forecasts(tiny_settings, tiny_project
     from pipelines import monitoring
     from pipelines.calendar import closed_weekdays
     from pipelines.forecast_log import rows_from_forecast
-    from pipelines.tasks import ingest
+    from pipelines.tasks import ingest_file
 
-    ingest.fn(tiny_settings, str(tiny_project / "prices" / "TEST.csv"), "TEST")
+    ingest_file(tiny_settings, str(tiny_project / "prices" / "TEST.csv"), "TEST")
     prices = _days(price_frame(120))
     # dated as a model trained on these prices dates them: New York sessions (Memorial Day,
     # 25 May 2020, is none; the log's expected dates must not make it one)

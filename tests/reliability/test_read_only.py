@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.pipelines.conftest import new_tiny_project, tree_bytes
 from tests.reliability.conftest import BIN, TICKER, cli_env, copy_project
 
 pytestmark = pytest.mark.slow  # the real CLI on a trained project: make test-fast leaves it out
@@ -109,3 +110,38 @@ def test_a_file_that_cannot_be_written_is_one_line_too(trained_project, tmp_path
     assert out.stderr.strip().splitlines() == [
         f"error: {lock}: " + ("Read-only file system" if os.geteuid() == 0 else "Permission denied")
     ], out.stderr[-3000:]
+
+
+def test_a_mistake_in_the_command_is_named_before_the_read_only_project(tmp_path):
+    """The user's own mistake (a bad --ticker, a missing or unreadable file, a ticker not
+    stored) is what to fix first: named as in a writable project, not as the write problem.
+    Good input still meets the write check."""
+    project = new_tiny_project(tmp_path / "project")
+    (project / "prices" / "BAD.csv").write_text("Date,Open\nnot a date,1\n", encoding="utf-8")
+    before = tree_bytes(project)
+    cases = {
+        ("ingest", "prices/TEST.csv", "--ticker", "a/b"): "error: --ticker: invalid ticker 'a/b'",
+        ("ingest", "prices/MISSING.csv", "--ticker", TICKER): "prices/MISSING.csv",
+        ("ingest", "prices/BAD.csv", "--ticker", TICKER): "prices/BAD.csv",
+        ("run", "prices/MISSING.csv"): "prices/MISSING.csv",
+        ("run", "--ticker", "a/b"): "error: --ticker: invalid ticker 'a/b'",
+        ("run", "--ticker", "NOPE"): "error: no prices stored for ticker 'NOPE'",
+        ("forecast", "--ticker", "a/b"): "error: --ticker: invalid ticker 'a/b'",
+        ("promote", "--ticker", "a/b", "--version", "1"): "error: --ticker: invalid ticker",
+        ("score", "--ticker", "NOPE"): "error: no prices stored for ticker 'NOPE'",
+        ("tune", "--ticker", "a/b"): "error: --ticker: invalid ticker 'a/b'",
+    }
+    seen = {args: _cli(project, project, *args) for args in cases}
+    wrong = {
+        args: (out.returncode, out.stderr.strip())
+        for args, out in seen.items()
+        if out.returncode != 2
+        or len(out.stderr.strip().splitlines()) != 1
+        or cases[args] not in out.stderr
+        or "cannot write" in out.stderr
+    }
+    assert not wrong, wrong
+    _assert_one_line(
+        _cli(project, project, "ingest", "prices/TEST.csv", "--ticker", TICKER), project
+    )
+    assert tree_bytes(project) == before

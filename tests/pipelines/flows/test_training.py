@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.pipelines.conftest import price_frame, write_prices
+from tests.pipelines.conftest import price_frame, tree_bytes, write_prices
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -27,13 +27,13 @@ def test_training_registers_a_champion(trained_tiny):
 
 def test_one_ticker_failure_does_not_fail_the_others(trained_settings):
     from pipelines.flows import training_flow
-    from pipelines.tasks import ingest
+    from pipelines.tasks import ingest_file
 
     settings, project = trained_settings, trained_settings.base_dir
     short = price_frame(7, seed=3)  # too short for one window after the split
     write_prices(project / "prices" / "SHORT.csv", short)
 
-    ingest.fn(settings, str(project / "prices" / "SHORT.csv"), "SHORT")
+    ingest_file(settings, str(project / "prices" / "SHORT.csv"), "SHORT")
     summary = training_flow(settings=settings, tickers=["TEST", "SHORT"])
     by = {r.ticker: r for r in summary.results}
     assert by["TEST"].error is None and by["TEST"].version == "2"
@@ -45,10 +45,10 @@ def test_folds_the_data_cannot_give_fail_before_any_mlflow_run(tiny_project):
     from pipelines.config import load_settings
     from pipelines.errors import PipelineError
     from pipelines.flows import training_flow
-    from pipelines.tasks import ingest
+    from pipelines.tasks import ingest_file
 
     settings = load_settings(tiny_project / "mlflow.yaml", ["evaluation.backtest_folds=19"], env={})
-    ingest.fn(settings, str(tiny_project / "prices" / "TEST.csv"), "TEST")
+    ingest_file(settings, str(tiny_project / "prices" / "TEST.csv"), "TEST")
     with pytest.raises(PipelineError) as err:
         training_flow(settings=settings, tickers=["TEST"])
     assert str(err.value) == (
@@ -67,10 +67,48 @@ def test_ingest_cache_never_hides_a_wiped_store(tiny_settings, tiny_project):
     from pipelines.tasks import ingest_cached as ingest
 
     src = str(tiny_project / "prices" / "TEST.csv")
-    [first] = ingest(tiny_settings, src, None)
-    [again] = ingest(tiny_settings, src, None)  # unchanged file, unchanged store
+    [[first]] = ingest(tiny_settings, [src], None)
+    [[again]] = ingest(tiny_settings, [src], None)  # unchanged file, unchanged store
     assert (first.added, again.added) == (120, 0)
     shutil.rmtree(tiny_settings.store_path)
-    [after_wipe] = ingest(tiny_settings, src, None)
+    [[after_wipe]] = ingest(tiny_settings, [src], None)
     assert after_wipe.added == 120
     assert PriceStore(tiny_settings.store_path).manifest("TEST").rows == 120
+    # two files of one ticker, merged as one: each file's report, in order
+    shutil.rmtree(tiny_settings.store_path)
+    older = str(write_prices(tiny_project / "older" / "TEST.csv", price_frame(100)))
+    [[a], [b]] = ingest(tiny_settings, [older, src], None)
+    assert (a.added, b.added, b.after.rows) == (100, 20, 120)
+
+
+@pytest.mark.parametrize("refusal", ["clash", "unreadable"])
+def test_a_file_refused_inside_the_flow_leaves_the_store_as_it_was(tiny_project, refusal):
+    """The CLI checks a run's files before the flow, but the store can change in between
+    (another `ingest`), and a served or scripted run has no CLI: the flow stores its files
+    all or none. Here the second file is refused inside the flow, after a good first file
+    that would add a new ticker."""
+    import pandas as pd
+
+    from pipelines.config import load_settings
+    from pipelines.errors import PipelineError
+    from pipelines.flows import training_flow
+    from pipelines.tasks import ingest_file
+
+    settings = load_settings(tiny_project / "mlflow.yaml", env={})
+    ingest_file(settings, str(tiny_project / "prices" / "TEST.csv"), "TEST")
+    store = settings.store_path
+    before_bytes, before = tree_bytes(store), pd.read_parquet(store)
+    good = write_prices(tiny_project / "new" / "a.csv", price_frame(120, seed=5))
+    second = tiny_project / "new" / "b.csv"
+    if refusal == "clash":  # the same days as the first file, other prices
+        write_prices(second, price_frame(120, seed=6))
+    else:
+        second.write_text("Date,Open\nnot a date,1\n", encoding="utf-8")
+    with pytest.raises(PipelineError) as err:
+        training_flow(settings=settings, files=[str(good), str(second)], ticker="NEW")
+    assert str(second) in str(err.value)
+    assert tree_bytes(store) == before_bytes
+    after = pd.read_parquet(store)
+    pd.testing.assert_frame_equal(after, before)
+    assert set(after["ticker"].astype(str)) == {"TEST"}
+    assert not (store / "ticker=NEW").exists()
