@@ -225,8 +225,8 @@ def start_prefect_api(settings: Settings) -> PrefectAPI:
     as a child process in it: the server stopped at once, and the interrupted run, unable to
     record its end, kept retrying before it failed with a traceback. A child inherits the
     signal mask of the thread that starts it, so that thread blocks SIGINT; Prefect stops the
-    server with SIGTERM when the process exits (after the thread ends: it is not a daemon). A
-    configured API, or the Dask fan-out's server (its own process group), needs none of this.
+    server with SIGTERM when the process exits. The thread is a daemon: a command that ends
+    before the server answers (Ctrl-C, an error) does not wait for it. A configured API, or the Dask fan-out's server (its own process group), needs none of this.
     A server whose command was killed outright is stopped here by the next command
     (:func:`stop_orphaned_servers`).
     """
@@ -248,7 +248,7 @@ def start_prefect_api(settings: Settings) -> PrefectAPI:
         # the thread sees the Prefect settings this thread does
         context = contextvars.copy_context()
         api._thread = threading.Thread(
-            target=context.run, args=(api._start,), name="prefect-api-start"
+            target=context.run, args=(api._start,), name="prefect-api-start", daemon=True
         )
         api._thread.start()
         # Until then, fd 2 stays as it is: the server inherits it, and quiet_tensorflow
