@@ -226,8 +226,9 @@ def start_prefect_api(settings: Settings) -> PrefectAPI:
     record its end, kept retrying before it failed with a traceback. A child inherits the
     signal mask of the thread that starts it, so that thread blocks SIGINT; Prefect stops the
     server with SIGTERM when the process exits. The thread is a daemon: a command that ends
-    before the server answers (Ctrl-C, an error) does not wait for it. A configured API, or the Dask fan-out's server (its own process group), needs none of this.
-    A server whose command was killed outright is stopped here by the next command
+    before the server answers (Ctrl-C, an error) does not wait for it. A configured API, or
+    the Dask fan-out's server (its own process group), needs none of this. A server whose
+    command was killed outright is stopped here by the next command
     (:func:`stop_orphaned_servers`).
     """
     api = PrefectAPI()
