@@ -93,3 +93,21 @@ def test_a_server_that_fails_to_start_raises_its_error_in_the_command(
     with pytest.raises(RuntimeError, match="^Timed out while attempting to connect"):
         commands._before_flows(tiny_settings)
     assert runtime._SERVER_OWNER not in os.environ
+
+
+@pytest.mark.parametrize("where", ["PREFECT_API_URL", "dask"])
+def test_a_configured_api_or_the_dask_runner_starts_no_server(
+    fake_server, tiny_project, where, monkeypatch
+):
+    """The CLI exports `runtime.prefect_api_url` as PREFECT_API_URL (configure_environment)."""
+    from pipelines import runtime
+    from pipelines.config import load_settings
+
+    overrides = ["runtime.task_runner=dask"] if where == "dask" else []
+    if where == "PREFECT_API_URL":
+        monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # never asked
+    settings = load_settings(tiny_project / "mlflow.yaml", overrides, env={})
+    started = []
+    fake_server["start"] = lambda: started.append(True)
+    runtime.start_prefect_api(settings).wait()
+    assert started == []
