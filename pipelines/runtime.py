@@ -6,6 +6,7 @@ Called by the command line (and by a flow run before it trains), never at import
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -182,36 +184,83 @@ def quiet_tensorflow() -> None:
             tf.get_logger().setLevel("ERROR")
 
 
-def start_prefect_api(settings: Settings) -> None:
-    """Start Prefect's temporary API server (which the first flow run would start), sparing it
-    the terminal's Ctrl-C.
+class PrefectAPI:
+    """Prefect's temporary API server starting in a thread of its own, or none to start.
 
-    Ctrl-C signals the terminal's whole process group, and Prefect starts that server as a
-    child process in it: the server stopped at once, and the interrupted run, unable to record
-    its end, kept retrying before it failed with a traceback. A child inherits the signal mask
-    of the thread that starts it, so SIGINT is blocked here while it starts (a Ctrl-C meanwhile
-    still interrupts this process, once the server is up); Prefect stops the server with
-    SIGTERM when the process exits. A configured API, or the Dask fan-out's server (its own
-    process group), needs none of this. A server whose command was killed outright is
-    stopped here by the next command (:func:`stop_orphaned_servers`).
+    :meth:`wait` returns once the server answers, raising what its start raised.
     """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def _start(self) -> None:
+        from prefect import get_client
+
+        # The server, a child of this thread, inherits its signal mask: the terminal's
+        # Ctrl-C leaves it running. The main thread keeps SIGINT (Ctrl-C stays `interrupted`).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            with get_client(sync_client=True):  # the first client starts the server
+                pass
+        except BaseException as exc:  # raised in the main thread by wait()
+            self._error = exc
+        finally:
+            os.environ.pop(_SERVER_OWNER, None)
+
+    def wait(self) -> None:
+        """Block until the server answers (before the first flow run); re-raise its error."""
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def start_prefect_api(settings: Settings) -> PrefectAPI:
+    """Start Prefect's temporary API server (which the first flow run would start) in a
+    thread, sparing it the terminal's Ctrl-C; call `wait()` on the result before a flow runs.
+
+    The caller imports TensorFlow and the flows meanwhile: the server boots in a process of
+    its own. Ctrl-C signals the terminal's whole process group, and Prefect starts that server
+    as a child process in it: the server stopped at once, and the interrupted run, unable to
+    record its end, kept retrying before it failed with a traceback. A child inherits the
+    signal mask of the thread that starts it, so that thread blocks SIGINT; Prefect stops the
+    server with SIGTERM when the process exits. The thread is a daemon: a command that ends
+    before the server answers (Ctrl-C, an error) does not wait for it. A configured API, or
+    the Dask fan-out's server (its own process group), needs none of this. A server whose
+    command was killed outright is stopped here by the next command
+    (:func:`stop_orphaned_servers`).
+    """
+    api = PrefectAPI()
     if settings.runtime.task_runner == "dask" or not hasattr(signal, "pthread_sigmask"):
-        return
-    from prefect import get_client
+        return api
+    from prefect.server.api.server import SubprocessASGIServer  # what get_client starts
     from prefect.settings import PREFECT_API_URL
 
     if os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value():
-        return
+        return api
     stop_orphaned_servers()
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    # the server's environment names this process as its owner (stop_orphaned_servers)
+    server = SubprocessASGIServer()  # one per process: the thread's get_client starts it
+    # The server's environment names this process as its owner (stop_orphaned_servers).
+    # Prefect builds that environment from os.environ alone, so the variable is set here
+    # until the server's process exists, while this thread only waits for it.
     os.environ[_SERVER_OWNER] = json.dumps(owner_tags())
     try:
-        with get_client(sync_client=True):  # the first client starts the server
-            pass
+        # the thread sees the Prefect settings this thread does
+        context = contextvars.copy_context()
+        api._thread = threading.Thread(
+            target=context.run, args=(api._start,), name="prefect-api-start", daemon=True
+        )
+        api._thread.start()
+        # Until then, fd 2 stays as it is: the server inherits it, and quiet_tensorflow
+        # points it at a temporary file while TensorFlow loads.
+        while server.server_process is None and api._thread.is_alive():
+            time.sleep(0.01)
     finally:
         os.environ.pop(_SERVER_OWNER, None)
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    if not api._thread.is_alive():  # failed before its process started: say so now
+        api.wait()
+    return api
 
 
 _SERVER_OWNER = "LSTM_PIPELINE_SERVER_OWNER"

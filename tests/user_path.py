@@ -98,3 +98,23 @@ def project_state(project: Path) -> list[str]:
     """The run's state that must land in the project folder."""
     expected = ["mlflow.db", ".prefect", "mlartifacts", "data/store", "data/incoming"]
     return [name for name in expected if not (project / name).exists()]
+
+
+def prefect_server_child(pid: int) -> int | None:
+    """The pid of Prefect's temporary API server started by process `pid`, once it exists.
+
+    /proc lists a process's children per thread, and a thread of the command starts it.
+    """
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:  # the thread has ended
+            continue
+        for child in children:
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"prefect.server.api.server:create_app" in cmdline:
+                return int(child)
+    return None

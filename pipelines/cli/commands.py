@@ -58,13 +58,19 @@ def _writable(settings: Settings, args: argparse.Namespace) -> None:
     preflight_writable(settings, WRITES.get(args.command, ()))
 
 
-def _before_flows(settings: Settings, *, tensorflow: bool = True) -> None:
-    """Ready this process for flow runs, once the input has passed its checks."""
+def _before_flows(settings: Settings, *modules: str, tensorflow: bool = True) -> None:
+    """Ready this process for flow runs, once the input has passed its checks: import
+    TensorFlow and the command's `modules` while Prefect's temporary API server starts."""
+    import importlib
+
     from pipelines.runtime import quiet_tensorflow, start_prefect_api
 
-    start_prefect_api(settings)  # out of reach of Ctrl-C, so an interrupted run can end
+    api = start_prefect_api(settings)  # out of reach of Ctrl-C, so an interrupted run can end
     if tensorflow:  # before the flows import Keras: its C++ start-up lines are filtered out
         quiet_tensorflow()
+    for module in modules:
+        importlib.import_module(module)
+    api.wait()
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -147,7 +153,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         params = {"files": sources, "ticker": settings.data.ticker}
     _writable(settings, args)
     preflight_tracking(settings)
-    _before_flows(settings)
+    _before_flows(settings, "pipelines.flows")
 
     from pipelines.flows import fan_out, training_flow
 
@@ -161,7 +167,7 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     settings = _settings(args)  # first: Prefect reads its environment when imported
     _writable(settings, args)
     preflight_tracking(settings)
-    _before_flows(settings)
+    _before_flows(settings, "pipelines.flows")
     from pipelines.flows import fan_out, retraining_flow
 
     with fan_out(settings, retraining_flow) as flow:
@@ -179,7 +185,7 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
         raise PipelineError(f"--days {args.days}: days must be >= 1")
     _writable(settings, args)
     preflight_tracking(settings)
-    _before_flows(settings)
+    _before_flows(settings, "pipelines.flows")
     from pipelines.flows import forecast_flow
 
     result = forecast_flow(settings=settings, tickers=tickers, days=args.days)
@@ -219,7 +225,7 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _writable(settings, args)
-    _before_flows(settings)
+    _before_flows(settings, "pipelines.demo")
     from pipelines.demo import run_demo
 
     run_demo(settings, say=lambda text: print(text, flush=True), notes=not _one_place())
@@ -254,7 +260,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     for ticker in searched:
         check_study(settings, ticker)
     preflight_tracking(settings)
-    _before_flows(settings)
+    _before_flows(settings, "pipelines.flows.tuning")
     from pipelines.flows.tuning import tuning_flow
 
     summary = tuning_flow(
@@ -270,7 +276,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     check_stored(settings, tickers or [])
     _writable(settings, args)
     preflight_tracking(settings)
-    _before_flows(settings, tensorflow=False)
+    _before_flows(settings, "pipelines.monitoring", tensorflow=False)
     from pipelines.monitoring import render_status, scoring_flow, status
 
     results = scoring_flow(settings=settings, tickers=tickers)

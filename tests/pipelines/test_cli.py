@@ -632,6 +632,82 @@ def test_ctrl_c_during_run_is_one_line_exit_130_and_a_failed_mlflow_run(tmp_path
         os.killpg(proc.pid, 0)
 
 
+def _prefect_servers(home: Path) -> list[int]:
+    """Prefect's temporary API servers running with PREFECT_HOME `home`."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if b"prefect.server.api.server:create_app" not in (entry / "cmdline").read_bytes():
+                continue
+            pairs = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        env = dict(p.decode(errors="replace").split("=", 1) for p in pairs if b"=" in p)
+        if os.path.realpath(env.get("PREFECT_HOME", "")) == os.path.realpath(home):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow  # a forecast in a subprocess, interrupted while its server starts
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_ctrl_c_while_prefect_server_starts_is_one_line_exit_130_and_no_process_left(tmp_path):
+    """The terminal's Ctrl-C (its whole process group) once Prefect's temporary server has
+    started, while the command loads TensorFlow: `interrupted`, exit 130, the server stopped."""
+    import signal
+    import time
+
+    from tests.pipelines.conftest import new_tiny_project
+    from tests.user_path import PROGRESS_LINE, prefect_server_child
+
+    project = new_tiny_project(tmp_path / "project")
+    proc = subprocess.Popen(
+        [str(BIN), "forecast", "--ticker", "TEST"],
+        cwd=project,
+        env=user_env(keep_pythonpath=True),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a process group of its own, as a terminal's command has
+    )
+    try:
+        t0, server = time.monotonic(), None
+        while server is None and proc.poll() is None and time.monotonic() - t0 < 300:
+            time.sleep(0.05)
+            server = prefect_server_child(proc.pid)
+        assert server is not None, proc.communicate()[1][-3000:]
+        # the server writes to the command's stderr, not where TensorFlow's lines are caught
+        server_stderr = os.readlink(f"/proc/{server}/fd/2")
+        command_stderr = f"pipe:[{os.fstat(proc.stderr.fileno()).st_ino}]"
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    lines = err.splitlines()
+    assert proc.returncode == 130, err
+    assert [line for line in lines if not PROGRESS_LINE.match(line)] == ["interrupted"], err
+    assert server_stderr == command_stderr
+    with pytest.raises(ProcessLookupError):  # Prefect's server stopped with the command
+        os.killpg(proc.pid, 0)
+    assert _prefect_servers(project / ".prefect") == []
+
+
+@pytest.mark.slow  # the CLI in a subprocess
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_prefect_server_that_does_not_start_fails_the_command_with_prefects_error(tmp_path):
+    from tests.pipelines.conftest import new_tiny_project
+
+    project = new_tiny_project(tmp_path / "project")
+    env = user_env(keep_pythonpath=True)
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "1"  # it needs more
+    out = cli(BIN, "forecast", "--ticker", "TEST", cwd=project, env=env, timeout=300)
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert out.stderr.splitlines()[-1] == (
+        "RuntimeError: Timed out while attempting to connect to ephemeral Prefect API server."
+    ), out.stderr[-3000:]
+    assert _prefect_servers(project / ".prefect") == []
+
+
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
 def test_init_where_no_folder_can_be_made_is_one_line_exit_2(tmp_path, capsys):
     assert main(["init", "/proc/forbidden"]) == 2

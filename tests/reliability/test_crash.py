@@ -9,7 +9,6 @@ failed: no process can end them then. A later run settles both (the last test: t
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -35,6 +34,7 @@ from tests.reliability.conftest import (
     store_digest,
     stray_temp_files,
 )
+from tests.user_path import prefect_server_child
 
 pytestmark = pytest.mark.slow  # SIGKILL crash trials: make test-fast leaves them out
 
@@ -253,22 +253,6 @@ def test_a_killed_runs_mlflow_run_is_failed_by_the_next_command(trained_project,
     assert f"process {proc.pid} on" in note and "has ended" in note, note
 
 
-def _server_child(pid: int) -> int | None:
-    """The pid of Prefect's temporary API server started by process `pid`, once it exists."""
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return None
-    for child in children:
-        with contextlib.suppress(OSError):
-            if (
-                b"prefect.server.api.server:create_app"
-                in Path(f"/proc/{child}/cmdline").read_bytes()
-            ):
-                return int(child)
-    return None
-
-
 def _running(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -288,7 +272,7 @@ def test_a_killed_commands_prefect_server_is_stopped_by_the_next_command(trained
         t0 = time.monotonic()
         while server is None and proc.poll() is None and time.monotonic() - t0 < 300:
             time.sleep(0.2)
-            server = _server_child(proc.pid)
+            server = prefect_server_child(proc.pid)
         assert server is not None, proc.communicate()[1][-3000:]
         os.kill(proc.pid, signal.SIGKILL)  # the command only, as `kill -9 PID` does
         proc.wait(timeout=30)
