@@ -9,8 +9,13 @@ import logging
 import os
 import shlex
 import sys
-from typing import Any
 
+from pipelines.cli.console import (
+    line_buffered_stdout,
+    one_place,
+    print_summary,
+    progress_logging,
+)
 from pipelines.cli.parser import build_parser
 from pipelines.cli.preflight import (
     check_stored,
@@ -91,7 +96,6 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     # Deliberately light: pyarrow + pandas only, so a bad file is reported in about a second.
-    import os
 
     from pipelines.store import PriceStore, describe
 
@@ -159,7 +163,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     with fan_out(settings, training_flow) as flow:
         summary = flow(settings=settings, **params)
-    _print_summary(summary)
+    print_summary(summary)
     return 0 if summary.ok else 1
 
 
@@ -172,7 +176,7 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
 
     with fan_out(settings, retraining_flow) as flow:
         summary = flow(settings=settings)
-    _print_summary(summary)
+    print_summary(summary)
     if not summary.ok:
         return 1
     return 2 if summary.rejected else 0  # bad input, moved aside: the rest still ran
@@ -228,7 +232,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _before_flows(settings, "pipelines.demo")
     from pipelines.demo import run_demo
 
-    run_demo(settings, say=lambda text: print(text, flush=True), notes=not _one_place())
+    run_demo(settings, say=lambda text: print(text, flush=True), notes=not one_place())
     return 0
 
 
@@ -343,60 +347,12 @@ COMMANDS = {
 }
 
 
-class _Stderr(logging.StreamHandler):
-    """Writes to ``sys.stderr`` as it is when a line is logged (main may run again, redirected)."""
-
-    @property
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass
-
-
-def _progress_logging() -> None:
-    # Step and epoch progress on stderr; Prefect's own chatter stays at WARNING.
-    logger = logging.getLogger("pipelines")
-    if not any(isinstance(h, _Stderr) for h in logger.handlers):
-        handler = _Stderr()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-
-
-def _print_summary(summary: Any) -> None:
-    text = summary.render(notes=not _one_place())
-    if text:  # the notes alone, already read as progress: no blank line for them
-        print(text)
-
-
-def _one_place() -> bool:
-    """Do stdout and stderr go to one place (a terminal, `retrain > log 2>&1`, one pipe)? Then
-    a summary's notes were read as they were logged, in order, and are not printed again;
-    stdout on its own (for scripts) keeps them."""
-    try:
-        out, err = os.fstat(sys.stdout.fileno()), os.fstat(sys.stderr.fileno())
-    except (AttributeError, OSError, ValueError):  # no file behind one (a test's capture)
-        return False
-    return os.path.samestat(out, err)
-
-
-def _line_buffered_stdout() -> None:
-    # Redirected to a file (cron: `retrain > log 2>&1`) stdout is block-buffered and stderr
-    # is not: each printed line must reach the file before the progress lines after it.
-    reconfigure = getattr(sys.stdout, "reconfigure", None)  # absent on a test's capture
-    if reconfigure is not None:
-        reconfigure(line_buffering=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     from pipelines.runtime import quiet_interrupts
 
-    _line_buffered_stdout()
+    line_buffered_stdout()
     args = build_parser().parse_args(argv)
-    _progress_logging()
+    progress_logging()
     quiet_interrupts()  # Ctrl-C is one line, `interrupted`, below
     try:
         return COMMANDS[args.command](args)
