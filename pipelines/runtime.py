@@ -205,8 +205,6 @@ class PrefectAPI:
                 pass
         except BaseException as exc:  # raised in the main thread by wait()
             self._error = exc
-        finally:
-            os.environ.pop(_SERVER_OWNER, None)
 
     def wait(self) -> None:
         """Block until the server answers (before the first flow run); re-raise its error."""
