@@ -518,6 +518,36 @@ def test_serve_takes_a_repeated_ticker_like_every_other_command(tiny_project, mo
     assert "--ticker TICKERS" in out.stdout and "repeatable" in out.stdout, out.stdout
 
 
+@pytest.mark.parametrize("command", ["demo", "serve"])
+def test_demo_and_serve_settle_runs_a_killed_command_left_running(
+    tiny_settings, monkeypatch, command
+):
+    """`demo` and `serve` use the project's tracking store as the other commands do: a run a
+    killed command left RUNNING is marked FAILED before their flows start."""
+    from mlflow import MlflowClient
+
+    from pipelines import tracking
+    from pipelines.cli import commands
+    from pipelines.config import resolve_tracking_uri
+    from pipelines.run_owner import TAG_SETTLED
+    from tests.pipelines.test_run_owner import ended_process_tags
+
+    client = MlflowClient(resolve_tracking_uri(tiny_settings))
+    killed = client.create_run(tracking.connect(tiny_settings), tags=ended_process_tags())
+    run_id = killed.info.run_id
+    seen = []  # the run's status when the flows would start (they do not, here)
+
+    def flows_start(*args, **kwargs):
+        seen.append(client.get_run(run_id).info.status)
+
+    monkeypatch.setattr(commands, "_before_flows", flows_start)
+    monkeypatch.setattr("pipelines.demo.run_demo", flows_start)
+    monkeypatch.setattr("pipelines.serve.serve", flows_start)
+    assert main([command, "--config", str(tiny_settings.base_dir / "mlflow.yaml")]) == 0
+    assert seen and set(seen) == {"FAILED"}, seen
+    assert "marked FAILED" in client.get_run(run_id).data.tags[TAG_SETTLED]
+
+
 def _display_width(text: str) -> int:
     """Terminal columns: East Asian wide and full-width characters take two."""
     import unicodedata
