@@ -229,6 +229,7 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _writable(settings, args)
+    preflight_tracking(settings)
     _before_flows(settings, "pipelines.demo")
     from pipelines.demo import run_demo
 
@@ -317,6 +318,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     tickers = list(dict.fromkeys(checked_ticker(t) for t in args.tickers or [])) or None
     _writable(settings, args)
+    preflight_tracking(settings)
     from pipelines.serve import serve
 
     config_path = str(args.config_path)

@@ -1,0 +1,323 @@
+"""`init`, `run` and `retrain` end to end, a new user's path, and how a command ends:
+Ctrl-C, and a Prefect server that does not start."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import main
+from tests.pipelines.cli.conftest import BIN, _cli
+from tests.pipelines.conftest import price_frame, write_prices
+from tests.user_path import TINY, assert_only_progress, checkout_state, cli, project_state, user_env
+
+
+@pytest.mark.slow  # the CLI in subprocesses: CI runs it
+def test_init_refuses_to_overwrite_and_run_names_ingest_for_an_unstored_ticker(tmp_path):
+    env = user_env(keep_pythonpath=True)
+    assert cli(BIN, "init", "p", cwd=tmp_path, env=env, timeout=120).returncode == 0
+    project = tmp_path / "p"
+    before = (project / "mlflow.yaml").read_bytes()
+    again = cli(BIN, "init", cwd=project, env=env, timeout=120)
+    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
+    assert "already exists" in again.stderr and (project / "mlflow.yaml").read_bytes() == before
+    # `run` alone trains data.sources: the default names the repository's sample.
+    out = cli(BIN, "run", cwd=project, env=env, timeout=120)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "data.sources" in out.stderr and "run --ticker T" in out.stderr
+    # `tune` checks the same before any flow runs: one line, no traceback, nothing written.
+    out = cli(BIN, "tune", cwd=project, env=env, timeout=120)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "data.sources" in out.stderr and "tune --ticker T" in out.stderr
+    out = cli(BIN, "tune", "--ticker", "ACME", cwd=project, env=env, timeout=120)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "no prices stored for ticker 'ACME'" in out.stderr
+    assert not (project / ".optuna").exists() and not (project / "mlflow.db").exists()
+    # From a subfolder, found through the parents.
+    out = cli(BIN, "run", "--ticker", "ACME", cwd=project / "data", env=env, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip() == (
+        f"error: no prices stored for ticker 'ACME' in {project.resolve() / 'data' / 'store'}: "
+        "store them first with: lstm-pipeline ingest FILE --ticker ACME"
+    )
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_init_where_no_folder_can_be_made_is_one_line_exit_2(tmp_path, capsys):
+    assert main(["init", "/proc/forbidden"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: cannot create a project in /proc/forbidden: No such file or directory")
+    # A failure half-way (data/ is a file, so data/store cannot be made): one line naming
+    # the path, and the mlflow.yaml written before it is gone again.
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "data").write_text("not a folder\n", encoding="utf-8")
+    assert main(["init", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: cannot create a project in {tmp_path / 'p'}: Not a directory "
+        f"({tmp_path / 'p' / 'data' / 'store'})"
+    )
+    assert [p.name for p in (tmp_path / "p").iterdir()] == ["data"]
+
+
+@pytest.mark.slow
+def test_new_users_path_from_a_folder_of_its_own(tmp_path):
+    """README's path with the installed command: init, ingest, run, forecast, models serve."""
+    import json
+    import urllib.request
+
+    from pipelines.servers import start_model_server
+
+    env = user_env(keep_pythonpath=True)  # PYTHONPATH: a worktree's code over the editable one
+    before = checkout_state()
+    prices = write_prices(tmp_path / "downloads" / "acme.csv", price_frame(120))
+    assert cli(BIN, "init", "acme", cwd=tmp_path, env=env).returncode == 0
+    project = tmp_path / "acme"
+    out = cli(BIN, "ingest", str(prices), "--ticker", "ACME", cwd=project / "data", env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    out = cli(BIN, "run", "--ticker", "ACME", *TINY, cwd=project, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "CHAMPION" in out.stdout, out.stdout
+    assert f"sqlite:///{project.resolve() / 'mlflow.db'}" in out.stdout  # the MLflow UI line
+    assert_only_progress(out)
+    for step in ("epoch 1/1", "evaluating on", "backtest:", "logging the model"):
+        assert step in out.stderr, step
+
+    out = cli(BIN, "forecast", "--ticker", "ACME", cwd=project, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert_only_progress(out)
+    assert (project / "data" / "forecasts" / "ACME.parquet").is_file()
+    assert project_state(project) == []
+    assert checkout_state() == before
+
+    # `mlflow models serve` on the champion, from the project folder, as the README says.
+    server = start_model_server(
+        "models:/lstm-ACME@champion", "sqlite:///mlflow.db", project, timeout=300
+    )
+    try:
+        frame = price_frame(120).tail(30)  # Date, Open, High, ... as downloaded
+        frame.columns = [c.lower() for c in frame.columns]
+        body = json.dumps({"dataframe_split": frame.to_dict(orient="split", index=False)})
+        request = urllib.request.Request(
+            f"{server.url}/invocations",
+            data=body.encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=120) as resp:
+            predictions = json.loads(resp.read())["predictions"]
+    finally:
+        server.stop()
+    assert len(predictions) == 1 and predictions[0]["forecast"] > 0
+
+
+# ---------------------------------------------------------------- run and retrain
+
+
+@pytest.mark.slow  # the CLI in subprocesses, or trainings: CI runs it
+def test_run_trains_every_ticker_named(tiny_project, capsys):
+    cfg = str(tiny_project / "mlflow.yaml")
+    src = str(tiny_project / "prices" / "TEST.csv")
+    for ticker in ("AAA", "BBB"):
+        assert main(["ingest", src, "--ticker", ticker, "--config", cfg]) == 0
+    assert main(["run", src, "--ticker", "AAA", "--ticker", "BBB", "--config", cfg]) == 2
+    assert "give it once" in capsys.readouterr().err
+    assert main(["run", "--ticker", "AAA", "--ticker", "BBB", "--config", cfg]) == 0
+    out = capsys.readouterr().out
+    assert "registered test-AAA version 1" in out and "registered test-BBB version 1" in out
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_retrain_prints_the_mlflow_ui_line_only_when_a_run_exists(
+    trained_settings, capsys, monkeypatch
+):
+    """A training that fails before its MLflow run starts (here: splitting the rows the
+    decision read fails) leaves no run to look at in the UI."""
+    from pipelines import tasks
+
+    def broken(frame, settings):
+        raise RuntimeError("no split today")
+
+    project = trained_settings.base_dir
+    write_prices(project / "data" / "incoming" / "NEW.csv", price_frame(120, seed=2))
+    monkeypatch.setattr(tasks, "split", broken)
+    capsys.readouterr()
+    assert main(["retrain", "--config", str(project / "mlflow.yaml")]) == 1
+    out = capsys.readouterr().out
+    assert "NEW: retrain (no model yet)" in out
+    assert "NEW: FAILED: RuntimeError: no split today" in out
+    assert "MLflow UI" not in out
+
+
+# ---------------------------------------------------------------- promotion
+
+
+@pytest.mark.slow  # a training in a subprocess
+def test_a_champion_that_cannot_be_rescored_keeps_the_alias(trained_settings):
+    from pipelines import tracking
+
+    project = trained_settings.base_dir
+    [files] = (project / "mlartifacts").glob("models/m-*")  # v1's model, the champion
+    shutil.rmtree(files)
+    out = _cli(project, "run", "--ticker", "TEST", "--set", "evaluation.backtest_folds=0")
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    [line] = [x.strip() for x in out.stdout.splitlines() if "registered test-TEST" in x]
+    assert line.startswith(
+        "registered test-TEST version 2: not promoted (refused: champion v1 could not be "
+        "re-scored ("
+    ), line
+    assert line.endswith(
+        "so it keeps the alias; to promote this version anyway: "
+        "lstm-pipeline promote --ticker TEST --version 2)"
+    ), line
+    assert "ERROR" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+    tracking.connect(trained_settings)
+    assert tracking.champion("test-TEST", "champion").version == "1"
+    v2 = tracking.get_version("test-TEST", "2").tags
+    assert (
+        v2[tracking.TAG_PROMOTED] == "false" and "could not be re-scored" in v2["promotion.reason"]
+    )
+
+
+# ---------------------------------------------------------------- Ctrl-C, Prefect's server
+
+
+@pytest.mark.slow  # a training in a subprocess, interrupted
+@pytest.mark.parametrize("signalled", ["group", "command"])
+def test_ctrl_c_during_run_is_one_line_exit_130_and_a_failed_mlflow_run(tmp_path, signalled):
+    """Ctrl-C while `run` trains: after the progress lines only `interrupted` (no Prefect
+    crash lines, no traceback), exit code 130, the MLflow run FAILED, no process left. A
+    terminal signals its whole foreground process group (Prefect's temporary API server
+    included); `kill -INT` signals the command alone."""
+    import signal
+    import threading
+
+    from mlflow.tracking import MlflowClient
+
+    from tests.pipelines.conftest import new_tiny_project
+    from tests.user_path import PROGRESS_LINE
+
+    project = new_tiny_project(tmp_path / "project")
+    proc = subprocess.Popen(
+        [str(BIN), "run", "--set=training.epochs=1000", "--set=evaluation.backtest_folds=0"],
+        cwd=project,
+        env=user_env(keep_pythonpath=True),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a process group of its own, as a terminal's command has
+    )
+    lines: list[str] = []
+    training = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line.rstrip("\n"))
+            if " epoch 1/1000 " in line:
+                training.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert training.wait(300), "\n".join(lines[-20:])
+        if signalled == "group":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=300)
+        reader.join(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    err = "\n".join(lines)
+    assert code == 130, err
+    assert "Crash detected" not in err and "Traceback" not in err, err
+    assert [line for line in lines if not PROGRESS_LINE.match(line)] == ["interrupted"], err
+    assert lines[-1] == "interrupted"
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    with pytest.raises(ProcessLookupError):  # Prefect's server stopped with the command
+        os.killpg(proc.pid, 0)
+
+
+def _prefect_servers(home: Path) -> list[int]:
+    """Prefect's temporary API servers running with PREFECT_HOME `home`."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if b"prefect.server.api.server:create_app" not in (entry / "cmdline").read_bytes():
+                continue
+            pairs = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        env = dict(p.decode(errors="replace").split("=", 1) for p in pairs if b"=" in p)
+        if os.path.realpath(env.get("PREFECT_HOME", "")) == os.path.realpath(home):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow  # a forecast in a subprocess, interrupted while its server starts
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_ctrl_c_while_prefect_server_starts_is_one_line_exit_130_and_no_process_left(tmp_path):
+    """The terminal's Ctrl-C (its whole process group) once Prefect's temporary server has
+    started, while the command loads TensorFlow: `interrupted`, exit 130, the server stopped."""
+    import signal
+    import time
+
+    from tests.pipelines.conftest import new_tiny_project
+    from tests.user_path import PROGRESS_LINE, prefect_server_child
+
+    project = new_tiny_project(tmp_path / "project")
+    proc = subprocess.Popen(
+        [str(BIN), "forecast", "--ticker", "TEST"],
+        cwd=project,
+        env=user_env(keep_pythonpath=True),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a process group of its own, as a terminal's command has
+    )
+    try:
+        t0, server = time.monotonic(), None
+        while server is None and proc.poll() is None and time.monotonic() - t0 < 300:
+            time.sleep(0.05)
+            server = prefect_server_child(proc.pid)
+        assert server is not None, proc.communicate()[1][-3000:]
+        # the server writes to the command's stderr, not where TensorFlow's lines are caught
+        server_stderr = os.readlink(f"/proc/{server}/fd/2")
+        command_stderr = f"pipe:[{os.fstat(proc.stderr.fileno()).st_ino}]"
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    lines = err.splitlines()
+    assert proc.returncode == 130, err
+    assert [line for line in lines if not PROGRESS_LINE.match(line)] == ["interrupted"], err
+    assert server_stderr == command_stderr
+    with pytest.raises(ProcessLookupError):  # Prefect's server stopped with the command
+        os.killpg(proc.pid, 0)
+    assert _prefect_servers(project / ".prefect") == []
+
+
+@pytest.mark.slow  # the CLI in a subprocess
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_prefect_server_that_does_not_start_fails_the_command_with_prefects_error(tmp_path):
+    from tests.pipelines.conftest import new_tiny_project
+
+    project = new_tiny_project(tmp_path / "project")
+    env = user_env(keep_pythonpath=True)
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "1"  # it needs more
+    out = cli(BIN, "forecast", "--ticker", "TEST", cwd=project, env=env, timeout=300)
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert out.stderr.splitlines()[-1] == (
+        "RuntimeError: Timed out while attempting to connect to ephemeral Prefect API server."
+    ), out.stderr[-3000:]
+    assert _prefect_servers(project / ".prefect") == []

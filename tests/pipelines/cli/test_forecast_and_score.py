@@ -1,0 +1,272 @@
+"""`forecast`, `score` and `status`: user errors, trading days, and forecasts that
+cannot be scored."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import main
+from tests.conftest import SHARED_DATA
+from tests.pipelines.cli.conftest import BIN, _cli
+from tests.pipelines.conftest import price_frame, tree_bytes, write_prices
+from tests.user_path import REPO, TINY, assert_only_progress, cli, user_env
+
+
+def test_forecast_days_below_one_is_one_line_exit_2_and_writes_nothing(trained_settings, capfd):
+    project = trained_settings.base_dir
+    forecasts = project / "data" / "forecasts"
+    before = tree_bytes(forecasts)
+    for days in ("0", "-2"):
+        code = main(
+            [
+                "forecast",
+                "--ticker",
+                "TEST",
+                "--days",
+                days,
+                "--config",
+                str(project / "mlflow.yaml"),
+            ]
+        )
+        out = capfd.readouterr()
+        assert (code, out.out) == (2, ""), (code, out)
+        assert out.err == f"error: --days {days}: days must be >= 1\n"
+    assert tree_bytes(forecasts) == before
+
+
+@pytest.mark.slow  # the CLI in subprocesses, or trainings: CI runs it
+def test_forecast_beyond_the_calibrated_days_is_one_line_exit_2(trained_settings):
+    project = trained_settings.base_dir
+    forecasts = project / "data" / "forecasts"
+    before = tree_bytes(forecasts)
+    # The champion was trained with evaluation.forecast_days = 3.
+    out = _cli(project, "forecast", "--ticker", "TEST", "--days", "300")
+    assert (out.returncode, out.stdout) == (2, ""), (out.returncode, out.stdout, out.stderr)
+    assert out.stderr == (
+        "error: TEST: test-TEST v1: days 300 is out of range: this model forecasts up to 3 "
+        "day(s) ahead (the evaluation.forecast_days it was trained with): ask for 1 to 3, or "
+        "raise evaluation.forecast_days and retrain\n"
+    )
+    assert tree_bytes(forecasts) == before
+
+
+@pytest.mark.slow  # the CLI in subprocesses, or trainings: CI runs it
+def test_forecast_without_a_champion_names_the_way_to_one(trained_settings):
+    from mlflow import MlflowClient
+
+    from pipelines import tracking
+
+    project = trained_settings.base_dir
+    forecasts = project / "data" / "forecasts"
+    before = tree_bytes(forecasts)
+    out = _cli(project, "forecast", "--ticker", "NOPE")
+    assert (out.returncode, out.stdout) == (2, ""), (out.returncode, out.stdout, out.stderr)
+    assert out.stderr == (
+        "error: NOPE: test-NOPE has no registered version yet, so no 'champion': train one "
+        "first with: lstm-pipeline run --ticker NOPE\n"
+    )
+    # A version registered but not promoted: training again would not help, promoting does.
+    # (v1 made to look refused, as the promotion gate tags a version it refuses)
+    tracking.connect(trained_settings)
+    MlflowClient().delete_registered_model_alias("test-TEST", "champion")
+    why = "refused: test_rmse 0.9 is worse than the naive forecast's 0.5 by more than 10%"
+    tracking.tag_version(
+        "test-TEST", "1", {tracking.TAG_PROMOTED: "false", tracking.TAG_REASON: why}
+    )
+    out = _cli(project, "forecast", "--ticker", "TEST")
+    assert (out.returncode, out.stdout) == (2, ""), (out.returncode, out.stdout, out.stderr)
+    assert out.stderr == (
+        f"error: TEST: test-TEST has no 'champion' alias: its latest version, v1, is not champion "
+        f"({why}); to forecast with it anyway: lstm-pipeline promote --ticker TEST --version 1\n"
+    )
+    assert tree_bytes(forecasts) == before
+
+
+def _unreadable_log_is_one_line_exit_2(project: Path, commands: tuple[str, ...]) -> None:
+    bad = project / "data" / "forecasts" / "log" / "ticker=TEST" / "2017-11-20_v1.parquet"
+    bad.write_text("garbage\n")
+    for command in commands:
+        out = _cli(project, command)
+        assert (out.returncode, out.stdout) == (2, ""), (command, out.returncode, out.stdout)
+        [line] = out.stderr.splitlines()
+        assert line.startswith(f"error: {bad}: not a readable forecast-log Parquet file"), line
+
+
+@pytest.mark.slow  # the CLI in subprocesses: CI runs it
+def test_score_with_an_unreadable_log_file_is_one_line_exit_2(trained_settings):
+    _unreadable_log_is_one_line_exit_2(trained_settings.base_dir, ("score", "status"))
+
+
+@pytest.mark.slow  # the retraining flow in a subprocess
+def test_retrain_with_an_unreadable_log_file_is_one_line_exit_2(trained_settings):
+    _unreadable_log_is_one_line_exit_2(trained_settings.base_dir, ("retrain",))
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_score_an_unknown_ticker_is_one_line_exit_2_and_a_known_one_shows_alone(
+    trained_settings, capsys
+):
+    project = trained_settings.base_dir
+    cfg = str(project / "mlflow.yaml")
+    other = write_prices(project / "more" / "OTHER.csv", price_frame(120, seed=1))
+    assert main(["ingest", str(other), "--config", cfg]) == 0
+    capsys.readouterr()
+    assert main(["score", "--ticker", "NOPE", "--config", cfg]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        f"error: no prices stored for ticker 'NOPE' in {trained_settings.store_path}: "
+        "store them first with: lstm-pipeline ingest FILE --ticker NOPE\n"
+    )
+    assert main(["score", "--ticker", "test", "--config", cfg]) == 2
+    assert capsys.readouterr().err == (
+        f"error: no prices stored for ticker 'test' in {trained_settings.store_path}: "
+        "tickers are case-sensitive, and 'TEST' is stored\n"
+    )
+
+    def first_column(out: str) -> list[str]:
+        lines = out.splitlines()
+        header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["ticker"])
+        return [line.split()[0] for line in lines[header + 1 :] if "last decision" not in line]
+
+    assert main(["score", "--config", cfg]) == 0
+    assert first_column(capsys.readouterr().out) == ["OTHER", "TEST"]
+    assert main(["score", "--ticker", "TEST", "--config", cfg]) == 0
+    out = capsys.readouterr().out
+    assert first_column(out) == ["TEST"] and "OTHER" not in out
+
+
+def _display_width(text: str) -> int:
+    """Terminal columns: East Asian wide and full-width characters take two."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def test_the_status_table_lines_up_a_cjk_ticker_with_an_ascii_one(tiny_project, capsys):
+    cfg = str(tiny_project / "mlflow.yaml")
+    src = str(tiny_project / "prices" / "TEST.csv")
+    for ticker in ("平安银行", "TEST"):
+        assert main(["ingest", src, "--ticker", ticker, "--config", cfg]) == 0
+    capsys.readouterr()
+    out = cli(BIN, "status", cwd=tiny_project, env=user_env(keep_pythonpath=True), timeout=120)
+    assert out.returncode == 0, out.stderr
+    header, *rows = out.stdout.splitlines()
+    assert [row.split()[0] for row in rows] == ["TEST", "平安银行"], out.stdout
+    # every line as wide on screen as the header, each ticker ending under "ticker"
+    assert [_display_width(row) for row in rows] == [_display_width(header)] * 2, out.stdout
+    lines = [header, *rows]
+    words = ["ticker", "TEST", "平安银行"]
+    ends = [_display_width(x[: x.index(w) + len(w)]) for x, w in zip(lines, words, strict=True)]
+    assert ends == [ends[0]] * 3, out.stdout
+
+
+# ---------------------------------------------------------------- trading days
+
+
+SHARED_PING_AN = SHARED_DATA / "平安银行.csv"
+
+
+@pytest.mark.slow  # a training on 6,000 real rows
+@pytest.mark.shared
+@pytest.mark.skipif(not SHARED_PING_AN.is_file(), reason=f"{SHARED_PING_AN} is absent")
+def test_ping_an_forecast_days_are_shanghai_shenzhen_trading_days(tmp_path):
+    """The tutorial's file, a user's own project and `data.calendar: XSHG`: the data ends on
+    Friday 2023-04-28 and the exchanges were closed for May Day, 1 to 3 May 2023."""
+    env = user_env(keep_pythonpath=True)
+    assert cli(BIN, "init", "p", cwd=tmp_path, env=env, timeout=120).returncode == 0
+    project = tmp_path / "p"
+    # the new project's calendar is New York's: Shenzhen traded on Thanksgiving 1997
+    out = cli(BIN, "ingest", str(SHARED_PING_AN), "--ticker", "PAB", cwd=project, env=env)
+    assert (out.returncode, out.stdout) == (2, ""), out.stderr[-2000:]
+    assert out.stderr == (
+        f"error: {SHARED_PING_AN}, line 4, column '日期': 1997-11-27 (Thursday) is not a trading "
+        "day of XNYS (data.calendar): remove the row, or set data.calendar to the exchange the "
+        "prices come from\n"
+    )
+    assert not (project / "data" / "store" / "ticker=PAB").exists()
+    xshg = "--set=data.calendar=XSHG"
+    out = cli(BIN, "ingest", str(SHARED_PING_AN), "--ticker", "PAB", xshg, cwd=project, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    settings = [*TINY, "--set=evaluation.backtest_folds=0", xshg]
+    out = cli(BIN, "run", "--ticker", "PAB", *settings, cwd=project, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    out = cli(BIN, "forecast", "--ticker", "PAB", cwd=project, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import pandas as pd
+
+    dates = pd.read_parquet(project / "data" / "forecasts" / "PAB.parquet")["expected_date"]
+    assert [str(d) for d in dates] == [
+        "2023-05-04",
+        "2023-05-05",
+        "2023-05-08",
+        "2023-05-09",
+        "2023-05-10",
+    ]
+
+
+# The MSFT sample's rows of 30 and 31 October 2017, as a user's next download.
+LATE_MSFT = (
+    "Date,Open,High,Low,Close,Volume,OpenInt\n"
+    "2017-10-30,83.8,84.325,83.105,83.89,31756653,0\n"
+    "2017-10-31,84.36,84.36,83.11,83.18,27086575,0\n"
+)
+
+
+def _warnings(stderr: str) -> list[str]:
+    """The gap warnings of a command's stderr, without their time stamps."""
+    return [x.split(" ", 1)[1] for x in stderr.splitlines() if "sessions missing" in x]
+
+
+@pytest.mark.slow  # init, ingest, a tiny training, forecast, ingest, score, retrain: subprocesses
+def test_forecasts_for_sessions_missing_from_the_store_are_not_scored(tmp_path):
+    """A user's test: forecasts made on 2017-10-13 for the 16th to the 20th were scored against
+    the prices of the 30th and 31st, the next stored days, as the 10 New York sessions between
+    were never ingested; nothing said so, and the coverage 0 could have called a retraining."""
+    env = user_env(keep_pythonpath=True)
+    lines = (REPO / "data" / "msft.csv").read_text(encoding="utf-8").splitlines()
+    history = [lines[0], *[x for x in lines[1:] if x < "2017-10-14"][-150:]]  # to the 13th
+    assert cli(BIN, "init", "p", cwd=tmp_path, env=env, timeout=120).returncode == 0
+    project = tmp_path / "p"
+    (project / "head.csv").write_text("\n".join(history) + "\n", encoding="utf-8")
+    (project / "late.csv").write_text(LATE_MSFT, encoding="utf-8")
+    out = cli(BIN, "ingest", "head.csv", "--ticker", "MSFT", cwd=project, env=env)
+    assert (out.returncode, out.stderr) == (0, ""), out.stderr  # a first ingest: no warning
+    out = cli(BIN, "run", "--ticker", "MSFT", *TINY, cwd=project, env=env, timeout=600)
+    assert out.returncode == 0 and "CHAMPION" in out.stdout, out.stderr[-3000:]
+    out = cli(BIN, "forecast", "--ticker", "MSFT", cwd=project, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    out = cli(BIN, "ingest", "late.csv", "--ticker", "MSFT", cwd=project, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "MSFT +2 new" in out.stdout
+    assert_only_progress(out)
+    assert _warnings(out.stderr) == [
+        "MSFT: 10 XNYS sessions missing between 2017-10-13 and 2017-10-30 "
+        "(2017-10-16..2017-10-27): forecasts for them are not scored"
+    ]
+    assert len(out.stderr.splitlines()) == 1
+
+    out = cli(BIN, "score", cwd=project, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    # the five forecasts (16th to 20th) are not scored: two would have landed on the 30th
+    # and 31st, the other three's days went by unstored
+    assert "MSFT: 5 forecasts not scored: their days are missing from the store" in out.stdout
+    out = cli(BIN, "status", "--json", cwd=project, env=env, timeout=300)
+    [row] = json.loads(out.stdout)
+    assert (row["not_scored"], row["pending"], row["scored_days"]) == (5, 0, 0), row
+    assert row["live_rmse"] is None and not row["degraded"]
+
+    # the retraining's incoming files are checked alike (a file named by its ticker; enough
+    # new rows asked for that this one does not train)
+    nov = LATE_MSFT.splitlines()[0] + "\n2017-11-10,83.79,84.095,83.23,83.87,19396301,0\n"
+    (project / "data" / "incoming" / "MSFT.csv").write_text(nov, encoding="utf-8")
+    out = cli(BIN, "retrain", "--set=data.min_new_rows=50", cwd=project, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert _warnings(out.stderr) == [
+        "MSFT: 7 XNYS sessions missing between 2017-10-31 and 2017-11-10 "
+        "(2017-11-01..2017-11-09): forecasts for them are not scored"
+    ]
