@@ -236,10 +236,13 @@ def model_input(history: Any, preprocessor: Preprocessor) -> pd.DataFrame:
         )
     frame = frame[needed].copy()
     if len(frame) < preprocessor.rows_needed:
+        # rows, not calendar days: a suspension's missing sessions are no error (the store
+        # keeps such holes), so the message must not promise consecutive days
+        need = preprocessor.rows_needed
         raise DataError(
-            f"history has {len(frame)} rows, needs at least {preprocessor.rows_needed} "
-            f"consecutive days (lookback {cfg.lookback} + {preprocessor.offset} for the "
-            f"{cfg.target_transform} transform)"
+            f"history has {len(frame)} rows, needs at least {need}, one per trading day (the "
+            f"most recent {need} are used: lookback {cfg.lookback} + {preprocessor.offset} for "
+            f"the {cfg.target_transform} transform)"
         )
     dates = frame[DATE_COLUMN]
     if not pd.api.types.is_datetime64_any_dtype(dates):

@@ -30,6 +30,21 @@ def test_predict_one_row_deterministic(forecaster):
         forecaster.forecast(df.iloc[-5:], 1, intervals=False)
 
 
+def test_short_history_is_refused_in_rows_and_a_gap_of_sessions_is_not(forecaster):
+    """The refusal counts rows (trading days), not consecutive days: a suspended stock's
+    history has missing sessions, and the forecast uses its most recent rows as they are."""
+    df = make_frame(60)
+    with pytest.raises(DataError) as info:
+        forecaster.forecast(df.iloc[-5:], 1, intervals=False)
+    assert str(info.value) == (
+        "history has 5 rows, needs at least 6, one per trading day (the most recent 6 are "
+        "used: lookback 5 + 1 for the log_return transform)"
+    )
+    suspended = pd.concat([df.iloc[:-12], df.iloc[-2:]])  # ten sessions missing before the end
+    out = forecaster.forecast(suspended, 1, intervals=False)
+    assert out["date"].iloc[0] == pd.Timestamp("2021-03-29") and np.isfinite(out["forecast"]).all()
+
+
 def test_predict_with_intervals(forecaster):
     out = forecaster.forecast(make_frame(60), 1, levels=(0.8, 0.95), samples=20, seed=0)
     assert list(out.columns) == ["date", "forecast", "lower_80", "upper_80", "lower_95", "upper_95"]
