@@ -219,11 +219,38 @@ def _refused(values: pd.Series, column: str, what: str, convert: Any) -> str | N
     return None
 
 
+_ISO_DATE = "an ISO date (like 2017-11-10)"
+_TIMES = {2: "twice", 3: "three times"}
+_DATES_NAMED = 3  # a frame pasted twice repeats every date: name a few, count the rest
+
+
+def _repeated_dates(dates: pd.Series) -> str | None:
+    """Each date given more than once, as "2017-08-18 appears twice (rows 5 and 6)" (rows
+    1-based, in the order given); None when every date is unique."""
+    rows = pd.Series(np.arange(1, len(dates) + 1), index=dates.to_numpy())
+    groups = [g for _, g in rows.groupby(level=0, sort=True) if len(g) > 1]
+    if not groups:
+        return None
+    parts = []
+    for group in groups[:_DATES_NAMED]:
+        day = group.index[0]
+        name = day.date().isoformat() if day == day.normalize() else day.isoformat()
+        numbers = [str(r) for r in group]
+        listed = f"{', '.join(numbers[:-1])} and {numbers[-1]}"
+        parts.append(
+            f"{name} appears {_TIMES.get(len(group), f'{len(group)} times')} (rows {listed})"
+        )
+    if len(groups) > _DATES_NAMED:
+        parts.append(f"and {len(groups) - _DATES_NAMED} more repeated date(s)")
+    return "; ".join(parts)
+
+
 def model_input(history: Any, preprocessor: Preprocessor) -> pd.DataFrame:
     """``date`` and the feature columns of ``history``, coerced, in date order, validated.
 
-    What a user has is enough: other columns are dropped, columns may come in any order,
-    ``date`` may be datetimes or ISO strings, numbers may be ints or strings of numbers.
+    What a user has is enough: other columns are dropped, columns and rows may come in any
+    order (rows are sorted by date; a date given twice is refused), ``date`` may be datetimes
+    or ISO strings, numbers may be ints or strings of numbers.
     """
     frame = pd.DataFrame(history)
     cfg = preprocessor.feature_cfg
@@ -236,19 +263,22 @@ def model_input(history: Any, preprocessor: Preprocessor) -> pd.DataFrame:
         )
     frame = frame[needed].copy()
     if len(frame) < preprocessor.rows_needed:
+        # rows, not calendar days: a suspension's missing sessions are no error (the store
+        # keeps such holes), so the message must not promise consecutive days
+        need = preprocessor.rows_needed
         raise DataError(
-            f"history has {len(frame)} rows, needs at least {preprocessor.rows_needed} "
-            f"consecutive days (lookback {cfg.lookback} + {preprocessor.offset} for the "
-            f"{cfg.target_transform} transform)"
+            f"history has {len(frame)} rows, needs at least {need}, one per trading day (the "
+            f"most recent {need} are used: lookback {cfg.lookback} + {preprocessor.offset} for "
+            f"the {cfg.target_transform} transform)"
         )
-    dates = frame[DATE_COLUMN]
+    given = dates = frame[DATE_COLUMN]
     if not pd.api.types.is_datetime64_any_dtype(dates):
         iso_date = partial(pd.to_datetime, format="ISO8601")
         try:
             dates = iso_date(dates)
         except (ValueError, TypeError) as exc:
             raise DataError(
-                _refused(dates, DATE_COLUMN, "an ISO date (like 2017-11-10)", iso_date)
+                _refused(dates, DATE_COLUMN, _ISO_DATE, iso_date)
                 or f"column {DATE_COLUMN!r}: not ISO dates or datetimes ({exc})"
             ) from None
     if getattr(dates.dt, "tz", None) is not None:
@@ -262,6 +292,17 @@ def model_input(history: Any, preprocessor: Preprocessor) -> pd.DataFrame:
                 _refused(frame[col], col, "a number", pd.to_numeric)
                 or f"column {col!r}: not numbers ({exc})"
             ) from None
+    blank = np.flatnonzero(dates.isna().to_numpy())  # "", None: parsed to NaT without an error
+    if blank.size:
+        row = int(blank[0])
+        raise DataError(
+            f"column {DATE_COLUMN!r}, row {row + 1} of {len(dates)}: {given.iloc[row]!r} is not "
+            f"{_ISO_DATE}"
+        )
+    repeated = _repeated_dates(frame[DATE_COLUMN])
+    if repeated:
+        raise DataError(f"column {DATE_COLUMN!r}: {repeated}: one row per trading day")
+    # rows may come in any order: sorting is the documented contract, so only a repeat is refused
     frame = frame.sort_values(DATE_COLUMN, kind="stable", ignore_index=True)
     validate_frame(frame, cfg.columns)
     return frame

@@ -169,7 +169,7 @@ def _record(name: str, version: str, decision: Decision) -> None:
         tracking.TAG_PENDING: "false",
         tracking.TAG_REASON: decision.reason,
         "promotion.challenger_score": decision.challenger_score,
-        "promotion.champion_score": decision.champion_score,
+        "promotion.champion_score": decision.champion_score,  # None (no champion): removed
         "promotion.decided_at": _now(),
     }
     description = version_description(decision)
@@ -209,14 +209,16 @@ def _set_champion(
     """
     previous = tracking.champion(name, alias)
     tracking.set_alias(name, alias, version)
-    tracking.tag_version(name, version, {"champion.since": _now()})
+    # None removes: the alias holder was replaced by no one, whatever an earlier reign's end left
+    stale = dict.fromkeys((tracking.TAG_REPLACED_BY, tracking.TAG_REPLACED_REASON))
+    tracking.tag_version(name, version, {"champion.since": _now(), **stale})
     _describe_model(name, ticker, version)
     if previous is None or previous.version == version:
         return None
     tracking.tag_version(
         name,
         previous.version,
-        {tracking.TAG_REPLACED_BY: version, "champion.replaced_reason": reason},
+        {tracking.TAG_REPLACED_BY: version, tracking.TAG_REPLACED_REASON: reason},
     )
     if remember:
         tracking.tag_version(name, version, {tracking.TAG_REPLACED: previous.version})

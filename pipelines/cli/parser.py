@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipelines import DISTRIBUTION
 from pipelines.config import CONFIG_ENV
-
-DISTRIBUTION = "lstm-stock-pipeline"
 
 
 def _version() -> str:

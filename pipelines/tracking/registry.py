@@ -12,7 +12,10 @@ from pipelines.tracking.connection import _client
 # Version tags.
 TAG_PROMOTED = "promotion.promoted"
 TAG_REASON = "promotion.reason"
+# On a champion that lost the alias (who took it, why); removed when it holds the alias again.
 TAG_REPLACED_BY = "champion.replaced_by"
+TAG_REPLACED_REASON = "champion.replaced_reason"
+# On a champion: the version it took the alias from (a rollback walks back through these).
 TAG_REPLACED = "champion.replaced"
 TAG_RUN_ID = "run_id"
 # Set when a version is registered, cleared when its promotion is decided: a version still
@@ -79,9 +82,14 @@ def registered_model_exists(name: str) -> bool:
 
 
 def tag_version(name: str, version: str, tags: Mapping[str, Any]) -> None:
+    """Set each tag; a None value removes the tag (absent is no error), so no tag reads 'None'
+    and an earlier decision's value does not stay beside a later one."""
     client = _client()
     for k, v in tags.items():
-        client.set_model_version_tag(name, version, k, str(v))
+        if v is None:
+            client.delete_model_version_tag(name, version, k)
+        else:
+            client.set_model_version_tag(name, version, k, str(v))
 
 
 def set_alias(name: str, alias: str, version: str) -> None:

@@ -1,6 +1,6 @@
 """A run and what it holds: start and end, params, metrics (and the Keras callback that logs
 each epoch), figures, tables, JSON files, the training data as a dataset input, and the
-lineage tags (library versions, git commit); also the run that records a batch forecast."""
+lineage tags (library and package versions, the git commit of a checkout); also the run that records a batch forecast."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipelines import DISTRIBUTION
 from pipelines.config import Settings
 from pipelines.retries import note_retry
 from pipelines.run_owner import TAG_SETTLED, owner_tags
@@ -48,11 +49,14 @@ def _git_commit() -> str | None:
 
 
 def library_versions() -> dict[str, str]:
+    """Versions of Python, the libraries a run depends on and this project's own distribution
+    (the code's version when it is installed, not run from a git checkout)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
     # numba: the "fast" backend trains with its kernels, so a run records its version too
     for pkg in (
+        DISTRIBUTION,
         "tensorflow",
         "keras",
         "mlflow",

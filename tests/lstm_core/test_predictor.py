@@ -30,6 +30,45 @@ def test_predict_one_row_deterministic(forecaster):
         forecaster.forecast(df.iloc[-5:], 1, intervals=False)
 
 
+def test_short_history_is_refused_in_rows_and_a_gap_of_sessions_is_not(forecaster):
+    """The refusal counts rows (trading days), not consecutive days: a suspended stock's
+    history has missing sessions, and the forecast uses its most recent rows as they are."""
+    df = make_frame(60)
+    with pytest.raises(DataError) as info:
+        forecaster.forecast(df.iloc[-5:], 1, intervals=False)
+    assert str(info.value) == (
+        "history has 5 rows, needs at least 6, one per trading day (the most recent 6 are "
+        "used: lookback 5 + 1 for the log_return transform)"
+    )
+    suspended = pd.concat([df.iloc[:-12], df.iloc[-2:]])  # ten sessions missing before the end
+    out = forecaster.forecast(suspended, 1, intervals=False)
+    assert out["date"].iloc[0] == pd.Timestamp("2021-03-29") and np.isfinite(out["forecast"]).all()
+
+
+def test_rows_in_any_order_are_sorted_and_a_repeated_date_is_named_with_its_rows(forecaster):
+    df = make_frame(60).tail(10).reset_index(drop=True)
+    expected = forecaster.forecast(df, 2, intervals=False)
+    for frame in (df.iloc[::-1], df.iloc[[0, 1, 2, 3, 4, 6, 5, 7, 8, 9]]):
+        pd.testing.assert_frame_equal(forecaster.forecast(frame, 2, intervals=False), expected)
+    twice = df.assign(date=df["date"].where(df.index != 5, df["date"].iloc[4]))
+    for frame in (twice, twice.iloc[::-1]):  # rows as given: 5 and 6 either way
+        with pytest.raises(DataError) as info:
+            forecaster.forecast(frame, 1, intervals=False)
+        assert str(info.value) == (
+            "column 'date': 2021-03-19 appears twice (rows 5 and 6): one row per trading day"
+        )
+    thrice = df.assign(date=df["date"].where(~df.index.isin([2, 7]), df["date"].iloc[0]))
+    with pytest.raises(DataError) as info:
+        forecaster.forecast(thrice, 1, intervals=False)
+    assert str(info.value) == (
+        "column 'date': 2021-03-15 appears three times (rows 1, 3 and 8): one row per trading day"
+    )
+    blank = df.assign(date=df["date"].dt.strftime("%Y-%m-%d").where(df.index != 3, ""))
+    with pytest.raises(DataError) as info:
+        forecaster.forecast(blank, 1, intervals=False)
+    assert str(info.value) == "column 'date', row 4 of 10: '' is not an ISO date (like 2017-11-10)"
+
+
 def test_predict_with_intervals(forecaster):
     out = forecaster.forecast(make_frame(60), 1, levels=(0.8, 0.95), samples=20, seed=0)
     assert list(out.columns) == ["date", "forecast", "lower_80", "upper_80", "lower_95", "upper_95"]

@@ -126,9 +126,17 @@ def test_champion_takes_a_plain_price_frame(trained, client):
     for frame in (shuffled, as_datetimes):
         pd.testing.assert_frame_equal(model.predict(frame), expected)
 
-    need = 5 + 1  # lookback + 1 for log returns
-    with pytest.raises(Exception, match=f"history has {need - 1} rows, needs at least {need}"):
-        model.predict(plain.tail(need - 1))
+    assert _refusal(model, plain.tail(5)) == (
+        "history has 5 rows, needs at least 6, one per trading day (the most recent 6 are used: "
+        "lookback 5 + 1 for the log_return transform)"
+    )
+    # rows in any order are sorted by date; a date given twice is named with its rows
+    pd.testing.assert_frame_equal(model.predict(plain.iloc[::-1]), expected)
+    twice = plain.assign(date=plain["date"].where(plain.index != 5, plain["date"].iloc[4]))
+    assert _refusal(model, twice) == (
+        f"column 'date': {plain['date'].iloc[4]} appears twice (rows 5 and 6): one row per "
+        "trading day"
+    )
     with pytest.raises(Exception, match=r"missing inputs \['open'\]"):
         model.predict(plain.drop(columns=["open"]))
 

@@ -29,6 +29,9 @@ def test_promotion_by_alias_refusal_manual_promote_and_rollback(trained, client,
     run = client.get_run(result.run_id).data.metrics
     assert text.startswith(f"Promoted to champion: test_rmse {run['test_rmse']:.6g} with no ")
     assert "with no champion to compare" in text and f"RMSE {run['naive_rmse']:.6g}" in text
+    # No champion to compare: no champion score at all, not the string 'None'.
+    first = client.get_model_version(MODEL, "1").tags
+    assert "None" not in first.values() and "promotion.champion_score" not in first, first
 
     frame = PriceStore(settings.store_path).load("TEST")
     dates = frame["date"].iloc[-10:].to_numpy()
@@ -88,8 +91,22 @@ def test_promotion_by_alias_refusal_manual_promote_and_rollback(trained, client,
     from pipelines.monitoring import status
 
     assert status(settings)[0]["last_decision"] == "v2 promoted: rollback from v3"
+    replaced = ("champion.replaced_by", "champion.replaced_reason")
+
+    def reign_tags(version: str) -> dict[str, str]:
+        tags = client.get_model_version(MODEL, version).tags
+        return {k: tags[k] for k in replaced if k in tags}
+
+    # v2 holds the alias again: v3's promotion by hand had tagged it replaced; no longer.
+    assert reign_tags("2") == {}
+    assert reign_tags(worse) == {replaced[0]: "2", replaced[1]: "rollback from v3"}
     rollback(settings, "TEST")
     assert tracking.champion(MODEL, "champion").version == "1"
+    assert reign_tags("1") == {}  # replaced by v2 in its first reign: not said by the holder
+    assert reign_tags("2") == {replaced[0]: "1", replaced[1]: "rollback from v2"}
+    assert client.get_model_version(MODEL, "2").tags["champion.replaced"] == "1"  # its history
+    for v in ("1", "2", worse):
+        assert "None" not in client.get_model_version(MODEL, v).tags.values(), v
 
     # A version whose run died between registering and deciding is settled by the next decision.
     orphan = tracking.register(MODEL, source, result.run_id, {"ticker": "TEST"})

@@ -65,6 +65,20 @@ def test_run_logs_figures_dataset_and_lineage_tags(trained, client):
     assert "lib.tensorflow" in tags and "lib.mlflow" in tags
 
 
+def test_run_records_the_packages_own_version(trained):
+    """Installed from a wheel there is no checkout to ask for a commit: the distribution's
+    version says which code trained the run."""
+    from importlib.metadata import version
+
+    from mlflow import MlflowClient
+
+    from pipelines.config import resolve_tracking_uri
+
+    settings, result = trained
+    tags = MlflowClient(resolve_tracking_uri(settings)).get_run(result.run_id).data.tags
+    assert tags["lib.lstm-stock-pipeline"] == version("lstm-stock-pipeline")
+
+
 def test_run_records_the_checkouts_git_commit(trained, client):
     """start_run tags the commit of the checkout holding pipelines/ and lstm_core/."""
     from pipelines import tracking
