@@ -220,29 +220,6 @@ def _refused(values: pd.Series, column: str, what: str, convert: Any) -> str | N
 
 
 _ISO_DATE = "an ISO date (like 2017-11-10)"
-_TIMES = {2: "twice", 3: "three times"}
-_DATES_NAMED = 3  # a frame pasted twice repeats every date: name a few, count the rest
-
-
-def _repeated_dates(dates: pd.Series) -> str | None:
-    """Each date given more than once, as "2017-08-18 appears twice (rows 5 and 6)" (rows
-    1-based, in the order given); None when every date is unique."""
-    rows = pd.Series(np.arange(1, len(dates) + 1), index=dates.to_numpy())
-    groups = [g for _, g in rows.groupby(level=0, sort=True) if len(g) > 1]
-    if not groups:
-        return None
-    parts = []
-    for group in groups[:_DATES_NAMED]:
-        day = group.index[0]
-        name = day.date().isoformat() if day == day.normalize() else day.isoformat()
-        numbers = [str(r) for r in group]
-        listed = f"{', '.join(numbers[:-1])} and {numbers[-1]}"
-        parts.append(
-            f"{name} appears {_TIMES.get(len(group), f'{len(group)} times')} (rows {listed})"
-        )
-    if len(groups) > _DATES_NAMED:
-        parts.append(f"and {len(groups) - _DATES_NAMED} more repeated date(s)")
-    return "; ".join(parts)
 
 
 def model_input(history: Any, preprocessor: Preprocessor) -> pd.DataFrame:
@@ -299,10 +276,14 @@ def model_input(history: Any, preprocessor: Preprocessor) -> pd.DataFrame:
             f"column {DATE_COLUMN!r}, row {row + 1} of {len(dates)}: {given.iloc[row]!r} is not "
             f"{_ISO_DATE}"
         )
-    repeated = _repeated_dates(frame[DATE_COLUMN])
-    if repeated:
-        raise DataError(f"column {DATE_COLUMN!r}: {repeated}: one row per trading day")
-    # rows may come in any order: sorting is the documented contract, so only a repeat is refused
+    # rows may come in any order (sorted next): only a date given twice is refused, by its rows
+    if (repeated := frame[DATE_COLUMN].duplicated(keep=False).to_numpy()).any():
+        day = frame[DATE_COLUMN][repeated].min()
+        rows = np.flatnonzero(frame[DATE_COLUMN].to_numpy() == day) + 1
+        raise DataError(
+            f"column {DATE_COLUMN!r}: {day.date()} is given more than once (rows "
+            f"{', '.join(map(str, rows))}): one row per trading day"
+        )
     frame = frame.sort_values(DATE_COLUMN, kind="stable", ignore_index=True)
     validate_frame(frame, cfg.columns)
     return frame

@@ -55,13 +55,13 @@ def test_rows_in_any_order_are_sorted_and_a_repeated_date_is_named_with_its_rows
         with pytest.raises(DataError) as info:
             forecaster.forecast(frame, 1, intervals=False)
         assert str(info.value) == (
-            "column 'date': 2021-03-19 appears twice (rows 5 and 6): one row per trading day"
+            "column 'date': 2021-03-19 is given more than once (rows 5, 6): one row per trading day"
         )
     thrice = df.assign(date=df["date"].where(~df.index.isin([2, 7]), df["date"].iloc[0]))
     with pytest.raises(DataError) as info:
         forecaster.forecast(thrice, 1, intervals=False)
     assert str(info.value) == (
-        "column 'date': 2021-03-15 appears three times (rows 1, 3 and 8): one row per trading day"
+        "column 'date': 2021-03-15 is given more than once (rows 1, 3, 8): one row per trading day"
     )
     blank = df.assign(date=df["date"].dt.strftime("%Y-%m-%d").where(df.index != 3, ""))
     with pytest.raises(DataError) as info:

@@ -134,8 +134,8 @@ def test_champion_takes_a_plain_price_frame(trained, client):
     pd.testing.assert_frame_equal(model.predict(plain.iloc[::-1]), expected)
     twice = plain.assign(date=plain["date"].where(plain.index != 5, plain["date"].iloc[4]))
     assert _refusal(model, twice) == (
-        f"column 'date': {plain['date'].iloc[4]} appears twice (rows 5 and 6): one row per "
-        "trading day"
+        f"column 'date': {pd.Timestamp(plain['date'].iloc[4]).date()} is given more than once "
+        "(rows 5, 6): one row per trading day"
     )
     with pytest.raises(Exception, match=r"missing inputs \['open'\]"):
         model.predict(plain.drop(columns=["open"]))
