@@ -1,6 +1,7 @@
 """A run and what it holds: start and end, params, metrics (and the Keras callback that logs
 each epoch), figures, tables, JSON files, the training data as a dataset input, and the
-lineage tags (library and package versions, the git commit of a checkout); also the run that records a batch forecast."""
+lineage tags (library and package versions, the git commit of a checkout); also the run that
+records a batch forecast."""
 
 from __future__ import annotations
 
