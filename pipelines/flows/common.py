@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 from pipelines import artifacts, tracking
@@ -70,7 +71,30 @@ def resolve_settings(
     settings: Settings | None, config_path: str | None, overrides: list[str] | None
 ) -> Settings:
     """Deployments pass a config path (JSON-able); the CLI passes validated settings."""
-    return settings if settings is not None else load_settings(config_path, overrides or ())
+    if settings is not None:
+        return settings
+    if os.environ.get("PREFECT__FLOW_RUN_ID"):
+        _served_run_console()
+    return load_settings(config_path, overrides or ())
+
+
+def _served_run_console() -> None:
+    """Show a served run on the console of the process that serves it (`serve`, a worker).
+
+    Prefect's runner starts each flow run in a process of its own (which it marks with
+    PREFECT__FLOW_RUN_ID) and copies that process's output to its own. No CLI set that
+    process up: the run's progress lines had no handler, and the environment it inherits
+    from the CLI (PREFECT_LOGGING_LEVEL=WARNING) dropped Prefect's line of the run's final
+    state, so `serve` showed nothing of the runs it executed. Here they get the CLI's
+    progress handler, a line when the run starts, and Prefect's "Finished in state ..." line.
+    """
+    from prefect.runtime import flow_run
+
+    from pipelines.cli.console import progress_logging
+
+    progress_logging()
+    logging.getLogger("prefect.flow_runs").setLevel(logging.INFO)
+    log.info("flow run %r of flow %r started (%s)", flow_run.name, flow_run.flow_name, flow_run.id)
 
 
 def emit_updated(settings: Settings, gained: dict[str, int]) -> None:

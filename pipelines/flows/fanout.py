@@ -19,14 +19,15 @@ def _task_runner(settings: Settings):
     Each ticker branch (`train_ticker`, which calls the other tasks inline) runs in one
     Dask worker process; a local cluster gets `runtime.dask_workers` single-threaded
     worker processes on 127.0.0.1, `runtime.dask_address` an existing scheduler instead.
+    The workers' progress lines reach this process's console (`ProgressDaskTaskRunner`).
     """
     if settings.runtime.task_runner != "dask":
         return None
-    from prefect_dask import DaskTaskRunner
+    from pipelines.flows.dask_runner import ProgressDaskTaskRunner
 
     if settings.runtime.dask_address:
-        return DaskTaskRunner(address=settings.runtime.dask_address)
-    return DaskTaskRunner(
+        return ProgressDaskTaskRunner(address=settings.runtime.dask_address)
+    return ProgressDaskTaskRunner(
         cluster_kwargs={
             "n_workers": settings.runtime.dask_workers,
             "threads_per_worker": 1,

@@ -326,6 +326,8 @@ def test_serve_on_postgres_runs_from_the_api_and_from_an_event(
 @pytest.fixture(scope="module")
 def fanned_out(stack, pg_prefect_api, tmp_path_factory):
     """8 tiny tickers fanned out over 4 Dask worker processes, retries counted in a file."""
+    from prefect_dask import DaskTaskRunner
+
     from pipelines.config import load_settings
     from pipelines.flows import fan_out, training_flow
     from pipelines.tasks import ingest_file
@@ -351,7 +353,7 @@ def fanned_out(stack, pg_prefect_api, tmp_path_factory):
     os.environ[RETRY_LOG_ENV] = str(retry_log)  # the Dask workers inherit it
     try:
         with fan_out(settings, training_flow) as flow_obj:
-            assert type(flow_obj.task_runner).__name__ == "DaskTaskRunner"
+            assert isinstance(flow_obj.task_runner, DaskTaskRunner)
             state = flow_obj(settings=settings, tickers=FANOUT_TICKERS, return_state=True)
     finally:
         if previous is None:

@@ -103,6 +103,22 @@ def _wait_triggered(deployment_id, before: set, served, timeout: float):
     return _wait_terminal(triggered[0].id)
 
 
+def _wait_output(served, *texts: str, after: str = "", timeout: float = 30) -> str:
+    """The serve process's output (stdout and stderr) once it holds `texts` after `after`.
+
+    The runner copies a run's output to serve's as it comes: the run's last line may arrive
+    a moment after the server has recorded its final state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = served.log_path.read_text(encoding="utf-8", errors="replace")
+        tail = text[text.find(after) :] if after in text else ""
+        if tail and all(t in tail for t in texts):
+            return tail
+        if time.monotonic() > deadline:
+            pytest.fail(f"serve's output lacks {texts!r} after {after!r}\n{log_tail(served)}")
+        time.sleep(0.5)
+
+
 def test_serve_registers_both_deployments(served):
     retrain = deployment(RETRAIN)
     assert not retrain.paused
@@ -124,6 +140,14 @@ def test_run_deployment_retrains_on_new_file(served, server_project, mlflow_serv
     assert {"ingest", "train", "register", "promote"} <= names, names
     client = MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
     assert client.get_model_version(MODEL_NAME, "2").tags["data.rows"] == "130"
+    # The user watching `serve` sees the run start, its progress and its final state.
+    _wait_output(
+        served,
+        f"{TICKER}: 130 rows",
+        f"{TICKER}: logging the model",
+        "Finished in state Completed()",
+        after=f"started ({flow_run.id})",
+    )
 
 
 def test_prices_updated_event_triggers_a_retraining_run(served, server_project, prefect_api):
