@@ -75,6 +75,9 @@ def configure_environment(settings: Settings) -> None:
     # A ticker such as 平安银行 in a plot title: without a CJK font installed matplotlib draws
     # boxes and warns once per glyph, on the console, in the middle of the run's progress.
     warnings.filterwarnings("ignore", r"Glyph \d+ .* missing from font", UserWarning)
+    # pandas silences this one inside its holiday rules (exchange_calendars' sessions) with
+    # catch_warnings, which is not thread-safe: tickers trained in threads let it through
+    warnings.filterwarnings("ignore", "Non-vectorized DateOffset")  # pandas PerformanceWarning
     if settings.runtime.prefect_api_url:
         os.environ["PREFECT_API_URL"] = settings.runtime.prefect_api_url
     quiet_loggers()

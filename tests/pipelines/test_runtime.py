@@ -111,3 +111,22 @@ def test_a_configured_api_or_the_dask_runner_starts_no_server(
     fake_server["start"] = lambda: started.append(True)
     runtime.start_prefect_api(settings).wait()
     assert started == []
+
+
+def test_pandas_holiday_warning_stays_off_the_console_whatever_the_threads(
+    tiny_settings, monkeypatch
+):
+    """pandas silences it in its holiday rules with catch_warnings, which threads undo: the
+    process-wide filter keeps it out of a multi-ticker run's progress lines."""
+    import warnings
+
+    from pandas.errors import PerformanceWarning
+
+    from pipelines.runtime import configure_environment
+
+    monkeypatch.setattr(os, "environ", os.environ.copy())  # it sets Prefect's defaults
+    message = "Non-vectorized DateOffset being applied to Series or DatetimeIndex."
+    with warnings.catch_warnings(record=True) as seen:  # restores the filters after
+        configure_environment(tiny_settings)
+        warnings.warn_explicit(message, PerformanceWarning, "exchange_calendar.py", 755)
+    assert [str(w.message) for w in seen] == []
