@@ -185,6 +185,35 @@ def test_a_champion_that_cannot_be_rescored_keeps_the_alias(trained_settings):
     )
 
 
+def test_rollback_to_a_deleted_version_is_one_line_exit_2_and_changes_nothing(
+    trained_settings, capsys
+):
+    from mlflow import MlflowClient
+
+    from pipelines import tracking
+
+    cfg = ["--ticker", "TEST", "--config", str(trained_settings.base_dir / "mlflow.yaml")]
+    tracking.connect(trained_settings)
+    v1 = tracking.get_version("test-TEST", "1")
+    source = MlflowClient().get_model_version("test-TEST", "1").source
+    tracking.register("test-TEST", source, v1.run_id, {"ticker": "TEST"})
+    tracking.register("test-TEST", source, v1.run_id, {"ticker": "TEST"})
+    assert main(["promote", "--version", "2", *cfg]) == 0
+    # v2 replaced v1; the user deletes v1 in the MLflow UI.
+    MlflowClient().delete_model_version("test-TEST", "1")
+    before = {v.version: v.tags for v in tracking.versions("test-TEST")}
+    capsys.readouterr()
+    assert main(["rollback", *cfg]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        "error: test-TEST v2 replaced v1, which no longer exists (deleted?): promote another "
+        "version with lstm-pipeline promote --ticker TEST --version N (versions: 2, 3)\n"
+    ), err
+    assert tracking.champion("test-TEST", "champion").version == "2"
+    assert {v.version: v.tags for v in tracking.versions("test-TEST")} == before
+
+
 # ---------------------------------------------------------------- Ctrl-C, Prefect's server
 
 
