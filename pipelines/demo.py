@@ -17,6 +17,15 @@ from pipelines.ingest import read_price_file
 from pipelines.monitoring import forecast_log, render_status, scoring_flow, status
 
 HELD_BACK_ROWS = 20
+# The bundled sample (package data, see its README.md): what the demo trains on when the
+# project configures no data.sources.
+SAMPLE_TICKER = "MSFT"
+
+
+def sample() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("pipelines") / "sample" / "msft.csv"))
 
 
 def run_demo(settings: Settings, say: Callable[[str], None], notes: bool = True) -> None:
@@ -24,8 +33,10 @@ def run_demo(settings: Settings, say: Callable[[str], None], notes: bool = True)
     flows logged when `notes` is false: the reader has seen them)."""
     from pipelines.flows import fan_out, retraining_flow, training_flow
 
-    source = settings.path(settings.data.sources[0])
-    ticker = settings.data.ticker
+    if settings.data.sources:
+        source, ticker = settings.path(settings.data.sources[0]), settings.data.ticker
+    else:
+        source, ticker = sample(), SAMPLE_TICKER
     parsed = read_price_file(source, ticker=ticker)
     frame = parsed.table.to_pandas()
     head, tail = frame.iloc[:-HELD_BACK_ROWS], frame.iloc[-HELD_BACK_ROWS:]

@@ -43,11 +43,13 @@ class InputError(PipelineError):
 class ConfigError(PipelineError):
     """Bad configuration; names the file and the key."""
 
-    def __init__(self, path: str | Path, key: str, problem: str) -> None:
+    def __init__(self, path: str | Path, key: str, problem: str, named: bool = False) -> None:
         self.path = str(path)
         self.key = key
         self.problem = problem
-        super().__init__(f"{self.path}: {key}: {problem}")
+        # no key (the file's or folder's own problem), or `named`: the problem names the key
+        said = f"{self.path}: {problem}" if named or not key else f"{self.path}: {key}: {problem}"
+        super().__init__(said)
 
 
 class OverrideError(ConfigError):

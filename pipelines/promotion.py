@@ -326,12 +326,16 @@ def _own_scores(name: str, version: str, why: str) -> Decision:
     return Decision(True, why, score, None, "test_rmse", m.get("naive_rmse"), by_hand=True)
 
 
+def _numbers(name: str) -> list[str]:
+    """The model's existing version numbers, in order (an error names them)."""
+    return [v.version for v in tracking.versions(name)]
+
+
 def manual_promote(settings: Settings, ticker: str, version: str, reason: str | None) -> str:
     name = _registered(settings, ticker)
-    known = {v.version for v in tracking.versions(name)}
+    known = _numbers(name)
     if str(version) not in known:
-        listed = ", ".join(sorted(known, key=int))
-        raise PipelineError(f"{name} has no version {version} (versions: {listed})")
+        raise PipelineError(f"{name} has no version {version} (versions: {', '.join(known)})")
     alias = settings.registry.alias
     why = f"manual promotion: {reason}" if reason else "manual promotion"
     with file_lock(settings.path(".locks") / f"promote-{name}.lock"):
@@ -354,6 +358,13 @@ def rollback(settings: Settings, ticker: str) -> str:
         previous = current.tags.get(tracking.TAG_REPLACED)
         if not previous:
             raise PipelineError(f"{name} v{current.version} did not replace an earlier champion")
+        known = _numbers(name)
+        if previous not in known:  # deleted since, e.g. in the MLflow UI
+            raise PipelineError(
+                f"{name} v{current.version} replaced v{previous}, which no longer exists "
+                f"(deleted?): promote another version with lstm-pipeline promote --ticker "
+                f"{ticker} --version N (versions: {', '.join(known)})"
+            )
         why = f"rollback from v{current.version}"
         _record(name, previous, _own_scores(name, previous, why))
         _set_champion(name, alias, ticker, previous, why, remember=False)

@@ -76,6 +76,19 @@ def test_wheel_ships_the_default_config(installed):
     assert text == (REPO / "mlflow.yaml").read_text(encoding="utf-8")
 
 
+def test_wheel_ships_the_sample_the_demo_trains_on_with_its_licence(installed):
+    """`demo` in an `init` project reads the sample from the installed package."""
+    where = _run(
+        str(installed / "python"), "-I", "-c", "from pipelines.demo import sample; print(sample())"
+    ).strip()
+    shipped = Path(where)
+    assert shipped.is_relative_to(installed.parent), shipped  # the wheel's copy
+    sample = REPO / "pipelines" / "sample"
+    assert shipped.read_bytes() == (sample / "msft.csv").read_bytes()
+    notes = (shipped.parent / "README.md").read_text(encoding="utf-8")
+    assert notes == (sample / "README.md").read_text(encoding="utf-8") and "MIT" in notes
+
+
 def test_installed_wheel_runs_a_project_in_an_empty_folder(installed, tmp_path):
     env = user_env(keep_pythonpath=False)
     exe = installed / "lstm-pipeline"

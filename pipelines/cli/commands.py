@@ -251,12 +251,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     configured = settings.data.ticker
     store = PriceStore(settings.store_path)
-    if not tickers and configured and store.manifest(configured) is None:
+    unstored = store.manifest(configured) is None if configured else not store.tickers()
+    if not tickers and unstored:
         sources = configured_sources(
             settings, args.config_path, "lstm-pipeline ingest FILE", "tune --ticker T"
         )
         preflight_run(settings, args.config_path, sources, configured, space=True)
-        searched = [configured]
+        searched = [configured] if configured else []
     else:  # the tickers the flow will search
         searched = tickers or ([configured] if configured else store.tickers())
         preflight_run(settings, args.config_path, [], None, stored=tuple(searched), space=True)

@@ -202,16 +202,17 @@ def preflight_run(
 def configured_sources(
     settings: Settings, config: Path | None, files: str, stored: str
 ) -> list[str]:
-    """`data.sources` as paths; a missing one is a configuration error naming the way out."""
+    """`data.sources` as paths; none, or a missing one, is a configuration error naming the
+    way out."""
+    from pipelines.errors import ConfigError
+
     sources = [str(settings.path(s)) for s in settings.data.sources]
     missing = [s for s in sources if not Path(s).exists()]
-    if missing:
-        from pipelines.errors import ConfigError
-
+    if not sources or missing:
+        what = f"{missing[0]} does not exist" if missing else "none configured"
         raise ConfigError(
             config,
             "data.sources",
-            f"{missing[0]} does not exist; give price files ({files}) or a stored ticker "
-            f"({stored})",
+            f"{what}; give price files ({files}) or a stored ticker ({stored})",
         )
     return sources

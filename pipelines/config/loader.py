@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from pipelines.config.checks import bool_as_number
+from pipelines.config.checks import _leaves, bool_as_number
 from pipelines.config.sections import Settings
 from pipelines.errors import ConfigError, OverrideError, PipelineError, os_problem
 
@@ -52,23 +52,55 @@ def _apply_override(data: dict[str, Any], assignment: str) -> str:
     return dotted
 
 
-def _blame(cfg_path: Path, overrides: list[tuple[str, str]], key: str, problem: str) -> ConfigError:
+def _blame(
+    cfg_path: Path,
+    overrides: list[tuple[str, str]],
+    key: str,
+    problem: str,
+    named: bool = False,
+) -> ConfigError:
     """The error at ``key``, named where the value came from: the last `--set` (assignment,
     dotted key) that gave it or a section or list it lies in, else the file. An error about a
-    whole section in which a `--set` changed a key names the file and that option."""
+    whole section in which a `--set` changed a key names the file and that option. `named`:
+    the problem names the key itself (not said twice)."""
     for assignment, dotted in reversed(overrides):
         if key == dotted:
             return OverrideError(assignment, key, problem)
         if key.startswith(dotted + "."):
             return OverrideError(assignment, key, f"{key}: {problem}")
     inside = [a for a, dotted in overrides if dotted.startswith(key + ".")]
+    if inside and named:  # e.g. a --set into a section that does not exist
+        return OverrideError(inside[-1], key, problem)
     if inside:
         key += f" (with --set {inside[-1]})"
-    return ConfigError(cfg_path, key, problem)
+    return ConfigError(cfg_path, key, problem, named)
 
 
 def _error_key(err: dict[str, Any]) -> str:
     return ".".join(str(p) for p in err["loc"]) or "(top level)"
+
+
+def _unknown_key(loc: tuple[Any, ...]) -> str:
+    """`unknown key a.b`, with the closest key its section knows, if one is close."""
+    from difflib import get_close_matches
+
+    section: Any = Settings
+    for part in loc[:-1]:  # down the sections (a field's model, or the model in its union)
+        field = section.model_fields.get(str(part))
+        models = [m for m in _leaves(field.annotation) if _is_model(m)] if field else []
+        section = models[0] if models else None
+        if section is None:
+            break
+    known = [k for k in section.model_fields if k != "base_dir"] if section else []
+    close = get_close_matches(str(loc[-1]), known, n=1)
+    where = "".join(f"{p}." for p in loc[:-1])
+    return f"unknown key {where}{loc[-1]}" + (
+        f" (did you mean {where}{close[0]}?)" if close else ""
+    )
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -164,9 +196,9 @@ def init_project(folder: str | Path) -> list[Path]:
 def _write_project(root: Path, made: list[Path]) -> list[Path]:
     target = root / CONFIG_NAME
     if target.exists():
-        raise ConfigError(target, "(file)", "already exists; init never overwrites it")
+        raise ConfigError(target, "", "already exists; init never overwrites it")
     if root.exists() and not root.is_dir():
-        raise ConfigError(root, "(folder)", "is not a folder")
+        raise ConfigError(root, "", "is not a folder")
     text = template_text()
     made.extend(reversed([p for p in (root, *root.parents) if not p.exists()]))
     root.mkdir(parents=True, exist_ok=True)
@@ -179,9 +211,7 @@ def _write_project(root: Path, made: list[Path]) -> list[Path]:
         try:
             os.link(tmp, target)  # atomic, and fails if another init won the race
         except FileExistsError:
-            raise ConfigError(
-                target, "(file)", "already exists; init never overwrites it"
-            ) from None
+            raise ConfigError(target, "", "already exists; init never overwrites it") from None
         made.append(target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -210,14 +240,14 @@ def load_settings(
     env = dict(os.environ) if env is None else env
     cfg_path = find_config(path, env)
     if not cfg_path.is_file():
-        raise ConfigError(cfg_path, "(file)", "configuration file not found")
+        raise ConfigError(cfg_path, "", "configuration file not found")
     try:
         text = cfg_path.read_text(encoding="utf-8")
         twice = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
         raw = yaml.safe_load(text) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f"line {line + 1}" if line is not None else "(file)"
+        where = f"line {line + 1}" if line is not None else ""
         raise ConfigError(cfg_path, where, f"not valid YAML: {exc}".splitlines()[0]) from None
     if twice:
         key, first, again = twice
@@ -246,6 +276,8 @@ def load_settings(
     except ValidationError as exc:
         first = exc.errors()[0]
         key = _error_key(first)
+        if first["type"] == "extra_forbidden":  # pydantic's "Extra inputs are not permitted"
+            raise _blame(cfg_path, given, key, _unknown_key(first["loc"]), named=True) from None
         # "Value error, " is pydantic's prefix for a validator's own message
         problem = first["msg"].removeprefix("Value error, ")
         if env.get(from_env.get(key, "")):

@@ -111,8 +111,8 @@ class DataConfig(Section):
     archive: str = "data/archive"
     rejected: str = "data/rejected"
     forecasts: str = "data/forecasts"
-    sources: tuple[str, ...] = ("data/msft.csv",)
-    ticker: str | None = "MSFT"
+    sources: tuple[str, ...] = ()
+    ticker: str | None = None
     column_map: dict[str, str] | None = None
     missing: Literal["error", "drop", "ffill"] = "error"
     replace: bool = False

@@ -62,12 +62,15 @@ def train_one(
     source: str | None = None,
     run_tags: dict[str, str] | None = None,
     prices: tuple[pd.DataFrame, Manifest] | None = None,
+    read: tuple[str, ...] = (),
+    read_as: str | None = None,
 ) -> TickerResult:
     """The training pipeline for one ticker: store -> ... -> register -> promote.
 
     `prices`: the ticker's stored rows and their manifest, when the caller has read them
-    already (retrain's decision); else they are loaded here. A promoted version forecasts at
-    once, and that forecast goes to the forecast log.
+    already (retrain's decision); else they are loaded here. `read`: the files the command
+    ingested this ticker's rows from (`read_as`: the ticker given for them), for the run's
+    params. A promoted version forecasts at once, and that forecast goes to the forecast log.
     """
     quiet_tensorflow()  # in a served run or a Dask worker this is the first TF import
     frame, manifest = prices if prices is not None else tasks.load_prices(settings, ticker)
@@ -104,7 +107,7 @@ def train_one(
     result = TickerResult(ticker=ticker, run_id=run_id)
     ok = False
     try:
-        tracking.log_params(run_id, settings)
+        tracking.log_params(run_id, settings, read, read_as)
         tracking.log_dataset(
             run_id,
             frame,
@@ -188,24 +191,32 @@ def map_tickers(
     tickers: list[str],
     run_tags: dict[str, dict[str, str]] | None = None,
     prices: dict[str, tuple[pd.DataFrame, Manifest]] | None = None,
+    read: dict[str, tuple[str, ...]] | None = None,
+    read_as: str | None = None,
 ) -> list[TickerResult]:
     """One branch per ticker; a branch's failure is reported, not propagated. `prices`: the
-    rows already read, by ticker (see `train_one`)."""
-    run_tags, prices = run_tags or {}, prices or {}
+    rows already read, by ticker; `read`: the files ingested, by ticker (see `train_one`)."""
+    run_tags, prices, read = run_tags or {}, prices or {}, read or {}
+
+    def args(t: str) -> dict[str, Any]:
+        return {
+            "run_tags": run_tags.get(t),
+            "prices": prices.get(t),
+            "read": read.get(t, ()),
+            "read_as": read_as,
+        }
+
     if len(tickers) == 1:
         t = tickers[0]
         try:
-            return [train_one(settings, t, run_tags=run_tags.get(t), prices=prices.get(t))]
+            return [train_one(settings, t, **args(t))]
         except PipelineError:
             raise
         except Exception as exc:
             log.error("training %s failed: %s: %s", t, type(exc).__name__, exc)
             return [TickerResult(ticker=t, error=f"{type(exc).__name__}: {exc}")]
     log.info("training %d tickers in parallel: %s", len(tickers), ", ".join(tickers))
-    futures = [
-        train_ticker.submit(settings, t, run_tags=run_tags.get(t), prices=prices.get(t))
-        for t in tickers
-    ]
+    futures = [train_ticker.submit(settings, t, **args(t)) for t in tickers]
     results = []
     for t, fut in zip(tickers, futures, strict=True):
         try:
@@ -231,6 +242,7 @@ def training_flow(
         files = [str(settings.path(s)) for s in settings.data.sources]
         ticker = ticker or settings.data.ticker
     touched: list[str] = []
+    read: dict[str, tuple[str, ...]] = {}  # the files each ticker's rows came from
     # All the files in one merge: a refused file (the store changed since the CLI checked
     # them, or no CLI checked them) leaves the store as it was, not with the files before it.
     ingested = tasks.ingest_cached(settings, files, ticker) if files else []
@@ -239,6 +251,7 @@ def training_flow(
             summary.note(f"ingested {path}: {describe(report)}")
             if report.ticker not in touched:
                 touched.append(report.ticker)
+            read[report.ticker] = (*read.get(report.ticker, ()), path)
     store = PriceStore(settings.store_path)
     for line in store.gap_warnings([r for rs in ingested for r in rs], settings.data.calendar):
         log.warning(line)
@@ -246,6 +259,6 @@ def training_flow(
     if not todo:
         raise PipelineError("nothing to train: give FILE(s) or --ticker")
     artifacts.name_run(run_name("train", settings, todo))
-    summary.results = map_tickers(settings, todo)
+    summary.results = map_tickers(settings, todo, read=read, read_as=ticker)
     publish_results(settings, "training", summary.results)
     return summary

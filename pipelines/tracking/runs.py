@@ -11,7 +11,7 @@ import platform
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,10 +93,18 @@ def start_run(
     return run.info.run_id
 
 
-def log_params(run_id: str, settings: Settings) -> None:
+def log_params(
+    run_id: str, settings: Settings, read: Sequence[str] = (), read_as: str | None = None
+) -> None:
+    """Every configuration value, flat. `data.sources` and `data.ticker` say what this run
+    read (the files, the ticker given for them), not the configured ones it may not have
+    used: empty for a run trained from the store. The names are the same for every run."""
     from mlflow.entities import Param
 
-    params = [Param(k, "" if v is None else str(v)) for k, v in settings.flat().items()]
+    flat = settings.flat()
+    flat["data.sources"] = ",".join(read)
+    flat["data.ticker"] = read_as if read else None
+    params = [Param(k, "" if v is None else str(v)) for k, v in flat.items()]
     # MLflow caps a batch at 100 params.
     for i in range(0, len(params), 100):
         _client().log_batch(run_id, params=params[i : i + 100])

@@ -197,7 +197,9 @@ def test_no_degraded_event_on_the_bundled_sample(tmp_path):
     from pipelines.ingest import read_price_file
 
     shutil.copy(REPO / "mlflow.yaml", tmp_path / "mlflow.yaml")
-    frame = read_price_file(REPO / "data" / "msft.csv", ticker="MSFT").table.to_pandas()
+    frame = read_price_file(
+        REPO / "pipelines" / "sample" / "msft.csv", ticker="MSFT"
+    ).table.to_pandas()
     head, tail = frame.iloc[:-12], frame.iloc[-12:]
     (tmp_path / "data").mkdir()
     _write_yahoo(head, tmp_path / "data" / "msft.csv")
@@ -208,7 +210,7 @@ def test_no_degraded_event_on_the_bundled_sample(tmp_path):
         "evaluation.backtest_folds=0",
     ]
     settings = load_settings(tmp_path / "mlflow.yaml", small, env={})
-    training_flow(settings=settings)
+    training_flow(settings=settings, files=[str(tmp_path / "data" / "msft.csv")], ticker="MSFT")
     let_days_arrive(settings, "MSFT", tail, tmp_path / "days")
     got = monitoring.score_ticker.fn(settings, "MSFT")
     w = got.window[got.champion]

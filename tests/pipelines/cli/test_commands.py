@@ -26,10 +26,13 @@ def test_init_refuses_to_overwrite_and_run_names_ingest_for_an_unstored_ticker(t
     again = cli(BIN, "init", cwd=project, env=env, timeout=120)
     assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
     assert "already exists" in again.stderr and (project / "mlflow.yaml").read_bytes() == before
-    # `run` alone trains data.sources: the default names the repository's sample.
+    # `run` alone trains data.sources: init's names none (no file the project lacks).
     out = cli(BIN, "run", cwd=project, env=env, timeout=120)
-    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
-    assert "data.sources" in out.stderr and "run --ticker T" in out.stderr
+    assert out.returncode == 2, out.stderr
+    assert out.stderr == (
+        f"error: {project.resolve() / 'mlflow.yaml'}: data.sources: none configured; give "
+        "price files (run FILE...) or a stored ticker (run --ticker T)\n"
+    )
     # `tune` checks the same before any flow runs: one line, no traceback, nothing written.
     out = cli(BIN, "tune", cwd=project, env=env, timeout=120)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
@@ -120,6 +123,75 @@ def test_new_users_path_from_a_folder_of_its_own(tmp_path):
 # ---------------------------------------------------------------- run and retrain
 
 
+def test_demo_in_an_init_project_trains_the_bundled_sample(tmp_path, monkeypatch, capsys):
+    """An `init` project has no data of its own: the demo takes the sample the package ships."""
+    from pipelines import flows
+    from pipelines.cli import commands
+    from pipelines.errors import PipelineError
+
+    class Started(PipelineError):
+        pass
+
+    seen = {}
+
+    @contextlib.contextmanager
+    def fan_out(settings, flow):
+        def training(**kwargs):  # the demo's first flow: its input, then stop
+            seen.update(kwargs)
+            raise Started("stopped after the training flow's start")
+
+        yield training
+
+    assert main(["init", str(tmp_path / "p")]) == 0
+    project = (tmp_path / "p").resolve()
+    monkeypatch.setattr(commands, "_before_flows", lambda *a, **k: None)
+    monkeypatch.setattr(flows, "fan_out", fan_out)
+    capsys.readouterr()
+    assert main(["demo", "--config", str(project / "mlflow.yaml")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "== 1. training flow on msft.csv up to 2017-10-13\n", (out, err)
+    assert err == "error: stopped after the training flow's start\n"
+    assert seen["ticker"] == "MSFT"
+    [head] = seen["files"]
+    assert head == str(project / "outputs" / "demo" / "MSFT.csv")
+    assert len(Path(head).read_text(encoding="utf-8").splitlines()) == 1 + 1980 - 20
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_run_params_name_the_files_it_read_and_none_when_trained_from_the_store(
+    trained_settings,
+):
+    """A run's `data.sources`/`data.ticker` params are what it read, not the configured
+    defaults, and every run has the same param names."""
+    from mlflow import MlflowClient
+
+    from pipelines import tracking
+
+    project = trained_settings.base_dir
+    cfg = ["--config", str(project / "mlflow.yaml"), "--set", "evaluation.backtest_folds=0"]
+    assert main(["run", "--ticker", "TEST", *cfg]) == 0
+    other = project / "OTHER.csv"
+    write_prices(other, price_frame(120, seed=3))
+    assert main(["run", str(other), *cfg]) == 0
+    tracking.connect(trained_settings)
+    client = MlflowClient()
+
+    def params(name: str, version: str) -> dict[str, str]:
+        return client.get_run(client.get_model_version(name, version).run_id).data.params
+
+    first = params("test-TEST", "1")  # `run` of the configured sources (prices/TEST.csv)
+    stored = params("test-TEST", "2")  # `run --ticker TEST`: read no file
+    read = params("test-OTHER", "1")  # `run OTHER.csv`: ticker from the file name
+    # (the copy's path: copying the project re-points the store's absolute paths)
+    assert (first["data.sources"], first["data.ticker"]) == (
+        str(project / "prices/TEST.csv"),
+        "TEST",
+    )
+    assert (stored["data.sources"], stored["data.ticker"]) == ("", "")
+    assert (read["data.sources"], read["data.ticker"]) == (str(other), "")
+    assert set(first) == set(stored) == set(read)
+
+
 @pytest.mark.slow  # the CLI in subprocesses, or trainings: CI runs it
 def test_run_trains_every_ticker_named(tiny_project, capsys):
     cfg = str(tiny_project / "mlflow.yaml")
@@ -183,6 +255,35 @@ def test_a_champion_that_cannot_be_rescored_keeps_the_alias(trained_settings):
     assert (
         v2[tracking.TAG_PROMOTED] == "false" and "could not be re-scored" in v2["promotion.reason"]
     )
+
+
+def test_rollback_to_a_deleted_version_is_one_line_exit_2_and_changes_nothing(
+    trained_settings, capsys
+):
+    from mlflow import MlflowClient
+
+    from pipelines import tracking
+
+    cfg = ["--ticker", "TEST", "--config", str(trained_settings.base_dir / "mlflow.yaml")]
+    tracking.connect(trained_settings)
+    v1 = tracking.get_version("test-TEST", "1")
+    source = MlflowClient().get_model_version("test-TEST", "1").source
+    tracking.register("test-TEST", source, v1.run_id, {"ticker": "TEST"})
+    tracking.register("test-TEST", source, v1.run_id, {"ticker": "TEST"})
+    assert main(["promote", "--version", "2", *cfg]) == 0
+    # v2 replaced v1; the user deletes v1 in the MLflow UI.
+    MlflowClient().delete_model_version("test-TEST", "1")
+    before = {v.version: v.tags for v in tracking.versions("test-TEST")}
+    capsys.readouterr()
+    assert main(["rollback", *cfg]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        "error: test-TEST v2 replaced v1, which no longer exists (deleted?): promote another "
+        "version with lstm-pipeline promote --ticker TEST --version N (versions: 2, 3)\n"
+    ), err
+    assert tracking.champion("test-TEST", "champion").version == "2"
+    assert {v.version: v.tags for v in tracking.versions("test-TEST")} == before
 
 
 # ---------------------------------------------------------------- Ctrl-C, Prefect's server

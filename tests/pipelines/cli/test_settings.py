@@ -23,16 +23,34 @@ def test_outside_any_project_the_cli_names_init(tmp_path):
 def test_unknown_config_key_exit_2_names_key(tiny_project, capsys):
     cfg = str(tiny_project / "mlflow.yaml")
     assert main(["ingest", "x.csv", "--config", cfg, "--set", "training.epoch=3"]) == 2
-    assert (
-        capsys.readouterr().err == "error: --set training.epoch=3: Extra inputs are not permitted\n"
+    assert capsys.readouterr().err == (
+        "error: --set training.epoch=3: unknown key training.epoch (did you mean "
+        "training.epochs?)\n"
+    )
+    assert main(["ingest", "x.csv", "--config", cfg, "--set", "trainin.epochs=3"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --set trainin.epochs=3: unknown key trainin (did you mean training?)\n"
     )
     text = (tiny_project / "mlflow.yaml").read_text(encoding="utf-8")
     (tiny_project / "mlflow.yaml").write_text(text + "monitoring:\n  window: 5\n", encoding="utf-8")
     assert main(["ingest", "x.csv", "--config", cfg]) == 2
-    assert (
-        capsys.readouterr().err
-        == f"error: {cfg}: monitoring.window: Extra inputs are not permitted\n"
+    assert capsys.readouterr().err == (
+        f"error: {cfg}: unknown key monitoring.window (did you mean monitoring.window_days?)\n"
     )
+    (tiny_project / "mlflow.yaml").write_text(text + "monitoring:\n  zzz: 5\n", encoding="utf-8")
+    assert main(["ingest", "x.csv", "--config", cfg]) == 2
+    assert capsys.readouterr().err == f"error: {cfg}: unknown key monitoring.zzz\n"
+
+
+def test_init_where_a_project_is_names_the_file_once(tmp_path, capsys):
+    assert main(["init", str(tmp_path)]) == 0
+    before = (tmp_path / "mlflow.yaml").read_bytes()
+    capsys.readouterr()
+    assert main(["init", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path.resolve() / 'mlflow.yaml'}: already exists; init never overwrites it\n"
+    )
+    assert (tmp_path / "mlflow.yaml").read_bytes() == before
 
 
 def test_a_bad_set_value_is_blamed_on_the_option_and_a_bad_file_value_on_the_file(tiny_project):
