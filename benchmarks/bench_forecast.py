@@ -3,7 +3,7 @@
 Usage:  .venv/bin/python benchmarks/bench_forecast.py [--runs 3]
 
 Untimed set-up in a temporary folder: `lstm-pipeline init`, 150 days of the bundled sample
-(pipelines/sample/msft.csv) ingested as MSFT, and a one-epoch tiny model trained and promoted with `run`.
+(data/msft.csv) ingested as MSFT, and a one-epoch tiny model trained and promoted with `run`.
 Then `lstm-pipeline forecast --ticker MSFT` runs as a subprocess `--runs` times, from the
 project folder, with the user's environment (none of the CLI's quiet defaults preset). Each
 run's seconds are printed, then the median. Most of a forecast's time is start-up: Prefect's
@@ -66,9 +66,7 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if k not in _USER_UNSET}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        lines = (
-            (ROOT / "pipelines" / "sample" / "msft.csv").read_text(encoding="utf-8").splitlines()
-        )
+        lines = (ROOT / "data" / "msft.csv").read_text(encoding="utf-8").splitlines()
         prices = root / "msft.csv"
         prices.write_text("\n".join([lines[0], *lines[-DAYS:]]) + "\n", encoding="utf-8")
         _cli("init", "project", cwd=root, env=env)

@@ -1,7 +1,7 @@
 """Coverage and mean width of every interval method, per level, on the test days of three series.
 
 Series: Ping An Bank (../shared/data/平安银行.csv, skipped when absent), the bundled sample
-pipelines/sample/msft.csv, and a synthetic AR(1) log-return series with Gaussian noise whose ideal band
+data/msft.csv, and a synthetic AR(1) log-return series with Gaussian noise whose ideal band
 is known (printed as "ideal").  Chronological 70/15/15 split, the default configuration
 (lookback 60, opening price, log returns, minmax, 4 x LSTM(50) + Dropout(0.2)).
 
@@ -52,7 +52,7 @@ from lstm_core.train import train_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PINGAN = ROOT.parent / "shared" / "data" / "平安银行.csv"
-MSFT = ROOT / "pipelines" / "sample" / "msft.csv"
+MSFT = ROOT / "data" / "msft.csv"
 COLUMNS = ["date", "open", "high", "low", "close", "volume"]
 
 

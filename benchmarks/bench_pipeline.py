@@ -2,7 +2,7 @@
 
 Usage:  .venv/bin/python benchmarks/bench_pipeline.py [--set key=value ...]
 
-Runs the training job's steps for the bundled sample (pipelines/sample/msft.csv, ticker MSFT) with the
+Runs the training job's steps for the bundled sample (data/msft.csv, ticker MSFT) with the
 default configuration (mlflow.yaml; ``--set`` overrides keys as the CLI does) in a temporary
 project folder with its own MLflow SQLite store, so the checkout is left untouched.  Each phase
 calls the same task bodies as the training flow (``pipelines.tasks``, ``task.fn``: no Prefect
@@ -68,7 +68,7 @@ def main() -> None:
         project = Path(tmp)
         shutil.copy(ROOT / "mlflow.yaml", project / "mlflow.yaml")
         (project / "data").mkdir()
-        shutil.copy(ROOT / "pipelines" / "sample" / "msft.csv", project / "data" / "msft.csv")
+        shutil.copy(ROOT / "data" / "msft.csv", project / "data" / "msft.csv")
         os.chdir(project)  # anything relative lands in the temporary project
         run(project, args.overrides)
 

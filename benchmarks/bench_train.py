@@ -20,7 +20,7 @@ validation pass for both).  Throughput = training windows x (E - 1) / wall time 
 2..E (epoch 1 holds tracing / XLA compilation and is reported separately).  The two paths
 alternate epoch by epoch (the tutorial's epochs run from a callback between the project's
 epochs, outside its timed span), so load from other processes hits both alike.  Without the CSV
-the bundled pipelines/sample/msft.csv ``Open`` column is used the same way.
+the bundled data/msft.csv ``Open`` column is used the same way.
 
 Then inference: a Forecaster (trained project model + fitted Preprocessor) is logged with
 ``pipelines.tracking.log_forecaster`` into a temporary MLflow SQLite store, loaded back with
@@ -45,7 +45,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CSV = ROOT.parent / "shared" / "data" / "平安银行.csv"
-FALLBACK_CSV = ROOT / "pipelines" / "sample" / "msft.csv"
+FALLBACK_CSV = ROOT / "data" / "msft.csv"
 LOOKBACK, TRAIN_END, VAL_WINDOWS = 60, 2035, 300
 UNITS, LAYERS, DROPOUT, BATCH, N_FEATURES = 50, 4, 0.2, 32, 1
 

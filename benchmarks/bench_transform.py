@@ -7,7 +7,7 @@ Series (opening prices, chronological 70/15/15 split, lookback 60, the tutorial'
 4 x LSTM(50) + Dropout(0.2), Adam, MSE, batch 32, seed 42):
 
 * ``pingan``: ../shared/data/平安银行.csv (skipped when absent);
-* ``msft``: the bundled pipelines/sample/msft.csv;
+* ``msft``: the bundled data/msft.csv;
 * ``ar1``: synthetic prices whose daily log returns follow r(t) = φ·r(t-1) + ε(t), ε ~ N(0, σ²),
   generated here with a fixed seed.  The best possible one-day forecast is known,
   P(t-1)·exp(φ·r(t-1) + σ²/2), so its test RMSE (the noise floor) is printed as ``ideal``.
@@ -28,7 +28,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 PINGAN = ROOT.parent / "shared" / "data" / "平安银行.csv"
-MSFT = ROOT / "pipelines" / "sample" / "msft.csv"
+MSFT = ROOT / "data" / "msft.csv"
 PINGAN_COLUMNS = {"日期": "date", "开盘价(元)": "open"}
 AR_PHI, AR_SIGMA, AR_DAYS, AR_SEED = 0.3, 0.01, 3000, 7
 CONFIGS = ("price/minmax", "log_return/minmax", "log_return/standard")

@@ -4,7 +4,7 @@
         [--rows N] [--pruner median|hyperband|none] [--tiny]
 
 Each phase runs a fresh study (its own journal file and MLflow SQLite store in a temporary
-project) on the bundled sample (pipelines/sample/msft.csv, ingested into that project's store) through
+project) on the bundled sample (data/msft.csv, ingested into that project's store) through
 `pipelines.tuning.run_study`, exactly as `lstm-pipeline tune` runs it, minus the final
 retraining. Each phase runs in a fresh Python process, so both pay the same imports; timings
 are wall time of the whole study, worker start-up included. With the
@@ -38,7 +38,7 @@ import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "pipelines" / "sample" / "msft.csv"
+SAMPLE = REPO / "data" / "msft.csv"
 
 CONFIG = """\
 tracking:

@@ -83,7 +83,8 @@ def test_wheel_ships_the_sample_the_demo_trains_on_with_its_licence(installed):
     ).strip()
     shipped = Path(where)
     assert shipped.is_relative_to(installed.parent), shipped  # the wheel's copy
-    sample = REPO / "pipelines" / "sample"
+    assert not shipped.is_symlink()  # pipelines/sample/ links to data/: the wheel holds copies
+    sample = REPO / "data"
     assert shipped.read_bytes() == (sample / "msft.csv").read_bytes()
     notes = (shipped.parent / "README.md").read_text(encoding="utf-8")
     assert notes == (sample / "README.md").read_text(encoding="utf-8") and "MIT" in notes

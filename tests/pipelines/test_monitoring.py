@@ -197,9 +197,7 @@ def test_no_degraded_event_on_the_bundled_sample(tmp_path):
     from pipelines.ingest import read_price_file
 
     shutil.copy(REPO / "mlflow.yaml", tmp_path / "mlflow.yaml")
-    frame = read_price_file(
-        REPO / "pipelines" / "sample" / "msft.csv", ticker="MSFT"
-    ).table.to_pandas()
+    frame = read_price_file(REPO / "data" / "msft.csv", ticker="MSFT").table.to_pandas()
     head, tail = frame.iloc[:-12], frame.iloc[-12:]
     (tmp_path / "data").mkdir()
     _write_yahoo(head, tmp_path / "data" / "msft.csv")

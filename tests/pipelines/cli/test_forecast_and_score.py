@@ -227,7 +227,7 @@ def test_forecasts_for_sessions_missing_from_the_store_are_not_scored(tmp_path):
     the prices of the 30th and 31st, the next stored days, as the 10 New York sessions between
     were never ingested; nothing said so, and the coverage 0 could have called a retraining."""
     env = user_env(keep_pythonpath=True)
-    lines = (REPO / "pipelines" / "sample" / "msft.csv").read_text(encoding="utf-8").splitlines()
+    lines = (REPO / "data" / "msft.csv").read_text(encoding="utf-8").splitlines()
     history = [lines[0], *[x for x in lines[1:] if x < "2017-10-14"][-150:]]  # to the 13th
     assert cli(BIN, "init", "p", cwd=tmp_path, env=env, timeout=120).returncode == 0
     project = tmp_path / "p"
