@@ -20,6 +20,7 @@ from pipelines.config import Settings
 from pipelines.errors import PipelineError
 from pipelines.flows.common import Summary, publish_results, resolve_settings, run_name
 from pipelines.flows.training import map_tickers
+from pipelines.fsio import file_lock
 from pipelines.store import Manifest, PriceStore, as_frame, describe, table_digest
 
 log = logging.getLogger("pipelines")
@@ -123,6 +124,40 @@ def _trained_days_changed(stored: StoredRows, basis: tracking.RegisteredVersion)
     return table_digest(table.filter(pc.less_equal(table["date"], through))) != digest
 
 
+def _take_incoming(settings: Settings, summary: Summary) -> None:
+    """Ingest each file of the incoming folder, then move it to the archive (or, refused, to
+    the rejected folder).
+
+    Listing, ingesting and moving are one critical section under the folder's lock, so two
+    retrainings at once (cron and event, two `retrain`s) never take the same file: the second
+    waits, then finds the folder emptied. A holder killed midway releases the lock with its
+    process and leaves its file in the folder (it is moved only once its rows are stored);
+    the next retraining ingests it again, which stores nothing twice, and moves it.
+    """
+    incoming = settings.path(settings.data.incoming)
+    lock = settings.path(".locks") / "incoming.lock"
+    with file_lock(lock, waiting=f"waiting for another retraining to finish with {incoming}"):
+        files = (
+            sorted(p for p in incoming.glob("*.csv") if p.is_file()) if incoming.is_dir() else []
+        )
+        for path in files:
+            try:
+                [reports] = tasks.ingest_cached(settings, [str(path)], None)
+            except PipelineError as exc:
+                dst = _move(path, settings.path(settings.data.rejected))
+                _write_error(dst, path, exc)
+                summary.note(f"rejected {path.name}: {exc}")
+                summary.rejected.append(path.name)
+                continue
+            # Only once the rows are safely in the store does the file leave the folder.
+            _move(path, settings.path(settings.data.archive))
+            for r in reports:
+                summary.note(f"ingested {path.name}: {describe(r)}")
+            store = PriceStore(settings.store_path)
+            for line in store.gap_warnings(reports, settings.data.calendar):
+                log.warning(line)
+
+
 @flow(name="retraining", flow_run_name="retrain")
 def retraining_flow(
     settings: Settings | None = None,
@@ -139,23 +174,7 @@ def retraining_flow(
     settings = resolve_settings(settings, config_path, overrides)
     tracking.connect(settings)  # a store that cannot be used stops before a file is moved
     summary = Summary(settings)
-    incoming = settings.path(settings.data.incoming)
-    files = sorted(p for p in incoming.glob("*.csv") if p.is_file()) if incoming.is_dir() else []
-    for path in files:
-        try:
-            [reports] = tasks.ingest_cached(settings, [str(path)], None)
-        except PipelineError as exc:
-            dst = _move(path, settings.path(settings.data.rejected))
-            _write_error(dst, path, exc)
-            summary.note(f"rejected {path.name}: {exc}")
-            summary.rejected.append(path.name)
-            continue
-        # Only once the rows are safely in the store does the file leave the incoming folder.
-        _move(path, settings.path(settings.data.archive))
-        for r in reports:
-            summary.note(f"ingested {path.name}: {describe(r)}")
-        for line in PriceStore(settings.store_path).gap_warnings(reports, settings.data.calendar):
-            log.warning(line)
+    _take_incoming(settings, summary)
     # The champion already decays: the scoring below decides on it, so no event is emitted.
     live = monitoring.score_all(settings, emit=False)
     todo: list[str] = []

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+
 import pytest
 
-from tests.pipelines.conftest import price_frame, tree_bytes, write_prices
+from tests.pipelines.conftest import (
+    NO_BACKTEST,
+    copy_of,
+    price_frame,
+    tree_bytes,
+    write_prices,
+)
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -206,3 +216,82 @@ def test_one_retrain_decision_reads_the_tickers_store_file_once(
     assert "TEST: retrain (stored days through " in out, out
     assert "TEST: FAILED: RuntimeError: stopped once the rows were loaded" in out, out
     assert loaded == [["TEST"]]
+
+
+class _Seen(logging.Handler):
+    """Sets an event when the `pipelines` logger says something containing `text`."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.INFO)
+        self.text, self.event = text, threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+
+@pytest.fixture
+def seen(caplog):
+    """`seen(text)`: an event set once the `pipelines` logger says `text`."""
+    caplog.set_level(logging.INFO, logger="pipelines")
+    logger, handlers = logging.getLogger("pipelines"), []
+
+    def make(text: str) -> threading.Event:
+        handlers.append(_Seen(text))
+        logger.addHandler(handlers[-1])
+        return handlers[-1].event
+
+    yield make
+    for h in handlers:
+        logger.removeHandler(h)
+
+
+def test_a_second_retraining_waits_for_the_first_to_take_the_incoming_file(
+    trained_tiny, tmp_path, monkeypatch, seen
+):
+    """Two retrainings at once with a file in the incoming folder (a cron `retrain` overlapping
+    a manual one): the second starts while the first ingests the file, waits for it, then
+    finds the folder empty. The file is ingested and archived once, and neither fails (the
+    second used to ingest it too and die moving a file already gone)."""
+    from pipelines import tasks
+    from pipelines.flows import retraining_flow
+    from pipelines.store import PriceStore
+
+    overrides = [*NO_BACKTEST, "data.min_new_rows=50"]  # one new row: nothing to train
+    with copy_of(trained_tiny, tmp_path / "project", overrides) as settings:
+        project = settings.base_dir
+        write_prices(project / "data" / "incoming" / "TEST.csv", price_frame(121).iloc[[120]])
+        waiting = seen("waiting for another retraining to finish with")
+        second: dict = {}
+
+        def run_second() -> None:
+            try:
+                second["summary"] = retraining_flow(settings=settings)
+            except BaseException as exc:
+                second["error"] = exc
+
+        thread = threading.Thread(target=run_second)
+        ingest = tasks.ingest_cached
+
+        def ingesting(*args, **kwargs):
+            if not thread.is_alive() and not second:  # the first retraining, at its file
+                thread.start()
+                deadline = time.monotonic() + 120
+                while not waiting.wait(0.1) and thread.is_alive():
+                    assert time.monotonic() < deadline
+            return ingest(*args, **kwargs)
+
+        monkeypatch.setattr(tasks, "ingest_cached", ingesting)
+        first = retraining_flow(settings=settings)
+        thread.join(300)
+        assert second.keys() == {"summary"}, second
+        assert waiting.is_set()
+        one = [n for n in first.notes if n.startswith("ingested ")]
+        assert len(one) == 1 and one[0].startswith("ingested TEST.csv: TEST +1 new, "), first.notes
+        assert not [n for n in second["summary"].notes if n.startswith("ingested ")]
+        for summary in (first, second["summary"]):
+            assert summary.ok and not summary.rejected and summary.results == []
+            assert any(n.startswith("TEST: skip (gained 1 row(s) since v1") for n in summary.notes)
+        assert len(list((project / "data" / "archive").iterdir())) == 1
+        assert not list((project / "data" / "incoming").iterdir())
+        assert PriceStore(settings.store_path).manifest("TEST").rows == 121
