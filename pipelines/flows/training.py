@@ -186,26 +186,23 @@ train_ticker = task(train_one, name="train-ticker", cache_policy=NO_CACHE)
 def map_tickers(
     settings: Settings,
     tickers: list[str],
-    run_tags: dict[str, dict[str, str]] | None = None,
-    prices: dict[str, tuple[pd.DataFrame, Manifest]] | None = None,
+    branch: Any = train_ticker,
+    kwargs: dict[str, dict[str, Any]] | None = None,
 ) -> list[TickerResult]:
-    """One branch per ticker; a branch's failure is reported, not propagated. `prices`: the
-    rows already read, by ticker (see `train_one`)."""
-    run_tags, prices = run_tags or {}, prices or {}
+    """One `branch` task per ticker (`train_ticker` unless given), called with the settings,
+    the ticker and its `kwargs`; a branch's failure is reported, not propagated."""
+    kwargs = kwargs or {}
     if len(tickers) == 1:
         t = tickers[0]
         try:
-            return [train_one(settings, t, run_tags=run_tags.get(t), prices=prices.get(t))]
+            return [branch.fn(settings, t, **kwargs.get(t, {}))]
         except PipelineError:
             raise
         except Exception as exc:
             log.error("training %s failed: %s: %s", t, type(exc).__name__, exc)
             return [TickerResult(ticker=t, error=f"{type(exc).__name__}: {exc}")]
     log.info("training %d tickers in parallel: %s", len(tickers), ", ".join(tickers))
-    futures = [
-        train_ticker.submit(settings, t, run_tags=run_tags.get(t), prices=prices.get(t))
-        for t in tickers
-    ]
+    futures = [branch.submit(settings, t, **kwargs.get(t, {})) for t in tickers]
     results = []
     for t, fut in zip(tickers, futures, strict=True):
         try:
