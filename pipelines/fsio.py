@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 __all__ = ["atomic_write", "check_writable", "file_lock", "file_mode", "fsync_dir"]
 
@@ -85,12 +86,25 @@ def atomic_write(
 
 
 @contextlib.contextmanager
-def file_lock(path: str | Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if missing, parents too) for the block."""
+def file_lock(path: str | Path, waiting: str | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing, parents too) for the block.
+
+    ``waiting``: a progress line logged when another holder makes this one wait. The lock is
+    the kernel's (``flock``): a holder that dies, even by SIGKILL, releases it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(path):
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if waiting:
+            logging.getLogger("pipelines").info("%s", waiting)
+        lock.acquire()
+    try:
         yield
+    finally:
+        lock.release()
 
 
 def check_writable(path: str | Path) -> None:

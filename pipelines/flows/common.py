@@ -24,6 +24,7 @@ class TickerResult:
     plots: list[str] = field(default_factory=list)
     error: str | None = None
     artifact_uri: str | None = None
+    skipped: str | None = None  # why a retraining found it trained meanwhile (not a result)
 
     def render(self, settings: Settings) -> str:
         if self.error:

@@ -16,10 +16,11 @@ log = logging.getLogger("pipelines")
 def _task_runner(settings: Settings):
     """None (Prefect's default thread pool) or a DaskTaskRunner for `runtime.task_runner: dask`.
 
-    Each ticker branch (`train_ticker`, which calls the other tasks inline) runs in one
-    Dask worker process; a local cluster gets `runtime.dask_workers` single-threaded
-    worker processes on 127.0.0.1, `runtime.dask_address` an existing scheduler instead.
-    The workers' progress lines reach this process's console (`ProgressDaskTaskRunner`).
+    Each ticker branch (`train_ticker` or `retrain_ticker`, which call the other tasks
+    inline) runs in one Dask worker process; a local cluster gets `runtime.dask_workers`
+    single-threaded worker processes on 127.0.0.1, `runtime.dask_address` an existing
+    scheduler instead. The workers' progress lines reach this process's console
+    (`ProgressDaskTaskRunner`).
     """
     if settings.runtime.task_runner != "dask":
         return None

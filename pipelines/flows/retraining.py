@@ -8,18 +8,27 @@ import functools
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from prefect import flow
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 
 from lstm_core.backtest import untrainable
 from pipelines import artifacts, monitoring, tasks, tracking
 from pipelines.config import Settings
 from pipelines.errors import PipelineError
-from pipelines.flows.common import Summary, publish_results, resolve_settings, run_name
-from pipelines.flows.training import map_tickers
+from pipelines.flows.common import (
+    Summary,
+    TickerResult,
+    publish_results,
+    resolve_settings,
+    run_name,
+)
+from pipelines.flows.training import map_tickers, train_one
+from pipelines.fsio import file_lock
 from pipelines.store import Manifest, PriceStore, as_frame, describe, table_digest
 
 log = logging.getLogger("pipelines")
@@ -123,6 +132,88 @@ def _trained_days_changed(stored: StoredRows, basis: tracking.RegisteredVersion)
     return table_digest(table.filter(pc.less_equal(table["date"], through))) != digest
 
 
+def _decide(
+    settings: Settings, ticker: str, stored: StoredRows, degraded: list[str] | None
+) -> tuple[bool, str, str]:
+    """Retrain `ticker`? With the reason (new_data | degraded) and why, in words.
+
+    `degraded`: the live figures its champion failed (None: it holds). A degraded champion
+    is retrained even without enough new rows, but never on data a version was trained on.
+    """
+    stale, why = needs_training(settings, ticker, stored)
+    if stale or not degraded:
+        return stale, "new_data", why
+    if why.startswith("unchanged since"):
+        return False, "new_data", f"degraded, but {why}"
+    return True, "degraded", "champion degraded: " + "; ".join(degraded)
+
+
+def retrain_one(
+    settings: Settings,
+    ticker: str,
+    trigger: str,
+    degraded: list[str] | None,
+    decided: StoredRows,
+) -> TickerResult:
+    """Retrain `ticker` if it still needs it once no other retraining of it runs.
+
+    Two retrainings at once (cron and event, two `retrain`s) both decide from the same store
+    and registry; under the ticker's lock, held through registration and promotion, the
+    decision is taken again, so the second sees the version the first registered and skips
+    (`TickerResult.skipped`). `decided`: the rows the first decision read, used again unless
+    the store changed meanwhile. Other tickers' retrainings go on beside it.
+    """
+    name = settings.registry.name_for(ticker)
+    lock = settings.path(".locks") / f"retrain-{name}.lock"
+    with file_lock(lock, waiting=f"{ticker}: waiting for another retraining of {ticker}"):
+        stored = decided
+        now = decided.store.manifest(ticker)
+        if now is None or decided.manifest is None or now.digest != decided.manifest.digest:
+            stored = StoredRows(decided.store, ticker)
+        stale, reason, why = _decide(settings, ticker, stored, degraded)
+        if not stale or stored.manifest is None:
+            return TickerResult(ticker=ticker, skipped=why)
+        tags = {"retrain.trigger": trigger, "retrain.reason": reason, "retrain.detail": why[:5000]}
+        return train_one(settings, ticker, run_tags=tags, prices=(stored.frame, stored.manifest))
+
+
+retrain_ticker = task(retrain_one, name="retrain-ticker", cache_policy=NO_CACHE)
+
+
+def _take_incoming(settings: Settings, summary: Summary) -> None:
+    """Ingest each file of the incoming folder, then move it to the archive (or, refused, to
+    the rejected folder).
+
+    Listing, ingesting and moving are one critical section under the folder's lock, so two
+    retrainings at once (cron and event, two `retrain`s) never take the same file: the second
+    waits, then finds the folder emptied. A holder killed midway releases the lock with its
+    process and leaves its file in the folder (it is moved only once its rows are stored);
+    the next retraining ingests it again, which stores nothing twice, and moves it.
+    """
+    incoming = settings.path(settings.data.incoming)
+    lock = settings.path(".locks") / "incoming.lock"
+    with file_lock(lock, waiting=f"waiting for another retraining to finish with {incoming}"):
+        files = (
+            sorted(p for p in incoming.glob("*.csv") if p.is_file()) if incoming.is_dir() else []
+        )
+        for path in files:
+            try:
+                [reports] = tasks.ingest_cached(settings, [str(path)], None)
+            except PipelineError as exc:
+                dst = _move(path, settings.path(settings.data.rejected))
+                _write_error(dst, path, exc)
+                summary.note(f"rejected {path.name}: {exc}")
+                summary.rejected.append(path.name)
+                continue
+            # Only once the rows are safely in the store does the file leave the folder.
+            _move(path, settings.path(settings.data.archive))
+            for r in reports:
+                summary.note(f"ingested {path.name}: {describe(r)}")
+            store = PriceStore(settings.store_path)
+            for line in store.gap_warnings(reports, settings.data.calendar):
+                log.warning(line)
+
+
 @flow(name="retraining", flow_run_name="retrain")
 def retraining_flow(
     settings: Settings | None = None,
@@ -139,55 +230,29 @@ def retraining_flow(
     settings = resolve_settings(settings, config_path, overrides)
     tracking.connect(settings)  # a store that cannot be used stops before a file is moved
     summary = Summary(settings)
-    incoming = settings.path(settings.data.incoming)
-    files = sorted(p for p in incoming.glob("*.csv") if p.is_file()) if incoming.is_dir() else []
-    for path in files:
-        try:
-            [reports] = tasks.ingest_cached(settings, [str(path)], None)
-        except PipelineError as exc:
-            dst = _move(path, settings.path(settings.data.rejected))
-            _write_error(dst, path, exc)
-            summary.note(f"rejected {path.name}: {exc}")
-            summary.rejected.append(path.name)
-            continue
-        # Only once the rows are safely in the store does the file leave the incoming folder.
-        _move(path, settings.path(settings.data.archive))
-        for r in reports:
-            summary.note(f"ingested {path.name}: {describe(r)}")
-        for line in PriceStore(settings.store_path).gap_warnings(reports, settings.data.calendar):
-            log.warning(line)
+    _take_incoming(settings, summary)
     # The champion already decays: the scoring below decides on it, so no event is emitted.
     live = monitoring.score_all(settings, emit=False)
-    todo: list[str] = []
-    tags: dict[str, dict[str, str]] = {}
-    prices: dict[str, tuple[pd.DataFrame, Manifest]] = {}
+    branches: dict[str, dict[str, Any]] = {}
     store = PriceStore(settings.store_path)
     for ticker in store.tickers():
         stored = StoredRows(store, ticker)
-        stale, why = needs_training(settings, ticker, stored)
         score = live.get(ticker)
-        reason = "new_data"
-        if not stale and score is not None and score.verdict.degraded:
-            if why.startswith("unchanged since"):
-                why = f"degraded, but {why}"
-            else:
-                stale, reason = True, "degraded"
-                why = "champion degraded: " + "; ".join(score.verdict.reasons)
+        degraded = list(score.verdict.reasons) if score and score.verdict.degraded else None
+        stale, _, why = _decide(settings, ticker, stored, degraded)
         summary.note(f"{ticker}: {'retrain' if stale else 'skip'} ({why})")
-        if stale:
-            todo.append(ticker)
-            tags[ticker] = {
-                "retrain.trigger": trigger,
-                "retrain.reason": reason,
-                "retrain.detail": why[:5000],
-            }
-            if stored.manifest is not None:  # the rows the decision read: not read again
-                prices[ticker] = (stored.frame, stored.manifest)
-    if not todo:
+        if stale:  # the rows the decision read go along: not read again
+            branches[ticker] = {"trigger": trigger, "degraded": degraded, "decided": stored}
+    if not branches:
         summary.note("nothing changed: no ticker to retrain")
         artifacts.name_run("retrain: nothing to do")
         return summary
-    artifacts.name_run(run_name("retrain", settings, todo))
-    summary.results = map_tickers(settings, todo, tags, prices)
-    publish_results(settings, "retraining", summary.results)
+    artifacts.name_run(run_name("retrain", settings, list(branches)))
+    results = map_tickers(settings, list(branches), retrain_ticker, branches)
+    for r in results:
+        if r.skipped is not None:
+            summary.note(f"{r.ticker}: skip ({r.skipped})")
+    summary.results = [r for r in results if r.skipped is None]
+    if summary.results:
+        publish_results(settings, "retraining", summary.results)
     return summary

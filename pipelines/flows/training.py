@@ -189,34 +189,23 @@ train_ticker = task(train_one, name="train-ticker", cache_policy=NO_CACHE)
 def map_tickers(
     settings: Settings,
     tickers: list[str],
-    run_tags: dict[str, dict[str, str]] | None = None,
-    prices: dict[str, tuple[pd.DataFrame, Manifest]] | None = None,
-    read: dict[str, tuple[str, ...]] | None = None,
-    read_as: str | None = None,
+    branch: Any = train_ticker,
+    kwargs: dict[str, dict[str, Any]] | None = None,
 ) -> list[TickerResult]:
-    """One branch per ticker; a branch's failure is reported, not propagated. `prices`: the
-    rows already read, by ticker; `read`: the files ingested, by ticker (see `train_one`)."""
-    run_tags, prices, read = run_tags or {}, prices or {}, read or {}
-
-    def args(t: str) -> dict[str, Any]:
-        return {
-            "run_tags": run_tags.get(t),
-            "prices": prices.get(t),
-            "read": read.get(t, ()),
-            "read_as": read_as,
-        }
-
+    """One `branch` task per ticker (`train_ticker` unless given), called with the settings,
+    the ticker and its `kwargs`; a branch's failure is reported, not propagated."""
+    kwargs = kwargs or {}
     if len(tickers) == 1:
         t = tickers[0]
         try:
-            return [train_one(settings, t, **args(t))]
+            return [branch.fn(settings, t, **kwargs.get(t, {}))]
         except PipelineError:
             raise
         except Exception as exc:
             log.error("training %s failed: %s: %s", t, type(exc).__name__, exc)
             return [TickerResult(ticker=t, error=f"{type(exc).__name__}: {exc}")]
     log.info("training %d tickers in parallel: %s", len(tickers), ", ".join(tickers))
-    futures = [train_ticker.submit(settings, t, **args(t)) for t in tickers]
+    futures = [branch.submit(settings, t, **kwargs.get(t, {})) for t in tickers]
     results = []
     for t, fut in zip(tickers, futures, strict=True):
         try:
@@ -259,6 +248,7 @@ def training_flow(
     if not todo:
         raise PipelineError("nothing to train: give FILE(s) or --ticker")
     artifacts.name_run(run_name("train", settings, todo))
-    summary.results = map_tickers(settings, todo, read=read, read_as=ticker)
+    kwargs = {t: {"read": read.get(t, ()), "read_as": ticker} for t in todo}
+    summary.results = map_tickers(settings, todo, kwargs=kwargs)
     publish_results(settings, "training", summary.results)
     return summary

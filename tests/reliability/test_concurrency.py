@@ -10,6 +10,7 @@ import pytest
 from tests.pipelines.conftest import price_frame, write_prices
 from tests.reliability.conftest import (
     MODEL,
+    STORED_ROWS,
     TICKER,
     cli,
     copy_project,
@@ -101,3 +102,34 @@ def test_first_commands_at_once_create_one_tracking_store(tmp_path):
         figure("concurrent", rcs == [0, 0])
         assert rcs == [0, 0], [err[-2000:] for _, err in outs]
         assert all("no tickers in the store yet" in out for out, _ in outs), outs
+
+
+def test_two_retrains_at_once_take_an_incoming_file_once_and_train_once(trained_project, tmp_path):
+    """A cron `retrain` overlapping another one, with a day in the incoming folder: one of
+    them ingests, archives and trains it, the other waits and finds nothing left to do. Both
+    exit 0 without a traceback (the second used to die moving a file already gone), the day
+    is stored once, archived once, and one version is trained on it."""
+    project = copy_project(trained_project.path, tmp_path / "project")
+    write_prices(project / "data" / "incoming" / f"{TICKER}.csv", price_frame(121).iloc[[120]])
+    fast = ("--set", "evaluation.backtest_folds=0")
+    procs = [start_cli(project, "retrain", *fast) for _ in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        outs = list(pool.map(lambda p: p.communicate(timeout=600), procs))
+    rcs = [p.returncode for p in procs]
+    from pipelines.store import PriceStore
+
+    stored = PriceStore(project / "data" / "store").manifest(TICKER)
+    archived = sorted(p.name for p in (project / "data" / "archive").iterdir())
+    state = registry_state(project, load=False)
+    errs = "".join(err for _, err in outs)
+    ok = rcs == [0, 0] and "Traceback" not in errs and state.versions == ["1", "2"]
+    figure("concurrent", ok)
+    assert rcs == [0, 0], [(o[-2000:], e[-3000:]) for o, e in outs]
+    assert "Traceback" not in errs and "ERROR" not in errs, errs[-3000:]
+    assert stored.rows == STORED_ROWS + 1
+    assert len(archived) == 1 and archived[0].startswith(f"{TICKER}."), archived
+    assert not list((project / "data" / "incoming").iterdir())
+    assert state.versions == ["1", "2"], state.versions  # trained once on the new day
+    ingested = [o for o, _ in outs if f"ingested {TICKER}.csv" in o]
+    assert len(ingested) == 1, [o for o, _ in outs]
+    assert any(f"{TICKER}: skip (unchanged since v2 was trained)" in o for o, _ in outs), outs

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+
 import pytest
 
-from tests.pipelines.conftest import price_frame, tree_bytes, write_prices
+from tests.pipelines.conftest import (
+    NO_BACKTEST,
+    copy_of,
+    price_frame,
+    tree_bytes,
+    write_prices,
+)
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -166,8 +176,9 @@ def test_one_retrain_decision_reads_the_tickers_store_file_once(
     trained_settings, capsys, monkeypatch
 ):
     """A stored day replaced and no new rows: the decision checks the days the champion was
-    trained on and whether the rows can be trained, then the training loads them. All three
-    use one read of the ticker's Parquet file."""
+    trained on and whether the rows can be trained, takes it again under the ticker's
+    retraining lock, then the training loads them. All of it uses one read of the ticker's
+    Parquet file."""
     from pipelines import tasks
     from pipelines.cli import main
     from pipelines.flows import retraining
@@ -182,8 +193,12 @@ def test_one_retrain_decision_reads_the_tickers_store_file_once(
 
     decide = retraining.needs_training
 
+    decisions: list[str] = []
+
     def deciding(*args, **kwargs):
-        reads.clear()  # the ingest and the live scoring before it read the store too
+        if not decisions:  # the ingest and the live scoring before it read the store too
+            reads.clear()
+        decisions.append(args[1])
         return decide(*args, **kwargs)
 
     loaded: list[list[str]] = []
@@ -205,4 +220,175 @@ def test_one_retrain_decision_reads_the_tickers_store_file_once(
     out = capsys.readouterr().out
     assert "TEST: retrain (stored days through " in out, out
     assert "TEST: FAILED: RuntimeError: stopped once the rows were loaded" in out, out
+    assert decisions == ["TEST", "TEST"]  # the flow's, then the re-check under the lock
     assert loaded == [["TEST"]]
+
+
+class _Seen(logging.Handler):
+    """Sets an event when the `pipelines` logger says something containing `text`."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.INFO)
+        self.text, self.event = text, threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+
+@pytest.fixture
+def seen(caplog):
+    """`seen(text)`: an event set once the `pipelines` logger says `text`."""
+    caplog.set_level(logging.INFO, logger="pipelines")
+    logger, handlers = logging.getLogger("pipelines"), []
+
+    def make(text: str) -> threading.Event:
+        handlers.append(_Seen(text))
+        logger.addHandler(handlers[-1])
+        return handlers[-1].event
+
+    yield make
+    for h in handlers:
+        logger.removeHandler(h)
+
+
+def test_a_second_retraining_waits_for_the_first_to_take_the_incoming_file(
+    trained_tiny, tmp_path, monkeypatch, seen
+):
+    """Two retrainings at once with a file in the incoming folder (a cron `retrain` overlapping
+    a manual one): the second starts while the first ingests the file, waits for it, then
+    finds the folder empty. The file is ingested and archived once, and neither fails (the
+    second used to ingest it too and die moving a file already gone)."""
+    from pipelines import tasks
+    from pipelines.flows import retraining_flow
+    from pipelines.store import PriceStore
+
+    overrides = [*NO_BACKTEST, "data.min_new_rows=50"]  # one new row: nothing to train
+    with copy_of(trained_tiny, tmp_path / "project", overrides) as settings:
+        project = settings.base_dir
+        write_prices(project / "data" / "incoming" / "TEST.csv", price_frame(121).iloc[[120]])
+        waiting = seen("waiting for another retraining to finish with")
+        second: dict = {}
+
+        def run_second() -> None:
+            try:
+                second["summary"] = retraining_flow(settings=settings)
+            except BaseException as exc:
+                second["error"] = exc
+
+        thread = threading.Thread(target=run_second)
+        ingest = tasks.ingest_cached
+
+        def ingesting(*args, **kwargs):
+            if not thread.is_alive() and not second:  # the first retraining, at its file
+                thread.start()
+                deadline = time.monotonic() + 120
+                while not waiting.wait(0.1) and thread.is_alive():
+                    assert time.monotonic() < deadline
+            return ingest(*args, **kwargs)
+
+        monkeypatch.setattr(tasks, "ingest_cached", ingesting)
+        first = retraining_flow(settings=settings)
+        thread.join(300)
+        assert second.keys() == {"summary"}, second
+        assert waiting.is_set()
+        one = [n for n in first.notes if n.startswith("ingested ")]
+        assert len(one) == 1 and one[0].startswith("ingested TEST.csv: TEST +1 new, "), first.notes
+        assert not [n for n in second["summary"].notes if n.startswith("ingested ")]
+        for summary in (first, second["summary"]):
+            assert summary.ok and not summary.rejected and summary.results == []
+            assert any(n.startswith("TEST: skip (gained 1 row(s) since v1") for n in summary.notes)
+        assert len(list((project / "data" / "archive").iterdir())) == 1
+        assert not list((project / "data" / "incoming").iterdir())
+        assert PriceStore(settings.store_path).manifest("TEST").rows == 121
+
+
+def test_a_retraining_that_decided_before_another_registered_skips_after_it(
+    trained_settings, monkeypatch
+):
+    """A served (event) retraining and a cron `retrain` at once decide from the same store and
+    registry that the ticker needs training. The one that gets the ticker second, after the
+    first registered a version on this data, takes the decision again and skips with the
+    usual line instead of training and registering the same model twice."""
+    from pipelines import tracking
+    from pipelines.flows import retraining, retraining_flow
+
+    settings = trained_settings
+    write_prices(settings.base_dir / "data" / "incoming" / "TEST.csv", price_frame(121).iloc[[120]])
+    first: dict = {}
+    fan_out = retraining.map_tickers
+
+    def other_retraining_first(*args, **kwargs):
+        if not first:  # this run has decided: the other one runs start to end, then this trains
+            first["started"] = True
+            other = threading.Thread(
+                target=lambda: first.update(s=retraining_flow(settings=settings))
+            )
+            other.start()
+            other.join(600)
+        return fan_out(*args, **kwargs)
+
+    monkeypatch.setattr(retraining, "map_tickers", other_retraining_first)
+    second = retraining_flow(settings=settings, trigger="new_data")
+    assert [(r.ticker, r.version) for r in first["s"].results] == [("TEST", "2")]
+    assert second.ok and second.results == []
+    decided = [n for n in second.notes if n.startswith("TEST: ")]
+    assert decided[0].startswith("TEST: retrain (gained 1 row(s) since v1 ("), second.notes
+    assert decided[1:] == ["TEST: skip (unchanged since v2 was trained)"], second.notes
+    assert [v.version for v in tracking.versions("test-TEST")] == ["1", "2"]
+
+
+def test_the_retraining_lock_is_per_ticker(trained_settings, monkeypatch, seen):
+    """While one retraining trains TEST, another ticker's retraining goes on at once, and a
+    second retraining of TEST waits for the first, then decides on what it registered."""
+    from pipelines import tracking
+    from pipelines.cli import main
+    from pipelines.flows import retraining
+    from pipelines.flows.common import TickerResult
+    from pipelines.store import PriceStore
+
+    settings = trained_settings
+    tracking.connect(settings)  # as the retraining flow does before its branches
+    cfg = ["--config", str(settings.base_dir / "mlflow.yaml")]
+    write_prices(settings.base_dir / "more" / "OTHER.csv", price_frame(120, seed=1))
+    assert main(["ingest", str(settings.base_dir / "more" / "OTHER.csv"), *cfg]) == 0
+    write_prices(settings.base_dir / "more" / "TEST.csv", price_frame(121).iloc[[120]])
+    assert main(["ingest", str(settings.base_dir / "more" / "TEST.csv"), *cfg]) == 0
+    store = PriceStore(settings.store_path)
+    training, release, trained = threading.Event(), threading.Event(), []
+
+    def train(settings, ticker, run_tags, prices):  # stands in for train + register
+        trained.append((ticker, run_tags["retrain.detail"]))
+        if ticker == "TEST" and len(trained) == 1:
+            training.set()
+            assert release.wait(120)
+        return TickerResult(ticker=ticker, version="fake")
+
+    monkeypatch.setattr(retraining, "train_one", train)
+
+    def retrain(ticker: str, out: list) -> threading.Thread:
+        def branch() -> None:
+            try:
+                out.append(retraining.retrain_one(settings, ticker, "cron", None, stored))
+            except BaseException as exc:
+                out.append(exc)
+
+        stored = retraining.StoredRows(store, ticker)
+        thread = threading.Thread(target=branch)
+        thread.start()
+        return thread
+
+    waits = seen("TEST: waiting for another retraining of TEST")
+    first, other, second = [], [], []
+    holder = retrain("TEST", first)
+    assert training.wait(120), first
+    retrain("OTHER", other).join(60)
+    assert [r.ticker for r in other] == ["OTHER"]  # done while TEST's lock is held
+    late = retrain("TEST", second)
+    assert waits.wait(60)
+    assert not second  # still waiting
+    release.set()
+    holder.join(60)
+    late.join(60)
+    assert [r.ticker for r in first] == [r.ticker for r in second] == ["TEST"]
+    assert [t for t, _ in trained] == ["TEST", "OTHER", "TEST"]
