@@ -261,7 +261,7 @@ CASES: list[Case] = [
         "config_unknown_top_key",
         {"G.csv": GOOD},
         ("{inputs}/G.csv",),
-        "extra",
+        "unknown key bogus",
         "mlflow.yaml",
         config="bogus: {a: 1}\n",
     ),
