@@ -12,8 +12,8 @@ import numpy as np
 from lstm_core.config import ModelConfig
 
 BACKENDS = get_args(ModelConfig.model_fields["backend"].annotation)  # fast, keras
-# Keras draws initial weights and Dropout seeds from process-global RNGs: tickers trained in
-# threads of one process take turns, so each network gets the weights it would get built alone.
+# tf.data's shuffle and Keras' global generator are process-wide: tickers trained in threads of
+# one process take turns seeding and using them.
 _GLOBAL_RNG = threading.Lock()
 
 
@@ -38,17 +38,30 @@ def build_model(
 ) -> Any:
     """Stacked ``LSTM(units)`` + ``Dropout`` layers, ``Dense(horizon)``, Adam, MSE: built-in layers
     only, whatever the backend (the model saved and served).  Input ``(batch, lookback,
-    n_features)``, output ``(batch, horizon)``.  ``seed`` seeds Keras' global RNGs.
+    n_features)``, output ``(batch, horizon)``.  ``seed`` fixes the initial weights and the
+    Dropout layers' generators (None: Keras draws them).
     """
     import keras
 
-    with global_seed(seed):
-        model = keras.Sequential(name="lstm_forecaster")
-        model.add(keras.Input(shape=(lookback, n_features)))
-        for i in range(model_cfg.layers):  # every LSTM but the last hands its sequence on
-            model.add(keras.layers.LSTM(model_cfg.units, return_sequences=i < model_cfg.layers - 1))
-            model.add(keras.layers.Dropout(model_cfg.dropout))
-        model.add(keras.layers.Dense(horizon))
+    # Unseeded, Keras draws each initializer's seed from Python's global `random`, which other
+    # threads of the process (Prefect's, a server's) may draw from meanwhile: explicit seeds.
+    n = 3 * model_cfg.layers + 1
+    seeds = [None] * n if seed is None else np.random.SeedSequence(seed).generate_state(n).tolist()
+    init = keras.initializers
+    model = keras.Sequential(name="lstm_forecaster")
+    model.add(keras.Input(shape=(lookback, n_features)))
+    for i in range(model_cfg.layers):  # every LSTM but the last hands its sequence on
+        kernel, recurrent, dropout = seeds[3 * i : 3 * i + 3]
+        model.add(
+            keras.layers.LSTM(
+                model_cfg.units,
+                return_sequences=i < model_cfg.layers - 1,
+                kernel_initializer=init.GlorotUniform(kernel),
+                recurrent_initializer=init.Orthogonal(seed=recurrent),
+            )
+        )
+        model.add(keras.layers.Dropout(model_cfg.dropout, seed=dropout))
+    model.add(keras.layers.Dense(horizon, kernel_initializer=init.GlorotUniform(seeds[-1])))
     model.compile(
         optimizer=keras.optimizers.Adam(model_cfg.learning_rate), loss="mean_squared_error"
     )

@@ -116,3 +116,28 @@ def test_networks_built_in_threads_get_the_weights_of_a_build_alone():
     for seed, weights in zip(seeds, built, strict=True):
         for want, got in zip(alone[seed], weights, strict=True):
             np.testing.assert_array_equal(got, want)
+
+
+def test_another_thread_drawing_from_pythons_random_leaves_the_weights_alone():
+    """Prefect's and servers' threads draw from Python's global `random` at any time."""
+    import random
+    import threading
+
+    cfg = ModelConfig(layers=2, units=4)
+    alone = build_model(cfg, 5, 1, 1, seed=3).get_weights()
+    stop = threading.Event()
+
+    def draw() -> None:
+        while not stop.is_set():
+            random.random()
+
+    thread = threading.Thread(target=draw)
+    thread.start()
+    try:
+        beside = [build_model(cfg, 5, 1, 1, seed=3).get_weights() for _ in range(3)]
+    finally:
+        stop.set()
+        thread.join()
+    for weights in beside:
+        for want, got in zip(alone, weights, strict=True):
+            np.testing.assert_array_equal(got, want)
