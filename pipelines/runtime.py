@@ -19,6 +19,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from pipelines.config import Settings
 from pipelines.run_owner import owner_gone, owner_tags
@@ -131,6 +132,30 @@ def quiet_loggers() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     for name in _RUN_LOGGERS:
         _add_filter(logging.getLogger(name), _NoUserErrors)
+
+
+class StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a line is logged (main may run again, redirected)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def progress_logging() -> None:
+    """Step and epoch progress on stderr (the CLI, a served run, a tuning worker); Prefect's own
+    chatter stays at WARNING."""
+    logger = logging.getLogger("pipelines")
+    if not any(isinstance(h, StderrHandler) for h in logger.handlers):
+        handler = StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def quiet_interrupts() -> None:

@@ -10,12 +10,7 @@ import os
 import shlex
 import sys
 
-from pipelines.cli.console import (
-    line_buffered_stdout,
-    one_place,
-    print_summary,
-    progress_logging,
-)
+from pipelines.cli.console import line_buffered_stdout, one_place, print_summary
 from pipelines.cli.parser import build_parser
 from pipelines.cli.preflight import (
     check_stored,
@@ -251,13 +246,11 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     configured = settings.data.ticker
     store = PriceStore(settings.store_path)
-    unstored = store.manifest(configured) is None if configured else not store.tickers()
-    if not tickers and unstored:
+    if not tickers and store.lacks(configured):
         sources = configured_sources(
             settings, args.config_path, "lstm-pipeline ingest FILE", "tune --ticker T"
         )
-        preflight_run(settings, args.config_path, sources, configured, space=True)
-        searched = [configured] if configured else []
+        searched = preflight_run(settings, args.config_path, sources, configured, space=True)
     else:  # the tickers the flow will search
         searched = tickers or ([configured] if configured else store.tickers())
         preflight_run(settings, args.config_path, [], None, stored=tuple(searched), space=True)
@@ -351,7 +344,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.runtime import quiet_interrupts
+    from pipelines.runtime import progress_logging, quiet_interrupts
 
     line_buffered_stdout()
     args = build_parser().parse_args(argv)

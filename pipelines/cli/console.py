@@ -1,35 +1,11 @@
-"""What the CLI's console shows: progress on stderr as it happens, summaries on stdout, and
-the two kept in order whether they go to one place or two."""
+"""What the CLI's console shows: summaries on stdout, kept in order with the progress on stderr
+(`runtime.progress_logging`) whether the two go to one place or two."""
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import Any
-
-
-class StderrHandler(logging.StreamHandler):
-    """Writes to ``sys.stderr`` as it is when a line is logged (main may run again, redirected)."""
-
-    @property
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass
-
-
-def progress_logging() -> None:
-    # Step and epoch progress on stderr; Prefect's own chatter stays at WARNING.
-    logger = logging.getLogger("pipelines")
-    if not any(isinstance(h, StderrHandler) for h in logger.handlers):
-        handler = StderrHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
 
 
 def print_summary(summary: Any) -> None:

@@ -156,8 +156,9 @@ def preflight_run(
     ticker: str | None,
     stored: tuple[str, ...] = (),
     space: bool = False,
-) -> None:
-    """Check a run's input end to end before Prefect, TensorFlow or any write.
+) -> list[str]:
+    """Check a run's input end to end before Prefect, TensorFlow or any write; returns the
+    tickers checked.
 
     The files are parsed and planned into the store as `ingest` merges them (the store's own
     dry run: the same clashes, the same messages), and each ticker's would-be series (or each
@@ -197,6 +198,7 @@ def preflight_run(
     if space:
         for t, (_, frame) in frames.items():
             check_space(settings, cfg, t, frame)
+    return list(frames)
 
 
 def configured_sources(

@@ -36,10 +36,10 @@ def valid_cron(v: str) -> str:
     return v
 
 
-def _leaves(annotation: Any) -> tuple[Any, ...]:
+def leaves(annotation: Any) -> tuple[Any, ...]:
     """The alternatives of a union annotation (`int | None` -> int, NoneType), else itself."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return tuple(leaf for arg in typing.get_args(annotation) for leaf in _leaves(arg))
+        return tuple(leaf for arg in typing.get_args(annotation) for leaf in leaves(arg))
     return (annotation,)
 
 
@@ -49,11 +49,11 @@ def bool_as_number(annotation: Any, value: Any, key: str) -> str | None:
     Pydantic reads true as 1 for an int or float field (`epochs: true` trains one epoch);
     YAML also reads yes/no/on/off as booleans. Walks sections, lists and mappings.
     """
-    leaves = _leaves(annotation)
+    alternatives = leaves(annotation)
     if isinstance(value, bool):
-        numeric = int in leaves or float in leaves
-        return key if numeric and bool not in leaves else None
-    for leaf in leaves:
+        numeric = int in alternatives or float in alternatives
+        return key if numeric and bool not in alternatives else None
+    for leaf in alternatives:
         origin, args = typing.get_origin(leaf), typing.get_args(leaf)
         if isinstance(leaf, type) and issubclass(leaf, BaseModel) and isinstance(value, dict):
             for name, field in leaf.model_fields.items():

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from pipelines.config.checks import _leaves, bool_as_number
+from pipelines.config.checks import bool_as_number, leaves
 from pipelines.config.sections import Settings
 from pipelines.errors import ConfigError, OverrideError, PipelineError, os_problem
 
@@ -87,7 +87,7 @@ def _unknown_key(loc: tuple[Any, ...]) -> str:
     section: Any = Settings
     for part in loc[:-1]:  # down the sections (a field's model, or the model in its union)
         field = section.model_fields.get(str(part))
-        models = [m for m in _leaves(field.annotation) if _is_model(m)] if field else []
+        models = [m for m in leaves(field.annotation) if _is_model(m)] if field else []
         section = models[0] if models else None
         if section is None:
             break

@@ -91,7 +91,7 @@ def _served_run_console() -> None:
     """
     from prefect.runtime import flow_run
 
-    from pipelines.cli.console import progress_logging
+    from pipelines.runtime import progress_logging
 
     progress_logging()
     logging.getLogger("prefect.flow_runs").setLevel(logging.INFO)

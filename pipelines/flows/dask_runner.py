@@ -18,7 +18,7 @@ PROGRESS_LOGGER = "pipelines"
 class _ProgressLevel(WorkerPlugin):
     """Lets a worker's progress records (INFO) reach the forwarding handler.
 
-    A worker process never runs the CLI's `progress_logging`: its "pipelines" logger
+    A worker process never runs `runtime.progress_logging`: its "pipelines" logger
     inherits the root's WARNING and drops the steps' lines before any handler sees them. Not
     propagated: the forwarded copy is the one the user reads (a local worker's own stderr is
     the terminal too, in Prefect's format).

@@ -141,7 +141,7 @@ def tuning_flow(
     store = PriceStore(settings.store_path)
     if not tickers:
         ticker = settings.data.ticker
-        if ticker and store.manifest(ticker) is None:
+        if store.lacks(ticker):
             # A fresh project: the configured sources first, as `run` stores them (all or none).
             sources = settings.data.sources
             paths = [str(settings.path(s)) for s in sources]

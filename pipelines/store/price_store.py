@@ -114,6 +114,10 @@ class PriceStore:
             raise PipelineError(f"{path}: no manifest in the Parquet metadata (not written by us?)")
         return Manifest.from_json(raw)
 
+    def lacks(self, ticker: str | None) -> bool:
+        """No series of ``ticker`` (None: none at all): `tune` stores the configured sources first."""
+        return self.manifest(ticker) is None if ticker else not self.tickers()
+
     def tickers(self) -> list[str]:
         """Stored tickers, sorted."""
         if not self.root.is_dir():

@@ -4,8 +4,6 @@ study through its storage, each pinned to its share of the cores."""
 from __future__ import annotations
 
 import contextlib
-import logging
-import sys
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -106,15 +104,9 @@ def _worker(
     objective: Objective, worker: int, workers: int, done: int, target: int, timeout: float | None
 ) -> None:
     """Entry point of one spawned worker process."""
-    from pipelines.runtime import configure_environment
+    from pipelines.runtime import configure_environment, progress_logging
 
     configure_environment(objective.settings)
-    logger = logging.getLogger("pipelines")
-    if not logger.handlers:  # the trial lines, as the parent process prints them
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    progress_logging()  # the trial lines, as the parent process prints them
     with _pinned(worker, workers):
         _optimize(objective, worker, done, target, timeout)

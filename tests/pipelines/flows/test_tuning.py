@@ -67,6 +67,24 @@ def test_tuned_version_goes_through_the_promotion_gate(trained_settings):
     assert ("CHAMPION" if expected.promote else "not promoted") in text
 
 
+def test_without_a_configured_ticker_the_sources_are_stored_and_their_tickers_searched(
+    tiny_project,
+):
+    from pipelines.flows.tuning import tuning_flow
+    from pipelines.store import PriceStore
+    from tests.pipelines.tuning.conftest import tuning_settings
+
+    settings = tuning_settings(
+        tiny_project, TUNING.replace("trials: 3", "trials: 1"), ("data.ticker=null", *NO_BACKTEST)
+    )
+    assert settings.data.ticker is None and not PriceStore(settings.store_path).tickers()
+    summary = tuning_flow(settings=settings)
+    assert PriceStore(settings.store_path).tickers() == ["TEST"]  # from prices/TEST.csv
+    [result] = summary.results
+    assert result.study.ticker == "TEST" and result.study.counts["complete"] == 1
+    assert "ingested prices/TEST.csv" in summary.render()
+
+
 def test_tuning_deployment_only_with_a_cron(tiny_settings):
     from pipelines.serve import TUNING_DEPLOYMENT, deployments
 

@@ -276,3 +276,32 @@ def test_a_space_the_data_cannot_window_is_one_line_before_any_study(tiny_projec
         features = settings.features.model_copy(update={"lookback": lookback})
         assert (untrainable(frame, features, settings.evaluation) is None) == ok, lookback
     assert sorted(p.name for p in tiny_project.iterdir()) == before
+
+
+def test_tune_checks_the_study_of_each_configured_sources_ticker(tiny_project):
+    """No configured ticker, an empty store: the sources' tickers are the ones the flow will
+    search, so their studies are checked before Prefect starts, as a stored ticker's are."""
+    import sys
+    from pathlib import Path
+
+    import optuna
+    from optuna.distributions import IntDistribution
+
+    from pipelines.tuning.storage import open_storage
+    from pipelines.tuning.study import MADE_UNDER, made_under
+    from tests.user_path import cli, user_env
+
+    other = tuning_settings(tiny_project, TUNING, ("training.epochs=2",))  # the file: epochs 1
+    study = optuna.create_study(study_name="tune-TEST", storage=open_storage(other))
+    study.set_user_attr(MADE_UNDER, made_under(other))
+    units = IntDistribution(2, 6, step=2)
+    study.add_trial(optuna.trial.create_trial(params={"model.units": 2}, distributions={"model.units": units}, value=1.0))  # fmt: skip
+    journal = (tiny_project / ".optuna" / "studies.journal").read_bytes()
+    bin_ = Path(sys.executable).with_name("lstm-pipeline")
+    out = cli(bin_, "tune", "--set", "data.ticker=null", cwd=tiny_project,
+              env=user_env(keep_pythonpath=True), timeout=300)  # fmt: skip
+    assert out.returncode == 2, out.stderr[-2000:]
+    [line] = out.stderr.strip().splitlines()
+    assert "study tune-TEST" in line and "training.epochs 2 (now 1)" in line, line
+    assert (tiny_project / ".optuna" / "studies.journal").read_bytes() == journal
+    assert not (tiny_project / "mlflow.db").exists() and not (tiny_project / "store").exists()
