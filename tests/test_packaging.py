@@ -88,6 +88,9 @@ def test_wheel_ships_the_sample_the_demo_trains_on_with_its_licence(installed):
     assert shipped.read_bytes() == (sample / "msft.csv").read_bytes()
     notes = (shipped.parent / "README.md").read_text(encoding="utf-8")
     assert notes == (sample / "README.md").read_text(encoding="utf-8") and "MIT" in notes
+    licence = (shipped.parent / "LICENSE").read_text(encoding="utf-8")  # MIT: the notice travels
+    assert licence == (sample / "LICENSE").read_text(encoding="utf-8")
+    assert licence.startswith("MIT License") and "Taylor G Smith" in licence
 
 
 def test_installed_wheel_runs_a_project_in_an_empty_folder(installed, tmp_path):
