@@ -42,11 +42,11 @@ class ProgressDaskTaskRunner(DaskTaskRunner):
 
     @property
     def client(self) -> Client:
-        new = self._client is None
-        client = super().client
-        if new:  # the plugins also reach workers that join later
+        client = super().client  # made on first use
+        if not getattr(self, "_progress_forwarded", False):  # the plugin reaches later workers too
             client.register_plugin(_ProgressLevel(), name="lstm-progress-level")
             client.forward_logging(PROGRESS_LOGGER, logging.INFO)
+            self._progress_forwarded = True
         return client
 
     def __exit__(self, *exc: Any) -> None:
