@@ -11,7 +11,7 @@ import pytest
 
 from pipelines.cli import main
 from pipelines.store import PriceStore
-from tests.pipelines.cli.conftest import BIN, _cli
+from tests.pipelines.cli.conftest import BIN, _cli, clashing_files
 from tests.pipelines.conftest import price_frame, tree_bytes, write_prices
 from tests.user_path import cli, user_env
 
@@ -85,21 +85,11 @@ def test_ingest_of_several_files_stores_all_or_none(tiny_project, capsys, clash)
     """Each file is checked against the store as the files before it leave it: a clash between
     two of them names both, and nothing is stored, the first file's rows included."""
     cfg = str(tiny_project / "mlflow.yaml")
-    main(["ingest", str(tiny_project / "prices" / "TEST.csv"), "--config", cfg])
+    first, second = clashing_files(tiny_project, clash)
+    where, column = {"value": ("differs from the value", "Open"), "jump": ("the previous close", "Close")}[clash]  # fmt: skip
     store = tiny_project / "data" / "store"
     before = tree_bytes(store)
     capsys.readouterr()
-    frame = price_frame(130)
-    first = write_prices(tiny_project / "a" / "TEST.csv", frame.iloc[120:125])
-    if clash == "value":  # the same day as the first file's last row, another open
-        second = frame.iloc[124:125].copy()
-        second["Open"] = second["Open"] * 1.001
-        where, column = "differs from the value", "Open"
-    else:  # the day after the first file's last row, at twice its close
-        second = frame.iloc[125:126].copy()
-        second[["Open", "High", "Low", "Close"]] = float(frame["Close"].iloc[124]) * 2
-        where, column = "the previous close", "Close"
-    second = write_prices(tiny_project / "b" / "TEST.csv", second)
     assert main(["ingest", str(first), str(second), "--config", cfg]) == 2
     out, err = capsys.readouterr()
     assert out == ""
@@ -109,7 +99,7 @@ def test_ingest_of_several_files_stores_all_or_none(tiny_project, capsys, clash)
     assert tree_bytes(store) == before
 
     # without the clash: both files stored, one line each
-    third = write_prices(tiny_project / "c" / "TEST.csv", frame.iloc[125:])
+    third = write_prices(tiny_project / "c" / "TEST.csv", price_frame(130).iloc[125:])
     assert main(["ingest", str(first), str(third), "--config", cfg]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"{first}: TEST +5 new") and out[1].startswith(f"{third}: TEST +5 new")

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from pipelines.cli import main
-from tests.pipelines.cli.conftest import _cli
+from tests.pipelines.cli.conftest import _cli, clashing_files
 from tests.pipelines.conftest import price_frame, tree_bytes, write_prices
 
 
@@ -43,19 +43,10 @@ def test_run_refuses_files_that_clash_as_ingest_does_before_any_training(
     """`run FILE FILE` checks the files as `ingest` merges them: a clash between the two is
     refused with ingest's line, before Prefect, MLflow or any write."""
     cfg = str(tiny_project / "mlflow.yaml")
-    main(["ingest", str(tiny_project / "prices" / "TEST.csv"), "--config", cfg])
+    first, second = clashing_files(tiny_project, clash)
     store = tiny_project / "data" / "store"
     before = tree_bytes(store)
     capsys.readouterr()
-    frame = price_frame(130)
-    first = write_prices(tiny_project / "a" / "TEST.csv", frame.iloc[120:125])
-    if clash == "value":  # the first file's last day again, another open
-        second = frame.iloc[124:126].copy()
-        second.loc[124, "Open"] = second.loc[124, "Open"] * 1.001
-    else:  # the day after the first file's last row, at twice its close
-        second = frame.iloc[125:126].copy()
-        second[["Open", "High", "Low", "Close"]] = float(frame["Close"].iloc[124]) * 2
-    second = write_prices(tiny_project / "b" / "TEST.csv", second)
     files = [str(first), str(second)]
     names = sorted(p.name for p in tiny_project.iterdir())
     assert main(["run", *files, "--config", cfg]) == 2
