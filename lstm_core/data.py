@@ -15,6 +15,7 @@ before the split starts, never anything after its targets.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -222,12 +223,20 @@ def _refused(values: pd.Series, column: str, what: str, convert: Any) -> str | N
 _ISO_DATE = "an ISO date (like 2017-11-10)"
 
 
-def model_input(history: Any, preprocessor: Preprocessor) -> pd.DataFrame:
+def trading_days(holidays: Sequence[str] = ()) -> pd.offsets.CustomBusinessDay:
+    """Monday to Friday except ``holidays`` (ISO dates): the sessions a model reads and forecasts."""
+    return pd.offsets.CustomBusinessDay(holidays=list(holidays))
+
+
+def model_input(
+    history: Any, preprocessor: Preprocessor, holidays: Sequence[str] | None = None
+) -> pd.DataFrame:
     """``date`` and the feature columns of ``history``, coerced, in date order, validated.
 
     What a user has is enough: other columns are dropped, columns and rows may come in any
     order (rows are sorted by date; a date given twice is refused), ``date`` may be datetimes
-    or ISO strings, numbers may be ints or strings of numbers.
+    or ISO strings, numbers may be ints or strings of numbers. With ``holidays`` (a model's),
+    a row on a day that is not one of its :func:`trading_days` is refused.
     """
     frame = pd.DataFrame(history)
     cfg = preprocessor.feature_cfg
@@ -284,6 +293,16 @@ def model_input(history: Any, preprocessor: Preprocessor) -> pd.DataFrame:
             f"column {DATE_COLUMN!r}: {day.date()} is given more than once (rows "
             f"{', '.join(map(str, rows))}): one row per trading day"
         )
+    if holidays is not None:  # each row is read as the next session: a closed day shifts them
+        days = frame[DATE_COLUMN].to_numpy().astype("datetime64[D]")
+        shut = np.flatnonzero(~np.is_busday(days, busdaycal=trading_days(holidays).calendar))
+        if shut.size:
+            day = frame[DATE_COLUMN].iloc[shut[0]]
+            why = "" if day.dayofweek >= 5 else ", a holiday of the model's exchange"
+            raise DataError(
+                f"column {DATE_COLUMN!r}: {day.date()} (row {shut[0] + 1}) is not a trading day "
+                f"(a {day:%A}{why}): remove the row, as the model reads each row as the next session"
+            )
     frame = frame.sort_values(DATE_COLUMN, kind="stable", ignore_index=True)
     validate_frame(frame, cfg.columns)
     return frame

@@ -15,14 +15,14 @@ import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
-from lstm_core.data import DATE_COLUMN, DataError, Preprocessor, SplitFrames
+from lstm_core.data import DATE_COLUMN, DataError, Preprocessor, SplitFrames, trading_days
 from lstm_core.intervals import ConformalCalibration, calibrate, price_scores
 from lstm_core.model import predict_scaled
 
 
 def next_business_days(last_date: Any, days: int, holidays: Sequence[str] = ()) -> pd.DatetimeIndex:
     """The ``days`` weekdays after ``last_date`` that are not among ``holidays``."""
-    day = pd.offsets.CustomBusinessDay(holidays=list(holidays))
+    day = trading_days(holidays)
     return pd.date_range(pd.Timestamp(last_date) + day, periods=days, freq=day)
 
 

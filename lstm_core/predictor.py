@@ -77,7 +77,7 @@ class Forecaster:
         """A copy whose calibration also scores ``history``'s days after it (rolling window)."""
         if self.calibration is None:
             return self
-        frame = model_input(history, self.preprocessor)
+        frame = model_input(history, self.preprocessor, self.holidays)
         start = int((frame[DATE_COLUMN] <= pd.Timestamp(self.calibration.last_date)).sum())
         if start >= len(frame) or len(frame) <= self.preprocessor.rows_needed:
             return self  # no new day, or no window before it: nothing to score
@@ -106,7 +106,7 @@ class Forecaster:
             if value is not None and value < 0:
                 raise DataError(f"{name} must be >= 0, got {value}")
         pre = self.preprocessor
-        history = model_input(history, pre)
+        history = model_input(history, pre, self.holidays)
         raw = pre.column_values(history.iloc[-pre.rows_needed :])[None]  # (1, rows, n_features)
         point = simulate_paths(pre, raw, days, self._deterministic)[0]
         dates = next_business_days(history[DATE_COLUMN].iloc[-1], days, self.holidays)

@@ -69,6 +69,29 @@ def test_rows_in_any_order_are_sorted_and_a_repeated_date_is_named_with_its_rows
     assert str(info.value) == "column 'date', row 4 of 10: '' is not an ISO date (like 2017-11-10)"
 
 
+def test_a_row_on_a_day_without_trading_is_refused_naming_it_and_its_row(forecaster):
+    """Each row is read as the next session, so a weekend or a holiday the model carries would
+    shift the days after it and change the forecast (ingest refuses such rows as well)."""
+    df = make_frame(60).tail(10).reset_index(drop=True)  # Monday 2021-03-15 .. Friday 2021-03-26
+    saturday = df.assign(date=df["date"].where(df.index != 5, pd.Timestamp("2021-03-20")))
+    for frame, row in ((saturday, 6), (saturday.iloc[::-1], 5)):  # rows as given
+        with pytest.raises(DataError) as info:
+            forecaster.forecast(frame, 1, intervals=False)
+        assert str(info.value) == (
+            f"column 'date': 2021-03-20 (row {row}) is not a trading day (a Saturday): remove "
+            "the row, as the model reads each row as the next session"
+        )
+    closed = Forecaster(forecaster.model, forecaster.preprocessor, holidays=("2021-03-22",))
+    as_text = df.assign(date=df["date"].dt.strftime("%Y-%m-%d"))
+    with pytest.raises(DataError) as info:
+        closed.forecast(as_text, 1, intervals=False)
+    assert str(info.value) == (
+        "column 'date': 2021-03-22 (row 6) is not a trading day (a Monday, a holiday of the "
+        "model's exchange): remove the row, as the model reads each row as the next session"
+    )
+    assert len(closed.forecast(as_text.drop(index=5), 1, intervals=False)) == 1
+
+
 def test_predict_with_intervals(forecaster):
     out = forecaster.forecast(make_frame(60), 1, levels=(0.8, 0.95), samples=20, seed=0)
     assert list(out.columns) == ["date", "forecast", "lower_80", "upper_80", "lower_95", "upper_95"]

@@ -204,6 +204,28 @@ def test_served_model_names_a_bad_date_and_its_row(trained, client):
     )
 
 
+def test_served_model_refuses_a_day_its_exchange_did_not_trade(trained, client):
+    """A Saturday, or a closure the model carries (data.calendar XNYS: Friday 2020-07-03, after
+    its data's last day), would be read as a session and shift the later days: refused like
+    ingest refuses it, naming the date and its row, with or without recalibrating."""
+    import mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    plain = price_frame(135).rename(columns=str.lower).tail(30).reset_index(drop=True)
+    assert len(model.predict(plain)) == 1  # 2020-05-27 .. 2020-07-08, XNYS sessions only
+    saturday = plain.assign(date=plain["date"].where(plain.index != 5, "2020-06-06"))
+    holiday = plain.assign(date=plain["date"].where(plain.index != 27, "2020-07-03"))
+    for params in (None, {"days": 3, "intervals": True, "recalibrate": True}):
+        assert _refusal(model, saturday, params) == (
+            "column 'date': 2020-06-06 (row 6) is not a trading day (a Saturday): remove the "
+            "row, as the model reads each row as the next session"
+        )
+        assert _refusal(model, holiday.iloc[::-1], params) == (
+            "column 'date': 2020-07-03 (row 3) is not a trading day (a Friday, a holiday of the "
+            "model's exchange): remove the row, as the model reads each row as the next session"
+        )
+
+
 @pytest.mark.slow  # a fresh interpreter that loads TensorFlow and MLflow: CI runs it
 def test_champion_loads_where_the_project_cannot_be_imported(trained, client, tmp_path):
     """A fresh process without `pipelines` (or the installed lstm_core) on its sys.path."""
