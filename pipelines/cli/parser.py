@@ -37,6 +37,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _command(
+    sub: argparse._SubParsersAction, name: str, summary: str, description: str | None = None
+) -> argparse.ArgumentParser:
+    """A subcommand whose `--help` opens with a description (default: its one-line summary,
+    as `lstm-pipeline --help` lists it)."""
+    return sub.add_parser(
+        name, help=summary, description=description or f"{summary[0].upper()}{summary[1:]}."
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lstm-pipeline",
@@ -45,10 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("init", help="start a project: the default mlflow.yaml and data/ folders")
+    p = _command(sub, "init", "start a project: the default mlflow.yaml and data/ folders")
     p.add_argument("folder", nargs="?", type=Path, default=Path("."), help="default: here")
 
-    p = sub.add_parser("ingest", help="merge price CSVs into the Parquet store")
+    p = _command(sub, "ingest", "merge price CSVs into the Parquet store")
     _common(p)
     p.add_argument("files", nargs="+", type=Path, help="price CSVs (stored all or none)")
     p.add_argument(
@@ -57,9 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--replace", action="store_true", help="let the files change stored rows")
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "run",
-        help="the main job: the training flow end to end",
+        "the main job: the training flow end to end",
         description="run FILE... ingests the files, then trains the tickers they hold; "
         "run --ticker T [--ticker U ...] trains stored tickers; run alone ingests data.sources "
         "and trains.",
@@ -71,10 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="with FILEs: their one ticker; alone: a stored one (repeatable)",
     )  # fmt: skip
 
-    p = sub.add_parser("retrain", help="ingest new files from data.incoming and retrain")
+    p = _command(sub, "retrain", "ingest new files from data.incoming and retrain")
     _common(p)
 
-    p = sub.add_parser("forecast", help="forecast the next trading days with the champion")
+    p = _command(sub, "forecast", "forecast the next trading days with the champion")
     _common(p)
     p.add_argument(
         "--ticker",
@@ -88,20 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="trading days ahead, 1 to evaluation.forecast_days (default: that)",
     )  # fmt: skip
 
-    p = sub.add_parser("promote", help="set the champion alias to a chosen version")
+    p = _command(sub, "promote", "set the champion alias to a chosen version")
     _common(p)
     p.add_argument("--ticker", required=True, help="a ticker with registered versions")
     p.add_argument("--version", required=True, help="the version to make champion")
     p.add_argument("--reason", default=None, help="why, recorded with the decision")
 
-    p = sub.add_parser("rollback", help="restore the previous champion")
+    p = _command(sub, "rollback", "restore the previous champion")
     _common(p)
     p.add_argument("--ticker", required=True, help="the ticker whose champion to roll back")
 
-    p = sub.add_parser("demo", help="train on the bundled sample, then retrain on newer days")
+    p = _command(sub, "demo", "train on the bundled sample, then retrain on newer days")
     _common(p)
 
-    p = sub.add_parser("tune", help="search hyperparameters (Optuna), retrain the best, promote")
+    p = _command(sub, "tune", "search hyperparameters (Optuna), retrain the best, promote")
     _common(p)
     p.add_argument(
         "--ticker", action="append", default=None, dest="tickers",
@@ -111,18 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout", type=float, default=None, metavar="MIN", help="time budget in minutes"
     )
-    p = sub.add_parser("score", help="score logged forecasts against the prices that arrived")
+    p = _command(sub, "score", "score logged forecasts against the prices that arrived")
     _common(p)
     p.add_argument(
         "--ticker", action="append", default=None, dest="tickers",
         help="a stored ticker (repeatable; default: every one)",
     )  # fmt: skip
 
-    p = sub.add_parser("status", help="one line per ticker: champion, data, live figures")
+    p = _command(sub, "status", "one line per ticker: champion, data, live figures")
     _common(p)
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
 
-    p = sub.add_parser("serve", help="serve the retraining and forecast deployments")
+    p = _command(sub, "serve", "serve the retraining and forecast deployments")
     _common(p)
     p.add_argument(
         "--ticker", action="append", default=None, dest="tickers",

@@ -17,12 +17,14 @@ from pipelines.ingest.schema import line_of
 FUTURE_TOLERANCE_DAYS = 3
 EPOCH = np.datetime64("1970-01-01", "D")
 
+_MONTH_FIRST = "M/D/YYYY"
 _DATE_FORMATS: tuple[tuple[str, str], ...] = (
     ("YYYY-MM-DD", r"^(?P<y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})(?:[ T]00:00(?::00)?)?$"),
     ("YYYY/MM/DD", r"^(?P<y>\d{4})/(?P<m>\d{1,2})/(?P<d>\d{1,2})(?:[ T]00:00(?::00)?)?$"),
     ("YYYYMMDD", r"^(?P<y>\d{4})(?P<m>\d{2})(?P<d>\d{2})$"),
-    ("M/D/YYYY", r"^(?P<m>\d{1,2})/(?P<d>\d{1,2})/(?P<y>\d{4})$"),
+    (_MONTH_FIRST, r"^(?P<m>\d{1,2})/(?P<d>\d{1,2})/(?P<y>\d{4})$"),
 )
+_SUPPORTED = ", ".join(f for f, _ in _DATE_FORMATS)
 ISO_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -38,9 +40,7 @@ def parse_dates(path: Path, strings: pa.Array, rowidx: np.ndarray, column: str) 
     if first_fmt is None:
         raise InputError(
             path,
-            f"unparseable date {strings[0].as_py()!r} (supported: "
-            + ", ".join(f for f, _ in _DATE_FORMATS)
-            + ")",
+            f"unparseable date {strings[0].as_py()!r} (supported: {_SUPPORTED})",
             line=line_of(path, int(rowidx[0])),
             column=column,
         )
@@ -66,9 +66,22 @@ def parse_dates(path: Path, strings: pa.Array, rowidx: np.ndarray, column: str) 
     bad = bad_md | (days.astype("datetime64[M]") != months)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
+        problem = f"invalid date {strings[i].as_py()!r}"
+        if name == _MONTH_FIRST and mo[i] > 12:
+            # the rows before it were read month first without complaint: say so
+            earlier = (
+                f", so line {line_of(path, int(rowidx[0]))}'s {strings[0].as_py()!r} "
+                f"was read as {days[0]}"
+                if i
+                else ""
+            )
+            problem += (
+                f": slash dates are read as {_MONTH_FIRST} (month first){earlier}; day-first "
+                f"dates are not supported: write them as YYYY-MM-DD (supported: {_SUPPORTED})"
+            )
         raise InputError(
             path,
-            f"invalid date {strings[i].as_py()!r}",
+            problem,
             line=line_of(path, int(rowidx[i])),
             column=column,
         )

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 
 import pyarrow as pa
+import yaml
 
 from pipelines.errors import InputError
+from pipelines.ingest.schema import PRICE_COLUMNS
 from pipelines.ingest.tickers import TICKER_COLUMNS
 
 MAP_FIELDS = ("ticker", "date", "open", "high", "low", "close", "volume", "amount")
@@ -47,7 +50,34 @@ _YAHOO = {
     "close": ("close",),
     "volume": ("volume",),
 }
-_REQUIRED = ("date", "open", "high", "low", "close")
+# All four prices are required: the store keeps open, high, low and close for every day
+# (features.columns and features.target may name any of them, later and per run), the value
+# checks compare them (low <= open, close <= high) and the split check reads the closes.
+_REQUIRED = ("date", *PRICE_COLUMNS)
+_REQUIRED_TEXT = "date, open, high, low and close are required"
+_ADJ_CLOSE = "adjclose"  # Yahoo's "Adj Close", normalized
+_PLACEHOLDER = "COLUMN"
+
+
+def _yaml_scalar(text: str) -> str:
+    """``text`` as a YAML flow value, quoted when YAML would read it as something else."""
+    try:
+        plain_ok = yaml.safe_load(f"{{k: {text}}}") == {"k": text}
+    except yaml.YAMLError:
+        plain_ok = False
+    return text if plain_ok and "'" not in text else json.dumps(text, ensure_ascii=False)
+
+
+def map_example(mapping: Mapping[str, str], price: str | None) -> str:
+    """A ``--set data.column_map=...`` line for ``mapping`` (field -> header), the missing
+    required prices mapped to the header ``price`` (or a placeholder)."""
+    full = dict(mapping)
+    full.setdefault("date", "DATE")
+    for key in PRICE_COLUMNS:
+        full.setdefault(key, price or _PLACEHOLDER)
+    order = [k for k in MAP_FIELDS if k in full]
+    body = ", ".join(f"{k}: {_yaml_scalar(full[k])}" for k in order)
+    return f"--set 'data.column_map={{{body}}}'"
 
 
 def _find(headers: dict[str, str], names: tuple[str, ...]) -> str | None:
@@ -73,7 +103,16 @@ def detect(
             )
         missing = [k for k in _REQUIRED if k not in column_map]
         if missing:
-            raise InputError(path, f"column_map: missing required field {missing[0]!r}")
+            mapped = [column_map[k] for k in PRICE_COLUMNS if k in column_map]
+            raise InputError(
+                path,
+                f"column_map: missing required field{'s' if len(missing) > 1 else ''} "
+                + ", ".join(repr(k) for k in missing)
+                + f" ({_REQUIRED_TEXT}: the store keeps all four prices of every day, "
+                "as features.columns and features.target may name any of them); a file with one price "
+                "column maps it to each, e.g. "
+                + map_example(column_map, mapped[0] if mapped else None),
+            )
         cols: dict[str, str] = {}
         for key, src in column_map.items():
             if src in header:
@@ -114,10 +153,14 @@ def detect(
         if hit is not None:
             cols[key] = hit
         elif key in _REQUIRED:
+            adj = headers.get(_ADJ_CLOSE)
+            found = {k: h for k in spec if (h := _find(headers, spec[k])) is not None}
             raise InputError(
                 path,
                 f"missing {key} price column for the {layout} layout "
-                f"(expected {names[0]!r}; found: {', '.join(h for h in header if h)})",
+                f"(expected {names[0]!r}; found: {', '.join(h for h in header if h)}); map "
+                f"the file's columns with data.column_map in mlflow.yaml ({_REQUIRED_TEXT}), "
+                f"e.g. {map_example(found, adj)}",
                 line=1,
                 column=names[0],
             )
