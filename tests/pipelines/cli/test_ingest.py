@@ -278,3 +278,55 @@ def test_ingest_with_a_prefect_api_that_does_not_answer_stores_and_says_so(tiny_
         "): the rows are stored, but no served retraining starts from them"
     ), out.stdout
     assert PriceStore(tiny_project / "data" / "store").manifest("TEST").rows == 120
+
+
+def test_a_file_with_prices_only_in_adj_close_is_told_the_column_map_that_stores_it(
+    tiny_project, capsys
+):
+    """Yahoo's `Date, Adj Close, Volume`: the first refusal names data.column_map with a --set
+    line that works as printed; a map of date and open only lists the other required prices
+    and why they are required (ut4 B1)."""
+    import re
+
+    cfg = str(tiny_project / "mlflow.yaml")
+    frame = price_frame(20).rename(columns={"Close": "Adj Close"})
+    path = write_prices(tiny_project / "adj" / "XA.csv", frame[["Date", "Adj Close", "Volume"]])
+    store = tiny_project / "data" / "store"
+
+    assert main(["ingest", str(path), "--config", cfg]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "missing open price column" in err and "data.column_map" in err
+    suggested = re.search(r"--set '([^']+)'", err)
+    assert suggested, err
+    assert not store.exists() or tree_bytes(store) == {}
+
+    partial = "data.column_map={date: Date, open: Adj Close}"
+    assert main(["ingest", str(path), "--config", cfg, "--set", partial]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "missing required fields 'high', 'low', 'close'" in err
+    assert "features.columns" in err and "high: Adj Close" in err
+
+    assert main(["ingest", str(path), "--config", cfg, "--set", suggested.group(1)]) == 0
+    assert "XA +20 new" in capsys.readouterr().out
+    stored = pd.read_parquet(store / "ticker=XA")  # as a user reads the store
+    assert list(stored["open"]) == list(frame["Adj Close"])
+    assert list(stored["volume"]) == list(frame["Volume"].astype(float))
+
+
+def test_day_first_dates_say_the_file_is_read_month_first(tiny_project, capsys):
+    """`04/01/2010` ... `13/01/2010`: the refusal says slash dates are read M/D/YYYY, what the
+    first row was read as, and the format to use; nothing is stored (ut4 L6)."""
+    cfg = str(tiny_project / "mlflow.yaml")
+    frame = price_frame(10, start="2010-01-04")
+    frame["Date"] = pd.to_datetime(frame["Date"]).dt.strftime("%d/%m/%Y")
+    path = write_prices(tiny_project / "uk" / "UK.csv", frame)
+    assert main(["ingest", str(path), "--config", cfg]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"{path}, line 9, column 'Date': invalid date '13/01/2010'" in err
+    assert "read as M/D/YYYY" in err
+    assert "line 2's '04/01/2010' was read as 2010-04-01" in err
+    assert "write them as YYYY-MM-DD" in err
+    assert not (tiny_project / "data" / "store" / "ticker=UK").exists()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import pytest
 
 from pipelines.cli import main
 from tests.pipelines.cli.conftest import BIN
-from tests.user_path import cli, user_env
+from tests.user_path import REPO, cli, user_env
 
 
 def test_python_dash_m_entry_point():
@@ -57,3 +58,42 @@ def test_serve_takes_a_repeated_ticker_like_every_other_command(tiny_project, mo
     assert out.returncode == 2 and "unrecognized arguments: --tickers" in out.stderr, out.stderr
     out = cli(BIN, "serve", "--help", cwd=tiny_project, env=env)
     assert "--ticker TICKERS" in out.stdout and "repeatable" in out.stdout, out.stdout
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    from pipelines.cli.parser import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+@pytest.mark.parametrize("command", sorted(_subcommands()))
+def test_every_subcommands_help_opens_with_a_description(command, capsys):
+    """`lstm-pipeline CMD --help`: a description between the usage and the options (ut4 L5:
+    only `run` had one)."""
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    blocks = capsys.readouterr().out.split("\n\n")
+    assert blocks[0].startswith("usage: lstm-pipeline " + command)
+    description = blocks[1].strip()
+    assert description and not description.endswith(":"), blocks[:2]
+
+
+@pytest.mark.parametrize("command", sorted(_subcommands()))
+def test_the_readme_command_list_names_every_option(command):
+    """Every option of a command (but the common --config/--set) is on its line(s) of the
+    README's command list (ut4 L5: `promote --reason` was missing)."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    listing = readme.split("## Commands", 1)[1].split("```")[1]
+    lines = [ln for ln in listing.splitlines() if ln.startswith(f"lstm-pipeline {command}")]
+    assert lines, f"no README line for {command}"
+    text = " ".join(ln.split("#", 1)[0] for ln in lines)
+    options = {
+        opt
+        for a in _subcommands()[command]._actions
+        for opt in a.option_strings
+        if opt.startswith("--") and opt not in ("--help", "--config", "--set")
+    }
+    assert {o for o in options if o not in text} == set()
