@@ -10,7 +10,8 @@ Supported layouts (detected from the header row):
   ``vol`` (lots of 100 shares) and ``amount`` (thousands of yuan) are converted to shares and yuan.
 * ``yahoo``: ``Date, Open, High, Low, Close[, Adj Close][, Volume]``; other columns (``OpenInt``,
   ``Adj Close``...) are ignored. Dates ISO ``YYYY-MM-DD`` or US ``M/D/YYYY``.
-* ``mapped``: anything else, through ``column_map={"date": "Day", "open": "O", ...}``.
+* ``mapped``: anything else, through ``column_map={"date": "Day", "open": "O", ...}``:
+  ``date``, ``open``, ``high``, ``low`` and ``close`` required (the store keeps all four prices).
 
 Every layout yields the same table, :data:`PRICE_SCHEMA`, sorted by (ticker, date).
 
