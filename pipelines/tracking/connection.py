@@ -102,21 +102,34 @@ def _tracking_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
-@contextlib.contextmanager
-def server_answers(during: str = "", outcome: Callable[[], str] | None = None) -> Iterator[None]:
-    """Turn a failure because the tracking server stopped answering into one
-    :class:`ServerStopped` line (what was cut: `during`; what is left: `outcome()`); any other
-    error passes through. Usable as a decorator (the tasks that call MLflow)."""
-    try:
-        yield
-    except Exception as exc:
+class _Answers(contextlib.ContextDecorator):
+    """:func:`server_answers`: a class, not a generator, so that a task it decorates
+    pickles (a Dask worker receives the task)."""
+
+    def __init__(self, during: str, outcome: Callable[[], str] | None) -> None:
+        self.during, self.outcome = during, outcome
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> bool:
+        if not isinstance(exc, Exception):
+            return False  # none, or Ctrl-C: not this
         if isinstance(exc, PipelineError) and not isinstance(exc, ServerStopped):
-            raise
+            return False
         reason = _no_answer(exc)
         if reason is None:
-            raise
+            return False
         uri = exc.uri if isinstance(exc, ServerStopped) else _tracking_uri()
-        raise ServerStopped(uri, reason, during, outcome() if outcome else "") from None
+        outcome = self.outcome() if self.outcome else ""
+        raise ServerStopped(uri, reason, self.during, outcome) from None
+
+
+def server_answers(during: str = "", outcome: Callable[[], str] | None = None) -> _Answers:
+    """Turn a failure because the tracking server stopped answering into one
+    :class:`ServerStopped` line (what was cut: `during`; what is left: `outcome()`); any other
+    error passes through. A context manager, or a decorator (the tasks that call MLflow)."""
+    return _Answers(during, outcome)
 
 
 # SQLite databases this process has opened: MLflow creates or migrates one at its first use.
