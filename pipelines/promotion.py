@@ -247,7 +247,8 @@ def settle_interrupted(name: str, version: str) -> list[str]:
 
 def settle_orphaned_runs(experiment_id: str) -> list[str]:
     """Mark FAILED the experiment's runs left RUNNING by a process of this host that has
-    ended (killed: it could not end them), with a tag saying why; returns their ids.
+    ended (killed: it could not end them), with a tag saying why, and the models they were
+    logging; returns their ids.
 
     Runs whose process lives, runs of other hosts and runs without owner tags stay as they are.
     """
@@ -256,7 +257,7 @@ def settle_orphaned_runs(experiment_id: str) -> list[str]:
         reason = owner_gone(tags)
         if reason is None:
             continue
-        tracking.fail_orphan(run_id, settled_note(reason))
+        tracking.fail_orphan(experiment_id, run_id, settled_note(reason))
         log.info("run %s (%s) marked FAILED: %s", tags.get(_RUN_NAME, "?"), run_id, reason)
         settled.append(run_id)
     return settled

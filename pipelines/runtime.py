@@ -130,6 +130,9 @@ _RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 def quiet_loggers() -> None:
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # urllib3 warns at each of MLflow's HTTP retries ("Retrying (Retry(total=1, ...)) after
+    # connection broken"): a server that stopped answering is one line (tracking.ServerStopped)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
     for name in _RUN_LOGGERS:
         _add_filter(logging.getLogger(name), _NoUserErrors)
 

@@ -60,6 +60,9 @@ def _retry_io(task: Any, task_run: Any, state: Any) -> bool:
 
     try:
         state.result()
+    except tracking.ServerStopped as exc:  # it may be back in a moment (a restart)
+        note_retry(f"task {getattr(task, 'name', task)}", exc)
+        return True
     except (PipelineError, FileNotFoundError, PermissionError, IsADirectoryError):
         return False  # bad input or a missing file does not heal by waiting
     except (OSError, ConnectionError, TimeoutError) as exc:
@@ -169,7 +172,10 @@ class _Progress:
         return _P()
 
 
+# The tasks that call MLflow fail with one line when its server stops answering: Prefect
+# logs no traceback for that user error (runtime._NoUserErrors).
 @task(name="train", cache_policy=NO_CACHE)
+@tracking.server_answers()
 def train(data: core_data.WindowedData, settings: Settings, run_id: str, ticker: str):
     callbacks = [tracking.epoch_logger(run_id), _Progress(ticker, settings.training.epochs)]
     return core_train.train_network(
@@ -223,6 +229,7 @@ def plots(
 
 
 @task(name="log-run", cache_policy=NO_CACHE, **IO_RETRY)
+@tracking.server_answers()
 def log_results(
     run_id: str, metrics: dict[str, float], figures: dict, predictions: pd.DataFrame
 ) -> list[str]:
@@ -232,11 +239,13 @@ def log_results(
 
 
 @task(name="log-model", cache_policy=NO_CACHE, **IO_RETRY)
+@tracking.server_answers()
 def log_model(run_id: str, forecaster: Forecaster, example: pd.DataFrame, workdir: Path) -> str:
     return tracking.log_forecaster(run_id, forecaster, workdir / "forecaster", example)
 
 
 @task(name="register", cache_policy=NO_CACHE, **IO_RETRY)
+@tracking.server_answers()
 def register(name: str, model_uri: str, run_id: str, tags: dict[str, str]):
     return tracking.register(name, model_uri, run_id, tags)
 

@@ -97,84 +97,100 @@ def train_one(
 
     # the served model carries the exchange's closures after its data: serving needs no calendar
     holidays = closed_weekdays(settings.data.calendar, manifest.last_date)
-    experiment_id = tracking.connect(settings)
-    data_tags = {
-        tracking.TAG_DATA_LAST_DATE: str(manifest.last_date),
-        tracking.TAG_DATA_DIGEST: manifest.digest,
-        tracking.TAG_DATA_ROWS: str(manifest.rows),
-    }
-    run_id = tracking.start_run(settings, experiment_id, ticker, {**data_tags, **(run_tags or {})})
-    result = TickerResult(ticker=ticker, run_id=run_id)
-    ok = False
-    try:
-        tracking.log_params(run_id, settings, read, read_as)
-        tracking.log_dataset(
-            run_id,
-            frame,
-            source=source or str(settings.store_path / f"ticker={ticker}"),
-            digest=manifest.digest,
-            name=f"{ticker} {manifest.first_date}..{manifest.last_date}",
-        )
-        trained = tasks.train(data, settings, run_id, ticker)
-        ev = settings.evaluation
-        log.info(
-            "%s: evaluating on %d test days (%s intervals)",
-            ticker,
-            len(data.test),
-            ev.intervals,
-        )
-        evaluation = tasks.evaluate(trained.model, data, settings)
-        calibration = tasks.calibrate(trained.model, frames, preprocessor, settings)
-        if ev.backtest_folds > 0:
-            log.info(
-                "%s: backtest: retraining %d walk-forward fold(s) of %d epoch(s)",
-                ticker,
-                ev.backtest_folds,
-                ev.backtest_epochs or settings.training.epochs,
-            )
-        folds = tasks.backtest(frames.frame, settings) if ev.backtest_folds > 0 else None
-        figures = tasks.plots(evaluation, trained.history, folds, ticker, settings.features.target)
-        metrics = dict(evaluation.metrics)
-        if folds is not None and len(folds):
-            metrics["backtest_mean_skill"] = float(folds["skill"].mean())
-            metrics["backtest_mean_rmse"] = float(folds["rmse"].mean())
-        metrics["epochs_run"] = float(trained.epochs_run)
-        if calibration is not None:
-            metrics.update(calibration.metrics())
-        result.metrics = metrics
-        result.plots = tasks.log_results(run_id, metrics, figures, evaluation.predictions)
-        result.artifact_uri = tracking.artifact_uri(run_id)
+    result, ok = TickerResult(ticker=ticker), False
 
-        forecaster = Forecaster(
-            trained.model, preprocessor, calibration, holidays, max_days=ev.forecast_days
+    def left() -> str:  # what a server that stopped answering leaves: the error line says it
+        if result.version is None:
+            return "nothing was registered"
+        name = settings.registry.name_for(ticker)
+        if not ok:
+            return f"{name} version {result.version} was registered, no promotion decided"
+        return f"{name} version {result.version} was registered and " + (
+            "promoted" if result.promoted else "not promoted"
         )
-        example = frame.tail(preprocessor.rows_needed).reset_index(drop=True)
-        with tempfile.TemporaryDirectory(prefix="lstm-") as tmp:
-            workdir = Path(tmp)
-            log.info("%s: logging the model, registering, deciding promotion", ticker)
-            model_uri = tasks.log_model(run_id, forecaster, example, workdir)
-            registered = tasks.register(
-                settings.registry.name_for(ticker),
-                model_uri,
+
+    with tracking.server_answers(f"{ticker}'s run", left):
+        experiment_id = tracking.connect(settings)
+        data_tags = {
+            tracking.TAG_DATA_LAST_DATE: str(manifest.last_date),
+            tracking.TAG_DATA_DIGEST: manifest.digest,
+            tracking.TAG_DATA_ROWS: str(manifest.rows),
+        }
+        run_id = tracking.start_run(
+            settings, experiment_id, ticker, {**data_tags, **(run_tags or {})}
+        )
+        result.run_id = run_id
+        try:
+            tracking.log_params(run_id, settings, read, read_as)
+            tracking.log_dataset(
                 run_id,
-                {tracking.TAG_TICKER: ticker, tracking.TAG_RUN_ID: run_id, **data_tags},
+                frame,
+                source=source or str(settings.store_path / f"ticker={ticker}"),
+                digest=manifest.digest,
+                name=f"{ticker} {manifest.first_date}..{manifest.last_date}",
             )
-            result.version = registered.version
-            test_dates = data.test.target_dates[:, 0]
-            decision = promote(
-                settings,
+            trained = tasks.train(data, settings, run_id, ticker)
+            ev = settings.evaluation
+            log.info(
+                "%s: evaluating on %d test days (%s intervals)",
                 ticker,
-                registered.version,
-                metrics,
-                frames.frame,
-                test_dates,
-                data.train_end,
-                workdir,
+                len(data.test),
+                ev.intervals,
             )
-        result.promoted, result.reason = decision.promote, decision.reason
-        ok = True
-    finally:
-        tracking.end_run(run_id, ok)
+            evaluation = tasks.evaluate(trained.model, data, settings)
+            calibration = tasks.calibrate(trained.model, frames, preprocessor, settings)
+            if ev.backtest_folds > 0:
+                log.info(
+                    "%s: backtest: retraining %d walk-forward fold(s) of %d epoch(s)",
+                    ticker,
+                    ev.backtest_folds,
+                    ev.backtest_epochs or settings.training.epochs,
+                )
+            folds = tasks.backtest(frames.frame, settings) if ev.backtest_folds > 0 else None
+            figures = tasks.plots(
+                evaluation, trained.history, folds, ticker, settings.features.target
+            )
+            metrics = dict(evaluation.metrics)
+            if folds is not None and len(folds):
+                metrics["backtest_mean_skill"] = float(folds["skill"].mean())
+                metrics["backtest_mean_rmse"] = float(folds["rmse"].mean())
+            metrics["epochs_run"] = float(trained.epochs_run)
+            if calibration is not None:
+                metrics.update(calibration.metrics())
+            result.metrics = metrics
+            result.plots = tasks.log_results(run_id, metrics, figures, evaluation.predictions)
+            result.artifact_uri = tracking.artifact_uri(run_id)
+
+            forecaster = Forecaster(
+                trained.model, preprocessor, calibration, holidays, max_days=ev.forecast_days
+            )
+            example = frame.tail(preprocessor.rows_needed).reset_index(drop=True)
+            with tempfile.TemporaryDirectory(prefix="lstm-") as tmp:
+                workdir = Path(tmp)
+                log.info("%s: logging the model, registering, deciding promotion", ticker)
+                model_uri = tasks.log_model(run_id, forecaster, example, workdir)
+                registered = tasks.register(
+                    settings.registry.name_for(ticker),
+                    model_uri,
+                    run_id,
+                    {tracking.TAG_TICKER: ticker, tracking.TAG_RUN_ID: run_id, **data_tags},
+                )
+                result.version = registered.version
+                test_dates = data.test.target_dates[:, 0]
+                decision = promote(
+                    settings,
+                    ticker,
+                    registered.version,
+                    metrics,
+                    frames.frame,
+                    test_dates,
+                    data.train_end,
+                    workdir,
+                )
+            result.promoted, result.reason = decision.promote, decision.reason
+            ok = True
+        finally:
+            tracking.end_run(run_id, ok)
     if result.promoted:
         try:
             forecast_one(settings, ticker, settings.evaluation.forecast_days)

@@ -4,14 +4,21 @@ Functions take a `run_id` and log through `MlflowClient` instead of relying on t
 thread-local active run, so logging stays correct when Prefect runs tasks in threads or
 in other processes.
 
-:mod:`.connection` the client, `connect` and the UI addresses; :mod:`.runs` a run and what it
-logs (params, metrics, figures, tables, dataset, lineage); :mod:`.models` logging, loading and
-downloading the pyfunc model; :mod:`.registry` registered versions, the champion alias, version
-tags and descriptions; :mod:`.tuning` the study's parent and trial runs; :mod:`.monitoring` the
-live monitoring run and `live.*` tags. Callers use the names re-exported here.
+:mod:`.connection` the client, `connect`, a server that stops answering and the UI
+addresses; :mod:`.runs` a run and what it logs (params, metrics, figures, tables, dataset,
+lineage); :mod:`.models` logging, loading and downloading the pyfunc model;
+:mod:`.registry` registered versions, the champion alias, version tags and descriptions;
+:mod:`.tuning` the study's parent and trial runs; :mod:`.monitoring` the live monitoring run
+and `live.*` tags. Callers use the names re-exported here.
 """
 
-from pipelines.tracking.connection import connect, run_url, ui_command
+from pipelines.tracking.connection import (
+    ServerStopped,
+    connect,
+    run_url,
+    server_answers,
+    ui_command,
+)
 from pipelines.tracking.models import (
     CORE_PACKAGE,
     PYFUNC_CODE,
@@ -116,6 +123,7 @@ __all__ = [
     "TAG_TUNED_VERSION",
     "TRIAL_STATUS",
     "RegisteredVersion",
+    "ServerStopped",
     "artifact_uri",
     "champion",
     "connect",
@@ -149,6 +157,7 @@ __all__ = [
     "run_metrics",
     "run_params",
     "running_runs",
+    "server_answers",
     "run_url",
     "set_alias",
     "set_model_description",

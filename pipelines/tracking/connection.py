@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pipelines.config import Settings, resolve_tracking_uri
@@ -37,6 +37,99 @@ def _require_server(uri: str) -> None:
             f"tracking server {uri} does not answer ({reason}): start it, or point "
             "tracking.uri (mlflow.yaml) or MLFLOW_TRACKING_URI at one that does"
         ) from None
+
+
+class ServerStopped(PipelineError):
+    """The tracking server stopped answering in the middle of a command (it answered at its
+    start: :func:`_require_server`)."""
+
+    def __init__(self, uri: str, reason: str, during: str = "", outcome: str = "") -> None:
+        self.uri, self.reason = uri, reason
+        said = f"tracking server {uri} stopped answering"
+        said += f" during {during}" if during else ""
+        said += f" ({reason})"
+        said += f": {outcome}" if outcome else ""
+        # settle_orphaned_runs, in the preflight of every command that writes to MLflow
+        super().__init__(
+            f"{said}; start it again, and the next run, retrain, forecast or score marks the "
+            "cut run FAILED"
+        )
+
+
+def _no_answer(exc: BaseException) -> str | None:
+    """Why the server did not answer, when `exc` (an MlflowException, a task's error) comes
+    from a connection to it refused, reset or timed out; None for any other failure.
+
+    MLflow raises its MlflowException inside the `except` of the requests error (or `from`
+    it), which holds urllib3's, which holds the socket's: walk causes and contexts both.
+    """
+    import requests
+    import urllib3.exceptions
+
+    chain: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if any(e is seen for seen in chain):
+            continue
+        chain.append(e)
+        # urllib3's MaxRetryError keeps its cause in `reason`, requests' errors in `args`
+        linked = (e.__cause__, e.__context__, getattr(e, "reason", None), *e.args)
+        todo.extend(x for x in linked if isinstance(x, BaseException))
+    # the socket's own reason first: urllib3's NewConnectionError is a ConnectTimeoutError
+    # even when the connection was refused
+    kinds: tuple[tuple[str, tuple[type[BaseException], ...]], ...] = (
+        ("connection refused", (ConnectionRefusedError,)),
+        ("connection reset", (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)),
+        (
+            "no answer in time",
+            (TimeoutError, requests.Timeout, urllib3.exceptions.ReadTimeoutError),
+        ),
+        ("connection lost", (requests.ConnectionError, urllib3.exceptions.ProtocolError)),
+    )
+    for e in chain:
+        if isinstance(e, ServerStopped):
+            return e.reason
+    for reason, types in kinds:
+        if any(isinstance(e, types) for e in chain):
+            return reason
+    return None
+
+
+def _tracking_uri() -> str:
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
+class _Answers(contextlib.ContextDecorator):
+    """:func:`server_answers`: a class, not a generator, so that a task it decorates
+    pickles (a Dask worker receives the task)."""
+
+    def __init__(self, during: str, outcome: Callable[[], str] | None) -> None:
+        self.during, self.outcome = during, outcome
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> bool:
+        if not isinstance(exc, Exception):
+            return False  # none, or Ctrl-C: not this
+        if isinstance(exc, PipelineError) and not isinstance(exc, ServerStopped):
+            return False
+        reason = _no_answer(exc)
+        if reason is None:
+            return False
+        uri = exc.uri if isinstance(exc, ServerStopped) else _tracking_uri()
+        outcome = self.outcome() if self.outcome else ""
+        raise ServerStopped(uri, reason, self.during, outcome) from None
+
+
+def server_answers(during: str = "", outcome: Callable[[], str] | None = None) -> _Answers:
+    """Turn a failure because the tracking server stopped answering into one
+    :class:`ServerStopped` line (what was cut: `during`; what is left: `outcome()`); any other
+    error passes through. A context manager, or a decorator (the tasks that call MLflow)."""
+    return _Answers(during, outcome)
 
 
 # SQLite databases this process has opened: MLflow creates or migrates one at its first use.

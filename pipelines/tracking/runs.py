@@ -230,10 +230,18 @@ def running_runs(experiment_id: str) -> dict[str, dict[str, str]]:
             return found
 
 
-def fail_orphan(run_id: str, note: str) -> None:
-    """End a run its own process left RUNNING (killed), saying why in a tag."""
+def fail_orphan(experiment_id: str, run_id: str, note: str) -> None:
+    """End a run its own process left RUNNING (killed), saying why in a tag; the model it
+    was logging when cut (a LoggedModel left PENDING for good) is marked FAILED with it."""
+    from mlflow.entities import LoggedModelStatus
+
     client = _client()
     client.set_tag(run_id, TAG_SETTLED, note)
+    # by status in Python: MLflow 3.17's SQL store matches no `status = 'PENDING'` filter
+    of_run = f"source_run_id = '{run_id}'"
+    for model in client.search_logged_models([experiment_id], filter_string=of_run):
+        if model.status == LoggedModelStatus.PENDING:
+            client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
     client.set_terminated(run_id, "FAILED")
 
 

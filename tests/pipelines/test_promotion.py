@@ -102,6 +102,7 @@ def test_runs_left_running_by_an_ended_process_are_failed_and_only_those(tiny_se
     import sys
 
     from mlflow import MlflowClient
+    from mlflow.entities import LoggedModelStatus
 
     from pipelines import tracking
     from pipelines.promotion import settle_orphaned_runs
@@ -123,6 +124,9 @@ def test_runs_left_running_by_an_ended_process_are_failed_and_only_those(tiny_se
         runs["mine"] = tracking.start_run(tiny_settings, exp, "TEST", {})  # owner: this process
         runs["ended, finished"] = client.create_run(exp, tags=ended).info.run_id
         client.set_terminated(runs["ended, finished"], "FINISHED")
+        # cut while logging its model (ut4 T1): MLflow's LoggedModel stays PENDING
+        cut = client.create_logged_model(exp, source_run_id=runs["killed"]).model_id
+        alive = client.create_logged_model(exp, source_run_id=runs["live"]).model_id
         assert settle_orphaned_runs(exp) == [runs["killed"]]
         assert settle_orphaned_runs(exp) == []  # settled once
         status = {k: client.get_run(r).info.status for k, r in runs.items()}
@@ -137,6 +141,8 @@ def test_runs_left_running_by_an_ended_process_are_failed_and_only_those(tiny_se
         "mine": "RUNNING",
         "ended, finished": "FINISHED",
     }
+    assert client.get_logged_model(cut).status == LoggedModelStatus.FAILED
+    assert client.get_logged_model(alive).status == LoggedModelStatus.PENDING
     note = client.get_run(runs["killed"]).data.tags[TAG_SETTLED]
     assert f"process {ended['owner.pid']} on" in note and "marked FAILED" in note
     assert settle_orphaned_runs(exp) == [runs["live"]]  # once its process has ended

@@ -1,13 +1,15 @@
 """Server faults: the MLflow tracking server stops in the middle of a run.
 
-Expected: the run's I/O tasks retry, then the command fails with a non-zero exit; nothing is
-half-registered (no version without a loadable model, no alias to a missing version); after the
-server is back, the same command succeeds.
+Expected: the run's I/O tasks retry, then the command fails with one line naming the server,
+exit code 2, as a server down before the command does; nothing is half-registered (no version
+without a loadable model, no alias to a missing version); after the server is back, the same
+command succeeds.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -15,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.conftest import (
+    BIN,
+    MODEL,
     TICKER,
     cli,
     cli_env,
@@ -55,6 +59,11 @@ def _registry_via_server(url: str, project: Path) -> dict:
     out["versions"] = [v.version for v in client.search_model_versions(f"name = 'test-{TICKER}'")]
     out["aliases"] = dict(model.aliases or {})
     return out
+
+
+def _proxied(tmp_path: Path) -> dict:
+    """Artifacts through the server (`mlflow-artifacts:/`), as README/deploy.md sets it up."""
+    return {"artifacts_destination": tmp_path / "server" / "art"}
 
 
 def test_tracking_server_stops_mid_run(tmp_path):
@@ -115,9 +124,90 @@ def test_tracking_server_stops_mid_run(tmp_path):
         )
         ok = rc != 0 and not during["versions"] and rerun.returncode == 0 and after["aliases"]
         figure("faults", bool(ok))
-        assert rc != 0, err[-3000:]
+        assert rc == 2, err[-3000:]  # cut while logging: the I/O tasks retried first
+        assert f"error: tracking server {server.url} stopped answering during" in err, err[-3000:]
         assert not during["versions"] and not during["aliases"], during
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         assert after["aliases"].get("champion") in after["versions"]
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow  # a training in a subprocess, its server killed, restarted
+def test_server_killed_while_run_trains_is_one_line_exit_2(tmp_path):
+    """The README's promise for a server that does not answer, when it stops in the middle of
+    `run` (the user's T1 in ut4): the progress lines, then one line naming the server, exit 2,
+    no traceback and no urllib3 retry lines; nothing registered; the next command marks the
+    cut run FAILED."""
+    from mlflow import MlflowClient
+
+    from pipelines.servers import start_mlflow_server
+    from tests.user_path import PROGRESS_LINE, user_env
+
+    project = new_project(tmp_path / "project")
+    server = start_mlflow_server(tmp_path / "server", timeout=180, **_proxied(tmp_path))
+    port = int(server.url.rsplit(":", 1)[1])
+    config = project / "mlflow.yaml"  # the README's way: tracking.uri in the project's file
+    config.write_text(config.read_text().replace("sqlite:///mlflow.db", server.url))
+    env = user_env(keep_pythonpath=True)
+    out = tmp_path / "stdout.txt"
+    lines: list[str] = []
+    training = threading.Event()
+    try:
+        with out.open("w") as stdout:
+            proc = subprocess.Popen(
+                [
+                    str(BIN),
+                    "run",
+                    "--set=training.epochs=1000",
+                    "--set=evaluation.backtest_folds=0",
+                ],
+                cwd=project,
+                env=env,
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+
+        def read() -> None:
+            for line in proc.stderr:
+                lines.append(line.rstrip("\n"))
+                if " epoch 1/1000 " in line:
+                    training.set()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            assert training.wait(600), "\n".join(lines[-20:])
+            server.stop()  # the whole group, as the user's kill did
+            t0 = time.monotonic()
+            code = proc.wait(timeout=300)
+            took = time.monotonic() - t0
+            reader.join(timeout=30)
+        finally:
+            kill_group(proc)
+        err = "\n".join(lines)
+        print(f"exit {code} {took:.1f} s after the kill; stderr:\n{err}")
+        assert code == 2, err[-5000:]
+        assert "Traceback" not in err and "Retrying" not in err, err[-5000:]
+        noise = [line for line in lines if not PROGRESS_LINE.match(line)]
+        assert noise == [lines[-1]], err[-5000:]
+        assert lines[-1].startswith(f"error: tracking server {server.url} stopped answering "), err
+        assert "TEST's run" in lines[-1] and "nothing was registered" in lines[-1], lines[-1]
+        assert out.read_text() == ""
+
+        server = start_mlflow_server(
+            tmp_path / "server", port=port, timeout=180, **_proxied(tmp_path)
+        )
+        client = MlflowClient(server.url, server.url)
+        assert client.search_model_versions(f"name = '{MODEL}'") == []
+        score = subprocess.run(  # as the error line says: the next score settles the run
+            [str(BIN), "score"], cwd=project, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert score.returncode == 0, score.stderr[-3000:]
+        exp = client.get_experiment_by_name("tests")
+        runs = client.search_runs([exp.experiment_id])
+        assert [r.info.status for r in runs] == ["FAILED"], score.stderr
     finally:
         server.stop()

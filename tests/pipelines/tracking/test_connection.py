@@ -1,0 +1,68 @@
+"""A tracking server that stops answering in the middle of a command: MLflow's client errors
+become one ServerStopped line naming the server and why (the CLI's end-to-end check is in
+tests/reliability/test_server_faults.py)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+
+@pytest.fixture
+def no_retries(monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+
+
+def _get_run(uri: str) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient(uri, uri).get_run("0" * 32)
+
+
+def test_a_refused_connection_is_one_line_naming_the_server(no_retries, monkeypatch):
+    from pipelines.tracking import ServerStopped, server_answers
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    monkeypatch.setattr("pipelines.tracking.connection._tracking_uri", lambda: uri)
+    said = server_answers("A's run", lambda: "nothing was registered")
+    with pytest.raises(ServerStopped) as caught, said:
+        _get_run(uri)
+    # urllib3's NewConnectionError is a ConnectTimeoutError: the socket's reason wins
+    assert str(caught.value).startswith(
+        f"tracking server {uri} stopped answering during A's run (connection refused): "
+        "nothing was registered; start it again"
+    )
+    assert caught.value.__suppress_context__  # one line: no chained traceback
+    # a task's error, said again by the run that holds it, keeps the server and reason
+    again = pytest.raises(ServerStopped, match=r"during B's run \(connection refused\)")
+    with again, server_answers("B's run"):
+        server_answers()(_get_run)(uri)
+
+
+def test_a_server_that_accepts_but_never_answers_is_no_answer_in_time(no_retries, monkeypatch):
+    from pipelines.tracking import ServerStopped, server_answers
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(4)
+        uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        monkeypatch.setattr("pipelines.tracking.connection._tracking_uri", lambda: uri)
+        late = pytest.raises(ServerStopped, match=r"stopped answering \(no answer in time\)")
+        with late, server_answers():
+            _get_run(uri)
+
+
+def test_other_errors_pass_through():
+    from pipelines.errors import PipelineError
+    from pipelines.tracking import server_answers
+
+    with pytest.raises(ValueError), server_answers():
+        raise ValueError("not the server's")
+    with pytest.raises(PipelineError, match="bad input"), server_answers():
+        raise PipelineError("bad input")
+    with pytest.raises(KeyboardInterrupt), server_answers():
+        raise KeyboardInterrupt
