@@ -63,7 +63,9 @@ class Objective:
             def report(epoch: int, value: float) -> None:
                 tracking.log_metrics(run_id, {"epoch_val_rmse": value}, step=epoch)
                 trial.report(value, epoch)
-                if trial.should_prune():
+                # After the last epoch the training is done: pruning would save nothing and
+                # drop the trial's result.
+                if epoch + 1 < candidate.training.epochs and trial.should_prune():
                     raise optuna.TrialPruned(
                         f"pruned after epoch {epoch + 1}: validation RMSE {value:.6g}"
                     )
