@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -17,6 +18,8 @@ from pipelines.config import Settings
 from pipelines.tuning.space import apply_params, suggest, trial_name
 
 log = logging.getLogger("pipelines")
+
+INTERRUPTED = "interrupted"  # the user attribute of a trial stopped by Ctrl-C
 
 
 @dataclass
@@ -33,6 +36,8 @@ class Objective:
     train_end: int
     experiment_id: str
     parent_run_id: str
+    # numbers of the trials Ctrl-C stopped in this process (see QuietInterrupted)
+    interrupted: set[int] = field(default_factory=set)
 
     def __call__(self, trial: Any) -> float:
         import optuna
@@ -87,9 +92,29 @@ class Objective:
         except optuna.TrialPruned as exc:
             state, note = "pruned", str(exc)
             raise
+        except KeyboardInterrupt:
+            # Optuna records the trial as failed; it is the user's stop, not the candidate's
+            # failure: counted apart (INTERRUPTED) and said so, not as Optuna's warning.
+            state, note = "interrupted", "stopped by Ctrl-C"
+            self.interrupted.add(trial.number)
+            trial.set_user_attr(INTERRUPTED, True)
+            raise
         except Exception as exc:
             note = f"{type(exc).__name__}: {exc}"
             raise
         finally:
             tracking.end_trial_run(run_id, state, note)
             log.info("%s trial %s: %s (%s)", self.ticker, name, state, note)
+
+
+class QuietInterrupted(logging.Filter):
+    """Drops Optuna's "Trial N failed ..." warnings (one with the KeyboardInterrupt's
+    traceback) of the trials `objective` saw stopped by Ctrl-C: its own line said so."""
+
+    def __init__(self, objective: Objective) -> None:
+        super().__init__()
+        self.objective = objective
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = re.match(r"Trial (\d+) failed ", record.getMessage())
+        return found is None or int(found.group(1)) not in self.objective.interrupted
