@@ -15,6 +15,7 @@ import pandas as pd
 from lstm_core.data import SplitFrames
 from pipelines import tracking
 from pipelines.config import Settings
+from pipelines.runtime import cut_by_interrupt
 from pipelines.tuning.space import apply_params, suggest, trial_name
 
 log = logging.getLogger("pipelines")
@@ -93,18 +94,26 @@ class Objective:
             state, note = "pruned", str(exc)
             raise
         except KeyboardInterrupt:
-            # Optuna records the trial as failed; it is the user's stop, not the candidate's
-            # failure: counted apart (INTERRUPTED) and said so, not as Optuna's warning.
             state, note = "interrupted", "stopped by Ctrl-C"
-            self.interrupted.add(trial.number)
-            trial.set_user_attr(INTERRUPTED, True)
+            self._stopped(trial)
             raise
         except Exception as exc:
+            if cut_by_interrupt(exc):  # e.g. MLflow's "database is locked" as it wrote a metric
+                state, note = "interrupted", "stopped by Ctrl-C"
+                self._stopped(trial)
+                raise KeyboardInterrupt from exc
             note = f"{type(exc).__name__}: {exc}"
             raise
         finally:
             tracking.end_trial_run(run_id, state, note)
             log.info("%s trial %s: %s (%s)", self.ticker, name, state, note)
+
+    def _stopped(self, trial: Any) -> None:
+        """Optuna records the trial as failed; it is the user's stop, not the candidate's
+        failure: counted apart (INTERRUPTED), and said in the trial's line, not in Optuna's
+        warning."""
+        self.interrupted.add(trial.number)
+        trial.set_user_attr(INTERRUPTED, True)
 
 
 class QuietInterrupted(logging.Filter):

@@ -115,13 +115,19 @@ def _start_worker(objective: Objective, workers: int) -> None:
     command line (TensorFlow's C++ lines filtered) and its handling of Ctrl-C."""
     import signal
 
-    from pipelines.runtime import configure_environment, progress_logging, quiet_tensorflow
+    from pipelines.runtime import (
+        configure_environment,
+        progress_logging,
+        quiet_interrupts,
+        quiet_tensorflow,
+    )
 
     threads = str(max(1, (os.cpu_count() or 1) // workers))
     for key in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
         os.environ.setdefault(key, threads)
     configure_environment(objective.settings)
     progress_logging()  # the trial lines, as the parent process prints them
+    quiet_interrupts()
     quiet_tensorflow()
     # Outside a trial, Ctrl-C ends nothing with a traceback: the worker returns (below),
     # or the pool ends it when the parent shuts down.
