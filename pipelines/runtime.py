@@ -121,10 +121,22 @@ class _NoInterruptCrash(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         handled = (record.exc_info or (None, None, None))[1], sys.exc_info()[1]
-        return not any(isinstance(exc, KeyboardInterrupt) for exc in handled)
+        return not any(cut_by_interrupt(exc) for exc in handled)
+
+
+def cut_by_interrupt(exc: BaseException | None) -> bool:
+    """Whether `exc` is a KeyboardInterrupt or was raised while one was handled (MLflow's
+    "database is locked" as Ctrl-C cut its write short)."""
+    while exc is not None:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 _RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+# MLflow logs the database error of a write that Ctrl-C cut short, with its traceback.
+_INTERRUPTED_LOGGERS = (*_RUN_LOGGERS, "mlflow.store.db.utils")
 
 
 def quiet_loggers() -> None:
@@ -162,9 +174,10 @@ def progress_logging() -> None:
 
 
 def quiet_interrupts() -> None:
-    """Keep Prefect's crash lines of a Ctrl-C off the console (the command line's only: a
-    served run's crash stays in its logs)."""
-    for name in _RUN_LOGGERS:
+    """Keep Prefect's crash lines of a Ctrl-C, and MLflow's error of a write it cut short,
+    off the console (the command line's and its tuning workers' only: a served run's crash
+    stays in its logs)."""
+    for name in _INTERRUPTED_LOGGERS:
         _add_filter(logging.getLogger(name), _NoInterruptCrash)
 
 

@@ -21,7 +21,13 @@ TAG_TUNED_BY = "tuning.parent_run_id"
 TAG_TUNED_RUN = "tuning.final_run_id"
 TAG_TUNED_VERSION = "tuning.registered_version"  # on the parent: the version it registered
 TAG_TUNED_TRIAL = "tuning.trial"  # on that version: the study's trial it retrained
-TRIAL_STATUS = {"complete": "FINISHED", "pruned": "KILLED", "fail": "FAILED"}
+# A trial cut short by Ctrl-C is FAILED as any interrupted run; its state tag says why.
+TRIAL_STATUS = {
+    "complete": "FINISHED",
+    "pruned": "KILLED",
+    "fail": "FAILED",
+    "interrupted": "FAILED",
+}
 
 
 def start_tuning_run(
@@ -79,7 +85,7 @@ def start_trial_run(
 
 
 def end_trial_run(run_id: str, state: str, note: str = "") -> None:
-    """Record the trial's Optuna state (complete, pruned, fail) as a tag and a run status."""
+    """Record the trial's state (complete, pruned, fail, interrupted) as a tag and a run status."""
     client = _client()
     client.set_tag(run_id, TAG_TRIAL_STATE, state)
     if note:

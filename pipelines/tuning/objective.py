@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -14,9 +15,12 @@ import pandas as pd
 from lstm_core.data import SplitFrames
 from pipelines import tracking
 from pipelines.config import Settings
+from pipelines.runtime import cut_by_interrupt
 from pipelines.tuning.space import apply_params, suggest, trial_name
 
 log = logging.getLogger("pipelines")
+
+INTERRUPTED = "interrupted"  # the user attribute of a trial stopped by Ctrl-C
 
 
 @dataclass
@@ -33,6 +37,8 @@ class Objective:
     train_end: int
     experiment_id: str
     parent_run_id: str
+    # numbers of the trials Ctrl-C stopped in this process (see QuietInterrupted)
+    interrupted: set[int] = field(default_factory=set)
 
     def __call__(self, trial: Any) -> float:
         import optuna
@@ -63,7 +69,9 @@ class Objective:
             def report(epoch: int, value: float) -> None:
                 tracking.log_metrics(run_id, {"epoch_val_rmse": value}, step=epoch)
                 trial.report(value, epoch)
-                if trial.should_prune():
+                # After the last epoch the training is done: pruning would save nothing and
+                # drop the trial's result.
+                if epoch + 1 < candidate.training.epochs and trial.should_prune():
                     raise optuna.TrialPruned(
                         f"pruned after epoch {epoch + 1}: validation RMSE {value:.6g}"
                     )
@@ -85,9 +93,37 @@ class Objective:
         except optuna.TrialPruned as exc:
             state, note = "pruned", str(exc)
             raise
+        except KeyboardInterrupt:
+            state, note = "interrupted", "stopped by Ctrl-C"
+            self._stopped(trial)
+            raise
         except Exception as exc:
+            if cut_by_interrupt(exc):  # e.g. MLflow's "database is locked" as it wrote a metric
+                state, note = "interrupted", "stopped by Ctrl-C"
+                self._stopped(trial)
+                raise KeyboardInterrupt from exc
             note = f"{type(exc).__name__}: {exc}"
             raise
         finally:
             tracking.end_trial_run(run_id, state, note)
             log.info("%s trial %s: %s (%s)", self.ticker, name, state, note)
+
+    def _stopped(self, trial: Any) -> None:
+        """Optuna records the trial as failed; it is the user's stop, not the candidate's
+        failure: counted apart (INTERRUPTED), and said in the trial's line, not in Optuna's
+        warning."""
+        self.interrupted.add(trial.number)
+        trial.set_user_attr(INTERRUPTED, True)
+
+
+class QuietInterrupted(logging.Filter):
+    """Drops Optuna's "Trial N failed ..." warnings (one with the KeyboardInterrupt's
+    traceback) of the trials `objective` saw stopped by Ctrl-C: its own line said so."""
+
+    def __init__(self, objective: Objective) -> None:
+        super().__init__()
+        self.objective = objective
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = re.match(r"Trial (\d+) failed ", record.getMessage())
+        return found is None or int(found.group(1)) not in self.objective.interrupted

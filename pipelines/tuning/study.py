@@ -17,7 +17,7 @@ from lstm_core.data import split_frame
 from pipelines import tracking
 from pipelines.config import SearchParam, Settings
 from pipelines.errors import PipelineError
-from pipelines.tuning.objective import Objective
+from pipelines.tuning.objective import INTERRUPTED, Objective
 from pipelines.tuning.space import (
     SECTIONS,
     apply_params,
@@ -53,9 +53,12 @@ class StudyResult:
 
 
 def _counts(study: Any) -> dict[str, int]:
-    out = {"complete": 0, "pruned": 0, "fail": 0, "running": 0}
+    """Trials per state; those Optuna failed because Ctrl-C stopped them are `interrupted`."""
+    out = {"complete": 0, "pruned": 0, "fail": 0, "interrupted": 0, "running": 0}
     for t in study.trials:
         key = t.state.name.lower()
+        if key == "fail" and t.user_attrs.get(INTERRUPTED):
+            key = "interrupted"
         if key in out:
             out[key] += 1
     return out

@@ -348,6 +348,108 @@ def test_ctrl_c_during_run_is_one_line_exit_130_and_a_failed_mlflow_run(tmp_path
         os.killpg(proc.pid, 0)
 
 
+def _trials_training(db: Path) -> int:
+    """How many trials have scored an epoch, in the project's MLflow database (0 before it
+    exists)."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            query = "SELECT COUNT(DISTINCT run_uuid) FROM metrics WHERE key = 'epoch_val_rmse'"
+            return con.execute(query).fetchone()[0]
+    except sqlite3.OperationalError:  # not made yet
+        return 0
+
+
+def _live_in_group(pgid: int) -> list[int]:
+    """The processes of process group `pgid` that have not ended (zombies left out)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # state, ppid, pgrp
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow  # a study in two worker processes, interrupted
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_ctrl_c_during_tune_is_one_line_exit_130_and_the_trials_interrupted_not_failed(tmp_path):
+    """The terminal's Ctrl-C while both workers (this command and the process it spawned)
+    train a trial: after the progress lines only `interrupted` (no Optuna warning or
+    traceback, no TensorFlow start-up lines from the worker), exit code 130, and the trials
+    recorded as interrupted, not as failed configurations."""
+    import signal
+    import threading
+    import time
+
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from pipelines import tracking
+    from pipelines.tuning.storage import open_storage
+    from pipelines.tuning.study import _counts
+    from tests.pipelines.conftest import new_tiny_project
+    from tests.pipelines.tuning.conftest import TUNING, tuning_settings
+    from tests.user_path import PROGRESS_LINE
+
+    project = new_tiny_project(tmp_path / "project")
+    settings = tuning_settings(project, TUNING.replace("workers: 1", "workers: 2"), ())
+    proc = subprocess.Popen(
+        [str(BIN), "tune", "--trials=4", "--set=training.epochs=1000"],
+        cwd=project,
+        env=user_env(keep_pythonpath=True),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a process group of its own, as a terminal's command has
+    )
+    lines: list[str] = []
+    reader = threading.Thread(
+        target=lambda: lines.extend(line.rstrip("\n") for line in proc.stderr), daemon=True
+    )
+    reader.start()
+    try:
+        t0 = time.monotonic()
+        while _trials_training(project / "mlflow.db") < 2 and proc.poll() is None:
+            assert time.monotonic() - t0 < 300, "\n".join(lines[-20:])
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=300)
+        reader.join(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    err = "\n".join(lines)
+    assert code == 130, err
+    assert [line for line in lines if not PROGRESS_LINE.match(line)] == ["interrupted"], err
+    assert lines[-1] == "interrupted"
+    stopped = [line for line in lines if line.endswith(": interrupted (stopped by Ctrl-C)")]
+    assert len(stopped) == 2, err
+    # the worker ended with the command; multiprocessing's resource tracker ends when it
+    # sees the command gone (a zombie where PID 1 of a container reaps no orphans)
+    t0 = time.monotonic()
+    while _live_in_group(proc.pid) and time.monotonic() - t0 < 30:
+        time.sleep(0.2)
+    assert _live_in_group(proc.pid) == []
+    # Optuna's FAIL, but counted as interrupted: no configuration failed
+    study = optuna.load_study(study_name="tune-TEST", storage=open_storage(settings))
+    assert _counts(study) == {
+        "complete": 0,
+        "pruned": 0,
+        "fail": 0,
+        "interrupted": 2,
+        "running": 0,
+    }
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    trials = [r for r in runs if tracking.TAG_TRIAL in r.data.tags]
+    assert sorted(r.data.tags[tracking.TAG_TRIAL_STATE] for r in trials) == ["interrupted"] * 2
+    assert {r.info.status for r in runs} == {"FAILED"}
+
+
 def _prefect_servers(home: Path) -> list[int]:
     """Prefect's temporary API servers running with PREFECT_HOME `home`."""
     found = []

@@ -99,25 +99,26 @@ def test_tuning_deployment_only_with_a_cron(tiny_settings):
 
 @pytest.mark.slow  # a fresh process and a fresh project: Prefect's own server, a study, training
 def test_tune_command_from_the_project_folder(tiny_project):
-    """`python -m pipelines tune` in a folder of its own: study, retrained best, summary."""
-    import os
+    """`python -m pipelines tune` in a folder of its own, its trials in two worker processes:
+    study, retrained best, summary; on stderr only progress lines (none of TensorFlow's
+    start-up lines from the spawned worker)."""
     import subprocess
     import sys
 
-    (tiny_project / "mlflow.yaml").write_text(
-        (tiny_project / "mlflow.yaml").read_text() + TUNING.replace("trials: 3", "trials: 2")
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env["PREFECT_HOME"] = str(tiny_project / ".prefect")
+    from tests.user_path import assert_only_progress, user_env
+
+    tuning = TUNING.replace("trials: 3", "trials: 2").replace("workers: 1", "workers: 2")
+    (tiny_project / "mlflow.yaml").write_text((tiny_project / "mlflow.yaml").read_text() + tuning)
     out = subprocess.run(
         [sys.executable, "-m", "pipelines", "tune", "--config", "mlflow.yaml", "--trials", "2"],
         cwd=tiny_project,
-        env=env,
+        env=user_env(keep_pythonpath=True),
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    assert_only_progress(out)
     assert "ingested" in out.stdout  # a fresh project: the configured sources first
     assert "study tune-TEST (2 trials" in out.stdout
     assert "best configuration: " in out.stdout and "vs naive" in out.stdout

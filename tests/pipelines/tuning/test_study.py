@@ -122,6 +122,36 @@ def test_absurd_learning_rate_is_pruned_early(searched):
     assert second.counts["pruned"] >= 1
 
 
+def test_a_trial_is_never_pruned_after_its_last_epoch(tmp_path):
+    """A pruner that would stop every trial: with two epochs the trial stops after the first;
+    after the last one it has trained fully, so its score counts and the trial completes."""
+    import optuna
+
+    from lstm_core.data import split_frame
+    from pipelines import tracking
+    from pipelines.tuning.objective import Objective
+
+    class AlwaysPrune(optuna.pruners.BasePruner):
+        def prune(self, study, trial) -> bool:
+            return True
+
+    states = {}
+    for epochs in (2, 1):
+        (tmp_path / str(epochs)).mkdir()
+        settings = tuning_settings(tmp_path / str(epochs), overrides=(f"training.epochs={epochs}",))
+        frame, _ = _poisoned_frame(settings)
+        frames = split_frame(frame, settings.evaluation)
+        experiment_id = tracking.connect(settings)
+        parent = tracking.start_tuning_run(experiment_id, "tune", {}, {})
+        seen = frames.frame.iloc[: frames.val_end]
+        objective = Objective(settings, "TEST", seen, frames.train_end, experiment_id, parent)
+        study = optuna.create_study(pruner=AlwaysPrune())
+        study.optimize(objective, n_trials=1)
+        [trial] = study.trials
+        states[epochs] = trial.state.name, sorted(trial.intermediate_values)
+    assert states == {2: ("PRUNED", [0]), 1: ("COMPLETE", [0])}
+
+
 def test_search_never_reads_the_test_part(searched):
     # The study ran on a frame whose test rows are all NaN: a read would have failed the
     # trial (validation) or made its score NaN (arithmetic).
