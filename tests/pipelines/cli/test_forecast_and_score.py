@@ -11,7 +11,7 @@ import pytest
 from pipelines.cli import main
 from tests.conftest import SHARED_DATA
 from tests.pipelines.cli.conftest import BIN, _cli
-from tests.pipelines.conftest import price_frame, tree_bytes, write_prices
+from tests.pipelines.conftest import TINY_CONFIG, price_frame, tree_bytes, write_prices
 from tests.user_path import REPO, TINY, assert_only_progress, cli, user_env
 
 
@@ -83,6 +83,48 @@ def test_forecast_without_a_champion_names_the_way_to_one(trained_settings):
         f"({why}); to forecast with it anyway: lstm-pipeline promote --ticker TEST --version 1\n"
     )
     assert tree_bytes(forecasts) == before
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_forecast_refuses_another_projects_champion_of_the_same_name(
+    trained_settings, tmp_path, capsys
+):
+    """A user's test: two projects on one tracking server, the same ticker, so the same
+    registered model name: the second forecast with the first's champion (other prices,
+    another exchange's sessions) and said nothing."""
+    first = trained_settings.base_dir
+    other = tmp_path / "other"
+    # one tracking store for both, as a server would be (a SQLite file suffices to share)
+    store = f"sqlite:///{first / 'mlflow.db'}\n  artifact_location: {first / 'mlartifacts'}"
+    config = TINY_CONFIG.replace("sqlite:///mlflow.db", store)
+    (other / "mlflow.yaml").parent.mkdir()
+    (other / "mlflow.yaml").write_text(config, encoding="utf-8")
+    cfg = str(other / "mlflow.yaml")
+    prices = write_prices(other / "prices" / "TEST.csv", price_frame(120, seed=7))
+    assert main(["ingest", str(prices), "--config", cfg]) == 0
+    capsys.readouterr()
+    before = tree_bytes(other), tree_bytes(first / "data")
+    assert main(["forecast", "--ticker", "TEST", "--config", cfg]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        "error: TEST: test-TEST v1 was trained on 120 rows through 2020-06-16, not on the 120 "
+        "rows of TEST stored here through that day: it is not this project's model (another "
+        "project's on the same tracking server, or stored days replaced since): give this "
+        'project model names of its own with registry.model_name (e.g. "myproject-{ticker}"), '
+        "or train this project's own: lstm-pipeline run --ticker TEST\n"
+    )
+    # another exchange: the champion would date its forecasts on New York's sessions
+    xshg = ["--set", "data.calendar=XSHG"]
+    assert main(["forecast", "--ticker", "TEST", "--config", cfg, *xshg]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(
+        "error: TEST: test-TEST v1 was trained with data.calendar XNYS, this project's is "
+        "XSHG: it is not this project's model"
+    ), line
+    assert (tree_bytes(other), tree_bytes(first / "data")) == before
+    # the project it was trained in forecasts with it as before
+    assert main(["forecast", "--ticker", "TEST", "--config", str(first / "mlflow.yaml")]) == 0
 
 
 def _unreadable_log_is_one_line_exit_2(project: Path, commands: tuple[str, ...]) -> None:
