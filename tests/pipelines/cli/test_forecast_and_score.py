@@ -83,6 +83,9 @@ def test_forecast_without_a_champion_names_the_way_to_one(trained_settings):
         f"({why}); to forecast with it anyway: lstm-pipeline promote --ticker TEST --version 1\n"
     )
     assert tree_bytes(forecasts) == before
+    out = _cli(project, "status")  # trained, but nothing to forecast with: not `ok`
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1].split()[-5:-3] == ["no", "champion"], out.stdout
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -123,8 +126,19 @@ def test_forecast_refuses_another_projects_champion_of_the_same_name(
         "XSHG: it is not this project's model"
     ), line
     assert (tree_bytes(other), tree_bytes(first / "data")) == before
-    # the project it was trained in forecasts with it as before
-    assert main(["forecast", "--ticker", "TEST", "--config", str(first / "mlflow.yaml")]) == 0
+    # status says so in the ticker's row and a line below the table
+    assert main(["status", "--config", cfg]) == 0
+    header, row, *below = capsys.readouterr().out.splitlines()
+    assert row.split()[-4] == "FOREIGN", row
+    assert below[0].startswith("TEST: test-TEST v1 was trained on 120 rows"), below
+    # the project it was trained in forecasts with it as before, and its status is ok
+    own = str(first / "mlflow.yaml")
+    assert main(["forecast", "--ticker", "TEST", "--config", own]) == 0
+    capsys.readouterr()
+    assert main(["status", "--config", own]) == 0
+    header, row, *below = capsys.readouterr().out.splitlines()
+    assert row.split()[-4] == "ok", row
+    assert not [x for x in below if x.startswith("TEST: test-TEST")], below
 
 
 def _unreadable_log_is_one_line_exit_2(project: Path, commands: tuple[str, ...]) -> None:
@@ -204,6 +218,9 @@ def test_the_status_table_lines_up_a_cjk_ticker_with_an_ascii_one(tiny_project, 
     words = ["ticker", "TEST", "平安银行"]
     ends = [_display_width(x[: x.index(w) + len(w)]) for x, w in zip(lines, words, strict=True)]
     assert ends == [ends[0]] * 3, out.stdout
+    # stored, never trained: said so, not `ok` (as if its model were fine), no `- since -`
+    assert [row.split()[1:3] for row in rows] == [["-", "-"]] * 2, out.stdout
+    assert [row.split()[-4] for row in rows] == ["untrained"] * 2, out.stdout
 
 
 # ---------------------------------------------------------------- trading days
