@@ -195,6 +195,26 @@ def test_score_an_unknown_ticker_is_one_line_exit_2_and_a_known_one_shows_alone(
     assert first_column(out) == ["TEST"] and "OTHER" not in out
 
 
+@pytest.mark.slow  # the CLI in a subprocess: CI runs it
+def test_score_without_a_prefect_server_does_not_claim_the_degraded_event_was_heard(
+    trained_settings,
+):
+    """A user's test: `score` said `emitted model.degraded` with no PREFECT_API_URL; the
+    event went to the command's own temporary API, which stopped with it."""
+    project = trained_settings.base_dir
+    # the days the champion's logged forecasts (made on the last stored day) are for
+    later = write_prices(project / "later" / "TEST.csv", price_frame(125).iloc[120:])
+    assert main(["ingest", str(later), "--config", str(project / "mlflow.yaml")]) == 0
+    strict = ["--set=monitoring.min_days=1", "--set=monitoring.max_live_ratio=0.0001"]
+    out = _cli(project, "score", *strict)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines()[0] == (
+        "TEST: champion v1 degraded; no Prefect server to receive model.degraded (set "
+        "PREFECT_API_URL); retrain it with: lstm-pipeline retrain"
+    ), out.stdout
+    assert "emitted" not in out.stdout
+
+
 def _display_width(text: str) -> int:
     """Terminal columns: East Asian wide and full-width characters take two."""
     import unicodedata
