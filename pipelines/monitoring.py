@@ -262,10 +262,10 @@ def status(settings: Settings) -> list[dict[str, Any]]:
         current = tracking.champion(name, settings.registry.alias) if known else None
         result = score(settings, ticker, current.version if current else None)
         w = result.window.get(current.version) if current else None
-        foreign = None  # another project's champion of the same name: forecast refuses it
+        mismatch = None  # (state, why): a champion forecast refuses, see provenance
         if current is not None and manifest is not None:
             table = store.read_table(ticker)
-            foreign = provenance.not_trained_here(settings, ticker, current, table)
+            mismatch = provenance.not_trained_here(settings, ticker, current, table)
         row: dict[str, Any] = {
             "ticker": ticker,
             "trained": bool(known),
@@ -281,7 +281,8 @@ def status(settings: Settings) -> list[dict[str, Any]]:
             "skill_vs_naive": w.skill_vs_naive if w else None,
             "coverage": dict(w.coverage) if w else {},
             "degraded": result.verdict.degraded,
-            "foreign": foreign,
+            "mismatch": mismatch[0] if mismatch else None,
+            "mismatch_reason": mismatch[1] if mismatch else None,
             "last_decision": promotion.last_decision(known),
             "next_retraining": upcoming,
         }
@@ -299,11 +300,11 @@ def _plain(value: Any) -> Any:
 
 
 def _state(row: dict[str, Any]) -> str:
-    """The status table's word for a ticker's model: DEGRADED and FOREIGN (trained on other
-    prices or calendar) call for action; untrained: no version yet; no champion: versions,
-    none promoted."""
-    if row.get("foreign"):
-        return "FOREIGN"
+    """The status table's word for a ticker's model: DEGRADED, FOREIGN (trained on other
+    prices) and CALENDAR (on another exchange calendar) call for action; untrained: no
+    version yet; no champion: versions, none promoted."""
+    if row.get("mismatch"):
+        return row["mismatch"]
     if row["degraded"]:
         return "DEGRADED"
     if row["champion"]:
@@ -352,7 +353,7 @@ def render_status(rows: list[dict[str, Any]], window_days: int) -> str:
         for r in rows
         if r.get("not_scored")
     ]
-    lines += [f"{r['ticker']}: {r['foreign']}" for r in rows if r.get("foreign")]
+    lines += [f"{r['ticker']}: {r['mismatch_reason']}" for r in rows if r.get("mismatch")]
     lines += [
         f"{r['ticker']} last decision: {r['last_decision']}" for r in rows if r["last_decision"]
     ]

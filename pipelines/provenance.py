@@ -33,29 +33,46 @@ def trained_days_changed(table: pa.Table, version: tracking.RegisteredVersion) -
     return table_digest(rows_through(table, last)) != digest
 
 
+def _calendar(name: str | None) -> str:
+    return name or "null"
+
+
 def not_trained_here(
     settings: Settings, ticker: str, version: tracking.RegisteredVersion, table: pa.Table
-) -> str | None:
-    """Why `version` was not trained on this project's calendar and stored prices of
-    `ticker` (None: it was, as far as its run's parameters and data tags tell)."""
+) -> tuple[str, str] | None:
+    """Why `version` cannot forecast this project's `ticker`, as (state word, one line):
+    FOREIGN, trained on other prices than those stored here (another project's model of the
+    same name); CALENDAR, trained on these prices with another `data.calendar`, whose
+    sessions its forecasts would fall on. None: neither, as far as its run's parameters and
+    data tags tell."""
     label = f"{version.name} v{version.version}"
     params = tracking.run_params(version.run_id) if version.run_id else {}
     theirs, ours = params.get("data.calendar") or None, settings.data.calendar
-    if "data.calendar" in params and theirs != ours:
-        what = f"was trained with data.calendar {theirs}, this project's is {ours}"
-    elif trained_days_changed(table, version):
+    other_calendar = "data.calendar" in params and theirs != ours
+    if trained_days_changed(table, version):
         last = version.tags[tracking.TAG_DATA_LAST_DATE]
         rows = version.tags.get(tracking.TAG_DATA_ROWS, "?")
         here = rows_through(table, last).num_rows
-        what = (
-            f"was trained on {rows} rows through {last}, not on the {here} rows of {ticker} "
-            "stored here through that day"
+        cal = (
+            (f" (data.calendar {_calendar(theirs)})", f" (data.calendar {_calendar(ours)})")
+            if other_calendar
+            else ("", "")
         )
-    else:
-        return None
-    return (
-        f"{label} {what}: it is not this project's model (another project's on the same "
-        "tracking server, or stored days replaced since): give this project model names of "
-        f'its own with registry.model_name (e.g. "myproject-{{ticker}}"), or train this '
-        f"project's own: lstm-pipeline run --ticker {ticker}"
-    )
+        return "FOREIGN", (
+            f"{label} was trained on {rows} rows through {last}{cal[0]}, not on the {here} "
+            f"rows of {ticker} stored here through that day{cal[1]}: it is not this project's "
+            "model (another project's on the same tracking server, or stored days replaced "
+            "since): give this project model names of its own with registry.model_name (e.g. "
+            f'"myproject-{{ticker}}"), or train this project\'s own: lstm-pipeline run '
+            f"--ticker {ticker}"
+        )
+    if other_calendar:
+        theirs, ours = _calendar(theirs), _calendar(ours)
+        return "CALENDAR", (
+            f"{label} was trained on these prices with data.calendar {theirs}, this project's "
+            f"is {ours}: its forecasts would fall on {theirs} sessions: forecast with the "
+            f"calendar it was trained with (data.calendar: {theirs} in mlflow.yaml, or --set "
+            f"data.calendar={theirs}), or train it again with {ours}: lstm-pipeline run "
+            f"--ticker {ticker}"
+        )
+    return None

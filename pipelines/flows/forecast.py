@@ -59,9 +59,10 @@ def forecast_one(settings: Settings, ticker: str, days: int) -> tuple[pd.DataFra
     tracking.connect(settings)
     version = _champion(settings, ticker)
     table = PriceStore(settings.store_path).read_table(ticker)
-    foreign = provenance.not_trained_here(settings, ticker, version, table)
-    if foreign:  # another project's champion of the same name: other prices, other sessions
-        raise PipelineError(foreign)
+    # another project's champion of the same name (other prices), or another calendar's
+    mismatch = provenance.not_trained_here(settings, ticker, version, table)
+    if mismatch:
+        raise PipelineError(mismatch[1])
     model = tracking.load_model(name, settings.registry.alias)
     history = as_frame(table)
     inputs = model.metadata.get_input_schema().input_names()  # the columns the model reads

@@ -122,8 +122,9 @@ def test_forecast_refuses_another_projects_champion_of_the_same_name(
     assert main(["forecast", "--ticker", "TEST", "--config", cfg, *xshg]) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith(
-        "error: TEST: test-TEST v1 was trained with data.calendar XNYS, this project's is "
-        "XSHG: it is not this project's model"
+        "error: TEST: test-TEST v1 was trained on 120 rows through 2020-06-16 (data.calendar "
+        "XNYS), not on the 120 rows of TEST stored here through that day (data.calendar XSHG): "
+        "it is not this project's model"
     ), line
     assert (tree_bytes(other), tree_bytes(first / "data")) == before
     # status says so in the ticker's row and a line below the table
@@ -131,8 +132,17 @@ def test_forecast_refuses_another_projects_champion_of_the_same_name(
     header, row, *below = capsys.readouterr().out.splitlines()
     assert row.split()[-4] == "FOREIGN", row
     assert below[0].startswith("TEST: test-TEST v1 was trained on 120 rows"), below
-    # the project it was trained in forecasts with it as before, and its status is ok
+    # the project it was trained in, but told another calendar than it was trained with
     own = str(first / "mlflow.yaml")
+    assert main(["forecast", "--ticker", "TEST", "--config", own, *xshg]) == 2
+    assert capsys.readouterr().err == (
+        "error: TEST: test-TEST v1 was trained on these prices with data.calendar XNYS, this "
+        "project's is XSHG: its forecasts would fall on XNYS sessions: forecast with the "
+        "calendar it was trained with (data.calendar: XNYS in mlflow.yaml, or --set "
+        "data.calendar=XNYS), or train it again with XSHG: lstm-pipeline run --ticker TEST\n"
+    )
+    assert (tree_bytes(other), tree_bytes(first / "data")) == before
+    # and as it was trained: it forecasts with it as before, and its status is ok
     assert main(["forecast", "--ticker", "TEST", "--config", own]) == 0
     capsys.readouterr()
     assert main(["status", "--config", own]) == 0
@@ -273,7 +283,17 @@ def test_ping_an_forecast_days_are_shanghai_shenzhen_trading_days(tmp_path):
     settings = [*TINY, "--set=evaluation.backtest_folds=0", xshg]
     out = cli(BIN, "run", "--ticker", "PAB", *settings, cwd=project, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
+    # forecast without the calendar it was trained with: its days would be Shenzhen's, the
+    # project says New York's (scoring would match them by New York's sessions)
+    before = tree_bytes(project / "data" / "forecasts")  # run's forecast, made with XSHG
     out = cli(BIN, "forecast", "--ticker", "PAB", cwd=project, env=env, timeout=300)
+    assert (out.returncode, out.stdout) == (2, ""), out.stderr[-2000:]
+    assert out.stderr.startswith(
+        "error: PAB: lstm-PAB v1 was trained on these prices with data.calendar XSHG, this "
+        "project's is XNYS: its forecasts would fall on XSHG sessions"
+    ), out.stderr[-2000:]
+    assert tree_bytes(project / "data" / "forecasts") == before
+    out = cli(BIN, "forecast", "--ticker", "PAB", xshg, cwd=project, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     import pandas as pd
 
