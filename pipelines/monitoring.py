@@ -24,7 +24,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from lstm_core import scoring
-from pipelines import artifacts, promotion, tracking
+from pipelines import artifacts, promotion, provenance, tracking
 from pipelines.config import Settings
 from pipelines.forecast_log import ForecastLog, rows_from_forecast
 from pipelines.store import PriceStore
@@ -262,8 +262,13 @@ def status(settings: Settings) -> list[dict[str, Any]]:
         current = tracking.champion(name, settings.registry.alias) if known else None
         result = score(settings, ticker, current.version if current else None)
         w = result.window.get(current.version) if current else None
+        mismatch = None  # (state, why): a champion forecast refuses, see provenance
+        if current is not None and manifest is not None:
+            table = store.read_table(ticker)
+            mismatch = provenance.not_trained_here(settings, ticker, current, table)
         row: dict[str, Any] = {
             "ticker": ticker,
+            "trained": bool(known),
             "champion": f"v{current.version}" if current else None,
             "champion_since": (current.tags.get("champion.since") if current else None),
             "trained_through": current.tags.get(tracking.TAG_DATA_LAST_DATE) if current else None,
@@ -276,6 +281,8 @@ def status(settings: Settings) -> list[dict[str, Any]]:
             "skill_vs_naive": w.skill_vs_naive if w else None,
             "coverage": dict(w.coverage) if w else {},
             "degraded": result.verdict.degraded,
+            "mismatch": mismatch[0] if mismatch else None,
+            "mismatch_reason": mismatch[1] if mismatch else None,
             "last_decision": promotion.last_decision(known),
             "next_retraining": upcoming,
         }
@@ -292,6 +299,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _state(row: dict[str, Any]) -> str:
+    """The status table's word for a ticker's model: DEGRADED, FOREIGN (trained on other
+    prices) and CALENDAR (on another exchange calendar) call for action; untrained: no
+    version yet; no champion: versions, none promoted."""
+    if row.get("mismatch"):
+        return row["mismatch"]
+    if row["degraded"]:
+        return "DEGRADED"
+    if row["champion"]:
+        return "ok"
+    return "no champion" if row.get("trained") else "untrained"
+
+
 def render_status(rows: list[dict[str, Any]], window_days: int) -> str:
     """A plain-text table, one line per ticker."""
 
@@ -302,10 +322,11 @@ def render_status(rows: list[dict[str, Any]], window_days: int) -> str:
     for r in rows:
         cov = " ".join(f"{k}%:{num(v, '.2f')}" for k, v in r["coverage"].items()) or "-"
         since = (r["champion_since"] or "-")[:10]
+        champion = f"{r['champion']} since {since}" if r["champion"] else "-"
         table.append(
             {
                 "ticker": r["ticker"],
-                "champion": f"{r['champion'] or '-'} since {since}",
+                "champion": champion,
                 "trained to": r["trained_through"] or "-",
                 "store to": r["store_last_date"] or "-",
                 "pending": str(r["pending"]),
@@ -313,7 +334,7 @@ def render_status(rows: list[dict[str, Any]], window_days: int) -> str:
                     f"{num(r['live_rmse'])} / {num(r['naive_rmse'])} ({r['scored_days']}d)"
                 ),
                 "coverage": cov,
-                "state": "DEGRADED" if r["degraded"] else "ok",
+                "state": _state(r),
                 "next retraining": r["next_retraining"],
             }
         )
@@ -332,6 +353,7 @@ def render_status(rows: list[dict[str, Any]], window_days: int) -> str:
         for r in rows
         if r.get("not_scored")
     ]
+    lines += [f"{r['ticker']}: {r['mismatch_reason']}" for r in rows if r.get("mismatch")]
     lines += [
         f"{r['ticker']} last decision: {r['last_decision']}" for r in rows if r["last_decision"]
     ]

@@ -258,6 +258,15 @@ class PrefectAPI:
             raise self._error
 
 
+def prefect_server_url() -> str | None:
+    """The Prefect API this process is pointed at (environment, configuration or Prefect
+    profile); None: its flow runs go to a temporary local API that stops with it, and events
+    it emits reach no deployment."""
+    from prefect.settings import PREFECT_API_URL
+
+    return os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value() or None
+
+
 def start_prefect_api(settings: Settings) -> PrefectAPI:
     """Start Prefect's temporary API server (which the first flow run would start) in a
     thread, sparing it the terminal's Ctrl-C; call `wait()` on the result before a flow runs.
@@ -277,9 +286,8 @@ def start_prefect_api(settings: Settings) -> PrefectAPI:
     if settings.runtime.task_runner == "dask" or not hasattr(signal, "pthread_sigmask"):
         return api
     from prefect.server.api.server import SubprocessASGIServer  # what get_client starts
-    from prefect.settings import PREFECT_API_URL
 
-    if os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value():
+    if prefect_server_url():
         return api
     stop_orphaned_servers()
     server = SubprocessASGIServer()  # one per process: the thread's get_client starts it

@@ -275,14 +275,23 @@ def _cmd_score(args: argparse.Namespace) -> int:
     check_stored(settings, tickers or [])
     _writable(settings, args)
     preflight_tracking(settings)
+    from pipelines.runtime import prefect_server_url
+
+    served = prefect_server_url()  # before this command's own temporary API starts
     _before_flows(settings, "pipelines.monitoring", tensorflow=False)
     from pipelines.monitoring import render_status, scoring_flow, status
 
     results = scoring_flow(settings=settings, tickers=tickers)
+    event = settings.monitoring.event
     for r in results.values():
-        if r.event:
+        if not r.event:
+            continue
+        if served:
+            print(f"{r.ticker}: champion v{r.champion} degraded: emitted {event} to {served}")
+        else:  # it went to this command's temporary API: no served retraining hears it
             print(
-                f"{r.ticker}: champion v{r.champion} degraded: emitted {settings.monitoring.event}"
+                f"{r.ticker}: champion v{r.champion} degraded; no Prefect server to receive "
+                f"{event} (set PREFECT_API_URL); retrain it with: lstm-pipeline retrain"
             )
     rows = [r for r in status(settings) if tickers is None or r["ticker"] in tickers]
     print(render_status(rows, settings.monitoring.window_days))

@@ -10,13 +10,13 @@ import pandas as pd
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from pipelines import artifacts, monitoring, tasks, tracking
+from pipelines import artifacts, monitoring, provenance, tasks, tracking
 from pipelines.config import Settings
 from pipelines.errors import PipelineError
 from pipelines.flows.common import resolve_settings, run_name
 from pipelines.fsio import atomic_write
 from pipelines.runtime import quiet_tensorflow
-from pipelines.store import PriceStore
+from pipelines.store import PriceStore, as_frame
 
 # Bookkeeping columns of a forecast (the log's) left out of the printed table: the line
 # above it names the model, version and day.
@@ -26,7 +26,8 @@ _NOT_SHOWN = ("ticker", "model_name", "version", "run_id", "made_on", "target", 
 @dataclass
 class ForecastResult:
     """Per ticker: a forecast (frame, path), an unexpected error, or a refused request
-    (no champion, more days than the intervals cover: the user's to fix, exit code 2)."""
+    (no champion, one not trained on this project's prices, more days than the intervals
+    cover: the user's to fix, exit code 2)."""
 
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)
     paths: dict[str, Path] = field(default_factory=dict)
@@ -57,8 +58,13 @@ def forecast_one(settings: Settings, ticker: str, days: int) -> tuple[pd.DataFra
     name = settings.registry.name_for(ticker)
     tracking.connect(settings)
     version = _champion(settings, ticker)
+    table = PriceStore(settings.store_path).read_table(ticker)
+    # another project's champion of the same name (other prices), or another calendar's
+    mismatch = provenance.not_trained_here(settings, ticker, version, table)
+    if mismatch:
+        raise PipelineError(mismatch[1])
     model = tracking.load_model(name, settings.registry.alias)
-    history = PriceStore(settings.store_path).load(ticker)
+    history = as_frame(table)
     inputs = model.metadata.get_input_schema().input_names()  # the columns the model reads
     # recalibrate: the conformal band also learns from the days since the model's validation
     params = {"days": days, "intervals": True, "recalibrate": True}

@@ -12,12 +12,11 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from lstm_core.backtest import untrainable
-from pipelines import artifacts, monitoring, tasks, tracking
+from pipelines import artifacts, monitoring, provenance, tasks, tracking
 from pipelines.config import Settings
 from pipelines.errors import PipelineError
 from pipelines.flows.common import (
@@ -29,7 +28,7 @@ from pipelines.flows.common import (
 )
 from pipelines.flows.training import map_tickers, train_one
 from pipelines.fsio import file_lock
-from pipelines.store import Manifest, PriceStore, as_frame, describe, table_digest
+from pipelines.store import Manifest, PriceStore, as_frame, describe
 
 log = logging.getLogger("pipelines")
 
@@ -109,7 +108,7 @@ def needs_training(
     since = f"v{basis.version} ({last})"
     why = f"gained {gained} row(s) since {since}"
     if gained < settings.data.min_new_rows:
-        if not _trained_days_changed(stored, basis):
+        if not provenance.trained_days_changed(stored.table, basis):
             return False, f"{why}, need {settings.data.min_new_rows}"
         # a stored day replaced (ingest --replace, data.replace): not the data it learnt from
         why = (
@@ -118,18 +117,6 @@ def needs_training(
         )
     short = _too_few_rows(settings, stored, manifest.rows)
     return (False, short) if short else (True, why)
-
-
-def _trained_days_changed(stored: StoredRows, basis: tracking.RegisteredVersion) -> bool:
-    """Do the stored days up to `basis`'s last training date differ from the ones it was
-    trained on (its data digest)? Rows added after that date leave them as they were."""
-    last = basis.tags.get(tracking.TAG_DATA_LAST_DATE)
-    digest = basis.tags.get(tracking.TAG_DATA_DIGEST)
-    if not last or not digest:
-        return False
-    table = stored.table
-    through = pa.scalar(dt.date.fromisoformat(last), pa.date32())
-    return table_digest(table.filter(pc.less_equal(table["date"], through))) != digest
 
 
 def _decide(

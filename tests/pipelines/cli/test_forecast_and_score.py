@@ -11,7 +11,7 @@ import pytest
 from pipelines.cli import main
 from tests.conftest import SHARED_DATA
 from tests.pipelines.cli.conftest import BIN, _cli
-from tests.pipelines.conftest import price_frame, tree_bytes, write_prices
+from tests.pipelines.conftest import TINY_CONFIG, price_frame, tree_bytes, write_prices
 from tests.user_path import REPO, TINY, assert_only_progress, cli, user_env
 
 
@@ -83,6 +83,72 @@ def test_forecast_without_a_champion_names_the_way_to_one(trained_settings):
         f"({why}); to forecast with it anyway: lstm-pipeline promote --ticker TEST --version 1\n"
     )
     assert tree_bytes(forecasts) == before
+    out = _cli(project, "status")  # trained, but nothing to forecast with: not `ok`
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1].split()[-5:-3] == ["no", "champion"], out.stdout
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_forecast_refuses_another_projects_champion_of_the_same_name(
+    trained_settings, tmp_path, capsys
+):
+    """A user's test: two projects on one tracking server, the same ticker, so the same
+    registered model name: the second forecast with the first's champion (other prices,
+    another exchange's sessions) and said nothing."""
+    first = trained_settings.base_dir
+    other = tmp_path / "other"
+    # one tracking store for both, as a server would be (a SQLite file suffices to share)
+    store = f"sqlite:///{first / 'mlflow.db'}\n  artifact_location: {first / 'mlartifacts'}"
+    config = TINY_CONFIG.replace("sqlite:///mlflow.db", store)
+    (other / "mlflow.yaml").parent.mkdir()
+    (other / "mlflow.yaml").write_text(config, encoding="utf-8")
+    cfg = str(other / "mlflow.yaml")
+    prices = write_prices(other / "prices" / "TEST.csv", price_frame(120, seed=7))
+    assert main(["ingest", str(prices), "--config", cfg]) == 0
+    capsys.readouterr()
+    before = tree_bytes(other), tree_bytes(first / "data")
+    assert main(["forecast", "--ticker", "TEST", "--config", cfg]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        "error: TEST: test-TEST v1 was trained on 120 rows through 2020-06-16, not on the 120 "
+        "rows of TEST stored here through that day: it is not this project's model (another "
+        "project's on the same tracking server, or stored days replaced since): give this "
+        'project model names of its own with registry.model_name (e.g. "myproject-{ticker}"), '
+        "or train this project's own: lstm-pipeline run --ticker TEST\n"
+    )
+    # another exchange: the champion would date its forecasts on New York's sessions
+    xshg = ["--set", "data.calendar=XSHG"]
+    assert main(["forecast", "--ticker", "TEST", "--config", cfg, *xshg]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(
+        "error: TEST: test-TEST v1 was trained on 120 rows through 2020-06-16 (data.calendar "
+        "XNYS), not on the 120 rows of TEST stored here through that day (data.calendar XSHG): "
+        "it is not this project's model"
+    ), line
+    assert (tree_bytes(other), tree_bytes(first / "data")) == before
+    # status says so in the ticker's row and a line below the table
+    assert main(["status", "--config", cfg]) == 0
+    header, row, *below = capsys.readouterr().out.splitlines()
+    assert row.split()[-4] == "FOREIGN", row
+    assert below[0].startswith("TEST: test-TEST v1 was trained on 120 rows"), below
+    # the project it was trained in, but told another calendar than it was trained with
+    own = str(first / "mlflow.yaml")
+    assert main(["forecast", "--ticker", "TEST", "--config", own, *xshg]) == 2
+    assert capsys.readouterr().err == (
+        "error: TEST: test-TEST v1 was trained on these prices with data.calendar XNYS, this "
+        "project's is XSHG: its forecasts would fall on XNYS sessions: forecast with the "
+        "calendar it was trained with (data.calendar: XNYS in mlflow.yaml, or --set "
+        "data.calendar=XNYS), or train it again with XSHG: lstm-pipeline run --ticker TEST\n"
+    )
+    assert (tree_bytes(other), tree_bytes(first / "data")) == before
+    # and as it was trained: it forecasts with it as before, and its status is ok
+    assert main(["forecast", "--ticker", "TEST", "--config", own]) == 0
+    capsys.readouterr()
+    assert main(["status", "--config", own]) == 0
+    header, row, *below = capsys.readouterr().out.splitlines()
+    assert row.split()[-4] == "ok", row
+    assert not [x for x in below if x.startswith("TEST: test-TEST")], below
 
 
 def _unreadable_log_is_one_line_exit_2(project: Path, commands: tuple[str, ...]) -> None:
@@ -139,6 +205,26 @@ def test_score_an_unknown_ticker_is_one_line_exit_2_and_a_known_one_shows_alone(
     assert first_column(out) == ["TEST"] and "OTHER" not in out
 
 
+@pytest.mark.slow  # the CLI in a subprocess: CI runs it
+def test_score_without_a_prefect_server_does_not_claim_the_degraded_event_was_heard(
+    trained_settings,
+):
+    """A user's test: `score` said `emitted model.degraded` with no PREFECT_API_URL; the
+    event went to the command's own temporary API, which stopped with it."""
+    project = trained_settings.base_dir
+    # the days the champion's logged forecasts (made on the last stored day) are for
+    later = write_prices(project / "later" / "TEST.csv", price_frame(125).iloc[120:])
+    assert main(["ingest", str(later), "--config", str(project / "mlflow.yaml")]) == 0
+    strict = ["--set=monitoring.min_days=1", "--set=monitoring.max_live_ratio=0.0001"]
+    out = _cli(project, "score", *strict)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines()[0] == (
+        "TEST: champion v1 degraded; no Prefect server to receive model.degraded (set "
+        "PREFECT_API_URL); retrain it with: lstm-pipeline retrain"
+    ), out.stdout
+    assert "emitted" not in out.stdout
+
+
 def _display_width(text: str) -> int:
     """Terminal columns: East Asian wide and full-width characters take two."""
     import unicodedata
@@ -162,6 +248,9 @@ def test_the_status_table_lines_up_a_cjk_ticker_with_an_ascii_one(tiny_project, 
     words = ["ticker", "TEST", "平安银行"]
     ends = [_display_width(x[: x.index(w) + len(w)]) for x, w in zip(lines, words, strict=True)]
     assert ends == [ends[0]] * 3, out.stdout
+    # stored, never trained: said so, not `ok` (as if its model were fine), no `- since -`
+    assert [row.split()[1:3] for row in rows] == [["-", "-"]] * 2, out.stdout
+    assert [row.split()[-4] for row in rows] == ["untrained"] * 2, out.stdout
 
 
 # ---------------------------------------------------------------- trading days
@@ -194,7 +283,17 @@ def test_ping_an_forecast_days_are_shanghai_shenzhen_trading_days(tmp_path):
     settings = [*TINY, "--set=evaluation.backtest_folds=0", xshg]
     out = cli(BIN, "run", "--ticker", "PAB", *settings, cwd=project, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
+    # forecast without the calendar it was trained with: its days would be Shenzhen's, the
+    # project says New York's (scoring would match them by New York's sessions)
+    before = tree_bytes(project / "data" / "forecasts")  # run's forecast, made with XSHG
     out = cli(BIN, "forecast", "--ticker", "PAB", cwd=project, env=env, timeout=300)
+    assert (out.returncode, out.stdout) == (2, ""), out.stderr[-2000:]
+    assert out.stderr.startswith(
+        "error: PAB: lstm-PAB v1 was trained on these prices with data.calendar XSHG, this "
+        "project's is XNYS: its forecasts would fall on XSHG sessions"
+    ), out.stderr[-2000:]
+    assert tree_bytes(project / "data" / "forecasts") == before
+    out = cli(BIN, "forecast", "--ticker", "PAB", xshg, cwd=project, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     import pandas as pd
 
