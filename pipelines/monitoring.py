@@ -20,6 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pandas as pd
+import pyarrow as pa
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
@@ -27,7 +28,7 @@ from lstm_core import scoring
 from pipelines import artifacts, promotion, provenance, tracking
 from pipelines.config import Settings
 from pipelines.forecast_log import ForecastLog, rows_from_forecast
-from pipelines.store import PriceStore
+from pipelines.store import PriceStore, as_frame
 
 log = logging.getLogger("pipelines")
 
@@ -91,14 +92,22 @@ class LiveScore:
         return out
 
 
-def score(settings: Settings, ticker: str, champion: str | None) -> LiveScore:
-    """Match the ticker's log to its stored prices; figures per version (no side effects)."""
+def score(
+    settings: Settings, ticker: str, champion: str | None, table: pa.Table | None = None
+) -> LiveScore:
+    """Match the ticker's log to its stored prices; figures per version (no side effects).
+
+    `table`: the ticker's stored rows when the caller has read them already (status)."""
     logged = forecast_log(settings).read(ticker)
     result = LiveScore(ticker, champion, None, 0)
-    store = PriceStore(settings.store_path)
-    if logged.empty or store.manifest(ticker) is None:  # nothing logged, or no prices
+    if logged.empty:
         return result
-    prices = store.load(ticker)
+    if table is None:
+        store = PriceStore(settings.store_path)
+        if store.manifest(ticker) is None:  # no prices
+            return result
+        table = store.read_table(ticker)
+    prices = as_frame(table)
     name = settings.registry.name_for(ticker)
     logged = logged[logged["model_name"] == name]
     # With an exchange calendar the logged expected dates are its sessions: a forecast whose
@@ -255,16 +264,19 @@ def status(settings: Settings) -> list[dict[str, Any]]:
     tracking.connect(settings)
     upcoming = next_cron(settings)
     rows = []
-    for ticker in sorted(set(store.tickers()) | set(forecast_log(settings).tickers())):
+    logged = set(forecast_log(settings).tickers())
+    for ticker in sorted(set(store.tickers()) | logged):
         name = settings.registry.name_for(ticker)
         manifest = store.manifest(ticker)
         known = tracking.versions(name) if tracking.registered_model_exists(name) else []
         current = tracking.champion(name, settings.registry.alias) if known else None
-        result = score(settings, ticker, current.version if current else None)
+        # one read of the stored rows, for the scoring and the provenance check both
+        needed = manifest is not None and (current is not None or ticker in logged)
+        table = store.read_table(ticker) if needed else None
+        result = score(settings, ticker, current.version if current else None, table)
         w = result.window.get(current.version) if current else None
         mismatch = None  # (state, why): a champion forecast refuses, see provenance
-        if current is not None and manifest is not None:
-            table = store.read_table(ticker)
+        if current is not None and table is not None:
             mismatch = provenance.not_trained_here(settings, ticker, current, table)
         row: dict[str, Any] = {
             "ticker": ticker,

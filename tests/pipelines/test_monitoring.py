@@ -101,6 +101,25 @@ def test_forecasts_are_logged_scored_once_and_recorded(trained_settings, capsys)
     assert {"live-test", "live-test-mlflow", "training-results"} <= {a.key for a in live}
 
 
+def test_status_reads_each_tickers_stored_rows_once(trained_settings, monkeypatch):
+    """A champion with logged forecasts: `status` scores them and checks the champion's
+    provenance on one read of the ticker's Parquet table, not one read each."""
+    from pipelines import monitoring
+    from pipelines.store import PriceStore
+
+    reads: list[str] = []
+    read_table = PriceStore.read_table
+
+    def counted(self: PriceStore, ticker: str):
+        reads.append(ticker)
+        return read_table(self, ticker)
+
+    monkeypatch.setattr(PriceStore, "read_table", counted)
+    (row,) = monitoring.status(trained_settings)
+    assert row["champion"] == "v1" and row["pending"] == 3 and row["mismatch"] is None
+    assert reads == ["TEST"]
+
+
 def test_each_version_is_scored_on_its_own_forecasts(tiny_settings, tiny_project):
     from lstm_core.forecast import next_business_days
     from pipelines import monitoring
