@@ -3,6 +3,7 @@ register -> promote, one branch per ticker."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from pathlib import Path
@@ -97,100 +98,87 @@ def train_one(
 
     # the served model carries the exchange's closures after its data: serving needs no calendar
     holidays = closed_weekdays(settings.data.calendar, manifest.last_date)
-    result, ok = TickerResult(ticker=ticker), False
-
-    def left() -> str:  # what a server that stopped answering leaves: the error line says it
-        if result.version is None:
-            return "nothing was registered"
-        name = settings.registry.name_for(ticker)
-        if not ok:
-            return f"{name} version {result.version} was registered, no promotion decided"
-        return f"{name} version {result.version} was registered and " + (
-            "promoted" if result.promoted else "not promoted"
+    experiment_id = tracking.connect(settings)
+    data_tags = {
+        tracking.TAG_DATA_LAST_DATE: str(manifest.last_date),
+        tracking.TAG_DATA_DIGEST: manifest.digest,
+        tracking.TAG_DATA_ROWS: str(manifest.rows),
+    }
+    run_id = tracking.start_run(settings, experiment_id, ticker, {**data_tags, **(run_tags or {})})
+    result = TickerResult(ticker=ticker, run_id=run_id)
+    try:
+        tracking.log_params(run_id, settings, read, read_as)
+        tracking.log_dataset(
+            run_id,
+            frame,
+            source=source or str(settings.store_path / f"ticker={ticker}"),
+            digest=manifest.digest,
+            name=f"{ticker} {manifest.first_date}..{manifest.last_date}",
         )
-
-    with tracking.server_answers(f"{ticker}'s run", left):
-        experiment_id = tracking.connect(settings)
-        data_tags = {
-            tracking.TAG_DATA_LAST_DATE: str(manifest.last_date),
-            tracking.TAG_DATA_DIGEST: manifest.digest,
-            tracking.TAG_DATA_ROWS: str(manifest.rows),
-        }
-        run_id = tracking.start_run(
-            settings, experiment_id, ticker, {**data_tags, **(run_tags or {})}
+        trained = tasks.train(data, settings, run_id, ticker)
+        ev = settings.evaluation
+        log.info(
+            "%s: evaluating on %d test days (%s intervals)",
+            ticker,
+            len(data.test),
+            ev.intervals,
         )
-        result.run_id = run_id
-        try:
-            tracking.log_params(run_id, settings, read, read_as)
-            tracking.log_dataset(
-                run_id,
-                frame,
-                source=source or str(settings.store_path / f"ticker={ticker}"),
-                digest=manifest.digest,
-                name=f"{ticker} {manifest.first_date}..{manifest.last_date}",
-            )
-            trained = tasks.train(data, settings, run_id, ticker)
-            ev = settings.evaluation
+        evaluation = tasks.evaluate(trained.model, data, settings)
+        calibration = tasks.calibrate(trained.model, frames, preprocessor, settings)
+        if ev.backtest_folds > 0:
             log.info(
-                "%s: evaluating on %d test days (%s intervals)",
+                "%s: backtest: retraining %d walk-forward fold(s) of %d epoch(s)",
                 ticker,
-                len(data.test),
-                ev.intervals,
+                ev.backtest_folds,
+                ev.backtest_epochs or settings.training.epochs,
             )
-            evaluation = tasks.evaluate(trained.model, data, settings)
-            calibration = tasks.calibrate(trained.model, frames, preprocessor, settings)
-            if ev.backtest_folds > 0:
-                log.info(
-                    "%s: backtest: retraining %d walk-forward fold(s) of %d epoch(s)",
-                    ticker,
-                    ev.backtest_folds,
-                    ev.backtest_epochs or settings.training.epochs,
-                )
-            folds = tasks.backtest(frames.frame, settings) if ev.backtest_folds > 0 else None
-            figures = tasks.plots(
-                evaluation, trained.history, folds, ticker, settings.features.target
-            )
-            metrics = dict(evaluation.metrics)
-            if folds is not None and len(folds):
-                metrics["backtest_mean_skill"] = float(folds["skill"].mean())
-                metrics["backtest_mean_rmse"] = float(folds["rmse"].mean())
-            metrics["epochs_run"] = float(trained.epochs_run)
-            if calibration is not None:
-                metrics.update(calibration.metrics())
-            result.metrics = metrics
-            result.plots = tasks.log_results(run_id, metrics, figures, evaluation.predictions)
-            result.artifact_uri = tracking.artifact_uri(run_id)
+        folds = tasks.backtest(frames.frame, settings) if ev.backtest_folds > 0 else None
+        figures = tasks.plots(evaluation, trained.history, folds, ticker, settings.features.target)
+        metrics = dict(evaluation.metrics)
+        if folds is not None and len(folds):
+            metrics["backtest_mean_skill"] = float(folds["skill"].mean())
+            metrics["backtest_mean_rmse"] = float(folds["rmse"].mean())
+        metrics["epochs_run"] = float(trained.epochs_run)
+        if calibration is not None:
+            metrics.update(calibration.metrics())
+        result.metrics = metrics
+        result.plots = tasks.log_results(run_id, metrics, figures, evaluation.predictions)
+        result.artifact_uri = tracking.artifact_uri(run_id)
 
-            forecaster = Forecaster(
-                trained.model, preprocessor, calibration, holidays, max_days=ev.forecast_days
+        forecaster = Forecaster(
+            trained.model, preprocessor, calibration, holidays, max_days=ev.forecast_days
+        )
+        example = frame.tail(preprocessor.rows_needed).reset_index(drop=True)
+        with tempfile.TemporaryDirectory(prefix="lstm-") as tmp:
+            workdir = Path(tmp)
+            log.info("%s: logging the model, registering, deciding promotion", ticker)
+            model_uri = tasks.log_model(run_id, forecaster, example, workdir)
+            registered = tasks.register(
+                settings.registry.name_for(ticker),
+                model_uri,
+                run_id,
+                {tracking.TAG_TICKER: ticker, tracking.TAG_RUN_ID: run_id, **data_tags},
             )
-            example = frame.tail(preprocessor.rows_needed).reset_index(drop=True)
-            with tempfile.TemporaryDirectory(prefix="lstm-") as tmp:
-                workdir = Path(tmp)
-                log.info("%s: logging the model, registering, deciding promotion", ticker)
-                model_uri = tasks.log_model(run_id, forecaster, example, workdir)
-                registered = tasks.register(
-                    settings.registry.name_for(ticker),
-                    model_uri,
-                    run_id,
-                    {tracking.TAG_TICKER: ticker, tracking.TAG_RUN_ID: run_id, **data_tags},
-                )
-                result.version = registered.version
-                test_dates = data.test.target_dates[:, 0]
-                decision = promote(
-                    settings,
-                    ticker,
-                    registered.version,
-                    metrics,
-                    frames.frame,
-                    test_dates,
-                    data.train_end,
-                    workdir,
-                )
-            result.promoted, result.reason = decision.promote, decision.reason
-            ok = True
-        finally:
-            tracking.end_run(run_id, ok)
+            result.version = registered.version
+            test_dates = data.test.target_dates[:, 0]
+            decision = promote(
+                settings,
+                ticker,
+                registered.version,
+                metrics,
+                frames.frame,
+                test_dates,
+                data.train_end,
+                workdir,
+            )
+        result.promoted, result.reason = decision.promote, decision.reason
+    except BaseException:
+        # the run's own error is the one to tell: a tracking server that stopped answering
+        # cannot end the run either (the next command marks it FAILED: settle_orphaned_runs)
+        with contextlib.suppress(Exception):
+            tracking.end_run(run_id, False)
+        raise
+    tracking.end_run(run_id, True)
     if result.promoted:
         try:
             forecast_one(settings, ticker, settings.evaluation.forecast_days)
@@ -209,12 +197,15 @@ def map_tickers(
     kwargs: dict[str, dict[str, Any]] | None = None,
 ) -> list[TickerResult]:
     """One `branch` task per ticker (`train_ticker` unless given), called with the settings,
-    the ticker and its `kwargs`; a branch's failure is reported, not propagated."""
+    the ticker and its `kwargs`; a branch's failure is reported, not propagated, except a
+    tracking server that stopped answering: one :class:`tracking.ServerStopped` for all."""
     kwargs = kwargs or {}
     if len(tickers) == 1:
         t = tickers[0]
         try:
             return [branch.fn(settings, t, **kwargs.get(t, {}))]
+        except tracking.ServerStopped as exc:
+            raise _stopped(exc, t, [t], []) from None
         except PipelineError:
             raise
         except Exception as exc:
@@ -222,13 +213,37 @@ def map_tickers(
             return [TickerResult(ticker=t, error=f"{type(exc).__name__}: {exc}")]
     log.info("training %d tickers in parallel: %s", len(tickers), ", ".join(tickers))
     futures = [branch.submit(settings, t, **kwargs.get(t, {})) for t in tickers]
-    results = []
+    results: list[TickerResult] = []
+    stopped: tuple[tracking.ServerStopped, str] | None = None  # the first, and its ticker
+    cut: list[str] = []  # the tickers it left untrained
     for t, fut in zip(tickers, futures, strict=True):
+        # the branches already running end soon: each one's next call to the server fails
         try:
             results.append(fut.result())
+        except tracking.ServerStopped as exc:
+            stopped = stopped or (exc, t)
+            cut.append(t)
         except Exception as exc:
             results.append(TickerResult(ticker=t, error=f"{type(exc).__name__}: {exc}"))
+    if stopped is not None:
+        # a server that stopped answering answers no other ticker: one line, not one each
+        cut += [r.ticker for r in results if r.error is not None]
+        done = [r.ticker for r in results if r.error is None]
+        raise _stopped(*stopped, [t for t in tickers if t in cut], done) from None
     return results
+
+
+def _stopped(
+    exc: tracking.ServerStopped, ticker: str, cut: list[str], done: list[str]
+) -> tracking.ServerStopped:
+    """`exc` said for the command: whose run it cut, which tickers are left untrained (the
+    tasks that raise it come before a version is registered) and which were trained."""
+    left = "nothing was registered"
+    if cut != [ticker]:
+        left = f"{', '.join(cut)} not trained, {left} for them"
+    if done:
+        left += f" ({', '.join(done)} trained)"
+    return tracking.ServerStopped(exc.uri, exc.reason, f"{ticker}'s run", left)
 
 
 @flow(name="training", log_prints=False, flow_run_name="train")

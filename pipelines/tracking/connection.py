@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from pipelines.config import Settings, resolve_tracking_uri
@@ -44,7 +44,7 @@ class ServerStopped(PipelineError):
     start: :func:`_require_server`)."""
 
     def __init__(self, uri: str, reason: str, during: str = "", outcome: str = "") -> None:
-        self.uri, self.reason = uri, reason
+        self.uri, self.reason, self.during, self.outcome = uri, reason, during, outcome
         said = f"tracking server {uri} stopped answering"
         said += f" during {during}" if during else ""
         said += f" ({reason})"
@@ -54,6 +54,10 @@ class ServerStopped(PipelineError):
             f"{said}; start it again, and the next run, retrain, forecast or score marks the "
             "cut run FAILED"
         )
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str, str]]:
+        # a Dask worker's branch sends it back pickled: rebuilt from its parts, not its line
+        return type(self), (self.uri, self.reason, self.during, self.outcome)
 
 
 def _no_answer(exc: BaseException) -> str | None:
@@ -106,9 +110,6 @@ class _Answers(contextlib.ContextDecorator):
     """:func:`server_answers`: a class, not a generator, so that a task it decorates
     pickles (a Dask worker receives the task)."""
 
-    def __init__(self, during: str, outcome: Callable[[], str] | None) -> None:
-        self.during, self.outcome = during, outcome
-
     def __enter__(self) -> None:
         return None
 
@@ -121,15 +122,15 @@ class _Answers(contextlib.ContextDecorator):
         if reason is None:
             return False
         uri = exc.uri if isinstance(exc, ServerStopped) else _tracking_uri()
-        outcome = self.outcome() if self.outcome else ""
-        raise ServerStopped(uri, reason, self.during, outcome) from None
+        raise ServerStopped(uri, reason) from None
 
 
-def server_answers(during: str = "", outcome: Callable[[], str] | None = None) -> _Answers:
+def server_answers() -> _Answers:
     """Turn a failure because the tracking server stopped answering into one
-    :class:`ServerStopped` line (what was cut: `during`; what is left: `outcome()`); any other
-    error passes through. A context manager, or a decorator (the tasks that call MLflow)."""
-    return _Answers(during, outcome)
+    :class:`ServerStopped` line; any other error passes through. A decorator of the tasks
+    that call MLflow (whose caller says whose run it cut: flows.training.map_tickers), or a
+    context manager."""
+    return _Answers()
 
 
 # SQLite databases this process has opened: MLflow creates or migrates one at its first use.

@@ -19,6 +19,7 @@ import pytest
 from tests.reliability.conftest import (
     BIN,
     MODEL,
+    STORED_ROWS,
     TICKER,
     cli,
     cli_env,
@@ -209,5 +210,104 @@ def test_server_killed_while_run_trains_is_one_line_exit_2(tmp_path):
         exp = client.get_experiment_by_name("tests")
         runs = client.search_runs([exp.experiment_id])
         assert [r.info.status for r in runs] == ["FAILED"], score.stderr
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow  # two trainings in a subprocess, their server killed, restarted
+def test_server_killed_while_two_tickers_train_is_one_line_exit_2(tmp_path):
+    """`run` of two tickers whose tracking server stops mid-training: a server that stopped
+    answering one ticker answers neither, so one line naming the server and both untrained
+    tickers, exit 2, no FAILED line per ticker; the next command marks both runs FAILED."""
+    from mlflow import MlflowClient
+
+    from pipelines.servers import start_mlflow_server
+    from tests.pipelines.conftest import price_frame, write_prices
+    from tests.user_path import PROGRESS_LINE, user_env
+
+    project = new_project(tmp_path / "project")
+    write_prices(project / "prices" / "TWO.csv", price_frame(STORED_ROWS, seed=1))
+    server = start_mlflow_server(tmp_path / "server", timeout=180, **_proxied(tmp_path))
+    port = int(server.url.rsplit(":", 1)[1])
+    config = project / "mlflow.yaml"
+    config.write_text(config.read_text().replace("sqlite:///mlflow.db", server.url))
+    env = user_env(keep_pythonpath=True)
+    for name in (TICKER, "TWO"):
+        ingest = subprocess.run(
+            [str(BIN), "ingest", f"prices/{name}.csv"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert ingest.returncode == 0, ingest.stderr[-3000:]
+    out = tmp_path / "stdout.txt"
+    lines: list[str] = []
+    seen: set[str] = set()
+    training = threading.Event()
+    try:
+        with out.open("w") as stdout:
+            proc = subprocess.Popen(
+                [
+                    str(BIN),
+                    "run",
+                    f"--ticker={TICKER}",
+                    "--ticker=TWO",
+                    "--set=training.epochs=1000",
+                    "--set=evaluation.backtest_folds=0",
+                ],
+                cwd=project,
+                env=env,
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+
+        def read() -> None:
+            for line in proc.stderr:
+                lines.append(line.rstrip("\n"))
+                for name in (TICKER, "TWO"):
+                    if f" {name} epoch 1/1000 " in line:
+                        seen.add(name)
+                if len(seen) == 2:
+                    training.set()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            assert training.wait(600), "\n".join(lines[-20:])
+            server.stop()  # both tickers are training
+            t0 = time.monotonic()
+            code = proc.wait(timeout=300)
+            took = time.monotonic() - t0
+            reader.join(timeout=30)
+        finally:
+            kill_group(proc)
+        err = "\n".join(lines)
+        print(f"exit {code} {took:.1f} s after the kill; stderr:\n{err}")
+        assert code == 2, err[-5000:]
+        assert out.read_text() == ""  # no `TEST: FAILED: ...` per ticker
+        assert "Traceback" not in err and "Retrying" not in err, err[-5000:]
+        noise = [line for line in lines if not PROGRESS_LINE.match(line)]
+        assert noise == [lines[-1]], err[-5000:]
+        said = lines[-1]
+        assert said.startswith(f"error: tracking server {server.url} stopped answering "), said
+        assert f"{TICKER}, TWO not trained, nothing was registered" in said, said
+
+        server = start_mlflow_server(
+            tmp_path / "server", port=port, timeout=180, **_proxied(tmp_path)
+        )
+        client = MlflowClient(server.url, server.url)
+        for name in (MODEL, "test-TWO"):
+            assert client.search_model_versions(f"name = '{name}'") == []
+        score = subprocess.run(  # as the error line says: the next command settles the runs
+            [str(BIN), "score"], cwd=project, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert score.returncode == 0, score.stderr[-3000:]
+        exp = client.get_experiment_by_name("tests")
+        runs = client.search_runs([exp.experiment_id])
+        assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED"], score.stderr
     finally:
         server.stop()

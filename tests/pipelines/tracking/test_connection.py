@@ -28,19 +28,34 @@ def test_a_refused_connection_is_one_line_naming_the_server(no_retries, monkeypa
         sock.bind(("127.0.0.1", 0))
         uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
     monkeypatch.setattr("pipelines.tracking.connection._tracking_uri", lambda: uri)
-    said = server_answers("A's run", lambda: "nothing was registered")
-    with pytest.raises(ServerStopped) as caught, said:
+    with pytest.raises(ServerStopped) as caught, server_answers():
         _get_run(uri)
     # urllib3's NewConnectionError is a ConnectTimeoutError: the socket's reason wins
     assert str(caught.value).startswith(
-        f"tracking server {uri} stopped answering during A's run (connection refused): "
-        "nothing was registered; start it again"
+        f"tracking server {uri} stopped answering (connection refused); start it again"
     )
     assert caught.value.__suppress_context__  # one line: no chained traceback
-    # a task's error, said again by the run that holds it, keeps the server and reason
-    again = pytest.raises(ServerStopped, match=r"during B's run \(connection refused\)")
-    with again, server_answers("B's run"):
+    # a task's error passing another task's decorator keeps the server and reason
+    with pytest.raises(ServerStopped) as again, server_answers():
         server_answers()(_get_run)(uri)
+    assert (again.value.uri, again.value.reason) == (uri, "connection refused")
+
+
+def test_server_stopped_says_whose_run_and_what_is_left_and_pickles():
+    """The line the training's caller words (flows.training.map_tickers), the same after a
+    Dask worker sends it back pickled."""
+    import pickle
+
+    from pipelines.tracking import ServerStopped
+
+    said = ServerStopped("http://h:1", "connection refused", "A's run", "nothing was registered")
+    assert str(said).startswith(
+        "tracking server http://h:1 stopped answering during A's run (connection refused): "
+        "nothing was registered; start it again"
+    )
+    back = pickle.loads(pickle.dumps(said))
+    assert type(back) is ServerStopped and str(back) == str(said)
+    assert (back.uri, back.reason) == (said.uri, said.reason)
 
 
 def test_a_server_that_accepts_but_never_answers_is_no_answer_in_time(no_retries, monkeypatch):
