@@ -23,14 +23,20 @@ def rows_through(table: pa.Table, last: str) -> pa.Table:
     return table.filter(pc.less_equal(table["date"], through))
 
 
+def digest_through(table: pa.Table, last: str) -> str:
+    """The digest of the stored rows up to `last`: rows added after that day leave it as it
+    was, a day replaced up to it changes it."""
+    return table_digest(rows_through(table, last))
+
+
 def trained_days_changed(table: pa.Table, version: tracking.RegisteredVersion) -> bool:
     """Do the stored days up to `version`'s last training date differ from the ones it was
-    trained on (its data digest)? Rows added after that date leave them as they were."""
+    trained on (its data digest)?"""
     last = version.tags.get(tracking.TAG_DATA_LAST_DATE)
     digest = version.tags.get(tracking.TAG_DATA_DIGEST)
     if not last or not digest:
         return False
-    return table_digest(rows_through(table, last)) != digest
+    return digest_through(table, last) != digest
 
 
 def _calendar(name: str | None) -> str:

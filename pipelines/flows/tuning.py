@@ -12,7 +12,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from pipelines import tasks, tracking, tuning
+from pipelines import provenance, tasks, tracking, tuning
 from pipelines.config import Settings
 from pipelines.flows.common import TickerResult, resolve_settings
 from pipelines.flows.training import train_one
@@ -88,8 +88,16 @@ def study(
     workers: int | None,
 ) -> tuning.StudyResult:
     frame, manifest = tasks.load_prices(settings, ticker)
+    store = PriceStore(settings.store_path)
     return tuning.run_study(
-        settings, ticker, frame, str(manifest.last_date), trials, timeout_minutes, workers
+        settings,
+        ticker,
+        frame,
+        str(manifest.last_date),
+        trials,
+        timeout_minutes,
+        workers,
+        digest_through=lambda day: provenance.digest_through(store.read_table(ticker), day),
     )
 
 

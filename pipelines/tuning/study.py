@@ -8,12 +8,13 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from lstm_core.data import split_frame
+from lstm_core.data import DATE_COLUMN, split_frame
 from pipelines import tracking
 from pipelines.config import SearchParam, Settings
 from pipelines.errors import PipelineError
@@ -123,19 +124,21 @@ def run_study(
     trials: int | None = None,
     timeout_minutes: float | None = None,
     workers: int | None = None,
+    digest_through: Callable[[str], str] | None = None,
 ) -> StudyResult:
     """Run (or continue) the ticker's study on `frame`'s training and validation parts.
 
     `frame` is the ticker's full price history; it is split chronologically as training
-    does, and the rows of the test part are dropped here, before any trial exists.
+    does, and the rows of the test part are dropped here, before any trial exists. A resumed
+    study's trials see the prices it began on (:func:`_prices_it_began_on`);
+    `digest_through(day)`, the digest of the stored rows up to an ISO day, tells whether those
+    were replaced since (None: not checked).
     """
 
     t = settings.tuning
     trials = trials or t.trials
     timeout = (timeout_minutes or t.timeout_minutes or 0) * 60 or None
     workers = max(1, min(workers or t.workers, trials))
-    frames = split_frame(frame, settings.evaluation)
-    seen = frames.frame.iloc[: frames.val_end].copy()  # the test rows stop here
 
     experiment_id = tracking.connect(settings)
     study = load_study(settings, ticker)
@@ -145,7 +148,9 @@ def run_study(
     resumed = len(study.trials) > 0
     if not resumed:
         study.set_user_attr("ticker", ticker)
-        study.set_user_attr("data_last_date", data_last_date)
+        study.set_user_attr(DATA_LAST_DATE, data_last_date)
+        if digest_through is not None:
+            study.set_user_attr(DATA_DIGEST, digest_through(data_last_date))
         study.set_user_attr(MADE_UNDER, made_under(settings))
         _enqueue_default(study, settings)
     elif MADE_UNDER not in study.user_attrs:
@@ -154,14 +159,12 @@ def run_study(
         study.set_user_attr(MADE_UNDER, made_under(settings))
     else:
         refuse_other_settings(settings, ticker, study.user_attrs[MADE_UNDER])
-    if resumed and study.user_attrs.get("data_last_date") != data_last_date:
-        log.warning(
-            "%s: study %s began on data to %s, now %s: earlier trials saw another split",
-            ticker,
-            study.study_name,
-            study.user_attrs.get("data_last_date"),
-            data_last_date,
-        )
+    began = study.user_attrs.get(DATA_LAST_DATE, data_last_date)
+    if began != data_last_date:
+        frame = _prices_it_began_on(settings, study, frame, began, data_last_date, digest_through)
+        data_last_date = began
+    frames = split_frame(frame, settings.evaluation)
+    seen = frames.frame.iloc[: frames.val_end].copy()  # the test rows stop here
     parent = study.user_attrs.get("mlflow_parent_run_id")
     if not (parent and tracking.reopen_run(parent, experiment_id)):
         params = {
@@ -255,6 +258,43 @@ def run_study(
 # The chronological split: which rows train a trial and which score it.
 SPLIT_KEYS = ("evaluation.val_fraction", "evaluation.test_fraction")
 MADE_UNDER = "made_under"  # the study's user attribute holding made_under()
+DATA_LAST_DATE = "data_last_date"  # the last stored day when the study began
+DATA_DIGEST = "data_digest"  # the digest of the stored rows through that day
+
+
+def _prices_it_began_on(
+    settings: Settings,
+    study: Any,
+    frame: pd.DataFrame,
+    began: str,
+    now: str,
+    digest_through: Callable[[str], str] | None,
+) -> pd.DataFrame:
+    """The rows of `frame` through `began`: a resumed study's trials train and score on the
+    split its earlier trials had, so that all of them compare; the days stored since are the
+    retraining's after the study. Refused when stored days up to `began` were replaced."""
+    ticker = study.user_attrs.get("ticker", "")
+    recorded = study.user_attrs.get(DATA_DIGEST)
+    if recorded and digest_through is not None and digest_through(began) != recorded:
+        raise PipelineError(
+            f"study {study.study_name} began on {ticker}'s prices through {began}, and stored "
+            f"days up to it were replaced since: its trials would not compare with new ones: "
+            + _own_study_or_delete(settings, ticker, "the stored prices", now)
+        )
+    kept = frame[frame[DATE_COLUMN] <= pd.Timestamp(began)]
+    log.info(
+        "%s: study %s continues on the prices it began on, through %s, so that its trials "
+        "compare: the %d day(s) stored since are not used by its trials (the best "
+        "configuration is retrained on all of them; a study of all stored days: --set "
+        "tuning.study=%s-%s)",
+        ticker,
+        study.study_name,
+        began,
+        len(frame) - len(kept),
+        settings.tuning.study,
+        now,
+    )
+    return kept
 
 
 def _fixed(key: str, space: dict[str, SearchParam]) -> bool:
@@ -305,23 +345,32 @@ def refuse_other_settings(settings: Settings, ticker: str, before: dict[str, str
     the keys that differ, a study name of the new settings' own and how to delete the old."""
     import hashlib
     import json
-    import shlex
 
     now = made_under(settings)
     diffs = _differences(before, now)
     if not diffs:
         return
-    name = settings.tuning.study_for(ticker)
     shown = ", ".join(diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
     # the same settings get the same name, so running with it again continues that study
     digest = hashlib.sha256(json.dumps(now, sort_keys=True).encode()).hexdigest()[:6]
+    raise PipelineError(
+        f"study {settings.tuning.study_for(ticker)} was made with other settings: {shown}; its "
+        f"trials would not compare with new ones: "
+        + _own_study_or_delete(settings, ticker, "these settings", digest)
+    )
+
+
+def _own_study_or_delete(settings: Settings, ticker: str, what: str, suffix: str) -> str:
+    """The way out of a study whose trials would not compare with new ones."""
+    import shlex
+
+    name = settings.tuning.study_for(ticker)
     url = storage_url(settings)
     backend = "" if "://" in url else " --storage-class JournalFileBackend"
-    raise PipelineError(
-        f"study {name} was made with other settings: {shown}; its trials would not compare "
-        f"with new ones: give these settings a study of their own "
-        f"(--set tuning.study={settings.tuning.study}-{digest}), or delete it: optuna "
-        f"delete-study{backend} --storage {shlex.quote(url)} --study-name {shlex.quote(name)}"
+    return (
+        f"give {what} a study of their own (--set tuning.study={settings.tuning.study}-{suffix}), "
+        f"or delete it: optuna delete-study{backend} --storage {shlex.quote(url)} "
+        f"--study-name {shlex.quote(name)}"
     )
 
 

@@ -208,3 +208,32 @@ def test_tune_again_continues_only_its_own_settings_and_registers_a_best_once(ti
     # a space beyond the stored series is refused before the study (a stored configured ticker)
     wide = tune("--set", "tuning.space={features.lookback: {low: 3, high: 100}}")
     assert wide.returncode == 2 and "allow a lookback of at most" in wide.stderr, wide.stderr
+
+    # New days stored: the study goes on with the prices it began on (its trials compare), and
+    # the best is retrained on every stored day. A day replaced before that: one line, exit 2.
+    from tests.pipelines.conftest import price_frame, write_prices
+
+    write_prices(tiny_project / "prices" / "TEST.csv", price_frame(130))
+    assert (
+        cli(
+            bin_, "ingest", "prices/TEST.csv", "--ticker", "TEST", cwd=tiny_project, env=env
+        ).returncode
+        == 0
+    )
+    newer = tune()
+    assert newer.returncode == 0, newer.stderr[-3000:]
+    assert "continues on the prices it began on, through 2020-06-16" in newer.stderr, newer.stderr
+    assert "the 10 day(s) stored since are not used by its trials" in newer.stderr
+    assert "registered test-TEST version 3" in newer.stdout
+    replaced = price_frame(130)
+    replaced.loc[5, ["Open", "High", "Low", "Close"]] *= 1.01  # a day corrected
+    write_prices(tiny_project / "prices" / "TEST.csv", replaced)
+    args = ("ingest", "prices/TEST.csv", "--ticker", "TEST", "--replace")
+    assert cli(bin_, *args, cwd=tiny_project, env=env).returncode == 0
+    trials = len(optuna.load_study(study_name="tune-TEST", storage=open_storage(settings)).trials)
+    refused = tune()
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    [line] = refused.stderr.strip().splitlines()
+    assert "began on TEST's prices through 2020-06-16" in line and "replaced since" in line, line
+    study = optuna.load_study(study_name="tune-TEST", storage=open_storage(settings))
+    assert len(study.trials) == trials

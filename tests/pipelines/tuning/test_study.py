@@ -234,6 +234,52 @@ def test_same_objective_on_the_unpoisoned_frame_scores_the_same(searched, tmp_pa
     assert math.isclose(again.default_value, first.default_value, rel_tol=1e-6)
 
 
+def test_a_study_resumed_after_new_days_keeps_the_split_its_trials_had(tmp_path, caplog):
+    """New days in the store: the resumed study's trials train and score on the prices it
+    began on, so the same configuration scores the same as before and the best compares like
+    with like; days replaced up to where it began are refused in one line, nothing run."""
+    import logging
+
+    from pipelines import tuning
+    from pipelines.errors import PipelineError
+
+    settings = tuning_settings(tmp_path, TUNING.replace("trials: 3", "trials: 1"))
+    full = price_frame(140).rename(columns=str.lower)
+    full["date"] = pd.to_datetime(full["date"])
+    stored = {"frame": full.iloc[:120]}  # the store as it is at each call
+
+    def digest_through(day: str) -> str:
+        rows = stored["frame"][stored["frame"]["date"] <= pd.Timestamp(day)]
+        return str(pd.util.hash_pandas_object(rows, index=False).sum())
+
+    first = tuning.run_study(
+        settings, "TEST", stored["frame"], "2020-06-16", digest_through=digest_through
+    )
+    study = tuning.load_study(settings, "TEST")
+    study.enqueue_trial(study.trials[0].params)  # the same configuration again
+    stored["frame"] = full  # 20 new days stored
+    last = str(full["date"].iloc[-1].date())
+    with caplog.at_level(logging.INFO, logger="pipelines"):
+        second = tuning.run_study(settings, "TEST", full, last, digest_through=digest_through)
+    trials = tuning.load_study(settings, "TEST").trials
+    assert math.isclose(trials[1].value, trials[0].value, rel_tol=1e-6)
+    assert second.parent_run_id == first.parent_run_id
+    assert "continues on the prices it began on, through 2020-06-16" in caplog.text
+    assert "the 20 day(s) stored since are not used by its trials" in caplog.text
+    parent = _client().get_run(first.parent_run_id)
+    assert parent.info.run_name.startswith("tune TEST 2020-06-16 ")
+
+    replaced = full.copy()
+    replaced.loc[10, "close"] *= 1.05  # a stored day before 2020-06-16 replaced
+    stored["frame"] = replaced
+    with pytest.raises(PipelineError) as refused:
+        tuning.run_study(settings, "TEST", replaced, last, digest_through=digest_through)
+    line = str(refused.value)
+    assert "began on TEST's prices through 2020-06-16" in line and "replaced since" in line
+    assert f"--set tuning.study=tune-{{ticker}}-{last}" in line and "optuna delete-study" in line
+    assert len(tuning.load_study(settings, "TEST").trials) == len(trials)
+
+
 # ---------------------------------------------------------------- the command line
 
 
