@@ -34,6 +34,7 @@ from pipelines.store import Manifest, PriceStore, describe
 log = logging.getLogger("pipelines")
 
 
+@tracking.server_answers()
 def _promote(
     settings: Settings,
     ticker: str,
@@ -172,11 +173,15 @@ def train_one(
                 workdir,
             )
         result.promoted, result.reason = decision.promote, decision.reason
-    except BaseException:
+    except BaseException as exc:
         # the run's own error is the one to tell: a tracking server that stopped answering
         # cannot end the run either (the next command marks it FAILED: settle_orphaned_runs)
         with contextlib.suppress(Exception):
             tracking.end_run(run_id, False)
+        if isinstance(exc, tracking.ServerStopped) and result.version is not None:
+            name = settings.registry.name_for(ticker)
+            left = f"{name} version {result.version} was registered, no promotion decided"
+            raise tracking.ServerStopped(exc.uri, exc.reason, outcome=left) from None
         raise
     tracking.end_run(run_id, True)
     if result.promoted:
@@ -205,7 +210,7 @@ def map_tickers(
         try:
             return [branch.fn(settings, t, **kwargs.get(t, {}))]
         except tracking.ServerStopped as exc:
-            raise _stopped(exc, t, [t], []) from None
+            raise _stopped([(t, exc)], [t], []) from None
         except PipelineError:
             raise
         except Exception as exc:
@@ -214,33 +219,34 @@ def map_tickers(
     log.info("training %d tickers in parallel: %s", len(tickers), ", ".join(tickers))
     futures = [branch.submit(settings, t, **kwargs.get(t, {})) for t in tickers]
     results: list[TickerResult] = []
-    stopped: tuple[tracking.ServerStopped, str] | None = None  # the first, and its ticker
-    cut: list[str] = []  # the tickers it left untrained
+    stopped: list[tuple[str, tracking.ServerStopped]] = []  # the cut runs, first first
     for t, fut in zip(tickers, futures, strict=True):
         # the branches already running end soon: each one's next call to the server fails
         try:
             results.append(fut.result())
         except tracking.ServerStopped as exc:
-            stopped = stopped or (exc, t)
-            cut.append(t)
+            stopped.append((t, exc))
         except Exception as exc:
             results.append(TickerResult(ticker=t, error=f"{type(exc).__name__}: {exc}"))
-    if stopped is not None:
+    if stopped:
         # a server that stopped answering answers no other ticker: one line, not one each
-        cut += [r.ticker for r in results if r.error is not None]
+        cut = {t for t, _ in stopped} | {r.ticker for r in results if r.error is not None}
         done = [r.ticker for r in results if r.error is None]
-        raise _stopped(*stopped, [t for t in tickers if t in cut], done) from None
+        raise _stopped(stopped, [t for t in tickers if t in cut], done) from None
     return results
 
 
 def _stopped(
-    exc: tracking.ServerStopped, ticker: str, cut: list[str], done: list[str]
+    stopped: list[tuple[str, tracking.ServerStopped]], cut: list[str], done: list[str]
 ) -> tracking.ServerStopped:
-    """`exc` said for the command: whose run it cut, which tickers are left untrained (the
-    tasks that raise it come before a version is registered) and which were trained."""
-    left = "nothing was registered"
+    """The first cut run's error said for the command: whose run it cut, which tickers are
+    left untrained, what their runs left registered (a version not yet promoted, or nothing)
+    and which were trained."""
+    ticker, exc = stopped[0]
+    registered = "; ".join(e.outcome for _, e in stopped if e.outcome)
+    left = registered or "nothing was registered"
     if cut != [ticker]:
-        left = f"{', '.join(cut)} not trained, {left} for them"
+        left = f"{', '.join(cut)} not trained, " + (registered or "nothing was registered for them")
     if done:
         left += f" ({', '.join(done)} trained)"
     return tracking.ServerStopped(exc.uri, exc.reason, f"{ticker}'s run", left)

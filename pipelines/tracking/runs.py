@@ -21,7 +21,7 @@ from pipelines import DISTRIBUTION
 from pipelines.config import Settings
 from pipelines.retries import note_retry
 from pipelines.run_owner import TAG_SETTLED, owner_tags
-from pipelines.tracking.connection import _client, connect
+from pipelines.tracking.connection import _client, connect, server_answers
 
 # Run tags every kind of run may carry (training, tuning, monitoring, forecast).
 TAG_TICKER = "ticker"
@@ -74,6 +74,7 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+@server_answers()
 def start_run(
     settings: Settings, experiment_id: str, ticker: str, data_tags: Mapping[str, str]
 ) -> str:
@@ -93,6 +94,7 @@ def start_run(
     return run.info.run_id
 
 
+@server_answers()
 def log_params(
     run_id: str, settings: Settings, read: Sequence[str] = (), read_as: str | None = None
 ) -> None:
@@ -167,6 +169,7 @@ def write_json_artifact(run_id: str, payload: Mapping[str, Any], artifact_file: 
         _client().log_artifact(run_id, str(local), None if parent == "." else parent)
 
 
+@server_answers()
 def log_dataset(
     run_id: str,
     frame: pd.DataFrame,
@@ -209,6 +212,7 @@ def _is_duplicate_key(exc: BaseException) -> bool:
     )
 
 
+@server_answers()
 def end_run(run_id: str, ok: bool) -> None:
     _client().set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
@@ -253,6 +257,7 @@ def run_metrics(run_id: str) -> dict[str, float]:
     return dict(_client().get_run(run_id).data.metrics)
 
 
+@server_answers()
 def artifact_uri(run_id: str) -> str:
     return _client().get_run(run_id).info.artifact_uri
 

@@ -112,3 +112,35 @@ def test_a_file_refused_inside_the_flow_leaves_the_store_as_it_was(tiny_project,
     pd.testing.assert_frame_equal(after, before)
     assert set(after["ticker"].astype(str)) == {"TEST"}
     assert not (store / "ticker=NEW").exists()
+
+
+def test_a_server_that_stops_at_promotion_says_the_version_it_left(trained_settings, monkeypatch):
+    """The tracking server stops answering after the version is registered: one
+    ServerStopped line for the command, saying the version was registered and no promotion
+    decided (not "nothing was registered"), and the run is not left FINISHED."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from pipelines import tracking
+    from pipelines.flows import training, training_flow
+
+    def refused(*args, **kwargs):
+        # as MLflow's client raises it when the server's port refuses connections
+        raise MlflowException("API request failed") from ConnectionRefusedError(111, "refused")
+
+    monkeypatch.setattr(training.promotion, "promote", refused)
+    with pytest.raises(tracking.ServerStopped) as stopped:
+        training_flow(settings=trained_settings, tickers=["TEST"])
+    line = str(stopped.value)
+    assert "during TEST's run (connection refused)" in line, line
+    assert "test-TEST version 2 was registered, no promotion decided" in line, line
+    assert "nothing was registered" not in line
+    tracking.connect(trained_settings)
+    assert tracking.champion("test-TEST", "champion").version == "1"
+    [run] = MlflowClient().search_runs(
+        [tracking.connect(trained_settings)],
+        "tags.kind = 'training'",
+        order_by=["start_time DESC"],
+        max_results=1,
+    )
+    assert run.info.status == "FAILED"

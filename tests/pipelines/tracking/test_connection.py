@@ -81,3 +81,39 @@ def test_other_errors_pass_through():
         raise PipelineError("bad input")
     with pytest.raises(KeyboardInterrupt), server_answers():
         raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    "call", ["start_run", "log_params", "log_dataset", "end_run", "artifact_uri"]
+)
+def test_every_call_of_a_training_run_names_a_server_that_stopped(no_retries, tmp_path, call):
+    """Not only the tasks: the run's own MLflow calls in flows.training.train_one say so too."""
+    import mlflow
+    import pandas as pd
+
+    from pipelines import tracking
+    from pipelines.config import load_settings
+    from tests.pipelines.conftest import TINY_CONFIG
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    (tmp_path / "mlflow.yaml").write_text(TINY_CONFIG, encoding="utf-8")
+    settings = load_settings(tmp_path / "mlflow.yaml", env={})
+    frame = pd.DataFrame({"date": pd.to_datetime(["2020-01-02"]), "open": [1.0]})
+    calls = {
+        "start_run": lambda: tracking.start_run(settings, "1", "TEST", {}),
+        "log_params": lambda: tracking.log_params("0" * 32, settings),
+        "log_dataset": lambda: tracking.log_dataset(
+            "0" * 32, frame, source="x", digest="d", name="n"
+        ),
+        "end_run": lambda: tracking.end_run("0" * 32, True),
+        "artifact_uri": lambda: tracking.artifact_uri("0" * 32),
+    }
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with pytest.raises(tracking.ServerStopped, match="connection refused"):
+            calls[call]()
+    finally:
+        mlflow.set_tracking_uri(previous)
