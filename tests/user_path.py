@@ -6,10 +6,15 @@ virtual environment): a clean environment, tiny model settings, and the output c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
+from typing import IO
 
 from pipelines.runtime import _DEFAULTS
 
@@ -69,6 +74,81 @@ def cli(
         timeout=timeout,
         check=False,
     )
+
+
+class Started:
+    """A command started as a terminal starts it, in a session (process group) of its own,
+    its stderr lines collected by a thread as they come.
+
+    `seen` is set at the first line that matches `until`; used as a context manager, the
+    process group is killed on the way out (a no-op once it has ended).
+    """
+
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        cwd: Path,
+        env: dict[str, str],
+        until: str | None = None,
+        stdout: int | IO[str] = subprocess.DEVNULL,
+    ) -> None:
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.pid = self.proc.pid  # also its process group's id
+        self.lines: list[str] = []
+        self.seen = threading.Event()
+        self._until = re.compile(until) if until else None
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            if self._until is not None and self._until.search(line):
+                self.seen.set()
+
+    def wait_seen(self, timeout: float) -> None:
+        """Wait for the `until` line; fail with the last lines if the command ends or
+        `timeout` seconds pass without it."""
+        deadline = time.monotonic() + timeout
+        while not self.seen.wait(0.2):
+            if self.proc.poll() is not None:
+                self._reader.join(timeout=30)  # a last line may still be in the pipe
+                break
+            if time.monotonic() > deadline:
+                break
+        assert self.seen.is_set(), "\n".join(self.lines[-20:])
+
+    def finish(self, timeout: float) -> int:
+        """Wait for the command's exit code and for the rest of its stderr."""
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=30)
+        return code
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.lines)
+
+    def kill(self) -> None:
+        """SIGKILL what is left of the process group (the command, Prefect's server)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def __enter__(self) -> Started:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
 
 
 def assert_only_progress(proc: subprocess.CompletedProcess[str]) -> None:

@@ -143,7 +143,7 @@ def test_server_killed_while_run_trains_is_one_line_exit_2(tmp_path):
     from mlflow import MlflowClient
 
     from pipelines.servers import start_mlflow_server
-    from tests.user_path import PROGRESS_LINE, user_env
+    from tests.user_path import PROGRESS_LINE, Started, user_env
 
     project = new_project(tmp_path / "project")
     server = start_mlflow_server(tmp_path / "server", timeout=180, **_proxied(tmp_path))
@@ -152,42 +152,18 @@ def test_server_killed_while_run_trains_is_one_line_exit_2(tmp_path):
     config.write_text(config.read_text().replace("sqlite:///mlflow.db", server.url))
     env = user_env(keep_pythonpath=True)
     out = tmp_path / "stdout.txt"
-    lines: list[str] = []
-    training = threading.Event()
     try:
-        with out.open("w") as stdout:
-            proc = subprocess.Popen(
-                [
-                    str(BIN),
-                    "run",
-                    "--set=training.epochs=1000",
-                    "--set=evaluation.backtest_folds=0",
-                ],
-                cwd=project,
-                env=env,
-                stdout=stdout,
-                stderr=subprocess.PIPE,
-                text=True,
-                start_new_session=True,
-            )
-
-        def read() -> None:
-            for line in proc.stderr:
-                lines.append(line.rstrip("\n"))
-                if " epoch 1/1000 " in line:
-                    training.set()
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        try:
-            assert training.wait(600), "\n".join(lines[-20:])
+        run = [str(BIN), "run", "--set=training.epochs=1000", "--set=evaluation.backtest_folds=0"]
+        with (
+            out.open("w") as stdout,
+            Started(run, cwd=project, env=env, until=" epoch 1/1000 ", stdout=stdout) as cmd,
+        ):
+            cmd.wait_seen(600)
             server.stop()  # the whole group, as the user's kill did
             t0 = time.monotonic()
-            code = proc.wait(timeout=300)
+            code = cmd.finish(timeout=300)
             took = time.monotonic() - t0
-            reader.join(timeout=30)
-        finally:
-            kill_group(proc)
+        lines = cmd.lines
         err = "\n".join(lines)
         print(f"exit {code} {took:.1f} s after the kill; stderr:\n{err}")
         assert code == 2, err[-5000:]

@@ -16,6 +16,16 @@ pytestmark = pytest.mark.servers
 URI = f"models:/{MODEL_NAME}@champion"
 
 
+def _post(server, body: dict) -> urllib.request.Request:
+    """A JSON POST to the model server's /invocations."""
+    return urllib.request.Request(
+        f"{server.url}/invocations",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+
+
 @pytest.fixture(scope="module")
 def model_server(trained, mlflow_server, tmp_path_factory):
     server = start_model_server(
@@ -45,14 +55,8 @@ def test_invocations_match_in_process_predict(trained, mlflow_server, model_serv
     payload = stored[["volume", "close", "high", "low", "open", "date"]].assign(
         date=pd.to_datetime(stored["date"]).dt.strftime("%Y-%m-%d")
     )
-    body = json.dumps({"dataframe_split": payload.to_dict(orient="split", index=False)})
-    request = urllib.request.Request(
-        f"{model_server.url}/invocations",
-        data=body.encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=120) as resp:
+    body = {"dataframe_split": payload.to_dict(orient="split", index=False)}
+    with urllib.request.urlopen(_post(model_server, body), timeout=120) as resp:
         assert resp.status == 200
         payload = json.loads(resp.read())
     served = pd.DataFrame(payload["predictions"])
@@ -78,16 +82,8 @@ def test_served_intervals_match_in_process_bands(trained, mlflow_server, model_s
     assert {"lower_80", "upper_80", "lower_95", "upper_95"} <= set(expected.columns)
 
     payload = recent.assign(date=pd.to_datetime(recent["date"]).dt.strftime("%Y-%m-%d"))
-    body = json.dumps(
-        {"dataframe_split": payload.to_dict(orient="split", index=False), "params": params}
-    )
-    request = urllib.request.Request(
-        f"{model_server.url}/invocations",
-        data=body.encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=120) as resp:
+    body = {"dataframe_split": payload.to_dict(orient="split", index=False), "params": params}
+    with urllib.request.urlopen(_post(model_server, body), timeout=120) as resp:
         served = pd.DataFrame(json.loads(resp.read())["predictions"])
     assert len(served) == 3
     for col in ("forecast", "lower_80", "upper_80", "lower_95", "upper_95"):
@@ -100,14 +96,8 @@ def test_invocations_with_too_few_rows_say_how_many_are_needed(trained, model_se
     settings, _ = trained
     need = settings.features.lookback + 1  # + 1 for log returns
     frame = {"columns": ["date", "open"], "data": [["2020-01-01", 1.0]] * 1}
-    request = urllib.request.Request(
-        f"{model_server.url}/invocations",
-        data=json.dumps({"dataframe_split": frame}).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
     with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(request, timeout=120)
+        urllib.request.urlopen(_post(model_server, {"dataframe_split": frame}), timeout=120)
     message = json.loads(err.value.read())["message"]
     assert f"history has 1 rows, needs at least {need}" in message, message
 
@@ -129,12 +119,7 @@ def test_served_days_are_bounded_with_or_without_intervals_and_null_is_a_default
 
     def post(params: dict) -> urllib.request.Request:
         body = {"dataframe_split": recent.to_dict(orient="split", index=False), "params": params}
-        return urllib.request.Request(
-            f"{model_server.url}/invocations",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
+        return _post(model_server, body)
 
     for params in ({"days": 4}, {"days": 4, "intervals": True}):
         with pytest.raises(urllib.error.HTTPError) as err:
@@ -151,3 +136,37 @@ def test_served_days_are_bounded_with_or_without_intervals_and_null_is_a_default
         assert resp.status == 200
         served = pd.DataFrame(json.loads(resp.read())["predictions"])
     assert list(served.columns) == ["date", "forecast"] and len(served) == 1
+
+
+def test_served_model_over_http_refuses_a_day_its_exchange_did_not_trade(trained, model_server):
+    """A Saturday among the rows (read as the next session, it would shift the later days):
+    HTTP 400 naming the date and its row; the same rows on trading days only still answer."""
+    import urllib.error
+
+    from pipelines.store import PriceStore
+
+    settings, _ = trained
+    recent = PriceStore(settings.store_path).load(TICKER).tail(30).reset_index(drop=True)
+    recent = recent[["date", *settings.features.columns]]
+    days = pd.to_datetime(recent["date"])
+    saturday = days[4] + pd.offsets.Week(weekday=5)  # after row 5's day, before the last row's
+    assert days[0] < saturday < days.iloc[-1] and saturday.dayofweek == 5
+    weekdays = recent.assign(date=days.dt.strftime("%Y-%m-%d"))
+    with_saturday = weekdays.assign(
+        date=weekdays["date"].where(weekdays.index != 5, f"{saturday:%Y-%m-%d}")
+    )
+
+    with pytest.raises(urllib.error.HTTPError) as err:
+        body = {"dataframe_split": with_saturday.to_dict(orient="split", index=False)}
+        urllib.request.urlopen(_post(model_server, body), timeout=120)
+    assert err.value.code == 400
+    message = json.loads(err.value.read())["message"]  # MLflow adds the input before it
+    assert message.endswith(
+        f"column 'date': {saturday:%Y-%m-%d} (row 6) is not a trading day (a Saturday): remove "
+        "the row, as the model reads each row as the next session"
+    ), message
+
+    body = {"dataframe_split": weekdays.to_dict(orient="split", index=False)}
+    with urllib.request.urlopen(_post(model_server, body), timeout=120) as resp:
+        assert resp.status == 200
+        assert len(json.loads(resp.read())["predictions"]) == 1

@@ -297,45 +297,26 @@ def test_ctrl_c_during_run_is_one_line_exit_130_and_a_failed_mlflow_run(tmp_path
     terminal signals its whole foreground process group (Prefect's temporary API server
     included); `kill -INT` signals the command alone."""
     import signal
-    import threading
 
     from mlflow.tracking import MlflowClient
 
     from tests.pipelines.conftest import new_tiny_project
-    from tests.user_path import PROGRESS_LINE
+    from tests.user_path import PROGRESS_LINE, Started
 
     project = new_tiny_project(tmp_path / "project")
-    proc = subprocess.Popen(
+    with Started(
         [str(BIN), "run", "--set=training.epochs=1000", "--set=evaluation.backtest_folds=0"],
         cwd=project,
         env=user_env(keep_pythonpath=True),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # a process group of its own, as a terminal's command has
-    )
-    lines: list[str] = []
-    training = threading.Event()
-
-    def read() -> None:
-        for line in proc.stderr:
-            lines.append(line.rstrip("\n"))
-            if " epoch 1/1000 " in line:
-                training.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        assert training.wait(300), "\n".join(lines[-20:])
+        until=" epoch 1/1000 ",
+    ) as cmd:
+        cmd.wait_seen(300)
         if signalled == "group":
-            os.killpg(proc.pid, signal.SIGINT)
+            os.killpg(cmd.pid, signal.SIGINT)
         else:
-            proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=300)
-        reader.join(timeout=30)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+            cmd.proc.send_signal(signal.SIGINT)
+        code = cmd.finish(timeout=300)
+    lines = cmd.lines
     err = "\n".join(lines)
     assert code == 130, err
     assert "Crash detected" not in err and "Traceback" not in err, err
@@ -345,7 +326,7 @@ def test_ctrl_c_during_run_is_one_line_exit_130_and_a_failed_mlflow_run(tmp_path
     runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
     with pytest.raises(ProcessLookupError):  # Prefect's server stopped with the command
-        os.killpg(proc.pid, 0)
+        os.killpg(cmd.pid, 0)
 
 
 def _trials_training(db: Path) -> int:
@@ -382,7 +363,6 @@ def test_ctrl_c_during_tune_is_one_line_exit_130_and_the_trials_interrupted_not_
     traceback, no TensorFlow start-up lines from the worker), exit code 130, and the trials
     recorded as interrupted, not as failed configurations."""
     import signal
-    import threading
     import time
 
     import optuna
@@ -393,35 +373,22 @@ def test_ctrl_c_during_tune_is_one_line_exit_130_and_the_trials_interrupted_not_
     from pipelines.tuning.study import _counts
     from tests.pipelines.conftest import new_tiny_project
     from tests.pipelines.tuning.conftest import TUNING, tuning_settings
-    from tests.user_path import PROGRESS_LINE
+    from tests.user_path import PROGRESS_LINE, Started
 
     project = new_tiny_project(tmp_path / "project")
     settings = tuning_settings(project, TUNING.replace("workers: 1", "workers: 2"), ())
-    proc = subprocess.Popen(
+    with Started(
         [str(BIN), "tune", "--trials=4", "--set=training.epochs=1000"],
         cwd=project,
         env=user_env(keep_pythonpath=True),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # a process group of its own, as a terminal's command has
-    )
-    lines: list[str] = []
-    reader = threading.Thread(
-        target=lambda: lines.extend(line.rstrip("\n") for line in proc.stderr), daemon=True
-    )
-    reader.start()
-    try:
+    ) as cmd:
         t0 = time.monotonic()
-        while _trials_training(project / "mlflow.db") < 2 and proc.poll() is None:
-            assert time.monotonic() - t0 < 300, "\n".join(lines[-20:])
+        while _trials_training(project / "mlflow.db") < 2 and cmd.proc.poll() is None:
+            assert time.monotonic() - t0 < 300, "\n".join(cmd.lines[-20:])
             time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGINT)
-        code = proc.wait(timeout=300)
-        reader.join(timeout=30)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(cmd.pid, signal.SIGINT)
+        code = cmd.finish(timeout=300)
+    lines = cmd.lines
     err = "\n".join(lines)
     assert code == 130, err
     assert [line for line in lines if not PROGRESS_LINE.match(line)] == ["interrupted"], err
@@ -431,9 +398,9 @@ def test_ctrl_c_during_tune_is_one_line_exit_130_and_the_trials_interrupted_not_
     # the worker ended with the command; multiprocessing's resource tracker ends when it
     # sees the command gone (a zombie where PID 1 of a container reaps no orphans)
     t0 = time.monotonic()
-    while _live_in_group(proc.pid) and time.monotonic() - t0 < 30:
+    while _live_in_group(cmd.pid) and time.monotonic() - t0 < 30:
         time.sleep(0.2)
-    assert _live_in_group(proc.pid) == []
+    assert _live_in_group(cmd.pid) == []
     # Optuna's FAIL, but counted as interrupted: no configuration failed
     study = optuna.load_study(study_name="tune-TEST", storage=open_storage(settings))
     assert _counts(study) == {

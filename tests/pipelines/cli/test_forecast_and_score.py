@@ -88,6 +88,27 @@ def test_forecast_without_a_champion_names_the_way_to_one(trained_settings):
     assert out.stdout.splitlines()[1].split()[-5:-3] == ["no", "champion"], out.stdout
 
 
+# `forecast` in a project whose TEST prices are not those the shared champion was trained on.
+FOREIGN_CHAMPION = (
+    "error: TEST: test-TEST v1 was trained on 120 rows through 2020-06-16, not on the 120 "
+    "rows of TEST stored here through that day: it is not this project's model (another "
+    "project's on the same tracking server, or stored days replaced since): give this "
+    'project model names of its own with registry.model_name (e.g. "myproject-{ticker}"), '
+    "or train this project's own: lstm-pipeline run --ticker TEST\n"
+)
+
+
+def _second_project(first: Path, other: Path) -> Path:
+    """A project sharing `first`'s tracking store (as a server would be shared; a SQLite file
+    suffices), with TEST prices of its own (to ingest): `first`'s champion has its model name."""
+    store = f"sqlite:///{first / 'mlflow.db'}\n  artifact_location: {first / 'mlartifacts'}"
+    config = TINY_CONFIG.replace("sqlite:///mlflow.db", store)
+    (other / "mlflow.yaml").parent.mkdir()
+    (other / "mlflow.yaml").write_text(config, encoding="utf-8")
+    write_prices(other / "prices" / "TEST.csv", price_frame(120, seed=7))
+    return other
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_forecast_refuses_another_projects_champion_of_the_same_name(
     trained_settings, tmp_path, capsys
@@ -96,27 +117,15 @@ def test_forecast_refuses_another_projects_champion_of_the_same_name(
     registered model name: the second forecast with the first's champion (other prices,
     another exchange's sessions) and said nothing."""
     first = trained_settings.base_dir
-    other = tmp_path / "other"
-    # one tracking store for both, as a server would be (a SQLite file suffices to share)
-    store = f"sqlite:///{first / 'mlflow.db'}\n  artifact_location: {first / 'mlartifacts'}"
-    config = TINY_CONFIG.replace("sqlite:///mlflow.db", store)
-    (other / "mlflow.yaml").parent.mkdir()
-    (other / "mlflow.yaml").write_text(config, encoding="utf-8")
+    other = _second_project(first, tmp_path / "other")
     cfg = str(other / "mlflow.yaml")
-    prices = write_prices(other / "prices" / "TEST.csv", price_frame(120, seed=7))
-    assert main(["ingest", str(prices), "--config", cfg]) == 0
+    assert main(["ingest", str(other / "prices" / "TEST.csv"), "--config", cfg]) == 0
     capsys.readouterr()
     before = tree_bytes(other), tree_bytes(first / "data")
     assert main(["forecast", "--ticker", "TEST", "--config", cfg]) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == (
-        "error: TEST: test-TEST v1 was trained on 120 rows through 2020-06-16, not on the 120 "
-        "rows of TEST stored here through that day: it is not this project's model (another "
-        "project's on the same tracking server, or stored days replaced since): give this "
-        'project model names of its own with registry.model_name (e.g. "myproject-{ticker}"), '
-        "or train this project's own: lstm-pipeline run --ticker TEST\n"
-    )
+    assert err == FOREIGN_CHAMPION
     # another exchange: the champion would date its forecasts on New York's sessions
     xshg = ["--set", "data.calendar=XSHG"]
     assert main(["forecast", "--ticker", "TEST", "--config", cfg, *xshg]) == 2
@@ -149,6 +158,22 @@ def test_forecast_refuses_another_projects_champion_of_the_same_name(
     header, row, *below = capsys.readouterr().out.splitlines()
     assert row.split()[-4] == "ok", row
     assert not [x for x in below if x.startswith("TEST: test-TEST")], below
+
+
+@pytest.mark.slow  # the CLI in a subprocess
+def test_forecast_of_another_projects_champion_as_the_user_runs_it(trained_settings, tmp_path):
+    """The installed command from the second project's folder: the one line, exit 2, no
+    traceback, and no forecast written in either project."""
+    first = trained_settings.base_dir
+    other = _second_project(first, tmp_path / "other")
+    out = _cli(other, "ingest", "prices/TEST.csv")
+    assert out.returncode == 0, out.stderr
+    before = tree_bytes(other / "data"), tree_bytes(first / "data")
+    out = _cli(other, "forecast", "--ticker", "TEST")
+    assert (out.returncode, out.stdout) == (2, ""), (out.returncode, out.stdout, out.stderr)
+    assert out.stderr == FOREIGN_CHAMPION
+    assert not (other / "data" / "forecasts").exists()
+    assert (tree_bytes(other / "data"), tree_bytes(first / "data")) == before
 
 
 def _unreadable_log_is_one_line_exit_2(project: Path, commands: tuple[str, ...]) -> None:
