@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -80,8 +81,9 @@ class Started:
     """A command started as a terminal starts it, in a session (process group) of its own,
     its stderr lines collected by a thread as they come.
 
-    `seen` is set at the first line that matches `until`; used as a context manager, the
-    process group is killed on the way out (a no-op once it has ended).
+    `seen` is set at the first line that matches `until` (a pattern, or a test of all the
+    lines so far); used as a context manager, the process group is killed on the way out (a
+    no-op once it has ended).
     """
 
     def __init__(
@@ -90,7 +92,7 @@ class Started:
         *,
         cwd: Path,
         env: dict[str, str],
-        until: str | None = None,
+        until: str | Callable[[list[str]], bool] | None = None,
         stdout: int | IO[str] = subprocess.DEVNULL,
     ) -> None:
         self.proc = subprocess.Popen(
@@ -105,7 +107,8 @@ class Started:
         self.pid = self.proc.pid  # also its process group's id
         self.lines: list[str] = []
         self.seen = threading.Event()
-        self._until = re.compile(until) if until else None
+        self._pattern = isinstance(until, str)
+        self._until = re.compile(until).search if isinstance(until, str) else until
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -113,7 +116,7 @@ class Started:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.lines.append(line.rstrip("\n"))
-            if self._until is not None and self._until.search(line):
+            if self._until is not None and self._until(line if self._pattern else self.lines):
                 self.seen.set()
 
     def wait_seen(self, timeout: float) -> None:

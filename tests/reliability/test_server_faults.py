@@ -199,7 +199,7 @@ def test_server_killed_while_two_tickers_train_is_one_line_exit_2(tmp_path):
 
     from pipelines.servers import start_mlflow_server
     from tests.pipelines.conftest import price_frame, write_prices
-    from tests.user_path import PROGRESS_LINE, user_env
+    from tests.user_path import PROGRESS_LINE, Started, user_env
 
     project = new_project(tmp_path / "project")
     write_prices(project / "prices" / "TWO.csv", price_frame(STORED_ROWS, seed=1))
@@ -219,48 +219,23 @@ def test_server_killed_while_two_tickers_train_is_one_line_exit_2(tmp_path):
         )
         assert ingest.returncode == 0, ingest.stderr[-3000:]
     out = tmp_path / "stdout.txt"
-    lines: list[str] = []
-    seen: set[str] = set()
-    training = threading.Event()
+    run = [str(BIN), "run", f"--ticker={TICKER}", "--ticker=TWO", "--set=training.epochs=1000",
+           "--set=evaluation.backtest_folds=0"]  # fmt: skip
+
+    def both_training(lines: list[str]) -> bool:
+        return all(any(f" {t} epoch 1/1000 " in x for x in lines) for t in (TICKER, "TWO"))
+
     try:
-        with out.open("w") as stdout:
-            proc = subprocess.Popen(
-                [
-                    str(BIN),
-                    "run",
-                    f"--ticker={TICKER}",
-                    "--ticker=TWO",
-                    "--set=training.epochs=1000",
-                    "--set=evaluation.backtest_folds=0",
-                ],
-                cwd=project,
-                env=env,
-                stdout=stdout,
-                stderr=subprocess.PIPE,
-                text=True,
-                start_new_session=True,
-            )
-
-        def read() -> None:
-            for line in proc.stderr:
-                lines.append(line.rstrip("\n"))
-                for name in (TICKER, "TWO"):
-                    if f" {name} epoch 1/1000 " in line:
-                        seen.add(name)
-                if len(seen) == 2:
-                    training.set()
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        try:
-            assert training.wait(600), "\n".join(lines[-20:])
+        with (
+            out.open("w") as stdout,
+            Started(run, cwd=project, env=env, until=both_training, stdout=stdout) as cmd,
+        ):
+            cmd.wait_seen(600)
             server.stop()  # both tickers are training
             t0 = time.monotonic()
-            code = proc.wait(timeout=300)
+            code = cmd.finish(timeout=300)
             took = time.monotonic() - t0
-            reader.join(timeout=30)
-        finally:
-            kill_group(proc)
+        lines = cmd.lines
         err = "\n".join(lines)
         print(f"exit {code} {took:.1f} s after the kill; stderr:\n{err}")
         assert code == 2, err[-5000:]
