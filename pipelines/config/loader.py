@@ -29,8 +29,18 @@ TEMPLATE_NAME = "mlflow.default.yaml"
 
 
 def _parse_value(raw: str) -> Any:
-    # YAML scalars give `--set training.epochs=3` an int and `features.columns=[open,close]` a list.
-    return yaml.safe_load(raw) if raw != "" else ""
+    """A `--set` value as YAML reads it: `training.epochs=3` an int, `features.columns=[open,
+    close]` a list. What YAML cannot read is the text as typed (a cron such as `* * * * *`,
+    which YAML takes for an alias), unless it opens a list or mapping: that one is refused."""
+    if raw == "":
+        return ""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        if raw.lstrip().startswith(("[", "{")):
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ValueError(f"not valid YAML ({problem})") from None
+        return raw
 
 
 def _apply_override(data: dict[str, Any], assignment: str) -> str:
@@ -48,7 +58,10 @@ def _apply_override(data: dict[str, Any], assignment: str) -> str:
         if not isinstance(child, dict):
             raise OverrideError(assignment, dotted, f"{k!r} is not a section")
         node = child
-    node[keys[-1]] = _parse_value(raw)
+    try:
+        node[keys[-1]] = _parse_value(raw)
+    except ValueError as exc:
+        raise OverrideError(assignment, dotted, str(exc)) from None
     return dotted
 
 

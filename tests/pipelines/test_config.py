@@ -140,6 +140,11 @@ def test_overrides_parse_yaml_scalars_and_lists(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_settings(path, ["training.epochs"], env={})
     assert "section.key=value" in str(err.value)
+    # what YAML cannot read is the text as typed (YAML takes a leading * for an alias)
+    crons = load_settings(path, ["schedule.cron=* * * * *", "tuning.cron=*/5 3 * * 6"], env={})
+    assert (crons.schedule.cron, crons.tuning.cron) == ("* * * * *", "*/5 3 * * 6")
+    with pytest.raises(ConfigError, match=r"--set features.columns=\[open: not valid YAML"):
+        load_settings(path, ["features.columns=[open"], env={})
 
 
 def test_relative_paths_resolve_against_the_config_folder(tmp_path):

@@ -68,6 +68,14 @@ def test_a_bad_set_value_is_blamed_on_the_option_and_a_bad_file_value_on_the_fil
         (["--set", "features.columns=[close, 7]"], "--set features.columns=[close, 7]: "
                                                    "features.columns.1: Input should be a valid string"),
         (["--set", "training.epochs"], "--set training.epochs: expected section.key=value"),
+        # not YAML: a list or mapping left open is refused, anything else is the text as typed
+        (["--set", "features.columns=[open"], "--set features.columns=[open: not valid YAML "
+                                              "(expected ',' or ']', but got '<stream end>')"),
+        (["--set", "data.column_map={date: Date, open: Adj Close"],
+         "--set data.column_map={date: Date, open: Adj Close: not valid YAML (expected ',' or "
+         "'}', but got '<stream end>')"),
+        (["--set", "training.epochs=@x"], f"--set training.epochs=@x: {bad}"),
+        (["--set", "schedule.cron=* * * * *"], None),  # YAML would read an alias
     ):  # fmt: skip
         out = cli(BIN, "status", *sets, cwd=tiny_project, env=env, timeout=120)
         if says is None:
