@@ -364,6 +364,11 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # whatever read stdout has gone (`status --json | head -1`): nothing more to tell it,
+        # and Python's flush at exit must not fail again; 141, as a tool killed by SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:
         # What the places checked before the work did not foresee (a file inside them made
         # read-only, a mount gone read-only meanwhile): still one line naming the path.

@@ -150,3 +150,23 @@ def test_run_refuses_a_bad_schedule_before_it_trains(tiny_project, capsys):
         "Bad minute"
     )
     assert sorted(p.name for p in tiny_project.iterdir()) == before  # no mlflow.db, no .prefect
+
+
+def test_a_reader_that_closes_stdout_early_gets_no_traceback(tiny_project):
+    """`lstm-pipeline status | head -1`: the reader is gone before the command writes (its
+    read end closed at once here, so the write always meets a closed pipe): no
+    BrokenPipeError traceback on stderr, and SIGPIPE's exit code."""
+    import subprocess
+
+    proc = subprocess.Popen(
+        [str(BIN), "status"],
+        cwd=tiny_project,
+        env=user_env(keep_pythonpath=True),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()  # as `head` exits
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == "", err
