@@ -197,6 +197,27 @@ def test_retrain_with_an_unreadable_log_file_is_one_line_exit_2(trained_settings
 
 
 @pytest.mark.usefixtures("prefect_harness")
+def test_forecast_promote_and_rollback_of_a_ticker_typed_in_another_case_name_it(
+    trained_settings, capsys
+):
+    """`forecast --ticker test` with TEST stored and trained: the stored name, as `run` and
+    `score` say it, not a way out (`run --ticker test`) that fails in turn."""
+    cfg = str(trained_settings.base_dir / "mlflow.yaml")
+    stored = sorted(p.name for p in trained_settings.store_path.iterdir())
+    assert main(["forecast", "--ticker", "test", "--config", cfg]) == 2
+    assert capsys.readouterr().err == (
+        f"error: no prices stored for ticker 'test' in {trained_settings.store_path}: "
+        "tickers are case-sensitive, and 'TEST' is stored\n"
+    )
+    for command in (["promote", "--version", "1"], ["rollback"]):
+        assert main([*command, "--ticker", "test", "--config", cfg]) == 2
+        assert capsys.readouterr().err == (
+            "error: no registered model 'test-test' (ticker 'test'): tickers are "
+            "case-sensitive, and 'TEST' is stored\n"
+        ), command
+    assert sorted(p.name for p in trained_settings.store_path.iterdir()) == stored
+
+
 def test_score_an_unknown_ticker_is_one_line_exit_2_and_a_known_one_shows_alone(
     trained_settings, capsys
 ):
