@@ -267,6 +267,23 @@ def prefect_server_url() -> str | None:
     return os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value() or None
 
 
+def require_prefect_api(url: str) -> None:
+    """One quick request to a configured Prefect API's /health: a server that is down is one
+    line before any flow runs, not Prefect's retries and then a traceback. (`serve` waits
+    for it to come back instead.)"""
+    from pipelines.errors import PipelineError
+    from pipelines.servers.process import no_answer_from
+
+    url = url.rstrip("/")
+    reason = no_answer_from(f"{url}/health", timeout=5)
+    if reason:
+        raise PipelineError(
+            f"Prefect API {url} does not answer ({reason}): start it (prefect server start "
+            "--host 127.0.0.1), or unset PREFECT_API_URL (and runtime.prefect_api_url) to run "
+            "with a temporary local API"
+        )
+
+
 def start_prefect_api(settings: Settings) -> PrefectAPI:
     """Start Prefect's temporary API server (which the first flow run would start) in a
     thread, sparing it the terminal's Ctrl-C; call `wait()` on the result before a flow runs.
@@ -282,13 +299,14 @@ def start_prefect_api(settings: Settings) -> PrefectAPI:
     command was killed outright is stopped here by the next command
     (:func:`stop_orphaned_servers`).
     """
+    served = prefect_server_url()
+    if served:
+        require_prefect_api(served)
     api = PrefectAPI()
-    if settings.runtime.task_runner == "dask" or not hasattr(signal, "pthread_sigmask"):
+    if served or settings.runtime.task_runner == "dask" or not hasattr(signal, "pthread_sigmask"):
         return api
     from prefect.server.api.server import SubprocessASGIServer  # what get_client starts
 
-    if prefect_server_url():
-        return api
     stop_orphaned_servers()
     server = SubprocessASGIServer()  # one per process: the thread's get_client starts it
     # The server's environment names this process as its owner (stop_orphaned_servers).

@@ -70,6 +70,23 @@ def log_tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def no_answer_from(url: str, timeout: float) -> str | None:
+    """Why a GET of `url` got no HTTP answer within `timeout` seconds (e.g. "connection
+    refused"); None when the server answered, whatever its status."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None  # it answered: the caller's own requests say what is wrong
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(reason, TimeoutError):
+            return "no answer in time"
+        return str(reason)
+
+
 def http_ok(url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:

@@ -23,20 +23,14 @@ def _client():
 def _require_server(uri: str) -> None:
     """One quick request to the server's /health: a server that is down is one line, not
     MLflow's retries with backoff and then a traceback."""
-    import urllib.error
-    import urllib.request
+    from pipelines.servers.process import no_answer_from
 
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10):
-            return
-    except urllib.error.HTTPError:
-        return  # it answered: whatever the status, MLflow's own calls say what is wrong
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
+    reason = no_answer_from(f"{uri.rstrip('/')}/health", timeout=10)
+    if reason:
         raise PipelineError(
             f"tracking server {uri} does not answer ({reason}): start it, or point "
             "tracking.uri (mlflow.yaml) or MLFLOW_TRACKING_URI at one that does"
-        ) from None
+        )
 
 
 class ServerStopped(PipelineError):

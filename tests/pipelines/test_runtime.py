@@ -105,12 +105,16 @@ def test_a_configured_api_or_the_dask_runner_starts_no_server(
 
     overrides = ["runtime.task_runner=dask"] if where == "dask" else []
     if where == "PREFECT_API_URL":
-        monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # never asked
+        monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    # a configured API is only asked whether it answers (the CLI test asks a real port)
+    asked: list[str] = []
+    monkeypatch.setattr(runtime, "require_prefect_api", asked.append)
     settings = load_settings(tiny_project / "mlflow.yaml", overrides, env={})
     started = []
     fake_server["start"] = lambda: started.append(True)
     runtime.start_prefect_api(settings).wait()
     assert started == []
+    assert asked == (["http://127.0.0.1:9/api"] if where == "PREFECT_API_URL" else [])
 
 
 def test_pandas_holiday_warning_stays_off_the_console_whatever_the_threads(

@@ -415,3 +415,35 @@ def test_forecasts_for_sessions_missing_from_the_store_are_not_scored(tmp_path):
         "MSFT: 7 XNYS sessions missing between 2017-10-31 and 2017-11-10 "
         "(2017-11-01..2017-11-09): forecasts for them are not scored"
     ]
+
+
+@pytest.mark.slow  # the CLI in subprocesses: CI runs it
+def test_a_configured_prefect_api_that_does_not_answer_is_one_line_exit_2(tiny_project):
+    """A user's test (ut5 P1): PREFECT_API_URL left exported after its server stopped made
+    every flow command end in Prefect's traceback after 30-40 s of retries."""
+    import socket
+    import time
+
+    from mlflow import MlflowClient
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/api"
+    cfg = str(tiny_project / "mlflow.yaml")
+    assert main(["ingest", str(tiny_project / "prices" / "TEST.csv"), "--config", cfg]) == 0
+    env = {**user_env(keep_pythonpath=True), "PREFECT_API_URL": url}
+    for command in (["forecast", "--ticker", "TEST"], ["score"]):
+        started = time.monotonic()
+        out = cli(BIN, *command, cwd=tiny_project, env=env, timeout=300)
+        took = time.monotonic() - started
+        assert (out.returncode, out.stdout) == (2, ""), (command, out.returncode, out.stderr)
+        assert out.stderr.splitlines() == [
+            f"error: Prefect API {url} does not answer (connection refused): start it (prefect "
+            "server start --host 127.0.0.1), or unset PREFECT_API_URL (and "
+            "runtime.prefect_api_url) to run with a temporary local API"
+        ], command
+        assert took < 20, (command, took)  # not Prefect's retries
+    assert not (tiny_project / "data" / "forecasts").exists()
+    client = MlflowClient(f"sqlite:///{tiny_project / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert client.search_runs(experiments) == []  # no run started
