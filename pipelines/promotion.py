@@ -315,13 +315,13 @@ def _registered(settings: Settings, ticker: str) -> str:
     tracking.connect(settings)
     name = settings.registry.name_for(ticker)
     if not tracking.registered_model_exists(name):
-        from pipelines.ingest import case_twin
+        from pipelines.ingest import stored_in_other_case
         from pipelines.store import PriceStore
 
-        # tickers are case-sensitive: a user who typed msft most likely means MSFT
-        other = case_twin(ticker, PriceStore(settings.store_path).tickers())
-        hint = f": tickers are case-sensitive, and {other!r} is stored" if other else ""
-        raise PipelineError(f"no registered model {name!r} (ticker {ticker!r}){hint}")
+        hint = stored_in_other_case(ticker, PriceStore(settings.store_path).tickers())
+        raise PipelineError(
+            f"no registered model {name!r} (ticker {ticker!r})" + (f": {hint}" if hint else "")
+        )
     return name
 
 

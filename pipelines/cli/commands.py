@@ -182,7 +182,6 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     tickers = [checked_ticker(t) for t in args.tickers]
     if args.days is not None and args.days < 1:
         raise PipelineError(f"--days {args.days}: days must be >= 1")
-    check_stored(settings, tickers)  # `acme` with ACME stored: named, as `run` names it
     _writable(settings, args)
     preflight_tracking(settings)
     _before_flows(settings, "pipelines.flows")

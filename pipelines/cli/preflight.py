@@ -84,18 +84,14 @@ def parse_configured(settings: Settings, path: Path | str, ticker: str | None):
 
 def check_stored(settings: Settings, tickers: tuple[str, ...] | list[str]) -> None:
     """Every ticker named has prices in the store, else one line naming the way to store them."""
-    from pipelines.ingest import case_twin
+    from pipelines.ingest import stored_in_other_case
     from pipelines.store import PriceStore
 
     store = PriceStore(settings.store_path)
     for t in tickers:
         if store.manifest(t) is None:
-            # tickers are case-sensitive: a user who typed msft most likely means MSFT
-            other = case_twin(t, store.tickers())
-            hint = (
-                f"tickers are case-sensitive, and {other!r} is stored"
-                if other
-                else f"store them first with: lstm-pipeline ingest FILE --ticker {t}"
+            hint = stored_in_other_case(t, store.tickers()) or (
+                f"store them first with: lstm-pipeline ingest FILE --ticker {t}"
             )
             raise PipelineError(
                 f"no prices stored for ticker {t!r} in {settings.store_path}: {hint}"

@@ -91,9 +91,12 @@ def _champion(settings: Settings, ticker: str) -> tracking.RegisteredVersion:
         return version
     known = tracking.versions(name) if tracking.registered_model_exists(name) else []
     if not known:
+        from pipelines.ingest import stored_in_other_case
+
+        hint = stored_in_other_case(ticker, PriceStore(settings.store_path).tickers())
         raise PipelineError(
-            f"{name} has no registered version yet, so no {alias!r}: train one first with: "
-            f"lstm-pipeline run --ticker {ticker}"
+            f"{name} has no registered version yet, so no {alias!r}: "
+            + (hint or f"train one first with: lstm-pipeline run --ticker {ticker}")
         )
     latest = known[-1]
     why = latest.tags.get(tracking.TAG_REASON, "")  # "refused: ..." when the gate refused it

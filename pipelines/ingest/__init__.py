@@ -46,6 +46,7 @@ from pipelines.ingest.tickers import (
     MAX_TICKER_LENGTH,
     InvalidTickerError,
     case_twin,
+    stored_in_other_case,
     validate_ticker,
 )
 
@@ -59,6 +60,7 @@ __all__ = [
     "InvalidTickerError",
     "ParsedFile",
     "case_twin",
+    "stored_in_other_case",
     "digest_file",
     "jump_limits",
     "read_configured",

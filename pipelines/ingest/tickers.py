@@ -72,6 +72,13 @@ def case_twin(ticker: str, names: Iterable[str]) -> str | None:
     return next((n for n in names if n != ticker and n.casefold() == key), None)
 
 
+def stored_in_other_case(ticker: str, stored: Iterable[str]) -> str | None:
+    """What to tell a user who named ``ticker`` when only its case twin is stored (they
+    most likely typed msft for MSFT), or None."""
+    other = case_twin(ticker, stored)
+    return f"tickers are case-sensitive, and {other!r} is stored" if other else None
+
+
 def assign_tickers(
     path: Path,
     rows: Rows,

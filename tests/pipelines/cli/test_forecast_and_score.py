@@ -206,8 +206,8 @@ def test_forecast_promote_and_rollback_of_a_ticker_typed_in_another_case_name_it
     stored = sorted(p.name for p in trained_settings.store_path.iterdir())
     assert main(["forecast", "--ticker", "test", "--config", cfg]) == 2
     assert capsys.readouterr().err == (
-        f"error: no prices stored for ticker 'test' in {trained_settings.store_path}: "
-        "tickers are case-sensitive, and 'TEST' is stored\n"
+        "error: test: test-test has no registered version yet, so no 'champion': tickers are "
+        "case-sensitive, and 'TEST' is stored\n"
     )
     for command in (["promote", "--version", "1"], ["rollback"]):
         assert main([*command, "--ticker", "test", "--config", cfg]) == 2
