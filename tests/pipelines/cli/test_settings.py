@@ -53,6 +53,7 @@ def test_init_where_a_project_is_names_the_file_once(tmp_path, capsys):
     assert (tmp_path / "mlflow.yaml").read_bytes() == before
 
 
+@pytest.mark.slow  # a dozen CLI subprocesses (about 30 s): in make test, not make test-fast
 def test_a_bad_set_value_is_blamed_on_the_option_and_a_bad_file_value_on_the_file(tiny_project):
     """`--set training.epochs=abc` names the option as typed, not mlflow.yaml, which holds no
     such value; the same value in the file names the file; the last --set of a key wins."""
