@@ -139,6 +139,7 @@ def serve(
     """
     in_main = threading.current_thread() is threading.main_thread()
     previous = exit_after_interrupt() if in_main else None
+    _events_stream_in_one_line()
     try:
         _serve_until_stopped(settings, config_path, overrides, tickers, retry_seconds)
     finally:
@@ -173,7 +174,70 @@ def _serve_until_stopped(
                 log.warning("Prefect API busy (%s); serving again in %.0f s", exc, retry_seconds)
                 time.sleep(retry_seconds)
                 continue
-            log.warning("Prefect API unreachable (%s); serving again once it answers", exc)
+            outage.gone(str(exc))
             while not _api_healthy():
                 time.sleep(retry_seconds)
+            outage.back()
+
+
+class _Outage:
+    """Says once that the Prefect API went away and once that it is back, whichever part of
+    the runner noticed first (its events stream breaks at once, its polls give up later)."""
+
+    def __init__(self) -> None:
+        self.down = False
+
+    def gone(self, reason: str) -> None:
+        if not self.down:
+            log.warning("Prefect API unreachable (%s); serving again once it answers", reason)
+        self.down = True
+
+    def back(self) -> None:
+        if self.down:
             log.warning("Prefect API is back: serving the deployments again")
+        self.down = False
+
+
+outage = _Outage()
+# The runner's watch for cancelled runs: it follows the API's events stream (a websocket).
+_OBSERVER_LOGGER = "prefect.FlowRunCancellingObserver"
+
+
+class _EventsStream(logging.Filter):
+    """The runner's lines about its events stream, as `serve`'s own lines.
+
+    When the API goes away (a server restart) the stream breaks, and Prefect logs a WARNING
+    with a chained traceback of the websocket's errors, then nothing while the API is down
+    nor once it is back. Here: one line for the outage and one when the stream is back
+    (`outage`; Prefect's INFO line, let through for this, says so), and any other of its
+    records with a traceback in one line. Its other records show as Prefect's level has it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "Switching to polling" in message:  # the stream broke or closed
+            exc = record.exc_info[1] if record.exc_info else None
+            outage.gone(_reason(exc) if exc else "its events stream closed")
+            return False
+        if "reconnected to the events stream and stopped polling" in message:
+            outage.back()
+            return False
+        if record.exc_info and record.exc_info[1] is not None:
+            log.log(record.levelno, "%s (%s)", message, _reason(record.exc_info[1]))
+            return False
+        return record.levelno >= logging.getLogger("prefect").getEffectiveLevel()
+
+
+def _reason(exc: BaseException) -> str:
+    """The last error of a chain, in words: a websocket's close, a refused connection."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _events_stream_in_one_line() -> None:
+    from prefect.logging import get_logger  # Prefect's logging configured first
+
+    logger = get_logger(_OBSERVER_LOGGER)
+    if not any(isinstance(f, _EventsStream) for f in logger.filters):
+        logger.addFilter(_EventsStream())
+    # INFO for its line that the stream is back (lower when Prefect's level is lower)
+    logger.setLevel(min(logging.INFO, logging.getLogger("prefect").getEffectiveLevel()))

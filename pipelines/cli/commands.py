@@ -191,7 +191,7 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     if result.frames or result.errors:
         print(result.render())
     if result.refused:  # the forecasts that were made are written and printed above
-        refused = "; ".join(f"{t}: {m}" for t, m in result.refused.items())
+        refused = "; ".join(result.refusals())
         if result.errors:  # an unexpected failure as well: that one sets the exit code
             print(f"error: {refused}", file=sys.stderr)
             return 1

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
+
+from prefect.exceptions import MissingContextError
+from prefect.logging.handlers import APILogHandler
 
 from pipelines import artifacts, tracking
 from pipelines.config import Settings, load_settings
@@ -74,13 +78,32 @@ def resolve_settings(
     """Deployments pass a config path (JSON-able); the CLI passes validated settings."""
     if settings is not None:
         return settings
-    if os.environ.get("PREFECT__FLOW_RUN_ID"):
+    if _served():
         _served_run_console()
     return load_settings(config_path, overrides or ())
 
 
+def _served() -> bool:
+    """Is this process a flow run that Prefect's runner (`serve`) or a worker started? It
+    marks that process with PREFECT__FLOW_RUN_ID."""
+    return bool(os.environ.get("PREFECT__FLOW_RUN_ID"))
+
+
+class _RunLogs(APILogHandler):
+    """Prefect's handler of a flow run's logs (its Logs tab in the UI), on the `pipelines`
+    logger. A line logged outside the run's context (a thread of our own, a Dask worker's
+    forwarded line) has no run to go to: it stays on the console, without the warning
+    Prefect gives it."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], MissingContextError):
+            return
+        super().handleError(record)
+
+
 def _served_run_console() -> None:
-    """Show a served run on the console of the process that serves it (`serve`, a worker).
+    """Show a served run on the console of the process that serves it (`serve`, a worker),
+    and in the run's Prefect logs.
 
     Prefect's runner starts each flow run in a process of its own (which it marks with
     PREFECT__FLOW_RUN_ID) and copies that process's output to its own. No CLI set that
@@ -88,14 +111,29 @@ def _served_run_console() -> None:
     from the CLI (PREFECT_LOGGING_LEVEL=WARNING) dropped Prefect's line of the run's final
     state, so `serve` showed nothing of the runs it executed. Here they get the CLI's
     progress handler, a line when the run starts, and Prefect's "Finished in state ..." line.
+    Prefect sends only its own run loggers to the API: the progress lines also get its API
+    handler (what PREFECT_LOGGING_EXTRA_LOGGERS=pipelines attaches when Prefect is imported,
+    attached here so that a worker's runs need no setting either).
     """
     from prefect.runtime import flow_run
 
     from pipelines.runtime import progress_logging
 
     progress_logging()
+    if not any(isinstance(h, APILogHandler) for h in log.handlers):
+        log.addHandler(_RunLogs())
     logging.getLogger("prefect.flow_runs").setLevel(logging.INFO)
     log.info("flow run %r of flow %r started (%s)", flow_run.name, flow_run.flow_name, flow_run.id)
+
+
+def end_served_run(summary: str) -> None:
+    """A served run ends as the CLI's command does, with its summary (as the CLI renders
+    it, without the notes already logged): on the serving console and in the run's Prefect
+    logs. Outside a served run the caller prints it."""
+    if not _served():
+        return
+    for line in summary.splitlines():
+        log.info("%s", line)
 
 
 def emit_updated(settings: Settings, gained: dict[str, int]) -> None:

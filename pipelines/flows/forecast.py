@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from pipelines import artifacts, monitoring, provenance, tasks, tracking
 from pipelines.config import Settings
 from pipelines.errors import PipelineError
-from pipelines.flows.common import resolve_settings, run_name
+from pipelines.flows.common import end_served_run, resolve_settings, run_name
 from pipelines.fsio import atomic_write
 from pipelines.runtime import quiet_tensorflow
 from pipelines.store import PriceStore, as_frame
@@ -50,6 +50,10 @@ class ForecastResult:
             out.append(frame[shown].to_string(index=False))
         out.extend(f"{t}: FAILED: {e}" for t, e in self.errors.items())
         return "\n".join(out)
+
+    def refusals(self) -> list[str]:
+        """Each refused ticker with why (the CLI's error line joins them)."""
+        return [f"{t}: {m}" for t, m in self.refused.items()]
 
 
 def forecast_one(settings: Settings, ticker: str, days: int) -> tuple[pd.DataFrame, Path]:
@@ -144,4 +148,5 @@ def forecast_flow(
     artifacts.table(
         artifacts.artifact_key("forecast", "results"), rows, "forecast: written, refused, error"
     )
+    end_served_run("\n".join(filter(None, [result.render(), *result.refusals()])))
     return result

@@ -99,3 +99,56 @@ def test_a_busy_api_is_retried_and_other_errors_raised(monkeypatch, failures, er
             serve_mod._serve_until_stopped(None, "", None, None, retry_seconds=0.0)
         assert isinstance(info.value.__cause__, raised)
     assert len(seen) == calls
+
+
+def test_the_events_stream_breaking_is_one_line_once_per_outage(monkeypatch):
+    """Prefect's runner logs its events websocket's failure with a chained traceback; `serve`
+    says the API is unreachable once, and once that it is back."""
+    import logging
+
+    from pipelines import serve as serve_mod
+
+    monkeypatch.setattr(serve_mod, "outage", serve_mod._Outage())
+    said: list[logging.LogRecord] = []
+    catch = logging.Handler()
+    catch.emit = said.append
+    ours, prefects = logging.getLogger("pipelines"), logging.getLogger(serve_mod._OBSERVER_LOGGER)
+    shown: list[logging.LogRecord] = []
+    seen = logging.Handler()
+    seen.emit = shown.append
+    saved = ours.level, prefects.level, prefects.filters[:], prefects.propagate
+    ours.addHandler(catch)
+    ours.setLevel(logging.INFO)
+    prefects.addHandler(seen)
+    prefects.propagate = False
+    try:
+        serve_mod._events_stream_in_one_line()
+        for _ in range(2):  # it broke, and broke again before it was back: one line
+            try:
+                try:
+                    raise ConnectionResetError(104, "Connection reset by peer")
+                except ConnectionResetError as cause:
+                    raise RuntimeError("received 1012 (service restart)") from cause
+            except RuntimeError as exc:
+                prefects.warning(
+                    "The FlowRunCancellingObserver websocket failed with an exception. "
+                    "Switching to polling mode until it reconnects.",
+                    exc_info=exc,
+                )
+        prefects.info(
+            "FlowRunCancellingObserver reconnected to the events stream and stopped polling."
+        )
+    finally:
+        ours.removeHandler(catch)
+        ours.setLevel(saved[0])
+        prefects.removeHandler(seen)
+        prefects.setLevel(saved[1])
+        prefects.filters[:] = saved[2]
+        prefects.propagate = saved[3]
+    assert not shown  # none of Prefect's records, so no traceback
+    assert [r.getMessage() for r in said] == [
+        "Prefect API unreachable (RuntimeError: received 1012 (service restart)); "
+        "serving again once it answers",
+        "Prefect API is back: serving the deployments again",
+    ]
+    assert all(r.exc_info is None for r in said)

@@ -119,6 +119,25 @@ def _wait_output(served, *texts: str, after: str = "", timeout: float = 30) -> s
         time.sleep(0.5)
 
 
+def _wait_run_logs(flow_run_id, *texts: str, timeout: float = 30) -> list[str]:
+    """The flow run's log messages in the Prefect API once each of `texts` starts one (the
+    run's process sends them in batches, the last as it ends)."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with _client() as client:
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+            )
+        messages = [entry.message for entry in logs]
+        if all(any(m.startswith(t) for m in messages) for t in texts):
+            return messages
+        if time.monotonic() > deadline:
+            pytest.fail(f"the run's Prefect logs lack one of {texts!r}:\n" + "\n".join(messages))
+        time.sleep(1)
+
+
 def test_serve_registers_both_deployments(served):
     retrain = deployment(RETRAIN)
     assert not retrain.paused
@@ -140,14 +159,20 @@ def test_run_deployment_retrains_on_new_file(served, server_project, mlflow_serv
     assert {"ingest", "train", "register", "promote"} <= names, names
     client = MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
     assert client.get_model_version(MODEL_NAME, "2").tags["data.rows"] == "130"
-    # The user watching `serve` sees the run start, its progress and its final state.
-    _wait_output(
+    # The user watching `serve` sees the run start, its progress, what it decided (the
+    # summary `retrain` prints) and its final state.
+    decided = f"  registered {MODEL_NAME} version 2: "
+    tail = _wait_output(
         served,
         f"{TICKER}: 130 rows",
         f"{TICKER}: logging the model",
+        decided,
         "Finished in state Completed()",
         after=f"started ({flow_run.id})",
     )
+    assert tail.index(decided) < tail.index("Finished in state Completed()"), tail
+    # The Prefect UI's Logs tab of the run holds the same lines.
+    _wait_run_logs(flow_run.id, f"{TICKER}: 130 rows", f"{TICKER}: logging the model", decided)
 
 
 def test_prices_updated_event_triggers_a_retraining_run(served, server_project, prefect_api):

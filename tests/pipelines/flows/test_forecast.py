@@ -25,19 +25,37 @@ def test_forecast_writes_future_trading_days(trained_settings):
     assert (frame["forecast"] < frame["upper_95"]).all()
 
 
-def test_forecast_refusals_are_results_not_failed_task_runs(trained_settings):
+def test_forecast_refusals_are_results_not_failed_task_runs(trained_settings, monkeypatch):
     """A request the user must change comes back per ticker (the CLI prints it as one line);
-    the other tickers are forecast, and a served run's results table names the refusal."""
+    the other tickers are forecast, and a served run's results table names the refusal. A
+    served run ends with what the CLI prints, in its log lines (the serve console's, the
+    Prefect run's)."""
     import json
+    import logging
 
     from prefect import get_client
 
-    from pipelines.flows import forecast_flow
+    from pipelines.flows import common, forecast_flow
 
     forecasts = trained_settings.path(trained_settings.data.forecasts)
-    result = forecast_flow(settings=trained_settings, tickers=["TEST", "NOPE"], days=2)
+    monkeypatch.setattr(common, "_served", lambda: True)
+    lines: list[str] = []
+    catch = logging.Handler()
+    catch.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("pipelines")
+    level = logger.level
+    logger.addHandler(catch)
+    logger.setLevel(logging.INFO)
+    try:
+        result = forecast_flow(settings=trained_settings, tickers=["TEST", "NOPE"], days=2)
+    finally:
+        logger.removeHandler(catch)
+        logger.setLevel(level)
+    monkeypatch.undo()
     assert list(result.frames) == ["TEST"] and not result.errors and not result.ok
     assert result.refused["NOPE"].startswith("test-NOPE has no registered version yet")
+    assert f"TEST: forecast written to {result.paths['TEST']}" in "\n".join(lines)
+    assert f"NOPE: {result.refused['NOPE']}" in lines
     before = tree_bytes(forecasts)
     result = forecast_flow(settings=trained_settings, tickers=["TEST"], days=4)
     assert not result.frames and not result.errors
