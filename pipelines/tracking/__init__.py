@@ -15,6 +15,7 @@ and `live.*` tags. Callers use the names re-exported here.
 from pipelines.tracking.connection import (
     ServerStopped,
     connect,
+    connect_to_read,
     run_url,
     server_answers,
     ui_command,
@@ -127,6 +128,7 @@ __all__ = [
     "artifact_uri",
     "champion",
     "connect",
+    "connect_to_read",
     "download_forecaster",
     "end_run",
     "end_trial_run",

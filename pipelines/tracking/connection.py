@@ -187,6 +187,19 @@ def connect(settings: Settings) -> str:
         return exp.experiment_id
 
 
+def connect_to_read(settings: Settings) -> bool:
+    """:func:`connect` for a command that only reads (status): False, and MLflow left alone,
+    when the store is a SQLite file that does not exist yet, which MLflow's first use would
+    create (nothing is registered there)."""
+    uri = resolve_tracking_uri(settings)
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+        if db.is_absolute() and not db.exists():
+            return False
+    connect(settings)
+    return True
+
+
 def _check_artifact_root(settings: Settings, uri: str, recorded: str) -> None:
     """A SQLite store keeps the absolute artifact folder its experiment was made with. When
     `tracking.artifact_location` now points elsewhere (changed since, or the project folder
