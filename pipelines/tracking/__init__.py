@@ -26,6 +26,7 @@ from pipelines.tracking.models import (
     download_forecaster,
     load_model,
     log_forecaster,
+    logged_model_name,
     pip_requirements,
     predict,
 )
@@ -146,6 +147,7 @@ __all__ = [
     "log_figures",
     "log_forecast",
     "log_forecaster",
+    "logged_model_name",
     "log_live_series",
     "log_metrics",
     "log_params",
