@@ -75,6 +75,7 @@ registry:
 data:
   sources: []
   ticker: null
+  calendar: null    # random_walk dates every weekday, holidays included
 features:
   lookback: 30
 model:

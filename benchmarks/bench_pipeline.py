@@ -152,9 +152,9 @@ def run(project: Path, overrides: list[str]) -> None:
     def log_and_register():
         forecaster = Forecaster(trained.model, preprocessor, calibration)
         example = frame.tail(preprocessor.rows_needed).reset_index(drop=True)
-        with tempfile.TemporaryDirectory(prefix="lstm-", dir=project) as work:
-            uri = tasks.log_model.fn(run_id, forecaster, example, Path(work))
         name = settings.registry.name_for(TICKER)
+        with tempfile.TemporaryDirectory(prefix="lstm-", dir=project) as work:
+            uri = tasks.log_model.fn(run_id, forecaster, example, Path(work), name, TICKER)
         return tasks.register.fn(name, uri, run_id, {tracking.TAG_TICKER: TICKER})
 
     phases.time("model logging and registration", log_and_register)

@@ -69,6 +69,48 @@ def os_problem(exc: OSError, where: str | Path) -> str:
     return what
 
 
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and every error it holds: causes, contexts, urllib's and urllib3's `reason`,
+    requests' `args` (MLflow raises its MlflowException inside the `except` of the requests
+    error, or `from` it, which holds urllib3's, which holds the socket's)."""
+    chain: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if any(e is seen for seen in chain):
+            continue
+        chain.append(e)
+        linked = (e.__cause__, e.__context__, getattr(e, "reason", None), *e.args)
+        todo.extend(x for x in linked if isinstance(x, BaseException))
+    return chain
+
+
+def no_answer(exc: BaseException) -> str | None:
+    """Why a server did not answer, when ``exc`` (urllib's, requests', an MlflowException, a
+    task's error) comes from a connection to it refused, reset, lost or timed out; None for
+    any other failure. The one classifier of the tracking client's errors and of the
+    health probes (servers.process.no_answer_from)."""
+    import requests
+    import urllib3.exceptions
+
+    chain = exception_chain(exc)
+    # the socket's own reason first: urllib3's NewConnectionError is a ConnectTimeoutError
+    # even when the connection was refused
+    kinds: tuple[tuple[str, tuple[type[BaseException], ...]], ...] = (
+        ("connection refused", (ConnectionRefusedError,)),
+        ("connection reset", (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)),
+        (
+            "no answer in time",
+            (TimeoutError, requests.Timeout, urllib3.exceptions.ReadTimeoutError),
+        ),
+        ("connection lost", (requests.ConnectionError, urllib3.exceptions.ProtocolError)),
+    )
+    for reason, types in kinds:
+        if any(isinstance(e, types) for e in chain):
+            return reason
+    return None
+
+
 def user_error_types() -> tuple[type[Exception], ...]:
     """Errors the user can act on (bad input, configuration, unusable data, a server that does
     not answer): reported in one line, exit code 2, no traceback. Subclasses included."""

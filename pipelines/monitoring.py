@@ -261,14 +261,16 @@ def next_cron(settings: Settings, now: dt.datetime | None = None) -> str:
 def status(settings: Settings) -> list[dict[str, Any]]:
     """One row per stored ticker: champion, data dates, pending, live figures, decisions."""
     store = PriceStore(settings.store_path)
-    tracking.connect(settings)
+    readable = tracking.connect_to_read(settings)  # no MLflow data yet: every ticker untrained
     upcoming = next_cron(settings)
     rows = []
     logged = set(forecast_log(settings).tickers())
     for ticker in sorted(set(store.tickers()) | logged):
         name = settings.registry.name_for(ticker)
         manifest = store.manifest(ticker)
-        known = tracking.versions(name) if tracking.registered_model_exists(name) else []
+        known = (
+            tracking.versions(name) if readable and tracking.registered_model_exists(name) else []
+        )
         current = tracking.champion(name, settings.registry.alias) if known else None
         # one read of the stored rows, for the scoring and the provenance check both
         needed = manifest is not None and (current is not None or ticker in logged)

@@ -315,10 +315,9 @@ def _registered(settings: Settings, ticker: str) -> str:
     tracking.connect(settings)
     name = settings.registry.name_for(ticker)
     if not tracking.registered_model_exists(name):
-        from pipelines.ingest import stored_in_other_case
         from pipelines.store import PriceStore
 
-        hint = stored_in_other_case(ticker, PriceStore(settings.store_path).tickers())
+        hint = PriceStore(settings.store_path).other_case(ticker)
         raise PipelineError(
             f"no registered model {name!r} (ticker {ticker!r})" + (f": {hint}" if hint else "")
         )

@@ -261,10 +261,14 @@ class PrefectAPI:
 def prefect_server_url() -> str | None:
     """The Prefect API this process is pointed at (environment, configuration or Prefect
     profile); None: its flow runs go to a temporary local API that stops with it, and events
-    it emits reach no deployment."""
+    it emits reach no deployment. Prefect's settings (a heavy import, for its profile) are
+    read only when the environment, where configure_environment puts
+    runtime.prefect_api_url, names none."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
     from prefect.settings import PREFECT_API_URL
 
-    return os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value() or None
+    return PREFECT_API_URL.value() or None
 
 
 def require_prefect_api(url: str) -> None:

@@ -240,8 +240,17 @@ def log_results(
 
 @task(name="log-model", cache_policy=NO_CACHE, **IO_RETRY)
 @tracking.server_answers()
-def log_model(run_id: str, forecaster: Forecaster, example: pd.DataFrame, workdir: Path) -> str:
-    return tracking.log_forecaster(run_id, forecaster, workdir / "forecaster", example)
+def log_model(
+    run_id: str,
+    forecaster: Forecaster,
+    example: pd.DataFrame,
+    workdir: Path,
+    name: str,
+    ticker: str,
+) -> str:
+    return tracking.log_forecaster(
+        run_id, forecaster, workdir / "forecaster", example, name=name, ticker=ticker
+    )
 
 
 @task(name="register", cache_policy=NO_CACHE, **IO_RETRY)

@@ -92,6 +92,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
 def _cmd_ingest(args: argparse.Namespace) -> int:
     # Deliberately light: pyarrow + pandas only, so a bad file is reported in about a second.
 
+    from pipelines.runtime import prefect_server_url
     from pipelines.store import PriceStore, describe
 
     settings = _settings(args)
@@ -117,7 +118,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     ):
         logging.getLogger("pipelines").warning(line)
     # A served retraining deployment listens for this (only a server can hear it).
-    if gained and os.environ.get("PREFECT_API_URL"):
+    served = prefect_server_url() if gained else None
+    if served:
         from pipelines.flows import emit_updated
 
         # its "Unable to connect" warning would say again what the one line below says
@@ -126,7 +128,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             emit_updated(settings, gained)
         except Exception as exc:  # the rows are stored: say what did not happen, exit 0
             print(
-                f"warning: {settings.schedule.event} not sent to {os.environ['PREFECT_API_URL']} "
+                f"warning: {settings.schedule.event} not sent to {served} "
                 f"({exc}): the rows are stored, but no served retraining starts from them",
                 file=sys.stderr,
             )

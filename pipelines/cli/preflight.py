@@ -84,13 +84,12 @@ def parse_configured(settings: Settings, path: Path | str, ticker: str | None):
 
 def check_stored(settings: Settings, tickers: tuple[str, ...] | list[str]) -> None:
     """Every ticker named has prices in the store, else one line naming the way to store them."""
-    from pipelines.ingest import stored_in_other_case
     from pipelines.store import PriceStore
 
     store = PriceStore(settings.store_path)
     for t in tickers:
         if store.manifest(t) is None:
-            hint = stored_in_other_case(t, store.tickers()) or (
+            hint = store.other_case(t) or (
                 f"store them first with: lstm-pipeline ingest FILE --ticker {t}"
             )
             raise PipelineError(

@@ -120,8 +120,8 @@ class DataConfig(Section):
     # null turns the split-sized-jump check off (e.g. for knowingly unadjusted prices).
     max_daily_change: JumpLimits | None = JumpLimits()
     # The exchange whose trading days forecasts are dated on (exchange_calendars' code, e.g.
-    # XNYS, XSHG); null: Monday to Friday.
-    calendar: str | None = None
+    # XNYS, XSHG); null: Monday to Friday. The default is the template's (init's mlflow.yaml).
+    calendar: str | None = "XNYS"
 
     @field_validator("calendar")
     @classmethod
@@ -142,9 +142,9 @@ class DataConfig(Section):
 
 
 class ScheduleConfig(Section):
-    # 18:30 on weekdays, after the close of the trading day.
+    # 18:30 on weekdays in New York, after the close of the default calendar's (XNYS) day.
     cron: str = "30 18 * * 1-5"
-    timezone: str = "UTC"
+    timezone: str = "America/New_York"
     event: str = "prices.updated"
 
     @field_validator("cron")

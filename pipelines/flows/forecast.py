@@ -95,9 +95,7 @@ def _champion(settings: Settings, ticker: str) -> tracking.RegisteredVersion:
         return version
     known = tracking.versions(name) if tracking.registered_model_exists(name) else []
     if not known:
-        from pipelines.ingest import stored_in_other_case
-
-        hint = stored_in_other_case(ticker, PriceStore(settings.store_path).tickers())
+        hint = PriceStore(settings.store_path).other_case(ticker)
         raise PipelineError(
             f"{name} has no registered version yet, so no {alias!r}: "
             + (hint or f"train one first with: lstm-pipeline run --ticker {ticker}")

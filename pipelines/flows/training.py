@@ -154,9 +154,10 @@ def train_one(
         with tempfile.TemporaryDirectory(prefix="lstm-") as tmp:
             workdir = Path(tmp)
             log.info("%s: logging the model, registering, deciding promotion", ticker)
-            model_uri = tasks.log_model(run_id, forecaster, example, workdir)
+            name = settings.registry.name_for(ticker)
+            model_uri = tasks.log_model(run_id, forecaster, example, workdir, name, ticker)
             registered = tasks.register(
-                settings.registry.name_for(ticker),
+                name,
                 model_uri,
                 run_id,
                 {tracking.TAG_TICKER: ticker, tracking.TAG_RUN_ID: run_id, **data_tags},

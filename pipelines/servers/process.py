@@ -72,19 +72,17 @@ def log_tail(path: Path, lines: int = 40) -> str:
 
 def no_answer_from(url: str, timeout: float) -> str | None:
     """Why a GET of `url` got no HTTP answer within `timeout` seconds (e.g. "connection
-    refused"); None when the server answered, whatever its status."""
+    refused", as :func:`pipelines.errors.no_answer` words it; else the error's own words);
+    None when the server answered, whatever its status."""
+    from pipelines.errors import no_answer
+
     try:
         with urllib.request.urlopen(url, timeout=timeout):
             return None
     except urllib.error.HTTPError:
         return None  # it answered: the caller's own requests say what is wrong
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        if isinstance(reason, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(reason, TimeoutError):
-            return "no answer in time"
-        return str(reason)
+        return no_answer(exc) or str(getattr(exc, "reason", exc))
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:

@@ -18,7 +18,13 @@ import pyarrow.parquet as pq
 
 from pipelines.errors import InputError, PipelineError
 from pipelines.fsio import atomic_write, file_lock
-from pipelines.ingest import ParsedFile, case_twin, source_lines, validate_ticker
+from pipelines.ingest import (
+    ParsedFile,
+    case_twin,
+    source_lines,
+    stored_in_other_case,
+    validate_ticker,
+)
 from pipelines.store.files import (
     DATA_FILE,
     LEGACY_MANIFEST_FILE,
@@ -127,6 +133,11 @@ class PriceStore:
             if d.name.startswith("ticker=") and (d / DATA_FILE).is_file():
                 out.append(d.name[len("ticker=") :])
         return sorted(out)
+
+    def other_case(self, ticker: str) -> str | None:
+        """For a ``ticker`` not stored: what to tell the user when its case twin is (they
+        most likely typed msft for MSFT), else None."""
+        return stored_in_other_case(ticker, self.tickers())
 
     def read_table(self, ticker: str) -> pa.Table:
         """The stored rows of ``ticker`` as an Arrow table (STORE_SCHEMA, sorted by date)."""

@@ -15,6 +15,7 @@ and `live.*` tags. Callers use the names re-exported here.
 from pipelines.tracking.connection import (
     ServerStopped,
     connect,
+    connect_to_read,
     run_url,
     server_answers,
     ui_command,
@@ -25,6 +26,7 @@ from pipelines.tracking.models import (
     download_forecaster,
     load_model,
     log_forecaster,
+    logged_model_name,
     pip_requirements,
     predict,
 )
@@ -127,6 +129,7 @@ __all__ = [
     "artifact_uri",
     "champion",
     "connect",
+    "connect_to_read",
     "download_forecaster",
     "end_run",
     "end_trial_run",
@@ -144,6 +147,7 @@ __all__ = [
     "log_figures",
     "log_forecast",
     "log_forecaster",
+    "logged_model_name",
     "log_live_series",
     "log_metrics",
     "log_params",

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipelines.config import Settings, resolve_tracking_uri
-from pipelines.errors import PipelineError
+from pipelines.errors import PipelineError, exception_chain, no_answer
 from pipelines.fsio import file_lock
 
 
@@ -54,46 +54,6 @@ class ServerStopped(PipelineError):
         return type(self), (self.uri, self.reason, self.during, self.outcome)
 
 
-def _no_answer(exc: BaseException) -> str | None:
-    """Why the server did not answer, when `exc` (an MlflowException, a task's error) comes
-    from a connection to it refused, reset or timed out; None for any other failure.
-
-    MLflow raises its MlflowException inside the `except` of the requests error (or `from`
-    it), which holds urllib3's, which holds the socket's: walk causes and contexts both.
-    """
-    import requests
-    import urllib3.exceptions
-
-    chain: list[BaseException] = []
-    todo: list[BaseException] = [exc]
-    while todo:
-        e = todo.pop(0)
-        if any(e is seen for seen in chain):
-            continue
-        chain.append(e)
-        # urllib3's MaxRetryError keeps its cause in `reason`, requests' errors in `args`
-        linked = (e.__cause__, e.__context__, getattr(e, "reason", None), *e.args)
-        todo.extend(x for x in linked if isinstance(x, BaseException))
-    # the socket's own reason first: urllib3's NewConnectionError is a ConnectTimeoutError
-    # even when the connection was refused
-    kinds: tuple[tuple[str, tuple[type[BaseException], ...]], ...] = (
-        ("connection refused", (ConnectionRefusedError,)),
-        ("connection reset", (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)),
-        (
-            "no answer in time",
-            (TimeoutError, requests.Timeout, urllib3.exceptions.ReadTimeoutError),
-        ),
-        ("connection lost", (requests.ConnectionError, urllib3.exceptions.ProtocolError)),
-    )
-    for e in chain:
-        if isinstance(e, ServerStopped):
-            return e.reason
-    for reason, types in kinds:
-        if any(isinstance(e, types) for e in chain):
-            return reason
-    return None
-
-
 def _tracking_uri() -> str:
     import mlflow
 
@@ -112,7 +72,8 @@ class _Answers(contextlib.ContextDecorator):
             return False  # none, or Ctrl-C: not this
         if isinstance(exc, PipelineError) and not isinstance(exc, ServerStopped):
             return False
-        reason = _no_answer(exc)
+        stopped = [e for e in exception_chain(exc) if isinstance(e, ServerStopped)]
+        reason = stopped[0].reason if stopped else no_answer(exc)
         if reason is None:
             return False
         uri = exc.uri if isinstance(exc, ServerStopped) else _tracking_uri()
@@ -185,6 +146,19 @@ def connect(settings: Settings) -> str:
         if exp is None:
             raise
         return exp.experiment_id
+
+
+def connect_to_read(settings: Settings) -> bool:
+    """:func:`connect` for a command that only reads (status): False, and MLflow left alone,
+    when the store is a SQLite file that does not exist yet, which MLflow's first use would
+    create (nothing is registered there)."""
+    uri = resolve_tracking_uri(settings)
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+        if db.is_absolute() and not db.exists():
+            return False
+    connect(settings)
+    return True
 
 
 def _check_artifact_root(settings: Settings, uri: str, recorded: str) -> None:

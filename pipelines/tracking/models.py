@@ -4,6 +4,7 @@ downloaded."""
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,7 +14,7 @@ import pandas as pd
 
 from pipelines.errors import PipelineError
 from pipelines.tracking.connection import _client
-from pipelines.tracking.runs import library_versions
+from pipelines.tracking.runs import TAG_TICKER, library_versions
 
 if TYPE_CHECKING:
     from lstm_core.predictor import Forecaster
@@ -21,6 +22,17 @@ if TYPE_CHECKING:
 # What a logged model carries as code: the pyfunc (pipelines/pyfunc_model.py) and lstm_core/.
 PYFUNC_CODE = Path(__file__).parent.with_name("pyfunc_model.py")
 CORE_PACKAGE = Path(__file__).resolve().parents[2] / "lstm_core"
+
+
+# What MLflow 3.17 refuses in a LoggedModel's name (mlflow/utils/validation.py:
+# _validate_logged_model_name); a ticker may hold a dot (000001.SZ), a registered name may too.
+_NOT_IN_LOGGED_NAME = re.compile(r"[/:.%\"']")
+
+
+def logged_model_name(registered_name: str) -> str:
+    """The LoggedModel's name for a version of ``registered_name`` (the experiment's Models
+    tab lists them by it; `runs:/<run_id>/<this name>` loads the run's model)."""
+    return _NOT_IN_LOGGED_NAME.sub("_", registered_name)
 
 
 def pip_requirements() -> list[str]:
@@ -33,10 +45,17 @@ def pip_requirements() -> list[str]:
 
 
 def log_forecaster(
-    run_id: str, forecaster: Forecaster, forecaster_dir: Path, input_example: pd.DataFrame
+    run_id: str,
+    forecaster: Forecaster,
+    forecaster_dir: Path,
+    input_example: pd.DataFrame,
+    *,
+    name: str,
+    ticker: str,
 ) -> str:
-    """Save ``forecaster`` in ``forecaster_dir`` and log it as a pyfunc model 'from code';
-    returns the model URI.
+    """Save ``forecaster`` in ``forecaster_dir`` and log it as a pyfunc model 'from code',
+    named after ``name`` (the registered model's, :func:`logged_model_name`) and tagged with
+    ``ticker``; returns the model URI.
 
     The signature's inputs are `date` and the feature columns the network reads, nothing
     else, so a plain price frame (any other columns, any order) is accepted; its outputs are
@@ -60,7 +79,10 @@ def log_forecaster(
     signature = ModelSignature(
         inputs=inputs, outputs=outputs, params=infer_signature(input_example, params=params).params
     )
-    return _log_pyfunc(run_id, forecaster_dir, signature, input_example).model_uri
+    logged = _log_pyfunc(
+        run_id, logged_model_name(name), ticker, forecaster_dir, signature, input_example
+    )
+    return logged.model_uri
 
 
 # MLflow loads a model from code (to load it, and to check the input example when logging it)
@@ -69,7 +91,14 @@ def log_forecaster(
 _CODE_LOAD = threading.Lock()
 
 
-def _log_pyfunc(run_id: str, forecaster_dir: Path, signature: Any, example: pd.DataFrame):
+def _log_pyfunc(
+    run_id: str,
+    name: str,
+    ticker: str,
+    forecaster_dir: Path,
+    signature: Any,
+    example: pd.DataFrame,
+):
     import mlflow.pyfunc
     from mlflow.models import Model
 
@@ -78,14 +107,15 @@ def _log_pyfunc(run_id: str, forecaster_dir: Path, signature: Any, example: pd.D
     # the logged model (and its files) in the fluent API's current experiment instead.
     logged = client.create_logged_model(
         client.get_run(run_id).info.experiment_id,
-        name="model",
+        name=name,
         source_run_id=run_id,
+        tags={TAG_TICKER: ticker},
         model_type="lstm-price-forecaster",
     )
     with _CODE_LOAD:
         return Model.log(
             artifact_path=None,
-            name="model",
+            name=name,
             flavor=mlflow.pyfunc,
             run_id=run_id,
             model_id=logged.model_id,

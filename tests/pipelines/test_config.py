@@ -180,6 +180,36 @@ def test_the_package_ships_the_repos_config_byte_for_byte():
     assert template_text().encode("utf-8") == REPO_CONFIG.read_bytes()
 
 
+# Keys the template deliberately sets to another value than the built-in default (none yet):
+# each would need a line in the template saying so.
+TEMPLATE_DIFFERS_FROM_DEFAULT: frozenset[str] = frozenset()
+
+
+def test_a_key_left_out_gets_the_value_inits_file_gives_it(tmp_path):
+    # init's file calls itself the commented default: an empty file must mean the same
+    # settings, key by key (any future drift between the two fails here).
+    def flat(path: Path) -> dict[str, object]:
+        out: dict[str, object] = {}
+
+        def walk(prefix: str, value: object) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                out[prefix] = value
+
+        settings = load_settings(path, env={})
+        walk("", settings.model_dump(mode="json", exclude={"base_dir"}))
+        return out
+
+    init_project(tmp_path / "init")
+    written = flat(tmp_path / "init" / "mlflow.yaml")
+    empty = flat(write(tmp_path, ""))
+    assert written.keys() == empty.keys()
+    differ = {k: (written[k], empty[k]) for k in written if written[k] != empty[k]}
+    assert differ.keys() == TEMPLATE_DIFFERS_FROM_DEFAULT, differ
+
+
 def test_config_is_found_in_the_nearest_folder_then_env_then_explicit(tmp_path):
     project = tmp_path / "project"
     deep = project / "data" / "incoming"

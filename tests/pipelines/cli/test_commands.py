@@ -68,6 +68,28 @@ def test_init_where_no_folder_can_be_made_is_one_line_exit_2(tmp_path, capsys):
     assert [p.name for p in (tmp_path / "p").iterdir()] == ["data"]
 
 
+def test_status_in_a_project_without_mlflow_data_creates_nothing(tmp_path):
+    # README: `status` only reads. MLflow's first use would create mlflow.db (and the lock
+    # beside it, .locks/): a project that has none gets none from status.
+    prices = write_prices(tmp_path / "downloads" / "acme.csv", price_frame(120))
+    assert main(["init", str(tmp_path / "acme")]) == 0
+    project = tmp_path / "acme"
+    cfg = str(project / "mlflow.yaml")
+    assert main(["ingest", str(prices), "--ticker", "ACME", "--config", cfg]) == 0
+
+    def listing() -> list[str]:
+        return sorted(str(p.relative_to(project)) for p in project.rglob("*"))
+
+    before = listing()
+    assert "mlflow.db" not in before
+    out = _cli(project, "status")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert listing() == before
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 and lines[1].split()[0] == "ACME", out.stdout
+    assert "untrained" in lines[1], out.stdout
+
+
 @pytest.mark.slow
 def test_new_users_path_from_a_folder_of_its_own(tmp_path):
     """README's path with the installed command: init, ingest, run, forecast, models serve."""

@@ -232,16 +232,17 @@ def test_ingest_against_a_prefect_api_is_one_line_and_the_event_arrives(tiny_pro
 
     since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
     env = {**user_env(keep_pythonpath=True), "PREFECT_API_URL": PREFECT_API_URL.value()}
-    out = cli(BIN, "ingest", "prices/TEST.csv", "--ticker", "TEST", cwd=tiny_project, env=env)
+    # a ticker of its own: the other tests' ingests in this process send theirs to this API too
+    out = cli(BIN, "ingest", "prices/TEST.csv", "--ticker", "EVT", cwd=tiny_project, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stderr == ""
-    assert out.stdout.startswith("prices/TEST.csv: TEST +120 new") and out.stdout.count("\n") == 1
+    assert out.stdout.startswith("prices/TEST.csv: EVT +120 new") and out.stdout.count("\n") == 1
 
     def arrived() -> list:
         wanted = EventFilter(  # `until` defaults to now
             occurred=EventOccurredFilter(since=since),
             event=EventNameFilter(name=["prices.updated"]),
-            resource=EventResourceFilter(id=["lstm.ticker.TEST"]),
+            resource=EventResourceFilter(id=["lstm.ticker.EVT"]),
         )
         return client.read_events(filter=wanted, limit=10).events
 
@@ -253,18 +254,33 @@ def test_ingest_against_a_prefect_api_is_one_line_and_the_event_arrives(tiny_pro
     assert [e.payload for e in events] == [{"added": 120}]
 
 
-def test_ingest_with_a_prefect_api_that_does_not_answer_stores_and_says_so(tiny_project):
+@pytest.mark.parametrize("given_in", ["environment", "mlflow.yaml", "prefect profile"])
+def test_ingest_with_a_prefect_api_that_does_not_answer_stores_and_says_so(tiny_project, given_in):
     """The rows are stored (exit 0); one line says the event was not sent, and why. Both
-    streams to one file (`ingest ... >> log 2>&1`): the stored line comes first, as printed."""
+    streams to one file (`ingest ... >> log 2>&1`): the stored line comes first, as printed.
+    The API is the one every command uses (runtime.prefect_server_url), wherever it is set."""
     import socket
 
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}/api"
+    env = user_env(keep_pythonpath=True)
+    if given_in == "environment":
+        env["PREFECT_API_URL"] = url
+    elif given_in == "mlflow.yaml":
+        with open(tiny_project / "mlflow.yaml", "a", encoding="utf-8") as fh:
+            fh.write(f"runtime:\n  prefect_api_url: {url}\n")
+    else:  # what `prefect config set PREFECT_API_URL=...` writes
+        profiles = tiny_project / "profiles.toml"
+        profiles.write_text(
+            f'active = "local"\n\n[profiles.local]\nPREFECT_API_URL = "{url}"\n',
+            encoding="utf-8",
+        )
+        env["PREFECT_PROFILES_PATH"] = str(profiles)
     out = subprocess.run(
         [str(BIN), "ingest", "prices/TEST.csv", "--ticker", "TEST"],
         cwd=tiny_project,
-        env={**user_env(keep_pythonpath=True), "PREFECT_API_URL": url},
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

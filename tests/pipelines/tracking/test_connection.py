@@ -71,6 +71,44 @@ def test_a_server_that_accepts_but_never_answers_is_no_answer_in_time(no_retries
             _get_run(uri)
 
 
+def test_the_health_probe_and_the_client_word_a_dropped_connection_alike(no_retries, monkeypatch):
+    """One classifier (pipelines.errors.no_answer): a server that accepts and hangs up is
+    "connection reset" to the /health probe before a command (servers.process.no_answer_from)
+    and to MLflow's client in the middle of one (ServerStopped)."""
+    import threading
+
+    from pipelines.servers.process import no_answer_from
+    from pipelines.tracking import ServerStopped, server_answers
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        sock.settimeout(0.2)
+        uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        done = threading.Event()
+
+        def hang_up() -> None:
+            while not done.is_set():
+                try:
+                    conn, _ = sock.accept()
+                except OSError:  # a timeout: look at `done` again
+                    continue
+                with conn:
+                    conn.recv(65536)  # the request, never answered
+
+        server = threading.Thread(target=hang_up, daemon=True)
+        server.start()
+        try:
+            assert no_answer_from(f"{uri}/health", timeout=5) == "connection reset"
+            monkeypatch.setattr("pipelines.tracking.connection._tracking_uri", lambda: uri)
+            dropped = pytest.raises(ServerStopped, match=r"stopped answering \(connection reset\)")
+            with dropped, server_answers():
+                _get_run(uri)
+        finally:
+            done.set()
+            server.join()
+
+
 def test_other_errors_pass_through():
     from pipelines.errors import PipelineError
     from pipelines.tracking import server_answers

@@ -25,6 +25,31 @@ def test_model_files_live_in_the_runs_experiment_and_artifact_folder(trained, cl
     assert str(settings.path("mlartifacts")) in logged.artifact_location
 
 
+def test_the_logged_model_is_named_after_its_registered_model(trained, tmp_path):
+    # ut5 L8: every LoggedModel was named `model`, alike in the experiment's Models tab.
+    import mlflow.artifacts
+    from mlflow import MlflowClient
+
+    from pipelines.config import resolve_tracking_uri
+    from pipelines.tracking import logged_model_name
+
+    settings, result = trained
+    uri = resolve_tracking_uri(settings)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name(settings.tracking.experiment).experiment_id
+    model_id = client.get_model_version(MODEL, result.version).source.split("/")[-1]
+    logged = {m.model_id: m for m in client.search_logged_models(experiment_ids=[experiment])}
+    assert logged[model_id].name == MODEL
+    assert logged[model_id].tags["ticker"] == "TEST"
+    # the run's model loads by that name too (MLflow 3 finds runs:/<run>/<name> by name)
+    local = mlflow.artifacts.download_artifacts(
+        f"runs:/{result.run_id}/{MODEL}", dst_path=str(tmp_path), tracking_uri=uri
+    )
+    assert (Path(local) / "MLmodel").is_file()
+    # what MLflow refuses in a LoggedModel's name (a dotted ticker) becomes `_`
+    assert logged_model_name("lstm-000001.SZ") == "lstm-000001_SZ"
+
+
 def test_model_carries_the_pyfunc_code_and_lstm_core(trained, client, tmp_path):
     """The registered model holds pipelines/pyfunc_model.py and lstm_core/ as they are here."""
     import yaml
