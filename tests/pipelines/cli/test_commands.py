@@ -323,6 +323,22 @@ def test_a_second_project_does_not_challenge_another_projects_champion(trained_s
     header, row, *below = out.stdout.splitlines()
     assert row == foreign
     assert f"TEST last decision: v2 refused: {why}" in below, below
+    # the first project told another calendar: its own champion is not challenged either
+    xshg = ("--set", "data.calendar=XSHG", "--set", "evaluation.backtest_folds=0")
+    out = _cli(first, "run", "--ticker", "TEST", *xshg)
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    why = (
+        "test-TEST v1 was trained on these prices with data.calendar XNYS, this project's is "
+        "XSHG, so test-TEST v3, trained here with XSHG, does not challenge it and is not "
+        "promoted: if this project changed its data.calendar, promote v3 by hand: "
+        "lstm-pipeline promote --ticker TEST --version 3; if v1 is another project's, give "
+        'this project model names of its own with registry.model_name (e.g. "myproject-'
+        '{ticker}") and train them: lstm-pipeline run --ticker TEST'
+    )
+    assert [x[9:] for x in out.stderr.splitlines() if "v1 was trained" in x] == [f"TEST: {why}"]
+    after_aliases, after = registry()
+    assert after_aliases == aliases and after["1"] == versions["1"]
+    assert after["3"][0]["promotion.reason"] == f"refused: {why}"
 
 
 def test_rollback_to_a_deleted_version_is_one_line_exit_2_and_changes_nothing(
