@@ -169,16 +169,20 @@ def test_another_projects_champion_is_not_challenged(trained_settings, tmp_path)
     v1 = client.get_model_version("test-TEST", "1")
     v2 = tracking.register("test-TEST", v1.source, v1.run_id, {}).version
 
-    def rescore(version: str) -> float:
-        raise AssertionError(f"v{version}, another project's, was re-scored")
+    rescored: list[str] = []
+
+    def rescore(version: str) -> float:  # far worse than the challenger: it would win
+        rescored.append(version)
+        return 1.0
 
     d = promote(other, "TEST", v2, {"test_rmse": 0.1, "naive_rmse": 1.0}, rescore)
+    assert str(client.get_model_version_by_alias("test-TEST", "champion").version) == "1"
+    assert rescored == []  # not compared at all
     assert not d.promote and d.reason.startswith(
         "refused: test-TEST v1 was trained on 120 rows through 2020-06-16, not on the 120 rows "
         "of TEST stored here through that day: it is not this project's model"
     ), d.reason
     assert d.reason.endswith("promote v2 by hand: lstm-pipeline promote --ticker TEST --version 2")
-    assert str(client.get_model_version_by_alias("test-TEST", "champion").version) == "1"
     after = client.get_model_version("test-TEST", "1")
     assert (after.tags, after.description) == (v1.tags, v1.description)
     assert client.get_model_version("test-TEST", v2).tags["promotion.promoted"] == "false"
