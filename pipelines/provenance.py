@@ -44,17 +44,28 @@ def _calendar(name: str | None) -> str:
 
 
 def not_trained_here(
-    settings: Settings, ticker: str, version: tracking.RegisteredVersion, table: pa.Table
+    settings: Settings,
+    ticker: str,
+    version: tracking.RegisteredVersion,
+    table: pa.Table,
+    challenger: str | None = None,
 ) -> tuple[str, str] | None:
     """Why `version` cannot forecast this project's `ticker`, as (state word, one line):
     FOREIGN, trained on other prices than those stored here (another project's model of the
     same name); CALENDAR, trained on these prices with another `data.calendar`, whose
     sessions its forecasts would fall on. None: neither, as far as its run's parameters and
-    data tags tell."""
+    data tags tell. `challenger`: a version of the same model trained here, which the line
+    says is not promoted over `version` (a project does not replace another's champion)."""
     label = f"{version.name} v{version.version}"
     params = tracking.run_params(version.run_id) if version.run_id else {}
     theirs, ours = params.get("data.calendar") or None, settings.data.calendar
     other_calendar = "data.calendar" in params and theirs != ours
+    run = f"lstm-pipeline run --ticker {ticker}"
+    by_hand = f"lstm-pipeline promote --ticker {ticker} --version {challenger or 'N'}"
+    names = (
+        "give this project model names of its own with registry.model_name (e.g. "
+        f'"myproject-{{ticker}}") and train them: {run}'
+    )
     if trained_days_changed(table, version):
         last = version.tags[tracking.TAG_DATA_LAST_DATE]
         rows = version.tags.get(tracking.TAG_DATA_ROWS, "?")
@@ -64,21 +75,40 @@ def not_trained_here(
             if other_calendar
             else ("", "")
         )
-        return "FOREIGN", (
+        what = (
             f"{label} was trained on {rows} rows through {last}{cal[0]}, not on the {here} "
             f"rows of {ticker} stored here through that day{cal[1]}: it is not this project's "
             "model (another project's on the same tracking server, or stored days replaced "
-            "since): give this project model names of its own with registry.model_name (e.g. "
-            f'"myproject-{{ticker}}"), or train this project\'s own: lstm-pipeline run '
-            f"--ticker {ticker}"
+            "since)"
+        )
+        if challenger is None:
+            return "FOREIGN", (
+                f"{what}: {names}; or, if v{version.version} is this project's own, promote "
+                f"by hand a version trained here (one does not challenge it): {by_hand}"
+            )
+        return "FOREIGN", (
+            f"{what}, so {version.name} v{challenger}, trained here, does not challenge it "
+            f"and is not promoted: {names}; or, if v{version.version} is this project's own, "
+            f"promote v{challenger} by hand: {by_hand}"
         )
     if other_calendar:
         theirs, ours = _calendar(theirs), _calendar(ours)
+        what = (
+            f"{label} was trained on these prices with data.calendar {theirs}, this "
+            f"project's is {ours}"
+        )
+        if challenger is None:
+            return "CALENDAR", (
+                f"{what}: its forecasts would fall on {theirs} sessions: forecast with the "
+                f"calendar it was trained with (data.calendar: {theirs} in mlflow.yaml, or "
+                f"--set data.calendar={theirs}), or train it again with {ours} and promote that "
+                f"version by hand (one trained here does not challenge it): {run}, then "
+                f"{by_hand}"
+            )
         return "CALENDAR", (
-            f"{label} was trained on these prices with data.calendar {theirs}, this project's "
-            f"is {ours}: its forecasts would fall on {theirs} sessions: forecast with the "
-            f"calendar it was trained with (data.calendar: {theirs} in mlflow.yaml, or --set "
-            f"data.calendar={theirs}), or train it again with {ours}: lstm-pipeline run "
-            f"--ticker {ticker}"
+            f"{what}, so {version.name} v{challenger}, trained here with {ours}, does not "
+            f"challenge it and is not promoted: if this project changed its data.calendar, "
+            f"promote v{challenger} by hand: {by_hand}; if v{version.version} is another "
+            f"project's, {names}"
         )
     return None

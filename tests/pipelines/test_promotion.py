@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipelines.config import PromotionPolicy
-from pipelines.promotion import TIE, Decision, decide
+from pipelines.promotion import TIE, Decision, decide, version_description
 
 POLICY = PromotionPolicy(metric="test_rmse", min_improvement=0.0, max_worse_than_naive=0.1)
 anything = st.one_of(
@@ -146,3 +146,47 @@ def test_runs_left_running_by_an_ended_process_are_failed_and_only_those(tiny_se
     note = client.get_run(runs["killed"]).data.tags[TAG_SETTLED]
     assert f"process {ended['owner.pid']} on" in note and "marked FAILED" in note
     assert settle_orphaned_runs(exp) == [runs["live"]]  # once its process has ended
+
+
+def test_another_projects_champion_is_not_challenged(trained_settings, tmp_path):
+    """Two projects on one tracking store, the same ticker: a version the second registers
+    does not take the first's champion alias however well it scores; it is refused with
+    the provenance line, and the champion is left as it was (the CLI's test: test_commands)."""
+    from mlflow import MlflowClient
+
+    from pipelines import tracking
+    from pipelines.config import load_settings
+    from pipelines.promotion import promote
+    from pipelines.tasks import ingest_file
+    from tests.pipelines.cli.conftest import project_beside
+    from tests.pipelines.conftest import price_frame, write_prices
+
+    other = load_settings(project_beside(trained_settings.base_dir, tmp_path / "other"), env={})
+    prices = write_prices(tmp_path / "other" / "prices" / "TEST.csv", price_frame(120, seed=7))
+    ingest_file(other, str(prices), "TEST")
+    tracking.connect(other)
+    client = MlflowClient()
+    v1 = client.get_model_version("test-TEST", "1")
+    v2 = tracking.register("test-TEST", v1.source, v1.run_id, {}).version
+
+    rescored: list[str] = []
+
+    def rescore(version: str) -> float:  # far worse than the challenger: it would win
+        rescored.append(version)
+        return 1.0
+
+    d = promote(other, "TEST", v2, {"test_rmse": 0.1, "naive_rmse": 1.0}, rescore)
+    assert str(client.get_model_version_by_alias("test-TEST", "champion").version) == "1"
+    assert rescored == []  # not compared at all
+    assert not d.promote and d.reason.startswith(
+        "refused: test-TEST v1 was trained on 120 rows through 2020-06-16, not on the 120 rows "
+        "of TEST stored here through that day: it is not this project's model"
+    ), d.reason
+    assert d.reason.endswith("promote v2 by hand: lstm-pipeline promote --ticker TEST --version 2")
+    after = client.get_model_version("test-TEST", "1")
+    assert (after.tags, after.description) == (v1.tags, v1.description)
+    assert client.get_model_version("test-TEST", v2).tags["promotion.promoted"] == "false"
+    assert version_description(d) == (
+        f"Not promoted: test_rmse 0.1, not compared with champion v1, naive forecast RMSE 1: "
+        f"{d.reason.removeprefix('refused: ')}."
+    )

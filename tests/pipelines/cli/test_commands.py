@@ -9,10 +9,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipelines.cli import main
-from tests.pipelines.cli.conftest import BIN, _cli
+from tests.pipelines.cli.conftest import BIN, _cli, project_beside
 from tests.pipelines.conftest import price_frame, write_prices
 from tests.user_path import TINY, assert_only_progress, checkout_state, cli, project_state, user_env
 
@@ -255,6 +256,89 @@ def test_a_champion_that_cannot_be_rescored_keeps_the_alias(trained_settings):
     assert (
         v2[tracking.TAG_PROMOTED] == "false" and "could not be re-scored" in v2["promotion.reason"]
     )
+
+
+@pytest.mark.slow  # trainings in subprocesses
+def test_a_second_project_does_not_challenge_another_projects_champion(trained_settings, tmp_path):
+    """A user's test: two projects on one tracking store, the same ticker (so the same
+    registered model), other prices. The second's `run` re-scored the first's champion on its
+    own prices and could take the alias from it, replacing the model the first serves."""
+    from mlflow import MlflowClient
+
+    first = trained_settings.base_dir
+    other = project_beside(first, tmp_path / "other")
+    # its prices climb steadily: a challenger trained on them beats by far the first's
+    # champion, trained on a random walk, re-scored on them (it took the alias before)
+    prices = price_frame(120, seed=7)
+    noise = np.random.default_rng(7).normal(0, 0.001, len(prices))
+    opens = 20 * np.exp(np.cumsum(0.01 + noise))
+    prices["Open"], prices["Close"] = opens.round(4), (opens * 1.002).round(4)
+    prices["High"], prices["Low"] = (opens * 1.01).round(4), (opens * 0.99).round(4)
+    write_prices(other.parent / "prices" / "TEST.csv", prices)
+    uri = f"sqlite:///{first / 'mlflow.db'}"
+
+    def registry() -> tuple[dict, dict]:
+        """The model's aliases and every version as a fresh client sees them."""
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        versions = client.search_model_versions("name = 'test-TEST'")
+        aliases = client.get_registered_model("test-TEST").aliases
+        return {a: str(v) for a, v in aliases.items()}, {
+            str(v.version): (v.tags, v.description, v.source, v.run_id, v.aliases) for v in versions
+        }
+
+    aliases, versions = registry()
+    assert (aliases, list(versions)) == ({"champion": "1"}, ["1"])
+    assert _cli(other.parent, "ingest", "prices/TEST.csv").returncode == 0
+    status = _cli(other.parent, "status")  # as it is before: v1 is another project's
+    assert status.returncode == 0, status.stderr
+    foreign = status.stdout.splitlines()[1]
+    assert foreign.split()[-4] == "FOREIGN", foreign
+    out = _cli(other.parent, "run", "--ticker", "TEST", "--set", "evaluation.backtest_folds=0")
+    # a refused promotion is not a failed run: exit 0, as the promotion gate's refusals
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert_only_progress(out)
+    why = (
+        "test-TEST v1 was trained on 120 rows through 2020-06-16, not on the 120 rows of TEST "
+        "stored here through that day: it is not this project's model (another project's on "
+        "the same tracking server, or stored days replaced since), so test-TEST v2, trained "
+        "here, does not challenge it and is not promoted: give this project model names of its "
+        'own with registry.model_name (e.g. "myproject-{ticker}") and train them: '
+        "lstm-pipeline run --ticker TEST; or, if v1 is this project's own, promote v2 by hand: "
+        "lstm-pipeline promote --ticker TEST --version 2"
+    )
+    # the first project's champion and its version exactly as they were; v2 kept, refused
+    after_aliases, after = registry()
+    assert after_aliases == aliases and after["1"] == versions["1"], out.stdout
+    assert [x[9:] for x in out.stderr.splitlines() if "v1 was trained" in x] == [f"TEST: {why}"]
+    [line] = [x.strip() for x in out.stdout.splitlines() if "registered test-TEST" in x]
+    assert line == f"registered test-TEST version 2: not promoted (refused: {why})", line
+    tags = after["2"][0]
+    assert (tags["promotion.promoted"], tags["promotion.reason"]) == ("false", f"refused: {why}")
+    assert "promotion.champion_score" not in tags
+    assert after["2"][1].startswith("Not promoted: test_rmse "), after["2"][1]
+    assert ", not compared with champion v1, naive forecast RMSE " in after["2"][1]
+    # status in the second project: v1 is still FOREIGN there, its own refusal the last word
+    out = _cli(other.parent, "status")
+    assert out.returncode == 0, out.stderr
+    header, row, *below = out.stdout.splitlines()
+    assert row == foreign
+    assert f"TEST last decision: v2 refused: {why}" in below, below
+    # the first project told another calendar: its own champion is not challenged either
+    xshg = ("--set", "data.calendar=XSHG", "--set", "evaluation.backtest_folds=0")
+    out = _cli(first, "run", "--ticker", "TEST", *xshg)
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    why = (
+        "test-TEST v1 was trained on these prices with data.calendar XNYS, this project's is "
+        "XSHG, so test-TEST v3, trained here with XSHG, does not challenge it and is not "
+        "promoted: if this project changed its data.calendar, promote v3 by hand: "
+        "lstm-pipeline promote --ticker TEST --version 3; if v1 is another project's, give "
+        'this project model names of its own with registry.model_name (e.g. "myproject-'
+        '{ticker}") and train them: lstm-pipeline run --ticker TEST'
+    )
+    assert [x[9:] for x in out.stderr.splitlines() if "v1 was trained" in x] == [f"TEST: {why}"]
+    after_aliases, after = registry()
+    assert after_aliases == aliases and after["1"] == versions["1"]
+    assert after["3"][0]["promotion.reason"] == f"refused: {why}"
 
 
 def test_rollback_to_a_deleted_version_is_one_line_exit_2_and_changes_nothing(

@@ -10,8 +10,8 @@ import pytest
 
 from pipelines.cli import main
 from tests.conftest import SHARED_DATA
-from tests.pipelines.cli.conftest import BIN, _cli
-from tests.pipelines.conftest import TINY_CONFIG, price_frame, tree_bytes, write_prices
+from tests.pipelines.cli.conftest import BIN, _cli, project_beside
+from tests.pipelines.conftest import price_frame, tree_bytes, write_prices
 from tests.user_path import REPO, TINY, assert_only_progress, cli, user_env
 
 
@@ -93,18 +93,17 @@ FOREIGN_CHAMPION = (
     "error: TEST: test-TEST v1 was trained on 120 rows through 2020-06-16, not on the 120 "
     "rows of TEST stored here through that day: it is not this project's model (another "
     "project's on the same tracking server, or stored days replaced since): give this "
-    'project model names of its own with registry.model_name (e.g. "myproject-{ticker}"), '
-    "or train this project's own: lstm-pipeline run --ticker TEST\n"
+    'project model names of its own with registry.model_name (e.g. "myproject-{ticker}") '
+    "and train them: lstm-pipeline run --ticker TEST; or, if v1 is this project's own, "
+    "promote by hand a version trained here (one does not challenge it): lstm-pipeline "
+    "promote --ticker TEST --version N\n"
 )
 
 
 def _second_project(first: Path, other: Path) -> Path:
     """A project sharing `first`'s tracking store (as a server would be shared; a SQLite file
     suffices), with TEST prices of its own (to ingest): `first`'s champion has its model name."""
-    store = f"sqlite:///{first / 'mlflow.db'}\n  artifact_location: {first / 'mlartifacts'}"
-    config = TINY_CONFIG.replace("sqlite:///mlflow.db", store)
-    (other / "mlflow.yaml").parent.mkdir()
-    (other / "mlflow.yaml").write_text(config, encoding="utf-8")
+    project_beside(first, other)
     write_prices(other / "prices" / "TEST.csv", price_frame(120, seed=7))
     return other
 
@@ -148,7 +147,9 @@ def test_forecast_refuses_another_projects_champion_of_the_same_name(
         "error: TEST: test-TEST v1 was trained on these prices with data.calendar XNYS, this "
         "project's is XSHG: its forecasts would fall on XNYS sessions: forecast with the "
         "calendar it was trained with (data.calendar: XNYS in mlflow.yaml, or --set "
-        "data.calendar=XNYS), or train it again with XSHG: lstm-pipeline run --ticker TEST\n"
+        "data.calendar=XNYS), or train it again with XSHG and promote that version by hand "
+        "(one trained here does not challenge it): lstm-pipeline run --ticker TEST, then "
+        "lstm-pipeline promote --ticker TEST --version N\n"
     )
     assert (tree_bytes(other), tree_bytes(first / "data")) == before
     # and as it was trained: it forecasts with it as before, and its status is ok
