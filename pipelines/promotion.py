@@ -273,9 +273,9 @@ def _not_challenged(
     version: str,
     metrics: Mapping[str, float],
 ) -> Decision | None:
-    """A refusal when `champion` was not trained on this project's prices or calendar
-    (provenance's FOREIGN, CALENDAR): another project's champion of the same model name is
-    the one that project serves, so a challenger trained here does not take its alias."""
+    """A refusal when `champion` is another project's (provenance's FOREIGN, CALENDAR): the
+    champion of the same model name that project serves, whose alias a challenger trained here
+    does not take. This project's own champion: None, it is challenged on scores."""
     table = PriceStore(settings.store_path).read_table(ticker)
     mismatch = provenance.not_trained_here(settings, ticker, champion, table, challenger=version)
     if mismatch is None:
@@ -304,7 +304,7 @@ def promote(
 
     ``rescore(champion_version)`` returns the champion's error on this version's test window.
     One decision at a time per registered model (a file lock), so racing runs cannot both win.
-    A champion trained on other prices or another calendar is not challenged at all.
+    Another project's champion (see provenance.whose) is not challenged at all.
     """
     reg = settings.registry
     name = reg.name_for(ticker)
