@@ -355,7 +355,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.runtime import progress_logging, quiet_interrupts
+    from pipelines.runtime import cut_by_interrupt, progress_logging, quiet_interrupts
 
     line_buffered_stdout()
     args = build_parser().parse_args(argv)
@@ -379,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.filename or 'a file'}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except Exception as exc:
+        if cut_by_interrupt(exc):  # an error of a write Ctrl-C cut short: the stop is the news
+            print("interrupted", file=sys.stderr)
+            return 130
         if not is_user_error(exc):
             raise
         print(f"error: {exc}", file=sys.stderr)

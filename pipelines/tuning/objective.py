@@ -105,7 +105,14 @@ class Objective:
             note = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            tracking.end_trial_run(run_id, state, note)
+            try:
+                tracking.end_trial_run(run_id, state, note)
+            except Exception:
+                # Ctrl-C may have cut a write short in either process and left SQLite locked:
+                # the stop is what to tell, and the next command marks the run FAILED
+                # (settle_orphaned_runs)
+                if state != "interrupted":
+                    raise
             log.info("%s trial %s: %s (%s)", self.ticker, name, state, note)
 
     def _stopped(self, trial: Any) -> None:

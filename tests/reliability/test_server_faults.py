@@ -134,6 +134,43 @@ def test_tracking_server_stops_mid_run(tmp_path):
         server.stop()
 
 
+def _kill_server_mid_run(run, until, server, project, env, out: Path) -> str:
+    """Start `run` (the CLI), stop `server` once `until` holds, and check what the user sees:
+    exit 2, nothing on stdout, no traceback or retry lines, the progress lines and one last
+    line naming the server; returns that line."""
+    from tests.user_path import PROGRESS_LINE, Started
+
+    with (
+        out.open("w") as stdout,
+        Started(run, cwd=project, env=env, until=until, stdout=stdout) as cmd,
+    ):
+        cmd.wait_seen(600)
+        server.stop()  # the whole group, as the user's kill did
+        t0 = time.monotonic()
+        code = cmd.finish(timeout=300)
+        took = time.monotonic() - t0
+    lines = cmd.lines
+    err = "\n".join(lines)
+    print(f"exit {code} {took:.1f} s after the kill; stderr:\n{err}")
+    assert code == 2, err[-5000:]
+    assert out.read_text() == ""  # no `T: FAILED: ...` per ticker
+    assert "Traceback" not in err and "Retrying" not in err, err[-5000:]
+    noise = [line for line in lines if not PROGRESS_LINE.match(line)]
+    assert noise == [lines[-1]], err[-5000:]
+    assert lines[-1].startswith(f"error: tracking server {server.url} stopped answering "), err
+    return lines[-1]
+
+
+def _statuses_after_score(client, project: Path, env: dict) -> list[str]:
+    """What the next command (`score`, as the error line says) leaves of the cut runs."""
+    score = subprocess.run(
+        [str(BIN), "score"], cwd=project, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert score.returncode == 0, score.stderr[-3000:]
+    exp = client.get_experiment_by_name("tests")
+    return sorted(r.info.status for r in client.search_runs([exp.experiment_id]))
+
+
 @pytest.mark.slow  # a training in a subprocess, its server killed, restarted
 def test_server_killed_while_run_trains_is_one_line_exit_2(tmp_path):
     """The README's promise for a server that does not answer, when it stops in the middle of
@@ -143,7 +180,7 @@ def test_server_killed_while_run_trains_is_one_line_exit_2(tmp_path):
     from mlflow import MlflowClient
 
     from pipelines.servers import start_mlflow_server
-    from tests.user_path import PROGRESS_LINE, Started, user_env
+    from tests.user_path import user_env
 
     project = new_project(tmp_path / "project")
     server = start_mlflow_server(tmp_path / "server", timeout=180, **_proxied(tmp_path))
@@ -154,38 +191,15 @@ def test_server_killed_while_run_trains_is_one_line_exit_2(tmp_path):
     out = tmp_path / "stdout.txt"
     try:
         run = [str(BIN), "run", "--set=training.epochs=1000", "--set=evaluation.backtest_folds=0"]
-        with (
-            out.open("w") as stdout,
-            Started(run, cwd=project, env=env, until=" epoch 1/1000 ", stdout=stdout) as cmd,
-        ):
-            cmd.wait_seen(600)
-            server.stop()  # the whole group, as the user's kill did
-            t0 = time.monotonic()
-            code = cmd.finish(timeout=300)
-            took = time.monotonic() - t0
-        lines = cmd.lines
-        err = "\n".join(lines)
-        print(f"exit {code} {took:.1f} s after the kill; stderr:\n{err}")
-        assert code == 2, err[-5000:]
-        assert "Traceback" not in err and "Retrying" not in err, err[-5000:]
-        noise = [line for line in lines if not PROGRESS_LINE.match(line)]
-        assert noise == [lines[-1]], err[-5000:]
-        assert lines[-1].startswith(f"error: tracking server {server.url} stopped answering "), err
-        assert "TEST's run" in lines[-1] and "nothing was registered" in lines[-1], lines[-1]
-        assert out.read_text() == ""
+        said = _kill_server_mid_run(run, " epoch 1/1000 ", server, project, env, out)
+        assert "TEST's run" in said and "nothing was registered" in said, said
 
         server = start_mlflow_server(
             tmp_path / "server", port=port, timeout=180, **_proxied(tmp_path)
         )
         client = MlflowClient(server.url, server.url)
         assert client.search_model_versions(f"name = '{MODEL}'") == []
-        score = subprocess.run(  # as the error line says: the next score settles the run
-            [str(BIN), "score"], cwd=project, env=env, capture_output=True, text=True, timeout=300
-        )
-        assert score.returncode == 0, score.stderr[-3000:]
-        exp = client.get_experiment_by_name("tests")
-        runs = client.search_runs([exp.experiment_id])
-        assert [r.info.status for r in runs] == ["FAILED"], score.stderr
+        assert _statuses_after_score(client, project, env) == ["FAILED"]
     finally:
         server.stop()
 
@@ -199,7 +213,7 @@ def test_server_killed_while_two_tickers_train_is_one_line_exit_2(tmp_path):
 
     from pipelines.servers import start_mlflow_server
     from tests.pipelines.conftest import price_frame, write_prices
-    from tests.user_path import PROGRESS_LINE, Started, user_env
+    from tests.user_path import user_env
 
     project = new_project(tmp_path / "project")
     write_prices(project / "prices" / "TWO.csv", price_frame(STORED_ROWS, seed=1))
@@ -226,25 +240,7 @@ def test_server_killed_while_two_tickers_train_is_one_line_exit_2(tmp_path):
         return all(any(f" {t} epoch 1/1000 " in x for x in lines) for t in (TICKER, "TWO"))
 
     try:
-        with (
-            out.open("w") as stdout,
-            Started(run, cwd=project, env=env, until=both_training, stdout=stdout) as cmd,
-        ):
-            cmd.wait_seen(600)
-            server.stop()  # both tickers are training
-            t0 = time.monotonic()
-            code = cmd.finish(timeout=300)
-            took = time.monotonic() - t0
-        lines = cmd.lines
-        err = "\n".join(lines)
-        print(f"exit {code} {took:.1f} s after the kill; stderr:\n{err}")
-        assert code == 2, err[-5000:]
-        assert out.read_text() == ""  # no `TEST: FAILED: ...` per ticker
-        assert "Traceback" not in err and "Retrying" not in err, err[-5000:]
-        noise = [line for line in lines if not PROGRESS_LINE.match(line)]
-        assert noise == [lines[-1]], err[-5000:]
-        said = lines[-1]
-        assert said.startswith(f"error: tracking server {server.url} stopped answering "), said
+        said = _kill_server_mid_run(run, both_training, server, project, env, out)
         assert f"{TICKER}, TWO not trained, nothing was registered" in said, said
 
         server = start_mlflow_server(
@@ -253,12 +249,6 @@ def test_server_killed_while_two_tickers_train_is_one_line_exit_2(tmp_path):
         client = MlflowClient(server.url, server.url)
         for name in (MODEL, "test-TWO"):
             assert client.search_model_versions(f"name = '{name}'") == []
-        score = subprocess.run(  # as the error line says: the next command settles the runs
-            [str(BIN), "score"], cwd=project, env=env, capture_output=True, text=True, timeout=300
-        )
-        assert score.returncode == 0, score.stderr[-3000:]
-        exp = client.get_experiment_by_name("tests")
-        runs = client.search_runs([exp.experiment_id])
-        assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED"], score.stderr
+        assert _statuses_after_score(client, project, env) == ["FAILED", "FAILED"]
     finally:
         server.stop()

@@ -171,3 +171,20 @@ def test_a_reader_that_closes_stdout_early_gets_no_traceback(tiny_project):
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141, err
     assert err == "", err
+
+
+def test_an_error_raised_while_ctrl_c_was_handled_is_the_stop(tiny_project, monkeypatch, capsys):
+    """A write that Ctrl-C cut short fails as the stop unwinds (SQLite's "database is locked"):
+    the user pressed Ctrl-C, so one line, `interrupted`, and 130; not the database's traceback."""
+    from pipelines.cli import commands
+
+    def status(args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked") from None
+
+    monkeypatch.chdir(tiny_project)
+    monkeypatch.setitem(commands.COMMANDS, "status", status)
+    assert commands.main(["status"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"

@@ -152,6 +152,41 @@ def test_a_trial_is_never_pruned_after_its_last_epoch(tmp_path):
     assert states == {2: ("PRUNED", [0]), 1: ("COMPLETE", [0])}
 
 
+def test_ctrl_c_stays_the_news_when_the_trials_run_cannot_be_ended(tmp_path, monkeypatch):
+    """Ctrl-C during training, then the write ending the trial's run fails (SQLite left locked
+    by a write the signal cut short): the KeyboardInterrupt goes on, not the database's error,
+    and the trial is counted as interrupted."""
+    import optuna
+    from mlflow.exceptions import MlflowException
+
+    from lstm_core.data import split_frame
+    from pipelines import tracking
+    from pipelines.tuning.objective import INTERRUPTED, Objective
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    def locked(*args, **kwargs):
+        raise MlflowException("(sqlite3.OperationalError) database is locked")
+
+    settings = tuning_settings(tmp_path)
+    frame, _ = _poisoned_frame(settings)
+    frames = split_frame(frame, settings.evaluation)
+    experiment_id = tracking.connect(settings)
+    parent = tracking.start_tuning_run(experiment_id, "tune", {}, {})
+    seen = frames.frame.iloc[: frames.val_end]
+    objective = Objective(settings, "TEST", seen, frames.train_end, experiment_id, parent)
+    # imported by the trial as it runs (the module is heavy)
+    monkeypatch.setattr("lstm_core.search.train_candidate", stopped)
+    monkeypatch.setattr(tracking, "end_trial_run", locked)
+    study = optuna.create_study()
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(objective, n_trials=1)
+    [trial] = study.trials
+    assert trial.user_attrs[INTERRUPTED] is True
+    assert objective.interrupted == {0}
+
+
 def test_search_never_reads_the_test_part(searched):
     # The study ran on a frame whose test rows are all NaN: a read would have failed the
     # trial (validation) or made its score NaN (arithmetic).
