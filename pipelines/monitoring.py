@@ -314,8 +314,8 @@ def _plain(value: Any) -> Any:
 
 
 def _state(row: dict[str, Any]) -> str:
-    """The status table's word for a ticker's model: DEGRADED, FOREIGN (trained on other
-    prices) and CALENDAR (on another exchange calendar) call for action; untrained: no
+    """The status table's word for a ticker's model: DEGRADED, FOREIGN (another project's)
+    and CALENDAR (on another exchange calendar) call for action; untrained: no
     version yet; no champion: versions, none promoted."""
     if row.get("mismatch"):
         return row["mismatch"]

@@ -17,11 +17,12 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from pipelines import tracking
+from pipelines import provenance, tracking
 from pipelines.config import PromotionPolicy, Settings
 from pipelines.errors import PipelineError
 from pipelines.fsio import file_lock
 from pipelines.run_owner import owner_gone, settled_note
+from pipelines.store import PriceStore
 
 log = logging.getLogger("pipelines")
 
@@ -133,13 +134,15 @@ def version_description(decision: Decision) -> str:
             f"and the naive forecast's RMSE {_fmt(decision.naive_rmse)} on its own test window."
         )
     verdict = "Promoted to champion" if decision.promote else "Not promoted"
-    if decision.champion_version is not None:
+    if decision.champion_version is None:
+        against = " with no champion to compare"
+    elif decision.champion_score is None:  # one it may not challenge: see `_not_challenged`
+        against = f", not compared with champion v{decision.champion_version}"
+    else:
         against = (
             f" against champion v{decision.champion_version}'s "
             f"{_fmt(decision.champion_score)} re-scored on the same test window"
         )
-    else:
-        against = " with no champion to compare"
     return (
         f"{verdict}: {decision.metric} {_fmt(decision.challenger_score)}{against}, "
         f"naive forecast RMSE {_fmt(decision.naive_rmse)}: {why}."
@@ -263,6 +266,33 @@ def settle_orphaned_runs(experiment_id: str) -> list[str]:
     return settled
 
 
+def _not_challenged(
+    settings: Settings,
+    ticker: str,
+    champion: tracking.RegisteredVersion,
+    version: str,
+    metrics: Mapping[str, float],
+) -> Decision | None:
+    """A refusal when `champion` is another project's (provenance's FOREIGN, CALENDAR): the
+    champion of the same model name that project serves, whose alias a challenger trained here
+    does not take. This project's own champion: None, it is challenged on scores."""
+    table = PriceStore(settings.store_path).read_table(ticker)
+    mismatch = provenance.not_trained_here(settings, ticker, champion, table, challenger=version)
+    if mismatch is None:
+        return None
+    log.warning("%s: %s", ticker, mismatch[1])
+    metric = settings.registry.promotion.metric
+    return Decision(
+        False,
+        f"refused: {mismatch[1]}",
+        metrics.get(metric, float("nan")),
+        None,
+        metric,
+        metrics.get("naive_rmse"),
+        champion_version=champion.version,
+    )
+
+
 def promote(
     settings: Settings,
     ticker: str,
@@ -274,6 +304,7 @@ def promote(
 
     ``rescore(champion_version)`` returns the champion's error on this version's test window.
     One decision at a time per registered model (a file lock), so racing runs cannot both win.
+    Another project's champion (see provenance.whose) is not challenged at all.
     """
     reg = settings.registry
     name = reg.name_for(ticker)
@@ -281,6 +312,11 @@ def promote(
     with file_lock(settings.path(".locks") / f"promote-{name}.lock"):
         settle_interrupted(name, version)
         current = tracking.champion(name, reg.alias)
+        if current is not None and current.version != version:
+            refused = _not_challenged(settings, ticker, current, version, metrics)
+            if refused is not None:
+                _record(name, version, refused)
+                return refused
         champion_score = problem = None
         if current is not None and current.version != version:
             try:

@@ -1,20 +1,82 @@
-"""Was a registered version trained on this project's prices and exchange calendar?
+"""Whose is a registered version: this project's, or another's on the same tracking server?
 
 Projects that share a tracking server share the registered model `registry.model_name`
 names for a ticker: without a check, one project would forecast with a champion another
-project trained on other prices, dating its forecasts on another exchange's sessions.
+project trained on other prices, dating its forecasts on another exchange's sessions, and its
+trainings would challenge (and could replace) the champion another project serves.
+
+What decides is the version's `lstm.project` tag, the id of the project that registered it
+(:func:`project_id`); a version registered before projects had ids is judged by what it was
+trained on instead: the stored rows through its last date, and its `data.calendar`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
+import uuid
+from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines import tracking
 from pipelines.config import Settings
+from pipelines.errors import PipelineError
+from pipelines.fsio import atomic_write, file_lock
 from pipelines.store import table_digest
+
+# Beside mlflow.yaml, the file that makes a folder a project: not in data/, which a user may
+# empty to ingest again (or share between projects), and hidden from `rm *`.
+ID_FILE = ".lstm-project"
+_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def id_path(settings: Settings) -> Path:
+    return settings.path(ID_FILE)
+
+
+def _read_id(path: Path) -> str | None:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    if not _ID.fullmatch(text):
+        raise PipelineError(
+            f"{path}: {text[:40]!r} is not a project id (32 hexadecimal digits, written when "
+            "this project first registered a model): put back the id it held (the lstm.project "
+            "tag of a version this project registered), or remove the file to start a new id "
+            "(this project's earlier champions then count as another project's)"
+        )
+    return text
+
+
+def project_id(settings: Settings, create: bool = False) -> str | None:
+    """This project's id, made once (`create`) when it first registers a version; None while
+    it has none. Read-only commands (status, forecast) do not make it."""
+    path = id_path(settings)
+    found = _read_id(path)
+    if found is not None or not create:
+        return found
+    # two first trainings at once must not each write an id of their own
+    with file_lock(settings.path(".locks") / "project-id.lock"):
+        found = _read_id(path)
+        if found is None:
+            found = uuid.uuid4().hex
+            atomic_write(path, f"{found}\n".encode())
+    return found
+
+
+def whose(
+    settings: Settings, version: tracking.RegisteredVersion
+) -> Literal["this", "other"] | None:
+    """Whose version: "this" project's, an "other" project's (its `lstm.project` tag names
+    another id), or None when it has no tag (registered before projects had ids)."""
+    tagged = version.tags.get(tracking.TAG_PROJECT)
+    if not tagged:
+        return None
+    return "this" if tagged == project_id(settings) else "other"
 
 
 def rows_through(table: pa.Table, last: str) -> pa.Table:
@@ -44,18 +106,50 @@ def _calendar(name: str | None) -> str:
 
 
 def not_trained_here(
-    settings: Settings, ticker: str, version: tracking.RegisteredVersion, table: pa.Table
+    settings: Settings,
+    ticker: str,
+    version: tracking.RegisteredVersion,
+    table: pa.Table,
+    challenger: str | None = None,
 ) -> tuple[str, str] | None:
-    """Why `version` cannot forecast this project's `ticker`, as (state word, one line):
-    FOREIGN, trained on other prices than those stored here (another project's model of the
-    same name); CALENDAR, trained on these prices with another `data.calendar`, whose
-    sessions its forecasts would fall on. None: neither, as far as its run's parameters and
-    data tags tell."""
+    """Why `version` is not this project's to forecast with or to challenge, as (state word,
+    one line): FOREIGN, another project's (by its `lstm.project` tag; untagged, trained on
+    other prices than those stored here); CALENDAR, trained with another `data.calendar`, whose
+    sessions its forecasts would fall on. None: this project's, as far as its tags tell.
+
+    `challenger`: a version trained here that would challenge `version`. This project's own
+    champion is challenged whatever changed since (stored days replaced, the calendar), an
+    other's never: a project does not replace the champion another serves."""
     label = f"{version.name} v{version.version}"
+    owner = whose(settings, version)
+    run = f"lstm-pipeline run --ticker {ticker}"
+    by_hand = f"lstm-pipeline promote --ticker {ticker} --version {challenger or 'N'}"
+    names = (
+        "give this project model names of its own with registry.model_name (e.g. "
+        f'"myproject-{{ticker}}") and train them: {run}'
+    )
+    if owner == "other":
+        ours = project_id(settings)
+        what = (
+            f"{label} is another project's model: its lstm.project tag is "
+            f"{version.tags[tracking.TAG_PROJECT]}, this project's id "
+            + (f"is {ours}" if ours else "is not made yet")
+            + f" ({id_path(settings)})"
+        )
+        if challenger is None:
+            return "FOREIGN", f"{what}: {names}"
+        return "FOREIGN", (
+            f"{what}, so {version.name} v{challenger}, trained here, does not challenge it "
+            f"and is not promoted: {names}"
+        )
+    if owner == "this" and challenger is not None:
+        return None
     params = tracking.run_params(version.run_id) if version.run_id else {}
     theirs, ours = params.get("data.calendar") or None, settings.data.calendar
     other_calendar = "data.calendar" in params and theirs != ours
-    if trained_days_changed(table, version):
+    # this project's own champion after `ingest --replace`: forecasts as a model does on
+    # any new rows (and the ticker retrains: see flows.retraining)
+    if owner is None and trained_days_changed(table, version):
         last = version.tags[tracking.TAG_DATA_LAST_DATE]
         rows = version.tags.get(tracking.TAG_DATA_ROWS, "?")
         here = rows_through(table, last).num_rows
@@ -64,21 +158,45 @@ def not_trained_here(
             if other_calendar
             else ("", "")
         )
-        return "FOREIGN", (
+        what = (
             f"{label} was trained on {rows} rows through {last}{cal[0]}, not on the {here} "
             f"rows of {ticker} stored here through that day{cal[1]}: it is not this project's "
             "model (another project's on the same tracking server, or stored days replaced "
-            "since): give this project model names of its own with registry.model_name (e.g. "
-            f'"myproject-{{ticker}}"), or train this project\'s own: lstm-pipeline run '
-            f"--ticker {ticker}"
+            "since)"
         )
-    if other_calendar:
-        theirs, ours = _calendar(theirs), _calendar(ours)
+        if challenger is None:
+            return "FOREIGN", (
+                f"{what}: {names}; or, if v{version.version} is this project's own, promote "
+                f"by hand a version trained here (one does not challenge it): {by_hand}"
+            )
+        return "FOREIGN", (
+            f"{what}, so {version.name} v{challenger}, trained here, does not challenge it "
+            f"and is not promoted: {names}; or, if v{version.version} is this project's own, "
+            f"promote v{challenger} by hand: {by_hand}"
+        )
+    if not other_calendar:
+        return None
+    theirs, ours = _calendar(theirs), _calendar(ours)
+    what = (
+        f"{label} was trained on these prices with data.calendar {theirs}, this project's is {ours}"
+    )
+    if owner == "this":  # its new version challenges it
         return "CALENDAR", (
-            f"{label} was trained on these prices with data.calendar {theirs}, this project's "
-            f"is {ours}: its forecasts would fall on {theirs} sessions: forecast with the "
+            f"{what}: its forecasts would fall on {theirs} sessions: forecast with the "
             f"calendar it was trained with (data.calendar: {theirs} in mlflow.yaml, or --set "
-            f"data.calendar={theirs}), or train it again with {ours}: lstm-pipeline run "
-            f"--ticker {ticker}"
+            f"data.calendar={theirs}), or train it again with {ours}: {run}"
         )
-    return None
+    if challenger is None:
+        return "CALENDAR", (
+            f"{what}: its forecasts would fall on {theirs} sessions: forecast with the "
+            f"calendar it was trained with (data.calendar: {theirs} in mlflow.yaml, or "
+            f"--set data.calendar={theirs}), or train it again with {ours} and promote that "
+            f"version by hand (one trained here does not challenge it): {run}, then "
+            f"{by_hand}"
+        )
+    return "CALENDAR", (
+        f"{what}, so {version.name} v{challenger}, trained here with {ours}, does not "
+        f"challenge it and is not promoted: if this project changed its data.calendar, "
+        f"promote v{challenger} by hand: {by_hand}; if v{version.version} is another "
+        f"project's, {names}"
+    )

@@ -162,7 +162,16 @@ def assert_only_progress(proc: subprocess.CompletedProcess[str]) -> None:
         assert text not in proc.stderr + proc.stdout, text
 
 
-RUN_STATE = {"mlflow.db", ".prefect", "mlartifacts", "mlruns", "store", "forecasts", ".locks"}
+RUN_STATE = {
+    "mlflow.db",
+    ".prefect",
+    "mlartifacts",
+    "mlruns",
+    "store",
+    "forecasts",
+    ".locks",
+    ".lstm-project",
+}
 
 
 def checkout_state() -> dict[str, float]:

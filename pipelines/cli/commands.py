@@ -25,18 +25,20 @@ from pipelines.config import Settings, find_config, load_settings
 from pipelines.errors import PipelineError, is_user_error
 
 _FLOWS = ("prefect", "tracking", "locks")  # Prefect's home, MLflow, the promotion locks
+# A training: a promoted model forecasts at once, and the first makes the project's id.
+_TRAINS = ("forecasts", "project_id", *_FLOWS)
 # Where each command writes (`preflight.PLACES`), checked before Prefect or MLflow start.
 WRITES: dict[str, tuple[str, ...]] = {
     "ingest": ("store",),
-    "run": ("store", "forecasts", *_FLOWS),  # a promoted model forecasts at once
-    "retrain": ("store", "incoming", "archive", "rejected", "forecasts", *_FLOWS),
+    "run": ("store", *_TRAINS),
+    "retrain": ("store", "incoming", "archive", "rejected", *_TRAINS),
     "forecast": ("forecasts", *_FLOWS),
     "score": _FLOWS,
-    "tune": ("store", "tuning", "forecasts", *_FLOWS),
+    "tune": ("store", "tuning", *_TRAINS),
     "promote": ("tracking", "locks"),
     "rollback": ("tracking", "locks"),
-    "demo": ("store", "forecasts", "demo", *_FLOWS),
-    "serve": ("store", "incoming", "archive", "rejected", "forecasts", "tuning", *_FLOWS),
+    "demo": ("store", "demo", *_TRAINS),
+    "serve": ("store", "incoming", "archive", "rejected", "tuning", *_TRAINS),
 }
 
 

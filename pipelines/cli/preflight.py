@@ -28,6 +28,13 @@ def _tuning_places(settings: Settings) -> list[Path]:
     return [] if "://" in url else [Path(url).parent]
 
 
+def _project_id_places(settings: Settings) -> list[Path]:
+    from pipelines.provenance import id_path
+
+    path = id_path(settings)
+    return [] if path.exists() else [path]  # made once, by a first training; then only read
+
+
 # The places behind each name a command lists in what it writes.
 PLACES: dict[str, Callable[[Settings], list[Path]]] = {
     "store": lambda s: [s.store_path],
@@ -41,6 +48,7 @@ PLACES: dict[str, Callable[[Settings], list[Path]]] = {
     "tracking": _tracking_places,
     "tuning": _tuning_places,
     "demo": lambda s: [s.path("outputs/demo")],
+    "project_id": _project_id_places,
 }
 
 

@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from lstm_core.backtest import fold_bounds
 from lstm_core.data import DataError
 from lstm_core.predictor import Forecaster
-from pipelines import artifacts, promotion, tasks, tracking
+from pipelines import artifacts, promotion, provenance, tasks, tracking
 from pipelines.calendar import closed_weekdays
 from pipelines.config import Settings
 from pipelines.errors import FOLDS_ADVICE, PipelineError
@@ -105,6 +105,8 @@ def train_one(
         tracking.TAG_DATA_LAST_DATE: str(manifest.last_date),
         tracking.TAG_DATA_DIGEST: manifest.digest,
         tracking.TAG_DATA_ROWS: str(manifest.rows),
+        # whose version it is, for promotion, status and forecast (see provenance.whose)
+        tracking.TAG_PROJECT: provenance.project_id(settings, create=True),
     }
     run_id = tracking.start_run(settings, experiment_id, ticker, {**data_tags, **(run_tags or {})})
     result = TickerResult(ticker=ticker, run_id=run_id)

@@ -39,6 +39,7 @@ from pipelines.tracking.monitoring import (
 )
 from pipelines.tracking.registry import (
     TAG_PENDING,
+    TAG_PROJECT,
     TAG_PROMOTED,
     TAG_REASON,
     TAG_REPLACED,
@@ -109,6 +110,7 @@ __all__ = [
     "TAG_KIND",
     "TAG_PARENT",
     "TAG_PENDING",
+    "TAG_PROJECT",
     "TAG_PROMOTED",
     "TAG_REASON",
     "TAG_REPLACED",

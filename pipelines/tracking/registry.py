@@ -18,6 +18,9 @@ TAG_REPLACED_REASON = "champion.replaced_reason"
 # On a champion: the version it took the alias from (a rollback walks back through these).
 TAG_REPLACED = "champion.replaced"
 TAG_RUN_ID = "run_id"
+# The id of the project that trained and registered the version (see provenance.project_id):
+# projects sharing a tracking server share model names, this tells whose version it is.
+TAG_PROJECT = "lstm.project"
 # Set when a version is registered, cleared when its promotion is decided: a version still
 # pending later belongs to a run that died in between.
 TAG_PENDING = "promotion.pending"

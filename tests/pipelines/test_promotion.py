@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pipelines.config import PromotionPolicy
-from pipelines.promotion import TIE, Decision, decide
+from pipelines.promotion import TIE, Decision, decide, version_description
 
 POLICY = PromotionPolicy(metric="test_rmse", min_improvement=0.0, max_worse_than_naive=0.1)
 anything = st.one_of(
@@ -74,8 +75,6 @@ def test_promotion_happens_exactly_when_the_policy_says(challenger, naive, champ
 
 def test_version_description_is_one_sentence_with_every_score():
     from dataclasses import replace
-
-    from pipelines.promotion import version_description
 
     d = replace(decide(POLICY, 0.9, 0.9, 1.25, 0.95), champion_version="3")
     text = version_description(d)
@@ -146,3 +145,134 @@ def test_runs_left_running_by_an_ended_process_are_failed_and_only_those(tiny_se
     note = client.get_run(runs["killed"]).data.tags[TAG_SETTLED]
     assert f"process {ended['owner.pid']} on" in note and "marked FAILED" in note
     assert settle_orphaned_runs(exp) == [runs["live"]]  # once its process has ended
+
+
+def _second_project(trained_settings, folder, seed: int):
+    """A project on `trained_settings`' tracking store with TEST prices of its own stored
+    (`seed` 0: the very prices the first project's champion v1 was trained on)."""
+    from pipelines.config import load_settings
+    from pipelines.tasks import ingest_file
+    from tests.pipelines.cli.conftest import project_beside
+    from tests.pipelines.conftest import price_frame, write_prices
+
+    other = load_settings(project_beside(trained_settings.base_dir, folder), env={})
+    prices = write_prices(folder / "prices" / "TEST.csv", price_frame(120, seed=seed))
+    ingest_file(other, str(prices), "TEST")
+    return other
+
+
+def _challenge(settings, champion_score: float):
+    """`settings`' project registers v2 (v1's model again) and decides on it, v2 scoring 0.1
+    and v1 re-scored to `champion_score`: the decision and the versions it re-scored."""
+    from mlflow import MlflowClient
+
+    from pipelines import tracking
+    from pipelines.promotion import promote
+
+    tracking.connect(settings)
+    v1 = MlflowClient().get_model_version("test-TEST", "1")
+    v2 = tracking.register("test-TEST", v1.source, v1.run_id, {}).version
+    rescored: list[str] = []
+
+    def rescore(version: str) -> float:
+        rescored.append(version)
+        return champion_score
+
+    d = promote(settings, "TEST", v2, {"test_rmse": 0.1, "naive_rmse": 1.0}, rescore)
+    return d, rescored
+
+
+def _registry(settings) -> tuple[dict, dict]:
+    """The model's aliases and its versions' tags and descriptions, as a fresh client reads
+    them."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{settings.base_dir / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    aliases = client.get_registered_model("test-TEST").aliases
+    versions = client.search_model_versions("name = 'test-TEST'")
+    return {a: str(v) for a, v in aliases.items()}, {
+        str(v.version): (v.tags, v.description) for v in versions
+    }
+
+
+@pytest.mark.parametrize("seed", [0, 7], ids=["same prices", "other prices"])
+def test_another_projects_champion_is_not_challenged(trained_settings, tmp_path, seed):
+    """Two projects on one tracking store, the same ticker: a version the second registers
+    does not take the first's champion alias however well it scores, nor is it compared; the
+    champion is left as it was. By the champion's lstm.project tag: with the very prices it
+    was trained on (which provenance cannot tell apart) too. The CLI's test: test_commands."""
+
+    aliases, versions = _registry(trained_settings)
+    theirs = (trained_settings.base_dir / ".lstm-project").read_text().strip()
+    assert versions["1"][0]["lstm.project"] == theirs
+    other = _second_project(trained_settings, tmp_path / "other", seed)
+    d, rescored = _challenge(other, champion_score=1.0)  # far worse: it would win
+    assert rescored == []
+    assert not d.promote and d.reason == (
+        f"refused: test-TEST v1 is another project's model: its lstm.project tag is {theirs}, "
+        f"this project's id is not made yet ({tmp_path / 'other' / '.lstm-project'}), so "
+        "test-TEST v2, trained here, does not challenge it and is not promoted: give this "
+        'project model names of its own with registry.model_name (e.g. "myproject-{ticker}") '
+        "and train them: lstm-pipeline run --ticker TEST"
+    )
+    after_aliases, after = _registry(trained_settings)
+    assert after_aliases == aliases == {"champion": "1"}
+    assert after["1"] == versions["1"]
+    assert after["2"][0]["promotion.promoted"] == "false"
+    assert version_description(d) == (
+        f"Not promoted: test_rmse 0.1, not compared with champion v1, naive forecast RMSE 1: "
+        f"{d.reason.removeprefix('refused: ')}."
+    )
+
+
+def _untag_project(settings) -> None:
+    """v1 as a version registered before projects had ids: no lstm.project tag."""
+    from pipelines import tracking
+
+    tracking.connect(settings)
+    tracking.tag_version("test-TEST", "1", {tracking.TAG_PROJECT: None})
+
+
+def test_an_untagged_champion_is_judged_by_what_it_was_trained_on(trained_settings, tmp_path):
+    """A champion registered before projects had ids: another project's stored prices differ
+    from those it was trained on, so it is not challenged (provenance's FOREIGN line)."""
+    _untag_project(trained_settings)
+    aliases, versions = _registry(trained_settings)
+    other = _second_project(trained_settings, tmp_path / "other", seed=7)
+    d, rescored = _challenge(other, champion_score=1.0)
+    assert rescored == []
+    assert not d.promote and d.reason.startswith(
+        "refused: test-TEST v1 was trained on 120 rows through 2020-06-16, not on the 120 rows "
+        "of TEST stored here through that day: it is not this project's model"
+    ), d.reason
+    assert d.reason.endswith("promote v2 by hand: lstm-pipeline promote --ticker TEST --version 2")
+    assert _registry(trained_settings)[0] == aliases == {"champion": "1"}
+    assert _registry(trained_settings)[1]["1"] == versions["1"]
+
+
+@pytest.mark.parametrize("tagged", [True, False], ids=["tagged", "untagged"])
+def test_this_projects_own_champion_is_challenged_on_scores(trained_settings, tagged):
+    """The project's own champion, its stored days since corrected (`ingest --replace`): its
+    new version is compared with it and wins on scores. Before, the champion looked like
+    another project's (other prices) and was not challenged; untagged it still does."""
+    from pipelines.tasks import ingest_file
+    from tests.pipelines.conftest import price_frame, write_prices
+
+    if not tagged:
+        _untag_project(trained_settings)
+    last = price_frame(120).iloc[[-1]].copy()
+    last["Open"] = round(float(last["Open"].iloc[0]) + 0.01, 4)
+    fix = write_prices(trained_settings.base_dir / "fix" / "TEST.csv", last)
+    assert ingest_file(trained_settings, str(fix), "TEST", replace=True)[0].replaced == 1
+    d, rescored = _challenge(trained_settings, champion_score=1.0)
+    if tagged:
+        assert rescored == ["1"]
+        assert d.promote and d.reason == (
+            "promoted: test_rmse 0.1 beats champion's 1 on the same test window"
+        )
+        assert _registry(trained_settings)[0] == {"champion": "2"}
+    else:
+        assert rescored == [] and not d.promote
+        assert "was trained on 120 rows through 2020-06-16" in d.reason
+        assert _registry(trained_settings)[0] == {"champion": "1"}

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.pipelines.conftest import price_frame, write_prices
+from tests.pipelines.conftest import TINY_CONFIG, price_frame, write_prices
 from tests.user_path import cli, user_env
 
 BIN = Path(sys.executable).with_name("lstm-pipeline")
@@ -15,6 +15,17 @@ BIN = Path(sys.executable).with_name("lstm-pipeline")
 def _cli(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The installed command in a subprocess: Prefect's own log lines would show on stderr."""
     return cli(BIN, *args, cwd=project, env=user_env(keep_pythonpath=True), timeout=300)
+
+
+def project_beside(first: Path, folder: Path) -> Path:
+    """A second tiny project in `folder` on `first`'s tracking store (MLflow database and
+    artifacts), as two projects on one tracking server are: the same ticker is the same
+    registered model. Returns its config file."""
+    store = f"sqlite:///{first / 'mlflow.db'}\n  artifact_location: {first / 'mlartifacts'}"
+    config = folder / "mlflow.yaml"
+    folder.mkdir()
+    config.write_text(TINY_CONFIG.replace("sqlite:///mlflow.db", store), encoding="utf-8")
+    return config
 
 
 def clashing_files(project: Path, clash: str) -> tuple[Path, Path]:

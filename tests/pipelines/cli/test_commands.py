@@ -9,10 +9,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipelines.cli import main
-from tests.pipelines.cli.conftest import BIN, _cli
+from tests.pipelines.cli.conftest import BIN, _cli, project_beside
 from tests.pipelines.conftest import price_frame, write_prices
 from tests.user_path import TINY, assert_only_progress, checkout_state, cli, project_state, user_env
 
@@ -277,6 +278,137 @@ def test_a_champion_that_cannot_be_rescored_keeps_the_alias(trained_settings):
     assert (
         v2[tracking.TAG_PROMOTED] == "false" and "could not be re-scored" in v2["promotion.reason"]
     )
+
+
+def _registry(first: Path) -> tuple[dict, dict]:
+    """test-TEST's aliases and every version, as a fresh client of `first`'s store sees them."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{first / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    versions = client.search_model_versions("name = 'test-TEST'")
+    aliases = client.get_registered_model("test-TEST").aliases
+    return {a: str(v) for a, v in aliases.items()}, {
+        str(v.version): (v.tags, v.description, v.source, v.run_id, v.aliases) for v in versions
+    }
+
+
+def _project_id(project: Path) -> str:
+    return (project / ".lstm-project").read_text(encoding="utf-8").strip()
+
+
+def _challenged_on_scores(first: Path, version: str, before: tuple[dict, dict]) -> None:
+    """`version` was compared with champion v1 on scores (not refused for whose v1 is) and
+    the alias went where that decision says; v1 is as it was, but for a lost alias's tags."""
+    aliases, versions = _registry(first)
+    tags = versions[version][0]
+    assert tags["promotion.reason"].startswith(("promoted: test_rmse", "refused: test_rmse")), tags
+    assert "promotion.champion_score" in tags, tags
+    won = tags["promotion.promoted"] == "true"
+    assert aliases == {"champion": version if won else "1"}, (aliases, tags)
+    if not won:
+        assert versions["1"] == before[1]["1"]
+
+
+@pytest.mark.slow  # trainings in subprocesses
+def test_a_second_project_does_not_challenge_another_projects_champion(trained_settings, tmp_path):
+    """A user's test: two projects on one tracking store, the same ticker (so the same
+    registered model), other prices. The second's `run` re-scored the first's champion on its
+    own prices and could take the alias from it, replacing the model the first serves."""
+    first = trained_settings.base_dir
+    other = project_beside(first, tmp_path / "other")
+    # its prices climb steadily: a challenger trained on them beats by far the first's
+    # champion, trained on a random walk, re-scored on them (it took the alias before)
+    prices = price_frame(120, seed=7)
+    noise = np.random.default_rng(7).normal(0, 0.001, len(prices))
+    opens = 20 * np.exp(np.cumsum(0.01 + noise))
+    prices["Open"], prices["Close"] = opens.round(4), (opens * 1.002).round(4)
+    prices["High"], prices["Low"] = (opens * 1.01).round(4), (opens * 0.99).round(4)
+    write_prices(other.parent / "prices" / "TEST.csv", prices)
+
+    aliases, versions = _registry(first)
+    assert (aliases, list(versions)) == ({"champion": "1"}, ["1"])
+    theirs = _project_id(first)
+    assert versions["1"][0]["lstm.project"] == theirs  # the first project's own
+    assert _cli(other.parent, "ingest", "prices/TEST.csv").returncode == 0
+    status = _cli(other.parent, "status")  # as it is before: v1 is another project's
+    assert status.returncode == 0, status.stderr
+    foreign = status.stdout.splitlines()[1]
+    assert foreign.split()[-4] == "FOREIGN", foreign
+    assert not (other.parent / ".lstm-project").exists()  # status only reads
+    out = _cli(other.parent, "run", "--ticker", "TEST", "--set", "evaluation.backtest_folds=0")
+    # a refused promotion is not a failed run: exit 0, as the promotion gate's refusals
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert_only_progress(out)
+    ours = _project_id(other.parent)
+    assert ours != theirs
+    why = (
+        f"test-TEST v1 is another project's model: its lstm.project tag is {theirs}, this "
+        f"project's id is {ours} ({other.parent / '.lstm-project'}), so test-TEST v2, trained "
+        "here, does not challenge it and is not promoted: give this project model names of its "
+        'own with registry.model_name (e.g. "myproject-{ticker}") and train them: '
+        "lstm-pipeline run --ticker TEST"
+    )
+    # the first project's champion and its version exactly as they were; v2 kept, refused
+    after_aliases, after = _registry(first)
+    assert after_aliases == aliases and after["1"] == versions["1"], out.stdout
+    assert [x[9:] for x in out.stderr.splitlines() if "another project's" in x] == [f"TEST: {why}"]
+    [line] = [x.strip() for x in out.stdout.splitlines() if "registered test-TEST" in x]
+    assert line == f"registered test-TEST version 2: not promoted (refused: {why})", line
+    tags = after["2"][0]
+    assert (tags["promotion.promoted"], tags["promotion.reason"]) == ("false", f"refused: {why}")
+    assert tags["lstm.project"] == ours
+    assert "promotion.champion_score" not in tags
+    assert after["2"][1].startswith("Not promoted: test_rmse "), after["2"][1]
+    assert ", not compared with champion v1, naive forecast RMSE " in after["2"][1]
+    # status in the second project: v1 is still FOREIGN there, its own refusal the last word
+    out = _cli(other.parent, "status")
+    assert out.returncode == 0, out.stderr
+    header, row, *below = out.stdout.splitlines()
+    assert row == foreign
+    assert f"TEST last decision: v2 refused: {why}" in below, below
+    # the first project, told another calendar: its own champion is challenged on scores
+    # (only the second project's version is refused for whose v1 is)
+    xshg = ("--set", "data.calendar=XSHG", "--set", "evaluation.backtest_folds=0")
+    out = _cli(first, "run", "--ticker", "TEST", *xshg)
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert "v1 was trained" not in out.stderr and "another project's" not in out.stderr
+    _challenged_on_scores(first, "3", (aliases, versions))
+
+
+@pytest.mark.slow  # trainings in subprocesses
+def test_a_projects_own_champion_is_challenged_after_its_stored_days_are_corrected(
+    trained_settings,
+):
+    """A user's test: `ingest --replace` corrects stored days the champion was trained on.
+    The champion is still this project's own (its lstm.project tag): `status` and `forecast`
+    take it as before, and the retrained version is compared with it on scores. Before, it
+    looked like another project's (other prices): FOREIGN, refused by `forecast`, and its
+    retrained versions were never promoted."""
+    project = trained_settings.base_dir
+    before = _registry(project)
+    assert before[1]["1"][0]["lstm.project"] == _project_id(project)
+    # the last three stored days, each open corrected by a cent
+    fixed = price_frame(120).iloc[-3:].copy()
+    fixed["Open"] = (fixed["Open"] + 0.01).round(4)
+    write_prices(project / "fixes" / "TEST.csv", fixed)
+    out = _cli(project, "ingest", "fixes/TEST.csv", "--replace")
+    assert out.returncode == 0, out.stderr
+    assert "TEST +0 new, 3 replaced" in out.stdout, out.stdout
+    out = _cli(project, "status")
+    assert out.returncode == 0, out.stderr
+    header, row, *below = out.stdout.splitlines()
+    assert row.split()[-4] == "ok", out.stdout
+    out = _cli(project, "forecast", "--ticker", "TEST")
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert "test-TEST v1" in out.stdout, out.stdout
+    out = _cli(project, "run", "--ticker", "TEST", "--set", "evaluation.backtest_folds=0")
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert_only_progress(out)
+    assert "not this project's" not in out.stdout + out.stderr
+    assert "does not challenge" not in out.stdout + out.stderr
+    _challenged_on_scores(project, "2", before)
+    assert _registry(project)[1]["2"][0]["lstm.project"] == _project_id(project)
 
 
 def test_rollback_to_a_deleted_version_is_one_line_exit_2_and_changes_nothing(

@@ -10,8 +10,8 @@ import pytest
 
 from pipelines.cli import main
 from tests.conftest import SHARED_DATA
-from tests.pipelines.cli.conftest import BIN, _cli
-from tests.pipelines.conftest import TINY_CONFIG, price_frame, tree_bytes, write_prices
+from tests.pipelines.cli.conftest import BIN, _cli, project_beside
+from tests.pipelines.conftest import price_frame, tree_bytes, write_prices
 from tests.user_path import REPO, TINY, assert_only_progress, cli, user_env
 
 
@@ -88,23 +88,34 @@ def test_forecast_without_a_champion_names_the_way_to_one(trained_settings):
     assert out.stdout.splitlines()[1].split()[-5:-3] == ["no", "champion"], out.stdout
 
 
-# `forecast` in a project whose TEST prices are not those the shared champion was trained on.
-FOREIGN_CHAMPION = (
+def foreign_champion(first: Path, other: Path) -> str:
+    """`forecast`'s line in project `other`, which has trained nothing, for the champion
+    `first` trained (its lstm.project tag)."""
+    theirs = (first / ".lstm-project").read_text().strip()
+    return (
+        f"error: TEST: test-TEST v1 is another project's model: its lstm.project tag is {theirs}, "
+        f"this project's id is not made yet ({other / '.lstm-project'}): give this project "
+        'model names of its own with registry.model_name (e.g. "myproject-{ticker}") and train '
+        "them: lstm-pipeline run --ticker TEST\n"
+    )
+
+
+# The same for a champion registered before projects had ids: judged by its training data.
+UNTAGGED_FOREIGN = (
     "error: TEST: test-TEST v1 was trained on 120 rows through 2020-06-16, not on the 120 "
     "rows of TEST stored here through that day: it is not this project's model (another "
     "project's on the same tracking server, or stored days replaced since): give this "
-    'project model names of its own with registry.model_name (e.g. "myproject-{ticker}"), '
-    "or train this project's own: lstm-pipeline run --ticker TEST\n"
+    'project model names of its own with registry.model_name (e.g. "myproject-{ticker}") '
+    "and train them: lstm-pipeline run --ticker TEST; or, if v1 is this project's own, "
+    "promote by hand a version trained here (one does not challenge it): lstm-pipeline "
+    "promote --ticker TEST --version N\n"
 )
 
 
 def _second_project(first: Path, other: Path) -> Path:
     """A project sharing `first`'s tracking store (as a server would be shared; a SQLite file
     suffices), with TEST prices of its own (to ingest): `first`'s champion has its model name."""
-    store = f"sqlite:///{first / 'mlflow.db'}\n  artifact_location: {first / 'mlartifacts'}"
-    config = TINY_CONFIG.replace("sqlite:///mlflow.db", store)
-    (other / "mlflow.yaml").parent.mkdir()
-    (other / "mlflow.yaml").write_text(config, encoding="utf-8")
+    project_beside(first, other)
     write_prices(other / "prices" / "TEST.csv", price_frame(120, seed=7))
     return other
 
@@ -116,6 +127,8 @@ def test_forecast_refuses_another_projects_champion_of_the_same_name(
     """A user's test: two projects on one tracking server, the same ticker, so the same
     registered model name: the second forecast with the first's champion (other prices,
     another exchange's sessions) and said nothing."""
+    from pipelines import tracking
+
     first = trained_settings.base_dir
     other = _second_project(first, tmp_path / "other")
     cfg = str(other / "mlflow.yaml")
@@ -125,9 +138,26 @@ def test_forecast_refuses_another_projects_champion_of_the_same_name(
     assert main(["forecast", "--ticker", "TEST", "--config", cfg]) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == FOREIGN_CHAMPION
-    # another exchange: the champion would date its forecasts on New York's sessions
+    assert err == foreign_champion(first, other)
+    # the project it was trained in, but told another calendar than it was trained with: its
+    # own champion, which a version trained with that calendar challenges
+    own = str(first / "mlflow.yaml")
     xshg = ["--set", "data.calendar=XSHG"]
+    assert main(["forecast", "--ticker", "TEST", "--config", own, *xshg]) == 2
+    calendar = (
+        "error: TEST: test-TEST v1 was trained on these prices with data.calendar XNYS, this "
+        "project's is XSHG: its forecasts would fall on XNYS sessions: forecast with the "
+        "calendar it was trained with (data.calendar: XNYS in mlflow.yaml, or --set "
+        "data.calendar=XNYS), or train it again with XSHG"
+    )
+    assert capsys.readouterr().err == f"{calendar}: lstm-pipeline run --ticker TEST\n"
+    assert (tree_bytes(other), tree_bytes(first / "data")) == before
+    # v1 as a version registered before projects had ids: judged by what it was trained on
+    tracking.connect(trained_settings)
+    tracking.tag_version("test-TEST", "1", {tracking.TAG_PROJECT: None})
+    assert main(["forecast", "--ticker", "TEST", "--config", cfg]) == 2
+    assert capsys.readouterr().err == UNTAGGED_FOREIGN
+    # another exchange: the champion would date its forecasts on New York's sessions
     assert main(["forecast", "--ticker", "TEST", "--config", cfg, *xshg]) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith(
@@ -141,14 +171,13 @@ def test_forecast_refuses_another_projects_champion_of_the_same_name(
     header, row, *below = capsys.readouterr().out.splitlines()
     assert row.split()[-4] == "FOREIGN", row
     assert below[0].startswith("TEST: test-TEST v1 was trained on 120 rows"), below
-    # the project it was trained in, but told another calendar than it was trained with
-    own = str(first / "mlflow.yaml")
+    # untagged, its own project's champion could be another's: one trained here does not
+    # challenge it
     assert main(["forecast", "--ticker", "TEST", "--config", own, *xshg]) == 2
     assert capsys.readouterr().err == (
-        "error: TEST: test-TEST v1 was trained on these prices with data.calendar XNYS, this "
-        "project's is XSHG: its forecasts would fall on XNYS sessions: forecast with the "
-        "calendar it was trained with (data.calendar: XNYS in mlflow.yaml, or --set "
-        "data.calendar=XNYS), or train it again with XSHG: lstm-pipeline run --ticker TEST\n"
+        f"{calendar} and promote that version by hand (one trained here does not challenge "
+        "it): lstm-pipeline run --ticker TEST, then lstm-pipeline promote --ticker TEST "
+        "--version N\n"
     )
     assert (tree_bytes(other), tree_bytes(first / "data")) == before
     # and as it was trained: it forecasts with it as before, and its status is ok
@@ -171,7 +200,7 @@ def test_forecast_of_another_projects_champion_as_the_user_runs_it(trained_setti
     before = tree_bytes(other / "data"), tree_bytes(first / "data")
     out = _cli(other, "forecast", "--ticker", "TEST")
     assert (out.returncode, out.stdout) == (2, ""), (out.returncode, out.stdout, out.stderr)
-    assert out.stderr == FOREIGN_CHAMPION
+    assert out.stderr == foreign_champion(first, other)
     assert not (other / "data" / "forecasts").exists()
     assert (tree_bytes(other / "data"), tree_bytes(first / "data")) == before
 
