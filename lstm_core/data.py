@@ -41,7 +41,8 @@ class DataError(ValueError):
 
 
 def validate_frame(df: pd.DataFrame, columns: tuple[str, ...]) -> None:
-    """Raise DataError unless ``df`` has a sorted, unique date column and finite ``columns``."""
+    """Raise DataError unless ``df`` has ``columns`` and a sorted, unique date column (their
+    values: :meth:`Preprocessor.column_values`)."""
     missing = [c for c in (DATE_COLUMN, *columns) if c not in df.columns]
     if missing:
         raise DataError(f"missing column(s) {missing}; got {list(df.columns)}")
@@ -50,10 +51,6 @@ def validate_frame(df: pd.DataFrame, columns: tuple[str, ...]) -> None:
         raise DataError(f"column {DATE_COLUMN!r} must be datetime64, got {dates.dtype}")
     if not dates.is_monotonic_increasing or dates.duplicated().any():
         raise DataError(f"column {DATE_COLUMN!r} must be strictly increasing (sorted, unique)")
-    bad = ~np.isfinite(df[list(columns)].to_numpy(dtype=np.float64))
-    if bad.any():
-        cols = [c for c, b in zip(columns, bad.any(axis=0), strict=True) if b]
-        raise DataError(f"{int(bad.sum())} missing or non-finite value(s) in column(s) {cols}")
 
 
 @dataclass(frozen=True)
@@ -125,21 +122,27 @@ class Preprocessor:
         return 1.0 / scale, -np.asarray(self.scaler.mean_) / scale
 
     def column_values(self, df: pd.DataFrame) -> np.ndarray:
-        """Raw feature column values, ``(rows, n_features)``, by name."""
-        return df[list(self.feature_cfg.columns)].to_numpy(dtype=np.float64)
+        """Raw feature column values, ``(rows, n_features)``, by name; DataError naming the first
+        (by its row in ``df``, 1-based) that is not finite, or not positive for log returns."""
+        columns = self.feature_cfg.columns
+        values = df[list(columns)].to_numpy(dtype=np.float64)
+        volume = np.array([c == "volume" for c in columns])
+        # log returns (offset 1): volume can be 0 on suspended days, log(1 + v) keeps it finite
+        low = np.where(volume, values < 0, values <= 0) & (self.offset > 0)
+        if (bad := low | ~np.isfinite(values)).any():
+            row, col = np.argwhere(bad)[0]
+            why = f"{'negative' if volume[col] else 'not positive'} (the model reads log returns)"
+            raise DataError(
+                f"column {columns[col]!r}, row {row + 1} of {len(values)}: {values[row, col]} is "
+                + (why if low[row, col] else "not a finite number")
+            )
+        return values
 
     def features(self, values: np.ndarray) -> np.ndarray:
         """Raw values ``(..., rows, n_features)`` -> unscaled features ``(..., rows - offset, .)``."""
         if self.feature_cfg.target_transform == "price":
             return values
         volume = np.array([c == "volume" for c in self.feature_cfg.columns])
-        # volume can be 0 on suspended days: log(1 + v) keeps its difference finite
-        low = np.where(volume, values < 0, values <= 0).reshape(-1, len(volume)).any(axis=0)
-        if low.any():
-            bad = [c for c, b in zip(self.feature_cfg.columns, low, strict=True) if b]
-            raise DataError(
-                f"column(s) {bad} must be positive (volume: non-negative) for log returns"
-            )
         return np.diff(np.log(values + volume), axis=-2)
 
     def transform(self, x: pd.DataFrame | np.ndarray) -> np.ndarray:
@@ -278,12 +281,15 @@ def model_input(
                 _refused(frame[col], col, "a number", pd.to_numeric)
                 or f"column {col!r}: not numbers ({exc})"
             ) from None
-    blank = np.flatnonzero(dates.isna().to_numpy())  # "", None: parsed to NaT without an error
-    if blank.size:
-        row = int(blank[0])
+    preprocessor.column_values(frame)  # a NaN or a price <= 0 is named by its row as given
+    # "", None: parsed to NaT without an error; a time of day: no daily session (ingest refuses it)
+    odd = np.flatnonzero((dates.isna() | (dates != dates.dt.normalize())).to_numpy())
+    if odd.size:
+        row = int(odd[0])
+        timed = "" if pd.isna(dates.iloc[row]) else ": the model reads days, not times of day"
         raise DataError(
             f"column {DATE_COLUMN!r}, row {row + 1} of {len(dates)}: {given.iloc[row]!r} is not "
-            f"{_ISO_DATE}"
+            f"{_ISO_DATE}{timed}"
         )
     # rows may come in any order (sorted next): only a date given twice is refused, by its rows
     if (repeated := frame[DATE_COLUMN].duplicated(keep=False).to_numpy()).any():

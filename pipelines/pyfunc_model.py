@@ -15,7 +15,8 @@ from mlflow.models import set_model
 
 
 class LSTMPriceModel(mlflow.pyfunc.PythonModel):
-    """Input: >= lookback rows with `date` and the feature columns. Output: prices.
+    """Input: >= lookback rows with `date` and the feature columns. Output: `date` (trading
+    days as datetime.date) and prices.
 
     The signature names exactly those columns; other columns are ignored (lstm_core's
     `model_input` selects, orders and coerces them).
@@ -32,9 +33,11 @@ class LSTMPriceModel(mlflow.pyfunc.PythonModel):
     ) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException
 
-        from lstm_core.data import DataError
+        from lstm_core.data import DATE_COLUMN, DataError
 
-        # A param sent as null (JSON `null`, Python None) means its default.
+        # A param sent as null (JSON `null`, Python None) means its default. MLflow drops a param
+        # the signature does not name before this sees it (a warning in the server's log only),
+        # so an unknown one cannot be refused here: the README lists those the model takes.
         params = {k: v for k, v in (params or {}).items() if v is not None}
         frame = pd.DataFrame(model_input)
         days = int(params.get("days", 1))
@@ -45,7 +48,7 @@ class LSTMPriceModel(mlflow.pyfunc.PythonModel):
             if intervals and bool(params.get("recalibrate", False)):
                 # conformal scores of the input's days after the calibration: a rolling window
                 forecaster = forecaster.recalibrated(frame)
-            return forecaster.forecast(
+            out = forecaster.forecast(
                 frame,
                 days=days,
                 samples=int(params.get("samples", 30)),
@@ -56,6 +59,9 @@ class LSTMPriceModel(mlflow.pyfunc.PythonModel):
             # `mlflow models serve` answers an MlflowException with its message; any other
             # error only with "an unexpected error while evaluating the model".
             raise MlflowException.invalid_parameter_value(str(exc)) from None
+        # a trading day is a date: datetime.date, which the scoring server writes as YYYY-MM-DD
+        # (a Timestamp, whatever its unit, as YYYY-MM-DDT00:00:00)
+        return out.assign(**{DATE_COLUMN: out[DATE_COLUMN].dt.date})
 
 
 set_model(LSTMPriceModel())

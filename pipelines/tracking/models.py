@@ -75,6 +75,7 @@ def log_forecaster(
     # 3 string columns); the model itself reads datetimes and ISO strings alike.
     columns = forecaster.preprocessor.feature_cfg.columns
     inputs = Schema([ColSpec(AnyType(), DATE_COLUMN), *(ColSpec("double", c) for c in columns)])
+    # `date` holds datetime.date (JSON: YYYY-MM-DD); MLflow's nearest type is datetime
     outputs = Schema([ColSpec("datetime", DATE_COLUMN), ColSpec("double", "forecast")])
     signature = ModelSignature(
         inputs=inputs, outputs=outputs, params=infer_signature(input_example, params=params).params

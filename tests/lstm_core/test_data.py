@@ -189,11 +189,33 @@ def test_bad_frames_raise():
         validate_frame(df.drop(columns="open"), ("open",))
     with pytest.raises(DataError, match="strictly increasing"):
         validate_frame(df.iloc[::-1], ("open",))
-    bad = df.copy()
-    bad.loc[3, "open"] = np.nan
-    with pytest.raises(DataError, match="non-finite"):
-        validate_frame(bad, ("open",))
-    neg = df.copy()
-    neg.loc[3, "open"] = -1.0
-    with pytest.raises(DataError, match="positive"):
-        fit_preprocessor(neg, FeatureConfig(lookback=5))
+
+
+def test_a_bad_value_is_named_by_its_column_and_row():
+    """Not finite (either transform), or too low for a log: the first is named, 1-based; volume's
+    rule (0 allowed) is said only of volume."""
+    df = _arange_frame(20)
+    columns = ("open", "volume")
+    for transform in ("price", "log_return"):
+        cfg = FeatureConfig(lookback=5, columns=columns, target_transform=transform)
+        for value in (np.nan, np.inf):
+            with pytest.raises(DataError) as info:
+                fit_preprocessor(df.assign(volume=df["volume"].where(df.index != 3, value)), cfg)
+            assert (
+                str(info.value) == f"column 'volume', row 4 of 20: {value} is not a finite number"
+            )
+    log = FeatureConfig(lookback=5, columns=columns)
+    for value in (0.0, -5.0):
+        with pytest.raises(DataError) as info:
+            fit_preprocessor(df.assign(open=df["open"].where(df.index != 7, value)), log)
+        assert str(info.value) == (
+            f"column 'open', row 8 of 20: {value} is not positive (the model reads log returns)"
+        )
+    fit_preprocessor(df.assign(volume=df["volume"].where(df.index != 3, 0.0)), log)  # suspended
+    with pytest.raises(DataError) as info:
+        fit_preprocessor(df.assign(volume=df["volume"].where(df.index != 3, -1.0)), log)
+    assert str(info.value) == (
+        "column 'volume', row 4 of 20: -1.0 is negative (the model reads log returns)"
+    )
+    price = FeatureConfig(lookback=5, columns=columns, target_transform="price")
+    fit_preprocessor(df.assign(open=df["open"].where(df.index != 7, -5.0)), price)  # no log

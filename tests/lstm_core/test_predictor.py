@@ -92,6 +92,42 @@ def test_a_row_on_a_day_without_trading_is_refused_naming_it_and_its_row(forecas
     assert len(closed.forecast(as_text.drop(index=5), 1, intervals=False)) == 1
 
 
+def test_a_bad_price_or_a_time_of_day_is_refused_naming_its_row_as_given(forecaster):
+    """A NaN or a price <= 0 (log returns), and a date with a time of day (a daily model: ingest
+    refuses it too), are named with their column and row in the order given, as other refusals;
+    the model reads no volume, so its message says nothing of volume."""
+    df = make_frame(60).tail(10).reset_index(drop=True)
+    nan = df.assign(open=df["open"].where(df.index != 9, np.nan))
+    for frame, row in ((nan, 10), (nan.iloc[::-1], 1)):  # rows as given, sorted after
+        with pytest.raises(DataError) as info:
+            forecaster.forecast(frame, 1, intervals=False)
+        assert str(info.value) == f"column 'open', row {row} of 10: nan is not a finite number"
+    for value in (0, -5):
+        low = df.assign(high=df["high"].where(df.index != 3, value))
+        with pytest.raises(DataError) as info:
+            forecaster.forecast(low, 1, intervals=False)
+        assert str(info.value) == (
+            f"column 'high', row 4 of 10: {value:.1f} is not positive (the model reads log returns)"
+        )
+
+    days = df["date"].dt.strftime("%Y-%m-%d")
+    expected = forecaster.forecast(df, 1, intervals=False)
+    midnight = df.assign(date=days + "T00:00:00")
+    pd.testing.assert_frame_equal(forecaster.forecast(midnight, 1, intervals=False), expected)
+    timed = df.assign(date=days.where(df.index != 9, days + " 15:30"))
+    with pytest.raises(DataError) as info:
+        forecaster.forecast(timed, 1, intervals=False)
+    assert str(info.value) == (
+        "column 'date', row 10 of 10: '2021-03-26 15:30' is not an ISO date (like 2017-11-10): "
+        "the model reads days, not times of day"
+    )
+    with pytest.raises(DataError) as info:
+        forecaster.forecast(df.assign(date=df["date"] + pd.Timedelta(hours=15)), 1)
+    assert str(info.value).startswith(
+        "column 'date', row 1 of 10: Timestamp('2021-03-15 15:00:00') is not an ISO date"
+    )
+
+
 def test_predict_with_intervals(forecaster):
     out = forecaster.forecast(make_frame(60), 1, levels=(0.8, 0.95), samples=20, seed=0)
     assert list(out.columns) == ["date", "forecast", "lower_80", "upper_80", "lower_95", "upper_95"]

@@ -61,6 +61,9 @@ def test_invocations_match_in_process_predict(trained, mlflow_server, model_serv
         payload = json.loads(resp.read())
     served = pd.DataFrame(payload["predictions"])
     assert len(served) == len(expected)
+    # the forecast's trading day as a date: "2017-10-16" (datetime.date in process), no time
+    assert served["date"].tolist() == [day.isoformat() for day in expected["date"]]
+    assert all(len(day) == len("2017-10-16") for day in served["date"]), served["date"]
     numeric = expected.select_dtypes("number").columns
     assert len(numeric), expected.dtypes
     for col in numeric:
@@ -170,3 +173,51 @@ def test_served_model_over_http_refuses_a_day_its_exchange_did_not_trade(trained
     with urllib.request.urlopen(_post(model_server, body), timeout=120) as resp:
         assert resp.status == 200
         assert len(json.loads(resp.read())["predictions"]) == 1
+
+
+def test_served_model_over_http_names_a_bad_price_or_time_by_its_row_and_drops_unknown_params(
+    trained, model_server
+):
+    """HTTP 400 naming the column and row (as given) of a missing price (JSON null), a price of
+    0 or below (log returns: no mention of a volume the model does not read) and a date with a
+    time of day; an unknown param never reaches the model (MLflow drops it): a 200 as if unsent."""
+    import urllib.error
+
+    from pipelines.store import PriceStore
+
+    settings, _ = trained
+    assert "open" in settings.features.columns and "volume" not in settings.features.columns
+    recent = PriceStore(settings.store_path).load(TICKER).tail(30).reset_index(drop=True)
+    recent = recent[["date", *settings.features.columns]].assign(
+        date=pd.to_datetime(recent["date"]).dt.strftime("%Y-%m-%d")
+    )
+    day = recent["date"].iloc[-1]
+
+    def message(frame: pd.DataFrame) -> str:
+        body = {"dataframe_split": frame.to_dict(orient="split", index=False)}
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(_post(model_server, body), timeout=120)
+        assert err.value.code == 400
+        return json.loads(err.value.read())["message"]  # MLflow adds the input before it
+
+    missing = recent.astype({"open": object})
+    missing.loc[29, "open"] = None  # JSON null
+    assert message(missing).endswith("column 'open', row 30 of 30: nan is not a finite number")
+    for value in (0.0, -5.0):
+        low = recent.assign(open=recent["open"].where(recent.index != 4, value))
+        assert message(low).endswith(
+            f"column 'open', row 5 of 30: {value} is not positive (the model reads log returns)"
+        )
+    timed = recent.assign(date=recent["date"].where(recent.index != 29, f"{day} 15:30"))
+    assert message(timed).endswith(
+        f"column 'date', row 30 of 30: '{day} 15:30' is not an ISO date (like 2017-11-10): the "
+        "model reads days, not times of day"
+    )
+
+    body = {"dataframe_split": recent.to_dict(orient="split", index=False)}
+    with urllib.request.urlopen(_post(model_server, body), timeout=120) as resp:
+        default = json.loads(resp.read())["predictions"]
+    unknown = {**body, "params": {"horizon": 3}}
+    with urllib.request.urlopen(_post(model_server, unknown), timeout=120) as resp:
+        assert resp.status == 200
+        assert json.loads(resp.read())["predictions"] == default and len(default) == 1

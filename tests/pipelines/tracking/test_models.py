@@ -3,6 +3,7 @@ process, bands, plain price frames, refusals) and loads from two threads."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -145,7 +146,9 @@ def test_champion_takes_a_plain_price_frame(trained, client):
     plain = price_frame(120).rename(columns=str.lower).tail(30).reset_index(drop=True)
     expected = model.predict(plain)  # dates as ISO strings
     assert list(expected.columns) == ["date", "forecast"] and len(expected) == 1
-    assert expected["date"].iloc[0] == pd.Timestamp("2020-06-17")
+    # a trading day, not a timestamp: MLflow's scoring server writes a date as "2020-06-17"
+    day = expected["date"].iloc[0]
+    assert type(day) is dt.date and day == dt.date(2020, 6, 17), repr(day)
     shuffled = plain[["volume", "close", "open", "date", "high"]].assign(note="x")
     as_datetimes = plain.assign(date=pd.to_datetime(plain["date"]))
     for frame in (shuffled, as_datetimes):
@@ -273,7 +276,7 @@ def test_champion_loads_where_the_project_cannot_be_imported(trained, client, tm
         mine = model.predict(mine.head(40))
         print(json.dumps({{"example": out["forecast"].tolist(), "core": lstm_core.__file__,
                           "mine": mine["forecast"].tolist(),
-                          "dates": later["date"].dt.strftime("%Y-%m-%d").tolist()}}))
+                          "dates": [day.isoformat() for day in later["date"]]}}))
         """
     )
     proc = subprocess.run(
