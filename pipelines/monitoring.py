@@ -28,6 +28,7 @@ from lstm_core import scoring
 from pipelines import artifacts, promotion, provenance, tracking
 from pipelines.config import Settings
 from pipelines.forecast_log import ForecastLog, rows_from_forecast
+from pipelines.fsio import file_lock
 from pipelines.store import PriceStore, as_frame
 
 log = logging.getLogger("pipelines")
@@ -192,9 +193,21 @@ def _emit_degraded(settings: Settings, result: LiveScore) -> bool:
 
 
 def score_one(settings: Settings, ticker: str, emit: bool = True) -> LiveScore:
-    """Score, record in MLflow and Prefect, and alert when the champion has decayed."""
+    """Score, record in MLflow and Prefect, and alert when the champion has decayed.
+
+    One scoring of a ticker at a time (a file lock): two at once (two retrainings, or one
+    beside the scoring flow) would both make the champion's monitoring run and first `live.*`
+    tags, and MLflow's SQL store inserts a tag after finding none, so the later insert failed
+    ("UNIQUE constraint failed: model_version_tags"). The waiting one scores after, again.
+    """
     tracking.connect(settings)
     name = settings.registry.name_for(ticker)
+    lock = settings.path(".locks") / f"live-{name}.lock"
+    with file_lock(lock, waiting=f"{ticker}: waiting for another scoring of {ticker}"):
+        return _score_and_record(settings, ticker, name, emit)
+
+
+def _score_and_record(settings: Settings, ticker: str, name: str, emit: bool) -> LiveScore:
     current = tracking.champion(name, settings.registry.alias)
     result = score(settings, ticker, current.version if current else None)
     if current is None or result.matched is None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,3 +216,31 @@ def trained_settings(trained_tiny: Trained, tmp_path: Path):
     `.base_dir` is the copy's folder."""
     with copy_of(trained_tiny, tmp_path / "project", NO_BACKTEST) as settings:
         yield settings
+
+
+class _Seen(logging.Handler):
+    """Sets an event when the `pipelines` logger says something containing `text`."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.INFO)
+        self.text, self.event = text, threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+
+@pytest.fixture
+def seen(caplog):
+    """`seen(text)`: an event set once the `pipelines` logger says `text`."""
+    caplog.set_level(logging.INFO, logger="pipelines")
+    logger, handlers = logging.getLogger("pipelines"), []
+
+    def make(text: str) -> threading.Event:
+        handlers.append(_Seen(text))
+        logger.addHandler(handlers[-1])
+        return handlers[-1].event
+
+    yield make
+    for h in handlers:
+        logger.removeHandler(h)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -118,6 +120,59 @@ def test_status_reads_each_tickers_stored_rows_once(trained_settings, monkeypatc
     (row,) = monitoring.status(trained_settings)
     assert row["champion"] == "v1" and row["pending"] == 3 and row["mismatch"] is None
     assert reads == ["TEST"]
+
+
+def test_two_scorings_at_once_record_the_champion_one_after_the_other(
+    trained_settings, monkeypatch, seen
+):
+    """Two scorings of a ticker at once (two retrainings, or one beside the scoring flow) on
+    its champion's first scored day: the second waits for the first to record. Both used to
+    create the new `live.*` version tags together, and under load MLflow's SQL store failed
+    the later insert ("UNIQUE constraint failed: model_version_tags")."""
+    from pipelines import monitoring, tracking
+    from pipelines.demo import let_days_arrive
+
+    settings = trained_settings
+    day = _days(price_frame(121).iloc[120:])
+    let_days_arrive(settings, "TEST", day, settings.base_dir / "days")
+    waiting = seen("TEST: waiting for another scoring of TEST")
+    inside: list[str] = []
+    overlapped: list[bool] = []
+    tag_live = tracking.tag_live
+
+    def tagging(*args, **kwargs):
+        inside.append(threading.current_thread().name)
+        if len(inside) == 1:  # the first writer holds on until the other waits or writes too
+            deadline = time.monotonic() + 120
+            while not waiting.wait(0.05) and len(inside) == 1:
+                assert time.monotonic() < deadline
+        overlapped.append(len(inside) > 1)
+        try:
+            return tag_live(*args, **kwargs)
+        finally:
+            inside.remove(threading.current_thread().name)
+
+    monkeypatch.setattr(tracking, "tag_live", tagging)
+    results: dict[str, object] = {}
+
+    def scoring(label: str) -> None:
+        try:
+            results[label] = monitoring.score_one(settings, "TEST", emit=False)
+        except BaseException as exc:
+            results[label] = exc
+
+    threads = [threading.Thread(target=scoring, args=(s,), name=s) for s in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert waiting.is_set() and overlapped == [False, False], overlapped
+    a, b = results["a"], results["b"]
+    assert isinstance(a, monitoring.LiveScore) and isinstance(b, monitoring.LiveScore), results
+    assert a.run_id == b.run_id  # one monitoring run of v1, not one each
+    tags = tracking.get_version(settings.registry.name_for("TEST"), "1").tags
+    assert tags["live.scored_through"] == str(day["date"].iloc[0].date())
+    assert float(tags["live.rmse"]) == pytest.approx(a.window["1"].rmse, rel=1e-5)
 
 
 def test_each_version_is_scored_on_its_own_forecasts(tiny_settings, tiny_project):

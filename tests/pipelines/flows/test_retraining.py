@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 
@@ -225,34 +224,6 @@ def test_one_retrain_decision_reads_the_tickers_store_file_once(
     assert "TEST: FAILED: RuntimeError: stopped once the rows were loaded" in out, out
     assert decisions == ["TEST", "TEST"]  # the flow's, then the re-check under the lock
     assert loaded == [["TEST"]]
-
-
-class _Seen(logging.Handler):
-    """Sets an event when the `pipelines` logger says something containing `text`."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(logging.INFO)
-        self.text, self.event = text, threading.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.text in record.getMessage():
-            self.event.set()
-
-
-@pytest.fixture
-def seen(caplog):
-    """`seen(text)`: an event set once the `pipelines` logger says `text`."""
-    caplog.set_level(logging.INFO, logger="pipelines")
-    logger, handlers = logging.getLogger("pipelines"), []
-
-    def make(text: str) -> threading.Event:
-        handlers.append(_Seen(text))
-        logger.addHandler(handlers[-1])
-        return handlers[-1].event
-
-    yield make
-    for h in handlers:
-        logger.removeHandler(h)
 
 
 def test_a_second_retraining_waits_for_the_first_to_take_the_incoming_file(
