@@ -180,19 +180,18 @@ def not_trained_here(
     what = (
         f"{label} was trained on these prices with data.calendar {theirs}, this project's is {ours}"
     )
-    if owner == "this":  # its new version challenges it
+    if owner == "this" or challenger is None:
+        # its own new version challenges it; an untagged one's does not: promote it by hand
+        retrain = (
+            f"train it again with {ours}: {run}"
+            if owner == "this"
+            else f"train it again with {ours} and promote that version by hand (one trained "
+            f"here does not challenge it): {run}, then {by_hand}"
+        )
         return "CALENDAR", (
             f"{what}: its forecasts would fall on {theirs} sessions: forecast with the "
             f"calendar it was trained with (data.calendar: {theirs} in mlflow.yaml, or --set "
-            f"data.calendar={theirs}), or train it again with {ours}: {run}"
-        )
-    if challenger is None:
-        return "CALENDAR", (
-            f"{what}: its forecasts would fall on {theirs} sessions: forecast with the "
-            f"calendar it was trained with (data.calendar: {theirs} in mlflow.yaml, or "
-            f"--set data.calendar={theirs}), or train it again with {ours} and promote that "
-            f"version by hand (one trained here does not challenge it): {run}, then "
-            f"{by_hand}"
+            f"data.calendar={theirs}), or {retrain}"
         )
     return "CALENDAR", (
         f"{what}, so {version.name} v{challenger}, trained here with {ours}, does not "

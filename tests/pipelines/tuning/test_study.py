@@ -122,14 +122,24 @@ def test_absurd_learning_rate_is_pruned_early(searched):
     assert second.counts["pruned"] >= 1
 
 
+def _objective(settings):
+    """The objective of one ticker's study under a parent tuning run, as `tune` builds it."""
+    from lstm_core.data import split_frame
+    from pipelines import tracking
+    from pipelines.tuning.objective import Objective
+
+    frame, _ = _poisoned_frame(settings)
+    frames = split_frame(frame, settings.evaluation)
+    experiment_id = tracking.connect(settings)
+    parent = tracking.start_tuning_run(experiment_id, "tune", {}, {})
+    seen = frames.frame.iloc[: frames.val_end]
+    return Objective(settings, "TEST", seen, frames.train_end, experiment_id, parent)
+
+
 def test_a_trial_is_never_pruned_after_its_last_epoch(tmp_path):
     """A pruner that would stop every trial: with two epochs the trial stops after the first;
     after the last one it has trained fully, so its score counts and the trial completes."""
     import optuna
-
-    from lstm_core.data import split_frame
-    from pipelines import tracking
-    from pipelines.tuning.objective import Objective
 
     class AlwaysPrune(optuna.pruners.BasePruner):
         def prune(self, study, trial) -> bool:
@@ -139,12 +149,7 @@ def test_a_trial_is_never_pruned_after_its_last_epoch(tmp_path):
     for epochs in (2, 1):
         (tmp_path / str(epochs)).mkdir()
         settings = tuning_settings(tmp_path / str(epochs), overrides=(f"training.epochs={epochs}",))
-        frame, _ = _poisoned_frame(settings)
-        frames = split_frame(frame, settings.evaluation)
-        experiment_id = tracking.connect(settings)
-        parent = tracking.start_tuning_run(experiment_id, "tune", {}, {})
-        seen = frames.frame.iloc[: frames.val_end]
-        objective = Objective(settings, "TEST", seen, frames.train_end, experiment_id, parent)
+        objective = _objective(settings)
         study = optuna.create_study(pruner=AlwaysPrune())
         study.optimize(objective, n_trials=1)
         [trial] = study.trials
@@ -159,9 +164,8 @@ def test_ctrl_c_stays_the_news_when_the_trials_run_cannot_be_ended(tmp_path, mon
     import optuna
     from mlflow.exceptions import MlflowException
 
-    from lstm_core.data import split_frame
     from pipelines import tracking
-    from pipelines.tuning.objective import INTERRUPTED, Objective
+    from pipelines.tuning.objective import INTERRUPTED
 
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt
@@ -169,13 +173,7 @@ def test_ctrl_c_stays_the_news_when_the_trials_run_cannot_be_ended(tmp_path, mon
     def locked(*args, **kwargs):
         raise MlflowException("(sqlite3.OperationalError) database is locked")
 
-    settings = tuning_settings(tmp_path)
-    frame, _ = _poisoned_frame(settings)
-    frames = split_frame(frame, settings.evaluation)
-    experiment_id = tracking.connect(settings)
-    parent = tracking.start_tuning_run(experiment_id, "tune", {}, {})
-    seen = frames.frame.iloc[: frames.val_end]
-    objective = Objective(settings, "TEST", seen, frames.train_end, experiment_id, parent)
+    objective = _objective(tuning_settings(tmp_path))
     # imported by the trial as it runs (the module is heavy)
     monkeypatch.setattr("lstm_core.search.train_candidate", stopped)
     monkeypatch.setattr(tracking, "end_trial_run", locked)
