@@ -336,9 +336,7 @@ def promote(
             taken = provenance.name_taken(settings, ticker, tracking.versions(name), version)
             refused = _refused(settings, ticker, taken, metrics) if taken else None
         if refused is not None:
-            _record(name, version, refused)
-            if current is None:  # still say what the model is for
-                _describe_model(name, ticker, version)
+            _record(name, version, refused)  # the model's description is its owner's
             return refused
         champion_score = problem = None
         if current is not None and current.version != version:

@@ -335,10 +335,15 @@ def test_a_model_without_champion_is_not_taken_from_another_project(trained_sett
     deleted by hand. A version the second registers does not take the alias of a model whose
     versions another project registered (its forecasts would then refuse it): refused, with
     the way out; before, it became champion as a model's first version does."""
+    from mlflow import MlflowClient
+
     theirs = (trained_settings.base_dir / ".lstm-project").read_text().strip()
     _drop_champion(trained_settings)
     aliases, versions = _registry(trained_settings)
     assert aliases == {}
+    uri = f"sqlite:///{trained_settings.base_dir / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    described = client.get_registered_model("test-TEST").description
     other = _second_project(trained_settings, tmp_path / "other", seed=7)
     d, rescored = _challenge(other, champion_score=1.0)
     assert rescored == []
@@ -353,6 +358,8 @@ def test_a_model_without_champion_is_not_taken_from_another_project(trained_sett
     )
     after_aliases, after = _registry(trained_settings)
     assert after_aliases == {} and after["1"] == versions["1"]
+    # what the model forecasts stays as its owner described it
+    assert client.get_registered_model("test-TEST").description == described
     assert after["2"][0]["promotion.promoted"] == "false"
     assert after["2"][1] == (
         "Not promoted: test_rmse 0.1 with no champion to compare, naive forecast RMSE 1: "
