@@ -292,7 +292,7 @@ def status(settings: Settings) -> list[dict[str, Any]]:
         w = result.window.get(current.version) if current else None
         mismatch = None  # (state, why): a champion forecast refuses, see provenance
         if current is not None and table is not None:
-            mismatch = provenance.not_trained_here(settings, ticker, current, table)
+            mismatch = provenance.not_trained_here(settings, ticker, current, lambda t=table: t)
         row: dict[str, Any] = {
             "ticker": ticker,
             "trained": bool(known),

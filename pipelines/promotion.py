@@ -17,6 +17,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+import pyarrow as pa
+
 from pipelines import provenance, tracking
 from pipelines.config import PromotionPolicy, Settings
 from pipelines.errors import PipelineError
@@ -276,20 +278,34 @@ def _not_challenged(
     """A refusal when `champion` is another project's (provenance's FOREIGN, CALENDAR): the
     champion of the same model name that project serves, whose alias a challenger trained here
     does not take. This project's own champion: None, it is challenged on scores."""
-    table = PriceStore(settings.store_path).read_table(ticker)
-    mismatch = provenance.not_trained_here(settings, ticker, champion, table, challenger=version)
+
+    def stored() -> pa.Table:  # only an untagged champion is judged by the stored rows
+        return PriceStore(settings.store_path).read_table(ticker)
+
+    mismatch = provenance.not_trained_here(settings, ticker, champion, stored, challenger=version)
     if mismatch is None:
         return None
-    log.warning("%s: %s", ticker, mismatch[1])
+    return _refused(settings, ticker, mismatch[1], metrics, champion.version)
+
+
+def _refused(
+    settings: Settings,
+    ticker: str,
+    why: str,
+    metrics: Mapping[str, float],
+    champion_version: str | None = None,
+) -> Decision:
+    """A refusal for whose model it is, not on scores: said on stderr too."""
+    log.warning("%s: %s", ticker, why)
     metric = settings.registry.promotion.metric
     return Decision(
         False,
-        f"refused: {mismatch[1]}",
+        f"refused: {why}",
         metrics.get(metric, float("nan")),
         None,
         metric,
         metrics.get("naive_rmse"),
-        champion_version=champion.version,
+        champion_version=champion_version,
     )
 
 
@@ -304,7 +320,8 @@ def promote(
 
     ``rescore(champion_version)`` returns the champion's error on this version's test window.
     One decision at a time per registered model (a file lock), so racing runs cannot both win.
-    Another project's champion (see provenance.whose) is not challenged at all.
+    Another project's champion (see provenance.whose) is not challenged at all, nor, when the
+    model has no champion, is the alias taken while another project has versions of it.
     """
     reg = settings.registry
     name = reg.name_for(ticker)
@@ -312,11 +329,15 @@ def promote(
     with file_lock(settings.path(".locks") / f"promote-{name}.lock"):
         settle_interrupted(name, version)
         current = tracking.champion(name, reg.alias)
+        refused = None
         if current is not None and current.version != version:
             refused = _not_challenged(settings, ticker, current, version, metrics)
-            if refused is not None:
-                _record(name, version, refused)
-                return refused
+        elif current is None:  # no champion: the name is free unless another project uses it
+            taken = provenance.name_taken(settings, ticker, tracking.versions(name), version)
+            refused = _refused(settings, ticker, taken, metrics) if taken else None
+        if refused is not None:
+            _record(name, version, refused)  # the model's description is its owner's
+            return refused
         champion_score = problem = None
         if current is not None and current.version != version:
             try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -79,6 +80,51 @@ def whose(
     return "this" if tagged == project_id(settings) else "other"
 
 
+def not_others(
+    settings: Settings, versions: Sequence[tracking.RegisteredVersion]
+) -> list[tracking.RegisteredVersion]:
+    """`versions` less those another project registered (an untagged one stays, as it did
+    before projects had ids): what this project's own "since the last version" counts on."""
+    return [v for v in versions if whose(settings, v) != "other"]
+
+
+def _own_names(ticker: str) -> str:
+    return (
+        "give this project model names of its own with registry.model_name (e.g. "
+        f'"myproject-{{ticker}}") and train them: lstm-pipeline run --ticker {ticker}'
+    )
+
+
+def _theirs(settings: Settings, version: tracking.RegisteredVersion) -> str:
+    ours = project_id(settings)
+    return (
+        f"its lstm.project tag is {version.tags[tracking.TAG_PROJECT]}, this project's id "
+        + (f"is {ours}" if ours else "is not made yet")
+        + f" ({id_path(settings)})"
+    )
+
+
+def name_taken(
+    settings: Settings,
+    ticker: str,
+    versions: Sequence[tracking.RegisteredVersion],
+    challenger: str,
+) -> str | None:
+    """Why `challenger`, trained here, does not become the champion of a model that has none
+    when another project registered versions of it: the alias was deleted (or never won), and
+    the name is that project's too. None: no version is another project's, the name is free."""
+    other = next((v for v in versions if whose(settings, v) == "other"), None)
+    if other is None:
+        return None
+    name = other.name
+    return (
+        f"{name} has no champion, and v{other.version} is another project's model "
+        f"({_theirs(settings, other)}), so {name} v{challenger}, trained here, does not take "
+        f"the name: {_own_names(ticker)}; or, if {name} is this project's to use, promote "
+        f"v{challenger} by hand: lstm-pipeline promote --ticker {ticker} --version {challenger}"
+    )
+
+
 def rows_through(table: pa.Table, last: str) -> pa.Table:
     """The stored rows up to and including the ISO date `last`."""
     through = pa.scalar(dt.date.fromisoformat(last), pa.date32())
@@ -109,13 +155,14 @@ def not_trained_here(
     settings: Settings,
     ticker: str,
     version: tracking.RegisteredVersion,
-    table: pa.Table,
+    stored: Callable[[], pa.Table],
     challenger: str | None = None,
 ) -> tuple[str, str] | None:
     """Why `version` is not this project's to forecast with or to challenge, as (state word,
     one line): FOREIGN, another project's (by its `lstm.project` tag; untagged, trained on
     other prices than those stored here); CALENDAR, trained with another `data.calendar`, whose
     sessions its forecasts would fall on. None: this project's, as far as its tags tell.
+    `stored()` reads the ticker's stored rows, called only for a version without the tag.
 
     `challenger`: a version trained here that would challenge `version`. This project's own
     champion is challenged whatever changed since (stored days replaced, the calendar), an
@@ -124,18 +171,9 @@ def not_trained_here(
     owner = whose(settings, version)
     run = f"lstm-pipeline run --ticker {ticker}"
     by_hand = f"lstm-pipeline promote --ticker {ticker} --version {challenger or 'N'}"
-    names = (
-        "give this project model names of its own with registry.model_name (e.g. "
-        f'"myproject-{{ticker}}") and train them: {run}'
-    )
+    names = _own_names(ticker)
     if owner == "other":
-        ours = project_id(settings)
-        what = (
-            f"{label} is another project's model: its lstm.project tag is "
-            f"{version.tags[tracking.TAG_PROJECT]}, this project's id "
-            + (f"is {ours}" if ours else "is not made yet")
-            + f" ({id_path(settings)})"
-        )
+        what = f"{label} is another project's model: {_theirs(settings, version)}"
         if challenger is None:
             return "FOREIGN", f"{what}: {names}"
         return "FOREIGN", (
@@ -149,7 +187,8 @@ def not_trained_here(
     other_calendar = "data.calendar" in params and theirs != ours
     # this project's own champion after `ingest --replace`: forecasts as a model does on
     # any new rows (and the ticker retrains: see flows.retraining)
-    if owner is None and trained_days_changed(table, version):
+    table = stored() if owner is None else None
+    if table is not None and trained_days_changed(table, version):
         last = version.tags[tracking.TAG_DATA_LAST_DATE]
         rows = version.tags.get(tracking.TAG_DATA_ROWS, "?")
         here = rows_through(table, last).num_rows

@@ -64,7 +64,7 @@ def forecast_one(settings: Settings, ticker: str, days: int) -> tuple[pd.DataFra
     version = _champion(settings, ticker)
     table = PriceStore(settings.store_path).read_table(ticker)
     # another project's champion of the same name (other prices), or another calendar's
-    mismatch = provenance.not_trained_here(settings, ticker, version, table)
+    mismatch = provenance.not_trained_here(settings, ticker, version, lambda: table)
     if mismatch:
         raise PipelineError(mismatch[1])
     model = tracking.load_model(name, settings.registry.alias)

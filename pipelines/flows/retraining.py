@@ -82,7 +82,8 @@ def needs_training(
     settings: Settings, ticker: str, stored: StoredRows | None = None
 ) -> tuple[bool, str]:
     """Has the ticker gained enough rows, or had a day it was trained on replaced, since its
-    champion was trained?
+    champion was trained (or, when the champion is another project's, this project's latest
+    version)?
 
     A version already trained on exactly the stored data (promoted or refused) means there
     is nothing new to learn from, so a refused challenger is not retrained again and again.
@@ -95,14 +96,18 @@ def needs_training(
     if manifest is None:
         return False, "no data"
     name = settings.registry.name_for(ticker)
-    known = tracking.versions(name) if tracking.registered_model_exists(name) else []
+    every = tracking.versions(name) if tracking.registered_model_exists(name) else []
+    # another project's versions of the same name were trained on its prices, not these
+    known = provenance.not_others(settings, every)
     if not known:
         short = _too_few_rows(settings, stored, manifest.rows)
-        return (False, short) if short else (True, "no model yet")
+        first = "no version trained in this project yet" if every else "no model yet"
+        return (False, short) if short else (True, first)
     latest = known[-1]
     if latest.tags.get(tracking.TAG_DATA_DIGEST) == manifest.digest:
         return False, f"unchanged since v{latest.version} was trained"
-    basis = tracking.champion(name, settings.registry.alias) or latest
+    champion = tracking.champion(name, settings.registry.alias)
+    basis = next((v for v in known if champion and v.version == champion.version), latest)
     trained_rows = int(basis.tags.get(tracking.TAG_DATA_ROWS, "0") or 0)
     gained = manifest.rows - trained_rows
     last = basis.tags.get(tracking.TAG_DATA_LAST_DATE)

@@ -276,3 +276,92 @@ def test_this_projects_own_champion_is_challenged_on_scores(trained_settings, ta
         assert rescored == [] and not d.promote
         assert "was trained on 120 rows through 2020-06-16" in d.reason
         assert _registry(trained_settings)[0] == {"champion": "1"}
+
+
+def _no_store_reads(monkeypatch) -> list[str]:
+    """Make reading a ticker's stored rows fail (and note it): a decision that needs none
+    must not read them."""
+    from pipelines.store import PriceStore
+
+    reads: list[str] = []
+
+    def refuse(self, ticker):
+        reads.append(ticker)
+        raise AssertionError(f"read {ticker}'s stored rows")
+
+    monkeypatch.setattr(PriceStore, "read_table", refuse)
+    return reads
+
+
+@pytest.mark.parametrize("whose", ["this", "other"])
+def test_a_tagged_champion_is_judged_without_reading_the_stored_rows(
+    trained_settings, tmp_path, monkeypatch, whose
+):
+    """Its lstm.project tag says whose it is: the ticker's stored table (every row, read at
+    each promotion before) is read only for a champion without the tag."""
+    settings = trained_settings
+    if whose == "other":
+        settings = _second_project(trained_settings, tmp_path / "other", seed=7)
+    reads = _no_store_reads(monkeypatch)
+    d, rescored = _challenge(settings, champion_score=1.0)
+    assert reads == []
+    if whose == "this":
+        assert rescored == ["1"] and d.promote, d.reason
+    else:
+        assert rescored == [] and not d.promote and "another project's model" in d.reason
+
+
+def _drop_champion(settings) -> None:
+    """The champion alias deleted by hand (the MLflow UI): the model has none."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{settings.base_dir / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri, registry_uri=uri).delete_registered_model_alias(
+        "test-TEST", "champion"
+    )
+
+
+def test_a_model_without_champion_takes_this_projects_version(trained_settings):
+    """Its versions all this project's (or none): the name is free, the new version that
+    passes the guards becomes champion, as the first one did."""
+    _drop_champion(trained_settings)
+    d, rescored = _challenge(trained_settings, champion_score=1.0)
+    assert rescored == [] and d.promote and d.reason.startswith("promoted: first model")
+    assert _registry(trained_settings)[0] == {"champion": "2"}
+
+
+def test_a_model_without_champion_is_not_taken_from_another_project(trained_settings, tmp_path):
+    """Two projects on one tracking store, the same ticker: the first's champion alias
+    deleted by hand. A version the second registers does not take the alias of a model whose
+    versions another project registered (its forecasts would then refuse it): refused, with
+    the way out; before, it became champion as a model's first version does."""
+    from mlflow import MlflowClient
+
+    theirs = (trained_settings.base_dir / ".lstm-project").read_text().strip()
+    _drop_champion(trained_settings)
+    aliases, versions = _registry(trained_settings)
+    assert aliases == {}
+    uri = f"sqlite:///{trained_settings.base_dir / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    described = client.get_registered_model("test-TEST").description
+    other = _second_project(trained_settings, tmp_path / "other", seed=7)
+    d, rescored = _challenge(other, champion_score=1.0)
+    assert rescored == []
+    assert not d.promote and d.reason == (
+        f"refused: test-TEST has no champion, and v1 is another project's model (its "
+        f"lstm.project tag is {theirs}, this project's id is not made yet "
+        f"({tmp_path / 'other' / '.lstm-project'})), so test-TEST v2, trained here, does not "
+        "take the name: give this project model names of its own with registry.model_name "
+        '(e.g. "myproject-{ticker}") and train them: lstm-pipeline run --ticker TEST; or, if '
+        "test-TEST is this project's to use, promote v2 by hand: lstm-pipeline promote "
+        "--ticker TEST --version 2"
+    )
+    after_aliases, after = _registry(trained_settings)
+    assert after_aliases == {} and after["1"] == versions["1"]
+    # what the model forecasts stays as its owner described it
+    assert client.get_registered_model("test-TEST").description == described
+    assert after["2"][0]["promotion.promoted"] == "false"
+    assert after["2"][1] == (
+        "Not promoted: test_rmse 0.1 with no champion to compare, naive forecast RMSE 1: "
+        f"{d.reason.removeprefix('refused: ')}."
+    )

@@ -366,3 +366,66 @@ def test_the_retraining_lock_is_per_ticker(trained_settings, monkeypatch, seen):
     late.join(60)
     assert [r.ticker for r in first] == [r.ticker for r in second] == ["TEST"]
     assert [t for t, _ in trained] == ["TEST", "OTHER", "TEST"]
+
+
+def _train(config, *args: str) -> None:
+    """`lstm-pipeline ingest` and `run` of TEST in the project of `config`."""
+    from pipelines.cli import main
+
+    prices = config.parent / "prices" / "TEST.csv"
+    assert main(["ingest", str(prices), "--ticker", "TEST", "--config", str(config)]) == 0
+    assert main(["run", "--ticker", "TEST", "--config", str(config), *args]) == 0
+
+
+def _retrain(config, capsys) -> list[str]:
+    from pipelines.cli import main
+
+    capsys.readouterr()
+    assert main(["retrain", "--config", str(config), "--set", NO_BACKTEST[0]]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_another_projects_newer_version_does_not_make_this_project_skip(
+    trained_settings, tmp_path, capsys
+):
+    """Two projects on one tracking store, the same ticker and the same prices file: the
+    second trains first on five newer days (v2, another project's). The first project, given
+    those days, retrains its champion: before, it skipped, "unchanged since v2 was trained",
+    the other project's version."""
+    from pipelines import tracking
+    from tests.pipelines.cli.conftest import project_beside
+
+    first = trained_settings.base_dir
+    other = project_beside(first, tmp_path / "other")
+    newer = price_frame(125)
+    write_prices(other.parent / "prices" / "TEST.csv", newer)
+    _train(other, "--set", NO_BACKTEST[0])
+    tracking.connect(trained_settings)
+    theirs = tracking.get_version("test-TEST", "2").tags[tracking.TAG_PROJECT]
+    assert theirs != (first / ".lstm-project").read_text().strip()
+    write_prices(first / "data" / "incoming" / "TEST.csv", newer.iloc[120:])
+    lines = _retrain(first / "mlflow.yaml", capsys)
+    assert "TEST: retrain (gained 5 row(s) since v1 (2020-06-16))" in lines, lines
+    # compared with its own champion v1 on scores
+    [line] = [x for x in lines if x.startswith("  registered test-TEST version 3: ")]
+    assert "test_rmse" in line and "champion's" in line, line
+
+
+def test_another_projects_champion_does_not_make_this_project_retrain(
+    trained_settings, tmp_path, capsys
+):
+    """The first project holds the champion; the second trains its own prices (v2, refused:
+    another project's champion), then the first trains newer days (v3). The second's retrain,
+    with nothing new, skips: before, it counted from the first's champion and retrained again
+    and again ("stored days through 2020-06-16 changed since v1 was trained on them")."""
+    from tests.pipelines.cli.conftest import project_beside
+
+    first = trained_settings.base_dir
+    other = project_beside(first, tmp_path / "other")
+    write_prices(other.parent / "prices" / "TEST.csv", price_frame(120, seed=7))
+    _train(other, "--set", NO_BACKTEST[0])
+    write_prices(first / "prices" / "TEST.csv", price_frame(125))
+    _train(first / "mlflow.yaml", "--set", NO_BACKTEST[0])
+    lines = _retrain(other, capsys)
+    assert "TEST: skip (unchanged since v2 was trained)" in lines, lines
+    assert "nothing changed: no ticker to retrain" in lines, lines
