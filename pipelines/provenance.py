@@ -128,6 +128,12 @@ def not_trained_here(
         "give this project model names of its own with registry.model_name (e.g. "
         f'"myproject-{{ticker}}") and train them: {run}'
     )
+    refused = (  # the FOREIGN lines' word on the challenger
+        f", so {version.name} v{challenger}, trained here, does not challenge it and is not "
+        "promoted"
+        if challenger is not None
+        else ""
+    )
     if owner == "other":
         ours = project_id(settings)
         what = (
@@ -136,12 +142,7 @@ def not_trained_here(
             + (f"is {ours}" if ours else "is not made yet")
             + f" ({id_path(settings)})"
         )
-        if challenger is None:
-            return "FOREIGN", f"{what}: {names}"
-        return "FOREIGN", (
-            f"{what}, so {version.name} v{challenger}, trained here, does not challenge it "
-            f"and is not promoted: {names}"
-        )
+        return "FOREIGN", f"{what}{refused}: {names}"
     if owner == "this" and challenger is not None:
         return None
     params = tracking.run_params(version.run_id) if version.run_id else {}
@@ -164,15 +165,14 @@ def not_trained_here(
             "model (another project's on the same tracking server, or stored days replaced "
             "since)"
         )
-        if challenger is None:
-            return "FOREIGN", (
-                f"{what}: {names}; or, if v{version.version} is this project's own, promote "
-                f"by hand a version trained here (one does not challenge it): {by_hand}"
-            )
+        promote = (
+            f"promote v{challenger} by hand"
+            if challenger is not None
+            else "promote by hand a version trained here (one does not challenge it)"
+        )
         return "FOREIGN", (
-            f"{what}, so {version.name} v{challenger}, trained here, does not challenge it "
-            f"and is not promoted: {names}; or, if v{version.version} is this project's own, "
-            f"promote v{challenger} by hand: {by_hand}"
+            f"{what}{refused}: {names}; or, if v{version.version} is this project's own, "
+            f"{promote}: {by_hand}"
         )
     if not other_calendar:
         return None
