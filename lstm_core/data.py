@@ -114,6 +114,11 @@ class Preprocessor:
     def target_index(self) -> int:
         return self.feature_cfg.columns.index(self.feature_cfg.target)
 
+    @property
+    def _volume(self) -> np.ndarray:
+        """Which features are volume: 0 on suspended days, so log returns read log(1 + v)."""
+        return np.array([c == "volume" for c in self.feature_cfg.columns])
+
     def _affine(self) -> tuple[np.ndarray, np.ndarray]:
         """(mult, add) such that scaled = x * mult + add, per feature."""
         if isinstance(self.scaler, MinMaxScaler):
@@ -126,8 +131,7 @@ class Preprocessor:
         (by its row in ``df``, 1-based) that is not finite, or not positive for log returns."""
         columns = self.feature_cfg.columns
         values = df[list(columns)].to_numpy(dtype=np.float64)
-        volume = np.array([c == "volume" for c in columns])
-        # log returns (offset 1): volume can be 0 on suspended days, log(1 + v) keeps it finite
+        volume = self._volume  # for log returns (offset 1) it may be 0, the prices may not
         low = np.where(volume, values < 0, values <= 0) & (self.offset > 0)
         if (bad := low | ~np.isfinite(values)).any():
             row, col = np.argwhere(bad)[0]
@@ -142,8 +146,7 @@ class Preprocessor:
         """Raw values ``(..., rows, n_features)`` -> unscaled features ``(..., rows - offset, .)``."""
         if self.feature_cfg.target_transform == "price":
             return values
-        volume = np.array([c == "volume" for c in self.feature_cfg.columns])
-        return np.diff(np.log(values + volume), axis=-2)
+        return np.diff(np.log(values + self._volume), axis=-2)
 
     def transform(self, x: pd.DataFrame | np.ndarray) -> np.ndarray:
         """A frame, or raw values ``(..., rows, n_features)`` -> scaled features, ``offset`` rows

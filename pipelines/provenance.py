@@ -172,14 +172,15 @@ def not_trained_here(
     run = f"lstm-pipeline run --ticker {ticker}"
     by_hand = f"lstm-pipeline promote --ticker {ticker} --version {challenger or 'N'}"
     names = _own_names(ticker)
+    refused = (  # the FOREIGN lines' word on the challenger
+        f", so {version.name} v{challenger}, trained here, does not challenge it and is not "
+        "promoted"
+        if challenger is not None
+        else ""
+    )
     if owner == "other":
         what = f"{label} is another project's model: {_theirs(settings, version)}"
-        if challenger is None:
-            return "FOREIGN", f"{what}: {names}"
-        return "FOREIGN", (
-            f"{what}, so {version.name} v{challenger}, trained here, does not challenge it "
-            f"and is not promoted: {names}"
-        )
+        return "FOREIGN", f"{what}{refused}: {names}"
     if owner == "this" and challenger is not None:
         return None
     params = tracking.run_params(version.run_id) if version.run_id else {}
@@ -203,15 +204,14 @@ def not_trained_here(
             "model (another project's on the same tracking server, or stored days replaced "
             "since)"
         )
-        if challenger is None:
-            return "FOREIGN", (
-                f"{what}: {names}; or, if v{version.version} is this project's own, promote "
-                f"by hand a version trained here (one does not challenge it): {by_hand}"
-            )
+        promote = (
+            f"promote v{challenger} by hand"
+            if challenger is not None
+            else "promote by hand a version trained here (one does not challenge it)"
+        )
         return "FOREIGN", (
-            f"{what}, so {version.name} v{challenger}, trained here, does not challenge it "
-            f"and is not promoted: {names}; or, if v{version.version} is this project's own, "
-            f"promote v{challenger} by hand: {by_hand}"
+            f"{what}{refused}: {names}; or, if v{version.version} is this project's own, "
+            f"{promote}: {by_hand}"
         )
     if not other_calendar:
         return None

@@ -139,6 +139,7 @@ def serve(
     """
     in_main = threading.current_thread() is threading.main_thread()
     previous = exit_after_interrupt() if in_main else None
+    outage.down = False  # an earlier serve may have ended in an outage: this one says its own
     _events_stream_in_one_line()
     try:
         _serve_until_stopped(settings, config_path, overrides, tickers, retry_seconds)

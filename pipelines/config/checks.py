@@ -1,5 +1,6 @@
 """What every section shares: the frozen, strict base, and the checks more than one place
-makes (a cron expression; true/false given to a number, for the loader and the search space)."""
+makes (a cron expression, a name made per ticker; true/false given to a number, for the
+loader and the search space)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,13 @@ def valid_cron(v: str) -> str:
         raise ValueError(
             f"{v!r}: the scheduler does not take W in the day field or L in the weekday field"
         )
+    return v
+
+
+def has_ticker(v: str) -> str:
+    """A name made per ticker (a registered model's, a study's) says where the ticker goes."""
+    if "{ticker}" not in v:
+        raise ValueError("must contain the placeholder {ticker}")
     return v
 
 

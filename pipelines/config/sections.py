@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 from pydantic import Field, ValidationInfo, field_validator
 
 from lstm_core.config import EvaluationConfig, FeatureConfig, ModelConfig, TrainingConfig
-from pipelines.config.checks import Section, valid_cron
+from pipelines.config.checks import Section, has_ticker, valid_cron
 from pipelines.config.tuning import TuningConfig
 
 # MLflow's store schemes this project works with; a database scheme may name a driver
@@ -72,9 +72,7 @@ class RegistryConfig(Section):
     @field_validator("model_name")
     @classmethod
     def _has_ticker(cls, v: str) -> str:
-        if "{ticker}" not in v:
-            raise ValueError("must contain the placeholder {ticker}")
-        return v
+        return has_ticker(v)
 
     @field_validator("alias")
     @classmethod

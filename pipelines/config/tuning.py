@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from lstm_core.config import FeatureConfig, ModelConfig, TrainingConfig
-from pipelines.config.checks import Section, bool_as_number, valid_cron
+from pipelines.config.checks import Section, bool_as_number, has_ticker, valid_cron
 
 # Sections and keys a search may vary (their values are validated like the file's own).
 _TUNABLE = {"features": FeatureConfig, "model": ModelConfig, "training": TrainingConfig}
@@ -80,9 +80,7 @@ class TuningConfig(Section):
     @field_validator("study")
     @classmethod
     def _study_has_ticker(cls, v: str) -> str:
-        if "{ticker}" not in v:
-            raise ValueError("must contain the placeholder {ticker}")
-        return v
+        return has_ticker(v)
 
     @field_validator("cron")
     @classmethod

@@ -98,6 +98,7 @@ def study(
         timeout_minutes,
         workers,
         digest_through=lambda day: provenance.digest_through(store.read_table(ticker), day),
+        data_digest=manifest.digest,
     )
 
 

@@ -125,14 +125,16 @@ def run_study(
     timeout_minutes: float | None = None,
     workers: int | None = None,
     digest_through: Callable[[str], str] | None = None,
+    data_digest: str | None = None,
 ) -> StudyResult:
     """Run (or continue) the ticker's study on `frame`'s training and validation parts.
 
     `frame` is the ticker's full price history; it is split chronologically as training
     does, and the rows of the test part are dropped here, before any trial exists. A resumed
-    study's trials see the prices it began on (:func:`_prices_it_began_on`);
-    `digest_through(day)`, the digest of the stored rows up to an ISO day, tells whether those
-    were replaced since (None: not checked).
+    study's trials see the prices it began on (:func:`_prices_it_began_on`). A new study
+    records `data_digest`, the digest of the stored rows through `data_last_date` (the store's
+    manifest has it); `digest_through(day)`, the digest of the stored rows up to an ISO day,
+    tells whether those were replaced since (None: not checked).
     """
 
     t = settings.tuning
@@ -149,8 +151,8 @@ def run_study(
     if not resumed:
         study.set_user_attr("ticker", ticker)
         study.set_user_attr(DATA_LAST_DATE, data_last_date)
-        if digest_through is not None:
-            study.set_user_attr(DATA_DIGEST, digest_through(data_last_date))
+        if data_digest is not None:
+            study.set_user_attr(DATA_DIGEST, data_digest)
         study.set_user_attr(MADE_UNDER, made_under(settings))
         _enqueue_default(study, settings)
     elif MADE_UNDER not in study.user_attrs:

@@ -113,6 +113,19 @@ def test_bad_values_name_file_and_key(tmp_path, text, key):
     assert str(path) in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("registry:\n  model_name: lstm\n", "registry.model_name"),
+        ("tuning:\n  study: s\n", "tuning.study"),
+    ],
+)
+def test_a_name_made_per_ticker_must_say_where_the_ticker_goes(tmp_path, text, key):
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, text), env={})
+    assert err.value.key == key and "must contain the placeholder {ticker}" in str(err.value)
+
+
 def test_a_lower_case_calendar_code_names_the_code_meant(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_settings(write(tmp_path, "data:\n  calendar: xshg\n"), env={})

@@ -152,3 +152,44 @@ def test_the_events_stream_breaking_is_one_line_once_per_outage(monkeypatch):
         "Prefect API is back: serving the deployments again",
     ]
     assert all(r.exc_info is None for r in said)
+
+
+def test_a_second_serve_says_when_the_api_goes_away(monkeypatch):
+    """A serve stopped (Ctrl-C) while the Prefect API was down: the next serve in the same
+    process still says that the API went away, and that it is back."""
+    import logging
+
+    import prefect
+
+    from pipelines import serve as serve_mod
+
+    monkeypatch.setattr(serve_mod, "outage", serve_mod._Outage())
+    monkeypatch.setattr(serve_mod, "deployments", lambda *a: [])
+    monkeypatch.setattr(serve_mod, "_events_stream_in_one_line", lambda: None)
+    polls = iter([False, False, False, True])  # down (ended there), down, then back
+    monkeypatch.setattr(serve_mod, "_api_healthy", lambda: next(polls))
+    serves = iter([ConnectionError("refused"), ConnectionError("refused"), None])
+
+    def fake_serve(*deployments, **kwargs):
+        if (error := next(serves)) is not None:
+            raise error
+
+    def ctrl_c(seconds: float) -> None:  # while the first serve waits for the API
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prefect, "serve", fake_serve)
+    monkeypatch.setattr(serve_mod.time, "sleep", ctrl_c)
+    said: list[str] = []  # on the logger itself: whatever propagates, and where, elsewhere
+    catch = logging.Handler()
+    catch.emit = lambda record: said.append(record.getMessage())
+    ours = logging.getLogger("pipelines")
+    monkeypatch.setattr(ours, "handlers", [*ours.handlers, catch])  # as it was afterwards
+    with pytest.raises(KeyboardInterrupt):
+        serve_mod.serve(None, "", retry_seconds=0.0)
+    assert said == ["Prefect API unreachable (refused); serving again once it answers"]
+    serve_mod.serve(None, "", retry_seconds=0.0)
+    assert said == [
+        "Prefect API unreachable (refused); serving again once it answers",
+        "Prefect API unreachable (refused); serving again once it answers",
+        "Prefect API is back: serving the deployments again",
+    ]

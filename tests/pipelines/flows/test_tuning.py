@@ -141,6 +141,7 @@ def test_tune_again_continues_only_its_own_settings_and_registers_a_best_once(ti
 
     from pipelines import tracking
     from pipelines.config import load_settings
+    from pipelines.store import PriceStore
     from pipelines.tuning import check_study
     from pipelines.tuning.storage import open_storage
     from tests.pipelines.tuning.conftest import tuning_settings
@@ -162,6 +163,9 @@ def test_tune_again_continues_only_its_own_settings_and_registers_a_best_once(ti
     # computes importances. This one also becomes the best (an RMSE of 0 cannot be beaten).
     journal = tiny_project / ".optuna" / "studies.journal"
     study = optuna.load_study(study_name="tune-TEST", storage=open_storage(settings))
+    # the digest of the rows it began on: the store's manifest's, which replaced days change
+    manifest = PriceStore(settings.store_path).manifest("TEST")
+    assert study.user_attrs["data_digest"] == manifest.digest
     baseline = study.trials[0]
     other_space = {**baseline.distributions, "features.lookback": IntDistribution(3, 6)}
     study.add_trial(

@@ -12,6 +12,7 @@ import pytest
 
 from pipelines.errors import InputError, PipelineError
 from pipelines.ingest import read_price_file
+from pipelines.provenance import digest_through
 from pipelines.store import PriceStore, table_digest
 from tests.conftest import REPO
 from tests.pipelines.conftest import tree_bytes
@@ -71,6 +72,9 @@ def test_digest_is_of_stored_rows(tmp_path: Path) -> None:
     store = PriceStore(tmp_path / "store")
     rep = store.merge(read_price_file(csv_file(tmp_path, "ACME.csv", rows_for(range(5)))))
     assert rep.after.digest == table_digest(store.read_table("ACME"))
+    # and the digest of the rows through its last day (what trainings and studies record)
+    last = str(rep.after.last_date)
+    assert rep.after.digest == digest_through(store.read_table("ACME"), last)
     # a second store built from the same rows in two steps has the same digest
     other = PriceStore(tmp_path / "other")
     other.merge(read_price_file(csv_file(tmp_path / "a", "ACME.csv", rows_for(range(2)))))

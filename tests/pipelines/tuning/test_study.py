@@ -285,10 +285,17 @@ def test_a_study_resumed_after_new_days_keeps_the_split_its_trials_had(tmp_path,
         rows = stored["frame"][stored["frame"]["date"] <= pd.Timestamp(day)]
         return str(pd.util.hash_pandas_object(rows, index=False).sum())
 
+    began = digest_through("2020-06-16")  # as the store's manifest would give it
     first = tuning.run_study(
-        settings, "TEST", stored["frame"], "2020-06-16", digest_through=digest_through
+        settings,
+        "TEST",
+        stored["frame"],
+        "2020-06-16",
+        digest_through=digest_through,
+        data_digest=began,
     )
     study = tuning.load_study(settings, "TEST")
+    assert study.user_attrs["data_digest"] == began
     study.enqueue_trial(study.trials[0].params)  # the same configuration again
     stored["frame"] = full  # 20 new days stored
     last = str(full["date"].iloc[-1].date())
