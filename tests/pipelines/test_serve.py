@@ -152,3 +152,76 @@ def test_the_events_stream_breaking_is_one_line_once_per_outage(monkeypatch):
         "Prefect API is back: serving the deployments again",
     ]
     assert all(r.exc_info is None for r in said)
+
+
+def test_the_runners_failed_polls_are_one_line_and_the_report_at_debug(monkeypatch, capsys):
+    """Prefect's runner prints a report of its failed polls, tracebacks and all, then gives
+    up; under `serve` the console gets the outage's one line and the report goes to DEBUG."""
+    import asyncio
+    import logging
+
+    import httpx
+    from prefect.runner import _scheduled_run_poller as poller
+
+    from pipelines import serve as serve_mod
+
+    monkeypatch.setattr(serve_mod, "outage", serve_mod._Outage())
+    monkeypatch.setattr(poller, "critical_service_loop", poller.critical_service_loop)
+    said: list[logging.LogRecord] = []
+    catch = logging.Handler(logging.DEBUG)
+    catch.emit = said.append
+    ours, runners = logging.getLogger("pipelines"), logging.getLogger(serve_mod._POLLER_LOGGER)
+    saved = ours.level, runners.level
+    for logger in (ours, runners):
+        logger.addHandler(catch)
+        logger.setLevel(logging.DEBUG)
+
+    async def poll() -> None:
+        raise httpx.ConnectError("All connection attempts failed")
+
+    try:
+        serve_mod._polls_report_in_one_line()
+        serve_mod._polls_report_in_one_line()  # once is enough: not wrapped twice
+        with pytest.raises(RuntimeError, match=serve_mod._GAVE_UP) as info:
+            asyncio.run(poller.critical_service_loop(workload=poll, interval=0.0))
+    finally:
+        for logger in (ours, runners):
+            logger.removeHandler(catch)
+        ours.setLevel(saved[0])
+        runners.setLevel(saved[1])
+    assert capsys.readouterr().out == ""  # print()'s report went elsewhere
+    assert serve_mod._runner_gave_up(info.value)
+    shown = [r.getMessage() for r in said if r.levelno > logging.DEBUG]
+    assert shown == [
+        "Prefect API unreachable (httpx.ConnectError: All connection attempts failed); "
+        "serving again once it answers"
+    ]
+    report = [r for r in said if r.levelno == logging.DEBUG]
+    assert {r.name for r in report} == {serve_mod._POLLER_LOGGER}
+    text = "\n".join(r.getMessage() for r in report)
+    assert "Failed the last 3 attempts" in text and "Traceback" in text
+
+
+def test_a_runner_that_gave_up_is_served_again_even_if_the_api_is_back(monkeypatch):
+    """The runner's giving up never ends `serve`, even when the API answers again by the
+    time its error arrives (it would otherwise be raised: a traceback, exit 1)."""
+    from pipelines import serve as serve_mod
+
+    monkeypatch.setattr(serve_mod, "outage", serve_mod._Outage())
+    calls = []
+
+    def fake_serve(*deployments, **kwargs):
+        calls.append(kwargs["print_starting_message"])
+        if len(calls) == 1:
+            try:
+                raise RuntimeError(serve_mod._GAVE_UP)
+            except RuntimeError as exc:  # as anyio's task groups wrap it
+                raise ExceptionGroup("unhandled errors in a TaskGroup", [exc]) from None
+
+    import prefect
+
+    monkeypatch.setattr(prefect, "serve", fake_serve)
+    monkeypatch.setattr(serve_mod, "deployments", lambda *a: [])
+    monkeypatch.setattr(serve_mod, "_api_healthy", lambda: True)
+    serve_mod._serve_until_stopped(None, "", None, None, retry_seconds=0.0)
+    assert calls == [True, False]  # served again, without Prefect's box a second time
