@@ -204,20 +204,36 @@ def _serve_until_stopped(
 
 class _Outage:
     """Says once that the Prefect API went away and once that it is back, whichever part of
-    the runner noticed first (its events stream breaks at once, its polls give up later)."""
+    the runner noticed first (its events stream breaks at once, its polls give up later).
+
+    Back is said when the API answers again: the runner's events stream, which says so too,
+    reconnects with a backoff of up to minutes after a long outage."""
+
+    every = 5.0  # s between two looks at the API while it is down
 
     def __init__(self) -> None:
         self.down = False
+        self._lock = threading.Lock()
 
     def gone(self, reason: str) -> None:
-        if not self.down:
-            log.warning("Prefect API unreachable (%s); serving again once it answers", reason)
-        self.down = True
+        with self._lock:
+            if self.down:
+                return
+            self.down = True
+        log.warning("Prefect API unreachable (%s); serving again once it answers", reason)
+        threading.Thread(target=self._watch, name="prefect-api-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        while self.down and not _api_healthy():
+            time.sleep(self.every)
+        self.back()
 
     def back(self) -> None:
-        if self.down:
-            log.warning("Prefect API is back: serving the deployments again")
-        self.down = False
+        with self._lock:
+            if not self.down:
+                return
+            self.down = False
+        log.warning("Prefect API is back: serving the deployments again")
 
 
 outage = _Outage()

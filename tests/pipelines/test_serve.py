@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -109,6 +110,7 @@ def test_the_events_stream_breaking_is_one_line_once_per_outage(monkeypatch):
     from pipelines import serve as serve_mod
 
     monkeypatch.setattr(serve_mod, "outage", serve_mod._Outage())
+    monkeypatch.setattr(serve_mod, "_api_healthy", lambda: False)  # back when it says so
     said: list[logging.LogRecord] = []
     catch = logging.Handler()
     catch.emit = said.append
@@ -166,6 +168,7 @@ def test_the_runners_failed_polls_are_one_line_and_the_report_at_debug(monkeypat
     from pipelines import serve as serve_mod
 
     monkeypatch.setattr(serve_mod, "outage", serve_mod._Outage())
+    monkeypatch.setattr(serve_mod, "_api_healthy", lambda: False)
     monkeypatch.setattr(poller, "critical_service_loop", poller.critical_service_loop)
     said: list[logging.LogRecord] = []
     catch = logging.Handler(logging.DEBUG)
@@ -225,3 +228,36 @@ def test_a_runner_that_gave_up_is_served_again_even_if_the_api_is_back(monkeypat
     monkeypatch.setattr(serve_mod, "_api_healthy", lambda: True)
     serve_mod._serve_until_stopped(None, "", None, None, retry_seconds=0.0)
     assert calls == [True, False]  # served again, without Prefect's box a second time
+
+
+def test_back_is_said_once_the_api_answers(monkeypatch):
+    """Not when the runner's events stream reconnects: after a long outage its backoff
+    delays that by minutes."""
+    import logging
+
+    from pipelines import serve as serve_mod
+
+    answers = threading.Event()
+    monkeypatch.setattr(serve_mod, "_api_healthy", answers.is_set)
+    outage = serve_mod._Outage()
+    outage.every = 0.01
+    said: list[str] = []
+    catch = logging.Handler()
+    catch.emit = lambda record: said.append(record.getMessage())
+    ours = logging.getLogger("pipelines")
+    ours.addHandler(catch)
+    try:
+        outage.gone("ConnectError: All connection attempts failed")
+        time.sleep(0.2)
+        assert outage.down and len(said) == 1
+        answers.set()
+        deadline = time.monotonic() + 10
+        while outage.down and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        ours.removeHandler(catch)
+    assert said == [
+        "Prefect API unreachable (ConnectError: All connection attempts failed); "
+        "serving again once it answers",
+        "Prefect API is back: serving the deployments again",
+    ]
