@@ -312,8 +312,10 @@ def _polls_report_in_one_line() -> None:
     other service loops (a worker's, ...) print as before. Should Prefect move that call,
     nothing is replaced and the report is printed as it was.
     """
-    from prefect.runner import _scheduled_run_poller as poller
-
+    try:
+        from prefect.runner import _scheduled_run_poller as poller
+    except ImportError:
+        return
     loop = getattr(poller, "critical_service_loop", None)
     if loop is None or isinstance(loop, functools.partial):
         return
