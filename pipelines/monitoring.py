@@ -92,6 +92,26 @@ class LiveScore:
         out["why"] = "; ".join(self.verdict.reasons)
         return out
 
+    def render(self) -> str:
+        """The ticker's line of a scoring run's summary (in the run's Prefect logs)."""
+        if self.champion is None:
+            return f"{self.ticker}: no champion to score"
+        w = self.window.get(self.champion)
+        line = f"{self.ticker}: champion v{self.champion} "
+        if w is None or not w.n:
+            line += "has no forecast scored yet"
+        else:
+            line += (
+                f"scored through {self.scored_through}: live RMSE {w.rmse:.4f} vs naive "
+                f"{w.naive_rmse:.4f} over {w.days} day(s)"
+            )
+        line += f", {self.pending} pending"
+        if self.not_scored:
+            line += f", {self.not_scored} never scored (days missing from the store)"
+        return line + (
+            f"; DEGRADED: {'; '.join(self.verdict.reasons)}" if self.verdict.degraded else ""
+        )
+
 
 def score(
     settings: Settings, ticker: str, champion: str | None, table: pa.Table | None = None
@@ -251,11 +271,13 @@ def scoring_flow(
 ) -> dict[str, LiveScore]:
     """Score every ticker's logged forecasts against the prices that have arrived."""
     from pipelines.flows import resolve_settings
+    from pipelines.flows.common import end_run
 
     settings = resolve_settings(settings, config_path, overrides)
     results = score_all(settings, tickers)
     through = max((r.scored_through for r in results.values() if r.scored_through), default=None)
     artifacts.name_run(f"score {through or 'nothing due'}")
+    end_run("\n".join(r.render() for r in results.values()) or "no forecast logged to score")
     return results
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -93,6 +94,20 @@ def _service_unavailable(exc: BaseException | None) -> bool:
     return False
 
 
+# What Prefect's runner raises when its polls for scheduled runs keep failing.
+_GAVE_UP = "Service exceeded error threshold."
+
+
+def _runner_gave_up(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (chained, or in the runner's exception groups) is the runner giving up."""
+    if exc is None:
+        return False
+    if isinstance(exc, RuntimeError) and str(exc) == _GAVE_UP:
+        return True
+    inner = getattr(exc, "exceptions", ())  # an ExceptionGroup of its task groups
+    return any(_runner_gave_up(e) for e in (*inner, exc.__cause__ or exc.__context__))
+
+
 def _api_healthy() -> bool:
     from prefect import get_client
 
@@ -141,6 +156,7 @@ def serve(
     previous = exit_after_interrupt() if in_main else None
     outage.down = False  # an earlier serve may have ended in an outage: this one says its own
     _events_stream_in_one_line()
+    _polls_report_in_one_line()
     try:
         _serve_until_stopped(settings, config_path, overrides, tickers, retry_seconds)
     finally:
@@ -158,15 +174,21 @@ def _serve_until_stopped(
     from prefect import serve as prefect_serve
 
     busy_retries = 0
+    banner = True  # Prefect's "Your deployments are being served" box, once
     while True:
         try:
             prefect_serve(
                 *deployments(settings, config_path, overrides, tickers),
                 pause_on_shutdown=False,
+                print_starting_message=banner,
             )
             return
         except Exception as exc:
-            if _api_healthy():
+            if _runner_gave_up(exc):
+                # It was serving (its box is on the console) until its polls failed. The
+                # API may answer again by now: serve again either way, never end here.
+                banner = False
+            elif _api_healthy():
                 # A 503 from a live server is a busy database (seen in CI: creating the
                 # deployments right after the server started): retry a few times.
                 busy_retries += 1
@@ -183,20 +205,36 @@ def _serve_until_stopped(
 
 class _Outage:
     """Says once that the Prefect API went away and once that it is back, whichever part of
-    the runner noticed first (its events stream breaks at once, its polls give up later)."""
+    the runner noticed first (its events stream breaks at once, its polls give up later).
+
+    Back is said when the API answers again: the runner's events stream, which says so too,
+    reconnects with a backoff of up to minutes after a long outage."""
+
+    every = 5.0  # s between two looks at the API while it is down
 
     def __init__(self) -> None:
         self.down = False
+        self._lock = threading.Lock()
 
     def gone(self, reason: str) -> None:
-        if not self.down:
-            log.warning("Prefect API unreachable (%s); serving again once it answers", reason)
-        self.down = True
+        with self._lock:
+            if self.down:
+                return
+            self.down = True
+        log.warning("Prefect API unreachable (%s); serving again once it answers", reason)
+        threading.Thread(target=self._watch, name="prefect-api-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        while self.down and not _api_healthy():
+            time.sleep(self.every)
+        self.back()
 
     def back(self) -> None:
-        if self.down:
-            log.warning("Prefect API is back: serving the deployments again")
-        self.down = False
+        with self._lock:
+            if not self.down:
+                return
+            self.down = False
+        log.warning("Prefect API is back: serving the deployments again")
 
 
 outage = _Outage()
@@ -242,3 +280,44 @@ def _events_stream_in_one_line() -> None:
         logger.addFilter(_EventsStream())
     # INFO for its line that the stream is back (lower when Prefect's level is lower)
     logger.setLevel(min(logging.INFO, logging.getLogger("prefect").getEffectiveLevel()))
+
+
+# Prefect's runner logs at DEBUG that each poll failed, with its traceback.
+_POLLER_LOGGER = "prefect.runner"
+
+
+def _poll_report(*parts: object, **_: object) -> None:
+    """Where Prefect's runner writes the report of its failed polls (instead of ``print``).
+
+    After three failed polls in a row the runner prints "Failed the last 3 attempts", the
+    tracebacks of its recent errors and then gives up (serve starts again once the API
+    answers): tens of lines on stdout, after the one line that the API is unreachable. Here
+    the report goes to Prefect's logger at DEBUG (PREFECT_LOGGING_LEVEL=DEBUG shows it) and
+    its last error, in words, is the outage's line if nothing said the API was gone yet.
+    """
+    text = " ".join(str(p) for p in parts).strip()
+    if not text:
+        return
+    if text.startswith("Traceback"):
+        outage.gone(text.splitlines()[-1])
+    from prefect.logging import get_logger
+
+    get_logger(_POLLER_LOGGER).debug("%s", text)
+
+
+def _polls_report_in_one_line() -> None:
+    """Give the runner's loop that polls for scheduled runs `_poll_report` as its printer.
+
+    Prefect has no setting for it: its `critical_service_loop` takes a ``printer``, which
+    the runner leaves at ``print``. Only the name the poller calls is replaced, so Prefect's
+    other service loops (a worker's, ...) print as before. Should Prefect move that call,
+    nothing is replaced and the report is printed as it was.
+    """
+    try:
+        from prefect.runner import _scheduled_run_poller as poller
+    except ImportError:
+        return
+    loop = getattr(poller, "critical_service_loop", None)
+    if loop is None or isinstance(loop, functools.partial):
+        return
+    poller.critical_service_loop = functools.partial(loop, printer=_poll_report)

@@ -75,7 +75,10 @@ class Summary:
 def resolve_settings(
     settings: Settings | None, config_path: str | None, overrides: list[str] | None
 ) -> Settings:
-    """Deployments pass a config path (JSON-able); the CLI passes validated settings."""
+    """Deployments pass a config path (JSON-able); the CLI passes validated settings.
+
+    Every flow run of ours calls it first: from here its lines go to its Prefect logs too."""
+    _run_logs_to_prefect()
     if settings is not None:
         return settings
     if _served():
@@ -101,9 +104,18 @@ class _RunLogs(APILogHandler):
         super().handleError(record)
 
 
+def _run_logs_to_prefect() -> None:
+    """Send the `pipelines` lines of a flow run to its Prefect logs (the run's Logs tab in
+    the UI), whoever started it (`serve`, a worker, the command line, cron). Prefect sends
+    only its own run loggers to the API: this is its API handler (what
+    PREFECT_LOGGING_EXTRA_LOGGERS=pipelines attaches when Prefect is imported, attached here
+    so that no run needs a setting)."""
+    if not any(isinstance(h, APILogHandler) for h in log.handlers):
+        log.addHandler(_RunLogs())
+
+
 def _served_run_console() -> None:
-    """Show a served run on the console of the process that serves it (`serve`, a worker),
-    and in the run's Prefect logs.
+    """Show a served run on the console of the process that serves it (`serve`, a worker).
 
     Prefect's runner starts each flow run in a process of its own (which it marks with
     PREFECT__FLOW_RUN_ID) and copies that process's output to its own. No CLI set that
@@ -111,29 +123,30 @@ def _served_run_console() -> None:
     from the CLI (PREFECT_LOGGING_LEVEL=WARNING) dropped Prefect's line of the run's final
     state, so `serve` showed nothing of the runs it executed. Here they get the CLI's
     progress handler, a line when the run starts, and Prefect's "Finished in state ..." line.
-    Prefect sends only its own run loggers to the API: the progress lines also get its API
-    handler (what PREFECT_LOGGING_EXTRA_LOGGERS=pipelines attaches when Prefect is imported,
-    attached here so that a worker's runs need no setting either).
     """
     from prefect.runtime import flow_run
 
     from pipelines.runtime import progress_logging
 
     progress_logging()
-    if not any(isinstance(h, APILogHandler) for h in log.handlers):
-        log.addHandler(_RunLogs())
     logging.getLogger("prefect.flow_runs").setLevel(logging.INFO)
     log.info("flow run %r of flow %r started (%s)", flow_run.name, flow_run.flow_name, flow_run.id)
 
 
-def end_served_run(summary: str) -> None:
-    """A served run ends as the CLI's command does, with its summary (as the CLI renders
-    it, without the notes already logged): on the serving console and in the run's Prefect
-    logs. Outside a served run the caller prints it."""
-    if not _served():
-        return
+def end_run(summary: str) -> None:
+    """A flow run ends as the CLI's command does, with its summary (as the CLI renders it,
+    without the notes already logged), in the run's Prefect logs, and a served run's on the
+    serving console too. Outside a served run the caller prints it: here it goes to Prefect
+    only."""
+    served = _served()
     for line in summary.splitlines():
-        log.info("%s", line)
+        if served:
+            log.info("%s", line)
+            continue
+        record = log.makeRecord(log.name, logging.INFO, __file__, 0, "%s", (line,), None)
+        for handler in log.handlers:
+            if isinstance(handler, APILogHandler):
+                handler.handle(record)
 
 
 def emit_updated(settings: Settings, gained: dict[str, int]) -> None:

@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from pipelines import artifacts, monitoring, provenance, tasks, tracking
 from pipelines.config import Settings
 from pipelines.errors import PipelineError
-from pipelines.flows.common import end_served_run, resolve_settings, run_name
+from pipelines.flows.common import end_run, resolve_settings, run_name
 from pipelines.fsio import atomic_write
 from pipelines.runtime import quiet_tensorflow
 from pipelines.store import PriceStore, as_frame
@@ -146,5 +146,5 @@ def forecast_flow(
     artifacts.table(
         artifacts.artifact_key("forecast", "results"), rows, "forecast: written, refused, error"
     )
-    end_served_run("\n".join(filter(None, [result.render(), *result.refusals()])))
+    end_run("\n".join(filter(None, [result.render(), *result.refusals()])))
     return result

@@ -22,7 +22,7 @@ from pipelines.errors import PipelineError
 from pipelines.flows.common import (
     Summary,
     TickerResult,
-    end_served_run,
+    end_run,
     publish_results,
     resolve_settings,
     run_name,
@@ -248,5 +248,5 @@ def retraining_flow(
     summary.results = [r for r in results if r.skipped is None]
     if summary.results:
         publish_results(settings, "retraining", summary.results)
-    end_served_run(summary.render(notes=False))
+    end_run(summary.render(notes=False))
     return summary

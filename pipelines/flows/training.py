@@ -23,7 +23,7 @@ from pipelines.errors import FOLDS_ADVICE, PipelineError
 from pipelines.flows.common import (
     Summary,
     TickerResult,
-    end_served_run,
+    end_run,
     publish_results,
     resolve_settings,
     run_name,
@@ -292,5 +292,5 @@ def training_flow(
     kwargs = {t: {"read": read.get(t, ()), "read_as": ticker} for t in todo}
     summary.results = map_tickers(settings, todo, kwargs=kwargs)
     publish_results(settings, "training", summary.results)
-    end_served_run(summary.render(notes=False))
+    end_run(summary.render(notes=False))
     return summary

@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pipelines import provenance, tasks, tracking, tuning
 from pipelines.config import Settings
-from pipelines.flows.common import TickerResult, end_served_run, resolve_settings
+from pipelines.flows.common import TickerResult, end_run, resolve_settings
 from pipelines.flows.training import train_one
 from pipelines.store import PriceStore, describe
 
@@ -186,5 +186,5 @@ def tuning_flow(
             key=f"tuning-{ticker.lower()}".replace("_", "-").replace(".", "-"),
             description=f"Study {found.study_name}: best configuration and promotion decision",
         )
-    end_served_run(summary.render())
+    end_run(summary.render())
     return summary

@@ -298,3 +298,26 @@ def test_the_retraining_deployment_listens_for_degraded_champions(tiny_settings,
     by_event = {next(iter(t.expect)): t.parameters["trigger"] for t in retrain.triggers}
     assert by_event == {"prices.updated": "new_data", "model.degraded": "degraded"}
     assert retrain.schedules[0].parameters["trigger"] == "cron"
+
+
+def test_a_scoring_runs_summary_line_per_ticker():
+    from lstm_core.scoring import LiveMetrics, Verdict
+    from pipelines import monitoring
+
+    window = LiveMetrics(
+        n=40, days=20, rmse=1.5, mae=1.0, naive_rmse=1.0, skill_vs_naive=-0.5,
+        directional_accuracy=0.5,
+    )  # fmt: skip
+    degraded = monitoring.LiveScore(
+        "MSFT", "2", "2017-11-10", 3, window={"2": window}, verdict=Verdict(True, ("rmse",))
+    )
+    assert degraded.render() == (
+        "MSFT: champion v2 scored through 2017-11-10: live RMSE 1.5000 vs naive 1.0000 over "
+        "20 day(s), 3 pending; DEGRADED: rmse"
+    )
+    fresh = monitoring.LiveScore("AAPL", "1", None, 5, not_scored=2)
+    assert fresh.render() == (
+        "AAPL: champion v1 has no forecast scored yet, 5 pending, 2 never scored (days missing "
+        "from the store)"
+    )
+    assert monitoring.LiveScore("IBM", None, None, 0).render() == "IBM: no champion to score"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -109,6 +110,7 @@ def test_the_events_stream_breaking_is_one_line_once_per_outage(monkeypatch):
     from pipelines import serve as serve_mod
 
     monkeypatch.setattr(serve_mod, "outage", serve_mod._Outage())
+    monkeypatch.setattr(serve_mod, "_api_healthy", lambda: False)  # back when it says so
     said: list[logging.LogRecord] = []
     catch = logging.Handler()
     catch.emit = said.append
@@ -166,6 +168,7 @@ def test_a_second_serve_says_when_the_api_goes_away(monkeypatch):
     monkeypatch.setattr(serve_mod, "outage", serve_mod._Outage())
     monkeypatch.setattr(serve_mod, "deployments", lambda *a: [])
     monkeypatch.setattr(serve_mod, "_events_stream_in_one_line", lambda: None)
+    monkeypatch.setattr(serve_mod._Outage, "_watch", lambda self: None)  # serve's loop looks
     polls = iter([False, False, False, True])  # down (ended there), down, then back
     monkeypatch.setattr(serve_mod, "_api_healthy", lambda: next(polls))
     serves = iter([ConnectionError("refused"), ConnectionError("refused"), None])
@@ -191,5 +194,112 @@ def test_a_second_serve_says_when_the_api_goes_away(monkeypatch):
     assert said == [
         "Prefect API unreachable (refused); serving again once it answers",
         "Prefect API unreachable (refused); serving again once it answers",
+        "Prefect API is back: serving the deployments again",
+    ]
+
+
+def test_the_runners_failed_polls_are_one_line_and_the_report_at_debug(monkeypatch, capsys):
+    """Prefect's runner prints a report of its failed polls, tracebacks and all, then gives
+    up; under `serve` the console gets the outage's one line and the report goes to DEBUG."""
+    import asyncio
+    import logging
+
+    import httpx
+    from prefect.runner import _scheduled_run_poller as poller
+
+    from pipelines import serve as serve_mod
+
+    monkeypatch.setattr(serve_mod, "outage", serve_mod._Outage())
+    monkeypatch.setattr(serve_mod, "_api_healthy", lambda: False)
+    monkeypatch.setattr(poller, "critical_service_loop", poller.critical_service_loop)
+    said: list[logging.LogRecord] = []
+    catch = logging.Handler(logging.DEBUG)
+    catch.emit = said.append
+    ours, runners = logging.getLogger("pipelines"), logging.getLogger(serve_mod._POLLER_LOGGER)
+    saved = ours.level, runners.level
+    for logger in (ours, runners):
+        logger.addHandler(catch)
+        logger.setLevel(logging.DEBUG)
+
+    async def poll() -> None:
+        raise httpx.ConnectError("All connection attempts failed")
+
+    try:
+        serve_mod._polls_report_in_one_line()
+        serve_mod._polls_report_in_one_line()  # once is enough: not wrapped twice
+        with pytest.raises(RuntimeError, match=serve_mod._GAVE_UP) as info:
+            asyncio.run(poller.critical_service_loop(workload=poll, interval=0.0))
+    finally:
+        for logger in (ours, runners):
+            logger.removeHandler(catch)
+        ours.setLevel(saved[0])
+        runners.setLevel(saved[1])
+    assert capsys.readouterr().out == ""  # print()'s report went elsewhere
+    assert serve_mod._runner_gave_up(info.value)
+    shown = [r.getMessage() for r in said if r.levelno > logging.DEBUG]
+    assert shown == [
+        "Prefect API unreachable (httpx.ConnectError: All connection attempts failed); "
+        "serving again once it answers"
+    ]
+    report = [r for r in said if r.levelno == logging.DEBUG]
+    assert {r.name for r in report} == {serve_mod._POLLER_LOGGER}
+    text = "\n".join(r.getMessage() for r in report)
+    assert "Failed the last 3 attempts" in text and "Traceback" in text
+
+
+def test_a_runner_that_gave_up_is_served_again_even_if_the_api_is_back(monkeypatch):
+    """The runner's giving up never ends `serve`, even when the API answers again by the
+    time its error arrives (it would otherwise be raised: a traceback, exit 1)."""
+    from pipelines import serve as serve_mod
+
+    monkeypatch.setattr(serve_mod, "outage", serve_mod._Outage())
+    calls = []
+
+    def fake_serve(*deployments, **kwargs):
+        calls.append(kwargs["print_starting_message"])
+        if len(calls) == 1:
+            try:
+                raise RuntimeError(serve_mod._GAVE_UP)
+            except RuntimeError as exc:  # as anyio's task groups wrap it
+                raise ExceptionGroup("unhandled errors in a TaskGroup", [exc]) from None
+
+    import prefect
+
+    monkeypatch.setattr(prefect, "serve", fake_serve)
+    monkeypatch.setattr(serve_mod, "deployments", lambda *a: [])
+    monkeypatch.setattr(serve_mod, "_api_healthy", lambda: True)
+    serve_mod._serve_until_stopped(None, "", None, None, retry_seconds=0.0)
+    assert calls == [True, False]  # served again, without Prefect's box a second time
+
+
+def test_back_is_said_once_the_api_answers(monkeypatch):
+    """Not when the runner's events stream reconnects: after a long outage its backoff
+    delays that by minutes."""
+    import logging
+
+    from pipelines import serve as serve_mod
+
+    answers = threading.Event()
+    monkeypatch.setattr(serve_mod, "_api_healthy", answers.is_set)
+    outage = serve_mod._Outage()
+    outage.every = 0.01
+    said: list[str] = []
+    catch = logging.Handler()
+    catch.emit = lambda record: said.append(record.getMessage())
+    ours = logging.getLogger("pipelines")
+    ours.addHandler(catch)
+    try:
+        outage.gone("ConnectError: All connection attempts failed")
+        time.sleep(0.2)
+        assert outage.down and len(said) == 1
+        answers.set()
+        deadline = time.monotonic() + 10
+        while outage.down and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        ours.removeHandler(catch)
+    assert said == [
+        "Prefect API unreachable (ConnectError: All connection attempts failed); "
+        "serving again once it answers",
         "Prefect API is back: serving the deployments again",
     ]

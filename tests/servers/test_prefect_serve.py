@@ -203,6 +203,34 @@ def test_prices_updated_event_triggers_a_retraining_run(served, server_project, 
     assert "train" in _task_run_names(run.id)
 
 
+def test_score_by_hand_logs_its_summary_to_its_flow_run(served, server_project, mlflow_server):
+    """`score` from a shell or cron: not served, its flow run still has its lines in Prefect."""
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    out = subprocess.run(
+        [
+            str(BIN / "lstm-pipeline"),
+            "score",
+            "--ticker",
+            TICKER,
+            "--config",
+            str(server_project / "mlflow.yaml"),
+        ],
+        env=child_env({"PREFECT_API_URL": served.url, "MLFLOW_TRACKING_URI": mlflow_server.url}),
+        cwd=server_project,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    with _client() as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["scoring"])))
+    assert len(runs) == 1, [r.name for r in runs]
+    assert runs[0].state.is_completed(), runs[0].state
+    _wait_run_logs(runs[0].id, f"{TICKER}: champion v")
+
+
 def test_ctrl_c_leaves_schedules_active(served):
     served.signal(signal.SIGINT)  # what Ctrl-C in a terminal sends to the foreground group
     try:
