@@ -8,6 +8,7 @@ figures, and the retraining flow picks up the new rows.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,7 @@ HELD_BACK_ROWS = 20
 # The bundled sample (package data, see its README.md): what the demo trains on when the
 # project configures no data.sources.
 SAMPLE_TICKER = "MSFT"
+SAMPLE_CALENDAR = "XNYS"  # its prices are New York's, whatever the project's data.calendar
 
 
 def sample() -> Path:
@@ -31,16 +33,41 @@ def sample() -> Path:
 def run_demo(settings: Settings, say: Callable[[str], None], notes: bool = True) -> None:
     """Each stage's summary goes to `say` as soon as the stage ends (without the notes the
     flows logged when `notes` is false: the reader has seen them)."""
-    from pipelines.flows import fan_out, retraining_flow, training_flow
-
     if settings.data.sources:
         source, ticker = settings.path(settings.data.sources[0]), settings.data.ticker
     else:
         source, ticker = sample(), SAMPLE_TICKER
+        if settings.data.calendar != SAMPLE_CALENDAR:
+            say(
+                f"the bundled sample is New York prices: the demo uses data.calendar "
+                f"{SAMPLE_CALENDAR} for it (this project's is {settings.data.calendar or 'null'})"
+            )
+            data = settings.data.model_copy(update={"calendar": SAMPLE_CALENDAR})
+            settings = settings.model_copy(update={"data": data})
+    work = settings.path("outputs/demo")
+    # the folders this demo makes, removed again if it fails: a failed demo leaves nothing
+    made = next((p for p in reversed([work, *work.parents]) if not p.exists()), None)
+    try:
+        _run(settings, source, ticker, work, say, notes)
+    except BaseException:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+
+
+def _run(
+    settings: Settings,
+    source: Path,
+    ticker: str | None,
+    work: Path,
+    say: Callable[[str], None],
+    notes: bool,
+) -> None:
+    from pipelines.flows import fan_out, retraining_flow, training_flow
+
     parsed = read_price_file(source, ticker=ticker)
     frame = parsed.table.to_pandas()
     head, tail = frame.iloc[:-HELD_BACK_ROWS], frame.iloc[-HELD_BACK_ROWS:]
-    work = settings.path("outputs/demo")
     work.mkdir(parents=True, exist_ok=True)
     head_file = work / f"{parsed.ticker}.csv"
     _write_yahoo(head, head_file)

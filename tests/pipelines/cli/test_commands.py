@@ -146,8 +146,14 @@ def test_new_users_path_from_a_folder_of_its_own(tmp_path):
 # ---------------------------------------------------------------- run and retrain
 
 
-def test_demo_in_an_init_project_trains_the_bundled_sample(tmp_path, monkeypatch, capsys):
-    """An `init` project has no data of its own: the demo takes the sample the package ships."""
+@pytest.mark.parametrize("calendar", ["XNYS", "XSHG"])
+def test_demo_in_an_init_project_trains_the_bundled_sample(
+    tmp_path, monkeypatch, capsys, calendar
+):
+    """An `init` project has no data of its own: the demo takes the sample the package ships,
+    on New York's calendar whatever the project's (a user's test: in an XSHG project it
+    refused the sample's 2010-02-16, a file it wrote itself); a demo that fails leaves no
+    `outputs/` behind."""
     from pipelines import flows
     from pipelines.cli import commands
     from pipelines.errors import PipelineError
@@ -161,23 +167,37 @@ def test_demo_in_an_init_project_trains_the_bundled_sample(tmp_path, monkeypatch
     def fan_out(settings, flow):
         def training(**kwargs):  # the demo's first flow: its input, then stop
             seen.update(kwargs)
+            [head] = kwargs["files"]
+            seen["lines"] = len(Path(head).read_text(encoding="utf-8").splitlines())
             raise Started("stopped after the training flow's start")
 
         yield training
 
     assert main(["init", str(tmp_path / "p")]) == 0
     project = (tmp_path / "p").resolve()
+    config = project / "mlflow.yaml"
+    text = config.read_text(encoding="utf-8")
+    assert "  calendar: XNYS " in text
+    config.write_text(text.replace("  calendar: XNYS ", f"  calendar: {calendar} "), "utf-8")
     monkeypatch.setattr(commands, "_before_flows", lambda *a, **k: None)
     monkeypatch.setattr(flows, "fan_out", fan_out)
     capsys.readouterr()
-    assert main(["demo", "--config", str(project / "mlflow.yaml")]) == 2
+    assert main(["demo", "--config", str(config)]) == 2
     out, err = capsys.readouterr()
-    assert out == "== 1. training flow on msft.csv up to 2017-10-13\n", (out, err)
+    said = (
+        "the bundled sample is New York prices: the demo uses data.calendar XNYS for it "
+        "(this project's is XSHG)\n"
+        if calendar == "XSHG"
+        else ""
+    )
+    assert out == f"{said}== 1. training flow on msft.csv up to 2017-10-13\n", (out, err)
     assert err == "error: stopped after the training flow's start\n"
     assert seen["ticker"] == "MSFT"
+    assert seen["settings"].data.calendar == "XNYS"
     [head] = seen["files"]
     assert head == str(project / "outputs" / "demo" / "MSFT.csv")
-    assert len(Path(head).read_text(encoding="utf-8").splitlines()) == 1 + 1980 - 20
+    assert seen["lines"] == 1 + 1980 - 20
+    assert not (project / "outputs").exists()  # the failed demo made it, and removed it
 
 
 @pytest.mark.usefixtures("prefect_harness")
