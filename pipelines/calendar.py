@@ -91,3 +91,27 @@ def gap_warning(ticker: str, exchange: str, days: np.ndarray, since: int) -> str
         f"{ticker}: {n} {exchange} session{'s' if n != 1 else ''} missing between "
         f"{day[after[0] - 1]} and {day[after[-1]]} ({named}): forecasts for them are not scored"
     )
+
+
+def check_stored_days(ticker: str, dates: Any, exchange: str | None) -> None:
+    """Refuse to train on a stored series holding a day ``exchange`` did not trade on
+    (:func:`closed_days`, the check `ingest` makes): its rows were stored under another
+    ``data.calendar``, and a model trained here would date its forecasts on this one's
+    sessions, on which those prices never trade."""
+    days = np.asarray(dates, dtype="datetime64[D]")
+    closed = closed_days(exchange, (days - _EPOCH).astype(np.int64))
+    if not closed.any():
+        return
+    from pipelines.errors import PipelineError
+
+    day = pd.Timestamp(days[int(np.flatnonzero(closed)[0])])
+    which = (
+        "a Saturday or Sunday, not a trading day with data.calendar null"
+        if exchange is None
+        else f"not a session of {exchange} (data.calendar)"
+    )
+    raise PipelineError(
+        f"{ticker}: stored day {day:%Y-%m-%d} ({day:%A}) is {which}: these prices were stored "
+        "with another calendar; set data.calendar in mlflow.yaml to the calendar they were "
+        "stored with (e.g. XSHG for Shanghai and Shenzhen shares), then train again"
+    )

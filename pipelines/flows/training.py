@@ -17,7 +17,7 @@ from lstm_core.backtest import fold_bounds
 from lstm_core.data import DataError
 from lstm_core.predictor import Forecaster
 from pipelines import artifacts, promotion, provenance, tasks, tracking
-from pipelines.calendar import closed_weekdays
+from pipelines.calendar import check_stored_days, closed_weekdays
 from pipelines.config import Settings
 from pipelines.errors import FOLDS_ADVICE, PipelineError
 from pipelines.flows.common import (
@@ -77,6 +77,9 @@ def train_one(
     """
     quiet_tensorflow()  # in a served run or a Dask worker this is the first TF import
     frame, manifest = prices if prices is not None else tasks.load_prices(settings, ticker)
+    # prices stored under another data.calendar (a `--set` given to ingest only): refused
+    # here, before any run, as ingest would have refused them
+    check_stored_days(ticker, frame["date"], settings.data.calendar)
     frames = tasks.split(frame, settings)
     preprocessor = tasks.fit_scaler(frames, settings)
     data = tasks.window(frames, preprocessor)

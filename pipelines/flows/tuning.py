@@ -13,6 +13,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from pipelines import provenance, tasks, tracking, tuning
+from pipelines.calendar import check_stored_days
 from pipelines.config import Settings
 from pipelines.flows.common import TickerResult, end_run, resolve_settings
 from pipelines.flows.training import train_one
@@ -88,6 +89,7 @@ def study(
     workers: int | None,
 ) -> tuning.StudyResult:
     frame, manifest = tasks.load_prices(settings, ticker)
+    check_stored_days(ticker, frame["date"], settings.data.calendar)  # as training does
     store = PriceStore(settings.store_path)
     return tuning.run_study(
         settings,
