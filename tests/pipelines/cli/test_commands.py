@@ -147,9 +147,7 @@ def test_new_users_path_from_a_folder_of_its_own(tmp_path):
 
 
 @pytest.mark.parametrize("calendar", ["XNYS", "XSHG"])
-def test_demo_in_an_init_project_trains_the_bundled_sample(
-    tmp_path, monkeypatch, capsys, calendar
-):
+def test_demo_in_an_init_project_trains_the_bundled_sample(tmp_path, monkeypatch, capsys, calendar):
     """An `init` project has no data of its own: the demo takes the sample the package ships,
     on New York's calendar whatever the project's (a user's test: in an XSHG project it
     refused the sample's 2010-02-16, a file it wrote itself); a demo that fails leaves no
