@@ -59,6 +59,7 @@ def decide(
     champion_score: float | None,
     champion_problem: str | None = None,
     by_hand: str = "",
+    no_bar: str | None = None,
 ) -> Decision:
     """Should the challenger take the champion alias?
 
@@ -66,7 +67,8 @@ def decide(
     `champion_score` is the champion re-scored on that same window (None: no champion).
     A champion whose score is unknown (not finite; `champion_problem` says why) keeps the
     alias: nothing shows that the challenger is better; `by_hand` is the command that would
-    promote the challenger anyway.
+    promote the challenger anyway. `no_bar`: why the champion sets no bar (it cannot forecast
+    here), so the challenger needs only pass the guards, as with no champion.
     """
     metric = policy.metric
 
@@ -89,8 +91,8 @@ def decide(
     if champion_score is None:
         return verdict(
             True,
-            f"promoted: first model to pass the guards ({metric}={challenger_score:.6g}, "
-            f"naive_rmse={naive_rmse:.6g})",
+            f"promoted: {no_bar or 'first model to pass the guards'} "
+            f"({metric}={challenger_score:.6g}, naive_rmse={naive_rmse:.6g})",
         )
     if not _finite(champion_score):
         why = champion_problem or f"the champion's {metric} on the same window is {champion_score}"
@@ -338,8 +340,19 @@ def promote(
         if refused is not None:
             _record(name, version, refused)  # the model's description is its owner's
             return refused
-        champion_score = problem = None
-        if current is not None and current.version != version:
+        champion_score = problem = no_bar = None
+        challenged = current is not None and current.version != version
+        if challenged and provenance.whose(settings, current) == "this":
+            # this project's champion trained with another data.calendar cannot forecast
+            # here (provenance's CALENDAR): its score is no bar for one trained with ours
+            theirs = provenance.other_calendar(settings, current)
+            if theirs is not None:
+                no_bar = (
+                    f"passes the guards, and champion v{current.version} was trained with "
+                    f"data.calendar {theirs}, not this project's {settings.data.calendar or 'null'}"
+                    ", so it cannot forecast here and is not compared"
+                )
+        if challenged and no_bar is None:
             try:
                 champion_score = rescore(current.version)
             except Exception as exc:  # unknown, so refused below: a hand can still promote
@@ -354,8 +367,9 @@ def promote(
             champion_score,
             problem,
             f"lstm-pipeline promote --ticker {ticker} --version {version}",
+            no_bar,
         )
-        if champion_score is not None:
+        if champion_score is not None or no_bar is not None:
             decision = replace(decision, champion_version=current.version)
         _record(name, version, decision)
         if decision.promote:

@@ -151,6 +151,17 @@ def _calendar(name: str | None) -> str:
     return name or "null"
 
 
+def other_calendar(settings: Settings, version: tracking.RegisteredVersion) -> str | None:
+    """The `data.calendar` `version` was trained with ("null" for none) when it is not this
+    project's, whose sessions its forecasts would fall on; None when it is the same (or the
+    version's run does not say)."""
+    params = tracking.run_params(version.run_id) if version.run_id else {}
+    theirs = params.get("data.calendar") or None
+    if "data.calendar" not in params or theirs == settings.data.calendar:
+        return None
+    return _calendar(theirs)
+
+
 def not_trained_here(
     settings: Settings,
     ticker: str,

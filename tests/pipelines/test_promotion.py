@@ -46,6 +46,16 @@ def test_a_champion_with_an_unknown_score_keeps_the_alias():
     assert not decide(POLICY, 0.5, 0.5, 1.0, math.inf).promote
 
 
+def test_a_champion_that_sets_no_bar_is_replaced_by_one_passing_the_guards():
+    """This project's champion trained with another data.calendar cannot forecast here: the
+    challenger needs only pass the guards (a user's retrained version tied with it and was
+    refused, leaving the project without a usable champion)."""
+    why = "passes the guards, and champion v1 was trained with data.calendar XNYS"
+    d = decide(POLICY, 1.0, 1.0, 1.0, None, no_bar=why)
+    assert d.promote and d.reason == f"promoted: {why} (test_rmse=1, naive_rmse=1)"
+    assert not decide(POLICY, 1.2, 1.2, 1.0, None, no_bar=why).promote  # the guards hold
+
+
 def test_guard_against_the_naive_forecast():
     d = decide(POLICY, 1.2, 1.2, 1.0, None)
     assert not d.promote and "naive" in d.reason

@@ -385,13 +385,24 @@ def test_a_second_project_does_not_challenge_another_projects_champion(trained_s
     header, row, *below = out.stdout.splitlines()
     assert row == foreign
     assert f"TEST last decision: v2 refused: {why}" in below, below
-    # the first project, told another calendar: its own champion is challenged on scores
-    # (only the second project's version is refused for whose v1 is)
-    xshg = ("--set", "data.calendar=XSHG", "--set", "evaluation.backtest_folds=0")
-    out = _cli(first, "run", "--ticker", "TEST", *xshg)
+    # the first project, told another calendar (null: its New York days are all weekdays):
+    # its own champion cannot forecast on it, so sets no bar: one trained with it that passes
+    # the guards replaces it (only the second project's version is refused for whose v1 is)
+    weekdays = ("--set", "data.calendar=null", "--set", "evaluation.backtest_folds=0")
+    out = _cli(first, "run", "--ticker", "TEST", *weekdays)
     assert out.returncode == 0, (out.stdout, out.stderr)
-    assert "v1 was trained" not in out.stderr and "another project's" not in out.stderr
-    _challenged_on_scores(first, "3", (aliases, versions))
+    assert "another project's" not in out.stderr
+    aliases, versions = _registry(first)
+    tags = versions["3"][0]
+    assert tags["promotion.reason"].startswith(
+        "promoted: passes the guards, and champion v1 was trained with data.calendar XNYS, "
+        "not this project's null, so it cannot forecast here and is not compared (test_rmse="
+    ), tags
+    assert "promotion.champion_score" not in tags, tags
+    assert aliases == {"champion": "3"}, aliases
+    assert versions["3"][1].startswith("Promoted to champion: test_rmse "), versions["3"][1]
+    assert ", not compared with champion v1, naive forecast RMSE " in versions["3"][1]
+    assert versions["1"][0]["champion.replaced_by"] == "3", versions["1"][0]
 
 
 @pytest.mark.slow  # trainings in subprocesses
