@@ -38,13 +38,16 @@ def closed_days(exchange: str | None, days: np.ndarray) -> np.ndarray:
     import exchange_calendars
 
     cal = exchange_calendars.get_calendar(exchange)
+    known_from = cal.first_session
     first = pd.Timestamp(_EPOCH + np.timedelta64(int(days.min()), "D"))
     if first < cal.first_session:  # the default calendar starts 20 years back: reach further
         bound = type(cal).bound_min()
         start = first if bound is None else max(first, pd.Timestamp(bound))
         if start < cal.first_session:
             cal = exchange_calendars.get_calendar(exchange, start=start)
-    lo = (cal.first_session.to_datetime64().astype("datetime64[D]") - _EPOCH).astype(np.int64)
+            # known from `start` on, a holiday itself: its first session is the day after
+            known_from = start
+    lo = (known_from.to_datetime64().astype("datetime64[D]") - _EPOCH).astype(np.int64)
     hi = (cal.last_session.to_datetime64().astype("datetime64[D]") - _EPOCH).astype(np.int64)
     sessions = cal.sessions.values.astype("datetime64[D]")
     open_days = (sessions - _EPOCH).astype(np.int64)

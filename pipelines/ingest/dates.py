@@ -103,11 +103,21 @@ def check_not_future(path: Path, days: np.ndarray, rowidx: np.ndarray, column: s
         )
 
 
+# The layouts of Chinese exports (ingest.layout): their prices are Shanghai's or Shenzhen's.
+CHINESE_LAYOUTS = ("tutorial", "tushare")
+
+
 def check_trading_days(
-    path: Path, days: np.ndarray, rowidx: np.ndarray, column: str, exchange: str | None
+    path: Path,
+    days: np.ndarray,
+    rowidx: np.ndarray,
+    column: str,
+    exchange: str | None,
+    layout: str | None = None,
 ) -> None:
     """No row on a day ``exchange`` was closed (None: a Saturday or Sunday): live scoring
-    matches forecasts to stored days by position, so such a row would shift every later day."""
+    matches forecasts to stored days by position, so such a row would shift every later day.
+    A Chinese export's ``layout`` names the calendar its prices likely need."""
     from pipelines.calendar import closed_days
 
     closed = closed_days(exchange, days)
@@ -125,4 +135,6 @@ def check_trading_days(
                 f"{day} ({day:%A}) is not a trading day of {exchange} (data.calendar): remove "
                 "the row, or set data.calendar to the exchange the prices come from"
             )
+            if layout in CHINESE_LAYOUTS and exchange != "XSHG":
+                why += " (XSHG for Shanghai and Shenzhen shares, as this export's are)"
         raise InputError(path, why, line=line_of(path, int(rowidx[i])), column=column)

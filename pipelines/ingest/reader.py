@@ -87,7 +87,7 @@ def read_price_file(
         rows.date = dates.parse_dates(path, strings, rows.rowidx, cols["date"])
     dates.check_not_future(path, rows.date, rows.rowidx, cols["date"])
     if calendar is not False:
-        dates.check_trading_days(path, rows.date, rows.rowidx, cols["date"], calendar)
+        dates.check_trading_days(path, rows.date, rows.rowidx, cols["date"], calendar, layout_name)
 
     tickers = assign_tickers(path, rows, names, cols.get("ticker"), ticker, notes)
     if layout_name == "tushare":

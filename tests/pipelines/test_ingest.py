@@ -85,6 +85,24 @@ def test_tutorial_layout_encodings(tmp_path: Path, encoding: str) -> None:
     assert t.column("amount").to_pylist()[0] == 162026730.0
 
 
+@pytest.mark.parametrize("layout", ["tutorial", "tushare", "yahoo"])
+def test_a_chinese_export_refused_on_new_yorks_calendar_names_xshg(
+    tmp_path: Path, layout: str
+) -> None:
+    """1997-11-27, Thanksgiving: a Chinese export's advice names the calendar it needs."""
+    text = {
+        "tutorial": "\n".join([TUTORIAL_HEADER, *TUTORIAL_ROWS]) + "\n",
+        "tushare": TUSHARE,
+        "yahoo": "Date,Open,High,Low,Close,Volume\n1997-11-27,24.21,24.3,23.7,23.75,5700300\n",
+    }[layout]
+    e = err(write(tmp_path, "x.csv", text, "gb18030"), ticker="000001.SZ", calendar="XNYS")
+    assert e.problem.startswith("1997-11-27 (Thursday) is not a trading day of XNYS"), e.problem
+    hint = " (XSHG for Shanghai and Shenzhen shares, as this export's are)"
+    assert e.problem.endswith(hint) == (layout != "yahoo"), e.problem
+    # on the calendar it names, the same rows pass
+    read_price_file(write(tmp_path, "y.csv", text, "gb18030"), ticker="P", calendar="XSHG")
+
+
 def test_tutorial_trade_date_header_without_volume(tmp_path: Path) -> None:
     text = (
         "交易日期,开盘价(元),最高价(元),最低价(元),收盘价(元)\n1997-11-25,24.0,24.4,23.81,24.14\n"

@@ -349,7 +349,7 @@ def test_ping_an_forecast_days_are_shanghai_shenzhen_trading_days(tmp_path):
     assert out.stderr == (
         f"error: {SHARED_PING_AN}, line 4, column '日期': 1997-11-27 (Thursday) is not a trading "
         "day of XNYS (data.calendar): remove the row, or set data.calendar to the exchange the "
-        "prices come from\n"
+        "prices come from (XSHG for Shanghai and Shenzhen shares, as this export's are)\n"
     )
     assert not (project / "data" / "store" / "ticker=PAB").exists()
     xshg = "--set=data.calendar=XSHG"
