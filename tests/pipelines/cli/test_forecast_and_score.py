@@ -476,3 +476,38 @@ def test_a_configured_prefect_api_that_does_not_answer_is_one_line_exit_2(tiny_p
     client = MlflowClient(f"sqlite:///{tiny_project / 'mlflow.db'}")
     experiments = [e.experiment_id for e in client.search_experiments()]
     assert client.search_runs(experiments) == []  # no run started
+
+
+def test_status_does_not_repeat_a_promotions_reason(trained_settings, capfd):
+    """A promotion by hand recorded by an older version ("manual promotion: manual promotion",
+    its `--reason` default after the prefix): `status` says it once; so does a promotion made
+    now with that reason."""
+    from pipelines import tracking
+    from pipelines.promotion import manual_promote
+
+    project = trained_settings.base_dir
+    tracking.connect(trained_settings)
+    old = {
+        tracking.TAG_PROMOTED: "true",
+        tracking.TAG_REASON: "manual promotion: manual promotion",
+        "promotion.decided_at": "2020-01-01T00:00:00.000000Z",
+    }
+    tracking.tag_version("test-TEST", "1", old)
+    config = ["--config", str(project / "mlflow.yaml")]
+    assert main(["status", *config]) == 0
+    out = capfd.readouterr().out
+    assert "TEST last decision: v1 promoted: manual promotion\n" in out, out
+    assert main(["status", "--json", *config]) == 0
+    [row] = json.loads(capfd.readouterr().out)
+    assert row["last_decision"] == "v1 promoted: manual promotion"
+
+    from mlflow import MlflowClient
+
+    v1 = tracking.get_version("test-TEST", "1")
+    source = MlflowClient().get_model_version("test-TEST", "1").source  # models:/m-<id>
+    tracking.register("test-TEST", source, v1.run_id, v1.tags)
+    manual_promote(trained_settings, "TEST", "2", "manual promotion")
+    assert tracking.get_version("test-TEST", "2").tags[tracking.TAG_REASON] == "manual promotion"
+    assert main(["status", "--json", *config]) == 0
+    [row] = json.loads(capfd.readouterr().out)
+    assert row["last_decision"] == "v2 promoted: manual promotion"
