@@ -478,6 +478,46 @@ def test_a_configured_prefect_api_that_does_not_answer_is_one_line_exit_2(tiny_p
     assert client.search_runs(experiments) == []  # no run started
 
 
+@pytest.mark.slow  # the CLI in subprocesses, or trainings: CI runs it
+def test_forecast_with_a_model_that_predates_recalibration(trained_settings, tmp_path, monkeypatch):
+    """A champion logged by an older version: a pyfunc whose `predict` has no type hints and
+    whose signature has no `recalibrate` param. `forecast` asks it only for the params it
+    declares (no MLflow warning), says in one line that its bands are its run's own, and
+    MLflow's type-hint advice stays off the console."""
+    from lstm_core.predictor import Forecaster
+    from pipelines import tracking
+    from pipelines.store import PriceStore, as_frame
+    from pipelines.tracking import models
+
+    project = trained_settings.base_dir
+    tracking.connect(trained_settings)
+    v1 = tracking.get_version("test-TEST", "1")
+    forecaster = Forecaster.load(tracking.download_forecaster("test-TEST", "1", tmp_path / "dl"))
+    old_code = tmp_path / "old_pyfunc_model.py"
+    text = models.PYFUNC_CODE.read_text(encoding="utf-8")
+    assert "model_input: pd.DataFrame" in text
+    old_code.write_text(text.replace("model_input: pd.DataFrame", "model_input"), "utf-8")
+    monkeypatch.setattr(models, "PYFUNC_CODE", old_code)
+    narrower = {k: v for k, v in models.REQUEST_PARAMS.items() if k != "recalibrate"}
+    monkeypatch.setattr(models, "REQUEST_PARAMS", narrower)
+    example = as_frame(PriceStore(trained_settings.store_path).read_table("TEST")).tail(40)
+    uri = tracking.log_forecaster(
+        v1.run_id, forecaster, tmp_path / "fc", example, name="test-TEST", ticker="TEST"
+    )
+    v2 = tracking.register("test-TEST", uri, v1.run_id, v1.tags)
+    tracking.set_alias("test-TEST", "champion", v2.version)
+
+    out = _cli(project, "forecast", "--ticker", "TEST")
+    assert out.returncode == 0, out.stderr
+    assert "Unrecognized params" not in out.stderr
+    assert_only_progress(out)  # also: no "type hints"
+    assert (
+        "TEST: test-TEST v2 predates re-calibrated bands: its bands are its run's own "
+        "(retrain for re-calibrated ones)"
+    ) in out.stderr
+    assert "test-TEST v2" in out.stdout
+
+
 def test_status_does_not_repeat_a_promotions_reason(trained_settings, capfd):
     """A promotion by hand recorded by an older version ("manual promotion: manual promotion",
     its `--reason` default after the prefix): `status` says it once; so does a promotion made
