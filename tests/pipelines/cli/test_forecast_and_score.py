@@ -428,7 +428,10 @@ def test_forecasts_for_sessions_missing_from_the_store_are_not_scored(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     # the five forecasts (16th to 20th) are not scored: two would have landed on the 30th
     # and 31st, the other three's days went by unstored
-    assert "MSFT: 5 forecasts not scored: their days are missing from the store" in out.stdout
+    assert (
+        "MSFT: 5 forecasts not scored: a day up to their target is missing from the store "
+        "(2017-10-16)"
+    ) in out.stdout
     out = cli(BIN, "status", "--json", cwd=project, env=env, timeout=300)
     [row] = json.loads(out.stdout)
     assert (row["not_scored"], row["pending"], row["scored_days"]) == (5, 0, 0), row
@@ -551,3 +554,40 @@ def test_status_does_not_repeat_a_promotions_reason(trained_settings, capfd):
     assert main(["status", "--json", *config]) == 0
     [row] = json.loads(capfd.readouterr().out)
     assert row["last_decision"] == "v2 promoted: manual promotion"
+
+
+@pytest.mark.slow  # the CLI in subprocesses, or trainings: CI runs it
+def test_score_counts_forecasts_shifted_by_an_earlier_missing_day_truthfully(trained_settings):
+    """A day skipped (2020-06-18) leaves unscored the forecasts for it and those for stored
+    days after it (their positions shift): `score` says a day up to their target is missing
+    and names it, rather than "their days are missing"."""
+    import re
+
+    from pipelines.monitoring import forecast_log
+
+    project = trained_settings.base_dir
+    config = ["--config", str(project / "mlflow.yaml")]
+    frame = price_frame(130)  # the store holds its first 120 days, through 2020-06-16
+    write_prices(project / "a" / "TEST.csv", frame.iloc[120:121])  # 06-17
+    write_prices(project / "b" / "TEST.csv", frame.iloc[122:125])  # 06-19..06-23: 06-18 skipped
+    assert main(["ingest", str(project / "a" / "TEST.csv"), *config]) == 0
+    out = _cli(project, "forecast", "--ticker", "TEST")  # made on 06-17: 06-18, 06-19, 06-22
+    assert out.returncode == 0, out.stderr
+    assert main(["ingest", str(project / "b" / "TEST.csv"), *config]) == 0
+    out = _cli(project, "score")
+    assert out.returncode == 0, out.stderr
+    log = forecast_log(trained_settings).read("TEST")
+    made = log[log["made_on"] == "2020-06-17"]
+    # a forecast for a day that is stored, 06-19, is among those not scored
+    assert "2020-06-19" in set(made["expected_date"].astype(str))
+    line = re.search(
+        r"^TEST: (\d+) forecasts not scored: a day up to their target is missing from the "
+        r"store \(2020-06-18\)$",
+        out.stdout,
+        re.MULTILINE,
+    )
+    assert line, out.stdout
+    status = _cli(project, "status", "--json")
+    [row] = json.loads(status.stdout)
+    assert row["first_missing_day"] == "2020-06-18"
+    assert row["not_scored"] == int(line.group(1)) >= 4  # 06-18, 06-19, 06-22 of 06-17's
