@@ -30,6 +30,19 @@ def _bands(ax: Any, x: Any, frame: pd.DataFrame, label: str) -> None:
         )  # fmt: skip
 
 
+def _lone_bands(ax: Any, rows: pd.DataFrame) -> None:
+    """Each level's band at ``rows`` as error bars (a band of single days has no width)."""
+    names = [n for n in reversed(levels_of(rows)) if rows[f"lower_{n}"].notna().any()]
+    for i, name in enumerate(names):
+        y = rows["forecast"].to_numpy(dtype=np.float64)
+        below = y - rows[f"lower_{name}"].to_numpy(dtype=np.float64)
+        above = rows[f"upper_{name}"].to_numpy(dtype=np.float64) - y
+        ax.errorbar(
+            rows["target_date"], y, yerr=[below, above], fmt="none", ecolor="tab:green",
+            alpha=0.3 + 0.3 * i, capsize=4, linewidth=3 - i,
+        )  # fmt: skip
+
+
 def plot_predictions(predictions: pd.DataFrame, ticker: str, target: str = "open") -> Figure:
     """Actual vs predicted prices over the test dates, naive baseline, shaded intervals."""
     fig, ax = _axes(f"{ticker}: {target} price, test period", "date", f"{target} (price)")
@@ -128,7 +141,15 @@ def plot_live(scored: pd.DataFrame, prices: pd.DataFrame, ticker: str, target: s
     ax.plot(pd.to_datetime(real[DATE_COLUMN]), real[target], color="black", label="actual")
     one = _broken(done[done["step"] == 1])
     _bands(ax, one["target_date"], one, "{}% band (next day)")
-    ax.plot(one["target_date"], one["forecast"], color="tab:blue", label="next-day forecast")
+    # a forecast with none the day before or after: a line and a band of no width, so a
+    # marker and error bars show it
+    has = one["forecast"].notna()
+    lone = has & ~has.shift(1, fill_value=False) & ~has.shift(-1, fill_value=False)
+    ax.plot(
+        one["target_date"], one["forecast"], color="tab:blue", label="next-day forecast",
+        marker="o", markersize=4, markevery=lone.tolist(),
+    )  # fmt: skip
+    _lone_bands(ax, one[lone])
     later = done[done["step"] > 1]
     if not later.empty:
         ax.scatter(

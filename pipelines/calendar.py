@@ -65,6 +65,17 @@ def missing_sessions(exchange: str | None, days: np.ndarray) -> np.ndarray:
     return absent[~closed_days(exchange, absent)]
 
 
+def first_missing_session(exchange: str | None, dates: Any, after: Any) -> str | None:
+    """The first session of ``exchange`` missing from the stored ``dates`` (sorted) after the
+    last of them on or before ``after`` (ISO), or None."""
+    stored = pd.to_datetime(pd.Series(dates)).to_numpy().astype("datetime64[D]")
+    start = max(
+        int(np.searchsorted(stored, np.datetime64(pd.Timestamp(after), "D"), "right")) - 1, 0
+    )
+    missing = missing_sessions(exchange, (stored[start:] - _EPOCH).astype(np.int64))
+    return str(_EPOCH + np.timedelta64(int(missing[0]), "D")) if len(missing) else None
+
+
 GAPS_SHOWN = 3  # gaps named in a warning; more are counted
 
 

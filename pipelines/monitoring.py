@@ -26,6 +26,7 @@ from prefect.cache_policies import NO_CACHE
 
 from lstm_core import scoring
 from pipelines import artifacts, promotion, provenance, tracking
+from pipelines.calendar import first_missing_session
 from pipelines.config import Settings
 from pipelines.forecast_log import ForecastLog, rows_from_forecast
 from pipelines.fsio import file_lock
@@ -67,7 +68,9 @@ class LiveScore:
     champion: str | None
     scored_through: str | None  # the last target date scored
     pending: int  # champion forecasts whose target has not arrived
-    not_scored: int = 0  # champion forecasts never scored: their days are missing from the store
+    # champion forecasts never scored: a day up to their target is missing from the store
+    not_scored: int = 0
+    first_missing: str | None = None  # the first such day (ISO), when the calendar names it
     window: dict[str, scoring.LiveMetrics] = field(default_factory=dict)
     since: dict[str, scoring.LiveMetrics] = field(default_factory=dict)
     verdict: scoring.Verdict = scoring.Verdict(False, ())
@@ -107,7 +110,7 @@ class LiveScore:
             )
         line += f", {self.pending} pending"
         if self.not_scored:
-            line += f", {self.not_scored} never scored (days missing from the store)"
+            line += f", {self.not_scored} never scored (a day up to the target not stored)"
         return line + (
             f"; DEGRADED: {'; '.join(self.verdict.reasons)}" if self.verdict.degraded else ""
         )
@@ -153,6 +156,11 @@ def score(
     if champion is not None:
         own = matched[matched["version"] == champion]
         result.not_scored = int(own["gap"].sum())
+        if result.not_scored:
+            # a day up to the target of the earliest made of them: its own, or one before it
+            result.first_missing = first_missing_session(
+                settings.data.calendar, prices["date"], own.loc[own["gap"], "made_on"].min()
+            )
         result.pending = int((~own["scored"] & ~own["gap"]).sum())
         if champion in result.window:
             result.verdict = scoring.verdict(
@@ -324,6 +332,7 @@ def status(settings: Settings) -> list[dict[str, Any]]:
             "store_last_date": str(manifest.last_date) if manifest else None,
             "pending": result.pending,
             "not_scored": result.not_scored,
+            "first_missing_day": result.first_missing,
             "scored_days": w.days if w else 0,
             "live_rmse": w.rmse if w else None,
             "naive_rmse": w.naive_rmse if w else None,
@@ -396,14 +405,19 @@ def render_status(rows: list[dict[str, Any]], window_days: int) -> str:
         "display.unicode.east_asian_width", True, "display.unicode.ambiguous_as_wide", False
     ):
         lines = [frame.to_string(index=False)]
-    lines += [
-        f"{r['ticker']}: {r['not_scored']} forecast{'s' if r['not_scored'] != 1 else ''} not "
-        "scored: their days are missing from the store"
-        for r in rows
-        if r.get("not_scored")
-    ]
+    lines += [_not_scored_line(r) for r in rows if r.get("not_scored")]
     lines += [f"{r['ticker']}: {r['mismatch_reason']}" for r in rows if r.get("mismatch")]
     lines += [
         f"{r['ticker']} last decision: {r['last_decision']}" for r in rows if r["last_decision"]
     ]
     return "\n".join(lines)
+
+
+def _not_scored_line(row: dict[str, Any]) -> str:
+    # a forecast's own day may be stored: an earlier missing day shifts the stored positions
+    n, first = row["not_scored"], row.get("first_missing_day")
+    return (
+        f"{row['ticker']}: {n} forecast{'s' if n != 1 else ''} not scored: a day up to "
+        f"{'their' if n != 1 else 'its'} target is missing from the store"
+        + (f" ({first})" if first else "")
+    )

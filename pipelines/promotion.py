@@ -203,7 +203,18 @@ def last_decision(versions: Sequence[tracking.RegisteredVersion]) -> str | None:
         return None
     v = max(decided, key=lambda v: (v.tags.get("promotion.decided_at", ""), int(v.version)))
     verdict = "promoted" if v.tags.get(tracking.TAG_PROMOTED) == "true" else "refused"
-    return f"v{v.version} {verdict}: {bare_reason(v.tags[tracking.TAG_REASON])}"
+    return f"v{v.version} {verdict}: {without_repeats(bare_reason(v.tags[tracking.TAG_REASON]))}"
+
+
+def without_repeats(reason: str) -> str:
+    """``reason`` without a part that repeats the one before it: an older version recorded
+    `promote`'s default reason after "manual promotion: " ("manual promotion: manual
+    promotion"), as `--reason "manual promotion"` would."""
+    parts: list[str] = []
+    for part in reason.split(": "):
+        if not parts or part != parts[-1]:
+            parts.append(part)
+    return ": ".join(parts)
 
 
 def _set_champion(
@@ -414,7 +425,7 @@ def manual_promote(settings: Settings, ticker: str, version: str, reason: str | 
     if str(version) not in known:
         raise PipelineError(f"{name} has no version {version} (versions: {', '.join(known)})")
     alias = settings.registry.alias
-    why = f"manual promotion: {reason}" if reason else "manual promotion"
+    why = without_repeats(f"manual promotion: {reason}" if reason else "manual promotion")
     with file_lock(settings.path(".locks") / f"promote-{name}.lock"):
         current = tracking.champion(name, alias)
         if current is not None and current.version == str(version):

@@ -3,6 +3,7 @@ forecast log."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from pipelines.flows.common import end_run, resolve_settings, run_name
 from pipelines.fsio import atomic_write
 from pipelines.runtime import quiet_tensorflow
 from pipelines.store import PriceStore, as_frame
+
+log = logging.getLogger("pipelines")
 
 # Bookkeeping columns of a forecast (the log's) left out of the printed table: the line
 # above it names the model, version and day.
@@ -71,7 +74,17 @@ def forecast_one(settings: Settings, ticker: str, days: int) -> tuple[pd.DataFra
     history = as_frame(table)
     inputs = model.metadata.get_input_schema().input_names()  # the columns the model reads
     # recalibrate: the conformal band also learns from the days since the model's validation
-    params = {"days": days, "intervals": True, "recalibrate": True}
+    wanted = {"days": days, "intervals": True, "recalibrate": True}
+    takes = tracking.param_names(model)  # a model logged by an older version may take fewer
+    params = {k: v for k, v in wanted.items() if k in takes}
+    if "recalibrate" not in takes:
+        log.info(
+            "%s: %s v%s predates re-calibrated bands: its bands are its run's own "
+            "(retrain for re-calibrated ones)",
+            ticker,
+            name,
+            version.version,
+        )
     frame = tracking.predict(model, history[inputs], params, f"{name} v{version.version}")
     rows = monitoring.forecast_rows(settings, frame, history["date"].iloc[-1], version)
     # the latest forecast: the log's columns, its ticker last as readers of the log's hive

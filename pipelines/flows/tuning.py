@@ -40,13 +40,13 @@ class TunedTicker:
             lines.append("  no trial completed: nothing to retrain")
             return "\n".join(lines)
         best = ", ".join(f"{k}={_fmt(v)}" for k, v in s.best_params.items())
+        best_text, default_text = rmse_pair(s.best_value, s.default_value)
         default = (
-            f" (default configuration {s.default_value:.4f})"
-            if math.isfinite(s.default_value)
-            else ""
+            f" (default configuration {default_text})" if math.isfinite(s.default_value) else ""
         )
         lines.append(f"  best configuration: {best}")
-        lines.append(f"  best validation RMSE {s.best_value:.4f}{default}")
+        lines.append(f"  best validation RMSE {best_text}{default}")
+        lines.append(keep_line(s.best_params))
         if self.unchanged is not None:
             lines.append(
                 f"  not retrained: best trial #{s.best_trial} and the data are unchanged since "
@@ -61,6 +61,25 @@ class TunedTicker:
 
 def _fmt(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def rmse_pair(best: float, default: float) -> tuple[str, str]:
+    """Both RMSEs as the trial lines print them (6 significant digits), with more digits only
+    if two different values would otherwise read the same."""
+    digits = 6
+    while digits < 17 and best != default and f"{best:.{digits}g}" == f"{default:.{digits}g}":
+        digits += 1
+    return f"{best:.{digits}g}", f"{default:.{digits}g}"
+
+
+def keep_line(params: dict[str, Any]) -> str:
+    """Where retraining takes its configuration from, and what to copy to keep the best one:
+    `retrain`, `serve` and `run` train mlflow.yaml's settings, not a study's."""
+    sets = " ".join(f"--set {k}={v}" for k, v in params.items())
+    return (
+        "  retraining (retrain, serve, run) trains mlflow.yaml's configuration, not this one: "
+        f"to keep it, set these keys in mlflow.yaml (or pass {sets})"
+    )
 
 
 @dataclass

@@ -27,6 +27,7 @@ from pipelines.tracking.models import (
     load_model,
     log_forecaster,
     logged_model_name,
+    param_names,
     pip_requirements,
     predict,
 )
@@ -145,6 +146,7 @@ __all__ = [
     "link_tuned_run",
     "live_tags",
     "load_model",
+    "param_names",
     "log_dataset",
     "log_figures",
     "log_forecast",

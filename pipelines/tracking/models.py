@@ -24,6 +24,14 @@ PYFUNC_CODE = Path(__file__).parent.with_name("pyfunc_model.py")
 CORE_PACKAGE = Path(__file__).resolve().parents[2] / "lstm_core"
 
 
+# mlflow/pyfunc/utils/data_validation.py's warning (after the colour code it opens with)
+_TYPE_HINT_ADVICE = re.compile(r"(\x1b\[\d+m)?Add type hints to the `predict` method")
+
+# The request params a logged model declares in its signature, with their defaults (a model
+# logged by an older version may declare fewer: `param_names` reads a loaded model's).
+REQUEST_PARAMS = {"intervals": False, "days": 1, "samples": 30, "seed": 0, "recalibrate": False}
+
+
 # What MLflow 3.17 refuses in a LoggedModel's name (mlflow/utils/validation.py:
 # _validate_logged_model_name); a ticker may hold a dot (000001.SZ), a registered name may too.
 _NOT_IN_LOGGED_NAME = re.compile(r"[/:.%\"']")
@@ -70,7 +78,7 @@ def log_forecaster(
 
     forecaster.save(forecaster_dir)
     input_example = model_input(input_example, forecaster.preprocessor)
-    params = {"intervals": False, "days": 1, "samples": 30, "seed": 0, "recalibrate": False}
+    params = dict(REQUEST_PARAMS)
     # `date` is typed Any: MLflow's datetime check refuses ISO strings in a DataFrame (pandas
     # 3 string columns); the model itself reads datetimes and ISO strings alike.
     columns = forecaster.preprocessor.feature_cfg.columns
@@ -133,8 +141,36 @@ def load_model(name: str, alias: str):
     """The registered champion as a pyfunc model (the registry is the only source)."""
     import mlflow.pyfunc
 
+    _hide_type_hint_advice()
     with _CODE_LOAD:
         return mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+
+
+def param_names(model) -> set[str]:
+    """The request params a loaded model's signature declares (MLflow drops any other, with
+    a warning on the console)."""
+    schema = model.metadata.get_params_schema()
+    return {p.name for p in schema.params} if schema is not None else set()
+
+
+def _hide_type_hint_advice() -> None:
+    """Keep MLflow's advice to the author of a model whose `predict` has no type hints (one
+    logged by an older version) off the console: it is raised as the model loads, nothing its
+    user can act on. A filter cannot: MLflow raises it under its own `catch_warnings` with a
+    "once" filter before every other; so the display drops it (installed once, for good:
+    swapping it back and forth would race with other threads' `catch_warnings`)."""
+    import warnings
+
+    shown = warnings.showwarning
+    if getattr(shown, "hides_type_hint_advice", False):
+        return
+
+    def showwarning(message, category, *args, **kwargs):
+        if not (issubclass(category, UserWarning) and _TYPE_HINT_ADVICE.match(str(message))):
+            shown(message, category, *args, **kwargs)
+
+    showwarning.hides_type_hint_advice = True  # type: ignore[attr-defined]
+    warnings.showwarning = showwarning
 
 
 def predict(model, frame: pd.DataFrame, params: Mapping[str, Any], label: str) -> pd.DataFrame:

@@ -96,3 +96,35 @@ def test_the_live_next_day_line_and_band_break_where_a_day_has_no_forecast():
     [band] = ax.collections  # the 80% band is drawn as two pieces, not across the break
     assert len(band.get_paths()) == 2
     assert _png(fig).startswith(b"\x89PNG")
+
+
+def test_a_lone_next_day_forecast_and_its_bands_are_drawn_visibly():
+    """A champion's single scored next-day forecast (and one with no neighbour): a line and
+    a band of one point have no width, so each gets a marker and error bars."""
+    from matplotlib.collections import LineCollection
+
+    dates = pd.bdate_range("2024-01-01", periods=10)
+    prices = pd.DataFrame({"date": dates, "open": np.arange(10.0) + 10})
+    log = pd.DataFrame(
+        {
+            "made_on": dates[[1, 1, 5, 6]],
+            "step": [1, 2, 1, 1],
+            "expected_date": dates[[2, 3, 6, 7]],
+            "forecast": [12.5, 13.5, 16.5, 17.5],
+            "lower_80": [12.0, 13.0, 16.0, 17.0],
+            "upper_80": [13.0, 14.0, 17.0, 18.0],
+            "lower_95": [11.0, 12.0, 15.0, 16.0],
+            "upper_95": [14.0, 15.0, 18.0, 19.0],
+        }
+    )
+    fig = plot_live(scoring.match(log, prices, "open", dated=True), prices, "X", "open")
+    ax = fig.axes[0]
+    [line] = [x for x in ax.lines if x.get_label() == "next-day forecast"]
+    assert line.get_marker() == "o"
+    y = np.asarray(line.get_ydata(), dtype=float)
+    marked = y[np.asarray(line.get_markevery(), dtype=bool)]
+    assert marked.tolist() == [12.5]  # the lone one; the 7th and 8th make a line
+    bars = [c for c in ax.collections if isinstance(c, LineCollection)]
+    spans = sorted(tuple(seg[:, 1]) for c in bars for seg in c.get_segments())
+    assert spans == [(11.0, 14.0), (12.0, 13.0)]  # one error bar per level, at the lone one
+    assert _png(fig).startswith(b"\x89PNG")

@@ -317,7 +317,7 @@ def test_a_scoring_runs_summary_line_per_ticker():
     )
     fresh = monitoring.LiveScore("AAPL", "1", None, 5, not_scored=2)
     assert fresh.render() == (
-        "AAPL: champion v1 has no forecast scored yet, 5 pending, 2 never scored (days missing "
-        "from the store)"
+        "AAPL: champion v1 has no forecast scored yet, 5 pending, 2 never scored (a day up to "
+        "the target not stored)"
     )
     assert monitoring.LiveScore("IBM", None, None, 0).render() == "IBM: no champion to score"

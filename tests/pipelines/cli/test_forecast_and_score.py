@@ -428,7 +428,10 @@ def test_forecasts_for_sessions_missing_from_the_store_are_not_scored(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     # the five forecasts (16th to 20th) are not scored: two would have landed on the 30th
     # and 31st, the other three's days went by unstored
-    assert "MSFT: 5 forecasts not scored: their days are missing from the store" in out.stdout
+    assert (
+        "MSFT: 5 forecasts not scored: a day up to their target is missing from the store "
+        "(2017-10-16)"
+    ) in out.stdout
     out = cli(BIN, "status", "--json", cwd=project, env=env, timeout=300)
     [row] = json.loads(out.stdout)
     assert (row["not_scored"], row["pending"], row["scored_days"]) == (5, 0, 0), row
@@ -476,3 +479,115 @@ def test_a_configured_prefect_api_that_does_not_answer_is_one_line_exit_2(tiny_p
     client = MlflowClient(f"sqlite:///{tiny_project / 'mlflow.db'}")
     experiments = [e.experiment_id for e in client.search_experiments()]
     assert client.search_runs(experiments) == []  # no run started
+
+
+@pytest.mark.slow  # the CLI in subprocesses, or trainings: CI runs it
+def test_forecast_with_a_model_that_predates_recalibration(trained_settings, tmp_path, monkeypatch):
+    """A champion logged by an older version: a pyfunc whose `predict` has no type hints and
+    whose signature has no `recalibrate` param. `forecast` asks it only for the params it
+    declares (no MLflow warning), says in one line that its bands are its run's own, and
+    MLflow's type-hint advice stays off the console."""
+    from lstm_core.predictor import Forecaster
+    from pipelines import tracking
+    from pipelines.store import PriceStore, as_frame
+    from pipelines.tracking import models
+
+    project = trained_settings.base_dir
+    tracking.connect(trained_settings)
+    v1 = tracking.get_version("test-TEST", "1")
+    forecaster = Forecaster.load(tracking.download_forecaster("test-TEST", "1", tmp_path / "dl"))
+    old_code = tmp_path / "old_pyfunc_model.py"
+    text = models.PYFUNC_CODE.read_text(encoding="utf-8")
+    assert "model_input: pd.DataFrame" in text
+    old_code.write_text(text.replace("model_input: pd.DataFrame", "model_input"), "utf-8")
+    monkeypatch.setattr(models, "PYFUNC_CODE", old_code)
+    narrower = {k: v for k, v in models.REQUEST_PARAMS.items() if k != "recalibrate"}
+    monkeypatch.setattr(models, "REQUEST_PARAMS", narrower)
+    example = as_frame(PriceStore(trained_settings.store_path).read_table("TEST")).tail(40)
+    uri = tracking.log_forecaster(
+        v1.run_id, forecaster, tmp_path / "fc", example, name="test-TEST", ticker="TEST"
+    )
+    v2 = tracking.register("test-TEST", uri, v1.run_id, v1.tags)
+    tracking.set_alias("test-TEST", "champion", v2.version)
+
+    out = _cli(project, "forecast", "--ticker", "TEST")
+    assert out.returncode == 0, out.stderr
+    assert "Unrecognized params" not in out.stderr
+    assert_only_progress(out)  # also: no "type hints"
+    assert (
+        "TEST: test-TEST v2 predates re-calibrated bands: its bands are its run's own "
+        "(retrain for re-calibrated ones)"
+    ) in out.stderr
+    assert "test-TEST v2" in out.stdout
+
+
+def test_status_does_not_repeat_a_promotions_reason(trained_settings, capfd):
+    """A promotion by hand recorded by an older version ("manual promotion: manual promotion",
+    its `--reason` default after the prefix): `status` says it once; so does a promotion made
+    now with that reason."""
+    from pipelines import tracking
+    from pipelines.promotion import manual_promote
+
+    project = trained_settings.base_dir
+    tracking.connect(trained_settings)
+    old = {
+        tracking.TAG_PROMOTED: "true",
+        tracking.TAG_REASON: "manual promotion: manual promotion",
+        "promotion.decided_at": "2020-01-01T00:00:00.000000Z",
+    }
+    tracking.tag_version("test-TEST", "1", old)
+    config = ["--config", str(project / "mlflow.yaml")]
+    assert main(["status", *config]) == 0
+    out = capfd.readouterr().out
+    assert "TEST last decision: v1 promoted: manual promotion\n" in out, out
+    assert main(["status", "--json", *config]) == 0
+    [row] = json.loads(capfd.readouterr().out)
+    assert row["last_decision"] == "v1 promoted: manual promotion"
+
+    from mlflow import MlflowClient
+
+    v1 = tracking.get_version("test-TEST", "1")
+    source = MlflowClient().get_model_version("test-TEST", "1").source  # models:/m-<id>
+    tracking.register("test-TEST", source, v1.run_id, v1.tags)
+    manual_promote(trained_settings, "TEST", "2", "manual promotion")
+    assert tracking.get_version("test-TEST", "2").tags[tracking.TAG_REASON] == "manual promotion"
+    assert main(["status", "--json", *config]) == 0
+    [row] = json.loads(capfd.readouterr().out)
+    assert row["last_decision"] == "v2 promoted: manual promotion"
+
+
+@pytest.mark.slow  # the CLI in subprocesses, or trainings: CI runs it
+def test_score_counts_forecasts_shifted_by_an_earlier_missing_day_truthfully(trained_settings):
+    """A day skipped (2020-06-18) leaves unscored the forecasts for it and those for stored
+    days after it (their positions shift): `score` says a day up to their target is missing
+    and names it, rather than "their days are missing"."""
+    import re
+
+    from pipelines.monitoring import forecast_log
+
+    project = trained_settings.base_dir
+    config = ["--config", str(project / "mlflow.yaml")]
+    frame = price_frame(130)  # the store holds its first 120 days, through 2020-06-16
+    write_prices(project / "a" / "TEST.csv", frame.iloc[120:121])  # 06-17
+    write_prices(project / "b" / "TEST.csv", frame.iloc[122:125])  # 06-19..06-23: 06-18 skipped
+    assert main(["ingest", str(project / "a" / "TEST.csv"), *config]) == 0
+    out = _cli(project, "forecast", "--ticker", "TEST")  # made on 06-17: 06-18, 06-19, 06-22
+    assert out.returncode == 0, out.stderr
+    assert main(["ingest", str(project / "b" / "TEST.csv"), *config]) == 0
+    out = _cli(project, "score")
+    assert out.returncode == 0, out.stderr
+    log = forecast_log(trained_settings).read("TEST")
+    made = log[log["made_on"] == "2020-06-17"]
+    # a forecast for a day that is stored, 06-19, is among those not scored
+    assert "2020-06-19" in set(made["expected_date"].astype(str))
+    line = re.search(
+        r"^TEST: (\d+) forecasts not scored: a day up to their target is missing from the "
+        r"store \(2020-06-18\)$",
+        out.stdout,
+        re.MULTILINE,
+    )
+    assert line, out.stdout
+    status = _cli(project, "status", "--json")
+    [row] = json.loads(status.stdout)
+    assert row["first_missing_day"] == "2020-06-18"
+    assert row["not_scored"] == int(line.group(1)) >= 4  # 06-18, 06-19, 06-22 of 06-17's

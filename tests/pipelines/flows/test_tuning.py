@@ -123,6 +123,7 @@ def test_tune_command_from_the_project_folder(tiny_project):
     assert "ingested" in out.stdout  # a fresh project: the configured sources first
     assert "study tune-TEST (2 trials" in out.stdout
     assert "best configuration: " in out.stdout and "vs naive" in out.stdout
+    assert "retraining (retrain, serve, run) trains mlflow.yaml's configuration" in out.stdout
     assert "registered test-TEST version 1: CHAMPION" in out.stdout
     assert (tiny_project / ".optuna" / "studies.journal").is_file()
 
