@@ -470,6 +470,14 @@ def test_promote_and_rollback_by_hand_respect_whose_model_it_is(trained_settings
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "test-TEST: rolled back champion from v3 to v1"
     assert _registry(first)[0] == {"champion": "1"}
+    # the second project's v2 took the alias from the first's v1, as a hand could before:
+    # the first takes it back (the second could not: v1 is not its model)
+    client.set_registered_model_alias("test-TEST", "champion", "2")
+    client.set_model_version_tag("test-TEST", "2", "champion.replaced", "1")
+    out = _cli(first, "rollback", "--ticker", "TEST")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "test-TEST: rolled back champion from v2 to v1"
+    assert _registry(first)[0] == {"champion": "1"}
 
 
 @pytest.mark.slow  # trainings in subprocesses
