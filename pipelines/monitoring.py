@@ -341,7 +341,8 @@ def status(settings: Settings) -> list[dict[str, Any]]:
             "degraded": result.verdict.degraded,
             "mismatch": mismatch[0] if mismatch else None,
             "mismatch_reason": mismatch[1] if mismatch else None,
-            "last_decision": promotion.last_decision(known),
+            # this project's: another project's refusals are not its to read
+            "last_decision": promotion.last_decision(provenance.not_others(settings, known)),
             "next_retraining": upcoming,
         }
         rows.append({k: _plain(v) for k, v in row.items()})

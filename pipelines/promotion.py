@@ -182,13 +182,21 @@ def _record(name: str, version: str, decision: Decision) -> None:
     description = version_description(decision)
     if decision.by_hand:  # a decision by hand keeps the gate's verdict beside it, not over it
         earlier = tracking.get_version(name, version).tags
-        gate = earlier.get(TAG_GATE_REASON)
-        if gate is None and earlier.get(tracking.TAG_REASON, "").startswith(_VERDICTS):
-            gate = tags[TAG_GATE_REASON] = earlier[tracking.TAG_REASON]
+        gate = _gate_verdict(earlier)
+        if gate is not None and TAG_GATE_REASON not in earlier:
+            tags[TAG_GATE_REASON] = gate
         if gate is not None:
             description += f" The promotion gate had decided: {gate}."
     tracking.tag_version(name, version, tags)
     tracking.set_version_description(name, version, description)
+
+
+def _gate_verdict(tags: Mapping[str, str]) -> str | None:
+    """The promotion gate's verdict on a version: kept aside once a hand decided on it."""
+    gate = tags.get(TAG_GATE_REASON)
+    if gate is None and tags.get(tracking.TAG_REASON, "").startswith(_VERDICTS):
+        gate = tags[tracking.TAG_REASON]
+    return gate
 
 
 def _now() -> str:
@@ -281,6 +289,12 @@ def settle_orphaned_runs(experiment_id: str) -> list[str]:
     return settled
 
 
+def _stored(settings: Settings, ticker: str) -> Callable[[], pa.Table]:
+    """The ticker's stored rows, read only when asked: provenance judges an untagged
+    version by them."""
+    return lambda: PriceStore(settings.store_path).read_table(ticker)
+
+
 def _not_challenged(
     settings: Settings,
     ticker: str,
@@ -292,10 +306,9 @@ def _not_challenged(
     champion of the same model name that project serves, whose alias a challenger trained here
     does not take. This project's own champion: None, it is challenged on scores."""
 
-    def stored() -> pa.Table:  # only an untagged champion is judged by the stored rows
-        return PriceStore(settings.store_path).read_table(ticker)
-
-    mismatch = provenance.not_trained_here(settings, ticker, champion, stored, challenger=version)
+    mismatch = provenance.not_trained_here(
+        settings, ticker, champion, _stored(settings, ticker), challenger=version
+    )
     if mismatch is None:
         return None
     return _refused(settings, ticker, mismatch[1], metrics, champion.version)
@@ -419,6 +432,23 @@ def _numbers(name: str) -> list[str]:
     return [v.version for v in tracking.versions(name)]
 
 
+def _check_by_hand(
+    settings: Settings,
+    ticker: str,
+    current: tracking.RegisteredVersion | None,
+    target: tracking.RegisteredVersion,
+) -> None:
+    """A hand moves the alias only off this project's champion (another project serves its
+    own), and only onto a version `forecast` takes (the reason `status` gives otherwise)."""
+    if current is not None:
+        theirs = provenance.others_champion(settings, ticker, current)
+        if theirs is not None:
+            raise PipelineError(theirs)
+    mismatch = provenance.not_trained_here(settings, ticker, target, _stored(settings, ticker))
+    if mismatch is not None:
+        raise PipelineError(mismatch[1])
+
+
 def manual_promote(settings: Settings, ticker: str, version: str, reason: str | None) -> str:
     name = _registered(settings, ticker)
     known = _numbers(name)
@@ -430,9 +460,15 @@ def manual_promote(settings: Settings, ticker: str, version: str, reason: str | 
         current = tracking.champion(name, alias)
         if current is not None and current.version == str(version):
             return f"{name}: version {version} is already {alias} (nothing changed)"
+        target = tracking.get_version(name, str(version))
+        _check_by_hand(settings, ticker, current, target)
+        gate = _gate_verdict(target.tags)
         _record(name, str(version), _own_scores(name, str(version), why))
         previous = _set_champion(name, alias, ticker, str(version), why)
-    return f"{name}: version {version} is now {alias} (was {previous or 'none'})"
+    done = f"{name}: version {version} is now {alias} (was {previous or 'none'})"
+    if gate is not None and gate.startswith(_VERDICTS[1]):  # a hand overruled the gate
+        done += f"\n(the promotion gate had refused it: {bare_reason(gate)})"
+    return done
 
 
 def rollback(settings: Settings, ticker: str) -> str:
@@ -453,6 +489,7 @@ def rollback(settings: Settings, ticker: str) -> str:
                 f"(deleted?): promote another version with lstm-pipeline promote --ticker "
                 f"{ticker} --version N (versions: {', '.join(known)})"
             )
+        _check_by_hand(settings, ticker, current, tracking.get_version(name, previous))
         why = f"rollback from v{current.version}"
         _record(name, previous, _own_scores(name, previous, why))
         _set_champion(name, alias, ticker, previous, why, remember=False)

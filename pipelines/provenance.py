@@ -125,6 +125,26 @@ def name_taken(
     )
 
 
+def others_champion(
+    settings: Settings, ticker: str, champion: tracking.RegisteredVersion
+) -> str | None:
+    """Why a hand (promote, rollback) does not move the alias away from `champion`: it is
+    another project's, the model that project serves. None: this project's, or untagged, or
+    one that took the alias from this project's champion (as a hand in the other project
+    could before): this project takes it back."""
+    if whose(settings, champion) != "other":
+        return None
+    replaced = champion.tags.get(tracking.TAG_REPLACED)
+    earlier = [v for v in tracking.versions(champion.name) if v.version == replaced]
+    if earlier and whose(settings, earlier[0]) == "this":
+        return None
+    label = f"{champion.name} v{champion.version}"
+    return (
+        f"{label} is another project's champion ({_theirs(settings, champion)}), so the alias "
+        f"stays on it: promote in that project, or {_own_names(ticker)}"
+    )
+
+
 def rows_through(table: pa.Table, last: str) -> pa.Table:
     """The stored rows up to and including the ISO date `last`."""
     through = pa.scalar(dt.date.fromisoformat(last), pa.date32())

@@ -4,6 +4,7 @@ Ctrl-C, and a Prefect server that does not start."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -403,6 +404,109 @@ def test_a_second_project_does_not_challenge_another_projects_champion(trained_s
     assert versions["3"][1].startswith("Promoted to champion: test_rmse "), versions["3"][1]
     assert ", not compared with champion v1, naive forecast RMSE " in versions["3"][1]
     assert versions["1"][0]["champion.replaced_by"] == "3", versions["1"][0]
+
+
+def _refused_by_hand(out: subprocess.CompletedProcess[str], first: Path, before, why: str):
+    """A promote or rollback refused: one line naming why, exit 2, the registry unchanged."""
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert out.stderr == f"error: {why}\n", out.stderr
+    assert _registry(first) == before
+
+
+@pytest.mark.slow  # the CLI in subprocesses
+def test_promote_and_rollback_by_hand_respect_whose_model_it_is(trained_settings, tmp_path):
+    """A user's test: two projects on one tracking store. A hand in the second project took
+    the first's champion without a word (its forecasts then refused); a hand gave the alias
+    to a version `forecast` refuses; the first's `status` showed the second's refusal as its
+    last decision; and a promotion by hand never said the gate had refused the version."""
+    import uuid
+
+    from mlflow import MlflowClient
+
+    first = trained_settings.base_dir
+    other = project_beside(first, tmp_path / "other").parent
+    ours, theirs = _project_id(first), uuid.uuid4().hex
+    (other / ".lstm-project").write_text(f"{theirs}\n", encoding="utf-8")
+    uri = f"sqlite:///{first / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    v1 = client.get_model_version("test-TEST", "1")
+    gate = "test_rmse 2 does not beat champion's 1 on the same test window"
+
+    def version(project: str, reason: str, at: str) -> None:
+        tags = {"lstm.project": project, "promotion.promoted": "false"}
+        tags |= {"promotion.reason": f"refused: {reason}", "promotion.decided_at": at}
+        client.create_model_version("test-TEST", v1.source, v1.run_id, tags=tags)
+
+    version(theirs, "the second project's own", "2999-01-02T00:00:00.000000Z")  # v2, the latest
+    version(ours, gate, "2999-01-01T00:00:00.000000Z")  # v3, this project's, the gate refused it
+    before = _registry(first)
+    assert before[0] == {"champion": "1"}
+
+    # status in the first project: its own last decision, not the second project's refusal
+    out = _cli(first, "status")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == f"TEST last decision: v3 refused: {gate}", out.stdout
+    out = _cli(first, "status", "--json")
+    assert json.loads(out.stdout)[0]["last_decision"] == f"v3 refused: {gate}", out.stdout
+
+    # the second project does not take the first's champion
+    taken = (
+        f"test-TEST v1 is another project's champion (its lstm.project tag is {ours}, this "
+        f"project's id is {theirs} ({other / '.lstm-project'})), so the alias stays on it: "
+        "promote in that project, or give this project model names of its own with "
+        'registry.model_name (e.g. "myproject-{ticker}") and train them: lstm-pipeline run '
+        "--ticker TEST"
+    )
+    out = _cli(other, "promote", "--ticker", "TEST", "--version", "2", "--reason", "ours")
+    _refused_by_hand(out, first, before, taken)
+
+    # the first project does not promote a version forecast refuses: the reason status gives
+    out = _cli(first, "promote", "--ticker", "TEST", "--version", "2")
+    _refused_by_hand(
+        out,
+        first,
+        before,
+        f"test-TEST v2 is another project's model: its lstm.project tag is {theirs}, this "
+        f"project's id is {ours} ({first / '.lstm-project'}): give this project model names of "
+        'its own with registry.model_name (e.g. "myproject-{ticker}") and train them: '
+        "lstm-pipeline run --ticker TEST",
+    )
+    xshg = ("--set", "data.calendar=XSHG")
+    out = _cli(first, "promote", "--ticker", "TEST", "--version", "3", *xshg)
+    calendar = (
+        "test-TEST v{} was trained on these prices with data.calendar XNYS, this project's is XSHG"
+    )
+    assert out.returncode == 2 and out.stderr.startswith(f"error: {calendar.format(3)}: ")
+    _refused_by_hand(out, first, before, out.stderr[7:-1])
+
+    # promoted by hand, the gate's refusal said
+    out = _cli(first, "promote", "--ticker", "TEST", "--version", "3")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "test-TEST: version 3 is now champion (was 1)",
+        f"(the promotion gate had refused it: {gate})",
+    ]
+    before = _registry(first)
+    assert before[0] == {"champion": "3"}
+
+    # rollback: not in the second project (v3 is the first's), not onto a refused calendar
+    out = _cli(other, "rollback", "--ticker", "TEST")
+    _refused_by_hand(out, first, before, taken.replace("v1 is", "v3 is"))
+    out = _cli(first, "rollback", "--ticker", "TEST", *xshg)
+    assert out.returncode == 2 and out.stderr.startswith(f"error: {calendar.format(1)}: ")
+    _refused_by_hand(out, first, before, out.stderr[7:-1])
+    out = _cli(first, "rollback", "--ticker", "TEST")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "test-TEST: rolled back champion from v3 to v1"
+    assert _registry(first)[0] == {"champion": "1"}
+    # the second project's v2 took the alias from the first's v1, as a hand could before:
+    # the first takes it back (the second could not: v1 is not its model)
+    client.set_registered_model_alias("test-TEST", "champion", "2")
+    client.set_model_version_tag("test-TEST", "2", "champion.replaced", "1")
+    out = _cli(first, "rollback", "--ticker", "TEST")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "test-TEST: rolled back champion from v2 to v1"
+    assert _registry(first)[0] == {"champion": "1"}
 
 
 @pytest.mark.slow  # trainings in subprocesses
