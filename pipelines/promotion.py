@@ -24,7 +24,7 @@ from pipelines.config import PromotionPolicy, Settings
 from pipelines.errors import PipelineError
 from pipelines.fsio import file_lock
 from pipelines.run_owner import owner_gone, settled_note
-from pipelines.store import PriceStore
+from pipelines.store import PriceStore, UnknownTickerError
 
 log = logging.getLogger("pipelines")
 
@@ -289,10 +289,18 @@ def settle_orphaned_runs(experiment_id: str) -> list[str]:
     return settled
 
 
-def _stored(settings: Settings, ticker: str) -> Callable[[], pa.Table]:
+def _stored(settings: Settings, ticker: str) -> Callable[[], pa.Table | None]:
     """The ticker's stored rows, read only when asked: provenance judges an untagged
-    version by them."""
-    return lambda: PriceStore(settings.store_path).read_table(ticker)
+    version by them. None when none are stored here (a hand may promote in a project that
+    only serves): nothing to judge by, as in `status`."""
+
+    def read() -> pa.Table | None:
+        try:
+            return PriceStore(settings.store_path).read_table(ticker)
+        except UnknownTickerError:
+            return None
+
+    return read
 
 
 def _not_challenged(

@@ -186,14 +186,15 @@ def not_trained_here(
     settings: Settings,
     ticker: str,
     version: tracking.RegisteredVersion,
-    stored: Callable[[], pa.Table],
+    stored: Callable[[], pa.Table | None],
     challenger: str | None = None,
 ) -> tuple[str, str] | None:
     """Why `version` is not this project's to forecast with or to challenge, as (state word,
     one line): FOREIGN, another project's (by its `lstm.project` tag; untagged, trained on
     other prices than those stored here); CALENDAR, trained with another `data.calendar`, whose
     sessions its forecasts would fall on. None: this project's, as far as its tags tell.
-    `stored()` reads the ticker's stored rows, called only for a version without the tag.
+    `stored()` reads the ticker's stored rows (None: none here), called only for a version
+    without the tag.
 
     `challenger`: a version trained here that would challenge `version`. This project's own
     champion is challenged whatever changed since (stored days replaced, the calendar), an

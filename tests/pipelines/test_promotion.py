@@ -375,3 +375,24 @@ def test_a_model_without_champion_is_not_taken_from_another_project(trained_sett
         "Not promoted: test_rmse 0.1 with no champion to compare, naive forecast RMSE 1: "
         f"{d.reason.removeprefix('refused: ')}."
     )
+
+
+def test_a_hand_promotes_in_a_project_without_the_tickers_prices(trained_settings):
+    """A project that only serves (the ticker not stored in it; e.g. a shared tracking
+    server's versions registered elsewhere, untagged): nothing to judge an untagged version
+    by, so a hand's promotion goes through, as `status` shows no mismatch there."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from pipelines import tracking
+    from pipelines.promotion import manual_promote
+
+    settings = trained_settings
+    _untag_project(settings)
+    v1 = MlflowClient().get_model_version("test-TEST", "1")
+    v2 = tracking.register("test-TEST", v1.source, v1.run_id, {}).version
+    shutil.rmtree(settings.store_path)
+    said = manual_promote(settings, "TEST", v2, "race")
+    assert said == f"test-TEST: version {v2} is now champion (was 1)"
+    assert _registry(settings)[0] == {"champion": v2}
