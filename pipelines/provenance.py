@@ -215,9 +215,7 @@ def not_trained_here(
         return "FOREIGN", f"{what}{refused}: {names}"
     if owner == "this" and challenger is not None:
         return None
-    params = tracking.run_params(version.run_id) if version.run_id else {}
-    theirs, ours = params.get("data.calendar") or None, settings.data.calendar
-    other_calendar = "data.calendar" in params and theirs != ours
+    theirs, ours = other_calendar(settings, version), _calendar(settings.data.calendar)
     # this project's own champion after `ingest --replace`: forecasts as a model does on
     # any new rows (and the ticker retrains: see flows.retraining)
     table = stored() if owner is None else None
@@ -225,11 +223,7 @@ def not_trained_here(
         last = version.tags[tracking.TAG_DATA_LAST_DATE]
         rows = version.tags.get(tracking.TAG_DATA_ROWS, "?")
         here = rows_through(table, last).num_rows
-        cal = (
-            (f" (data.calendar {_calendar(theirs)})", f" (data.calendar {_calendar(ours)})")
-            if other_calendar
-            else ("", "")
-        )
+        cal = (f" (data.calendar {theirs})", f" (data.calendar {ours})") if theirs else ("", "")
         what = (
             f"{label} was trained on {rows} rows through {last}{cal[0]}, not on the {here} "
             f"rows of {ticker} stored here through that day{cal[1]}: it is not this project's "
@@ -245,9 +239,8 @@ def not_trained_here(
             f"{what}{refused}: {names}; or, if v{version.version} is this project's own, "
             f"{promote}: {by_hand}"
         )
-    if not other_calendar:
+    if theirs is None:
         return None
-    theirs, ours = _calendar(theirs), _calendar(ours)
     what = (
         f"{label} was trained on these prices with data.calendar {theirs}, this project's is {ours}"
     )
