@@ -457,7 +457,10 @@ def _check_by_hand(
         raise PipelineError(mismatch[1])
 
 
-def manual_promote(settings: Settings, ticker: str, version: str, reason: str | None) -> str:
+def manual_promote(
+    settings: Settings, ticker: str, version: str, reason: str | None
+) -> tuple[str, bool]:
+    """Make `version` the champion by hand: what to tell the user, and whether the alias moved."""
     name = _registered(settings, ticker)
     known = _numbers(name)
     if str(version) not in known:
@@ -467,7 +470,7 @@ def manual_promote(settings: Settings, ticker: str, version: str, reason: str | 
     with file_lock(settings.path(".locks") / f"promote-{name}.lock"):
         current = tracking.champion(name, alias)
         if current is not None and current.version == str(version):
-            return f"{name}: version {version} is already {alias} (nothing changed)"
+            return f"{name}: version {version} is already {alias} (nothing changed)", False
         target = tracking.get_version(name, str(version))
         _check_by_hand(settings, ticker, current, target)
         gate = _gate_verdict(target.tags)
@@ -476,7 +479,7 @@ def manual_promote(settings: Settings, ticker: str, version: str, reason: str | 
     done = f"{name}: version {version} is now {alias} (was {previous or 'none'})"
     if gate is not None and gate.startswith(_VERDICTS[1]):  # a hand overruled the gate
         done += f"\n(the promotion gate had refused it: {bare_reason(gate)})"
-    return done
+    return done, True
 
 
 def rollback(settings: Settings, ticker: str) -> str:

@@ -35,8 +35,8 @@ WRITES: dict[str, tuple[str, ...]] = {
     "forecast": ("forecasts", *_FLOWS),
     "score": _FLOWS,
     "tune": ("store", "tuning", *_TRAINS),
-    "promote": ("tracking", "locks"),
-    "rollback": ("tracking", "locks"),
+    "promote": ("tracking", "locks", "forecasts"),  # a new champion forecasts at once
+    "rollback": ("tracking", "locks", "forecasts"),
     "demo": ("store", "demo", *_TRAINS),
     "serve": ("store", "incoming", "archive", "rejected", "tuning", *_TRAINS),
 }
@@ -210,7 +210,10 @@ def _cmd_promote(args: argparse.Namespace) -> int:
     preflight_tracking(settings)
     from pipelines.promotion import manual_promote
 
-    print(manual_promote(settings, ticker, args.version, args.reason))
+    said, moved = manual_promote(settings, ticker, args.version, args.reason)
+    print(said)
+    if moved:
+        _first_forecast(settings, ticker)
     return 0
 
 
@@ -222,7 +225,26 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     from pipelines.promotion import rollback
 
     print(rollback(settings, ticker))
+    _first_forecast(settings, ticker)
     return 0
+
+
+def _first_forecast(settings: Settings, ticker: str) -> None:
+    """A champion set by hand forecasts at once, as one a run promotes, when its prices are
+    stored here; the promotion stands if it cannot (`forecast` tries again)."""
+    from pipelines.store import PriceStore
+
+    if PriceStore(settings.store_path).lacks(ticker):  # a project serving, not storing
+        return
+    from pipelines.flows.forecast import ForecastResult, forecast_one
+
+    try:
+        frame, path = forecast_one(settings, ticker, settings.evaluation.forecast_days)
+    except Exception as exc:
+        line = f"{ticker}: the new champion's first forecast failed: {exc}"
+        logging.getLogger("pipelines").warning(line)
+        return
+    print(ForecastResult(frames={ticker: frame}, paths={ticker: path}).render())
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -393,6 +393,7 @@ def test_a_hand_promotes_in_a_project_without_the_tickers_prices(trained_setting
     v1 = MlflowClient().get_model_version("test-TEST", "1")
     v2 = tracking.register("test-TEST", v1.source, v1.run_id, {}).version
     shutil.rmtree(settings.store_path)
-    said = manual_promote(settings, "TEST", v2, "race")
+    said, moved = manual_promote(settings, "TEST", v2, "race")
+    assert moved
     assert said == f"test-TEST: version {v2} is now champion (was 1)"
     assert _registry(settings)[0] == {"champion": v2}

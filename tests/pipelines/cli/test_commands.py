@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipelines.cli import main
@@ -423,12 +424,17 @@ def test_promote_and_rollback_by_hand_respect_whose_model_it_is(trained_settings
 
     from mlflow import MlflowClient
 
+    from pipelines import tracking
+
     first = trained_settings.base_dir
     other = project_beside(first, tmp_path / "other").parent
     ours, theirs = _project_id(first), uuid.uuid4().hex
     (other / ".lstm-project").write_text(f"{theirs}\n", encoding="utf-8")
     uri = f"sqlite:///{first / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    # MLflow resolves a `models:/m-...` source through the global tracking URI: this copy's,
+    # not the session's original project (whose artifacts a load would then write to)
+    tracking.connect(trained_settings)
     v1 = client.get_model_version("test-TEST", "1")
     gate = "test_rmse 2 does not beat champion's 1 on the same test window"
 
@@ -482,10 +488,11 @@ def test_promote_and_rollback_by_hand_respect_whose_model_it_is(trained_settings
     # promoted by hand, the gate's refusal said
     out = _cli(first, "promote", "--ticker", "TEST", "--version", "3")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == [
+    assert out.stdout.splitlines()[:2] == [
         "test-TEST: version 3 is now champion (was 1)",
         f"(the promotion gate had refused it: {gate})",
     ]
+    _first_forecast_of(out, first, "3")
     before = _registry(first)
     assert before[0] == {"champion": "3"}
 
@@ -497,7 +504,8 @@ def test_promote_and_rollback_by_hand_respect_whose_model_it_is(trained_settings
     _refused_by_hand(out, first, before, out.stderr[7:-1])
     out = _cli(first, "rollback", "--ticker", "TEST")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "test-TEST: rolled back champion from v3 to v1"
+    assert out.stdout.splitlines()[0] == "test-TEST: rolled back champion from v3 to v1"
+    _first_forecast_of(out, first, "1")
     assert _registry(first)[0] == {"champion": "1"}
     # the second project's v2 took the alias from the first's v1, as a hand could before:
     # the first takes it back (the second could not: v1 is not its model)
@@ -505,8 +513,18 @@ def test_promote_and_rollback_by_hand_respect_whose_model_it_is(trained_settings
     client.set_model_version_tag("test-TEST", "2", "champion.replaced", "1")
     out = _cli(first, "rollback", "--ticker", "TEST")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "test-TEST: rolled back champion from v2 to v1"
+    assert out.stdout.splitlines()[0] == "test-TEST: rolled back champion from v2 to v1"
     assert _registry(first)[0] == {"champion": "1"}
+
+
+def _first_forecast_of(out: subprocess.CompletedProcess[str], project: Path, version: str) -> None:
+    """A champion set by hand forecasts at once, as one a run promotes: its row is in the log."""
+    said = [line for line in out.stdout.splitlines() if "forecast written to" in line]
+    assert len(said) == 1 and f"(test-TEST v{version}, made on " in said[0], out.stdout
+    latest = pd.read_parquet(project / "data" / "forecasts" / "TEST.parquet")
+    assert set(latest["version"].astype(str)) == {version}, latest
+    log = pd.read_parquet(project / "data" / "forecasts" / "log")
+    assert version in set(log["version"].astype(str)), log
 
 
 @pytest.mark.slow  # trainings in subprocesses

@@ -27,6 +27,8 @@ def test_a_place_the_command_writes_that_cannot_be_written_is_one_line_exit_2(
     # What the check cannot foresee (a file refused later) is still one line naming the path.
     import pipelines.promotion
 
+    (tiny_project / "data").unlink()  # promote writes a new champion's forecast there
+
     def refused(*args: object) -> str:
         raise PermissionError(13, "Permission denied", str(tiny_project / ".locks" / "x.lock"))
 

@@ -74,7 +74,8 @@ def test_promotion_by_alias_refusal_manual_promote_and_rollback(trained, client,
     assert tracking.champion(MODEL, "champion").version == worse
     assert "manual" in tracking.get_version(MODEL, worse).tags[tracking.TAG_REASON]
     tags = tracking.get_version(MODEL, worse).tags
-    again = manual_promote(settings, "TEST", worse, None)  # already champion: nothing changes
+    again, moved = manual_promote(settings, "TEST", worse, None)  # already: nothing changes
+    assert not moved
     assert again.endswith(f"version {worse} is already champion (nothing changed)")
     assert tracking.get_version(MODEL, worse).tags == tags
     text = client.get_model_version(MODEL, worse).description
