@@ -1,10 +1,8 @@
-"""Walk-forward (rolling-origin) backtest.
-
-The last ``eval_cfg.test_fraction`` of the rows is cut into ``eval_cfg.backtest_folds`` blocks;
-fold i refits the scaler and a fresh model of the registered configuration (epochs replaced by
-``eval_cfg.backtest_epochs`` when set) on every row before block i, without a validation part (so
-without early stopping), and scores the forecasts whose targets lie in block i. Folds run one
-after the other: each training already keeps both cores busy.
+"""Walk-forward (rolling-origin) backtest: the last ``eval_cfg.test_fraction`` of the rows is cut
+into ``eval_cfg.backtest_folds`` blocks; fold i refits the scaler and a fresh model of the
+registered configuration (epochs replaced by ``eval_cfg.backtest_epochs`` when set) on every row
+before block i, without a validation part (so without early stopping), and scores the forecasts
+whose targets lie in block i. Folds run one after the other: each training keeps both cores busy.
 """
 
 import numpy as np

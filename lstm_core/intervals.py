@@ -5,8 +5,7 @@ set per forecast step; the band at level ``L`` is ``forecast * exp(+-q)``, ``q``
 ``ceil((n + 1) L)``-th smallest of ``n`` scores (the largest past ``n``, as MAPIE does). Relative
 errors keep a band calibrated when the price level moves (docs/decisions.md, "Intervals").
 MC dropout: per-window quantiles of dropout passes, each in prices first (so cumulative log
-returns stay consistent). A model without dropout gets zero-width bands: deliberately no fallback.
-"""
+returns stay consistent); without dropout the bands have zero width: deliberately no fallback."""
 
 import math
 from collections.abc import Iterable, Sequence

@@ -3,8 +3,7 @@
 A forecast made on ``made_on`` for ``step`` k targets the k-th stored trading day after it:
 matching by position needs no holiday calendar. With ``expected_date`` from an exchange calendar,
 a day missing from the store would shift that position onto a later day, so such a forecast is
-left unscored (a gap). The naive forecast of a target is the last price known at ``made_on``.
-"""
+left unscored (a gap). The naive forecast of a target is the last price known at ``made_on``."""
 
 import math
 import re
