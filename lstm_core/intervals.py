@@ -4,6 +4,7 @@ Split conformal: scores ``|log(actual / forecast)|`` on the validation days (not
 set per forecast step; the band at level ``L`` is ``forecast * exp(+-q)``, ``q`` the
 ``ceil((n + 1) L)``-th smallest of ``n`` scores (the largest past ``n``, as MAPIE does). Relative
 errors keep a band calibrated when the price level moves (docs/decisions.md, "Intervals").
+
 MC dropout: per-window quantiles of dropout passes, each in prices first (so cumulative log
 returns stay consistent); without dropout the bands have zero width: deliberately no fallback."""
 

@@ -31,8 +31,8 @@ def _bands(ax: Any, x: Any, frame: pd.DataFrame, label: str) -> None:
 def _lone_bands(ax: Any, rows: pd.DataFrame) -> None:
     """Each level's band at ``rows`` as error bars (a band of single days has no width)."""
     names = [n for n in reversed(levels_of(rows)) if rows[f"lower_{n}"].notna().any()]
+    y = rows["forecast"].to_numpy(dtype=np.float64)
     for i, name in enumerate(names):
-        y = rows["forecast"].to_numpy(dtype=np.float64)
         below = y - rows[f"lower_{name}"].to_numpy(dtype=np.float64)
         above = rows[f"upper_{name}"].to_numpy(dtype=np.float64) - y
         ax.errorbar(

@@ -77,7 +77,7 @@ class LiveMetrics:
 
 def metrics(scored: pd.DataFrame, levels: Sequence[str] | None = None) -> LiveMetrics:
     """Of :func:`match`'s scored rows: RMSE/MAE in prices, naive RMSE, skill, coverage, direction
-    (right when forecast and actual move the same way from the last price; no move is a way)."""
+    (right when forecast and actual move the same way from the last price, "no move" included)."""
     rows = scored[scored["scored"]] if "scored" in scored else scored
     levels = levels_of(rows) if levels is None else list(levels)
     nan = float("nan")
