@@ -1,14 +1,9 @@
-"""Walk-forward (rolling-origin) backtest.
-
-The last ``eval_cfg.test_fraction`` of the rows is cut into ``eval_cfg.backtest_folds`` blocks.
-Fold i refits the scaler and a fresh model on every row before block i and scores the forecasts
-whose targets lie in block i.  A fold trains the registered configuration (network, engine,
-batch size, seed and, unless ``eval_cfg.backtest_epochs`` says otherwise, epochs), without a
-validation part and so without early stopping.  Folds run one after the other: each training
-already keeps both cores busy.
+"""Walk-forward (rolling-origin) backtest: the last ``eval_cfg.test_fraction`` of the rows is cut
+into ``eval_cfg.backtest_folds`` blocks; fold i refits the scaler and a fresh model of the
+registered configuration (epochs replaced by ``eval_cfg.backtest_epochs`` when set) on every row
+before block i, without a validation part (so without early stopping), and scores the forecasts
+whose targets lie in block i. Folds run one after the other: each training keeps both cores busy.
 """
-
-from __future__ import annotations
 
 import numpy as np
 import pandas as pd
@@ -70,7 +65,7 @@ def walk_forward_backtest(
     frame = df.reset_index(drop=True)
     epochs = eval_cfg.backtest_epochs or training_cfg.epochs
     fold_cfg = training_cfg.model_copy(update={"epochs": epochs, "early_stopping_patience": 0})
-    rows = []
+    dates, rows = frame[DATE_COLUMN], []
     for i, (start, end) in enumerate(fold_bounds(len(frame), eval_cfg)):
         # the fold only ever sees rows before `end`; its scaler only rows before `start`
         frames = SplitFrames(frame=frame.iloc[:end], train_end=start, val_end=start)
@@ -79,9 +74,6 @@ def walk_forward_backtest(
         result = train_network(model_cfg, fold_cfg, data.train)
         predicted = predict_prices(result.model, data.test, preprocessor)
         m = evaluate_forecasts(data, predicted, eval_cfg).metrics
-        dates = frame[DATE_COLUMN]
-        metrics = (m["test_rmse"], m["naive_rmse"], m["skill_vs_naive"])
-        rows.append(  # in FOLD_COLUMNS' order
-            (i + 1, start, dates.iloc[start], dates.iloc[end - 1], len(data.test), *metrics)
-        )
+        fold = (i + 1, start, dates.iloc[start], dates.iloc[end - 1], len(data.test))
+        rows.append((*fold, m["test_rmse"], m["naive_rmse"], m["skill_vs_naive"]))  # FOLD_COLUMNS
     return pd.DataFrame(rows, columns=FOLD_COLUMNS)

@@ -1,10 +1,4 @@
-"""Metrics in prices, naive/drift/moving-average baselines, MASE, Diebold-Mariano.
-
-With horizon h > 1 every metric scores the h-th step (the h-day-ahead price), which is also the
-horizon of the Diebold-Mariano test.
-"""
-
-from __future__ import annotations
+"""Metrics in prices, baselines, MASE and Diebold-Mariano, all of the last (h-th) forecast step."""
 
 from dataclasses import dataclass
 from typing import Any
@@ -62,12 +56,9 @@ def naive_scale(prices: np.ndarray, train_end: int) -> float:
 def baseline_forecasts(
     prices: np.ndarray, anchor_index: np.ndarray, horizon: int, ma_window: int
 ) -> dict[str, np.ndarray]:
-    """Naive, drift and moving-average forecasts ``(n,)`` of price ``anchor + horizon``.
-
-    From prices up to each anchor row only: naive = last price; drift = last price + horizon *
-    average daily change since the first row; moving average = mean of the last ``ma_window``
-    prices (fewer at the very start).
-    """
+    """Forecasts ``(n,)`` of price ``anchor + horizon`` from prices up to each anchor row only:
+    naive = last price, drift = last + horizon * mean daily change since row 0, moving average =
+    mean of the last ``ma_window`` prices (fewer at the start)."""
     last = prices[anchor_index]
     slope = (last - prices[0]) / np.maximum(anchor_index, 1)
     csum = np.concatenate([[0.0], np.cumsum(prices)])
@@ -79,11 +70,9 @@ def baseline_forecasts(
 def diebold_mariano(
     errors_model: np.ndarray, errors_base: np.ndarray, horizon: int = 1
 ) -> tuple[float, float]:
-    """Diebold-Mariano test of equal squared-error loss, with Harvey et al.'s (1997) correction.
-
-    Negative statistic = the model's loss is lower.  Returns (statistic, two-sided p-value from
-    Student's t with n-1 degrees of freedom); NaN when the loss difference is constant.
-    """
+    """Diebold-Mariano test of equal squared-error loss, with Harvey et al.'s (1997) correction:
+    (statistic, two-sided p-value from Student's t, n-1 df); a negative statistic = the model's
+    loss is lower; NaN when the loss difference is constant."""
     from scipy import stats
 
     d = np.asarray(errors_model, np.float64) ** 2 - np.asarray(errors_base, np.float64) ** 2
@@ -120,22 +109,19 @@ def evaluate_forecasts(
     eval_cfg: EvaluationConfig,
     intervals: Intervals | None = None,
 ) -> Evaluation:
-    """Score test price forecasts ``(n, horizon)`` against the baselines.
-
-    Metric names: test_rmse, test_mae, test_mape, test_directional_accuracy, mase, naive_rmse,
-    naive_mae, drift_rmse, ma_rmse, skill_vs_naive, dm_stat, dm_pvalue and, per level, the
-    :func:`band_metrics` of ``intervals`` (NaN without) and, prefixed ``naive_``, of the naive
-    forecast's band built the same way.
-    """
-    test, h, levels = data.test, data.horizon, eval_cfg.interval_levels
+    """Score test price forecasts ``(n, horizon)``: test_rmse, test_mae, test_mape,
+    test_directional_accuracy, mase, naive_rmse, naive_mae, drift_rmse, ma_rmse, skill_vs_naive,
+    dm_stat, dm_pvalue and, per level, the :func:`band_metrics` of ``intervals`` (NaN without)
+    and, prefixed ``naive_``, of the naive forecast's band built the same way."""
+    test, val, h, levels = data.test, data.val, data.horizon, eval_cfg.interval_levels
     actual, pred = test.actual[:, h - 1], np.asarray(predicted)[:, h - 1]
-    base = baseline_forecasts(
-        data.target_prices, test.anchor_index, h, eval_cfg.moving_average_window
-    )
+    prices = data.target_prices
+    base = baseline_forecasts(prices, test.anchor_index, h, eval_cfg.moving_average_window)
+    naive = base["naive"]
     model_m = point_metrics(actual, pred, test.anchor)
-    naive_m = point_metrics(actual, base["naive"], test.anchor)
-    scale = naive_scale(data.target_prices, data.train_end)
-    dm_stat, dm_pvalue = diebold_mariano(pred - actual, base["naive"] - actual, h)
+    naive_m = point_metrics(actual, naive, test.anchor)
+    scale = naive_scale(prices, data.train_end)
+    dm_stat, dm_pvalue = diebold_mariano(pred - actual, naive - actual, h)
     nan = float("nan")
     metrics = {f"test_{k}": v for k, v in model_m.items()}
     metrics.update(
@@ -148,26 +134,18 @@ def evaluate_forecasts(
         dm_stat=dm_stat,
         dm_pvalue=dm_pvalue,
     )
-    frame = pd.DataFrame(
-        {
-            DATE_COLUMN: test.target_dates[:, h - 1],
-            "actual": actual,
-            "predicted": pred,
-            "naive": base["naive"],
-        }
-    )
-    naive = None
-    if len(data.val):  # the trivial band: last price * exp(+-q), q from its own validation scores
-        scores = [price_scores(data.val.actual[:, h - 1], data.val.anchor)]
-        naive = calibrate(scores, levels, data.val.target_dates[-1, -1]).bands(
-            base["naive"][:, None]
-        )
+    dates = test.target_dates[:, h - 1]
+    frame = pd.DataFrame({DATE_COLUMN: dates, "actual": actual, "predicted": pred, "naive": naive})
+    naive_band = None
+    if len(val):  # the trivial band: last price * exp(+-q), q from its own validation scores
+        scores = [price_scores(val.actual[:, h - 1], val.anchor)]
+        naive_band = calibrate(scores, levels, val.target_dates[-1, -1]).bands(naive[:, None])
     for level in levels:
         name = level_name(level)
         frame[f"lower_{name}"] = intervals.lower[level][:, -1] if intervals is not None else nan
         frame[f"upper_{name}"] = intervals.upper[level][:, -1] if intervals is not None else nan
         metrics.update(band_metrics(actual, intervals, level))
-        metrics.update(band_metrics(actual, naive, level, prefix="naive_"))
+        metrics.update(band_metrics(actual, naive_band, level, prefix="naive_"))
     return Evaluation(metrics=metrics, predictions=frame)
 
 
@@ -180,16 +158,15 @@ def model_intervals(
 ) -> Intervals:
     """Bands around test forecasts ``(n, horizon)`` by ``eval_cfg.intervals``; conformal ones are
     calibrated on the validation windows only."""
+    levels = eval_cfg.interval_levels
     if eval_cfg.intervals == "mc_dropout":  # quantiles of dropout passes, each in prices
         scaled = mc_dropout_samples(model, data.test.X, eval_cfg.mc_samples, seed)  # (S, n, h)
         anchors = np.broadcast_to(data.test.anchor, scaled.shape[:-1])
-        return quantile_bounds(
-            data.preprocessor.to_prices(scaled, anchors), eval_cfg.interval_levels
-        )
+        return quantile_bounds(data.preprocessor.to_prices(scaled, anchors), levels)
     val_predicted = predict_prices(model, data.val, data.preprocessor)
     scores = price_scores(data.val.actual, val_predicted).T  # one row per forecast step
     last_date = data.val.target_dates[-1, -1] if len(data.val) else None
-    return calibrate(scores, eval_cfg.interval_levels, last_date).bands(predicted)
+    return calibrate(scores, levels, last_date).bands(predicted)
 
 
 def evaluate_model(
@@ -205,8 +182,8 @@ def score_on_dates(
     forecaster: Any, frame: pd.DataFrame, dates: Any, metric: str, train_end: int | None = None
 ) -> float:
     """``metric`` (test_rmse, test_mae or mase) of ``forecaster``'s one-day-ahead forecasts of
-    ``dates``, each from the rows before it through the forecaster's own preprocessor: a champion
-    with another configuration is scored on exactly a challenger's target days."""
+    ``dates``, each from the rows before it through its own preprocessor: a champion with another
+    configuration is scored on exactly a challenger's target days."""
     frame = frame.reset_index(drop=True)
     wanted = pd.DatetimeIndex(pd.to_datetime(np.asarray(dates).ravel())).unique()
     first = int((frame[DATE_COLUMN] < wanted.min()).sum())

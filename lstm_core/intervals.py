@@ -1,17 +1,12 @@
 """Prediction intervals: split conformal (the default) and Monte-Carlo dropout.
 
-Split conformal: the scores are the relative price errors ``|log(actual / forecast)|`` on the
-validation days (which the model did not train on), one set per forecast step; the band at level
-``L`` is ``forecast * exp(+-q)``, ``q`` the ``ceil((n + 1) L)``-th smallest of ``n`` scores (the
-largest when that exceeds ``n``, as MAPIE does).  Relative errors keep a band calibrated when the
-price level moves (docs/decisions.md, "Intervals"); :func:`recalibrate` rolls the scores forward.
+Split conformal: scores ``|log(actual / forecast)|`` on the validation days (not trained on), one
+set per forecast step; the band at level ``L`` is ``forecast * exp(+-q)``, ``q`` the
+``ceil((n + 1) L)``-th smallest of ``n`` scores (the largest past ``n``, as MAPIE does). Relative
+errors keep a band calibrated when the price level moves (docs/decisions.md, "Intervals").
 
-MC dropout: passes with dropout active, each converted to prices first (so cumulative log returns
-stay consistent); the bounds are per-window quantiles of those paths.  A model without dropout
-gets zero-width bands: deliberately no fallback; train with dropout > 0 for these intervals.
-"""
-
-from __future__ import annotations
+MC dropout: per-window quantiles of dropout passes, each in prices first (so cumulative log
+returns stay consistent); without dropout the bands have zero width: deliberately no fallback."""
 
 import math
 from collections.abc import Iterable, Sequence
@@ -43,19 +38,15 @@ def band_metrics(
 ) -> dict[str, float]:
     """Of the last step's band: ``interval_coverage_<L>``, ``interval_width_<L>`` (mean, prices)
     and ``interval_score_<L>`` (mean Winkler score: width + 2/alpha * distance outside)."""
-    keys = [
-        f"{prefix}interval_{what}_{level_name(level)}" for what in ("coverage", "width", "score")
-    ]
+    name = level_name(level)
+    keys = [f"{prefix}interval_{what}_{name}" for what in ("coverage", "width", "score")]
     if bands is None or np.size(actual) == 0:
         return dict.fromkeys(keys, float("nan"))
     lower, upper = bands.lower[level][:, -1], bands.upper[level][:, -1]
     outside = np.maximum(lower - actual, 0.0) + np.maximum(actual - upper, 0.0)
-    values = (
-        np.mean((actual >= lower) & (actual <= upper)),
-        np.mean(upper - lower),
-        np.mean(upper - lower + 2.0 / (1.0 - level) * outside),
-    )
-    return {k: float(v) for k, v in zip(keys, values, strict=True)}
+    winkler = upper - lower + 2.0 / (1.0 - level) * outside
+    values = ((actual >= lower) & (actual <= upper), upper - lower, winkler)
+    return {k: float(np.mean(v)) for k, v in zip(keys, values, strict=True)}
 
 
 def mc_dropout_samples(
@@ -81,18 +72,15 @@ def mc_dropout_samples(
 
 def quantile_bounds(paths: np.ndarray, levels: Sequence[float]) -> Intervals:
     """Central intervals from sample paths ``(n_samples, ...)`` in prices."""
-    lower, upper = {}, {}
-    for level in levels:
-        alpha = (1.0 - level) / 2.0
-        lower[level] = np.quantile(paths, alpha, axis=0)
-        upper[level] = np.quantile(paths, 1.0 - alpha, axis=0)
-    return Intervals(lower=lower, upper=upper)
+    return Intervals(
+        lower={lv: np.quantile(paths, (1.0 - lv) / 2.0, axis=0) for lv in levels},
+        upper={lv: np.quantile(paths, 1.0 - (1.0 - lv) / 2.0, axis=0) for lv in levels},
+    )
 
 
 def price_scores(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     """Scores ``|log(actual / predicted)|`` (inf where a forecast is not positive)."""
-    actual = np.asarray(actual, dtype=np.float64)
-    predicted = np.asarray(predicted, dtype=np.float64)
+    actual, predicted = (np.asarray(x, dtype=np.float64) for x in (actual, predicted))
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.abs(np.log(actual / predicted))
     return np.where(predicted > 0, ratio, np.inf)
@@ -167,11 +155,10 @@ class ConformalCalibration:
         }
 
     @classmethod
-    def from_dict(cls, state: dict[str, Any]) -> ConformalCalibration:
+    def from_dict(cls, state: dict[str, Any]) -> "ConformalCalibration":
         if state.get("format") != CALIBRATION_FORMAT:
             raise ValueError(f"unsupported calibration format {state.get('format')!r}")
-        levels = [float(x) for x in state["levels"]]
-        return calibrate(state["scores"], levels, state["last_date"])
+        return calibrate(state["scores"], [float(x) for x in state["levels"]], state["last_date"])
 
 
 def calibrate(

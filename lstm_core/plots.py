@@ -1,7 +1,5 @@
 """Matplotlib figures (object API, no pyplot state): returned, never shown or saved."""
 
-from __future__ import annotations
-
 from typing import Any
 
 import numpy as np
@@ -33,8 +31,8 @@ def _bands(ax: Any, x: Any, frame: pd.DataFrame, label: str) -> None:
 def _lone_bands(ax: Any, rows: pd.DataFrame) -> None:
     """Each level's band at ``rows`` as error bars (a band of single days has no width)."""
     names = [n for n in reversed(levels_of(rows)) if rows[f"lower_{n}"].notna().any()]
+    y = rows["forecast"].to_numpy(dtype=np.float64)
     for i, name in enumerate(names):
-        y = rows["forecast"].to_numpy(dtype=np.float64)
         below = y - rows[f"lower_{name}"].to_numpy(dtype=np.float64)
         above = rows[f"upper_{name}"].to_numpy(dtype=np.float64) - y
         ax.errorbar(
@@ -67,8 +65,7 @@ def plot_loss(history: dict[str, list[float]], ticker: str) -> Figure:
     """Training and validation loss (MSE on scaled targets) per epoch."""
     fig, ax = _axes(f"{ticker}: loss per epoch", "epoch", "MSE (scaled target)")
     for key, label in (("loss", "training"), ("val_loss", "validation")):
-        values = history.get(key) or []
-        if values:
+        if values := history.get(key):
             ax.plot(np.arange(1, len(values) + 1), values, marker="o", markersize=3, label=label)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.grid(alpha=0.3)
@@ -129,20 +126,17 @@ def _broken(rows: pd.DataFrame) -> pd.DataFrame:
 
 def plot_live(scored: pd.DataFrame, prices: pd.DataFrame, ticker: str, target: str) -> Figure:
     """Logged forecasts (:func:`lstm_core.scoring.match`) against the prices that arrived: next-day
-    forecasts as a line with their bands (broken where a stored day has none), longer steps as
-    dots, realized prices in black."""
+    ones as a line with bands (broken where a stored day has none), longer steps as dots."""
     fig, ax = _axes(f"{ticker}: live forecasts vs realized {target}", "", f"{target} price")
     done = scored[scored["scored"]].sort_values("target_date")
     if done.empty:
         return fig
-    real = prices[
-        pd.to_datetime(prices[DATE_COLUMN]) >= done["target_date"].min() - pd.offsets.BDay(5)
-    ]
+    start = done["target_date"].min() - pd.offsets.BDay(5)
+    real = prices[pd.to_datetime(prices[DATE_COLUMN]) >= start]
     ax.plot(pd.to_datetime(real[DATE_COLUMN]), real[target], color="black", label="actual")
     one = _broken(done[done["step"] == 1])
     _bands(ax, one["target_date"], one, "{}% band (next day)")
-    # a forecast with none the day before or after: a line and a band of no width, so a
-    # marker and error bars show it
+    # a forecast with none the day before or after draws no line or band: a marker and error bars
     has = one["forecast"].notna()
     lone = has & ~has.shift(1, fill_value=False) & ~has.shift(-1, fill_value=False)
     ax.plot(

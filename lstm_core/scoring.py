@@ -1,13 +1,9 @@
 """Live scoring: logged forecasts matched to the prices that arrived, and their live metrics.
 
-A forecast row made on ``made_on`` for ``step`` k targets the k-th stored trading day after
-``made_on``: matching by position in the price series needs no holiday calendar. When the
-logged ``expected_date`` comes from an exchange calendar, a day missing from the store would
-shift that position onto a later day: such a forecast is left unscored (a gap) instead. The
-naive forecast of a target is the last price known at ``made_on``.
-"""
-
-from __future__ import annotations
+A forecast made on ``made_on`` for ``step`` k targets the k-th stored trading day after it:
+matching by position needs no holiday calendar. With ``expected_date`` from an exchange calendar,
+a day missing from the store would shift that position onto a later day, so such a forecast is
+left unscored (a gap). The naive forecast of a target is the last price known at ``made_on``."""
 
 import math
 import re
@@ -30,17 +26,12 @@ def match(
     log: pd.DataFrame, prices: pd.DataFrame, target: str, dated: bool = False
 ) -> pd.DataFrame:
     """Each log row (``made_on``, ``step``) with ``target_date``, ``target_index``, ``actual``,
-    ``last`` (the naive forecast), ``scored`` (the target price has arrived; else NaN) and
-    ``gap`` (never scored: the stored days skip its day).
-
-    ``prices`` (``date`` and ``target``) is sorted by date; a ``made_on`` that is not a stored
-    date is anchored on the last stored date before it. ``dated``: the log's ``expected_date``
-    values are exchange sessions, so a row is scored only when the stored day at its position
-    is its expected date. Otherwise, once the store holds that position or reaches past the
-    expected date, the row is a gap: sessions are missing from the store, and the day there is
-    not the one forecast. Without ``dated`` (expected dates that only skip weekends and known
-    holidays) the position decides alone.
-    """
+    ``last`` (the naive forecast), ``scored`` (the target price has arrived; else NaN) and ``gap``
+    (never scored: the stored days skip its day). ``prices`` (``date``, ``target``) is sorted by
+    date; a ``made_on`` not stored anchors on the last stored date before it. ``dated``: the log's
+    ``expected_date`` values are exchange sessions, so a row is scored only when the stored day at
+    its position is its expected date, and is a gap once the store holds that position (another
+    day) or reaches past it. Without ``dated`` the position decides alone."""
     out = log.copy()
     dates = pd.to_datetime(prices["date"]).to_numpy()
     values = prices[target].to_numpy(dtype=np.float64)
@@ -85,9 +76,8 @@ class LiveMetrics:
 
 
 def metrics(scored: pd.DataFrame, levels: Sequence[str] | None = None) -> LiveMetrics:
-    """RMSE/MAE in prices, the naive RMSE on the same targets, skill, coverage and direction
-    (right when forecast and actual move the same way from the last price; no move is a way of
-    its own) of the scored rows of :func:`match`."""
+    """Of :func:`match`'s scored rows: RMSE/MAE in prices, naive RMSE, skill, coverage, direction
+    (right when forecast and actual move the same way from the last price, "no move" included)."""
     rows = scored[scored["scored"]] if "scored" in scored else scored
     levels = levels_of(rows) if levels is None else list(levels)
     nan = float("nan")
@@ -121,8 +111,7 @@ def window(scored: pd.DataFrame, days: int) -> pd.DataFrame:
 
 def series(scored: pd.DataFrame, days: int, origin: int) -> pd.DataFrame:
     """Rolling :func:`window` metrics as of each scored target day: ``step`` (trading days from
-    ``origin``, the deployment's first ``made_on`` position), ``target_date`` and
-    :meth:`LiveMetrics.as_dict`."""
+    ``origin``, the first ``made_on``'s position), ``target_date``, :meth:`LiveMetrics.as_dict`."""
     rows = scored[scored["scored"]]
     levels = levels_of(rows)
     out = []
