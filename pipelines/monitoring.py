@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -301,14 +302,15 @@ def next_cron(settings: Settings, now: dt.datetime | None = None) -> str:
     return next(CronSim(settings.schedule.cron, start)).strftime("%Y-%m-%d %H:%M %Z")
 
 
-def status(settings: Settings) -> list[dict[str, Any]]:
-    """One row per stored ticker: champion, data dates, pending, live figures, decisions."""
+def status(settings: Settings, tickers: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One row per stored ticker (or per one of `tickers`): champion, data dates, pending,
+    live figures, decisions."""
     store = PriceStore(settings.store_path)
     readable = tracking.connect_to_read(settings)  # no MLflow data yet: every ticker untrained
     upcoming = next_cron(settings)
     rows = []
     logged = set(forecast_log(settings).tickers())
-    for ticker in sorted(set(store.tickers()) | logged):
+    for ticker in sorted(set(store.tickers()) | logged if tickers is None else set(tickers)):
         name = settings.registry.name_for(ticker)
         manifest = store.manifest(ticker)
         known = (

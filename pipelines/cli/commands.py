@@ -319,8 +319,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
                 f"{r.ticker}: champion v{r.champion} degraded; no Prefect server to receive "
                 f"{event} (set PREFECT_API_URL); retrain it with: lstm-pipeline retrain"
             )
-    rows = [r for r in status(settings) if tickers is None or r["ticker"] in tickers]
-    print(render_status(rows, settings.monitoring.window_days))
+    print(render_status(status(settings, tickers), settings.monitoring.window_days))
     return 0
 
 
@@ -331,7 +330,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from pipelines.monitoring import render_status, status
 
     settings = _settings(args)
-    rows = status(settings)
+    tickers = list(dict.fromkeys(checked_ticker(t) for t in args.tickers)) if args.tickers else None
+    check_stored(settings, tickers or [])
+    rows = status(settings, tickers)
     if args.json:
         print(json.dumps(rows, indent=2, default=_json_value))
     else:

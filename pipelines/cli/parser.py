@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "status", "one line per ticker: champion, data, live figures")
     _common(p)
+    p.add_argument(
+        "--ticker", action="append", default=None, dest="tickers",
+        help="a stored ticker (repeatable; default: every one)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
 
     p = _command(sub, "serve", "serve the retraining and forecast deployments")

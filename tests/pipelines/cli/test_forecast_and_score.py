@@ -328,6 +328,24 @@ def test_the_status_table_lines_up_a_cjk_ticker_with_an_ascii_one(tiny_project, 
     assert [row.split()[-4] for row in rows] == ["untrained"] * 2, out.stdout
 
 
+def test_status_of_chosen_tickers(tiny_project, capsys):
+    """`status --ticker T`: T's row alone; a ticker not stored: one line, exit 2."""
+    cfg = ["--config", str(tiny_project / "mlflow.yaml")]
+    src = str(tiny_project / "prices" / "TEST.csv")
+    for ticker in ("OTHER", "TEST"):
+        assert main(["ingest", src, "--ticker", ticker, *cfg]) == 0
+    capsys.readouterr()
+    assert main(["status", "--ticker", "TEST", *cfg]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert [row.split()[0] for row in rows] == ["TEST"], rows
+    assert main(["status", "--json", "--ticker", "OTHER", "--ticker", "TEST", *cfg]) == 0
+    assert [r["ticker"] for r in json.loads(capsys.readouterr().out)] == ["OTHER", "TEST"]
+    assert main(["status", "--ticker", "test", *cfg]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no prices stored for ticker 'test' in "), err
+    assert "'TEST' is stored" in err, err
+
+
 # ---------------------------------------------------------------- trading days
 
 
