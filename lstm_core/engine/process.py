@@ -1,14 +1,10 @@
 """The process-wide settings the Numba engine runs under, taken and restored in one place.
 
-* One BLAS thread: the kernels' matmuls are small and the batch slices already run side by
-  side on the cores, so BLAS's own threads would only compete with them.
-* glibc keeps freed memory: a train step allocates and frees a few MB per slice, which glibc's
-  defaults would mmap and return each time, faulting the pages in again on every step.
-* No cyclic garbage collection: a full collection walks every TensorFlow/Keras object in the
-  process, and the loop makes no reference cycles.
+* One BLAS thread: the matmuls are small and the batch slices already fill the cores.
+* glibc keeps freed memory: by default it would mmap and return the few MB a train step frees per
+  slice, faulting the pages in again on every step.
+* No cyclic GC: a full collection walks every TensorFlow/Keras object; the loop makes no cycles.
 """
-
-from __future__ import annotations
 
 import contextlib
 import gc
