@@ -7,6 +7,7 @@
 """
 
 import contextlib
+import ctypes
 import gc
 from collections.abc import Iterator
 
@@ -18,8 +19,6 @@ TRAINING_VALUES = {M_TRIM_THRESHOLD: 256 << 20, M_MMAP_THRESHOLD: 32 << 20}
 
 def mallopt(param: int, value: int) -> bool:
     """glibc's mallopt; False where there is no glibc."""
-    import ctypes
-
     try:
         return bool(ctypes.CDLL(None).mallopt(param, value))
     except (OSError, AttributeError):
