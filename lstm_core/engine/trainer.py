@@ -1,10 +1,9 @@
 """Training and inference of ``lstm_core.model``'s plain Keras network in the Numba kernels.
 
 ``fit`` trains the weights as one flat float32 vector (each slice of a batch one ``train_slice``
-call on its own thread; Keras' Adam with the engine's moments and step, not the optimizer's) and
-writes them back after every epoch, so callbacks, early stopping and saving see the model as
-``model.fit`` would leave it.  Dropout masks come from a counter-based hash, not Keras' RNG: same
-distribution, other draws.
+call on its own thread; Keras' Adam with the engine's moments and step) and writes them back after
+every epoch, so callbacks, early stopping and saving see the model as ``model.fit`` leaves it.
+Dropout masks come from a counter-based hash, not Keras' RNG: same distribution, other draws.
 """
 
 import math
