@@ -1,7 +1,5 @@
 """The tutorial's stacked LSTM network, as plain Keras layers."""
 
-from __future__ import annotations
-
 import contextlib
 import threading
 from collections.abc import Iterator
@@ -19,8 +17,8 @@ _GLOBAL_RNG = threading.Lock()
 
 @contextlib.contextmanager
 def global_seed(seed: int | None) -> Iterator[None]:
-    """Keras' (and NumPy's, Python's) global RNGs seeded with ``seed`` (None: as they are), for
-    this thread alone while inside."""
+    """Keras', NumPy's and Python's global RNGs seeded with ``seed`` (None: as they are), for this
+    thread alone while inside."""
     import keras
 
     with _GLOBAL_RNG:
@@ -30,17 +28,11 @@ def global_seed(seed: int | None) -> Iterator[None]:
 
 
 def build_model(
-    model_cfg: ModelConfig,
-    lookback: int,
-    n_features: int,
-    horizon: int,
-    seed: int | None = None,
+    model_cfg: ModelConfig, lookback: int, n_features: int, horizon: int, seed: int | None = None
 ) -> Any:
-    """Stacked ``LSTM(units)`` + ``Dropout`` layers, ``Dense(horizon)``, Adam, MSE: built-in layers
-    only, whatever the backend (the model saved and served).  Input ``(batch, lookback,
-    n_features)``, output ``(batch, horizon)``.  ``seed`` fixes the initial weights and the
-    Dropout layers' generators (None: Keras draws them).
-    """
+    """Stacked ``LSTM(units)`` + ``Dropout``, ``Dense(horizon)``, Adam, MSE in built-in layers only,
+    whatever the backend (the model saved and served): ``(batch, lookback, n_features)`` ->
+    ``(batch, horizon)``.  ``seed`` fixes initial weights and Dropout generators (None: random)."""
     import keras
 
     # Unseeded, Keras draws each initializer's seed from Python's global `random`, which other
@@ -69,9 +61,8 @@ def build_model(
 
 
 def predict_scaled(model: Any, X: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Deterministic model output ``(n, horizon)`` for ``X`` ``(n, lookback, n_features)``: in
-    the Numba engine when it implements the model, else the model called in chunks (no
-    ``model.predict`` overhead)."""
+    """Deterministic output ``(n, horizon)`` for ``X`` ``(n, lookback, n_features)``: in the Numba
+    engine if eligible, else the model called in chunks (no ``model.predict`` overhead)."""
     from lstm_core import engine
 
     if engine.eligible(model) is None:

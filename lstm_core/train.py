@@ -1,7 +1,5 @@
 """Training: the engine (fast | keras), reproducible, early stopping, divergence detection."""
 
-from __future__ import annotations
-
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -57,12 +55,12 @@ def _dataset(
     ds = tf.data.Dataset.from_tensor_slices(arrays)
     if shuffle:
         ds = ds.shuffle(len(X), seed=seed, reshuffle_each_iteration=True)
-    # repeat: one iterator for the whole fit (epochs cut by steps_per_epoch, batches exactly as
-    # without repeat); a fresh iterator per epoch stalled the first step of some epochs.
+    # repeat: one iterator for the whole fit (epochs cut by steps_per_epoch, same batches); a
+    # fresh iterator per epoch stalled the first step of some epochs.
     ds = ds.batch(batch_size).repeat() if repeat else ds.batch(batch_size)
-    # No tf.data autotuning: destroying an autotuned iterator (Keras makes a validation
-    # iterator every epoch) waits, idle, for the autotuner's thread in busy Dask workers
-    # (RootDataset::Iterator::~Iterator). A fixed prefetch is enough for in-memory arrays.
+    # No autotuning, a fixed prefetch (enough for in-memory arrays): destroying an autotuned
+    # iterator (Keras makes a validation one every epoch) waits idle for the autotuner's thread in
+    # busy Dask workers (RootDataset::Iterator::~Iterator).
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.prefetch(2).with_options(options)
@@ -78,14 +76,11 @@ def train_model(
     callbacks: Sequence[Any] = (),
     backend: str = "fast",
 ) -> TrainResult:
-    """Fit ``model`` on ``(n, lookback, n_features)`` -> ``(n, horizon)`` windows.
-
-    ``backend`` "fast" trains in the Numba engine, "keras" through keras' ``fit``.  ``cfg.seed``
-    seeds the shuffling and the dropout masks: the same seed, data and initial weights give the
-    same trained weights on one machine.  ``callbacks`` (Keras) receive per-epoch ``loss`` and
-    ``val_loss``.  Early stopping on ``val_loss`` (``loss`` without validation data) restores the
-    best weights.  Raises TrainingDivergedError if a loss becomes NaN/inf.
-    """
+    """Fit ``model`` on ``(n, lookback, n_features)`` -> ``(n, horizon)`` windows, in the Numba
+    engine (``backend`` "fast") or keras' ``fit``.  ``cfg.seed`` seeds shuffling and dropout: same
+    seed, data and initial weights, same trained weights on one machine.  Keras ``callbacks`` get
+    per-epoch ``loss`` and ``val_loss``.  Early stopping on ``val_loss`` (else ``loss``) restores
+    the best weights.  Raises TrainingDivergedError if a loss becomes NaN/inf."""
     import keras
 
     if backend not in ("fast", "keras"):
@@ -127,8 +122,7 @@ def train_network(
     val: SplitWindows | None = None,
     callbacks: Sequence[Any] = (),
 ) -> TrainResult:
-    """A fresh :func:`build_model` network for ``train``'s windows, trained by ``train_model``
-    with ``model_cfg.backend`` (``val``: validation windows, or None)."""
+    """A fresh :func:`build_model` network trained by ``train_model`` with ``model_cfg.backend``."""
     _, lookback, n_features = train.X.shape
     model = build_model(model_cfg, lookback, n_features, train.y.shape[1], seed=cfg.seed)
     X_val, y_val = (val.X, val.y) if val is not None else (None, None)

@@ -1,5 +1,4 @@
-"""The fast engine (``model.backend: fast``): Numba kernels, training loop, Adam, weights to and
-from the plain Keras network of ``lstm_core.model``."""
+"""The fast engine (``model.backend: fast``): ``lstm_core.model``'s Keras network in Numba."""
 
 from lstm_core.engine.trainer import eligible, fit, mc_dropout_samples, predict
 

@@ -1,17 +1,15 @@
-"""Numba CPU kernels of the network (stacked LSTM, Dropout, Dense, MSE): one forward pass (for
-training and inference, dropout on or off), BPTT, dropout masks and Adam.  Maths as
-``keras.layers.LSTM`` (gate order i, f, c, o); tests/lstm_core/reference.py is the oracle.
+"""Numba CPU kernels of the network (stacked LSTM, Dropout, Dense, MSE): forward pass (dropout on
+or off), BPTT, dropout masks, Adam.  Maths as ``keras.layers.LSTM`` (gates i, f, c, o); the oracle
+is tests/lstm_core/reference.py.
 
-``params`` = (kernel0 (n_in, 4u), wst (L, 2u, 4u): [kernel; recurrent] per layer (layer 0's
-kernel half unused), bias (L, 4u), dense_w (u, H), dense_b (H,)).  A layer's input projection
-of all steps is one matmul, leaving only ``recurrent_kernelᵀ @ h(t-1)`` (backwards
-``recurrent_kernel @ δz``) on the sequential chain.  Arrays are unit-major inside (a step's state
-is (unit, batch)): the weights are BLAS's left operand, faster with OpenBLAS.  Layer l's input at
-step t is multiplied by ``masks[t + l, l - 1]`` (wave t + l).  float32's tanh is Eigen's and
-XLA's rational approximation (σ(z) = ½·tanh(½z) + ½), which vectorises.
+``params`` = (kernel0 (n_in, 4u), wst (L, 2u, 4u): [kernel; recurrent] per layer (layer 0's kernel
+half unused), bias (L, 4u), dense_w (u, H), dense_b (H,)).  A layer's inputs of all steps are
+projected in one matmul: only ``recurrent_kernelᵀ @ h(t-1)`` (backwards ``recurrent_kernel @ δz``)
+is on the sequential chain.  Arrays are unit-major inside (a step's state is (unit, batch)): the
+weights as BLAS's left operand are faster with OpenBLAS.  Layer l's input at step t is multiplied
+by ``masks[t + l, l - 1]`` (wave t + l).  float32 tanh is Eigen's and XLA's rational approximation
+(σ(z) = ½·tanh(½z) + ½), which vectorises.
 """
-
-from __future__ import annotations
 
 import numpy as np
 from numba import njit, types
@@ -60,12 +58,9 @@ def _unit_major(x):  # pragma: no cover - compiled
 
 @njit(**_JIT)
 def stack_forward(x, kernel0, wst, bias, masks):  # pragma: no cover - compiled
-    """Forward pass of the L stacked LSTM layers from zero states, keeping what
-    ``stack_backward`` needs: ``x`` (B, T, n_in), ``masks`` (T + L - 1, L - 1, B, u).
-
-    Returns the activations, unit-major: inp (L, u, T·B), gates (L, T, 4u, B), cells
-    (L, T + 1, u, B), tanh_c (L, T, u, B), hs (L, T + 1, u, B).
-    """
+    """The L LSTM layers from zero states on ``x`` (B, T, n_in), ``masks`` (T + L - 1, L - 1, B, u).
+    Returns what ``stack_backward`` needs, unit-major: inp (L, u, T·B), gates (L, T, 4u, B),
+    cells (L, T + 1, u, B), tanh_c (L, T, u, B), hs (L, T + 1, u, B)."""
     n_b, n_t, _ = x.shape
     n_l = wst.shape[0]
     u = wst.shape[2] // 4
@@ -196,11 +191,9 @@ def splitmix64(z):  # pragma: no cover - compiled
 
 @njit(**_JIT)
 def dropout_masks(out, key, first, rate):  # pragma: no cover - compiled
-    """Fill ``out`` with inverted-dropout multipliers: 0 (prob. ``rate``) or 1 / (1 - rate).
-
-    Entry k of ``out`` (C order) is decided by splitmix64 of counter ``first + k`` under
-    ``key``, so a batch cut into slices draws exactly the masks of the whole batch.
-    """
+    """Fill ``out`` with inverted-dropout multipliers, 0 (prob. ``rate``) or 1 / (1 - rate): entry
+    k (C order) is splitmix64 of counter ``first + k`` under ``key``, so slices of a batch draw
+    exactly the whole batch's masks."""
     flat = out.reshape(out.size)
     if rate == 0.0:
         flat[:] = 1.0
@@ -216,13 +209,10 @@ def dropout_masks(out, key, first, rate):  # pragma: no cover - compiled
 
 @njit(**_JIT)
 def forward(x, params, key, row0, n_total, rate, top_rate):  # pragma: no cover - compiled
-    """The network on ``x`` (B, T, n_in), rows ``row0 .. row0 + B`` of a batch of ``n_total``.
-
-    Dropout masks come from ``dropout_masks`` under ``key``, counted by the rows' place in the
-    whole batch, so slices of a batch draw the whole batch's masks; rates 0 turn dropout off.
-    Returns the stack's masks and activations (what ``stack_backward`` needs), the top layer's
-    last h after its Dropout (B, u), that Dropout's mask and the output (B, H).
-    """
+    """The network on ``x`` (B, T, n_in), rows ``row0 .. row0 + B`` of a batch of ``n_total``
+    (the masks ``dropout_masks`` draws for them under ``key``; rates 0: no dropout).  Returns the
+    stack's masks and activations (for ``stack_backward``), the top layer's last h after its
+    Dropout (B, u), that Dropout's mask and the output (B, H)."""
     kernel0, wst, bias, dense_w, dense_b = params
     n_b, n_t, _ = x.shape
     n_l = wst.shape[0]
@@ -241,11 +231,9 @@ def forward(x, params, key, row0, n_total, rate, top_rate):  # pragma: no cover 
 
 @njit(**_JIT)
 def train_slice(x, y, params, key, row0, n_total, rate, top_rate, grads):  # pragma: no cover
-    """``forward`` then BPTT for rows ``row0 ..`` of a batch of ``n_total`` (targets ``y``
-    (B, H)): writes the gradients of the batch's mean squared error (the slices' gradients add
-    up to the batch's), flattened in ``params``' order, into ``grads``; returns the slice's sum
-    of squared errors.
-    """
+    """``forward`` then BPTT for rows ``row0 ..`` of a batch of ``n_total`` (targets ``y`` (B, H)):
+    writes this slice's share of the batch MSE's gradient, flat in ``params``' order, into
+    ``grads`` (the slices' shares add up); returns the slice's sum of squared errors."""
     wst, dense_w = params[1], params[3]
     n_b, n_t, _ = x.shape
     u = wst.shape[2] // 4
@@ -266,9 +254,8 @@ def train_slice(x, y, params, key, row0, n_total, rate, top_rate, grads):  # pra
 
 @njit(**_JIT)
 def adam_update(params, grads, m, v, alpha, one_minus_b1, one_minus_b2, eps):  # pragma: no cover
-    """keras.optimizers.Adam's update on flat float arrays; ``grads`` (slices, n) are summed
-    (into ``grads[0]``).  ``alpha`` = lr·√(1 - β₂ᵗ) / (1 - β₁ᵗ) for this step t, as Keras has it.
-    """
+    """keras.optimizers.Adam's update on flat float arrays, ``grads`` (slices, n) summed into
+    ``grads[0]``; ``alpha`` = lr·√(1 - β₂ᵗ) / (1 - β₁ᵗ) for this step t, as Keras has it."""
     g = grads[0]
     for s in range(1, grads.shape[0]):  # separate loops: each one vectorises
         other = grads[s]

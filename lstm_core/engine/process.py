@@ -1,16 +1,13 @@
 """The process-wide settings the Numba engine runs under, taken and restored in one place.
 
-* One BLAS thread: the kernels' matmuls are small and the batch slices already run side by
-  side on the cores, so BLAS's own threads would only compete with them.
-* glibc keeps freed memory: a train step allocates and frees a few MB per slice, which glibc's
-  defaults would mmap and return each time, faulting the pages in again on every step.
-* No cyclic garbage collection: a full collection walks every TensorFlow/Keras object in the
-  process, and the loop makes no reference cycles.
+* One BLAS thread: the matmuls are small and the batch slices already fill the cores.
+* glibc keeps freed memory: by default it would mmap and return the few MB a train step frees per
+  slice, faulting the pages in again on every step.
+* No cyclic GC: a full collection walks every TensorFlow/Keras object; the loop makes no cycles.
 """
 
-from __future__ import annotations
-
 import contextlib
+import ctypes
 import gc
 from collections.abc import Iterator
 
@@ -22,8 +19,6 @@ TRAINING_VALUES = {M_TRIM_THRESHOLD: 256 << 20, M_MMAP_THRESHOLD: 32 << 20}
 
 def mallopt(param: int, value: int) -> bool:
     """glibc's mallopt; False where there is no glibc."""
-    import ctypes
-
     try:
         return bool(ctypes.CDLL(None).mallopt(param, value))
     except (OSError, AttributeError):

@@ -1,14 +1,10 @@
-"""The training loop and inference for the plain Keras network of ``lstm_core.model``, in the
-kernels of ``lstm_core.engine.kernels``.
+"""Training and inference of ``lstm_core.model``'s plain Keras network in the Numba kernels.
 
-``fit`` copies the weights into one flat float32 vector, trains it (each slice of a batch is one
-``train_slice`` call on its own thread; ``adam_update`` is Keras' Adam, its moments and step the
-engine's, not in the Keras optimizer) and writes the weights back after every
-epoch, so callbacks, early stopping and saving see the model as ``model.fit`` would leave it.
+``fit`` trains the weights as one flat float32 vector (each slice of a batch one ``train_slice``
+call on its own thread; Keras' Adam with the engine's moments and step) and writes them back after
+every epoch, so callbacks, early stopping and saving see the model as ``model.fit`` leaves it.
 Dropout masks come from a counter-based hash, not Keras' RNG: same distribution, other draws.
 """
-
-from __future__ import annotations
 
 import math
 import os
@@ -16,7 +12,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -40,20 +36,15 @@ def eligible(model: Any) -> str | None:
     dense = layers[-1]
     if type(dense) is not keras.layers.Dense:
         return "the last layer is not Dense"
+    acts = keras.activations
     for i, x in enumerate(lstms):
-        plain = (
-            x.activation is keras.activations.tanh
-            and x.recurrent_activation is keras.activations.sigmoid
-            and x.use_bias
-            and x.dropout == 0.0
-            and x.recurrent_dropout == 0.0
-            and not (x.go_backwards or x.stateful or x.return_state)
-        )
-        if not plain or x.return_sequences != (i < len(lstms) - 1):
+        plain = x.activation is acts.tanh and x.recurrent_activation is acts.sigmoid and x.use_bias
+        options = (x.dropout, x.recurrent_dropout, x.go_backwards, x.stateful, x.return_state)
+        if not plain or any(options) or x.return_sequences != (i < len(lstms) - 1):
             return "an LSTM layer with other options than the tutorial's"
     if len({x.rate for x in drops[:-1]}) > 1:
         return "different dropout rates between the LSTM layers"
-    if dense.activation is not keras.activations.linear or not dense.use_bias:
+    if dense.activation is not acts.linear or not dense.use_bias:
         return "the Dense layer is not linear with a bias"
     if model.loss not in ("mean_squared_error", "mse"):
         return f"loss {model.loss!r} is not the mean squared error"
@@ -73,8 +64,7 @@ def eligible(model: Any) -> str | None:
 
 @dataclass
 class _Net:
-    """The weights as one flat float32 vector, its views (the kernels' ``params``) and the Keras
-    variable each part came from."""
+    """The model's weights as one flat float32 vector, viewed as the kernels' ``params``."""
 
     flat: np.ndarray
     views: tuple[np.ndarray, ...]  # kernel0, wst, bias, dense_w, dense_b
@@ -83,16 +73,14 @@ class _Net:
     top_rate: float  # Dropout after the last one
 
     @classmethod
-    def of(cls, model: Any) -> _Net:
+    def of(cls, model: Any) -> Self:
         """The layout of ``model``, filled with its current weights."""
         import keras
 
-        reason = eligible(model)
-        if reason is not None:
+        if (reason := eligible(model)) is not None:
             raise ValueError(f"the Numba engine cannot run this model: {reason}")
         lstms, drops, dense = model.layers[:-1:2], model.layers[1:-1:2], model.layers[-1]
-        u, n_l, n_in = lstms[0].units, len(lstms), lstms[0].cell.kernel.shape[0]
-        h = dense.units
+        u, n_l, n_in, h = lstms[0].units, len(lstms), lstms[0].cell.kernel.shape[0], dense.units
         shapes = [(n_in, 4 * u), (n_l, 2 * u, 4 * u), (n_l, 4 * u), (u, h), (h,)]
         sizes = [math.prod(s) for s in shapes]
         flat = np.zeros(sum(sizes), np.float32)
@@ -128,8 +116,7 @@ def _mask_key(seed: int, step: int) -> np.uint64:
 
 
 def _parts(most: int = PARTS) -> int:
-    """Slices per batch: at most one per core this process may run on (a pinned tuning
-    worker has fewer than the machine)."""
+    """Slices per batch: at most one per core this process may use (a pinned worker has fewer)."""
     pinned = getattr(os, "sched_getaffinity", None)  # Linux only
     return max(1, min(most, len(pinned(0)) if pinned else os.cpu_count() or 1))
 
@@ -144,9 +131,8 @@ def _side_by_side(pool: ThreadPoolExecutor, calls: Sequence[Callable[[], Any]]) 
 def _outputs(
     pool: Any, parts: int, net: _Net, X: np.ndarray, n_samples: int = 0, seed: int = 0
 ) -> np.ndarray:
-    """The network's output for ``X``: deterministic (``n_samples`` 0) or ``n_samples`` Monte
-    Carlo dropout passes ``(n_samples · n, H)``, sample-major (row r·n + i is window i of pass
-    r, with the masks of that row in a batch of all passes), cut in ``parts`` slices."""
+    """Deterministic output for ``X`` (``n_samples`` 0) or ``n_samples`` dropout passes
+    ``(n_samples · n, H)``: row r·n + i is window i of pass r, masked as in one batch of all."""
     from lstm_core.engine.kernels import forward
 
     n = len(X)
@@ -192,14 +178,10 @@ def fit(
     cfg: TrainingConfig,
     callbacks: Sequence[Any] = (),
 ) -> dict[str, list[float]]:
-    """Train ``model`` like ``model.fit`` from a fresh Adam; returns the history ('loss',
-    'val_loss').
-
-    ``X`` (n, T, n_in), ``y`` (n, H); ``cfg``'s epochs, batch size, seed and shuffle apply.
-    Callbacks get the train, epoch (with 'loss' and 'val_loss') and train-batch hooks;
-    ``model.stop_training`` ends training after the epoch.  Learning rate, β₁, β₂ and ε are
-    the model's Adam's.
-    """
+    """Train ``model`` like ``model.fit`` from a fresh Adam (the model's learning rate, β₁, β₂, ε);
+    returns the history ('loss', 'val_loss').  ``X`` (n, T, n_in), ``y`` (n, H); ``cfg``'s epochs,
+    batch size, seed and shuffle apply.  Callbacks get the train, epoch (with 'loss', 'val_loss')
+    and train-batch hooks; ``model.stop_training`` ends training after the epoch."""
     import keras
 
     from lstm_core.engine.kernels import adam_update, train_slice
