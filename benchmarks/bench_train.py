@@ -68,6 +68,11 @@ def load_prices() -> tuple[Any, str]:
     return frame, f"{FALLBACK_CSV.relative_to(ROOT)} Open, {len(frame)} rows (tutorial CSV absent)"
 
 
+def train_end(frame: Any) -> int:
+    """The tutorial's 2035, or fewer on a shorter file (msft.csv), leaving the validation days."""
+    return min(TRAIN_END, len(frame) - VAL_WINDOWS)
+
+
 def tutorial_windows(frame: Any) -> tuple[Any, Any, Any, Any]:
     """The tutorial's scaling and windows; validation = the following 300 windows."""
     import numpy as np
@@ -77,14 +82,15 @@ def tutorial_windows(frame: Any) -> tuple[Any, Any, Any, Any]:
     sc = MinMaxScaler(feature_range=(0, 1))
     scaled = sc.fit_transform(training_set)  # as the tutorial: fitted on the whole column
     X_train, y_train = [], []
-    for i in range(LOOKBACK, TRAIN_END):
+    last = train_end(frame)
+    for i in range(LOOKBACK, last):
         X_train.append(scaled[i - LOOKBACK : i, 0])
         y_train.append(scaled[i, 0])
     X_train, y_train = np.array(X_train), np.array(y_train)
     X_train = np.reshape(X_train, (X_train.shape[0], X_train.shape[1], 1))
-    end = min(len(scaled), TRAIN_END + VAL_WINDOWS)
-    X_val = np.array([scaled[i - LOOKBACK : i, 0] for i in range(TRAIN_END, end)])[..., None]
-    y_val = scaled[TRAIN_END:end, 0]
+    end = min(len(scaled), last + VAL_WINDOWS)
+    X_val = np.array([scaled[i - LOOKBACK : i, 0] for i in range(last, end)])[..., None]
+    y_val = scaled[last:end, 0]
     return X_train, y_train, X_val, y_val
 
 
@@ -279,7 +285,8 @@ def serving_latency(model: Any, frame: Any, calls: int) -> dict[str, float]:
     # what fit_preprocessor computes for target_transform="price" on the whole frame.
     features = FeatureConfig(lookback=LOOKBACK, target_transform="price")
     forecaster = Forecaster(model, fit_preprocessor(frame, features))
-    example = frame.iloc[TRAIN_END - LOOKBACK - 1 : TRAIN_END].reset_index(drop=True)  # 61 rows
+    last = train_end(frame)
+    example = frame.iloc[last - LOOKBACK - 1 : last].reset_index(drop=True)  # 61 rows
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         tmp_path = Path(tmp)
         mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -308,7 +315,7 @@ def serving_latency(model: Any, frame: Any, calls: int) -> dict[str, float]:
         "log_s": log_s,
         "load_s": load_s,
         "forecast": float(first["forecast"].iloc[0]),
-        "actual": float(frame["open"].iloc[TRAIN_END]),
+        "actual": float(frame["open"].iloc[last]),
     }
 
 
@@ -335,7 +342,7 @@ def main() -> None:
 
     frame, source = load_prices()
     X, y, Xv, yv = tutorial_windows(frame)
-    print(f"data: {source}; {len(X)} training windows (range(60, {TRAIN_END})), "
+    print(f"data: {source}; {len(X)} training windows (range(60, {train_end(frame)})), "
           f"{len(Xv)} validation windows; batch {BATCH}, {args.epochs} epochs")  # fmt: skip
     print(f"timing: epochs 2..{args.epochs} (epoch 1 = tracing/compile, shown apart); each "
           "epoch includes one validation pass; the two paths alternate epoch by epoch")  # fmt: skip
