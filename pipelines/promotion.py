@@ -261,10 +261,14 @@ def _describe_model(name: str, ticker: str, version: str) -> None:
 
 
 def settle_interrupted(name: str, version: str) -> list[str]:
-    """Record a refusal on versions whose run died between registering and deciding."""
+    """Record a refusal on versions whose run died between registering and deciding. A run
+    still RUNNING is left alone: another process (or another project on the same server) is
+    about to decide on its version; one killed on this host was marked FAILED first
+    (:func:`settle_orphaned_runs`)."""
     settled = []
     for v in tracking.versions(name):
-        if v.version != version and v.tags.get(tracking.TAG_PENDING) == "true":
+        pending = v.tags.get(tracking.TAG_PENDING) == "true"
+        if v.version != version and pending and not tracking.run_running(v.run_id):
             why = "refused: its run stopped before a promotion decision was recorded"
             _record(name, v.version, Decision(False, why, float("nan"), None))
             settled.append(v.version)

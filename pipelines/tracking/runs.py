@@ -253,6 +253,16 @@ def run_params(run_id: str) -> dict[str, str]:
     return dict(_client().get_run(run_id).data.params)
 
 
+def run_running(run_id: str | None) -> bool:
+    """Is the run still RUNNING (False for none, or a deleted one)?"""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return bool(run_id) and _client().get_run(run_id).info.status == "RUNNING"
+    except MlflowException:
+        return False
+
+
 def run_metrics(run_id: str) -> dict[str, float]:
     return dict(_client().get_run(run_id).data.metrics)
 

@@ -109,6 +109,13 @@ def test_promotion_by_alias_refusal_manual_promote_and_rollback(trained, client,
     for v in ("1", "2", worse):
         assert "None" not in client.get_model_version(MODEL, v).tags.values(), v
 
+    # A version whose run is still RUNNING (another process, another project on the server)
+    # is left to that run's own decision; once the run has ended, the next decision settles it.
+    live = client.create_run(client.get_run(result.run_id).info.experiment_id).info.run_id
+    busy = tracking.register(MODEL, source, live, {"ticker": "TEST"})
+    challenger(1e6)
+    assert tracking.get_version(MODEL, busy.version).tags[tracking.TAG_PENDING] == "true"
+    client.set_terminated(live, "FAILED")
     # A version whose run died between registering and deciding is settled by the next decision.
     orphan = tracking.register(MODEL, source, result.run_id, {"ticker": "TEST"})
     assert tracking.get_version(MODEL, orphan.version).tags[tracking.TAG_PENDING] == "true"
@@ -116,3 +123,4 @@ def test_promotion_by_alias_refusal_manual_promote_and_rollback(trained, client,
     tags = tracking.get_version(MODEL, orphan.version).tags
     assert tags[tracking.TAG_PENDING] == "false" and tags[tracking.TAG_PROMOTED] == "false"
     assert "stopped before" in tags[tracking.TAG_REASON]
+    assert tracking.get_version(MODEL, busy.version).tags[tracking.TAG_PENDING] == "false"
