@@ -183,9 +183,18 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
 
 def _cmd_forecast(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    tickers = [checked_ticker(t) for t in args.tickers]
+    tickers = [checked_ticker(t) for t in args.tickers] if args.tickers else None
     if args.days is not None and args.days < 1:
         raise PipelineError(f"--days {args.days}: days must be >= 1")
+    if tickers is None:  # every stored ticker
+        from pipelines.store import PriceStore
+
+        tickers = PriceStore(settings.store_path).tickers()
+        if not tickers:
+            raise PipelineError(
+                f"no prices stored in {settings.store_path}: store them first with: "
+                "lstm-pipeline ingest FILE --ticker T"
+            )
     _writable(settings, args)
     preflight_tracking(settings)
     _before_flows(settings, "pipelines.flows")

@@ -90,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ticker",
         action="append",
-        required=True,
+        default=None,
         dest="tickers",
-        help="a stored ticker (repeatable)",
+        help="a stored ticker (repeatable; default: every one)",
     )
     p.add_argument(
         "--days", type=int, default=None,

@@ -4,6 +4,7 @@ cannot be scored."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,29 @@ def test_forecast_days_below_one_is_one_line_exit_2_and_writes_nothing(trained_s
         assert (code, out.out) == (2, ""), (code, out)
         assert out.err == f"error: --days {days}: days must be >= 1\n"
     assert tree_bytes(forecasts) == before
+
+
+def test_forecast_without_a_ticker_forecasts_every_stored_one(trained_settings, capfd):
+    """No --ticker: every stored ticker; one without a champion is refused by name after the
+    forecasts made are written and printed; a project with nothing stored: one line."""
+    project = trained_settings.base_dir
+    cfg = ["--config", str(project / "mlflow.yaml")]
+    assert main(["ingest", str(project / "prices" / "TEST.csv"), "--ticker", "OTHER", *cfg]) == 0
+    capfd.readouterr()
+    assert main(["forecast", *cfg]) == 2
+    out = capfd.readouterr()
+    assert out.out.startswith("TEST: forecast written to "), out.out
+    assert out.err == (
+        "error: OTHER: test-OTHER has no registered version yet, so no 'champion': train one "
+        "first with: lstm-pipeline run --ticker OTHER\n"
+    )
+    assert (project / "data" / "forecasts" / "TEST.parquet").exists()
+    shutil.rmtree(trained_settings.store_path)
+    assert main(["forecast", *cfg]) == 2
+    assert capfd.readouterr().err == (
+        f"error: no prices stored in {trained_settings.store_path}: store them first with: "
+        "lstm-pipeline ingest FILE --ticker T\n"
+    )
 
 
 @pytest.mark.slow  # the CLI in subprocesses, or trainings: CI runs it
