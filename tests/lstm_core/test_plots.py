@@ -72,24 +72,32 @@ def test_loss_plot_without_epochs_draws_no_empty_legend():
     assert fig.axes[0].get_legend() is None
 
 
+_DAYS = pd.bdate_range("2024-01-01", periods=10)
+
+
+def _live(log: dict) -> tuple:
+    """`plot_live` of forecast-log rows against ten days of prices: (figure, next-day line)."""
+    prices = pd.DataFrame({"date": _DAYS, "open": np.arange(10.0) + 10})
+    fig = plot_live(
+        scoring.match(pd.DataFrame(log), prices, "open", dated=True), prices, "X", "open"
+    )
+    [line] = [x for x in fig.axes[0].lines if x.get_label() == "next-day forecast"]
+    return fig, line
+
+
 def test_the_live_next_day_line_and_band_break_where_a_day_has_no_forecast():
-    dates = pd.bdate_range("2024-01-01", periods=10)
-    prices = pd.DataFrame({"date": dates, "open": np.arange(10.0) + 10})
     # next-day forecasts for the 2nd and 3rd, then none until the 9th and 10th
-    made = dates[[0, 1, 5, 6]]
-    log = pd.DataFrame(
+    fig, line = _live(
         {
-            "made_on": made,
+            "made_on": _DAYS[[0, 1, 5, 6]],
             "step": 1,
-            "expected_date": dates[[1, 2, 6, 7]],
+            "expected_date": _DAYS[[1, 2, 6, 7]],
             "forecast": [11.0, 12.0, 16.0, 17.0],
             "lower_80": [10.0, 11.0, 15.0, 16.0],
             "upper_80": [12.0, 13.0, 17.0, 18.0],
         }
     )
-    fig = plot_live(scoring.match(log, prices, "open", dated=True), prices, "X", "open")
     ax = fig.axes[0]
-    [line] = [x for x in ax.lines if x.get_label() == "next-day forecast"]
     y = np.asarray(line.get_ydata(), dtype=float)
     assert np.isnan(y).sum() == 1 and np.array_equal(y[~np.isnan(y)], [11.0, 12.0, 16.0, 17.0])
     assert np.flatnonzero(np.isnan(y)).tolist() == [2]  # between the 3rd and the 9th
@@ -103,13 +111,11 @@ def test_a_lone_next_day_forecast_and_its_bands_are_drawn_visibly():
     a band of one point have no width, so each gets a marker and error bars."""
     from matplotlib.collections import LineCollection
 
-    dates = pd.bdate_range("2024-01-01", periods=10)
-    prices = pd.DataFrame({"date": dates, "open": np.arange(10.0) + 10})
-    log = pd.DataFrame(
+    fig, line = _live(
         {
-            "made_on": dates[[1, 1, 5, 6]],
+            "made_on": _DAYS[[1, 1, 5, 6]],
             "step": [1, 2, 1, 1],
-            "expected_date": dates[[2, 3, 6, 7]],
+            "expected_date": _DAYS[[2, 3, 6, 7]],
             "forecast": [12.5, 13.5, 16.5, 17.5],
             "lower_80": [12.0, 13.0, 16.0, 17.0],
             "upper_80": [13.0, 14.0, 17.0, 18.0],
@@ -117,9 +123,7 @@ def test_a_lone_next_day_forecast_and_its_bands_are_drawn_visibly():
             "upper_95": [14.0, 15.0, 18.0, 19.0],
         }
     )
-    fig = plot_live(scoring.match(log, prices, "open", dated=True), prices, "X", "open")
     ax = fig.axes[0]
-    [line] = [x for x in ax.lines if x.get_label() == "next-day forecast"]
     assert line.get_marker() == "o"
     y = np.asarray(line.get_ydata(), dtype=float)
     marked = y[np.asarray(line.get_markevery(), dtype=bool)]
