@@ -24,6 +24,7 @@ from lstm_core.config import EvaluationConfig, FeatureConfig
 
 DATE_COLUMN = "date"
 _PREPROCESSOR_FORMAT = 1
+_ISO_DATE = "an ISO date (like 2017-11-10)"
 # scaler kind -> (class, the fitted attributes that define it)
 _SCALERS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "minmax": (MinMaxScaler, ("data_min_", "data_max_", "data_range_", "scale_", "min_")),
@@ -85,8 +86,7 @@ def split_frame(
 
 @dataclass
 class Preprocessor:
-    """Feature transform + a scaler over ``feature_cfg.columns``, in transformed units, fitted on
-    the training part only."""
+    """Feature transform, then a scaler fitted on the training part's transformed features."""
 
     feature_cfg: FeatureConfig
     scaler: MinMaxScaler | StandardScaler
@@ -214,9 +214,6 @@ def _coerced(values: pd.Series, column: str, convert: Any, what: str, plural: st
                     f"column {column!r}, row {row} of {len(values)}: {value!r} is not {what}"
                 ) from None
         raise DataError(f"column {column!r}: not {plural} ({exc})") from None
-
-
-_ISO_DATE = "an ISO date (like 2017-11-10)"
 
 
 def trading_days(holidays: Sequence[str] = ()) -> pd.offsets.CustomBusinessDay:
