@@ -1,12 +1,9 @@
 """Frozen, validated configuration of the pure computation (the pipelines build it from
 `mlflow.yaml`).  Defaults are the tutorial's (60-day windows on the opening price, four LSTM(50)
-layers with Dropout(0.2), Adam, MSE, 20 epochs, batch 32) but for the target transform: log
-returns (see the README for why).
+layers with Dropout(0.2), Adam, MSE, 20 epochs, batch 32) but for the log-return target (README).
 """
 
-from __future__ import annotations
-
-from typing import Literal
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -49,7 +46,7 @@ class FeatureConfig(_Frozen):
         return v
 
     @model_validator(mode="after")
-    def _target_is_a_price(self) -> FeatureConfig:
+    def _target_is_a_price(self) -> Self:
         if self.target not in PRICE_COLUMNS:
             raise ValueError(f"target must be one of {list(PRICE_COLUMNS)}, got {self.target!r}")
         if self.target not in self.columns:
@@ -98,13 +95,9 @@ class EvaluationConfig(_Frozen):
                 raise ValueError(f"interval level {level} must lie strictly between 0 and 1")
         return tuple(sorted(v))
 
-    @property
-    def train_fraction(self) -> float:
-        return 1.0 - self.val_fraction - self.test_fraction
-
     @model_validator(mode="after")
-    def _fractions_sum_to_one(self) -> EvaluationConfig:
-        if self.train_fraction <= 0.0:
+    def _fractions_sum_to_one(self) -> Self:
+        if 1.0 - self.val_fraction - self.test_fraction <= 0.0:
             raise ValueError(
                 f"val_fraction ({self.val_fraction}) + test_fraction ({self.test_fraction}) "
                 "must leave a positive training fraction (the three must sum to 1)"

@@ -1,24 +1,19 @@
-"""Split, scale and window one ticker's daily prices.
+"""Split, scale and window one ticker's daily prices (lookback ``L``, horizon ``h``).
 
-Index conventions (``N`` rows, ``L`` lookback, ``h`` horizon):
+* ``target_transform="price"``: the model sees scaled prices; a window whose first target is row
+  ``t`` reads rows ``t-L .. t-1`` and predicts rows ``t .. t+h-1``.
+* ``"log_return"``: it sees scaled daily log returns, row ``i``'s being ``log(p_i / p_{i-1})``
+  (volume: ``log1p(v_i) - log1p(v_{i-1})``, as volume can be zero); row 0 has none, so a window
+  needs ``L + 1`` rows.  Price = anchor (last known target price) * exp(cumulative return).
 
-* ``target_transform="price"``: the model sees scaled price levels.  A window whose first target
-  is row ``t`` reads rows ``t-L .. t-1`` and predicts rows ``t .. t+h-1``.
-* ``target_transform="log_return"``: the model sees scaled daily log returns; row ``i``'s return
-  is ``log(p_i / p_{i-1})`` (volume: ``log1p(v_i) - log1p(v_{i-1})``, as volume can be zero).
-  Row 0 has no return, so a window needs ``L + 1`` rows of history.  Predicted price = anchor
-  price * exp(cumulative predicted return), the anchor being the last known target price.
-
-A window belongs to the split that holds *all* its target rows; its inputs may read history
-before the split starts, never anything after its targets.
+A window belongs to the split holding *all* its target rows; its inputs may read history before
+the split starts, never anything after its targets.
 """
-
-from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -29,6 +24,7 @@ from lstm_core.config import EvaluationConfig, FeatureConfig
 
 DATE_COLUMN = "date"
 _PREPROCESSOR_FORMAT = 1
+_ISO_DATE = "an ISO date (like 2017-11-10)"
 # scaler kind -> (class, the fitted attributes that define it)
 _SCALERS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "minmax": (MinMaxScaler, ("data_min_", "data_max_", "data_range_", "scale_", "min_")),
@@ -41,10 +37,8 @@ class DataError(ValueError):
 
 
 def validate_frame(df: pd.DataFrame, columns: tuple[str, ...]) -> None:
-    """Raise DataError unless ``df`` has ``columns`` and a sorted, unique date column (their
-    values: :meth:`Preprocessor.column_values`)."""
-    missing = [c for c in (DATE_COLUMN, *columns) if c not in df.columns]
-    if missing:
+    """Raise DataError unless ``df`` has ``columns`` and a sorted, unique datetime date column."""
+    if missing := [c for c in (DATE_COLUMN, *columns) if c not in df.columns]:
         raise DataError(f"missing column(s) {missing}; got {list(df.columns)}")
     dates = df[DATE_COLUMN]
     if not pd.api.types.is_datetime64_any_dtype(dates):
@@ -55,8 +49,7 @@ def validate_frame(df: pd.DataFrame, columns: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class SplitFrames:
-    """A chronological split of ``frame`` by row counts: train = rows ``[0, train_end)``,
-    validation = ``[train_end, val_end)``, test = ``[val_end, len(frame))``."""
+    """Rows ``[0, train_end)`` train, ``[train_end, val_end)`` validation, the rest test."""
 
     frame: pd.DataFrame
     train_end: int
@@ -70,8 +63,7 @@ class SplitFrames:
 def split_frame(
     df: pd.DataFrame, eval_cfg: EvaluationConfig, val_start: Any = None, test_start: Any = None
 ) -> SplitFrames:
-    """Split by ``eval_cfg``'s fractions or, given both dates, validation = ``val_start <= date
-    < test_start`` and test = ``date >= test_start``."""
+    """Split by ``eval_cfg``'s fractions, or at ``val_start`` and ``test_start`` if both given."""
     frame = df.reset_index(drop=True)
     n_rows = len(frame)
     if (val_start is None) != (test_start is None):
@@ -94,8 +86,7 @@ def split_frame(
 
 @dataclass
 class Preprocessor:
-    """Feature transform + a scikit-learn scaler over ``feature_cfg.columns`` (in transformed
-    units: prices or log returns), fitted on the training part only."""
+    """Feature transform, then a scaler fitted on the training part's transformed features."""
 
     feature_cfg: FeatureConfig
     scaler: MinMaxScaler | StandardScaler
@@ -149,8 +140,7 @@ class Preprocessor:
         return np.diff(np.log(values + self._volume), axis=-2)
 
     def transform(self, x: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """A frame, or raw values ``(..., rows, n_features)`` -> scaled features, ``offset`` rows
-        fewer."""
+        """Frame or raw values ``(..., rows, n_features)`` -> scaled ``(..., rows - offset, .)``."""
         mult, add = self._affine()
         values = self.column_values(x) if isinstance(x, pd.DataFrame) else x
         return self.features(values) * mult + add
@@ -172,9 +162,7 @@ class Preprocessor:
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON state (no pickle): feature config + fitted scaler attributes."""
         kind = "minmax" if isinstance(self.scaler, MinMaxScaler) else "standard"
-        params = {
-            a.rstrip("_"): [float(x) for x in getattr(self.scaler, a)] for a in _SCALERS[kind][1]
-        }
+        params = {a.rstrip("_"): getattr(self.scaler, a).tolist() for a in _SCALERS[kind][1]}
         return {
             "format": _PREPROCESSOR_FORMAT,
             "feature_config": self.feature_cfg.model_dump(mode="json"),
@@ -182,7 +170,7 @@ class Preprocessor:
         }
 
     @classmethod
-    def from_dict(cls, state: dict[str, Any]) -> Preprocessor:
+    def from_dict(cls, state: dict[str, Any]) -> Self:
         if state.get("format") != _PREPROCESSOR_FORMAT:
             raise ValueError(f"unsupported preprocessor format {state.get('format')!r}")
         feature_cfg = FeatureConfig(**state["feature_config"])
@@ -203,10 +191,7 @@ def fit_preprocessor(train_df: pd.DataFrame, feature_cfg: FeatureConfig) -> Prep
     if len(train_df) < pre.offset + 2:
         raise DataError(f"training part has {len(train_df)} rows, needs at least {pre.offset + 2}")
     values = pre.features(pre.column_values(train_df))
-    constant = [
-        c for c, s in zip(feature_cfg.columns, np.ptp(values, axis=0), strict=True) if s == 0
-    ]
-    if constant:
+    if constant := np.asarray(feature_cfg.columns)[np.ptp(values, axis=0) == 0].tolist():
         raise DataError(
             f"column(s) {constant} are constant over the {len(train_df)} training rows "
             f"({feature_cfg.target_transform} range 0): the scaler cannot scale them"
@@ -215,18 +200,20 @@ def fit_preprocessor(train_df: pd.DataFrame, feature_cfg: FeatureConfig) -> Prep
     return pre
 
 
-def _refused(values: pd.Series, column: str, what: str, convert: Any) -> str | None:
-    """The sentence naming the first value ``convert`` refuses, by its row (1-based, in the
-    order given); None when only the column as a whole is refused."""
-    for row, value in enumerate(values, start=1):
-        try:
-            convert(value)
-        except (ValueError, TypeError, OverflowError):
-            return f"column {column!r}, row {row} of {len(values)}: {value!r} is not {what}"
-    return None
-
-
-_ISO_DATE = "an ISO date (like 2017-11-10)"
+def _coerced(values: pd.Series, column: str, convert: Any, what: str, plural: str) -> pd.Series:
+    """``convert(values)``, else DataError naming the first value it refuses by its row (1-based,
+    in the order given), or the column as a whole."""
+    try:
+        return convert(values)
+    except (ValueError, TypeError) as exc:
+        for row, value in enumerate(values, start=1):
+            try:
+                convert(value)
+            except (ValueError, TypeError, OverflowError):
+                raise DataError(
+                    f"column {column!r}, row {row} of {len(values)}: {value!r} is not {what}"
+                ) from None
+        raise DataError(f"column {column!r}: not {plural} ({exc})") from None
 
 
 def trading_days(holidays: Sequence[str] = ()) -> pd.offsets.CustomBusinessDay:
@@ -237,27 +224,24 @@ def trading_days(holidays: Sequence[str] = ()) -> pd.offsets.CustomBusinessDay:
 def model_input(
     history: Any, preprocessor: Preprocessor, holidays: Sequence[str] | None = None
 ) -> pd.DataFrame:
-    """``date`` and the feature columns of ``history``, coerced, in date order, validated.
+    """``date`` and the feature columns of ``history``, coerced, sorted by date, validated.
 
-    What a user has is enough: other columns are dropped, columns and rows may come in any
-    order (rows are sorted by date; a date given twice is refused), ``date`` may be datetimes
-    or ISO strings, numbers may be ints or strings of numbers. With ``holidays`` (a model's),
-    a row on a day that is not one of its :func:`trading_days` is refused.
+    Other columns are dropped; columns and rows may come in any order (a date given twice is
+    refused); dates may be datetimes or ISO strings, numbers ints or numeric strings.  With
+    ``holidays`` (a model's), a row on a day that is not one of its :func:`trading_days` is refused.
     """
     frame = pd.DataFrame(history)
     cfg = preprocessor.feature_cfg
     needed = [DATE_COLUMN, *cfg.columns]
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
+    if missing := [c for c in needed if c not in frame.columns]:
         raise DataError(
             f"input is missing column(s) {missing}: the model reads {needed} "
             f"(other columns are ignored); got {[str(c) for c in frame.columns]}"
         )
     frame = frame[needed].copy()
-    if len(frame) < preprocessor.rows_needed:
+    if len(frame) < (need := preprocessor.rows_needed):
         # rows, not calendar days: a suspension's missing sessions are no error (the store
         # keeps such holes), so the message must not promise consecutive days
-        need = preprocessor.rows_needed
         raise DataError(
             f"history has {len(frame)} rows, needs at least {need}, one per trading day (the "
             f"most recent {need} are used: lookback {cfg.lookback} + {preprocessor.offset} for "
@@ -266,24 +250,13 @@ def model_input(
     given = dates = frame[DATE_COLUMN]
     if not pd.api.types.is_datetime64_any_dtype(dates):
         iso_date = partial(pd.to_datetime, format="ISO8601")
-        try:
-            dates = iso_date(dates)
-        except (ValueError, TypeError) as exc:
-            raise DataError(
-                _refused(dates, DATE_COLUMN, _ISO_DATE, iso_date)
-                or f"column {DATE_COLUMN!r}: not ISO dates or datetimes ({exc})"
-            ) from None
+        dates = _coerced(dates, DATE_COLUMN, iso_date, _ISO_DATE, "ISO dates or datetimes")
     if getattr(dates.dt, "tz", None) is not None:
         dates = dates.dt.tz_localize(None)  # a trading day is a calendar date
     frame[DATE_COLUMN] = dates
     for col in cfg.columns:
-        try:
-            frame[col] = pd.to_numeric(frame[col]).astype(np.float64)
-        except (ValueError, TypeError) as exc:
-            raise DataError(
-                _refused(frame[col], col, "a number", pd.to_numeric)
-                or f"column {col!r}: not numbers ({exc})"
-            ) from None
+        numbers = _coerced(frame[col], col, pd.to_numeric, "a number", "numbers")
+        frame[col] = numbers.astype(np.float64)
     preprocessor.column_values(frame)  # a NaN or a price <= 0 is named by its row as given
     # "", None: parsed to NaT without an error; a time of day: no daily session (ingest refuses it)
     odd = np.flatnonzero((dates.isna() | (dates != dates.dt.normalize())).to_numpy())
@@ -336,16 +309,14 @@ def window_arrays(
 
 @dataclass(frozen=True)
 class SplitWindows:
-    """Windows whose targets lie in one split: scaled X ``(n, lookback, n_features)`` and y
-    ``(n, horizon)``; ``target_dates`` and ``actual`` prices ``(n, horizon)``; ``anchor``, the
-    last known target price ``(n,)``, and ``anchor_index`` ``(n,)``, its row in the frame."""
+    """The ``n`` windows whose targets lie in one split."""
 
-    X: np.ndarray
-    y: np.ndarray
-    target_dates: np.ndarray
-    actual: np.ndarray
-    anchor: np.ndarray
-    anchor_index: np.ndarray
+    X: np.ndarray  # (n, lookback, n_features), scaled
+    y: np.ndarray  # (n, horizon), scaled
+    target_dates: np.ndarray  # (n, horizon)
+    actual: np.ndarray  # (n, horizon) prices
+    anchor: np.ndarray  # (n,) the last known target price
+    anchor_index: np.ndarray  # (n,) the anchor's row in the frame
 
     def __len__(self) -> int:
         return len(self.X)

@@ -1,12 +1,9 @@
-"""Recursive multi-day forecasts and their conformal calibration.
+"""Recursive multi-day forecasts, conformally calibrated by the same recursion on validation days.
 
 Only the target column can be predicted, so each simulated day appends a row whose target is the
 predicted price and whose other columns repeat their last known value (a zero return under
-``log_return``); a horizon > 1 model contributes its first step only.  The conformal bands of the
-k-day-ahead forecasts come from the same recursion run on the validation days.
+``log_return``); a horizon > 1 model contributes its first step only.
 """
-
-from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,9 +34,8 @@ def simulate_paths(
     for day in range(days):
         scaled = predict(preprocessor.transform(raw).astype(np.float32))
         out[:, day] = preprocessor.to_prices(scaled[:, :1], raw[:, -1, j])[:, 0]
-        new_row = raw[:, -1:, :].copy()  # the other columns carried forward
-        new_row[:, 0, j] = out[:, day]
-        raw = np.concatenate([raw[:, 1:, :], new_row], axis=1)
+        raw[:, :-1] = raw[:, 1:]  # one day on: the last row's other columns carry forward
+        raw[:, -1, j] = out[:, day]
     return out
 
 
@@ -69,8 +65,7 @@ def recursive_errors(
 def calibrate_recursive(
     model: Any, preprocessor: Preprocessor, frames: SplitFrames, days: int, levels: Sequence[float]
 ) -> ConformalCalibration:
-    """Split-conformal calibration of the ``days``-day recursive forecasts on the validation
-    part (the model did not train on it)."""
+    """Split-conformal calibration of ``days``-day recursive forecasts on the validation part."""
     start, end = frames.train_end, frames.val_end
     errors = recursive_errors(model, preprocessor, frames.frame, start, end, days)
     return calibrate(errors, levels, frames.frame[DATE_COLUMN].iloc[end - 1])

@@ -1,12 +1,10 @@
 """A fitted model bundled with its preprocessor and calibration: forecast, save, load."""
 
-from __future__ import annotations
-
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -31,10 +29,9 @@ DEFAULT_LEVELS = (0.8, 0.95)
 
 @dataclass(eq=False)  # hashable, compared by identity: a model has no value equality
 class Forecaster:
-    """Keras model + fitted Preprocessor, ready to serve; with a conformal ``calibration`` the
-    intervals are its bands, without one MC dropout's. ``max_days`` is the
-    evaluation.forecast_days it was trained for: no forecast goes further (with or without
-    intervals); unset, the calibration's steps bound it (models saved before it existed)."""
+    """Keras model + fitted Preprocessor, ready to serve; intervals are the conformal
+    ``calibration``'s bands, else MC dropout's.  No forecast goes beyond ``max_days``, the
+    evaluation.forecast_days it was trained for (unset in older models: the calibration's steps)."""
 
     model: Any
     preprocessor: Preprocessor
@@ -61,8 +58,7 @@ class Forecaster:
         return self.calibration.steps if self.calibration is not None else None
 
     def check_days(self, days: int) -> None:
-        """Raise DataError unless :meth:`forecast` serves ``days`` days (1 to
-        :attr:`days_limit`, with or without intervals), before any computation."""
+        """Raise DataError, before any computation, unless ``days`` is 1 to :attr:`days_limit`."""
         if days < 1:
             raise DataError(f"days must be >= 1, got {days}")
         limit = self.days_limit
@@ -73,7 +69,7 @@ class Forecaster:
                 "raise evaluation.forecast_days and retrain"
             )
 
-    def recalibrated(self, history: pd.DataFrame) -> Forecaster:
+    def recalibrated(self, history: pd.DataFrame) -> Self:
         """A copy whose calibration also scores ``history``'s days after it (rolling window)."""
         if self.calibration is None:
             return self
@@ -95,12 +91,10 @@ class Forecaster:
         seed: int | None = None,
         intervals: bool = True,
     ) -> pd.DataFrame:
-        """Recursive forecast of the ``days`` business days after ``history`` (:func:`model_input`).
-
-        Columns: ``date``, ``forecast`` (dropout off) and, with ``intervals``, ``lower_<L>`` /
-        ``upper_<L>`` for ``levels`` (default: the calibrated ones): the calibration's bands, else
-        quantiles of ``samples`` MC-dropout paths (none when ``samples`` is 0).
-        """
+        """Recursive forecast of the ``days`` business days after ``history`` (:func:`model_input`):
+        ``date``, ``forecast`` (dropout off) and, with ``intervals``, ``lower_<L>`` / ``upper_<L>``
+        for ``levels`` (default: the calibrated ones): the calibration's bands, else quantiles of
+        ``samples`` MC-dropout paths (none when ``samples`` is 0)."""
         self.check_days(days)
         for name, value in (("samples", samples), ("seed", seed)):
             if value is not None and value < 0:
@@ -144,7 +138,7 @@ class Forecaster:
         return path
 
     @classmethod
-    def load(cls, directory: str | Path) -> Forecaster:
+    def load(cls, directory: str | Path) -> Self:
         """Load a directory written by :meth:`save` (Keras safe mode: no arbitrary code)."""
         import keras
 

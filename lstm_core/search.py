@@ -1,10 +1,7 @@
-"""One candidate of a hyperparameter search: train on the training part, score on the
-validation part in prices.  The test part is cut off before anything is transformed or
-windowed, so no candidate (and no choice among them) depends on the days the final model is
-tested on.
+"""One candidate of a hyperparameter search: train on the training part, score on the validation
+part in prices.  The test part is cut off before anything is transformed or windowed, so no
+candidate (and no choice among them) depends on the days the final model is tested on.
 """
-
-from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,11 +49,9 @@ def search_data(frames: SplitFrames, feature_cfg: FeatureConfig) -> SearchData:
 
 
 def epoch_scorer(data: SearchData, report: Callable[[int, float], None]) -> Any:
-    """A Keras callback passing each epoch's validation RMSE in prices to ``report``.
-
-    Prices, not the scaled validation loss: candidates with other scalers or target
-    transforms have losses in other units, and a pruner compares values across trials.
-    """
+    """A Keras callback passing each epoch's validation RMSE in prices to ``report``: not the
+    scaled validation loss, as candidates with other scalers or target transforms have losses in
+    other units, and a pruner compares values across trials."""
     import keras
 
     class _EpochScorer(keras.callbacks.Callback):
@@ -70,10 +65,7 @@ def epoch_scorer(data: SearchData, report: Callable[[int, float], None]) -> Any:
 
 
 def train_candidate(
-    data: SearchData,
-    model_cfg: ModelConfig,
-    training_cfg: TrainingConfig,
-    callbacks: Sequence[Any] = (),
+    data: SearchData, model_cfg: ModelConfig, training_cfg: TrainingConfig, callbacks: Sequence = ()
 ) -> tuple[TrainResult, float]:
     """Build and train one candidate; returns the training result and its validation RMSE."""
     result = train_network(model_cfg, training_cfg, data.train, data.val, callbacks)
