@@ -13,6 +13,26 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
+
+@pytest.fixture(autouse=True)
+def _outages_end_with_their_test(monkeypatch):
+    """An outage a test starts leaves a watcher thread that says "back" once the API answers:
+    ended with its test, so that it does not speak in a later test's log (it did, under xdist)."""
+    from pipelines import serve as serve_mod
+
+    made = []
+    init = serve_mod._Outage.__init__
+
+    def tracked(self) -> None:
+        init(self)
+        made.append(self)
+
+    monkeypatch.setattr(serve_mod._Outage, "__init__", tracked)
+    yield
+    for outage in made:
+        outage.down = False  # its watcher stops at its next look, without a word
+
+
 CHILD = """
 import sys, time
 sys.path.insert(0, {root!r})
