@@ -45,6 +45,9 @@ def run_demo(settings: Settings, say: Callable[[str], None], notes: bool = True)
             data = settings.data.model_copy(update={"calendar": SAMPLE_CALENDAR})
             settings = settings.model_copy(update={"data": data})
     work = settings.path("outputs/demo")
+    # its retraining takes no file the project's own incoming folder holds
+    data = settings.data.model_copy(update={"incoming": str(work / "incoming")})
+    settings = settings.model_copy(update={"data": data})
     # the folders this demo makes, removed again if it fails: a failed demo leaves nothing
     made = next((p for p in reversed([work, *work.parents]) if not p.exists()), None)
     try:
@@ -91,10 +94,11 @@ def _run(
     say(render_status(status(settings), settings.monitoring.window_days))
 
     say("\n== 4. retraining flow (what the cron runs): scores, then retrains on the new rows")
+    # the demo's ticker only: the project's other tickers (and their calendar) are not its own
     with fan_out(settings, retraining_flow) as flow:
-        say(flow(settings=settings, trigger="cron").render(notes))
+        say(flow(settings=settings, trigger="cron", tickers=[parsed.ticker]).render(notes))
         say("\n== 5. retraining again with nothing new")
-        say(flow(settings=settings, trigger="cron").render(notes))
+        say(flow(settings=settings, trigger="cron", tickers=[parsed.ticker]).render(notes))
     say("\n== status (lstm-pipeline status)")
     say(render_status(status(settings), settings.monitoring.window_days))
 

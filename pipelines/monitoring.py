@@ -267,7 +267,7 @@ score_ticker = task(score_one, name="score-ticker", cache_policy=NO_CACHE)
 
 
 def score_all(settings: Settings, tickers: list[str] | None = None, emit: bool = True):
-    tickers = tickers or forecast_log(settings).tickers()
+    tickers = forecast_log(settings).tickers() if tickers is None else tickers
     return {t: score_ticker(settings, t, emit) for t in tickers}
 
 

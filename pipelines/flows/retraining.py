@@ -83,7 +83,7 @@ def needs_training(
 ) -> tuple[bool, str]:
     """Has the ticker gained enough rows, or had a day it was trained on replaced, since its
     champion was trained (or, when the champion is another project's, this project's latest
-    version)?
+    version)? Or was its latest version trained with another `data.calendar`?
 
     A version already trained on exactly the stored data (promoted or refused) means there
     is nothing new to learn from, so a refused challenger is not retrained again and again.
@@ -104,6 +104,13 @@ def needs_training(
         first = "no version trained in this project yet" if every else "no model yet"
         return (False, short) if short else (True, first)
     latest = known[-1]
+    if (theirs := provenance.other_calendar(settings, latest)) is not None:
+        # its forecasts fall on another exchange's sessions (`forecast` refuses them): the
+        # same rows, trained on this project's calendar
+        short = _too_few_rows(settings, stored, manifest.rows)
+        ours = settings.data.calendar or "null"
+        why = f"v{latest.version} was trained with data.calendar {theirs}, this project's is {ours}"
+        return (False, short) if short else (True, why)
     if latest.tags.get(tracking.TAG_DATA_DIGEST) == manifest.digest:
         return False, f"unchanged since v{latest.version} was trained"
     champion = tracking.champion(name, settings.registry.alias)
@@ -213,22 +220,25 @@ def retraining_flow(
     config_path: str | None = None,
     overrides: list[str] | None = None,
     trigger: str = "manual",
+    tickers: list[str] | None = None,
 ) -> Summary:
     """Ingest new files from the incoming folder, score the live forecasts, then retrain
     the tickers whose data changed or whose champion has degraded.
 
     `trigger` (cron | new_data | degraded | manual) is what started the run; each retrained
     ticker's MLflow run records it and its own reason (new_data | degraded) with the figures.
+    `tickers`: only these stored tickers are scored and considered (default: every one).
     """
     settings = resolve_settings(settings, config_path, overrides)
     tracking.connect(settings)  # a store that cannot be used stops before a file is moved
     summary = Summary(settings)
     _take_incoming(settings, summary)
     # The champion already decays: the scoring below decides on it, so no event is emitted.
-    live = monitoring.score_all(settings, emit=False)
-    branches: dict[str, dict[str, Any]] = {}
     store = PriceStore(settings.store_path)
-    for ticker in store.tickers():
+    considered = [t for t in store.tickers() if tickers is None or t in tickers]
+    live = monitoring.score_all(settings, None if tickers is None else considered, emit=False)
+    branches: dict[str, dict[str, Any]] = {}
+    for ticker in considered:
         stored = StoredRows(store, ticker)
         score = live.get(ticker)
         degraded = list(score.verdict.reasons) if score and score.verdict.degraded else None

@@ -135,14 +135,55 @@ def test_retraining_trains_only_on_new_rows_and_rejects_bad_files(trained_settin
 def test_demo_command_trains_then_retrains_on_held_back_days(tiny_project, capsys):
     from pipelines.cli import main
 
-    assert main(["demo", "--config", str(tiny_project / "mlflow.yaml")]) == 0
+    cfg = ["--config", str(tiny_project / "mlflow.yaml")]
+    # the project's other tickers and its incoming files are not the demo's to retrain or take
+    assert (
+        main(["ingest", str(tiny_project / "prices" / "TEST.csv"), "--ticker", "OTHER", *cfg]) == 0
+    )
+    later = write_prices(tiny_project / "data" / "incoming" / "LATER.csv", price_frame(130))
+    assert main(["demo", *cfg]) == 0
     out = capsys.readouterr().out
+    assert "OTHER: retrain" not in out and "OTHER: skip" not in out, out
+    assert later.exists()
     assert "== 1. training flow" in out and "version 1: CHAMPION" in out
     assert "20 days ingested; forecast log: 63 rows" in out  # 3 + 20 forecasts of 3 days
     assert "live RMSE / naive (20d)" in out and "TEST last decision" in out
     assert "promoted: promoted" not in out and "refused: refused" not in out
     assert "gained 20 row(s) since v1" in out and "version 2:" in out
     assert "nothing changed" in out
+
+
+def test_a_retraining_of_chosen_tickers_leaves_the_others_alone(trained_settings):
+    """`tickers`: only those stored tickers are scored and considered (the demo's own)."""
+    from pipelines.cli import main
+    from pipelines.flows import retraining_flow
+
+    cfg = ["--config", str(trained_settings.base_dir / "mlflow.yaml")]
+    src = str(trained_settings.base_dir / "prices" / "TEST.csv")
+    assert main(["ingest", src, "--ticker", "OTHER", *cfg]) == 0  # stored, never trained
+    summary = retraining_flow(settings=trained_settings, tickers=["TEST"])
+    assert summary.results == []
+    assert not any("OTHER" in n for n in summary.notes), summary.notes
+    assert any(n.startswith("TEST: skip (unchanged since v1") for n in summary.notes), summary.notes
+
+
+@pytest.mark.slow  # a training: CI runs it
+def test_a_changed_calendar_is_a_change_that_retrains(trained_settings):
+    """The project's data.calendar changed since its latest version was trained: that
+    version's forecasts fall on the other calendar's sessions (`forecast` refuses them), so
+    the same rows are trained again, once."""
+    from pipelines.flows import retraining_flow
+
+    data = trained_settings.data.model_copy(update={"calendar": None})
+    settings = trained_settings.model_copy(update={"data": data})
+    summary = retraining_flow(settings=settings)
+    assert [r.ticker for r in summary.results] == ["TEST"], summary.notes
+    assert summary.results[0].version == "2"
+    assert "TEST: retrain (v1 was trained with data.calendar XNYS, this project's is null)" in (
+        summary.notes
+    )
+    again = retraining_flow(settings=settings)
+    assert again.results == [] and any("unchanged since v2" in n for n in again.notes), again.notes
 
 
 def test_a_replaced_stored_day_is_a_change_that_retrains(trained_settings, capsys):
