@@ -167,7 +167,8 @@ def trained_days_changed(table: pa.Table, version: tracking.RegisteredVersion) -
     return digest_through(table, last) != digest
 
 
-def _calendar(name: str | None) -> str:
+def calendar_name(name: str | None) -> str:
+    """A `data.calendar` as the lines name it ("null" for none)."""
     return name or "null"
 
 
@@ -179,7 +180,7 @@ def other_calendar(settings: Settings, version: tracking.RegisteredVersion) -> s
     theirs = params.get("data.calendar") or None
     if "data.calendar" not in params or theirs == settings.data.calendar:
         return None
-    return _calendar(theirs)
+    return calendar_name(theirs)
 
 
 def not_trained_here(
@@ -215,7 +216,7 @@ def not_trained_here(
         return "FOREIGN", f"{what}{refused}: {names}"
     if owner == "this" and challenger is not None:
         return None
-    theirs, ours = other_calendar(settings, version), _calendar(settings.data.calendar)
+    theirs, ours = other_calendar(settings, version), calendar_name(settings.data.calendar)
     # this project's own champion after `ingest --replace`: forecasts as a model does on
     # any new rows (and the ticker retrains: see flows.retraining)
     table = stored() if owner is None else None

@@ -245,15 +245,11 @@ def _first_forecast(settings: Settings, ticker: str) -> None:
 
     if PriceStore(settings.store_path).lacks(ticker):  # a project serving, not storing
         return
-    from pipelines.flows.forecast import ForecastResult, forecast_one
+    from pipelines.flows.forecast import ForecastResult, first_forecast
 
-    try:
-        frame, path = forecast_one(settings, ticker, settings.evaluation.forecast_days)
-    except Exception as exc:
-        line = f"{ticker}: the new champion's first forecast failed: {exc}"
-        logging.getLogger("pipelines").warning(line)
-        return
-    print(ForecastResult(frames={ticker: frame}, paths={ticker: path}).render())
+    if (made := first_forecast(settings, ticker)) is not None:
+        frame, path = made
+        print(ForecastResult(frames={ticker: frame}, paths={ticker: path}).render())
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -99,6 +99,16 @@ def forecast_one(settings: Settings, ticker: str, days: int) -> tuple[pd.DataFra
     return latest, path
 
 
+def first_forecast(settings: Settings, ticker: str) -> tuple[pd.DataFrame, Path] | None:
+    """A new champion's first forecast (promoted by a run or by hand): None, with a warning,
+    when it fails; the promotion stands and the next forecast run tries again."""
+    try:
+        return forecast_one(settings, ticker, settings.evaluation.forecast_days)
+    except Exception as exc:
+        log.warning("%s: the new champion's first forecast failed: %s", ticker, exc)
+        return None
+
+
 def _champion(settings: Settings, ticker: str) -> tracking.RegisteredVersion:
     """The ticker's champion, or a PipelineError saying how to get one: train, or promote
     the latest version when versions exist that were refused."""

@@ -108,7 +108,7 @@ def needs_training(
         # its forecasts fall on another exchange's sessions (`forecast` refuses them): the
         # same rows, trained on this project's calendar
         short = _too_few_rows(settings, stored, manifest.rows)
-        ours = settings.data.calendar or "null"
+        ours = provenance.calendar_name(settings.data.calendar)
         why = f"v{latest.version} was trained with data.calendar {theirs}, this project's is {ours}"
         return (False, short) if short else (True, why)
     if latest.tags.get(tracking.TAG_DATA_DIGEST) == manifest.digest:

@@ -28,7 +28,7 @@ from pipelines.flows.common import (
     resolve_settings,
     run_name,
 )
-from pipelines.flows.forecast import forecast_one
+from pipelines.flows.forecast import first_forecast
 from pipelines.runtime import quiet_tensorflow
 from pipelines.store import Manifest, PriceStore, describe
 
@@ -192,10 +192,7 @@ def train_one(
         raise
     tracking.end_run(run_id, True)
     if result.promoted:
-        try:
-            forecast_one(settings, ticker, settings.evaluation.forecast_days)
-        except Exception as exc:  # the promotion stands; the next forecast run logs instead
-            log.warning("%s: the new champion's first forecast failed: %s", ticker, exc)
+        first_forecast(settings, ticker)
     return result
 
 
