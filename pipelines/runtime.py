@@ -5,6 +5,7 @@ Called by the command line (and by a flow run before it trains), never at import
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import json
@@ -134,6 +135,18 @@ def cut_by_interrupt(exc: BaseException | None) -> bool:
     return False
 
 
+class _NoCancelledReset(logging.Filter):
+    """Drops the pool's "Exception during reset or similar" of a connection whose rollback
+    was cancelled: the in-process Prefect API's database, torn down as a command ends (seen
+    after a command's one-line error, as a 20-line traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, asyncio.CancelledError)
+
+
+# The logger of the pool of the in-process Prefect API's database (aiosqlite)
+_API_POOL_LOGGER = "sqlalchemy.pool.impl.AsyncAdaptedQueuePool"
 _RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 # MLflow logs the database error of a write that Ctrl-C cut short, with its traceback.
 _INTERRUPTED_LOGGERS = (*_RUN_LOGGERS, "mlflow.store.db.utils")
@@ -147,6 +160,7 @@ def quiet_loggers() -> None:
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     for name in _RUN_LOGGERS:
         _add_filter(logging.getLogger(name), _NoUserErrors)
+    _add_filter(logging.getLogger(_API_POOL_LOGGER), _NoCancelledReset)
 
 
 class StderrHandler(logging.StreamHandler):

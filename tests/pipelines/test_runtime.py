@@ -134,3 +134,30 @@ def test_pandas_holiday_warning_stays_off_the_console_whatever_the_threads(
         configure_environment(tiny_settings)
         warnings.warn_explicit(message, PerformanceWarning, "exchange_calendar.py", 755)
     assert [str(w.message) for w in seen] == []
+
+
+def test_a_cancelled_reset_in_the_api_databases_pool_stays_off_the_console():
+    """As a command ends, the in-process Prefect API's pool can log a rollback that the
+    shutdown cancelled, with its traceback, after the command's one line (seen in CI)."""
+    import asyncio
+    import logging
+
+    from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+    from pipelines.runtime import quiet_loggers
+
+    quiet_loggers()
+    pool = AsyncAdaptedQueuePool(lambda: None)
+    seen: list[logging.LogRecord] = []
+    catch = logging.Handler()
+    catch.emit = seen.append
+    logging.getLogger().addHandler(catch)
+    try:
+        for exc in (asyncio.CancelledError(), OSError("disk I/O error")):
+            try:
+                raise exc
+            except BaseException:
+                pool.logger.error("Exception during reset or similar", exc_info=True)
+    finally:
+        logging.getLogger().removeHandler(catch)
+    assert [type(r.exc_info[1]) for r in seen] == [OSError]  # other errors still shown
