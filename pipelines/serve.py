@@ -215,13 +215,14 @@ class _Outage:
     def __init__(self) -> None:
         self.down = False
         self._lock = threading.Lock()
+        self.log = log  # where its two lines go
 
     def gone(self, reason: str) -> None:
         with self._lock:
             if self.down:
                 return
             self.down = True
-        log.warning("Prefect API unreachable (%s); serving again once it answers", reason)
+        self.log.warning("Prefect API unreachable (%s); serving again once it answers", reason)
         threading.Thread(target=self._watch, name="prefect-api-watch", daemon=True).start()
 
     def _watch(self) -> None:
@@ -234,7 +235,7 @@ class _Outage:
             if not self.down:
                 return
             self.down = False
-        log.warning("Prefect API is back: serving the deployments again")
+        self.log.warning("Prefect API is back: serving the deployments again")
 
 
 outage = _Outage()

@@ -762,10 +762,13 @@ def test_ctrl_c_while_prefect_server_starts_is_one_line_exit_130_and_no_process_
     from tests.user_path import PROGRESS_LINE, prefect_server_child
 
     project = new_tiny_project(tmp_path / "project")
+    # once in CI the command printed `interrupted` and then did not end: should it hang again,
+    # SIGABRT makes it print every thread's stack (faulthandler) into the failure
+    env = {**user_env(keep_pythonpath=True), "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen(
         [str(BIN), "forecast", "--ticker", "TEST"],
         cwd=project,
-        env=user_env(keep_pythonpath=True),
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -781,7 +784,12 @@ def test_ctrl_c_while_prefect_server_starts_is_one_line_exit_130_and_no_process_
         server_stderr = os.readlink(f"/proc/{server}/fd/2")
         command_stderr = f"pipe:[{os.fstat(proc.stderr.fileno()).st_ino}]"
         os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=300)
+        try:
+            _, err = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGABRT)
+            _, err = proc.communicate(timeout=60)
+            pytest.fail(f"no exit 300 s after Ctrl-C; its stacks at SIGABRT:\n{err[-20000:]}")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
