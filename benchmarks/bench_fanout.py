@@ -88,7 +88,6 @@ training:
   batch_size: 32
   shuffle: true
 evaluation:
-  mc_samples: 10
   backtest_folds: 0
 schedule:
   cron: "0 0 1 1 *"

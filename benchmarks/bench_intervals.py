@@ -11,11 +11,10 @@ Methods (one trained model per series, all bands around its forecasts):
   conformal+online   the same band recalibrated day by day on the most recent
                      validation-sized window (lstm_core.intervals.recalibrate), as live
   conformal day N    the served N-day recursive forecast (lstm_core.forecast), day N
-  mc_dropout         quantiles of evaluation.mc_samples dropout passes
   conformal_absolute the same with absolute price errors, band forecast +- q (measured here only)
-  conformal_mc       normalised conformal: |error| / MC spread, band = forecast +- q * spread
-                     (measured here only; see docs/decisions.md)
   naive              the last price's band built the same way as "conformal"
+MC-dropout bands, and conformal scores normalised by their spread, were dropped: their figures
+are in docs/decisions.md ("Intervals").
 
 Coverage does not depend on machine load; a reduced --epochs changes the model, so say so.
 Usage:
@@ -43,7 +42,6 @@ from lstm_core.intervals import (  # noqa: E402
     calibrate,
     conformal_quantile,
     level_name,
-    mc_dropout_samples,
     price_scores,
     recalibrate,
 )
@@ -118,18 +116,6 @@ def bench_series(name: str, df: pd.DataFrame, args: argparse.Namespace, ideal=No
 
     shipped = evaluate_model(trained, data, eval_cfg)
     conformal = shipped.metrics
-    mc = evaluate_model(
-        trained, data, eval_cfg.model_copy(update={"intervals": "mc_dropout"}), seed=0
-    ).metrics
-    # MC spread of the price forecasts for the normalised variant
-    spread = {}
-    for part, windows in (("val", val), ("test", test)):
-        scaled = mc_dropout_samples(trained, windows.X, args.mc_samples, seed=1)[..., 0]
-        paths = data.preprocessor.to_prices(
-            scaled[..., None], np.broadcast_to(windows.anchor, scaled.shape)
-        )
-        spread[part] = np.maximum(paths[..., 0].std(axis=0), 1e-12)
-    norm_scores = np.abs(val.actual[:, 0] - val_pred) / spread["val"]
     # the online band: the most recent len(val) scores before each test day
     calibration = calibrate(
         [price_scores(val.actual[:, 0], val_pred)], args.levels, val.target_dates[-1, 0]
@@ -189,21 +175,8 @@ def bench_series(name: str, df: pd.DataFrame, args: argparse.Namespace, ideal=No
                 "note": f"{len(rec_test)} test targets, width at test prices",
             }
         )
-        rows.append(
-            {
-                "series": name,
-                "method": "mc_dropout",
-                "level": ln,
-                "coverage": mc[f"interval_coverage_{ln}"],
-                "mean_width": mc[f"interval_width_{ln}"],
-                "note": f"{args.mc_samples} passes",
-            }
-        )
         qa = conformal_quantile(abs_scores, level)
         rows.append(row(name, "conformal_absolute", level, y, pred - qa, pred + qa))
-        qn = conformal_quantile(norm_scores, level)
-        s = spread["test"]
-        rows.append(row(name, "conformal_mc", level, y, pred - qn * s, pred + qn * s))
         rows.append(
             {
                 "series": name,
@@ -228,7 +201,6 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--series", default="pingan,msft,synthetic")
     parser.add_argument("--levels", default="0.8,0.95")
-    parser.add_argument("--mc-samples", type=int, default=30)
     parser.add_argument("--days", type=int, default=5, help="the recursive forecast day scored")
     parser.add_argument("--backend", default=ModelConfig().backend)
     parser.add_argument("--pingan", type=Path, default=PINGAN, help="the Ping An Bank CSV")

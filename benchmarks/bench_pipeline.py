@@ -12,9 +12,8 @@ API) in the flow's order, timed one by one:
     prepare                       load from the store, split, fit the scaler, windows
     train                         training (train part, validation loss every epoch)
     predict and metrics           deterministic test predictions, metrics against the baselines
-    intervals (<method>)          the configured bands: conformal (the default) scores the
-                                  validation days (one-day and recursive N-day forecasts)
-                                  and bands the test days; mc_dropout samples the test windows
+    intervals (conformal)         scores the validation days (one-day and recursive N-day
+                                  forecasts) and bands the test days
     backtest                      the walk-forward folds (each retrains the configuration)
     plots                         figures, logged with the metrics and the predictions table
     model logging and registration   log_model (pyfunc + .keras) and register the version
@@ -22,7 +21,6 @@ API) in the flow's order, timed one by one:
 It also prints each backtest fold's training seconds against the main training's seconds per
 training window (a fold trains on more windows than the train part).  The last line reads
 ``overhead: <x>``: the seconds of every phase except train and backtest, divided by train's.
-MC-dropout intervals over the test windows are also timed apart (not part of the default job).
 """
 
 from __future__ import annotations
@@ -87,7 +85,7 @@ def run(project: Path, overrides: list[str]) -> None:
     ev = settings.evaluation
     phases = Phases()
     print(f"MSFT sample, {settings.training.epochs} epochs, backend {settings.model.backend}, "
-          f"{ev.mc_samples} MC samples, {ev.backtest_folds} backtest folds", flush=True)  # fmt: skip
+          f"{ev.backtest_folds} backtest folds", flush=True)  # fmt: skip
     job_start = time.perf_counter()
 
     phases.time("ingest", tasks.ingest_file, settings, str(project / "data" / "msft.csv"), TICKER)
@@ -113,16 +111,11 @@ def run(project: Path, overrides: list[str]) -> None:
     predicted, _ = phases.time("predict and metrics", predict_and_metrics)
 
     def intervals_phase():
-        # what the pipeline runs for the configured method (evaluation.intervals)
-        bands = model_intervals(trained.model, data, ev, predicted, settings.training.seed)
+        bands = model_intervals(trained.model, data, ev, predicted)
         return bands, tasks.calibrate.fn(trained.model, frames, preprocessor, settings)
 
-    intervals, calibration = phases.time(f"intervals ({ev.intervals})", intervals_phase)
+    intervals, calibration = phases.time("intervals (conformal)", intervals_phase)
     evaluation = evaluate_forecasts(data, predicted, ev, intervals)  # scoring only
-    mc_start = time.perf_counter()
-    mc_ev = ev.model_copy(update={"intervals": "mc_dropout"})
-    model_intervals(trained.model, data, mc_ev, predicted, settings.training.seed)
-    mc_seconds = time.perf_counter() - mc_start
 
     fold_trainings: list[tuple[float, int]] = []  # (seconds, training windows)
     real_train = core_train.train_model
@@ -170,8 +163,6 @@ def run(project: Path, overrides: list[str]) -> None:
         print(f"backtest fold {i + 1}: training {seconds:.2f} s on {windows} windows, "
               f"{seconds / (per_window * windows):.2f}x the main training's time per window "
               "(the main training also runs a validation pass every epoch)")  # fmt: skip
-    print(f"MC-dropout intervals (evaluation.intervals: mc_dropout; {ev.mc_samples} samples over "
-          f"{len(data.test)} test windows), timed apart: {mc_seconds:.2f} s")  # fmt: skip
     other = sum(s for k, s in phases.seconds.items() if k not in ("train", "backtest"))
     print(f"overhead: {other / train_s:.3f}")
 

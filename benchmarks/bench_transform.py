@@ -108,7 +108,7 @@ def main() -> None:
             series[name] = make_ar1()
         else:
             ap.error(f"unknown dataset {name!r}")
-    eval_cfg = EvaluationConfig(val_fraction=0.15, test_fraction=0.15, mc_samples=2)
+    eval_cfg = EvaluationConfig(val_fraction=0.15, test_fraction=0.15)
     training = TrainingConfig(epochs=args.epochs, batch_size=32, seed=args.seed)
     print(f"{args.epochs} epochs, backend {args.backend}, seed {args.seed}; "
           f"ar1: phi {AR_PHI}, sigma {AR_SIGMA}, {AR_DAYS} days")  # fmt: skip
@@ -121,7 +121,7 @@ def main() -> None:
             data = prepare_data(df, features, eval_cfg)
             model_cfg = ModelConfig(backend=args.backend)
             trained = train_network(model_cfg, training, data.train, data.val)
-            evaluation = evaluate_model(trained.model, data, eval_cfg, seed=args.seed)
+            evaluation = evaluate_model(trained.model, data, eval_cfg)
             m = evaluation.metrics
             ratio = m["test_rmse"] / m["naive_rmse"]
             ratios.setdefault(config, []).append(ratio)

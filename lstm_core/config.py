@@ -73,14 +73,11 @@ class TrainingConfig(_Frozen):
 
 
 class EvaluationConfig(_Frozen):
-    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    # the bands are conformal, calibrated on the validation days: there must be some
+    val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.15, gt=0.0, lt=1.0)
     moving_average_window: int = Field(5, ge=1)
     interval_levels: tuple[float, ...] = (0.8, 0.95)
-    # "conformal": point forecast * exp(+-q), q a quantile of the validation days' relative errors
-    # (calibrated); "mc_dropout": quantiles of dropout passes (model uncertainty only).
-    intervals: Literal["conformal", "mc_dropout"] = "conformal"
-    mc_samples: int = Field(30, ge=2)
     backtest_folds: int = Field(3, ge=0, description="0 disables the walk-forward backtest")
     backtest_epochs: int | None = Field(
         None, ge=1, description="epochs per fold; None: training.epochs (the registered setup)"
@@ -101,10 +98,5 @@ class EvaluationConfig(_Frozen):
             raise ValueError(
                 f"val_fraction ({self.val_fraction}) + test_fraction ({self.test_fraction}) "
                 "must leave a positive training fraction (the three must sum to 1)"
-            )
-        if self.intervals == "conformal" and self.val_fraction == 0.0:
-            raise ValueError(
-                "intervals: conformal calibrates on the validation days: set val_fraction > 0 "
-                "(or intervals: mc_dropout)"
             )
         return self

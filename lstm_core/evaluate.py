@@ -21,9 +21,7 @@ from lstm_core.intervals import (
     band_metrics,
     calibrate,
     level_name,
-    mc_dropout_samples,
     price_scores,
-    quantile_bounds,
 )
 from lstm_core.model import predict_scaled
 
@@ -150,31 +148,20 @@ def evaluate_forecasts(
 
 
 def model_intervals(
-    model: Any,
-    data: WindowedData,
-    eval_cfg: EvaluationConfig,
-    predicted: np.ndarray,
-    seed: int | None = None,
+    model: Any, data: WindowedData, eval_cfg: EvaluationConfig, predicted: np.ndarray
 ) -> Intervals:
-    """Bands around test forecasts ``(n, horizon)`` by ``eval_cfg.intervals``; conformal ones are
-    calibrated on the validation windows only."""
-    levels = eval_cfg.interval_levels
-    if eval_cfg.intervals == "mc_dropout":  # quantiles of dropout passes, each in prices
-        scaled = mc_dropout_samples(model, data.test.X, eval_cfg.mc_samples, seed)  # (S, n, h)
-        anchors = np.broadcast_to(data.test.anchor, scaled.shape[:-1])
-        return quantile_bounds(data.preprocessor.to_prices(scaled, anchors), levels)
+    """Conformal bands around test forecasts ``(n, horizon)``, calibrated on the validation
+    windows only."""
     val_predicted = predict_prices(model, data.val, data.preprocessor)
     scores = price_scores(data.val.actual, val_predicted).T  # one row per forecast step
     last_date = data.val.target_dates[-1, -1] if len(data.val) else None
-    return calibrate(scores, levels, last_date).bands(predicted)
+    return calibrate(scores, eval_cfg.interval_levels, last_date).bands(predicted)
 
 
-def evaluate_model(
-    model: Any, data: WindowedData, eval_cfg: EvaluationConfig, seed: int | None = None
-) -> Evaluation:
+def evaluate_model(model: Any, data: WindowedData, eval_cfg: EvaluationConfig) -> Evaluation:
     """Test point forecasts and :func:`model_intervals`, scored in prices."""
     predicted = predict_prices(model, data.test, data.preprocessor)
-    intervals = model_intervals(model, data, eval_cfg, predicted, seed)
+    intervals = model_intervals(model, data, eval_cfg, predicted)
     return evaluate_forecasts(data, predicted, eval_cfg, intervals)
 
 

@@ -1,12 +1,9 @@
-"""Prediction intervals: split conformal (the default) and Monte-Carlo dropout.
+"""Prediction intervals: split conformal.
 
-Split conformal: scores ``|log(actual / forecast)|`` on the validation days (not trained on), one
+Scores ``|log(actual / forecast)|`` on the validation days (not trained on), one
 set per forecast step; the band at level ``L`` is ``forecast * exp(+-q)``, ``q`` the
 ``ceil((n + 1) L)``-th smallest of ``n`` scores (the largest past ``n``, as MAPIE does). Relative
-errors keep a band calibrated when the price level moves (docs/decisions.md, "Intervals").
-
-MC dropout: per-window quantiles of dropout passes, each in prices first (so cumulative log
-returns stay consistent); without dropout the bands have zero width: deliberately no fallback."""
+errors keep a band calibrated when the price level moves (docs/decisions.md, "Intervals")."""
 
 import math
 from collections.abc import Iterable, Sequence
@@ -47,35 +44,6 @@ def band_metrics(
     winkler = upper - lower + 2.0 / (1.0 - level) * outside
     values = ((actual >= lower) & (actual <= upper), upper - lower, winkler)
     return {k: float(np.mean(v)) for k, v in zip(keys, values, strict=True)}
-
-
-def mc_dropout_samples(
-    model: object, X: np.ndarray, n_samples: int, seed: int | None = None, batch_size: int = 1024
-) -> np.ndarray:
-    """Outputs ``(n_samples, n, horizon)`` (scaled) with dropout active: in the Numba engine
-    (masks drawn from ``seed``) when it runs the model, else through Keras (``seed`` re-seeds its
-    global RNGs; each Dropout layer's generator advances with every call)."""
-    from lstm_core import engine
-
-    if engine.eligible(model) is None:
-        return engine.mc_dropout_samples(model, X, n_samples, 0 if seed is None else seed)
-    from lstm_core.model import global_seed
-
-    rows = np.ascontiguousarray(np.tile(X, (n_samples, 1, 1)), dtype=np.float32)  # one per pass
-    with global_seed(seed):
-        out = [
-            np.asarray(model(rows[i : i + batch_size], training=True))  # type: ignore[operator]
-            for i in range(0, len(rows), batch_size)
-        ]
-    return np.concatenate(out).reshape(n_samples, len(X), -1)
-
-
-def quantile_bounds(paths: np.ndarray, levels: Sequence[float]) -> Intervals:
-    """Central intervals from sample paths ``(n_samples, ...)`` in prices."""
-    return Intervals(
-        lower={lv: np.quantile(paths, (1.0 - lv) / 2.0, axis=0) for lv in levels},
-        upper={lv: np.quantile(paths, 1.0 - (1.0 - lv) / 2.0, axis=0) for lv in levels},
-    )
 
 
 def price_scores(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:

@@ -11,26 +11,19 @@ import pandas as pd
 
 from lstm_core.data import DATE_COLUMN, DataError, Preprocessor, model_input
 from lstm_core.forecast import next_business_days, recursive_errors, simulate_paths
-from lstm_core.intervals import (
-    ConformalCalibration,
-    level_name,
-    mc_dropout_samples,
-    quantile_bounds,
-    recalibrate,
-)
+from lstm_core.intervals import ConformalCalibration, level_name, recalibrate
 
 MODEL_FILE = "model.keras"
 PREPROCESSOR_FILE = "preprocessor.json"
 CALIBRATION_FILE = "calibration.json"
 HOLIDAYS_FILE = "holidays.json"
 DAYS_FILE = "forecast_days.json"
-DEFAULT_LEVELS = (0.8, 0.95)
 
 
 @dataclass(eq=False)  # hashable, compared by identity: a model has no value equality
 class Forecaster:
-    """Keras model + fitted Preprocessor, ready to serve; intervals are the conformal
-    ``calibration``'s bands, else MC dropout's.  No forecast goes beyond ``max_days``, the
+    """Keras model + fitted Preprocessor, ready to serve, with the conformal ``calibration``'s
+    bands (none without one: models saved before it existed).  No forecast goes beyond ``max_days``, the
     evaluation.forecast_days it was trained for (unset in older models: the calibration's steps)."""
 
     model: Any
@@ -87,37 +80,24 @@ class Forecaster:
         history: pd.DataFrame,
         days: int = 5,
         levels: Sequence[float] | None = None,
-        samples: int = 30,
-        seed: int | None = None,
         intervals: bool = True,
+        samples: Any = None,  # ignored: MC dropout's, which the pyfunc of older models passes
+        seed: Any = None,
     ) -> pd.DataFrame:
         """Recursive forecast of the ``days`` business days after ``history`` (:func:`model_input`):
-        ``date``, ``forecast`` (dropout off) and, with ``intervals``, ``lower_<L>`` / ``upper_<L>``
-        for ``levels`` (default: the calibrated ones): the calibration's bands, else quantiles of
-        ``samples`` MC-dropout paths (none when ``samples`` is 0)."""
+        ``date``, ``forecast`` (dropout off) and, with ``intervals`` and a calibration,
+        ``lower_<L>`` / ``upper_<L>`` for ``levels`` (default: the calibrated ones)."""
         self.check_days(days)
-        for name, value in (("samples", samples), ("seed", seed)):
-            if value is not None and value < 0:
-                raise DataError(f"{name} must be >= 0, got {value}")
         pre = self.preprocessor
         history = model_input(history, pre, self.holidays)
         raw = pre.column_values(history.iloc[-pre.rows_needed :])[None]  # (1, rows, n_features)
         point = simulate_paths(pre, raw, days, self._deterministic)[0]
         dates = next_business_days(history[DATE_COLUMN].iloc[-1], days, self.holidays)
         frame = pd.DataFrame({DATE_COLUMN: dates, "forecast": point})
-        if levels is None:
-            levels = self.calibration.levels if self.calibration is not None else DEFAULT_LEVELS
-        if not intervals or (self.calibration is None and samples == 0):
+        if not intervals or self.calibration is None:
             return frame
-        if self.calibration is not None:
-            bounds = self.calibration.bands(point, levels)
-        else:
-            raws = np.repeat(raw, samples, axis=0)
-
-            def dropout(x: np.ndarray) -> np.ndarray:
-                return mc_dropout_samples(self.model, x, 1, seed)[0]
-
-            bounds = quantile_bounds(simulate_paths(pre, raws, days, dropout), levels)
+        levels = self.calibration.levels if levels is None else levels
+        bounds = self.calibration.bands(point, levels)
         for level in levels:
             frame[f"lower_{level_name(level)}"] = bounds.lower[level]
             frame[f"upper_{level_name(level)}"] = bounds.upper[level]

@@ -48,13 +48,7 @@ class LSTMPriceModel(mlflow.pyfunc.PythonModel):
             if intervals and bool(params.get("recalibrate", False)):
                 # conformal scores of the input's days after the calibration: a rolling window
                 forecaster = forecaster.recalibrated(frame)
-            out = forecaster.forecast(
-                frame,
-                days=days,
-                samples=int(params.get("samples", 30)),
-                seed=int(params.get("seed", 0)),
-                intervals=intervals,
-            )
+            out = forecaster.forecast(frame, days=days, intervals=intervals)
         except DataError as exc:
             # `mlflow models serve` answers an MlflowException with its message; any other
             # error only with "an unexpected error while evaluating the model".

@@ -185,9 +185,7 @@ def train(data: core_data.WindowedData, settings: Settings, run_id: str, ticker:
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(model: Any, data: core_data.WindowedData, settings: Settings):
-    return core_evaluate.evaluate_model(
-        model, data, settings.evaluation, seed=settings.training.seed
-    )
+    return core_evaluate.evaluate_model(model, data, settings.evaluation)
 
 
 @task(name="calibrate", cache_policy=NO_CACHE)
@@ -196,11 +194,9 @@ def calibrate(
     frames: core_data.SplitFrames,
     preprocessor: core_data.Preprocessor,
     settings: Settings,
-) -> ConformalCalibration | None:
-    """Conformal scores of the served N-day forecasts on the validation days (None for MC)."""
+) -> ConformalCalibration:
+    """Conformal scores of the served N-day forecasts on the validation days."""
     ev = settings.evaluation
-    if ev.intervals != "conformal":
-        return None
     return core_forecast.calibrate_recursive(
         model, preprocessor, frames, ev.forecast_days, ev.interval_levels
     )

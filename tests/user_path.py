@@ -33,7 +33,6 @@ TINY = [
         "training.batch_size=16",
         "evaluation.backtest_folds=1",
         "evaluation.backtest_epochs=1",
-        "evaluation.mc_samples=4",
         "registry.promotion.max_worse_than_naive=10",
     )
 ]

@@ -128,45 +128,30 @@ def _side_by_side(pool: ThreadPoolExecutor, calls: Sequence[Callable[[], Any]]) 
     return [f.result() for f in futures] + [last]
 
 
-def _outputs(
-    pool: Any, parts: int, net: _Net, X: np.ndarray, n_samples: int = 0, seed: int = 0
-) -> np.ndarray:
-    """Deterministic output for ``X`` (``n_samples`` 0) or ``n_samples`` dropout passes
-    ``(n_samples · n, H)``: row r·n + i is window i of pass r, masked as in one batch of all."""
+def _outputs(pool: Any, parts: int, net: _Net, X: np.ndarray) -> np.ndarray:
+    """Deterministic output ``(n, H)`` for ``X`` (dropout off), in slices run side by side."""
     from lstm_core.engine.kernels import forward
-
-    n = len(X)
-    total = n * max(1, n_samples)
-    key = _mask_key(seed, 2**62)  # far from training's keys (steps from 0): other masks
-    rates = (net.rate, net.top_rate) if n_samples else (0.0, 0.0)
 
     def rows(lo: int, hi: int) -> np.ndarray:
         # in chunks: forward keeps every step's activations of the rows it runs
-        chunks = [range(a, min(a + CHUNK, hi)) for a in range(lo, hi, CHUNK)]
-        outs = [forward(X[np.mod(c, n)], net.views, key, c[0], total, *rates)[-1] for c in chunks]
+        chunks = [(a, min(a + CHUNK, hi)) for a in range(lo, hi, CHUNK)]
+        outs = [
+            forward(X[a:b], net.views, np.uint64(0), a, len(X), 0.0, 0.0)[-1] for a, b in chunks
+        ]
         return np.concatenate(outs)
 
-    return np.concatenate(_side_by_side(pool, [partial(rows, *s) for s in _slices(total, parts)]))
-
-
-def mc_dropout_samples(
-    model: Any, X: np.ndarray, n_samples: int | None, seed: int = 0
-) -> np.ndarray:
-    """``n_samples`` outputs ``(n_samples, n, horizon)`` with dropout active, as in training;
-    ``n_samples`` None: one output ``(1, n, horizon)``, dropout off."""
-    net = _Net.of(model)
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    shape = (1 if n_samples is None else n_samples, len(X), net.views[-1].size)
-    if 0 in shape:
-        return np.empty(shape, np.float32)
-    parts = _parts()
-    with engine_settings(), ThreadPoolExecutor(max(1, parts - 1)) as pool:
-        return _outputs(pool, parts, net, X, n_samples or 0, seed).reshape(shape)
+    return np.concatenate(_side_by_side(pool, [partial(rows, *s) for s in _slices(len(X), parts)]))
 
 
 def predict(model: Any, X: np.ndarray) -> np.ndarray:
     """Deterministic output ``(n, horizon)`` of ``model`` (dropout off) for ``X``."""
-    return mc_dropout_samples(model, X, None)[0]
+    net = _Net.of(model)
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    if len(X) == 0:
+        return np.empty((0, net.views[-1].size), np.float32)
+    parts = _parts()
+    with engine_settings(), ThreadPoolExecutor(max(1, parts - 1)) as pool:
+        return _outputs(pool, parts, net, X)
 
 
 def fit(

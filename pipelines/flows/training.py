@@ -124,12 +124,7 @@ def train_one(
         )
         trained = tasks.train(data, settings, run_id, ticker)
         ev = settings.evaluation
-        log.info(
-            "%s: evaluating on %d test days (%s intervals)",
-            ticker,
-            len(data.test),
-            ev.intervals,
-        )
+        log.info("%s: evaluating on %d test days (conformal intervals)", ticker, len(data.test))
         evaluation = tasks.evaluate(trained.model, data, settings)
         calibration = tasks.calibrate(trained.model, frames, preprocessor, settings)
         if ev.backtest_folds > 0:

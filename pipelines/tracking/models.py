@@ -29,7 +29,7 @@ _TYPE_HINT_ADVICE = re.compile(r"(\x1b\[\d+m)?Add type hints to the `predict` me
 
 # The request params a logged model declares in its signature, with their defaults (a model
 # logged by an older version may declare fewer: `param_names` reads a loaded model's).
-REQUEST_PARAMS = {"intervals": False, "days": 1, "samples": 30, "seed": 0, "recalibrate": False}
+REQUEST_PARAMS = {"intervals": False, "days": 1, "recalibrate": False}
 
 
 # What MLflow 3.17 refuses in a LoggedModel's name (mlflow/utils/validation.py:

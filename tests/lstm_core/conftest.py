@@ -35,5 +35,5 @@ TINY_FEATURES = FeatureConfig(lookback=5)
 TINY_MODEL = ModelConfig(layers=1, units=4, backend="keras")
 TINY_TRAINING = TrainingConfig(epochs=1, batch_size=16, seed=1)
 TINY_EVAL = EvaluationConfig(
-    val_fraction=0.2, test_fraction=0.2, mc_samples=5, backtest_folds=2, backtest_epochs=1
+    val_fraction=0.2, test_fraction=0.2, backtest_folds=2, backtest_epochs=1
 )

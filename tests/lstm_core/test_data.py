@@ -3,11 +3,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
 from lstm_core.config import EvaluationConfig, FeatureConfig
 from lstm_core.data import (
     DataError,
     Preprocessor,
+    SplitFrames,
     fit_preprocessor,
     make_dataset,
     prepare_data,
@@ -164,13 +166,13 @@ def test_too_short_series_raises_with_numbers():
         prepare_data(df, FeatureConfig(lookback=20), EvaluationConfig())
 
 
-def test_empty_validation_part_is_allowed_when_requested():
-    data = prepare_data(
-        _arange_frame(40),
-        FeatureConfig(lookback=5),
-        EvaluationConfig(val_fraction=0.0, intervals="mc_dropout"),
-    )
+def test_an_empty_validation_part_windows_but_a_configured_one_is_required():
+    df = _arange_frame(40)  # the backtest's folds and a search's frames have none
+    pre = fit_preprocessor(df.iloc[:34], FeatureConfig(lookback=5))
+    data = make_dataset(SplitFrames(df, 34, 34), pre)
     assert len(data.val) == 0 and len(data.test) == 6
+    with pytest.raises(ValidationError, match="val_fraction\n  Input should be greater than 0"):
+        EvaluationConfig(val_fraction=0.0)  # the bands are calibrated on the validation days
 
 
 def test_constant_series_raises():

@@ -45,7 +45,7 @@ def _train_and_evaluate(frame, eval_cfg):
     """The main job's chain on a tiny model: windows, training, test evaluation."""
     data = prepare_data(frame, TINY_FEATURES, eval_cfg)
     result = train_network(TINY_MODEL, TINY_TRAINING, data.train, data.val)
-    return result, evaluate_model(result.model, data, eval_cfg, seed=TINY_TRAINING.seed)
+    return result, evaluate_model(result.model, data, eval_cfg)
 
 
 def test_point_metrics_by_hand():

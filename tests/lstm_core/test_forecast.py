@@ -26,11 +26,9 @@ def test_recursive_forecast_first_day_matches_one_step(transform):
     cfg = FeatureConfig(lookback=5, columns=("open", "close", "volume"), target_transform=transform)
     pre = fit_preprocessor(df.iloc[:40], cfg)
     model = build_model(ModelConfig(layers=1, units=4, backend="keras"), 5, 3, 1, seed=0)
-    out = Forecaster(model, pre).forecast(df, days=4, levels=(0.8, 0.95), samples=10, seed=1)
-    assert list(out.columns) == ["date", "forecast", "lower_80", "upper_80", "lower_95", "upper_95"]
+    out = Forecaster(model, pre).forecast(df, days=4)
     assert out["date"].iloc[0] == pd.Timestamp("2021-03-29")  # business day after the last date
     assert len(out) == 4 and out["date"].is_monotonic_increasing
-    assert (out["lower_95"] <= out["upper_95"]).all()
     x = pre.transform(df.iloc[-pre.rows_needed :])[None].astype(np.float32)
     expected = pre.to_prices(predict_scaled(model, x), np.array([df["open"].iloc[-1]]))[0, 0]
     assert out["forecast"].iloc[0] == pytest.approx(expected, rel=1e-6)
@@ -92,7 +90,7 @@ def test_simulated_paths_match_the_served_forecast():
     model = build_model(ModelConfig(layers=1, units=4, backend="keras"), 5, 2, 1, seed=0)
     raw = pre.column_values(df.iloc[-pre.rows_needed :])
     paths = simulate_paths(pre, np.stack([raw, raw]), 3, lambda x: predict_scaled(model, x))
-    served = Forecaster(model, pre).forecast(df, days=3, samples=0)["forecast"].to_numpy()
+    served = Forecaster(model, pre).forecast(df, days=3)["forecast"].to_numpy()
     np.testing.assert_allclose(paths[0], served, rtol=1e-5)
     np.testing.assert_array_equal(paths[0], paths[1])
 

@@ -128,11 +128,13 @@ def test_a_bad_price_or_a_time_of_day_is_refused_naming_its_row_as_given(forecas
     )
 
 
-def test_predict_with_intervals(forecaster):
-    out = forecaster.forecast(make_frame(60), 1, levels=(0.8, 0.95), samples=20, seed=0)
-    assert list(out.columns) == ["date", "forecast", "lower_80", "upper_80", "lower_95", "upper_95"]
-    row = out.iloc[0]
-    assert row.lower_95 <= row.lower_80 <= row.upper_80 <= row.upper_95
+def test_a_model_without_calibration_forecasts_without_bands(forecaster):
+    """Models saved before calibration existed; their pyfunc still passes MC dropout's
+    `samples` and `seed`, which are accepted and change nothing."""
+    df = make_frame(60)
+    out = forecaster.forecast(df, 2, levels=(0.8, 0.95), samples=20, seed=0)
+    assert list(out.columns) == ["date", "forecast"]
+    pd.testing.assert_frame_equal(out, forecaster.forecast(df, 2, intervals=False))
 
 
 def test_save_load_round_trip(forecaster, tmp_path):
@@ -148,7 +150,7 @@ def test_save_load_round_trip(forecaster, tmp_path):
     pd.testing.assert_frame_equal(
         loaded.forecast(df, 1, intervals=False), forecaster.forecast(df, 1, intervals=False)
     )
-    fc = loaded.forecast(df, days=3, samples=5, seed=0)
+    fc = loaded.forecast(df, days=3)
     assert len(fc) == 3 and fc["forecast"].iloc[0] == pytest.approx(
         loaded.forecast(df, 1, intervals=False)["forecast"].iloc[0], rel=1e-5
     )
@@ -160,7 +162,7 @@ def test_forecast_days_skip_the_holidays_it_was_saved_with(forecaster, tmp_path)
     closed.save(tmp_path / "bundle")
     loaded = Forecaster.load(tmp_path / "bundle")
     assert loaded.holidays == ("2021-03-29",)
-    dates = loaded.forecast(df, days=3, samples=0)["date"]
+    dates = loaded.forecast(df, days=3)["date"]
     assert list(dates) == list(pd.to_datetime(["2021-03-30", "2021-03-31", "2021-04-01"]))
     (tmp_path / "bundle" / "holidays.json").unlink()  # a model saved before holidays existed
     old = Forecaster.load(tmp_path / "bundle").forecast(df, 1, intervals=False)
@@ -183,7 +185,7 @@ def test_days_are_bounded_by_the_trained_forecast_days_with_or_without_intervals
     )
     for intervals in (False, True):
         with pytest.raises(DataError) as info:
-            loaded.forecast(df, days=4, samples=2, intervals=intervals)
+            loaded.forecast(df, days=4, intervals=intervals)
         assert str(info.value) == refusal
     assert forecaster.days_limit is None  # saved before the bound existed: none recorded
 
@@ -213,7 +215,7 @@ def test_calibrated_forecaster_serves_its_bands_after_a_round_trip(forecaster, t
         loaded.forecast(df.iloc[:60], days=3, intervals=False)
     newer = loaded.recalibrated(df)
     assert newer.calibration.last_date == str(df["date"].iloc[-1].date())
-    assert forecaster.recalibrated(df) is forecaster  # uncalibrated: MC dropout, unchanged
+    assert forecaster.recalibrated(df) is forecaster  # uncalibrated (an older model): unchanged
 
 
 def test_model_input_takes_what_a_user_has():

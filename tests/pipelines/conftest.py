@@ -39,7 +39,6 @@ training:
   epochs: 1
   batch_size: 16
 evaluation:
-  mc_samples: 4
   backtest_folds: 1
   backtest_epochs: 1
   forecast_days: 3

@@ -13,7 +13,7 @@ from pipelines.config import (
     resolve_tracking_uri,
     template_text,
 )
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, OverrideError
 
 REPO = Path(__file__).resolve().parents[2]
 REPO_CONFIG = REPO / "mlflow.yaml"
@@ -72,7 +72,10 @@ def test_stable_key_names_are_all_present():
         ("model:\n  units: [1, 2]\n", "model.units"),
         ("evaluation:\n  test_fraction: 0.6\n  val_fraction: 0.5\n", "evaluation"),
         ("evaluation:\n  intervals: magic\n", "evaluation.intervals"),
-        ("evaluation:\n  val_fraction: 0.0\n", "evaluation"),  # conformal needs validation
+        (
+            "evaluation:\n  val_fraction: 0.0\n",
+            "evaluation.val_fraction",
+        ),  # the bands calibrate on it
         ("features:\n  target_transform: diff\n", "features.target_transform"),
         ("registry:\n  model_name: lstm\n", "registry.model_name"),
         ("schedule:\n  cron: every day\n", "schedule.cron"),
@@ -405,3 +408,30 @@ def test_registry_alias_follows_exactly_mlflows_rules(tmp_path, alias):
             load_settings(path, env={})
         assert str(err.value).startswith(f"{path}: registry.alias: "), err.value
         assert len(str(err.value).splitlines()) == 1
+
+
+def test_keys_an_earlier_version_wrote_are_a_warning_and_mc_dropout_a_refusal(tmp_path, caplog):
+    """Every project's mlflow.yaml held `intervals: conformal` and `mc_samples: 30` before MC
+    dropout was removed: such a project still loads, told once to delete them."""
+    from pipelines.config import loader
+
+    text = "evaluation:\n  intervals: conformal\n  mc_samples: 30\n  backtest_folds: 1\n"
+    path = write(tmp_path, text)
+    caplog.set_level("WARNING", logger="pipelines")
+    for _ in range(2):
+        assert load_settings(path, env={}).evaluation.backtest_folds == 1
+    assert caplog.messages == [
+        f"{path}: evaluation.intervals is no longer read (the bands are always split "
+        "conformal): delete it",
+        f"{path}: evaluation.mc_samples is no longer read (Monte-Carlo dropout intervals were "
+        "removed): delete it",
+    ]
+    (tmp_path / "old").mkdir()
+    refused = write(tmp_path / "old", "evaluation:\n  intervals: mc_dropout\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(refused, env={})
+    assert err.value.key == "evaluation.intervals" and str(refused) in str(err.value)
+    assert err.value.problem == loader.MC_DROPOUT_GONE
+    with pytest.raises(OverrideError) as err:
+        load_settings(path, ["evaluation.intervals=mc_dropout"], env={})
+    assert str(err.value) == f"--set evaluation.intervals=mc_dropout: {loader.MC_DROPOUT_GONE}"

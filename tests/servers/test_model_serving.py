@@ -134,7 +134,7 @@ def test_served_days_are_bounded_with_or_without_intervals_and_null_is_a_default
             "evaluation.forecast_days it was trained with): ask for 1 to 3, or raise "
             "evaluation.forecast_days and retrain"
         ), (params, message)
-    nulls = dict.fromkeys(("days", "intervals", "samples", "seed", "recalibrate"))
+    nulls = dict.fromkeys(("days", "intervals", "recalibrate"))
     with urllib.request.urlopen(post(nulls), timeout=120) as resp:
         assert resp.status == 200
         served = pd.DataFrame(json.loads(resp.read())["predictions"])

@@ -118,7 +118,7 @@ def test_float32_rational_tanh_stays_within_float32_noise_of_float64():
 
 
 def test_forward_draws_the_masks_of_its_rows_in_the_whole_batch():
-    """Rows lo..hi of a batch (a slice in training, a chunk of Monte Carlo passes in inference)
+    """Rows lo..hi of a batch (a slice in training, a chunk in inference)
     get the masks of those rows in the whole batch."""
     _, (kernel0, wst, bias) = _weights()
     rng = np.random.default_rng(5)

@@ -211,14 +211,12 @@ def test_served_model_takes_null_params_as_their_defaults(trained, client):
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
     plain = price_frame(120).rename(columns=str.lower).tail(30).reset_index(drop=True)
     expected = model.predict(plain)
-    for name in ("days", "intervals", "samples", "seed", "recalibrate"):
+    for name in ("days", "intervals", "recalibrate"):
         pd.testing.assert_frame_equal(model.predict(plain, params={name: None}), expected)
-    nulls = dict.fromkeys(("days", "intervals", "samples", "seed", "recalibrate"))
+    nulls = dict.fromkeys(("days", "intervals", "recalibrate"))
     pd.testing.assert_frame_equal(model.predict(plain, params=nulls), expected)
-    with_bands = model.predict(plain, params={"days": 2, "intervals": True, "seed": None})
+    with_bands = model.predict(plain, params={"days": 2, "intervals": True, "recalibrate": None})
     assert len(with_bands) == 2 and "lower_80" in with_bands.columns
-    for name in ("samples", "seed"):
-        assert _refusal(model, plain, {name: -1}) == f"{name} must be >= 0, got -1"
 
 
 def test_served_model_names_a_bad_date_and_its_row(trained, client):
