@@ -23,8 +23,9 @@ DAYS_FILE = "forecast_days.json"
 @dataclass(eq=False)  # hashable, compared by identity: a model has no value equality
 class Forecaster:
     """Keras model + fitted Preprocessor, ready to serve, with the conformal ``calibration``'s
-    bands (none without one: models saved before it existed).  No forecast goes beyond ``max_days``, the
-    evaluation.forecast_days it was trained for (unset in older models: the calibration's steps)."""
+    bands (none without one: models saved before it existed).  No forecast goes beyond
+    ``max_days``, the evaluation.forecast_days it was trained for (unset in older models: the
+    calibration's steps)."""
 
     model: Any
     preprocessor: Preprocessor
