@@ -222,6 +222,7 @@ def test_each_version_is_scored_on_its_own_forecasts(tiny_settings, tiny_project
     assert got.window["2"].days == 9  # v2's own targets only: days 111..119
 
 
+@pytest.mark.slow  # two trainings and a retraining flow (~16 s): make test-fast stays under 3 min
 def test_degraded_event_on_a_level_shift_and_the_retraining_it_causes(tiny_project):
     from pipelines import monitoring, tracking
     from pipelines.demo import let_days_arrive
