@@ -10,6 +10,7 @@ environment win over the file.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,12 @@ CONFIG_ENV = "LSTM_PIPELINE_CONFIG"
 # own mlflow.yaml is the same text, a test keeps them identical).
 TEMPLATE_NAME = "mlflow.default.yaml"
 # Keys an earlier version wrote into every project's mlflow.yaml, now read by nothing: a
-# warning to delete them, not an unknown key's error. (section, key) -> why.
+# warning to delete them, not an unknown key's error. (section, key) -> (why, the one value
+# that still means what it did, None: any); another value is refused with MC_DROPOUT_GONE.
 RETIRED = {
-    ("evaluation", "intervals"): "the bands are always split conformal",
-    ("evaluation", "mc_samples"): "Monte-Carlo dropout intervals were removed",
+    ("evaluation", "intervals"): ("the bands are always split conformal", "conformal"),
+    ("evaluation", "mc_samples"): ("Monte-Carlo dropout intervals were removed", None),
 }
-# what `intervals` asked for other than the bands there are
 MC_DROPOUT_GONE = (
     "the bands are split conformal: Monte-Carlo dropout (mc_dropout) was removed, as its "
     "80% / 95% bands held 32% / 46% of a synthetic series' test prices (docs/decisions.md); "
@@ -314,14 +315,12 @@ def load_settings(
 
 
 def _drop_retired(cfg_path: Path, given: list[tuple[str, str]], raw: dict[str, Any]) -> None:
-    import logging
-
-    for (section, key), why in RETIRED.items():
+    for (section, key), (why, kept) in RETIRED.items():
         values = raw.get(section)
         if not isinstance(values, dict) or key not in values:
             continue
         value = values.pop(key)
-        if key == "intervals" and value != "conformal":
+        if kept is not None and value != kept:
             raise _blame(cfg_path, given, f"{section}.{key}", MC_DROPOUT_GONE)
         if (cfg_path, key) not in _SAID_RETIRED:
             _SAID_RETIRED.add((cfg_path, key))

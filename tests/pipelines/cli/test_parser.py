@@ -98,3 +98,33 @@ def test_the_readme_command_list_names_every_option(command):
         if opt.startswith("--") and opt not in ("--help", "--config", "--set")
     }
     assert {o for o in options if o not in text} == set()
+
+
+@pytest.mark.slow  # the CLI in subprocesses
+def test_an_older_projects_config_runs_with_a_warning_and_mc_dropout_is_one_line(tmp_path):
+    """As a user upgrading sees it: the template an earlier version wrote (with `intervals:
+    conformal` and `mc_samples: 30`) still runs a command, told to delete the two lines; a
+    project that asked for MC dropout gets one line and exit 2."""
+    env = user_env(keep_pythonpath=True)
+    assert cli(BIN, "init", "project", cwd=tmp_path, env=env).returncode == 0
+    project = tmp_path / "project"
+    config = project / "mlflow.yaml"
+    text = config.read_text()
+    assert text.count("\nevaluation:\n") == 1
+    old = "  intervals: conformal\n  mc_samples: 30\n"
+    config.write_text(text.replace("\nevaluation:\n", "\nevaluation:\n" + old))
+    out = cli(BIN, "status", cwd=project, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    warned = [line.split(" ", 1)[1] for line in out.stderr.splitlines()]
+    assert warned == [
+        f"{config}: evaluation.intervals is no longer read (the bands are always split "
+        "conformal): delete it",
+        f"{config}: evaluation.mc_samples is no longer read (Monte-Carlo dropout intervals "
+        "were removed): delete it",
+    ], out.stderr
+    config.write_text(config.read_text().replace("intervals: conformal", "intervals: mc_dropout"))
+    out = cli(BIN, "status", cwd=project, env=env, timeout=300)
+    from pipelines.config.loader import MC_DROPOUT_GONE
+
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [f"error: {config}: evaluation.intervals: {MC_DROPOUT_GONE}"]
