@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,10 @@ from pipelines.tuning.space import apply_params, suggest, trial_name
 log = logging.getLogger("pipelines")
 
 INTERRUPTED = "interrupted"  # the user attribute of a trial stopped by Ctrl-C
+# Set by a worker process's Ctrl-C handler (`workers`). The KeyboardInterrupt that handler
+# raises lands wherever the worker's Python code happens to be, and library code that discards
+# errors can lose it: the trial then stops at its next epoch and the study starts no new one.
+STOP = threading.Event()
 
 
 @dataclass
@@ -67,6 +72,8 @@ class Objective:
             data = search_data(frames, candidate.features)
 
             def report(epoch: int, value: float) -> None:
+                if STOP.is_set():
+                    raise KeyboardInterrupt
                 tracking.log_metrics(run_id, {"epoch_val_rmse": value}, step=epoch)
                 trial.report(value, epoch)
                 # After the last epoch the training is done: pruning would save nothing and

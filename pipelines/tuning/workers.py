@@ -12,7 +12,7 @@ from typing import Any
 
 from lstm_core.data import DataError
 from pipelines import tracking
-from pipelines.tuning.objective import Objective, QuietInterrupted
+from pipelines.tuning.objective import STOP, Objective, QuietInterrupted
 from pipelines.tuning.storage import load_study
 
 
@@ -89,23 +89,26 @@ def _optimize(
                 timeout=timeout,
                 # A candidate whose windows do not fit the data fails; the study goes on.
                 catch=(DataError,),
-                callbacks=[MaxTrialsCallback(target, states=None)],
+                callbacks=[MaxTrialsCallback(target, states=None), _stop_when_asked],
             )
     finally:
         optuna_log.removeFilter(quiet)
 
 
-# In a worker process: whether it was interrupted, and whether a trial runs (the only time
-# the interrupt is raised there).
-_interrupted = False
+def _stop_when_asked(study: Any, trial: Any) -> None:
+    """After each trial: no new one once Ctrl-C was seen (see `STOP`)."""
+    if STOP.is_set():
+        study.stop()
+
+
+# In a worker process: whether a trial runs (the only time the interrupt is raised there).
 _running = False
 
 
 def _on_interrupt(signum: int, frame: Any) -> None:
-    global _interrupted
-    if _interrupted:  # the terminal's Ctrl-C and the parent's relay: the trial stops once
+    if STOP.is_set():  # the terminal's Ctrl-C and the parent's relay: the trial stops once
         return
-    _interrupted = True
+    STOP.set()
     if _running:
         raise KeyboardInterrupt
 
@@ -158,7 +161,7 @@ def _worker(
 ) -> None:
     """Entry point of one spawned worker process (after `_start_worker`)."""
     global _running
-    if _interrupted:
+    if STOP.is_set():
         return
     _running = True
     try:

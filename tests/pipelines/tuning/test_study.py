@@ -185,6 +185,55 @@ def test_ctrl_c_stays_the_news_when_the_trials_run_cannot_be_ended(tmp_path, mon
     assert objective.interrupted == {0}
 
 
+@pytest.fixture
+def stop_flag():
+    """The worker's Ctrl-C flag, cleared after the test."""
+    from pipelines.tuning.objective import STOP
+
+    yield STOP
+    STOP.clear()
+
+
+def test_a_ctrl_c_whose_interrupt_was_lost_stops_the_trial_at_its_next_epoch(tmp_path, stop_flag):
+    """A worker saw Ctrl-C (the flag is set) but the KeyboardInterrupt its handler raised was
+    discarded somewhere: the trial stops at its next epoch, as interrupted, and it is the last."""
+    from pipelines.tuning.objective import INTERRUPTED
+    from pipelines.tuning.storage import load_study
+    from pipelines.tuning.workers import _optimize
+
+    settings = tuning_settings(tmp_path)
+    objective = _objective(settings)
+    stop_flag.set()
+    with pytest.raises(KeyboardInterrupt):
+        _optimize(objective, 0, 0, 3, None)
+    [trial] = load_study(settings, "TEST").trials
+    assert trial.user_attrs[INTERRUPTED] is True
+    assert objective.interrupted == {0}
+
+
+def test_no_new_trial_starts_after_a_ctrl_c_seen_during_the_last_epoch(
+    tmp_path, monkeypatch, stop_flag
+):
+    """Ctrl-C seen after the trial's last epoch: the trial keeps its result and the study of
+    three trials ends after it."""
+    import lstm_core.search
+    from pipelines.tuning.storage import load_study
+    from pipelines.tuning.workers import _optimize
+
+    real = lstm_core.search.train_candidate
+
+    def trained_then_stopped(*args, **kwargs):
+        result = real(*args, **kwargs)
+        stop_flag.set()
+        return result
+
+    settings = tuning_settings(tmp_path, overrides=("training.epochs=1",))
+    objective = _objective(settings)
+    monkeypatch.setattr(lstm_core.search, "train_candidate", trained_then_stopped)
+    _optimize(objective, 0, 0, 3, None)
+    assert [t.state.name for t in load_study(settings, "TEST").trials] == ["COMPLETE"]
+
+
 def test_search_never_reads_the_test_part(searched):
     # The study ran on a frame whose test rows are all NaN: a read would have failed the
     # trial (validation) or made its score NaN (arithmetic).
