@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,12 +33,54 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def prefect_harness(tmp_path_factory):
-    """One Prefect test API for the whole session (it takes ~15 s to start)."""
-    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+def prefect_db() -> Path:
+    """A Prefect database already migrated to this Prefect version, made once and kept between
+    sessions: a server started on a copy skips the migrations, most of a start on a new one."""
+    import filelock
+    import prefect
+
+    folder = Path(tempfile.gettempdir()) / "lstm-pipeline-tests"
+    folder.mkdir(exist_ok=True)
+    db = folder / f"prefect-{prefect.__version__}.db"
+    with filelock.FileLock(f"{db}.lock"):  # the test workers share it
+        if not db.exists():
+            part = db.with_suffix(".part")
+            part.unlink(missing_ok=True)
+            env = {
+                **os.environ,
+                "PREFECT_HOME": str(folder / "prefect-home"),
+                "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{part}",
+            }
+            prefect_cli = Path(sys.executable).with_name("prefect")
+            subprocess.run(
+                [str(prefect_cli), "server", "database", "upgrade", "-y"],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+            os.replace(part, db)
+    return db
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory, prefect_db):
+    """One Prefect test API for the whole session, on a copy of `prefect_db`."""
+    from unittest import mock
+
+    import prefect.testing.utilities
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=90):
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+
+    def seeded_mkdtemp() -> str:  # the harness's database folder, with the database in it
+        folder = tempfile.mkdtemp()
+        shutil.copyfile(prefect_db, Path(folder) / "prefect-test.db")
+        return folder
+
+    with (
+        mock.patch.object(prefect.testing.utilities, "mkdtemp", seeded_mkdtemp),
+        prefect_test_harness(server_startup_timeout=90),
+    ):
         yield
 
 
