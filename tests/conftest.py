@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,56 +32,50 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture(scope="session")
-def prefect_db() -> Path:
-    """A Prefect database already migrated to this Prefect version, made once and kept between
-    sessions: a server started on a copy skips the migrations, most of a start on a new one."""
-    import filelock
-    import prefect
+def _copy_sqlite(src: Path, dst: Path) -> None:
+    """A consistent copy of a SQLite database another process may be writing, put in place
+    in one step."""
+    import sqlite3
 
-    folder = Path(tempfile.gettempdir()) / "lstm-pipeline-tests"
-    folder.mkdir(exist_ok=True)
-    db = folder / f"prefect-{prefect.__version__}.db"
-    with filelock.FileLock(f"{db}.lock"):  # the test workers share it
-        if not db.exists():
-            part = db.with_suffix(".part")
-            part.unlink(missing_ok=True)
-            env = {
-                **os.environ,
-                "PREFECT_HOME": str(folder / "prefect-home"),
-                "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{part}",
-            }
-            prefect_cli = Path(sys.executable).with_name("prefect")
-            subprocess.run(
-                [str(prefect_cli), "server", "database", "upgrade", "-y"],
-                env=env,
-                check=True,
-                capture_output=True,
-            )
-            os.replace(part, db)
-    return db
+    part = dst.with_name(f"{dst.name}.{os.getpid()}.part")
+    with (
+        contextlib.closing(sqlite3.connect(src)) as a,
+        contextlib.closing(sqlite3.connect(part)) as b,
+    ):
+        a.backup(b)
+    os.replace(part, dst)
 
 
 @pytest.fixture(scope="session")
-def prefect_harness(tmp_path_factory, prefect_db):
-    """One Prefect test API for the whole session, on a copy of `prefect_db`."""
+def prefect_harness(tmp_path_factory) -> Iterator[Path]:
+    """One Prefect test API for the whole session. Yields a Prefect database migrated to this
+    Prefect version, kept between sessions: a server started on a copy of it skips the
+    migrations, most of a start on a new database (this harness, when there is one already)."""
     from unittest import mock
 
+    import prefect
     import prefect.testing.utilities
     from prefect.testing.utilities import prefect_test_harness
 
     os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    kept = Path(tempfile.gettempdir()) / "lstm-pipeline-tests" / f"prefect-{prefect.__version__}.db"
+    made: list[Path] = []
 
-    def seeded_mkdtemp() -> str:  # the harness's database folder, with the database in it
-        folder = tempfile.mkdtemp()
-        shutil.copyfile(prefect_db, Path(folder) / "prefect-test.db")
-        return folder
+    def seeded_mkdtemp() -> str:  # the harness's database folder, with the kept database in it
+        folder = Path(tempfile.mkdtemp())
+        made.append(folder / "prefect-test.db")
+        if kept.exists():
+            shutil.copyfile(kept, made[0])
+        return str(folder)
 
     with (
         mock.patch.object(prefect.testing.utilities, "mkdtemp", seeded_mkdtemp),
         prefect_test_harness(server_startup_timeout=90),
     ):
-        yield
+        if not kept.exists():  # the harness has just migrated a new one
+            kept.parent.mkdir(exist_ok=True)
+            _copy_sqlite(made[0], kept)
+        yield kept
 
 
 @pytest.fixture(autouse=True)

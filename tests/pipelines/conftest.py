@@ -173,7 +173,7 @@ class Trained:
 
 
 @pytest.fixture(scope="session")
-def trained_tiny(tmp_path_factory, prefect_harness, prefect_db) -> Iterator[Trained]:
+def trained_tiny(tmp_path_factory, prefect_harness) -> Iterator[Trained]:
     """The tiny project trained once per session by the training flow, under the Prefect
     harness. Tests only read it; a test that changes a trained project takes a copy
     (`trained_settings`). Its `.prefect` holds a Prefect database, as a project that ran a
@@ -186,7 +186,7 @@ def trained_tiny(tmp_path_factory, prefect_harness, prefect_db) -> Iterator[Trai
     summary = training_flow(settings=settings)
     assert summary.ok, summary.render()
     (root / ".prefect").mkdir()
-    shutil.copyfile(prefect_db, root / ".prefect" / "prefect.db")
+    shutil.copyfile(prefect_harness, root / ".prefect" / "prefect.db")
     before = tree_bytes(root)
     yield Trained(root, settings, summary)
     assert tree_bytes(root) == before, "a test changed the shared trained project: use a copy"

@@ -124,8 +124,8 @@ def _retrain_with_streams(project: Path, where: str) -> list[str]:
 
 @pytest.mark.parametrize(
     "where",
-    [  # ~30 s each (a Prefect server starts): cron's case in make test-fast, all in make test
-        "one file",
+    [  # 13-30 s each: a Prefect API server starts in the command (make test only)
+        pytest.param("one file", marks=pytest.mark.slow),
         pytest.param("terminal", marks=pytest.mark.slow),
         pytest.param("file and terminal", marks=pytest.mark.slow),
     ],

@@ -452,6 +452,7 @@ def test_another_projects_newer_version_does_not_make_this_project_skip(
     assert "test_rmse" in line and "champion's" in line, line
 
 
+@pytest.mark.slow  # three trainings in two projects (8 s)
 def test_another_projects_champion_does_not_make_this_project_retrain(
     trained_settings, tmp_path, capsys
 ):
