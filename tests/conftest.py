@@ -32,41 +32,38 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def _copy_sqlite(src: Path, dst: Path) -> None:
-    """A consistent copy of a SQLite database another process may be writing, put in place
-    in one step."""
-    import sqlite3
-
-    part = dst.with_name(f"{dst.name}.{os.getpid()}.part")
-    with (
-        contextlib.closing(sqlite3.connect(src)) as a,
-        contextlib.closing(sqlite3.connect(part)) as b,
-    ):
-        a.backup(b)
-    os.replace(part, dst)
-
-
 @pytest.fixture(scope="session")
 def prefect_harness(tmp_path_factory) -> Iterator[Path]:
     """One Prefect test API for the whole session. Yields a Prefect database migrated to this
-    Prefect version, kept between sessions: a server started on a copy of it skips the
-    migrations, most of a start on a new database (this harness, when there is one already)."""
+    Prefect version and kept between sessions; the harness starts on a copy of it when there is
+    one, and a server on a copy skips the migrations (most of a start on a new database)."""
+    import sqlite3
     from unittest import mock
 
     import prefect
     import prefect.testing.utilities
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
     from prefect.testing.utilities import prefect_test_harness
+
+    from pipelines.fsio import atomic_write
 
     os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
     kept = Path(tempfile.gettempdir()) / "lstm-pipeline-tests" / f"prefect-{prefect.__version__}.db"
-    made: list[Path] = []
 
     def seeded_mkdtemp() -> str:  # the harness's database folder, with the kept database in it
-        folder = Path(tempfile.mkdtemp())
-        made.append(folder / "prefect-test.db")
+        folder = tempfile.mkdtemp()
         if kept.exists():
-            shutil.copyfile(kept, made[0])
-        return str(folder)
+            shutil.copyfile(kept, Path(folder) / "prefect-test.db")
+        return folder
+
+    def backup(dst: Path) -> None:  # consistent while the harness's server writes to it
+        url = PREFECT_SERVER_DATABASE_CONNECTION_URL.value()
+        src = url.removeprefix("sqlite+aiosqlite:///")
+        with (
+            contextlib.closing(sqlite3.connect(src)) as a,
+            contextlib.closing(sqlite3.connect(dst)) as b,
+        ):
+            a.backup(b)
 
     with (
         mock.patch.object(prefect.testing.utilities, "mkdtemp", seeded_mkdtemp),
@@ -74,7 +71,7 @@ def prefect_harness(tmp_path_factory) -> Iterator[Path]:
     ):
         if not kept.exists():  # the harness has just migrated a new one
             kept.parent.mkdir(exist_ok=True)
-            _copy_sqlite(made[0], kept)
+            atomic_write(kept, backup, fsync=False)
         yield kept
 
 

@@ -105,6 +105,8 @@ def test_an_older_projects_config_runs_with_a_warning_and_mc_dropout_is_one_line
     """As a user upgrading sees it: the template an earlier version wrote (with `intervals:
     conformal` and `mc_samples: 30`) still runs a command, told to delete the two lines; a
     project that asked for MC dropout gets one line and exit 2."""
+    from pipelines.config.loader import MC_DROPOUT_GONE
+
     env = user_env(keep_pythonpath=True)
     assert cli(BIN, "init", "project", cwd=tmp_path, env=env).returncode == 0
     project = tmp_path / "project"
@@ -124,7 +126,5 @@ def test_an_older_projects_config_runs_with_a_warning_and_mc_dropout_is_one_line
     ], out.stderr
     config.write_text(config.read_text().replace("intervals: conformal", "intervals: mc_dropout"))
     out = cli(BIN, "status", cwd=project, env=env, timeout=300)
-    from pipelines.config.loader import MC_DROPOUT_GONE
-
     assert out.returncode == 2
     assert out.stderr.splitlines() == [f"error: {config}: evaluation.intervals: {MC_DROPOUT_GONE}"]
