@@ -40,8 +40,8 @@ def fold_bounds(n_rows: int, eval_cfg: EvaluationConfig) -> list[tuple[int, int]
 def untrainable(
     df: pd.DataFrame, feature_cfg: FeatureConfig, eval_cfg: EvaluationConfig
 ) -> tuple[str, DataError] | None:
-    """Why ``df`` cannot be trained as the training flow does it, without training: split,
-    scaled and windowed ("train"), then cut into backtest folds ("backtest"); None: it can."""
+    """Why (the step, "train" or "backtest", and the error) ``df`` cannot be trained; None: it
+    can.  Nothing is trained."""
     try:
         prepare_data(df, feature_cfg, eval_cfg)
     except DataError as exc:

@@ -76,7 +76,6 @@ class EvaluationConfig(_Frozen):
     # the bands are conformal, calibrated on the validation days: there must be some
     val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.15, gt=0.0, lt=1.0)
-    moving_average_window: int = Field(5, ge=1)
     interval_levels: tuple[float, ...] = (0.8, 0.95)
     backtest_folds: int = Field(3, ge=0, description="0 disables the walk-forward backtest")
     backtest_epochs: int | None = Field(

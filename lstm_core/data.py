@@ -1,13 +1,9 @@
 """Split, scale and window one ticker's daily prices (lookback ``L``, horizon ``h``).
 
-* ``target_transform="price"``: the model sees scaled prices; a window whose first target is row
-  ``t`` reads rows ``t-L .. t-1`` and predicts rows ``t .. t+h-1``.
-* ``"log_return"``: it sees scaled daily log returns, row ``i``'s being ``log(p_i / p_{i-1})``
-  (volume: ``log1p(v_i) - log1p(v_{i-1})``, as volume can be zero); row 0 has none, so a window
-  needs ``L + 1`` rows.  Price = anchor (last known target price) * exp(cumulative return).
-
-A window belongs to the split holding *all* its target rows; its inputs may read history before
-the split starts, never anything after its targets.
+A window whose first target is row ``t`` reads rows ``t-L .. t-1`` (scaled prices) or their daily
+log returns (``log(p_i / p_{i-1})``; volume ``log1p``, as it can be 0), which need row ``t-L-1``
+too; price = anchor (last known price) * exp(cumulative return).  A window belongs to the split
+holding *all* its target rows; its inputs may read history before the split, never after.
 """
 
 from collections.abc import Sequence
@@ -60,22 +56,12 @@ class SplitFrames:
         return self.frame.iloc[: self.train_end]
 
 
-def split_frame(
-    df: pd.DataFrame, eval_cfg: EvaluationConfig, val_start: Any = None, test_start: Any = None
-) -> SplitFrames:
-    """Split by ``eval_cfg``'s fractions, or at ``val_start`` and ``test_start`` if both given."""
+def split_frame(df: pd.DataFrame, eval_cfg: EvaluationConfig) -> SplitFrames:
+    """Split by date order into ``eval_cfg``'s fractions: train, validation, test."""
     frame = df.reset_index(drop=True)
     n_rows = len(frame)
-    if (val_start is None) != (test_start is None):
-        raise ValueError("give both val_start and test_start, or neither")
-    if val_start is not None:
-        train_end = int((frame[DATE_COLUMN] < pd.Timestamp(val_start)).sum())
-        val_end = int((frame[DATE_COLUMN] < pd.Timestamp(test_start)).sum())
-        if val_end < train_end:
-            raise ValueError(f"test_start {test_start} precedes val_start {val_start}")
-    else:
-        val_end = n_rows - int(round(n_rows * eval_cfg.test_fraction))
-        train_end = val_end - int(round(n_rows * eval_cfg.val_fraction))
+    val_end = n_rows - int(round(n_rows * eval_cfg.test_fraction))
+    train_end = val_end - int(round(n_rows * eval_cfg.val_fraction))
     if train_end <= 0 or val_end >= n_rows:
         raise DataError(
             f"{n_rows} rows give an empty split (train rows {train_end}, "
@@ -118,8 +104,7 @@ class Preprocessor:
         return 1.0 / scale, -np.asarray(self.scaler.mean_) / scale
 
     def column_values(self, df: pd.DataFrame) -> np.ndarray:
-        """Raw feature column values, ``(rows, n_features)``, by name; DataError naming the first
-        (by its row in ``df``, 1-based) that is not finite, or not positive for log returns."""
+        """Raw feature values ``(rows, n_features)``; DataError naming the first bad one by row."""
         columns = self.feature_cfg.columns
         values = df[list(columns)].to_numpy(dtype=np.float64)
         volume = self._volume  # for log returns (offset 1) it may be 0, the prices may not
@@ -152,8 +137,7 @@ class Preprocessor:
         return (np.asarray(scaled, dtype=np.float64) - add[j]) / mult[j]
 
     def to_prices(self, scaled: np.ndarray, anchor: np.ndarray) -> np.ndarray:
-        """Scaled model output ``(..., horizon)`` -> prices; ``anchor`` ``(...)``, the last known
-        price, only matters for log returns (cumulated over the horizon)."""
+        """Scaled output ``(..., horizon)`` -> prices; ``anchor`` ``(...)``: the last known price."""
         values = self.inverse_target(scaled)
         if self.feature_cfg.target_transform == "price":
             return values
@@ -200,20 +184,18 @@ def fit_preprocessor(train_df: pd.DataFrame, feature_cfg: FeatureConfig) -> Prep
     return pre
 
 
-def _coerced(values: pd.Series, column: str, convert: Any, what: str, plural: str) -> pd.Series:
-    """``convert(values)``, else DataError naming the first value it refuses by its row (1-based,
-    in the order given), or the column as a whole."""
+def _coerced(values: pd.Series, column: str, convert: Any, what: str) -> pd.Series:
+    """``convert(values)``, else DataError naming the first value it refuses by its row."""
     try:
-        return convert(values)
-    except (ValueError, TypeError) as exc:
-        for row, value in enumerate(values, start=1):
-            try:
-                convert(value)
-            except (ValueError, TypeError, OverflowError):
-                raise DataError(
-                    f"column {column!r}, row {row} of {len(values)}: {value!r} is not {what}"
-                ) from None
-        raise DataError(f"column {column!r}: not {plural} ({exc})") from None
+        out = convert(values, errors="coerce")
+    except (ValueError, TypeError) as exc:  # the column as a whole, e.g. mixed time zones
+        raise DataError(f"column {column!r}: {exc}") from None
+    if (bad := (out.isna() & values.notna()).to_numpy()).any():
+        row = int(bad.argmax())
+        raise DataError(
+            f"column {column!r}, row {row + 1} of {len(values)}: {values.iloc[row]!r} is not {what}"
+        )
+    return out
 
 
 def trading_days(holidays: Sequence[str] = ()) -> pd.offsets.CustomBusinessDay:
@@ -224,12 +206,8 @@ def trading_days(holidays: Sequence[str] = ()) -> pd.offsets.CustomBusinessDay:
 def model_input(
     history: Any, preprocessor: Preprocessor, holidays: Sequence[str] | None = None
 ) -> pd.DataFrame:
-    """``date`` and the feature columns of ``history``, coerced, sorted by date, validated.
-
-    Other columns are dropped; columns and rows may come in any order (a date given twice is
-    refused); dates may be datetimes or ISO strings, numbers ints or numeric strings.  With
-    ``holidays`` (a model's), a row on a day that is not one of its :func:`trading_days` is refused.
-    """
+    """``date`` and the feature columns of ``history`` (any order; ISO strings, numeric strings
+    taken), coerced, sorted, validated; with ``holidays``, a day not traded is refused."""
     frame = pd.DataFrame(history)
     cfg = preprocessor.feature_cfg
     needed = [DATE_COLUMN, *cfg.columns]
@@ -250,12 +228,12 @@ def model_input(
     given = dates = frame[DATE_COLUMN]
     if not pd.api.types.is_datetime64_any_dtype(dates):
         iso_date = partial(pd.to_datetime, format="ISO8601")
-        dates = _coerced(dates, DATE_COLUMN, iso_date, _ISO_DATE, "ISO dates or datetimes")
+        dates = _coerced(dates, DATE_COLUMN, iso_date, _ISO_DATE)
     if getattr(dates.dt, "tz", None) is not None:
         dates = dates.dt.tz_localize(None)  # a trading day is a calendar date
     frame[DATE_COLUMN] = dates
     for col in cfg.columns:
-        numbers = _coerced(frame[col], col, pd.to_numeric, "a number", "numbers")
+        numbers = _coerced(frame[col], col, pd.to_numeric, "a number")
         frame[col] = numbers.astype(np.float64)
     preprocessor.column_values(frame)  # a NaN or a price <= 0 is named by its row as given
     # "", None: parsed to NaT without an error; a time of day: no daily session (ingest refuses it)
@@ -293,9 +271,8 @@ def model_input(
 def window_arrays(
     features: np.ndarray, target: np.ndarray, lookback: int, horizon: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Every window of ``features`` ``(T, n_features)`` and ``target`` ``(T,)`` as strided views:
-    window ``k`` reads ``features[k : k + lookback]`` and predicts ``target[k + lookback :
-    k + lookback + horizon]``; X ``(n, lookback, n_features)``, y ``(n, horizon)``."""
+    """Strided windows of ``features`` ``(T, n_features)`` and ``target`` ``(T,)``: X ``(n,
+    lookback, n_features)``, window k's rows ``k ..``; y ``(n, horizon)``, rows ``k + lookback ..``."""
     n_windows = len(features) - lookback - horizon + 1
     if n_windows <= 0:
         return (
@@ -336,10 +313,6 @@ class WindowedData:
     @property
     def lookback(self) -> int:
         return self.preprocessor.feature_cfg.lookback
-
-    @property
-    def n_features(self) -> int:
-        return len(self.preprocessor.feature_cfg.columns)
 
     @property
     def horizon(self) -> int:

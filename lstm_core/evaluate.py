@@ -1,4 +1,5 @@
-"""Metrics in prices, baselines, MASE and Diebold-Mariano, all of the last (h-th) forecast step."""
+"""Metrics in prices next to the naive forecast, MASE and Diebold-Mariano, all of the last (h-th)
+forecast step."""
 
 from dataclasses import dataclass
 from typing import Any
@@ -33,8 +34,8 @@ def rmse(actual: np.ndarray, predicted: np.ndarray) -> float:
 def point_metrics(
     actual: np.ndarray, predicted: np.ndarray, anchor: np.ndarray
 ) -> dict[str, float]:
-    """RMSE, MAE, MAPE (%) and directional accuracy (the sign of the move from the anchor, the
-    last known price; days on which the actual price did not move are left out) of 1-D prices."""
+    """RMSE, MAE, MAPE (%) and directional accuracy (of the move from ``anchor``; flat days left
+    out) of 1-D prices."""
     err = predicted - actual
     moved = actual != anchor
     same = np.sign(predicted - anchor) == np.sign(actual - anchor)
@@ -51,26 +52,11 @@ def naive_scale(prices: np.ndarray, train_end: int) -> float:
     return float(np.mean(np.abs(np.diff(prices[:train_end]))))
 
 
-def baseline_forecasts(
-    prices: np.ndarray, anchor_index: np.ndarray, horizon: int, ma_window: int
-) -> dict[str, np.ndarray]:
-    """Forecasts ``(n,)`` of price ``anchor + horizon`` from prices up to each anchor row only:
-    naive = last price, drift = last + horizon * mean daily change since row 0, moving average =
-    mean of the last ``ma_window`` prices (fewer at the start)."""
-    last = prices[anchor_index]
-    slope = (last - prices[0]) / np.maximum(anchor_index, 1)
-    csum = np.concatenate([[0.0], np.cumsum(prices)])
-    lo = np.maximum(anchor_index + 1 - ma_window, 0)
-    ma = (csum[anchor_index + 1] - csum[lo]) / (anchor_index + 1 - lo)
-    return {"naive": last, "drift": last + horizon * slope, "moving_average": ma}
-
-
 def diebold_mariano(
     errors_model: np.ndarray, errors_base: np.ndarray, horizon: int = 1
 ) -> tuple[float, float]:
-    """Diebold-Mariano test of equal squared-error loss, with Harvey et al.'s (1997) correction:
-    (statistic, two-sided p-value from Student's t, n-1 df); a negative statistic = the model's
-    loss is lower; NaN when the loss difference is constant."""
+    """Diebold-Mariano test of equal squared-error loss, Harvey et al.'s (1997) correction:
+    (statistic, two-sided p-value, t with n-1 df); negative: the model's loss is lower."""
     from scipy import stats
 
     d = np.asarray(errors_model, np.float64) ** 2 - np.asarray(errors_base, np.float64) ** 2
@@ -107,18 +93,14 @@ def evaluate_forecasts(
     eval_cfg: EvaluationConfig,
     intervals: Intervals | None = None,
 ) -> Evaluation:
-    """Score test price forecasts ``(n, horizon)``: test_rmse, test_mae, test_mape,
-    test_directional_accuracy, mase, naive_rmse, naive_mae, drift_rmse, ma_rmse, skill_vs_naive,
-    dm_stat, dm_pvalue and, per level, the :func:`band_metrics` of ``intervals`` (NaN without)
-    and, prefixed ``naive_``, of the naive forecast's band built the same way."""
+    """Score test price forecasts ``(n, horizon)`` next to the naive one: point metrics, MASE,
+    Diebold-Mariano, and the :func:`band_metrics` of ``intervals`` and of the naive band."""
     test, val, h, levels = data.test, data.val, data.horizon, eval_cfg.interval_levels
     actual, pred = test.actual[:, h - 1], np.asarray(predicted)[:, h - 1]
-    prices = data.target_prices
-    base = baseline_forecasts(prices, test.anchor_index, h, eval_cfg.moving_average_window)
-    naive = base["naive"]
+    naive = test.anchor  # the last known price
     model_m = point_metrics(actual, pred, test.anchor)
     naive_m = point_metrics(actual, naive, test.anchor)
-    scale = naive_scale(prices, data.train_end)
+    scale = naive_scale(data.target_prices, data.train_end)
     dm_stat, dm_pvalue = diebold_mariano(pred - actual, naive - actual, h)
     nan = float("nan")
     metrics = {f"test_{k}": v for k, v in model_m.items()}
@@ -126,8 +108,6 @@ def evaluate_forecasts(
         mase=model_m["mae"] / scale if scale > 0 else nan,
         naive_rmse=naive_m["rmse"],
         naive_mae=naive_m["mae"],
-        drift_rmse=rmse(actual, base["drift"]),
-        ma_rmse=rmse(actual, base["moving_average"]),
         skill_vs_naive=1.0 - model_m["rmse"] / naive_m["rmse"] if naive_m["rmse"] > 0 else nan,
         dm_stat=dm_stat,
         dm_pvalue=dm_pvalue,
@@ -150,8 +130,7 @@ def evaluate_forecasts(
 def model_intervals(
     model: Any, data: WindowedData, eval_cfg: EvaluationConfig, predicted: np.ndarray
 ) -> Intervals:
-    """Conformal bands around test forecasts ``(n, horizon)``, calibrated on the validation
-    windows only."""
+    """Conformal bands around test forecasts ``(n, horizon)``, calibrated on validation only."""
     val_predicted = predict_prices(model, data.val, data.preprocessor)
     scores = price_scores(data.val.actual, val_predicted).T  # one row per forecast step
     last_date = data.val.target_dates[-1, -1] if len(data.val) else None
@@ -168,9 +147,8 @@ def evaluate_model(model: Any, data: WindowedData, eval_cfg: EvaluationConfig) -
 def score_on_dates(
     forecaster: Any, frame: pd.DataFrame, dates: Any, metric: str, train_end: int | None = None
 ) -> float:
-    """``metric`` (test_rmse, test_mae or mase) of ``forecaster``'s one-day-ahead forecasts of
-    ``dates``, each from the rows before it through its own preprocessor: a champion with another
-    configuration is scored on exactly a challenger's target days."""
+    """``metric`` (test_rmse, test_mae or mase) of ``forecaster``'s next-day forecasts of
+    ``dates`` through its own preprocessor: a champion scored on a challenger's target days."""
     frame = frame.reset_index(drop=True)
     wanted = pd.DatetimeIndex(pd.to_datetime(np.asarray(dates).ravel())).unique()
     first = int((frame[DATE_COLUMN] < wanted.min()).sum())

@@ -26,8 +26,7 @@ def next_business_days(last_date: Any, days: int, holidays: Sequence[str] = ()) 
 def simulate_paths(
     preprocessor: Preprocessor, raw: np.ndarray, days: int, predict: Callable[..., np.ndarray]
 ) -> np.ndarray:
-    """Price paths ``(P, days)`` from raw windows ``(P, rows_needed, n_features)``; ``predict``
-    maps scaled windows to scaled outputs ``(P, horizon)``."""
+    """Price paths ``(P, days)`` from raw windows ``(P, rows_needed, n_features)``."""
     j = preprocessor.target_index
     raw = np.array(raw, dtype=np.float64)
     out = np.empty((len(raw), days))
@@ -42,8 +41,7 @@ def simulate_paths(
 def recursive_errors(
     model: Any, preprocessor: Preprocessor, frame: pd.DataFrame, start: int, end: int, days: int
 ) -> list[np.ndarray]:
-    """Scores (:func:`price_scores`) of the k-day-ahead forecasts, k = 1..days, whose targets lie
-    in rows ``[start, end)`` of ``frame``, oldest first; no row from ``end`` on is read."""
+    """Scores of the k-day-ahead forecasts, k = 1..days, of rows ``[start, end)`` (none after)."""
     need = preprocessor.rows_needed
     values = preprocessor.column_values(frame.iloc[:end])
     anchors = np.arange(max(start - days, need - 1), end - 1)  # last known row of each forecast

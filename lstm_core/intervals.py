@@ -33,8 +33,8 @@ class Intervals:
 def band_metrics(
     actual: np.ndarray, bands: Intervals | None, level: float, prefix: str = ""
 ) -> dict[str, float]:
-    """Of the last step's band: ``interval_coverage_<L>``, ``interval_width_<L>`` (mean, prices)
-    and ``interval_score_<L>`` (mean Winkler score: width + 2/alpha * distance outside)."""
+    """Coverage, mean width and mean Winkler score (width + 2/alpha * distance outside) of the
+    last step's band at ``level``."""
     name = level_name(level)
     keys = [f"{prefix}interval_{what}_{name}" for what in ("coverage", "width", "score")]
     if bands is None or np.size(actual) == 0:
@@ -68,8 +68,8 @@ def conformal_quantile(scores: np.ndarray, level: float) -> float:
 
 @dataclass(frozen=True)
 class ConformalCalibration:
-    """Scores per forecast step, oldest first (``scores[k]``: the (k+1)-day-ahead ones), the
-    configured levels, and ``last_date``, the last target day scored (ISO)."""
+    """Scores per forecast step (``scores[k]``: (k+1)-day-ahead, oldest first), levels, and the
+    last target day scored (ISO)."""
 
     scores: tuple[np.ndarray, ...]
     levels: tuple[float, ...]
@@ -79,24 +79,13 @@ class ConformalCalibration:
     def steps(self) -> int:
         return len(self.scores)
 
-    def check_days(self, days: int) -> None:
-        """Raise DataError unless the scores reach ``days`` steps ahead (a user's request)."""
-        if days > self.steps:
-            raise DataError(
-                f"intervals are calibrated for up to {self.steps} day(s) ahead and {days} were "
-                f"asked for: ask for at most {self.steps}, or raise evaluation.forecast_days "
-                "and retrain"
-            )
-
     def quantile(self, level: float, step: int) -> float:
         """The conformal quantile of 0-based forecast ``step``'s scores at ``level``."""
-        self.check_days(step + 1)
         return conformal_quantile(self.scores[step], level)
 
     def bands(self, point: np.ndarray, levels: Sequence[float] | None = None) -> Intervals:
         """Bands around point forecasts ``(..., steps)``: column k uses step k's quantile."""
         point = np.asarray(point, dtype=np.float64)
-        self.check_days(point.shape[-1])
         lower, upper = {}, {}
         for level in self.levels if levels is None else levels:
             q = np.array([self.quantile(level, k) for k in range(point.shape[-1])])
@@ -145,8 +134,8 @@ def calibrate(
 def recalibrate(
     calibration: ConformalCalibration, new_scores: Sequence[np.ndarray], last_date: Any
 ) -> ConformalCalibration:
-    """Append each step's newer scores and keep the most recent calibration-sized window of each:
-    the band follows the latest days' errors (rolling split-conformal recalibration)."""
+    """Rolling recalibration: each step's newer scores appended, the last calibration-sized
+    window kept, so the band follows the latest days' errors."""
     if len(new_scores) != calibration.steps:
         raise ValueError(f"expected scores for {calibration.steps} step(s), got {len(new_scores)}")
     scores = [

@@ -8,6 +8,7 @@ from typing import Any, get_args
 import numpy as np
 
 from lstm_core.config import ModelConfig
+from lstm_core.engine.trainer import MARK
 
 BACKENDS = get_args(ModelConfig.model_fields["backend"].annotation)  # fast, keras
 # tf.data's shuffle and Keras' global generator are process-wide: tickers trained in threads of
@@ -17,8 +18,7 @@ _GLOBAL_RNG = threading.Lock()
 
 @contextlib.contextmanager
 def global_seed(seed: int | None) -> Iterator[None]:
-    """Keras', NumPy's and Python's global RNGs seeded with ``seed`` (None: as they are), for this
-    thread alone while inside."""
+    """The global RNGs seeded with ``seed`` (None: as they are), for this thread alone inside."""
     import keras
 
     with _GLOBAL_RNG:
@@ -30,9 +30,8 @@ def global_seed(seed: int | None) -> Iterator[None]:
 def build_model(
     model_cfg: ModelConfig, lookback: int, n_features: int, horizon: int, seed: int | None = None
 ) -> Any:
-    """Stacked ``LSTM(units)`` + ``Dropout``, ``Dense(horizon)``, Adam, MSE in built-in layers only,
-    whatever the backend (the model saved and served): ``(batch, lookback, n_features)`` ->
-    ``(batch, horizon)``.  ``seed`` fixes initial weights and Dropout generators (None: random)."""
+    """Stacked ``LSTM`` + ``Dropout``, ``Dense(horizon)``, Adam, MSE, built-in layers only (the
+    model saved and served); ``seed`` fixes initial weights and Dropout (None: random)."""
     import keras
 
     # Unseeded, Keras draws each initializer's seed from Python's global `random`, which other
@@ -57,18 +56,17 @@ def build_model(
     model.compile(
         optimizer=keras.optimizers.Adam(model_cfg.learning_rate), loss="mean_squared_error"
     )
+    setattr(model, MARK, True)  # not saved: a loaded copy runs in Keras (no kernels to compile)
     return model
 
 
-def predict_scaled(model: Any, X: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+def predict_scaled(model: Any, X: np.ndarray) -> np.ndarray:
     """Deterministic output ``(n, horizon)`` for ``X`` ``(n, lookback, n_features)``: in the Numba
-    engine if eligible, else the model called in chunks (no ``model.predict`` overhead)."""
+    engine if it may run ``model``, else in Keras' traced predict function."""
     from lstm_core import engine
 
-    if engine.eligible(model) is None:
+    if engine.eligible(model):
         return engine.predict(model, X)
     if len(X) == 0:
         return np.empty((0, model.output_shape[-1]), dtype=np.float32)
-    b = batch_size
-    chunks = (np.ascontiguousarray(X[i : i + b], dtype=np.float32) for i in range(0, len(X), b))
-    return np.concatenate([np.asarray(model(x, training=False)) for x in chunks])
+    return np.asarray(model.predict_on_batch(np.ascontiguousarray(X, dtype=np.float32)))

@@ -50,11 +50,10 @@ def plot_predictions(predictions: pd.DataFrame, ticker: str, target: str = "open
     ax.plot(
         dates, predictions["predicted"], color="tab:green", linewidth=1.2, label="LSTM forecast"
     )
-    if "naive" in predictions:
-        ax.plot(
-            dates, predictions["naive"], color="tab:orange", linewidth=0.9, linestyle="--",
-            label="naive (last value)",
-        )  # fmt: skip
+    ax.plot(
+        dates, predictions["naive"], color="tab:orange", linewidth=0.9, linestyle="--",
+        label="naive (last value)",
+    )  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     fig.autofmt_xdate()
@@ -71,20 +70,6 @@ def plot_loss(history: dict[str, list[float]], ticker: str) -> Figure:
     ax.grid(alpha=0.3)
     if ax.lines:  # no epochs run (training.epochs 0): nothing to label
         ax.legend(loc="best")
-    return fig
-
-
-def plot_residuals(predictions: pd.DataFrame, ticker: str, bins: int = 40) -> Figure:
-    """Histogram of residuals (actual - predicted) in price units, naive residuals overlaid."""
-    resid = predictions["actual"] - predictions["predicted"]
-    title = f"{ticker}: residuals on the test period (mean {resid.mean():.3f})"
-    fig, ax = _axes(title, "actual - predicted (price)", "days")
-    ax.hist(resid, bins=bins, color="tab:green", alpha=0.7, label="LSTM")
-    if "naive" in predictions:
-        naive = predictions["actual"] - predictions["naive"]
-        ax.hist(naive, bins=bins, histtype="step", color="tab:orange", linewidth=1.2, label="naive")
-    ax.axvline(0.0, color="black", linewidth=0.8)
-    ax.legend(loc="best")
     return fig
 
 

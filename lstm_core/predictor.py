@@ -2,16 +2,17 @@
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Self
 
-import numpy as np
 import pandas as pd
 
 from lstm_core.data import DATE_COLUMN, DataError, Preprocessor, model_input
 from lstm_core.forecast import next_business_days, recursive_errors, simulate_paths
 from lstm_core.intervals import ConformalCalibration, level_name, recalibrate
+from lstm_core.model import predict_scaled
 
 MODEL_FILE = "model.keras"
 PREPROCESSOR_FILE = "preprocessor.json"
@@ -22,40 +23,20 @@ DAYS_FILE = "forecast_days.json"
 
 @dataclass(eq=False)  # hashable, compared by identity: a model has no value equality
 class Forecaster:
-    """Keras model + fitted Preprocessor, ready to serve, with the conformal ``calibration``'s
-    bands (none without one: models saved before it existed).  No forecast goes beyond
-    ``max_days``, the evaluation.forecast_days it was trained for (unset in older models: the
-    calibration's steps)."""
+    """Keras model + fitted Preprocessor, ready to serve, with conformal bands if calibrated; no
+    forecast beyond ``max_days`` (evaluation.forecast_days; older models: calibration steps)."""
 
     model: Any
     preprocessor: Preprocessor
     calibration: ConformalCalibration | None = None
     holidays: tuple[str, ...] = ()  # weekdays without trading (ISO), skipped by forecast dates
     max_days: int | None = None
-    _infer: Any = field(default=None, init=False, repr=False)  # built on first use
-
-    def _deterministic(self, x: np.ndarray) -> np.ndarray:
-        # a traced tf.function: calling the LSTM eagerly costs much more per window
-        if self._infer is None:
-            import tensorflow as tf
-
-            model = self.model
-            spec = tf.TensorSpec((None, *x.shape[1:]), tf.float32)
-            self._infer = tf.function(lambda t: model(t, training=False), input_signature=[spec])
-        return np.asarray(self._infer(x))
-
-    @property
-    def days_limit(self) -> int | None:
-        """The most days ahead this model forecasts (None: no bound recorded)."""
-        if self.max_days is not None:
-            return self.max_days
-        return self.calibration.steps if self.calibration is not None else None
 
     def check_days(self, days: int) -> None:
-        """Raise DataError, before any computation, unless ``days`` is 1 to :attr:`days_limit`."""
+        """Raise DataError, before any computation, unless ``days`` is 1 to the model's limit."""
         if days < 1:
             raise DataError(f"days must be >= 1, got {days}")
-        limit = self.days_limit
+        limit = self.max_days or (self.calibration.steps if self.calibration else None)
         if limit is not None and days > limit:
             raise DataError(
                 f"days {days} is out of range: this model forecasts up to {limit} day(s) ahead "
@@ -85,14 +66,13 @@ class Forecaster:
         samples: Any = None,  # ignored: MC dropout's, which the pyfunc of older models passes
         seed: Any = None,
     ) -> pd.DataFrame:
-        """Recursive forecast of the ``days`` business days after ``history`` (:func:`model_input`):
-        ``date``, ``forecast`` (dropout off) and, with ``intervals`` and a calibration,
-        ``lower_<L>`` / ``upper_<L>`` for ``levels`` (default: the calibrated ones)."""
+        """Recursive forecast of the ``days`` trading days after ``history``: ``date``,
+        ``forecast`` and, with ``intervals`` and a calibration, ``lower_<L>`` / ``upper_<L>``."""
         self.check_days(days)
         pre = self.preprocessor
         history = model_input(history, pre, self.holidays)
         raw = pre.column_values(history.iloc[-pre.rows_needed :])[None]  # (1, rows, n_features)
-        point = simulate_paths(pre, raw, days, self._deterministic)[0]
+        point = simulate_paths(pre, raw, days, partial(predict_scaled, self.model))[0]
         dates = next_business_days(history[DATE_COLUMN].iloc[-1], days, self.holidays)
         frame = pd.DataFrame({DATE_COLUMN: dates, "forecast": point})
         if not intervals or self.calibration is None:
@@ -105,8 +85,8 @@ class Forecaster:
         return frame
 
     def save(self, directory: str | Path) -> Path:
-        """Write model.keras (native format), preprocessor.json (with the feature config),
-        holidays.json and, when set, calibration.json and forecast_days.json."""
+        """Write model.keras, preprocessor.json, holidays.json and, when set, calibration.json
+        and forecast_days.json."""
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         self.model.save(path / MODEL_FILE)
@@ -124,15 +104,16 @@ class Forecaster:
         import keras
 
         path = Path(directory)
-        preprocessor = Preprocessor.from_dict(json.loads((path / PREPROCESSOR_FILE).read_text()))
+
+        def read(name: str, default: Any = None) -> Any:  # absent in models saved before it
+            return json.loads((path / name).read_text()) if (path / name).exists() else default
+
         # compile=False: serving needs no optimizer state (and skips restoring it)
         model = keras.models.load_model(path / MODEL_FILE, safe_mode=True, compile=False)
-        calibration = None
-        if (path / CALIBRATION_FILE).exists():
-            state = json.loads((path / CALIBRATION_FILE).read_text())
-            calibration = ConformalCalibration.from_dict(state)
-        holidays = path / HOLIDAYS_FILE  # absent in models saved before it existed
-        closed = tuple(json.loads(holidays.read_text())) if holidays.exists() else ()
-        limit = path / DAYS_FILE  # absent in models saved before it existed
-        max_days = int(json.loads(limit.read_text())["max_days"]) if limit.exists() else None
-        return cls(model, preprocessor, calibration, closed, max_days)
+        calibration = read(CALIBRATION_FILE)
+        calibration = ConformalCalibration.from_dict(calibration) if calibration else None
+        days = read(DAYS_FILE, {}).get("max_days")
+        holidays = tuple(read(HOLIDAYS_FILE, ()))
+        return cls(
+            model, Preprocessor.from_dict(read(PREPROCESSOR_FILE)), calibration, holidays, days
+        )

@@ -26,12 +26,9 @@ def match(
     log: pd.DataFrame, prices: pd.DataFrame, target: str, dated: bool = False
 ) -> pd.DataFrame:
     """Each log row (``made_on``, ``step``) with ``target_date``, ``target_index``, ``actual``,
-    ``last`` (the naive forecast), ``scored`` (the target price has arrived; else NaN) and ``gap``
-    (never scored: the stored days skip its day). ``prices`` (``date``, ``target``) is sorted by
-    date; a ``made_on`` not stored anchors on the last stored date before it. ``dated``: the log's
-    ``expected_date`` values are exchange sessions, so a row is scored only when the stored day at
-    its position is its expected date, and is a gap once the store holds that position (another
-    day) or reaches past it. Without ``dated`` the position decides alone."""
+    ``last`` (the naive forecast), ``scored`` and ``gap`` (the store skips its day: never scored).
+    ``prices`` (``date``, ``target``) is sorted; a ``made_on`` not stored anchors on the day before.
+    ``dated``: a row is scored only where the stored day at its position is its ``expected_date``."""
     out = log.copy()
     dates = pd.to_datetime(prices["date"]).to_numpy()
     values = prices[target].to_numpy(dtype=np.float64)
@@ -76,8 +73,7 @@ class LiveMetrics:
 
 
 def metrics(scored: pd.DataFrame, levels: Sequence[str] | None = None) -> LiveMetrics:
-    """Of :func:`match`'s scored rows: RMSE/MAE in prices, naive RMSE, skill, coverage, direction
-    (right when forecast and actual move the same way from the last price, "no move" included)."""
+    """RMSE/MAE in prices, naive RMSE, skill, coverage and direction of :func:`match`'s scored rows."""
     rows = scored[scored["scored"]] if "scored" in scored else scored
     levels = levels_of(rows) if levels is None else list(levels)
     nan = float("nan")
@@ -98,7 +94,7 @@ def metrics(scored: pd.DataFrame, levels: Sequence[str] | None = None) -> LiveMe
         mae=float(np.mean(np.abs(f - a))),
         naive_rmse=naive,
         skill_vs_naive=1.0 - rmse / naive if naive > 0 else nan,
-        directional_accuracy=float(np.mean(np.sign(f - last) == np.sign(a - last))),
+        directional_accuracy=float(np.mean(np.sign(f - last) == np.sign(a - last))),  # 0 = no move
         coverage=coverage,
     )
 
@@ -110,8 +106,7 @@ def window(scored: pd.DataFrame, days: int) -> pd.DataFrame:
 
 
 def series(scored: pd.DataFrame, days: int, origin: int) -> pd.DataFrame:
-    """Rolling :func:`window` metrics as of each scored target day: ``step`` (trading days from
-    ``origin``, the first ``made_on``'s position), ``target_date``, :meth:`LiveMetrics.as_dict`."""
+    """Rolling :func:`window` metrics as of each scored target day, ``step`` days from ``origin``."""
     rows = scored[scored["scored"]]
     levels = levels_of(rows)
     out = []
@@ -132,8 +127,7 @@ class Verdict:
 def verdict(
     m: LiveMetrics, min_days: int, max_live_ratio: float, coverage_tolerance: float
 ) -> Verdict:
-    """Degraded when, over at least ``min_days`` scored days, the live RMSE exceeds
-    ``max_live_ratio`` x the naive RMSE or a level's coverage falls below nominal - tolerance."""
+    """Degraded: over ``min_days``+ scored days, RMSE > ratio x naive or coverage < nominal - tol."""
     if m.days < min_days:
         return Verdict(False, ())
     reasons = []

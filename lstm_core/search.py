@@ -49,9 +49,8 @@ def search_data(frames: SplitFrames, feature_cfg: FeatureConfig) -> SearchData:
 
 
 def epoch_scorer(data: SearchData, report: Callable[[int, float], None]) -> Any:
-    """A Keras callback passing each epoch's validation RMSE in prices to ``report``: not the
-    scaled validation loss, as candidates with other scalers or target transforms have losses in
-    other units, and a pruner compares values across trials."""
+    """A Keras callback reporting each epoch's validation RMSE in prices, comparable across
+    candidates (scaled losses are not: scalers and transforms differ)."""
     import keras
 
     class _EpochScorer(keras.callbacks.Callback):

@@ -76,11 +76,9 @@ def train_model(
     callbacks: Sequence[Any] = (),
     backend: str = "fast",
 ) -> TrainResult:
-    """Fit ``model`` on ``(n, lookback, n_features)`` -> ``(n, horizon)`` windows, in the Numba
-    engine (``backend`` "fast") or keras' ``fit``.  ``cfg.seed`` seeds shuffling and dropout: same
-    seed, data and initial weights, same trained weights on one machine.  Keras ``callbacks`` get
-    per-epoch ``loss`` and ``val_loss``.  Early stopping on ``val_loss`` (else ``loss``) restores
-    the best weights.  Raises TrainingDivergedError if a loss becomes NaN/inf."""
+    """Fit ``model`` on ``(n, lookback, n_features)`` -> ``(n, horizon)`` windows in the Numba
+    engine ("fast") or ``model.fit``, reproducibly (``cfg.seed``); early stopping restores the
+    best weights.  Raises TrainingDivergedError if a loss becomes NaN/inf."""
     import keras
 
     if backend not in ("fast", "keras"):

@@ -217,7 +217,6 @@ def plots(
     figures = {
         "test_predictions": core_plots.plot_predictions(evaluation.predictions, ticker, target),
         "loss": core_plots.plot_loss(history, ticker),
-        "residuals": core_plots.plot_residuals(evaluation.predictions, ticker),
     }
     if folds is not None and len(folds):
         figures["backtest"] = core_plots.plot_backtest(folds, ticker)

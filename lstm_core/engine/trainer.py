@@ -19,47 +19,15 @@ import numpy as np
 from lstm_core.config import TrainingConfig
 from lstm_core.engine.process import engine_settings
 
+MARK = "lstm_core_network"  # set by build_model on the network it builds, which the engine runs
 PARTS = 2  # each batch is cut in this many slices, run side by side on the cores
 CHUNK = 32  # rows per inference call: bounds the activations it keeps (about 8·L·T·u floats a row)
 
 
-def eligible(model: Any) -> str | None:
-    """None if the engine can run ``model``; otherwise why not."""
-    import keras
-
-    layers = list(getattr(model, "layers", []))
-    lstms, drops = layers[:-1:2], layers[1:-1:2]
-    stack = [keras.layers.LSTM, keras.layers.Dropout] * len(lstms)
-    plain_drops = all(getattr(x, "noise_shape", None) is None for x in drops)
-    if len(layers) < 3 or [type(x) for x in layers[:-1]] != stack or not plain_drops:
-        return "not (LSTM -> Dropout) x L -> Dense"
-    dense = layers[-1]
-    if type(dense) is not keras.layers.Dense:
-        return "the last layer is not Dense"
-    acts = keras.activations
-    for i, x in enumerate(lstms):
-        plain = x.activation is acts.tanh and x.recurrent_activation is acts.sigmoid and x.use_bias
-        options = (x.dropout, x.recurrent_dropout, x.go_backwards, x.stateful, x.return_state)
-        if not plain or any(options) or x.return_sequences != (i < len(lstms) - 1):
-            return "an LSTM layer with other options than the tutorial's"
-    if len({x.rate for x in drops[:-1]}) > 1:
-        return "different dropout rates between the LSTM layers"
-    if dense.activation is not acts.linear or not dense.use_bias:
-        return "the Dense layer is not linear with a bias"
-    if model.loss not in ("mean_squared_error", "mse"):
-        return f"loss {model.loss!r} is not the mean squared error"
-    opt = getattr(model, "optimizer", None)
-    if type(opt) is not keras.optimizers.Adam:
-        return "the optimizer is not plain Adam"
-    conf = opt.get_config()
-    if conf["amsgrad"] or conf["use_ema"] or conf["gradient_accumulation_steps"]:
-        return "Adam with amsgrad, EMA or accumulation"
-    extras = ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm")
-    if any(conf[k] is not None for k in extras) or isinstance(conf["learning_rate"], dict):
-        return "Adam with weight decay, clipping or a learning-rate schedule"
-    if any(w.dtype != "float32" for w in model.weights):
-        return "not float32"
-    return "compiled with jit_compile=True" if model.jit_compile else None
+def eligible(model: Any) -> bool:
+    """Whether the engine may run ``model``: built by :func:`lstm_core.model.build_model` in this
+    process (a loaded or hand-made network runs in Keras), in float32."""
+    return getattr(model, MARK, False) and all(w.dtype == "float32" for w in model.weights)
 
 
 @dataclass
@@ -77,8 +45,8 @@ class _Net:
         """The layout of ``model``, filled with its current weights."""
         import keras
 
-        if (reason := eligible(model)) is not None:
-            raise ValueError(f"the Numba engine cannot run this model: {reason}")
+        if not eligible(model):
+            raise ValueError("the Numba engine runs only build_model's float32 network")
         lstms, drops, dense = model.layers[:-1:2], model.layers[1:-1:2], model.layers[-1]
         u, n_l, n_in, h = lstms[0].units, len(lstms), lstms[0].cell.kernel.shape[0], dense.units
         shapes = [(n_in, 4 * u), (n_l, 2 * u, 4 * u), (n_l, 4 * u), (u, h), (h,)]
@@ -102,7 +70,7 @@ class _Net:
 
 
 def _slices(n: int, parts: int) -> list[tuple[int, int]]:
-    """Up to ``parts`` non-empty (start, stop) row ranges covering ``range(n)``, sizes within 1."""
+    """Up to ``parts`` non-empty (start, stop) ranges covering ``range(n)``, sizes within 1."""
     cuts = np.linspace(0, n, parts + 1).astype(int)
     return [(int(lo), int(hi)) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True) if hi > lo]
 
@@ -163,15 +131,15 @@ def fit(
     cfg: TrainingConfig,
     callbacks: Sequence[Any] = (),
 ) -> dict[str, list[float]]:
-    """Train ``model`` like ``model.fit`` from a fresh Adam (the model's learning rate, β₁, β₂, ε);
-    returns the history ('loss', 'val_loss').  ``X`` (n, T, n_in), ``y`` (n, H); ``cfg``'s epochs,
-    batch size, seed and shuffle apply.  Callbacks get the train, epoch (with 'loss', 'val_loss')
-    and train-batch hooks; ``model.stop_training`` ends training after the epoch."""
+    """Train ``model`` like ``model.fit`` from a fresh Adam (its lr, β₁, β₂, ε) on ``X`` (n, T,
+    n_in), ``y`` (n, H); returns the history.  Callbacks get the train, epoch and batch hooks."""
     import keras
 
     from lstm_core.engine.kernels import adam_update, train_slice
 
-    net = _Net.of(model)
+    net, opt = _Net.of(model), model.optimizer
+    if type(opt) is not keras.optimizers.Adam:  # build_model's; another one was set since
+        raise ValueError(f"the Numba engine trains with Adam, not {type(opt).__name__}")
     X = np.ascontiguousarray(X, dtype=np.float32)
     y = np.ascontiguousarray(y, dtype=np.float32).reshape(len(X), -1)
     has_val = X_val is not None and y_val is not None and len(X_val) > 0
@@ -180,7 +148,6 @@ def fit(
         y_val = np.asarray(y_val, dtype=np.float64).reshape(len(X_val), -1)
     n, horizon, size = len(X), y.shape[1], cfg.batch_size
     m, v, step = np.zeros_like(net.flat), np.zeros_like(net.flat), 0  # Adam's moments and step
-    opt = model.optimizer
     b1, b2 = float(opt.beta_1), float(opt.beta_2)
     adam_args = (np.float32(1.0 - b1), np.float32(1.0 - b2), np.float32(opt.epsilon))
     parts = _parts(min(PARTS, size))

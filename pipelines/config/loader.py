@@ -33,6 +33,7 @@ TEMPLATE_NAME = "mlflow.default.yaml"
 RETIRED = {
     ("evaluation", "intervals"): ("the bands are always split conformal", "conformal"),
     ("evaluation", "mc_samples"): ("Monte-Carlo dropout intervals were removed", None),
+    ("evaluation", "moving_average_window"): ("the moving-average baseline was removed", None),
 }
 MC_DROPOUT_GONE = (
     "the bands are split conformal: Monte-Carlo dropout (mc_dropout) was removed, as its "

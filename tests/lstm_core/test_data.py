@@ -147,17 +147,6 @@ def test_standard_scaler_option():
     assert abs(z.mean()) < 1e-9 and abs(z.std() - 1.0) < 1e-9
 
 
-def test_split_by_dates():
-    df = _arange_frame(30)
-    frames = split_frame(
-        df, EvaluationConfig(), val_start=df["date"][20], test_start=df["date"][25]
-    )
-    assert (frames.train_end, frames.val_end) == (20, 25)
-    assert len(frames.train) == 20 and len(frames.frame) == 30
-    with pytest.raises(ValueError):
-        split_frame(df, EvaluationConfig(), val_start=df["date"][20])
-
-
 def test_too_short_series_raises_with_numbers():
     df = _arange_frame(20)
     with pytest.raises(DataError, match=r"validation part has 3 rows .* needs 4 "):

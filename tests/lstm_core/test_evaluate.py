@@ -7,7 +7,6 @@ from scipy import stats
 from lstm_core.config import EvaluationConfig
 from lstm_core.data import prepare_data
 from lstm_core.evaluate import (
-    baseline_forecasts,
     diebold_mariano,
     evaluate_forecasts,
     evaluate_model,
@@ -27,8 +26,6 @@ METRIC_NAMES = {
     "mase",
     "naive_rmse",
     "naive_mae",
-    "drift_rmse",
-    "ma_rmse",
     "skill_vs_naive",
     "dm_stat",
     "dm_pvalue",
@@ -60,16 +57,9 @@ def test_point_metrics_by_hand():
     assert m["directional_accuracy"] == pytest.approx(1 / 3)
 
 
-def test_baselines_by_hand():
+def test_naive_scale_is_the_training_parts_mean_absolute_daily_change():
     prices = np.array([1.0, 2.0, 4.0, 7.0, 11.0])
-    b = baseline_forecasts(prices, np.array([2, 4]), horizon=1, ma_window=2)
-    np.testing.assert_allclose(b["naive"], [4.0, 11.0])
-    np.testing.assert_allclose(b["drift"], [4.0 + 1.5, 11.0 + 2.5])
-    np.testing.assert_allclose(b["moving_average"], [3.0, 9.0])
-    b2 = baseline_forecasts(prices, np.array([4]), horizon=2, ma_window=10)
-    np.testing.assert_allclose(b2["drift"], [11.0 + 2 * 2.5])
-    np.testing.assert_allclose(b2["moving_average"], [5.0])  # fewer rows than the window
-    assert naive_scale(prices, 3) == pytest.approx(1.5)
+    assert naive_scale(prices, 3) == pytest.approx(1.5)  # |2-1|, |4-2|: rows after 3 unread
 
 
 def test_diebold_mariano_h1_equals_paired_t_test():

@@ -62,8 +62,11 @@ def test_short_history_raises():
         Forecaster(model, pre).forecast(df.iloc[:5], days=2)
 
 
-def _constant_model(x, training=False):
-    return np.full((len(x), 1), 0.5, dtype=np.float32)
+class _ConstantModel:
+    """Stands in for a loaded Keras model: every window's scaled output is 0.5."""
+
+    def predict_on_batch(self, x):
+        return np.full((len(x), 1), 0.5, dtype=np.float32)
 
 
 def test_recursive_errors_by_hand_and_only_before_end():
@@ -72,13 +75,13 @@ def test_recursive_errors_by_hand_and_only_before_end():
     df = make_frame(40)
     pre = fit_preprocessor(df.iloc[:20], FeatureConfig(lookback=3, target_transform="price"))
     level = float(pre.inverse_target(np.array(0.5)))
-    errors = recursive_errors(_constant_model, pre, df, 25, 32, 3)
+    errors = recursive_errors(_ConstantModel(), pre, df, 25, 32, 3)
     for e in errors:
         expected = np.abs(np.log(df["open"].to_numpy()[25:32] / level))
         np.testing.assert_allclose(e, expected, rtol=1e-5)
     poisoned = df.copy()
     poisoned.loc[32:, "open"] = -1.0  # invalid prices after `end`
-    again = recursive_errors(_constant_model, pre, poisoned, 25, 32, 3)
+    again = recursive_errors(_ConstantModel(), pre, poisoned, 25, 32, 3)
     for a, b in zip(errors, again, strict=True):
         np.testing.assert_array_equal(a, b)
 

@@ -176,7 +176,7 @@ def test_days_are_bounded_by_the_trained_forecast_days_with_or_without_intervals
     bounded = Forecaster(forecaster.model, forecaster.preprocessor, max_days=3)
     bounded.save(tmp_path / "bundle")
     loaded = Forecaster.load(tmp_path / "bundle")
-    assert loaded.days_limit == 3
+    assert loaded.max_days == 3
     assert len(loaded.forecast(df, days=3, intervals=False)) == 3
     refusal = (
         "days 4 is out of range: this model forecasts up to 3 day(s) ahead (the "
@@ -187,7 +187,8 @@ def test_days_are_bounded_by_the_trained_forecast_days_with_or_without_intervals
         with pytest.raises(DataError) as info:
             loaded.forecast(df, days=4, intervals=intervals)
         assert str(info.value) == refusal
-    assert forecaster.days_limit is None  # saved before the bound existed: none recorded
+    assert forecaster.max_days is None  # saved before the bound existed: none recorded
+    forecaster.check_days(30)  # and no calibration to bound it
 
 
 def test_calibrated_forecaster_serves_its_bands_after_a_round_trip(forecaster, tmp_path):
@@ -210,7 +211,7 @@ def test_calibrated_forecaster_serves_its_bands_after_a_round_trip(forecaster, t
     )
     two = loaded.forecast(df.iloc[:60], days=2)
     pd.testing.assert_frame_equal(two, calibrated.forecast(df.iloc[:60], days=2))
-    assert loaded.days_limit == 2  # no bound recorded: the calibration's steps
+    assert loaded.max_days is None  # no bound recorded: the calibration's steps
     with pytest.raises(DataError, match="up to 2 day"):
         loaded.forecast(df.iloc[:60], days=3, intervals=False)
     newer = loaded.recalibrated(df)

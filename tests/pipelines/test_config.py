@@ -412,10 +412,14 @@ def test_registry_alias_follows_exactly_mlflows_rules(tmp_path, alias):
 
 def test_keys_an_earlier_version_wrote_are_a_warning_and_mc_dropout_a_refusal(tmp_path, caplog):
     """Every project's mlflow.yaml held `intervals: conformal` and `mc_samples: 30` before MC
-    dropout was removed: such a project still loads, told once to delete them."""
+    dropout was removed, and `moving_average_window: 5` before that baseline was: such a project
+    still loads, told once to delete them."""
     from pipelines.config import loader
 
-    text = "evaluation:\n  intervals: conformal\n  mc_samples: 30\n  backtest_folds: 1\n"
+    text = (
+        "evaluation:\n  intervals: conformal\n  mc_samples: 30\n  moving_average_window: 5\n"
+        "  backtest_folds: 1\n"
+    )
     path = write(tmp_path, text)
     caplog.set_level("WARNING", logger="pipelines")
     for _ in range(2):
@@ -425,6 +429,8 @@ def test_keys_an_earlier_version_wrote_are_a_warning_and_mc_dropout_a_refusal(tm
         "conformal): delete it",
         f"{path}: evaluation.mc_samples is no longer read (Monte-Carlo dropout intervals were "
         "removed): delete it",
+        f"{path}: evaluation.moving_average_window is no longer read (the moving-average baseline "
+        "was removed): delete it",
     ]
     (tmp_path / "old").mkdir()
     refused = write(tmp_path / "old", "evaluation:\n  intervals: mc_dropout\n")

@@ -153,20 +153,22 @@ def test_the_engine_trains_like_keras_fit_on_the_same_network(n_train, batch_siz
     assert int(np.asarray(keras_run.model.optimizer.iterations)) == 3 * steps
 
 
-def test_the_engine_runs_only_the_network_it_implements():
+def test_the_engine_runs_only_the_network_build_model_made():
     import keras
 
-    assert engine.eligible(_model()) is None
+    model = _model()
+    assert engine.eligible(model)
+    assert not engine.eligible(keras.models.clone_model(model))  # the same layers, not ours
     other = keras.Sequential([keras.Input((LOOKBACK, N_IN)), keras.layers.GRU(3),
                               keras.layers.Dropout(0.1), keras.layers.Dense(HORIZON)])  # fmt: skip
     other.compile(optimizer="adam", loss="mse")
-    assert "LSTM" in engine.eligible(other)
-    sgd = _model()
-    sgd.compile(optimizer="sgd", loss="mean_squared_error")
-    assert "Adam" in engine.eligible(sgd)
+    assert not engine.eligible(other)
     X, y = _xy(n=24)
-    with pytest.raises(ValueError, match="cannot run this model"):
+    with pytest.raises(ValueError, match="runs only build_model's float32 network"):
         train_model(other, X, y, None, None, TrainingConfig(epochs=1))
+    model.compile(optimizer="sgd", loss="mean_squared_error")  # recompiled after build_model
+    with pytest.raises(ValueError, match="trains with Adam, not SGD"):
+        train_model(model, X, y, None, None, TrainingConfig(epochs=1))
 
 
 def test_process_settings_are_taken_while_training_and_restored_after(monkeypatch):

@@ -24,8 +24,6 @@ def test_run_logs_flat_params_metrics_and_epoch_curves(trained, client):
     for key in (
         "test_rmse",
         "naive_rmse",
-        "drift_rmse",
-        "ma_rmse",
         "skill_vs_naive",
         "mase",
         "dm_stat",
@@ -53,7 +51,7 @@ def test_run_logs_flat_params_metrics_and_epoch_curves(trained, client):
 def test_run_logs_figures_dataset_and_lineage_tags(trained, client):
     _, result = trained
     plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
-    assert {"plots/test_predictions.png", "plots/loss.png", "plots/residuals.png"} <= plots
+    assert {"plots/test_predictions.png", "plots/loss.png"} <= plots
     run = client.get_run(result.run_id)
     [ds] = run.inputs.dataset_inputs
     assert ds.dataset.digest and "TEST" in ds.dataset.name
