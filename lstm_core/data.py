@@ -14,18 +14,12 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
-from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
 from lstm_core.config import EvaluationConfig, FeatureConfig
 
 DATE_COLUMN = "date"
-_PREPROCESSOR_FORMAT = 1
+_PREPROCESSOR_FORMAT = 2  # 1: scikit-learn's fitted scaler attributes, still read
 _ISO_DATE = "an ISO date (like 2017-11-10)"
-# scaler kind -> (class, the fitted attributes that define it)
-_SCALERS: dict[str, tuple[Any, tuple[str, ...]]] = {
-    "minmax": (MinMaxScaler, ("data_min_", "data_max_", "data_range_", "scale_", "min_")),
-    "standard": (StandardScaler, ("mean_", "var_", "scale_")),
-}
 
 
 class DataError(ValueError):
@@ -70,12 +64,13 @@ def split_frame(df: pd.DataFrame, eval_cfg: EvaluationConfig) -> SplitFrames:
     return SplitFrames(frame=frame, train_end=train_end, val_end=val_end)
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)  # arrays: compared by identity
 class Preprocessor:
-    """Feature transform, then a scaler fitted on the training part's transformed features."""
+    """Feature transform, then the scaling fitted on the training part: ``x * mult + add``."""
 
     feature_cfg: FeatureConfig
-    scaler: MinMaxScaler | StandardScaler
+    mult: np.ndarray  # (n_features,) minmax: 1 / range; standard: 1 / std
+    add: np.ndarray  # (n_features,) minmax: -min / range; standard: -mean / std
 
     @property
     def offset(self) -> int:
@@ -95,13 +90,6 @@ class Preprocessor:
     def _volume(self) -> np.ndarray:
         """Which features are volume: 0 on suspended days, so log returns read log(1 + v)."""
         return np.array([c == "volume" for c in self.feature_cfg.columns])
-
-    def _affine(self) -> tuple[np.ndarray, np.ndarray]:
-        """(mult, add) such that scaled = x * mult + add, per feature."""
-        if isinstance(self.scaler, MinMaxScaler):
-            return np.asarray(self.scaler.scale_), np.asarray(self.scaler.min_)
-        scale = np.asarray(self.scaler.scale_)
-        return 1.0 / scale, -np.asarray(self.scaler.mean_) / scale
 
     def column_values(self, df: pd.DataFrame) -> np.ndarray:
         """Raw feature values ``(rows, n_features)``; DataError naming the first bad one by row."""
@@ -126,15 +114,13 @@ class Preprocessor:
 
     def transform(self, x: pd.DataFrame | np.ndarray) -> np.ndarray:
         """Frame or raw values ``(..., rows, n_features)`` -> scaled ``(..., rows - offset, .)``."""
-        mult, add = self._affine()
         values = self.column_values(x) if isinstance(x, pd.DataFrame) else x
-        return self.features(values) * mult + add
+        return self.features(values) * self.mult + self.add
 
     def inverse_target(self, scaled: np.ndarray) -> np.ndarray:
         """Scaled target values -> target units (price or log return), same shape."""
-        mult, add = self._affine()
         j = self.target_index
-        return (np.asarray(scaled, dtype=np.float64) - add[j]) / mult[j]
+        return (np.asarray(scaled, dtype=np.float64) - self.add[j]) / self.mult[j]
 
     def to_prices(self, scaled: np.ndarray, anchor: np.ndarray) -> np.ndarray:
         """Scaled output ``(..., horizon)`` -> prices; ``anchor`` ``(...)``: the last known price."""
@@ -144,34 +130,32 @@ class Preprocessor:
         return np.asarray(anchor, dtype=np.float64)[..., None] * np.exp(np.cumsum(values, axis=-1))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON state (no pickle): feature config + fitted scaler attributes."""
-        kind = "minmax" if isinstance(self.scaler, MinMaxScaler) else "standard"
-        params = {a.rstrip("_"): getattr(self.scaler, a).tolist() for a in _SCALERS[kind][1]}
+        """Plain-JSON state (no pickle): feature config and the fitted scaling."""
+        cfg = self.feature_cfg.model_dump(mode="json")
         return {
             "format": _PREPROCESSOR_FORMAT,
-            "feature_config": self.feature_cfg.model_dump(mode="json"),
-            "scaler": {"kind": kind, "n_samples_seen": int(self.scaler.n_samples_seen_), **params},
+            "feature_config": cfg,
+            "mult": self.mult.tolist(),
+            "add": self.add.tolist(),
         }
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> Self:
-        if state.get("format") != _PREPROCESSOR_FORMAT:
-            raise ValueError(f"unsupported preprocessor format {state.get('format')!r}")
-        feature_cfg = FeatureConfig(**state["feature_config"])
-        params = state["scaler"]
-        scaler_cls, attrs = _SCALERS[params["kind"]]
-        scaler = scaler_cls()
-        for a in attrs:
-            setattr(scaler, a, np.asarray(params[a.rstrip("_")], dtype=np.float64))
-        scaler.n_features_in_ = len(feature_cfg.columns)
-        scaler.n_samples_seen_ = params["n_samples_seen"]
-        return cls(feature_cfg=feature_cfg, scaler=scaler)
+        cfg, version = FeatureConfig(**state["feature_config"]), state.get("format")
+        if version == 1:  # scikit-learn's MinMaxScaler or StandardScaler attributes
+            p = {k: np.asarray(v) for k, v in state["scaler"].items()}
+            minmax = p["kind"] == "minmax"
+            mult = p["scale"] if minmax else 1.0 / p["scale"]
+            state = {"mult": mult, "add": p["min"] if minmax else -p["mean"] * mult}
+        elif version != _PREPROCESSOR_FORMAT:
+            raise ValueError(f"unsupported preprocessor format {version!r}")
+        return cls(cfg, np.asarray(state["mult"], np.float64), np.asarray(state["add"], np.float64))
 
 
 def fit_preprocessor(train_df: pd.DataFrame, feature_cfg: FeatureConfig) -> Preprocessor:
     """Fit the scaler on the training rows only (after the feature transform)."""
     validate_frame(train_df, feature_cfg.columns)
-    pre = Preprocessor(feature_cfg, _SCALERS[feature_cfg.scaler][0]())
+    pre = Preprocessor(feature_cfg, np.ones(0), np.zeros(0))  # the transform, not yet the scaling
     if len(train_df) < pre.offset + 2:
         raise DataError(f"training part has {len(train_df)} rows, needs at least {pre.offset + 2}")
     values = pre.features(pre.column_values(train_df))
@@ -180,8 +164,10 @@ def fit_preprocessor(train_df: pd.DataFrame, feature_cfg: FeatureConfig) -> Prep
             f"column(s) {constant} are constant over the {len(train_df)} training rows "
             f"({feature_cfg.target_transform} range 0): the scaler cannot scale them"
         )
-    pre.scaler.fit(values)  # NumPy, not a DataFrame: no feature-name warnings later
-    return pre
+    low, span = values.min(axis=0), np.ptp(values, axis=0)  # minmax onto [0, 1]
+    if feature_cfg.scaler == "standard":
+        low, span = values.mean(axis=0), values.std(axis=0)
+    return Preprocessor(feature_cfg, 1.0 / span, -low / span)
 
 
 def _coerced(values: pd.Series, column: str, convert: Any, what: str) -> pd.Series:

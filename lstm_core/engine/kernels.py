@@ -58,9 +58,8 @@ def _unit_major(x):  # pragma: no cover - compiled
 
 @njit(**_JIT)
 def stack_forward(x, kernel0, wst, bias, masks):  # pragma: no cover - compiled
-    """The L LSTM layers from zero states on ``x`` (B, T, n_in), ``masks`` (T + L - 1, L - 1, B, u).
-    Returns what ``stack_backward`` needs, unit-major: inp (L, u, T·B), gates (L, T, 4u, B),
-    cells (L, T + 1, u, B), tanh_c (L, T, u, B), hs (L, T + 1, u, B)."""
+    """The L LSTM layers from zero states on ``x`` (B, T, n_in), ``masks`` (T + L - 1, L - 1, B, u):
+    inp (L, u, T·B), gates (L, T, 4u, B), cells, hs (L, T + 1, u, B), tanh_c (L, T, u, B)."""
     n_b, n_t, _ = x.shape
     n_l = wst.shape[0]
     u = wst.shape[2] // 4
@@ -191,9 +190,8 @@ def splitmix64(z):  # pragma: no cover - compiled
 
 @njit(**_JIT)
 def dropout_masks(out, key, first, rate):  # pragma: no cover - compiled
-    """Fill ``out`` with inverted-dropout multipliers, 0 (prob. ``rate``) or 1 / (1 - rate): entry
-    k (C order) is splitmix64 of counter ``first + k`` under ``key``, so slices of a batch draw
-    exactly the whole batch's masks."""
+    """Fill ``out`` with inverted-dropout multipliers (0 or 1 / (1 - rate)), entry k from counter
+    ``first + k`` under ``key``: slices of a batch draw exactly the whole batch's masks."""
     flat = out.reshape(out.size)
     if rate == 0.0:
         flat[:] = 1.0
@@ -209,10 +207,9 @@ def dropout_masks(out, key, first, rate):  # pragma: no cover - compiled
 
 @njit(**_JIT)
 def forward(x, params, key, row0, n_total, rate, top_rate):  # pragma: no cover - compiled
-    """The network on ``x`` (B, T, n_in), rows ``row0 .. row0 + B`` of a batch of ``n_total``
-    (the masks ``dropout_masks`` draws for them under ``key``; rates 0: no dropout).  Returns the
-    stack's masks and activations (for ``stack_backward``), the top layer's last h after its
-    Dropout (B, u), that Dropout's mask and the output (B, H)."""
+    """The network on ``x`` (B, T, n_in), rows ``row0 ..`` of a batch of ``n_total`` (rates 0: no
+    dropout): the stack's masks and activations, the top h after Dropout (B, u), its mask, the
+    output (B, H)."""
     kernel0, wst, bias, dense_w, dense_b = params
     n_b, n_t, _ = x.shape
     n_l = wst.shape[0]
@@ -231,9 +228,8 @@ def forward(x, params, key, row0, n_total, rate, top_rate):  # pragma: no cover 
 
 @njit(**_JIT)
 def train_slice(x, y, params, key, row0, n_total, rate, top_rate, grads):  # pragma: no cover
-    """``forward`` then BPTT for rows ``row0 ..`` of a batch of ``n_total`` (targets ``y`` (B, H)):
-    writes this slice's share of the batch MSE's gradient, flat in ``params``' order, into
-    ``grads`` (the slices' shares add up); returns the slice's sum of squared errors."""
+    """``forward`` then BPTT of rows ``row0 ..`` of a batch: this slice's share of the batch MSE's
+    gradient into ``grads`` (flat, ``params``' order); returns its sum of squared errors."""
     wst, dense_w = params[1], params[3]
     n_b, n_t, _ = x.shape
     u = wst.shape[2] // 4

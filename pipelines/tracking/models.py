@@ -46,7 +46,7 @@ def logged_model_name(registered_name: str) -> str:
 def pip_requirements() -> list[str]:
     v = library_versions()
     reqs = [f"mlflow=={v['mlflow']}"] if "mlflow" in v else ["mlflow"]
-    for pkg in ("tensorflow", "keras", "pandas", "numpy", "scikit-learn"):
+    for pkg in ("tensorflow", "keras", "pandas", "numpy"):
         if pkg in v:
             reqs.append(f"{pkg}=={v[pkg]}")
     return reqs

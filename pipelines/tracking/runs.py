@@ -64,7 +64,6 @@ def library_versions() -> dict[str, str]:
         "prefect",
         "pandas",
         "numpy",
-        "scikit-learn",
         "numba",
     ):
         try:

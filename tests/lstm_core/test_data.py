@@ -100,8 +100,8 @@ def test_scaler_sees_only_training_rows_and_handles_values_outside_range():
     df = _arange_frame(50)
     frames = split_frame(df, EvaluationConfig())
     pre = fit_preprocessor(frames.train, FeatureConfig(lookback=5, target_transform="price"))
-    assert pre.scaler.data_max_[0] == frames.train["open"].max()
-    assert pre.scaler.data_min_[0] == frames.train["open"].min()
+    train_scaled = pre.transform(frames.train)[:, 0]
+    assert [train_scaled.min(), train_scaled.max()] == pytest.approx([0.0, 1.0])  # train only
     test = frames.frame.iloc[frames.val_end :]
     test_scaled = pre.transform(test)[:, 0]
     assert (test_scaled > 1.0).all()  # an uptrend leaves the training range
@@ -114,9 +114,32 @@ def test_log_return_features():
     pre = fit_preprocessor(df.iloc[:30], cfg)
     raw = pre.transform(df)
     assert raw.shape == (39, 2)
-    mult, add = pre._affine()
+    mult, add = pre.mult, pre.add
     np.testing.assert_allclose((raw[:, 0] - add[0]) / mult[0], np.diff(np.log(df["open"])))
     np.testing.assert_allclose((raw[:, 1] - add[1]) / mult[1], np.diff(np.log1p(df["volume"])))
+
+
+@pytest.mark.parametrize("scaler", ["minmax", "standard"])
+def test_a_preprocessor_saved_by_an_earlier_version_scales_as_scikit_learn_did(scaler):
+    """Format 1 (models registered before) held scikit-learn's fitted scaler attributes."""
+    from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
+    df = make_frame(80)
+    cfg = FeatureConfig(lookback=5, columns=("open", "volume"), scaler=scaler)
+    pre = fit_preprocessor(df.iloc[:50], cfg)
+    fitted = (MinMaxScaler() if scaler == "minmax" else StandardScaler()).fit(
+        pre.features(pre.column_values(df.iloc[:50]))
+    )
+    names = ("data_min", "data_max", "data_range", "scale", "min", "mean", "var")
+    params = {k: getattr(fitted, f"{k}_").tolist() for k in names if hasattr(fitted, f"{k}_")}
+    state = {"format": 1, "feature_config": cfg.model_dump(mode="json"),
+             "scaler": {"kind": scaler, "n_samples_seen": 50, **params}}  # fmt: skip
+    old = Preprocessor.from_dict(json.loads(json.dumps(state)))
+    expected = fitted.transform(pre.features(pre.column_values(df)))
+    np.testing.assert_allclose(old.transform(df), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(pre.transform(df), expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="unsupported preprocessor format 3"):
+        Preprocessor.from_dict({**state, "format": 3})
 
 
 @pytest.mark.parametrize("scaler", ["minmax", "standard"])
@@ -131,10 +154,6 @@ def test_preprocessor_json_round_trip(scaler, transform):
     back = Preprocessor.from_dict(state)
     assert back.feature_cfg == cfg
     np.testing.assert_array_equal(back.transform(df), pre.transform(df))
-    np.testing.assert_array_equal(
-        back.scaler.transform(df[list(cfg.columns)].to_numpy()[1:]),
-        pre.scaler.transform(df[list(cfg.columns)].to_numpy()[1:]),
-    )
     y = np.linspace(-0.5, 1.5, 7)[:, None]  # includes values outside [0, 1]
     np.testing.assert_array_equal(
         back.to_prices(y, np.full(7, 10.0)), pre.to_prices(y, np.full(7, 10.0))
