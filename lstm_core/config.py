@@ -17,7 +17,6 @@ class _Frozen(BaseModel):
 
 class FeatureConfig(_Frozen):
     lookback: int = Field(60, ge=1, description="days of history in one input window")
-    horizon: int = Field(1, ge=1, description="days predicted by one forward pass")
     columns: tuple[str, ...] = ("open",)
     target: str = "open"
     target_transform: Literal["price", "log_return"] = "log_return"

@@ -1,6 +1,6 @@
-"""Split, scale and window one ticker's daily prices (lookback ``L``, horizon ``h``).
+"""Split, scale and window one ticker's daily prices (lookback ``L``): the next day's price.
 
-A window whose first target is row ``t`` reads rows ``t-L .. t-1`` (scaled prices) or their daily
+A window whose target is row ``t`` reads rows ``t-L .. t-1`` (scaled prices) or their daily
 log returns (``log(p_i / p_{i-1})``; volume ``log1p``, as it can be 0), which need row ``t-L-1``
 too; price = anchor (last known price) * exp(cumulative return).  A window belongs to the split
 holding *all* its target rows; its inputs may read history before the split, never after.
@@ -123,7 +123,7 @@ class Preprocessor:
         return (np.asarray(scaled, dtype=np.float64) - self.add[j]) / self.mult[j]
 
     def to_prices(self, scaled: np.ndarray, anchor: np.ndarray) -> np.ndarray:
-        """Scaled output ``(..., horizon)`` -> prices; ``anchor`` ``(...)``: the last known price."""
+        """Scaled output ``(..., steps)`` -> prices; ``anchor`` ``(...)``: the last known price."""
         values = self.inverse_target(scaled)
         if self.feature_cfg.target_transform == "price":
             return values
@@ -141,7 +141,9 @@ class Preprocessor:
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> Self:
-        cfg, version = FeatureConfig(**state["feature_config"]), state.get("format")
+        # horizon: a model saved before forecasts were always one day ahead (its first is served)
+        cfg = FeatureConfig(**{k: v for k, v in state["feature_config"].items() if k != "horizon"})
+        version = state.get("format")
         if version == 1:  # scikit-learn's MinMaxScaler or StandardScaler attributes
             p = {k: np.asarray(v) for k, v in state["scaler"].items()}
             minmax = p["kind"] == "minmax"
@@ -255,19 +257,15 @@ def model_input(
 
 
 def window_arrays(
-    features: np.ndarray, target: np.ndarray, lookback: int, horizon: int
+    features: np.ndarray, target: np.ndarray, lookback: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Strided windows of ``features`` ``(T, n_features)`` and ``target`` ``(T,)``: X ``(n,
-    lookback, n_features)``, window k's rows ``k ..``; y ``(n, horizon)``, rows ``k + lookback ..``."""
-    n_windows = len(features) - lookback - horizon + 1
-    if n_windows <= 0:
-        return (
-            np.empty((0, lookback, features.shape[1]), features.dtype),
-            np.empty((0, horizon), target.dtype),
-        )
+    lookback, n_features)`` reads rows ``k .. k + lookback - 1``, y ``(n, 1)`` row ``k + lookback``."""
+    if len(features) <= lookback:
+        return np.empty((0, lookback, features.shape[1]), features.dtype), target[:0, None]
     # sliding_window_view puts the window axis last: (T-L+1, n_features, L) -> (.., L, n_features)
-    X = sliding_window_view(features, lookback, axis=0).swapaxes(1, 2)[:n_windows]
-    return X, sliding_window_view(target[lookback:], horizon)[:n_windows]
+    X = sliding_window_view(features, lookback, axis=0).swapaxes(1, 2)[:-1]
+    return X, target[lookback:, None]
 
 
 @dataclass(frozen=True)
@@ -275,9 +273,9 @@ class SplitWindows:
     """The ``n`` windows whose targets lie in one split."""
 
     X: np.ndarray  # (n, lookback, n_features), scaled
-    y: np.ndarray  # (n, horizon), scaled
-    target_dates: np.ndarray  # (n, horizon)
-    actual: np.ndarray  # (n, horizon) prices
+    y: np.ndarray  # (n, 1), scaled
+    target_dates: np.ndarray  # (n, 1)
+    actual: np.ndarray  # (n, 1) prices
     anchor: np.ndarray  # (n,) the last known target price
     anchor_index: np.ndarray  # (n,) the anchor's row in the frame
 
@@ -300,35 +298,28 @@ class WindowedData:
     def lookback(self) -> int:
         return self.preprocessor.feature_cfg.lookback
 
-    @property
-    def horizon(self) -> int:
-        return self.preprocessor.feature_cfg.horizon
-
 
 def make_dataset(frames: SplitFrames, preprocessor: Preprocessor) -> WindowedData:
     """Window every split with the (already fitted) preprocessor."""
     cfg, frame = preprocessor.feature_cfg, frames.frame
-    lookback, horizon = cfg.lookback, cfg.horizon
     validate_frame(frame, cfg.columns)
     features = preprocessor.transform(frame).astype(np.float32)  # (N - offset, n_features)
-    X_all, y_all = window_arrays(
-        features, features[:, preprocessor.target_index], lookback, horizon
-    )
-    first = preprocessor.rows_needed  # window k's first target is row k + first
+    X_all, y_all = window_arrays(features, features[:, preprocessor.target_index], cfg.lookback)
+    first = preprocessor.rows_needed  # window k's target is row k + first
     prices = frame[cfg.target].to_numpy(dtype=np.float64)
     dates = frame[DATE_COLUMN].to_numpy()
 
     def windows(name: str, start: int, end: int) -> SplitWindows:
-        t = np.arange(max(start, first), end - horizon + 1)  # first targets, all targets inside
+        t = np.arange(max(start, first), end)  # the targets inside the part
         if len(t) == 0 and not (name == "validation" and end == start):  # val_fraction 0 is fine
             raise DataError(
                 f"{name} part has {end - start} rows (rows {start}..{end - 1}) but needs "
-                f"{horizon + max(0, first - start)} for one window: horizon {horizon} target "
-                f"row(s), after {first} rows of history (lookback {lookback} + "
-                f"{preprocessor.offset} for the transform) that may precede the part"
+                f"{1 + max(0, first - start)} for one window: its target row, after {first} rows "
+                f"of history (lookback {cfg.lookback} + {preprocessor.offset} for the transform) "
+                "that may precede the part"
             )
         k = slice(t[0] - first, t[-1] - first + 1) if len(t) else slice(0, 0)  # views, no copy
-        rows = t[:, None] + np.arange(horizon)
+        rows = t[:, None]
         return SplitWindows(X_all[k], y_all[k], dates[rows], prices[rows], prices[t - 1], t - 1)
 
     return WindowedData(

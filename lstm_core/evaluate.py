@@ -1,5 +1,4 @@
-"""Metrics in prices next to the naive forecast, MASE and Diebold-Mariano, all of the last (h-th)
-forecast step."""
+"""Metrics in prices of next-day forecasts, next to the naive forecast: MASE, Diebold-Mariano."""
 
 from dataclasses import dataclass
 from typing import Any
@@ -52,26 +51,17 @@ def naive_scale(prices: np.ndarray, train_end: int) -> float:
     return float(np.mean(np.abs(np.diff(prices[:train_end]))))
 
 
-def diebold_mariano(
-    errors_model: np.ndarray, errors_base: np.ndarray, horizon: int = 1
-) -> tuple[float, float]:
-    """Diebold-Mariano test of equal squared-error loss, Harvey et al.'s (1997) correction:
-    (statistic, two-sided p-value, t with n-1 df); negative: the model's loss is lower."""
+def diebold_mariano(errors_model: np.ndarray, errors_base: np.ndarray) -> tuple[float, float]:
+    """Diebold-Mariano test of equal squared-error loss of one-day forecasts: with Harvey et al.'s
+    (1997) correction, the paired t-test of the loss differences.  (statistic, two-sided p-value);
+    negative: the model's loss is lower; NaN when the differences are constant."""
     from scipy import stats
 
     d = np.asarray(errors_model, np.float64) ** 2 - np.asarray(errors_base, np.float64) ** 2
-    n = len(d)
-    if n < 2:
+    if len(d) < 2 or not np.ptp(d) > 0:
         return float("nan"), float("nan")
-    centred = d - d.mean()
-    # long-run variance with autocovariances up to lag h-1 (h-step forecasts overlap)
-    gamma = [float(centred[k:] @ centred[: n - k]) / n for k in range(min(horizon, n))]
-    variance = (gamma[0] + 2.0 * sum(gamma[1:])) / n
-    if not variance > 0:
-        return float("nan"), float("nan")
-    correction = np.sqrt((n + 1 - 2 * horizon + horizon * (horizon - 1) / n) / n)
-    stat = float(d.mean() / np.sqrt(variance) * correction)
-    return stat, float(2.0 * stats.t.sf(abs(stat), df=n - 1))
+    result = stats.ttest_1samp(d, 0.0)
+    return float(result.statistic), float(result.pvalue)
 
 
 @dataclass(frozen=True)
@@ -83,7 +73,7 @@ class Evaluation:
 
 
 def predict_prices(model: Any, windows: SplitWindows, preprocessor: Preprocessor) -> np.ndarray:
-    """Deterministic price forecasts ``(n, horizon)`` for one split's windows."""
+    """Deterministic price forecasts ``(n, 1)`` for one split's windows."""
     return preprocessor.to_prices(predict_scaled(model, windows.X), windows.anchor)
 
 
@@ -93,15 +83,15 @@ def evaluate_forecasts(
     eval_cfg: EvaluationConfig,
     intervals: Intervals | None = None,
 ) -> Evaluation:
-    """Score test price forecasts ``(n, horizon)`` next to the naive one: point metrics, MASE,
+    """Score test price forecasts ``(n, 1)`` next to the naive one: point metrics, MASE,
     Diebold-Mariano, and the :func:`band_metrics` of ``intervals`` and of the naive band."""
-    test, val, h, levels = data.test, data.val, data.horizon, eval_cfg.interval_levels
-    actual, pred = test.actual[:, h - 1], np.asarray(predicted)[:, h - 1]
+    test, val, levels = data.test, data.val, eval_cfg.interval_levels
+    actual, pred = test.actual[:, 0], np.asarray(predicted)[:, 0]
     naive = test.anchor  # the last known price
     model_m = point_metrics(actual, pred, test.anchor)
     naive_m = point_metrics(actual, naive, test.anchor)
     scale = naive_scale(data.target_prices, data.train_end)
-    dm_stat, dm_pvalue = diebold_mariano(pred - actual, naive - actual, h)
+    dm_stat, dm_pvalue = diebold_mariano(pred - actual, naive - actual)
     nan = float("nan")
     metrics = {f"test_{k}": v for k, v in model_m.items()}
     metrics.update(
@@ -112,11 +102,11 @@ def evaluate_forecasts(
         dm_stat=dm_stat,
         dm_pvalue=dm_pvalue,
     )
-    dates = test.target_dates[:, h - 1]
+    dates = test.target_dates[:, 0]
     frame = pd.DataFrame({DATE_COLUMN: dates, "actual": actual, "predicted": pred, "naive": naive})
     naive_band = None
     if len(val):  # the trivial band: last price * exp(+-q), q from its own validation scores
-        scores = [price_scores(val.actual[:, h - 1], val.anchor)]
+        scores = [price_scores(val.actual[:, 0], val.anchor)]
         naive_band = calibrate(scores, levels, val.target_dates[-1, -1]).bands(naive[:, None])
     for level in levels:
         name = level_name(level)
@@ -130,7 +120,7 @@ def evaluate_forecasts(
 def model_intervals(
     model: Any, data: WindowedData, eval_cfg: EvaluationConfig, predicted: np.ndarray
 ) -> Intervals:
-    """Conformal bands around test forecasts ``(n, horizon)``, calibrated on validation only."""
+    """Conformal bands around test forecasts ``(n, 1)``, calibrated on validation only."""
     val_predicted = predict_prices(model, data.val, data.preprocessor)
     scores = price_scores(data.val.actual, val_predicted).T  # one row per forecast step
     last_date = data.val.target_dates[-1, -1] if len(data.val) else None

@@ -2,7 +2,7 @@
 
 Only the target column can be predicted, so each simulated day appends a row whose target is the
 predicted price and whose other columns repeat their last known value (a zero return under
-``log_return``); a horizon > 1 model contributes its first step only.
+``log_return``); a model saved with more outputs (an earlier ``horizon``) contributes its first.
 """
 
 from collections.abc import Callable, Sequence

@@ -24,7 +24,7 @@ def level_name(level: float) -> str:
 
 @dataclass(frozen=True)
 class Intervals:
-    """Bounds in prices, each ``(n, horizon)``, keyed by level."""
+    """Bounds in prices, each ``(n, steps)``, keyed by level."""
 
     lower: dict[float, np.ndarray]
     upper: dict[float, np.ndarray]

@@ -155,10 +155,9 @@ def version_description(decision: Decision) -> str:
 
 def model_description(ticker: str, params: Mapping[str, str]) -> str:
     """What the registered model forecasts, from the champion's run parameters."""
-    horizon = params.get("features.horizon", "?")
-    days = "1 trading day" if horizon == "1" else f"{horizon} trading days"
     return (
-        f"Forecasts {ticker}'s daily {params.get('features.target', '?')} price {days} ahead "
+        f"Forecasts {ticker}'s daily {params.get('features.target', '?')} price up to "
+        f"{params.get('evaluation.forecast_days', '?')} trading days ahead, one day at a time, "
         f"from the last {params.get('features.lookback', '?')} days of "
         f"{params.get('features.columns', '?')} (target transform: "
         f"{params.get('features.target_transform', '?')}, scaler: "

@@ -27,19 +27,29 @@ CONFIG_ENV = "LSTM_PIPELINE_CONFIG"
 # The commented default configuration `lstm-pipeline init` writes (package data; the repo's
 # own mlflow.yaml is the same text, a test keeps them identical).
 TEMPLATE_NAME = "mlflow.default.yaml"
-# Keys an earlier version wrote into every project's mlflow.yaml, now read by nothing: a
-# warning to delete them, not an unknown key's error. (section, key) -> (why, the one value
-# that still means what it did, None: any); another value is refused with MC_DROPOUT_GONE.
-RETIRED = {
-    ("evaluation", "intervals"): ("the bands are always split conformal", "conformal"),
-    ("evaluation", "mc_samples"): ("Monte-Carlo dropout intervals were removed", None),
-    ("evaluation", "moving_average_window"): ("the moving-average baseline was removed", None),
-}
 MC_DROPOUT_GONE = (
     "the bands are split conformal: Monte-Carlo dropout (mc_dropout) was removed, as its "
     "80% / 95% bands held 32% / 46% of a synthetic series' test prices (docs/decisions.md); "
     "remove this setting"
 )
+HORIZON_GONE = (
+    "a model forecasts one trading day ahead, repeated for evaluation.forecast_days days: "
+    "models with several outputs were removed, as they were scored on their last output but "
+    "served by their first (docs/decisions.md); remove this setting"
+)
+# Keys an earlier version wrote into every project's mlflow.yaml, now read by nothing: a
+# warning to delete them, not an unknown key's error. (section, key) -> (why, the one value
+# that still means what it did (None: any), the refusal of another value).
+RETIRED = {
+    ("evaluation", "intervals"): (
+        "the bands are always split conformal",
+        "conformal",
+        MC_DROPOUT_GONE,
+    ),
+    ("evaluation", "mc_samples"): ("Monte-Carlo dropout intervals were removed", None, ""),
+    ("evaluation", "moving_average_window"): ("the moving-average baseline was removed", None, ""),
+    ("features", "horizon"): ("every model forecasts one day ahead", 1, HORIZON_GONE),
+}
 _SAID_RETIRED: set[tuple[Path, str]] = set()  # once per file and key in a process
 
 
@@ -316,13 +326,13 @@ def load_settings(
 
 
 def _drop_retired(cfg_path: Path, given: list[tuple[str, str]], raw: dict[str, Any]) -> None:
-    for (section, key), (why, kept) in RETIRED.items():
+    for (section, key), (why, kept, refusal) in RETIRED.items():
         values = raw.get(section)
         if not isinstance(values, dict) or key not in values:
             continue
         value = values.pop(key)
         if kept is not None and value != kept:
-            raise _blame(cfg_path, given, f"{section}.{key}", MC_DROPOUT_GONE)
+            raise _blame(cfg_path, given, f"{section}.{key}", refusal)
         if (cfg_path, key) not in _SAID_RETIRED:
             _SAID_RETIRED.add((cfg_path, key))
             logging.getLogger("pipelines").warning(

@@ -97,7 +97,7 @@ def contains(value: Any, param: SearchParam, is_int: bool) -> bool:
 
 def widest_features(settings: Settings) -> list[tuple[dict[str, Any], FeatureConfig]]:
     """The candidates' feature settings that need the most rows, each with the searched values
-    it takes: every searched `features` range at its high end (the longest lookback, horizon),
+    it takes: every searched `features` range at its high end (the longest lookback),
     with each searched choice of the others (a transform that consumes a row, a scaler)."""
     import itertools
 

@@ -23,19 +23,19 @@ from tests.lstm_core.conftest import make_frame
 def test_window_arrays_exact_on_arange():
     series = np.arange(20.0).reshape(10, 2)  # (T, n_features): row r = [2r, 2r+1]
     target = series[:, 0]
-    X, y = window_arrays(series, target, lookback=3, horizon=2)
-    assert X.shape == (6, 3, 2) and y.shape == (6, 2)
-    for k in range(6):
+    X, y = window_arrays(series, target, lookback=3)
+    assert X.shape == (7, 3, 2) and y.shape == (7, 1)
+    for k in range(7):
         np.testing.assert_array_equal(X[k], series[k : k + 3])
-        np.testing.assert_array_equal(y[k], target[k + 3 : k + 5])
+        np.testing.assert_array_equal(y[k], target[k + 3 : k + 4])
     # strided views: nothing copied lookback times
     assert np.shares_memory(X, series) and np.shares_memory(y, series)
     assert X.base is not None
 
 
 def test_window_arrays_too_short_is_empty():
-    X, y = window_arrays(np.arange(4.0)[:, None], np.arange(4.0), lookback=3, horizon=2)
-    assert X.shape == (0, 3, 1) and y.shape == (0, 2)
+    X, y = window_arrays(np.arange(3.0)[:, None], np.arange(3.0), lookback=3)
+    assert X.shape == (0, 3, 1) and y.shape == (0, 1)
 
 
 def _arange_frame(n: int) -> pd.DataFrame:
@@ -53,12 +53,9 @@ def _arange_frame(n: int) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("transform", ["price", "log_return"])
-@pytest.mark.parametrize("horizon", [1, 3])
-def test_make_dataset_targets_stay_inside_their_split(transform, horizon):
+def test_make_dataset_targets_stay_inside_their_split(transform):
     df = _arange_frame(60)
-    cfg = FeatureConfig(
-        lookback=4, horizon=horizon, columns=("open", "close"), target_transform=transform
-    )
+    cfg = FeatureConfig(lookback=4, columns=("open", "close"), target_transform=transform)
     frames = split_frame(df, EvaluationConfig(val_fraction=0.2, test_fraction=0.2))
     assert (frames.train_end, frames.val_end) == (36, 48)
     data = make_dataset(frames, fit_preprocessor(frames.train, cfg))
@@ -67,14 +64,14 @@ def test_make_dataset_targets_stay_inside_their_split(transform, horizon):
     offset = 1 if transform == "log_return" else 0
     for name, (start, end) in bounds.items():
         w = getattr(data, name)
-        rows = w.anchor_index[:, None] + 1 + np.arange(horizon)  # target rows
+        rows = w.anchor_index[:, None] + 1  # target rows
         assert rows.min() >= start and rows.max() < end
         # every possible target inside the split is used exactly once
         assert rows[0, 0] == max(start, 4 + offset) and rows[-1, -1] == end - 1
         np.testing.assert_array_equal(w.actual, opens[rows])
         np.testing.assert_array_equal(w.anchor, opens[w.anchor_index])
         np.testing.assert_array_equal(w.target_dates, df["date"].to_numpy()[rows])
-        assert w.X.shape == (len(w), 4, 2) and w.y.shape == (len(w), horizon)
+        assert w.X.shape == (len(w), 4, 2) and w.y.shape == (len(w), 1)
     # the first validation window reads training history before the split starts
     assert data.val.anchor_index[0] == 35
     # converting the scaled targets back gives the actual prices
@@ -132,7 +129,8 @@ def test_a_preprocessor_saved_by_an_earlier_version_scales_as_scikit_learn_did(s
     )
     names = ("data_min", "data_max", "data_range", "scale", "min", "mean", "var")
     params = {k: getattr(fitted, f"{k}_").tolist() for k in names if hasattr(fitted, f"{k}_")}
-    state = {"format": 1, "feature_config": cfg.model_dump(mode="json"),
+    older_cfg = {**cfg.model_dump(mode="json"), "horizon": 1}  # a key of theirs since removed
+    state = {"format": 1, "feature_config": older_cfg,
              "scaler": {"kind": scaler, "n_samples_seen": 50, **params}}  # fmt: skip
     old = Preprocessor.from_dict(json.loads(json.dumps(state)))
     expected = fitted.transform(pre.features(pre.column_values(df)))
@@ -168,8 +166,6 @@ def test_standard_scaler_option():
 
 def test_too_short_series_raises_with_numbers():
     df = _arange_frame(20)
-    with pytest.raises(DataError, match=r"validation part has 3 rows .* needs 4 "):
-        prepare_data(df, FeatureConfig(lookback=5, horizon=4), EvaluationConfig())
     with pytest.raises(DataError, match=r"training part has 14 rows .* needs 22 "):
         prepare_data(df, FeatureConfig(lookback=20), EvaluationConfig())
 

@@ -65,21 +65,23 @@ def test_naive_scale_is_the_training_parts_mean_absolute_daily_change():
 def test_diebold_mariano_h1_equals_paired_t_test():
     rng = np.random.default_rng(0)
     e1, e2 = rng.normal(0, 1.0, 50), rng.normal(0, 1.3, 50)
-    stat, p = diebold_mariano(e1, e2, horizon=1)
+    stat, p = diebold_mariano(e1, e2)
     ref = stats.ttest_1samp(e1**2 - e2**2, 0.0)
     assert stat == pytest.approx(ref.statistic) and p == pytest.approx(ref.pvalue)
     assert stat < 0  # model errors are smaller
 
 
-def test_diebold_mariano_h2_and_degenerate():
+def test_diebold_mariano_by_its_formula_and_degenerate():
+    """The statistic as Diebold-Mariano and Harvey et al. write it, for one-day forecasts."""
     rng = np.random.default_rng(1)
     e1, e2 = rng.normal(0, 1.0, 40), rng.normal(0, 1.0, 40)
     d = e1**2 - e2**2
     n, c = len(d), d - d.mean()
-    var = (c @ c / n + 2 * (c[1:] @ c[:-1]) / n) / n
-    expected = d.mean() / math.sqrt(var) * math.sqrt((n + 1 - 4 + 2 / n) / n)
-    assert diebold_mariano(e1, e2, horizon=2)[0] == pytest.approx(expected)
-    assert all(math.isnan(x) for x in diebold_mariano(e1, e1, 1))
+    dm = d.mean() / math.sqrt(c @ c / n / n)  # the long-run variance: no autocovariance at h=1
+    expected = dm * math.sqrt((n + 1 - 2) / n)  # Harvey et al.'s correction at h=1
+    assert diebold_mariano(e1, e2)[0] == pytest.approx(expected)
+    assert all(math.isnan(x) for x in diebold_mariano(e1, e1))
+    assert all(math.isnan(x) for x in diebold_mariano(e1[:1], e2[:1]))
 
 
 def test_evaluate_perfect_forecast():
@@ -112,18 +114,6 @@ def test_train_and_evaluate_end_to_end(frame):
         preds["upper_80"] <= preds["upper_95"]
     ).all()
     assert result.epochs_run == 1
-
-
-def test_evaluate_scores_the_last_horizon_step():
-    cfg = TINY_FEATURES.model_copy(update={"horizon": 3})
-    data = prepare_data(make_frame(100), cfg, EvaluationConfig())
-    predicted = data.test.actual.copy()
-    predicted[:, :2] += 5.0  # errors on earlier steps must not count
-    ev = evaluate_forecasts(data, predicted, EvaluationConfig())
-    assert ev.metrics["test_rmse"] == 0.0
-    np.testing.assert_array_equal(ev.predictions["date"], data.test.target_dates[:, 2])
-    # the naive forecast of a 3-day-ahead price is the anchor price
-    np.testing.assert_array_equal(ev.predictions["naive"], data.test.anchor)
 
 
 def test_interval_metrics_by_hand():

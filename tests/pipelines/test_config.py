@@ -410,13 +410,16 @@ def test_registry_alias_follows_exactly_mlflows_rules(tmp_path, alias):
         assert len(str(err.value).splitlines()) == 1
 
 
-def test_keys_an_earlier_version_wrote_are_a_warning_and_mc_dropout_a_refusal(tmp_path, caplog):
+def test_keys_an_earlier_version_wrote_are_a_warning_and_their_old_options_a_refusal(
+    tmp_path, caplog
+):
     """Every project's mlflow.yaml held `intervals: conformal` and `mc_samples: 30` before MC
-    dropout was removed, and `moving_average_window: 5` before that baseline was: such a project
-    still loads, told once to delete them."""
+    dropout was removed, `moving_average_window: 5` before that baseline was, and `horizon: 1`
+    before every model forecast one day: such a project still loads, told once to delete them."""
     from pipelines.config import loader
 
     text = (
+        "features:\n  horizon: 1\n"
         "evaluation:\n  intervals: conformal\n  mc_samples: 30\n  moving_average_window: 5\n"
         "  backtest_folds: 1\n"
     )
@@ -431,6 +434,8 @@ def test_keys_an_earlier_version_wrote_are_a_warning_and_mc_dropout_a_refusal(tm
         "removed): delete it",
         f"{path}: evaluation.moving_average_window is no longer read (the moving-average baseline "
         "was removed): delete it",
+        f"{path}: features.horizon is no longer read (every model forecasts one day ahead): "
+        "delete it",
     ]
     (tmp_path / "old").mkdir()
     refused = write(tmp_path / "old", "evaluation:\n  intervals: mc_dropout\n")
@@ -441,3 +446,7 @@ def test_keys_an_earlier_version_wrote_are_a_warning_and_mc_dropout_a_refusal(tm
     with pytest.raises(OverrideError) as err:
         load_settings(path, ["evaluation.intervals=mc_dropout"], env={})
     assert str(err.value) == f"--set evaluation.intervals=mc_dropout: {loader.MC_DROPOUT_GONE}"
+    several = write(tmp_path / "old", "features:\n  horizon: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(several, env={})
+    assert err.value.key == "features.horizon" and err.value.problem == loader.HORIZON_GONE

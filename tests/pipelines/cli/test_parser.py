@@ -102,9 +102,9 @@ def test_the_readme_command_list_names_every_option(command):
 
 @pytest.mark.slow  # the CLI in subprocesses
 def test_an_older_projects_config_runs_with_a_warning_and_mc_dropout_is_one_line(tmp_path):
-    """As a user upgrading sees it: the template an earlier version wrote (with `intervals:
-    conformal`, `mc_samples: 30` and `moving_average_window: 5`) still runs a command, told to
-    delete the three lines; a project that asked for MC dropout gets one line and exit 2."""
+    """As a user upgrading sees it: the template an earlier version wrote (with `horizon: 1`,
+    `intervals: conformal`, `mc_samples: 30` and `moving_average_window: 5`) still runs a command,
+    told to delete the four lines; a project that asked for MC dropout gets one line and exit 2."""
     from pipelines.config.loader import MC_DROPOUT_GONE
 
     env = user_env(keep_pythonpath=True)
@@ -112,8 +112,9 @@ def test_an_older_projects_config_runs_with_a_warning_and_mc_dropout_is_one_line
     project = tmp_path / "project"
     config = project / "mlflow.yaml"
     text = config.read_text()
-    assert text.count("\nevaluation:\n") == 1
+    assert text.count("\nevaluation:\n") == 1 and text.count("\nfeatures:\n") == 1
     old = "  intervals: conformal\n  mc_samples: 30\n  moving_average_window: 5\n"
+    text = text.replace("\nfeatures:\n", "\nfeatures:\n  horizon: 1\n")
     config.write_text(text.replace("\nevaluation:\n", "\nevaluation:\n" + old))
     out = cli(BIN, "status", cwd=project, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
@@ -125,6 +126,8 @@ def test_an_older_projects_config_runs_with_a_warning_and_mc_dropout_is_one_line
         "were removed): delete it",
         f"{config}: evaluation.moving_average_window is no longer read (the moving-average "
         "baseline was removed): delete it",
+        f"{config}: features.horizon is no longer read (every model forecasts one day ahead): "
+        "delete it",
     ], out.stderr
     config.write_text(config.read_text().replace("intervals: conformal", "intervals: mc_dropout"))
     out = cli(BIN, "status", cwd=project, env=env, timeout=300)

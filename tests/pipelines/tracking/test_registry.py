@@ -23,7 +23,8 @@ def test_promotion_by_alias_refusal_manual_promote_and_rollback(trained, client,
     assert "first model" in v1.tags[tracking.TAG_REASON]
     # What the registered model forecasts, and why v1 is champion, as a fresh client sees them.
     about = client.get_registered_model(MODEL).description
-    for part in ("TEST", "daily open price", "1 trading day ahead", "last 5 days", "log_return"):
+    days = f"up to {settings.evaluation.forecast_days} trading days ahead, one day at a time"
+    for part in ("TEST", "daily open price", days, "last 5 days", "log_return"):
         assert part in about, (part, about)
     text = client.get_model_version(MODEL, "1").description
     run = client.get_run(result.run_id).data.metrics
