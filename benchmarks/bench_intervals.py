@@ -114,8 +114,6 @@ def bench_series(name: str, df: pd.DataFrame, args: argparse.Namespace, ideal=No
     rows = []
     tail = f"val {len(val)} / test {len(test)} days, {test.target_dates[0, 0]!s:.10}.."
 
-    shipped = evaluate_model(trained, data, eval_cfg)
-    conformal = shipped.metrics
     # the online band: the most recent len(val) scores before each test day
     calibration = calibrate(
         [price_scores(val.actual[:, 0], val_pred)], args.levels, val.target_dates[-1, 0]
@@ -125,6 +123,8 @@ def bench_series(name: str, df: pd.DataFrame, args: argparse.Namespace, ideal=No
     frames = split_frame(df, eval_cfg)
     days = args.days
     rec_cal = calibrate_recursive(trained, data.preprocessor, frames, days, args.levels)
+    shipped = evaluate_model(trained, data, eval_cfg, rec_cal)  # the served next-day band
+    conformal = shipped.metrics
     rec_test = recursive_errors(
         trained, data.preprocessor, frames.frame, frames.val_end, len(frames.frame), days
     )[-1]

@@ -76,7 +76,7 @@ def run(project: Path, overrides: list[str]) -> None:
 
     tf.get_logger().setLevel("ERROR")
     from lstm_core import train as core_train
-    from lstm_core.evaluate import evaluate_forecasts, model_intervals, predict_prices
+    from lstm_core.evaluate import evaluate_forecasts, predict_prices
     from lstm_core.predictor import Forecaster
     from pipelines import tasks, tracking
     from pipelines.config import load_settings
@@ -111,8 +111,8 @@ def run(project: Path, overrides: list[str]) -> None:
     predicted, _ = phases.time("predict and metrics", predict_and_metrics)
 
     def intervals_phase():
-        bands = model_intervals(trained.model, data, ev, predicted)
-        return bands, tasks.calibrate.fn(trained.model, frames, preprocessor, settings)
+        calibration = tasks.calibrate.fn(trained.model, frames, preprocessor, settings)
+        return calibration.bands(predicted), calibration
 
     intervals, calibration = phases.time("intervals (conformal)", intervals_phase)
     evaluation = evaluate_forecasts(data, predicted, ev, intervals)  # scoring only

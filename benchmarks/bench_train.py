@@ -240,7 +240,7 @@ def train_both(
                 tutorial.epoch()
 
     model_cfg = ModelConfig(backend=backend)
-    model = build_model(model_cfg, lookback=LOOKBACK, n_features=N_FEATURES, horizon=1, seed=seed)
+    model = build_model(model_cfg, lookback=LOOKBACK, n_features=N_FEATURES, seed=seed)
     timer = epoch_timer()
     result = train_model(
         model,

@@ -17,6 +17,7 @@ from lstm_core.data import (
     make_dataset,
 )
 from lstm_core.intervals import (
+    ConformalCalibration,
     Intervals,
     band_metrics,
     calibrate,
@@ -117,20 +118,16 @@ def evaluate_forecasts(
     return Evaluation(metrics=metrics, predictions=frame)
 
 
-def model_intervals(
-    model: Any, data: WindowedData, eval_cfg: EvaluationConfig, predicted: np.ndarray
-) -> Intervals:
-    """Conformal bands around test forecasts ``(n, 1)``, calibrated on validation only."""
-    val_predicted = predict_prices(model, data.val, data.preprocessor)
-    scores = price_scores(data.val.actual, val_predicted).T  # one row per forecast step
-    last_date = data.val.target_dates[-1, -1] if len(data.val) else None
-    return calibrate(scores, eval_cfg.interval_levels, last_date).bands(predicted)
-
-
-def evaluate_model(model: Any, data: WindowedData, eval_cfg: EvaluationConfig) -> Evaluation:
-    """Test point forecasts and :func:`model_intervals`, scored in prices."""
+def evaluate_model(
+    model: Any,
+    data: WindowedData,
+    eval_cfg: EvaluationConfig,
+    calibration: ConformalCalibration | None = None,
+) -> Evaluation:
+    """Test point forecasts scored in prices, with ``calibration``'s next-day band: the one served
+    (:func:`lstm_core.forecast.calibrate_recursive`, calibrated on the validation days only)."""
     predicted = predict_prices(model, data.test, data.preprocessor)
-    intervals = model_intervals(model, data, eval_cfg, predicted)
+    intervals = calibration.bands(predicted) if calibration is not None else None
     return evaluate_forecasts(data, predicted, eval_cfg, intervals)
 
 

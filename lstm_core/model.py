@@ -28,9 +28,13 @@ def global_seed(seed: int | None) -> Iterator[None]:
 
 
 def build_model(
-    model_cfg: ModelConfig, lookback: int, n_features: int, horizon: int, seed: int | None = None
+    model_cfg: ModelConfig,
+    lookback: int,
+    n_features: int,
+    outputs: int = 1,
+    seed: int | None = None,
 ) -> Any:
-    """Stacked ``LSTM`` + ``Dropout``, ``Dense(horizon)``, Adam, MSE, built-in layers only (the
+    """Stacked ``LSTM`` + ``Dropout``, ``Dense(outputs)``, Adam, MSE, built-in layers only (the
     model saved and served); ``seed`` fixes initial weights and Dropout (None: random)."""
     import keras
 
@@ -52,7 +56,7 @@ def build_model(
             )
         )
         model.add(keras.layers.Dropout(model_cfg.dropout, seed=dropout))
-    model.add(keras.layers.Dense(horizon, kernel_initializer=init.GlorotUniform(seeds[-1])))
+    model.add(keras.layers.Dense(outputs, kernel_initializer=init.GlorotUniform(seeds[-1])))
     model.compile(
         optimizer=keras.optimizers.Adam(model_cfg.learning_rate), loss="mean_squared_error"
     )
@@ -61,7 +65,7 @@ def build_model(
 
 
 def predict_scaled(model: Any, X: np.ndarray) -> np.ndarray:
-    """Deterministic output ``(n, horizon)`` for ``X`` ``(n, lookback, n_features)``: in the Numba
+    """Deterministic output ``(n, outputs)`` for ``X`` ``(n, lookback, n_features)``: in the Numba
     engine if it may run ``model``, else in Keras' traced predict function."""
     from lstm_core import engine
 

@@ -76,7 +76,7 @@ def train_model(
     callbacks: Sequence[Any] = (),
     backend: str = "fast",
 ) -> TrainResult:
-    """Fit ``model`` on ``(n, lookback, n_features)`` -> ``(n, horizon)`` windows in the Numba
+    """Fit ``model`` on ``(n, lookback, n_features)`` -> ``(n, outputs)`` windows in the Numba
     engine ("fast") or ``model.fit``, reproducibly (``cfg.seed``); early stopping restores the
     best weights.  Raises TrainingDivergedError if a loss becomes NaN/inf."""
     import keras

@@ -184,8 +184,13 @@ def train(data: core_data.WindowedData, settings: Settings, run_id: str, ticker:
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(model: Any, data: core_data.WindowedData, settings: Settings):
-    return core_evaluate.evaluate_model(model, data, settings.evaluation)
+def evaluate(
+    model: Any,
+    data: core_data.WindowedData,
+    calibration: ConformalCalibration,
+    settings: Settings,
+):
+    return core_evaluate.evaluate_model(model, data, settings.evaluation, calibration)
 
 
 @task(name="calibrate", cache_policy=NO_CACHE)

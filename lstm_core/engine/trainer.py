@@ -112,7 +112,7 @@ def _outputs(pool: Any, parts: int, net: _Net, X: np.ndarray) -> np.ndarray:
 
 
 def predict(model: Any, X: np.ndarray) -> np.ndarray:
-    """Deterministic output ``(n, horizon)`` of ``model`` (dropout off) for ``X``."""
+    """Deterministic output ``(n, outputs)`` of ``model`` (dropout off) for ``X``."""
     net = _Net.of(model)
     X = np.ascontiguousarray(X, dtype=np.float32)
     if len(X) == 0:
@@ -146,7 +146,7 @@ def fit(
     if has_val:
         X_val = np.ascontiguousarray(X_val, dtype=np.float32)
         y_val = np.asarray(y_val, dtype=np.float64).reshape(len(X_val), -1)
-    n, horizon, size = len(X), y.shape[1], cfg.batch_size
+    n, n_out, size = len(X), y.shape[1], cfg.batch_size
     m, v, step = np.zeros_like(net.flat), np.zeros_like(net.flat), 0  # Adam's moments and step
     b1, b2 = float(opt.beta_1), float(opt.beta_2)
     adam_args = (np.float32(1.0 - b1), np.float32(1.0 - b2), np.float32(opt.epsilon))
@@ -185,9 +185,9 @@ def fit(
                 adam_update(net.flat, grads[: len(calls)], m, v, alpha, *adam_args)
                 sse += batch_sse
                 if batch_hooks:
-                    cbs.on_train_batch_end(b, {"loss": batch_sse / (nb * horizon)})
+                    cbs.on_train_batch_end(b, {"loss": batch_sse / (nb * n_out)})
             net.write_back()
-            logs = {"loss": sse / (n * horizon)}
+            logs = {"loss": sse / (n * n_out)}
             if has_val:
                 pred = _outputs(pool, parts, net, X_val).astype(np.float64)
                 logs["val_loss"] = float(np.mean((pred - y_val) ** 2))

@@ -125,8 +125,8 @@ def train_one(
         trained = tasks.train(data, settings, run_id, ticker)
         ev = settings.evaluation
         log.info("%s: evaluating on %d test days (conformal intervals)", ticker, len(data.test))
-        evaluation = tasks.evaluate(trained.model, data, settings)
         calibration = tasks.calibrate(trained.model, frames, preprocessor, settings)
+        evaluation = tasks.evaluate(trained.model, data, calibration, settings)
         if ev.backtest_folds > 0:
             log.info(
                 "%s: backtest: retraining %d walk-forward fold(s) of %d epoch(s)",

@@ -9,6 +9,7 @@ import pytest
 from lstm_core.config import EvaluationConfig, FeatureConfig, ModelConfig, TrainingConfig
 from lstm_core.data import fit_preprocessor, make_dataset, split_frame
 from lstm_core.evaluate import evaluate_model
+from lstm_core.forecast import calibrate_recursive
 from lstm_core.model import build_model
 from lstm_core.train import train_model
 
@@ -56,7 +57,9 @@ def test_tutorial_configuration_on_ping_an():
         TrainingConfig(epochs=1, batch_size=32),
     )
     assert result.epochs_run == 1
-    ev = evaluate_model(result.model, data, eval_cfg)
+    days, levels = eval_cfg.forecast_days, eval_cfg.interval_levels
+    calibration = calibrate_recursive(result.model, preprocessor, frames, days, levels)
+    ev = evaluate_model(result.model, data, eval_cfg, calibration)
     m = ev.metrics
     assert all(np.isfinite(v) for k, v in m.items()), m
     assert m["naive_rmse"] > 0 and "naive" in ev.predictions

@@ -5,7 +5,7 @@ import pytest
 from scipy import stats
 
 from lstm_core.config import EvaluationConfig
-from lstm_core.data import prepare_data
+from lstm_core.data import fit_preprocessor, make_dataset, prepare_data, split_frame
 from lstm_core.evaluate import (
     diebold_mariano,
     evaluate_forecasts,
@@ -13,8 +13,10 @@ from lstm_core.evaluate import (
     naive_scale,
     point_metrics,
 )
+from lstm_core.forecast import calibrate_recursive
 from lstm_core.intervals import Intervals
 from lstm_core.model import build_model
+from lstm_core.predictor import Forecaster
 from lstm_core.train import train_network
 from tests.lstm_core.conftest import TINY_EVAL, TINY_FEATURES, TINY_MODEL, TINY_TRAINING, make_frame
 
@@ -38,11 +40,23 @@ METRIC_NAMES = {
 }
 
 
+def _windows(frame, eval_cfg):
+    frames = split_frame(frame, eval_cfg)
+    return frames, make_dataset(frames, fit_preprocessor(frames.train, TINY_FEATURES))
+
+
+def _evaluate(model, frames, data, eval_cfg):
+    """The main job's evaluation: the served band's calibration, then the test part scored."""
+    levels = eval_cfg.interval_levels
+    calibration = calibrate_recursive(model, data.preprocessor, frames, 1, levels)
+    return evaluate_model(model, data, eval_cfg, calibration)
+
+
 def _train_and_evaluate(frame, eval_cfg):
     """The main job's chain on a tiny model: windows, training, test evaluation."""
-    data = prepare_data(frame, TINY_FEATURES, eval_cfg)
+    frames, data = _windows(frame, eval_cfg)
     result = train_network(TINY_MODEL, TINY_TRAINING, data.train, data.val)
-    return result, evaluate_model(result.model, data, eval_cfg)
+    return result, _evaluate(result.model, frames, data, eval_cfg)
 
 
 def test_point_metrics_by_hand():
@@ -140,17 +154,29 @@ def test_interval_metrics_by_hand():
     assert m["naive_interval_coverage_80"] == pytest.approx(inside.mean())
 
 
+def test_the_evaluated_band_is_the_served_next_day_band():
+    frame = make_frame(160, seed=4)
+    model = build_model(TINY_MODEL, 5, 1, 1, seed=0)
+    frames, data = _windows(frame, TINY_EVAL)
+    calibration = calibrate_recursive(model, data.preprocessor, frames, 3, (0.8, 0.95))
+    first = evaluate_model(model, data, TINY_EVAL, calibration).predictions.iloc[0]
+    history = frame.iloc[: frames.val_end]  # what the first test day is forecast from
+    served = Forecaster(model, data.preprocessor, calibration).forecast(history, days=1).iloc[0]
+    assert served["date"] == first["date"]
+    assert served["forecast"] == pytest.approx(first["predicted"], rel=1e-6)
+    for bound in ("lower_80", "upper_80", "lower_95", "upper_95"):
+        assert served[bound] == pytest.approx(first[bound], rel=1e-6)
+
+
 def test_conformal_bands_never_read_the_test_part():
     """Poisoned test prices change the test forecasts, never the band quantiles."""
     frame = make_frame(160, seed=4)
     model = build_model(TINY_MODEL, 5, 1, 1, seed=0)
-    data = prepare_data(frame, TINY_FEATURES, TINY_EVAL)
-    ev = evaluate_model(model, data, TINY_EVAL)
+    ev = _evaluate(model, *_windows(frame, TINY_EVAL), TINY_EVAL)
     poisoned = frame.copy()
-    test_rows = poisoned.index >= len(frame) - len(data.test)
+    test_rows = poisoned.index >= split_frame(frame, TINY_EVAL).val_end
     poisoned.loc[test_rows, "open"] *= np.linspace(2.0, 5.0, test_rows.sum())
-    data_p = prepare_data(poisoned, TINY_FEATURES, TINY_EVAL)
-    ev_p = evaluate_model(model, data_p, TINY_EVAL)
+    ev_p = _evaluate(model, *_windows(poisoned, TINY_EVAL), TINY_EVAL)
     for name in ("80", "95"):
         q = np.log(ev.predictions[f"upper_{name}"] / ev.predictions["predicted"])
         q_p = np.log(ev_p.predictions[f"upper_{name}"] / ev_p.predictions["predicted"])

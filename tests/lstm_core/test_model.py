@@ -13,7 +13,7 @@ def _kind(layer) -> str:
 def test_tutorial_architecture_of_plain_keras_layers_whatever_the_backend(backend):
     import keras
 
-    model = build_model(ModelConfig(backend=backend), lookback=60, n_features=1, horizon=1)
+    model = build_model(ModelConfig(backend=backend), lookback=60, n_features=1)
     assert type(model) is keras.Sequential
     kinds = [_kind(layer) for layer in model.layers]
     assert kinds == ["LSTM", "Dropout"] * 4 + ["Dense"]
@@ -80,7 +80,7 @@ def test_a_model_trained_by_the_engine_saves_as_plain_keras_loadable_without_the
     from lstm_core.train import train_model
 
     steps = 9
-    model = build_model(ModelConfig(layers=2, units=5), lookback=steps, n_features=1, horizon=1)
+    model = build_model(ModelConfig(layers=2, units=5), lookback=steps, n_features=1)
     x = np.random.default_rng(3).random((12, steps, 1)).astype(np.float32)
     train_model(model, x, x[:, -1, :], None, None, TrainingConfig(epochs=2, batch_size=4))
     path, xfile, out = tmp_path / "m.keras", tmp_path / "x.npy", tmp_path / "out.npy"
