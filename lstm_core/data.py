@@ -2,8 +2,8 @@
 
 A window whose target is row ``t`` reads rows ``t-L .. t-1`` (scaled prices) or their daily
 log returns (``log(p_i / p_{i-1})``; volume ``log1p``, as it can be 0), which need row ``t-L-1``
-too; price = anchor (last known price) * exp(cumulative return).  A window belongs to the split
-holding *all* its target rows; its inputs may read history before the split, never after.
+too; price = anchor (last known price) * exp(return).  A window belongs to the split holding its
+target row; its inputs may read history before the split, never after.
 """
 
 from collections.abc import Sequence
@@ -131,10 +131,9 @@ class Preprocessor:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON state (no pickle): feature config and the fitted scaling."""
-        cfg = self.feature_cfg.model_dump(mode="json")
         return {
             "format": _PREPROCESSOR_FORMAT,
-            "feature_config": cfg,
+            "feature_config": self.feature_cfg.model_dump(mode="json"),
             "mult": self.mult.tolist(),
             "add": self.add.tolist(),
         }
@@ -263,7 +262,8 @@ def window_arrays(
     lookback, n_features)`` reads rows ``k .. k + lookback - 1``, y ``(n, 1)`` row ``k + lookback``."""
     if len(features) <= lookback:
         return np.empty((0, lookback, features.shape[1]), features.dtype), target[:0, None]
-    # sliding_window_view puts the window axis last: (T-L+1, n_features, L) -> (.., L, n_features)
+    # sliding_window_view puts the window axis last: (T-L+1, n_features, L) -> (.., L, n_features);
+    # the last window has no next day to predict
     X = sliding_window_view(features, lookback, axis=0).swapaxes(1, 2)[:-1]
     return X, target[lookback:, None]
 
